@@ -1,0 +1,3 @@
+from llmgateway.cli import main
+
+main()
