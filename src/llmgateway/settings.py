@@ -1,22 +1,81 @@
 """The configuration (`config/providers.yaml`): typed, frozen, strictly validated.
 
 The original project's schema is accepted as it is; our additions are documented in
-`examples/full_config.yaml`. Settings are built once by `load_settings()` and passed down.
+`examples/full_config.yaml`. Settings are built once by `llmgateway.config.load_settings()`
+(which adds `${VAR}` substitution and the cross-field rules) and passed down.
+
+Relative paths (`keys_path`, `pool_list_path`, a relative SQLite file) are taken relative to
+the current working directory of the process, as the original project did.
 """
 
 from __future__ import annotations
 
 import enum
+import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
+from urllib.parse import quote, urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
+from pydantic_core import PydanticCustomError
 
 from llmgateway.outcomes import ErrorReason
 
 
 class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def _url_checker(schemes: tuple[str, ...], example: str) -> AfterValidator:
+    def check(value: str) -> str:
+        try:
+            parts = urlsplit(value)
+            ok = parts.scheme in schemes and bool(parts.hostname) and value == value.strip()
+            ok = ok and (parts.port is None or parts.port > 0)
+        except ValueError:  # a malformed host or port
+            ok = False
+        if not ok:
+            raise PydanticCustomError(
+                "url_scheme",
+                "expected a URL starting with {schemes}",
+                {"schemes": " or ".join(f"{s}://" for s in schemes), "hint": f"e.g. {example}"},
+            )
+        return value
+
+    return AfterValidator(check)
+
+
+def _check_regex(value: str) -> str:
+    try:
+        re.compile(value, re.IGNORECASE)
+    except re.error as exc:
+        raise PydanticCustomError(
+            "regex",
+            "not a valid regular expression: {error}",
+            {"error": str(exc), "hint": "Python regular-expression syntax, matched ignoring case"},
+        ) from None
+    return value
+
+
+def _check_database_url(value: str) -> str:
+    scheme = value.partition("://")[0].partition("+")[0]
+    if "://" not in value or scheme not in ("sqlite", "postgresql", "postgres"):
+        raise PydanticCustomError(
+            "database_url",
+            "expected a sqlite:// or postgresql:// URL",
+            {"hint": "e.g. sqlite:///data/llmgateway.db or postgresql://user:pass@host:5432/db"},
+        )
+    return value
+
+
+HttpUrl = Annotated[str, _url_checker(("http", "https"), "https://api.openai.com/v1")]
+"""An http:// or https:// URL, kept as text."""
+ProxyUrl = Annotated[
+    str, _url_checker(("http", "https", "socks5"), "http://user:pass@10.0.0.1:3128")
+]
+"""An outbound proxy URL: http://, https:// or socks5://, optionally with user:pass@."""
+StatusCode = Annotated[int, Field(ge=100, le=599)]
+"""An HTTP status code."""
 
 
 class StreamingMode(enum.StrEnum):
@@ -50,13 +109,50 @@ class DatabaseSettings(_Model):
     """Where state lives. `url` wins; else host/port/user/password/dbname build a PostgreSQL
     URL when any of them is given; else the embedded SQLite default."""
 
-    url: str | None = None
+    url: Annotated[str, AfterValidator(_check_database_url)] | None = Field(
+        default=None, repr=False
+    )
     host: str = "localhost"
-    port: int = 5432
+    port: int = Field(default=5432, ge=1, le=65535)
     user: str = "llm_gateway"
-    password: str = ""
+    password: str = Field(default="", repr=False)
     dbname: str = "llmgateway"
     pool_size: int = Field(default=5, ge=1, le=100)
+
+    @field_validator("url", mode="before")
+    @classmethod
+    def _empty_url_is_none(cls, value: object) -> object:
+        return None if value == "" else value  # so `url: ${DATABASE_URL:-}` can mean unset
+
+    @property
+    def async_url(self) -> str:
+        """The SQLAlchemy async URL: `url` with its async driver (`sqlite+aiosqlite`,
+        `postgresql+asyncpg`; an explicit driver is kept), else a PostgreSQL URL from
+        host/port/user/password/dbname when any of them was set, else the SQLite default."""
+        if self.url is not None:
+            scheme, sep, rest = self.url.partition("://")
+            return _ASYNC_DRIVERS.get(scheme, scheme) + sep + rest
+        if self.model_fields_set & {"host", "port", "user", "password", "dbname"}:
+            auth = quote(self.user, safe="")
+            if self.password:
+                auth += ":" + quote(self.password, safe="")
+            host = f"[{self.host}]" if ":" in self.host else self.host
+            return f"postgresql+asyncpg://{auth}@{host}:{self.port}/{quote(self.dbname, safe='')}"
+        return DEFAULT_DATABASE_URL
+
+    @property
+    def backend(self) -> Literal["sqlite", "postgresql"]:
+        """Which kind of store the URL points at."""
+        return "sqlite" if self.async_url.startswith("sqlite") else "postgresql"
+
+
+DEFAULT_DATABASE_URL = "sqlite+aiosqlite:///data/llmgateway.db"
+"""The embedded default store (relative to the working directory)."""
+_ASYNC_DRIVERS = {
+    "sqlite": "sqlite+aiosqlite",
+    "postgresql": "postgresql+asyncpg",
+    "postgres": "postgresql+asyncpg",
+}
 
 
 class LoggingSettings(_Model):
@@ -75,7 +171,7 @@ class WorkerSettings(_Model):
 
 class MetricsSettings(_Model):
     enabled: bool = True
-    access_token: str = ""
+    access_token: str = Field(default="", repr=False)
 
 
 class GatewaySettings(_Model):
@@ -93,19 +189,21 @@ class ModelSettings(_Model):
 
 
 class AccessControl(_Model):
-    gateway_access_token: str = ""
-    gateway_access_tokens: tuple[str, ...] = ()
+    gateway_access_token: str = Field(default="", repr=False)
+    gateway_access_tokens: tuple[str, ...] = Field(default=(), repr=False)
 
     @property
     def tokens(self) -> tuple[str, ...]:
         """Every token that reaches this provider, the singular one first."""
         single = (self.gateway_access_token,) if self.gateway_access_token else ()
-        return single + tuple(t for t in self.gateway_access_tokens if t != self.gateway_access_token)
+        return single + tuple(
+            t for t in self.gateway_access_tokens if t != self.gateway_access_token
+        )
 
 
 class ProxyConfig(_Model):
     mode: ProxyMode = ProxyMode.NONE
-    static_url: str | None = None
+    static_url: ProxyUrl | None = Field(default=None, repr=False)
     pool_list_path: Path | None = None
 
 
@@ -135,13 +233,13 @@ class HealthPolicy(_Model):
     task_timeout_sec: int = Field(default=900, ge=1)
     verification_attempts: int = Field(default=3, ge=0)
     verification_delay_sec: int = Field(default=65, ge=60)
-    fast_status_mapping: dict[int, ErrorReason] = Field(default_factory=dict)
+    fast_status_mapping: dict[StatusCode, ErrorReason] = Field(default_factory=dict)
 
 
 class ErrorParsingRule(_Model):
-    status_code: int
-    error_path: str
-    match_pattern: str
+    status_code: int = Field(ge=400, le=599)
+    error_path: str = Field(min_length=1)
+    match_pattern: Annotated[str, Field(min_length=1), AfterValidator(_check_regex)]
     map_to: ErrorReason
     priority: int = 0
     description: str = ""
@@ -178,22 +276,53 @@ class CircuitBreakerSettings(_Model):
     jitter_sec: float = Field(default=5, ge=0)
 
 
+class OutlierDetection(_Model):
+    """Passive health of keys in the gateway (Envoy's outlier detection) and 429 cooldowns.
+
+    After `consecutive_failures` provider-side failures in a row a key is ejected for
+    `base_ejection_sec × n` (n = ejections in a row, decaying while healthy), capped at
+    `max_ejection_sec`, ±`jitter_percent`; never more than `max_ejection_percent` of the keys at
+    once. A 429 naming no delay cools its scope for `default_cooldown_sec × 2^(k−1)` (k = 429s in
+    a row), capped at `max_cooldown_sec`; quota exhaustion for `no_quota_cooldown_sec` unless the
+    Keeper restores the key sooner.
+    """
+
+    consecutive_failures: int = Field(default=5, ge=1)
+    base_ejection_sec: float = Field(default=30, gt=0)
+    max_ejection_sec: float = Field(default=300, gt=0)
+    max_ejection_percent: float = Field(default=50, ge=0, le=100)
+    jitter_percent: float = Field(default=10, ge=0, lt=100)
+    default_cooldown_sec: float = Field(default=60, gt=0)
+    max_cooldown_sec: float = Field(default=300, gt=0)
+    no_quota_cooldown_sec: float = Field(default=3600, gt=0)
+
+
+class RetryBudgetSettings(_Model):
+    """Retries in flight ≤ max(`min_concurrent`, `percent`% of active requests) (Envoy)."""
+
+    percent: float = Field(default=20, ge=0, le=100)
+    min_concurrent: int = Field(default=3, ge=0)
+
+
 class GatewayPolicy(_Model):
     streaming_mode: StreamingMode = StreamingMode.AUTO
     debug_mode: DebugMode = DebugMode.DISABLED
-    fast_status_mapping: dict[int, ErrorReason] = Field(default_factory=dict)
+    fast_status_mapping: dict[StatusCode, ErrorReason] = Field(default_factory=dict)
     error_parsing: ErrorParsing = ErrorParsing()
     retry: RetryPolicy = RetryPolicy()
     circuit_breaker: CircuitBreakerSettings = CircuitBreakerSettings()
+    outlier_detection: OutlierDetection = OutlierDetection()
+    retry_budget: RetryBudgetSettings = RetryBudgetSettings()
+    max_inflight_per_key: int | None = Field(default=None, ge=1)  # None: unlimited
 
 
 class _ProviderBase(_Model):
     enabled: bool = True
     keys_path: Path
-    api_base_url: str
+    api_base_url: HttpUrl
     default_model: str
     shared_key_status: bool = False
-    models: dict[str, ModelSettings]
+    models: dict[str, ModelSettings] = Field(min_length=1)
     access_control: AccessControl = AccessControl()
     proxy_config: ProxyConfig = ProxyConfig()
     timeouts: Timeouts = Timeouts()

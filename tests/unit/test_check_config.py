@@ -1,0 +1,192 @@
+"""`llmgateway check-config`: exit codes, output, the config path rules, secrets, no tracebacks."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from llmgateway.cli import main
+
+ROOT = Path(__file__).resolve().parents[2]
+TOKEN = "tok-check-config-0123456789"
+SECRET_PASSWORD = "pg-password-never-print-me"
+
+GOOD = f"""
+providers:
+  gemini:
+    provider_type: gemini
+    keys_path: keys/gemini
+    api_base_url: https://generativelanguage.googleapis.com
+    default_model: gemini-2.5-flash
+    models:
+      gemini-2.5-flash: {{endpoint_suffix: ":generateContent"}}
+    access_control: {{gateway_access_token: {TOKEN}}}
+  openai:
+    provider_type: openai_like
+    keys_path: keys/openai
+    api_base_url: https://api.openai.com/v1
+    default_model: gpt-4o-mini
+    models:
+      gpt-4o-mini: {{endpoint_suffix: /chat/completions}}
+    access_control: {{gateway_access_token: "${{OPENAI_TOKEN}}"}}
+"""
+
+BAD = f"""
+database:
+  url: mysql://root:{SECRET_PASSWORD}@db/llm
+gateway:
+  prot: 8080
+providers:
+  gemini:
+    provider_type: gemini
+    keys_path: keys/gemini
+    api_base_url: https://generativelanguage.googleapis.com
+    default_model: gemini-2.5-flash
+    models:
+      gemini-2.5-flash: {{endpoint_suffix: ":generateContent"}}
+    access_control: {{gateway_access_token: {TOKEN}}}
+    timeouts: {{conect: 3}}
+  copy:
+    provider_type: openai_like
+    keys_path: keys/openai
+    api_base_url: https://api.openai.com/v1
+    default_model: gpt-4o-mini
+    models:
+      gpt-4o-mini: {{endpoint_suffix: /chat/completions}}
+    access_control: {{gateway_access_tokens: [{TOKEN}]}}
+"""
+BAD_LINES = [
+    "database.url: expected a sqlite:// or postgresql:// URL "
+    "(e.g. sqlite:///data/llmgateway.db or postgresql://user:pass@host:5432/db)",
+    "gateway.prot: unknown setting (did you mean 'port'?)",
+    "providers.gemini.timeouts.conect: unknown setting (did you mean 'connect'?)",
+    "providers.copy.access_control.gateway_access_tokens.0: token tok-…6789 is already used by "
+    "provider 'gemini' (each token selects one provider; give every enabled provider its own)",
+]
+
+
+@pytest.fixture
+def runner() -> CliRunner:
+    return CliRunner()
+
+
+def write(folder: Path, text: str, name: str = "providers.yaml") -> Path:
+    path = folder / name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def test_valid_config_exits_0_with_a_summary(runner: CliRunner, tmp_path: Path) -> None:
+    path = write(tmp_path, GOOD)
+    result = runner.invoke(main, ["check-config", str(path)], env={"OPENAI_TOKEN": "tok-o-1234"})
+    assert result.exit_code == 0
+    assert result.stdout == "ok: 2 providers (gemini, openai), database: sqlite\n"
+    assert result.stderr == ""
+
+
+def test_postgres_summary_and_singular(runner: CliRunner, tmp_path: Path) -> None:
+    text = GOOD.split("  openai:")[0] + "database: {host: db.internal}\n"
+    result = runner.invoke(main, ["check-config", str(write(tmp_path, text))])
+    assert result.exit_code == 0
+    assert result.stdout == "ok: 1 provider (gemini), database: postgresql\n"
+
+
+def test_every_problem_goes_to_stderr_and_exit_2(runner: CliRunner, tmp_path: Path) -> None:
+    result = runner.invoke(main, ["check-config", str(write(tmp_path, BAD))])
+    assert result.exit_code == 2
+    assert result.stdout == ""
+    assert result.stderr.splitlines() == BAD_LINES
+
+
+def test_secrets_are_never_printed(runner: CliRunner, tmp_path: Path) -> None:
+    result = runner.invoke(main, ["check-config", str(write(tmp_path, BAD))])
+    assert result.exit_code == 2
+    for secret in (SECRET_PASSWORD, TOKEN):
+        assert secret not in result.output
+
+
+def test_unset_variable_is_named(runner: CliRunner, tmp_path: Path) -> None:
+    result = runner.invoke(main, ["check-config", str(write(tmp_path, GOOD))], env={})
+    assert result.exit_code == 2
+    assert result.stderr.splitlines() == [
+        "providers.openai.access_control.gateway_access_token: environment variable "
+        "OPENAI_TOKEN is not set (export OPENAI_TOKEN=..., or give a default: "
+        "${OPENAI_TOKEN:-value})"
+    ]
+
+
+def test_path_from_environment(runner: CliRunner, tmp_path: Path) -> None:
+    path = write(tmp_path, GOOD, "elsewhere.yaml")
+    env = {"LLMGATEWAY_CONFIG": str(path), "OPENAI_TOKEN": "tok-o-1234"}
+    result = runner.invoke(main, ["check-config"], env=env)
+    assert result.exit_code == 0, result.output
+    assert result.stdout.startswith("ok: 2 providers")
+
+
+def test_default_path(runner: CliRunner, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    result = runner.invoke(main, ["check-config"], env={"LLMGATEWAY_CONFIG": ""})
+    assert result.exit_code == 2
+    assert result.stderr.startswith("config/providers.yaml: config file not found (")
+    write(tmp_path / "config", GOOD.split("  openai:")[0])
+    assert runner.invoke(main, ["check-config"], env={"LLMGATEWAY_CONFIG": ""}).exit_code == 0
+
+
+@pytest.mark.parametrize(
+    ("content", "expected"),
+    [
+        (b"gateway:\n  port: [1\n", ":3:1: invalid YAML: "),
+        (b"\xff\xfe not text", ": not UTF-8 text (byte 0) (save it as UTF-8)"),
+        (b"- just\n- a list\n", ": the top level must be a mapping of sections, not list"),
+    ],
+)
+def test_bad_files_never_show_a_traceback(
+    runner: CliRunner, tmp_path: Path, content: bytes, expected: str
+) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_bytes(content)
+    result = runner.invoke(main, ["check-config", str(path)])
+    assert result.exit_code == 2
+    assert result.stderr.startswith(f"{path}{expected}")
+    assert "Traceback" not in result.output
+
+
+def test_a_folder_is_not_a_config(runner: CliRunner, tmp_path: Path) -> None:
+    result = runner.invoke(main, ["check-config", str(tmp_path)])
+    assert result.exit_code == 2
+    assert result.stderr.startswith(f"{tmp_path}: is a folder, not a config file (")
+
+
+def test_as_a_real_process(tmp_path: Path) -> None:
+    command = [sys.executable, "-m", "llmgateway", "check-config"]
+    env = {**os.environ, "LLMGATEWAY_TOKEN": "tok-minimal-000000000000"}
+    ok = subprocess.run(
+        [*command, str(ROOT / "examples/minimal_config.yaml")],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert (ok.returncode, ok.stdout, ok.stderr) == (
+        0,
+        "ok: 1 provider (openai), database: sqlite\n",
+        "",
+    )
+    bad = subprocess.run(
+        [*command, str(write(tmp_path, BAD))],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert (bad.returncode, bad.stdout) == (2, "")
+    assert bad.stderr.splitlines() == BAD_LINES
+    assert SECRET_PASSWORD not in bad.stderr
