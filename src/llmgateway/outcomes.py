@@ -6,8 +6,22 @@ in the gateway and in the Keeper's probes alike.
 
 from __future__ import annotations
 
+import email.utils
 import enum
+import functools
+import math
+import re
+import socket
+import ssl
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import aiohttp
+import orjson
+
+if TYPE_CHECKING:
+    from llmgateway.settings import ProviderSettings
 
 
 class ErrorReason(enum.StrEnum):
@@ -110,3 +124,325 @@ class Outcome:
     @property
     def ok(self) -> bool:
         return self.reason is None
+
+
+class EgressError(Exception):
+    """A fault on our own side of the wire, raised by our upstream code itself.
+
+    For example: no connection slot became free in time, or the configured proxy is unavailable.
+    `classify()` maps it to `EGRESS_ERROR`, which is never blamed on the key.
+    """
+
+
+_BLAME: dict[ErrorReason, Blame] = {
+    ErrorReason.UNKNOWN: Blame.CLIENT,
+    ErrorReason.BAD_REQUEST: Blame.CLIENT,
+    ErrorReason.NO_MODEL: Blame.CLIENT,
+    ErrorReason.INVALID_KEY: Blame.KEY,
+    ErrorReason.NO_ACCESS: Blame.KEY,
+    ErrorReason.RATE_LIMITED: Blame.KEY,
+    ErrorReason.NO_QUOTA: Blame.KEY,
+    ErrorReason.NETWORK_ERROR: Blame.PROVIDER,
+    ErrorReason.TIMEOUT: Blame.PROVIDER,
+    ErrorReason.SERVER_ERROR: Blame.PROVIDER,
+    ErrorReason.SERVICE_UNAVAILABLE: Blame.PROVIDER,
+    ErrorReason.OVERLOADED: Blame.PROVIDER,
+    ErrorReason.STREAM_DISCONNECT: Blame.PROVIDER,
+    ErrorReason.EGRESS_ERROR: Blame.EGRESS,
+}
+
+
+def blame_of(reason: ErrorReason | None) -> Blame:
+    """Whose fault a reason is (`None`, a success, is nobody's)."""
+    return Blame.NONE if reason is None else _BLAME[reason]
+
+
+def classify(
+    provider: ProviderSettings,
+    status: int | None,
+    headers: Mapping[str, str],
+    body_prefix: bytes,
+    exc: BaseException | None,
+    *,
+    probe: bool = False,
+    now: float | None = None,
+) -> Outcome:
+    """Say what one upstream exchange meant. Pure: no I/O, no clock; never raises.
+
+    `exc` (when the exchange failed or broke mid-body) wins over `status`. `probe=True` is the
+    Keeper's view: its own payload is known-good, so a 400 means the key, and the
+    `worker_health_policy.fast_status_mapping` applies instead of the gateway policy's.
+    `now` (Unix seconds) is needed only to read a `Retry-After` given as an HTTP date.
+    """
+    if exc is not None:
+        return _outcome(exception_reason(exc), status, None)
+    if status is None:
+        return _outcome(ErrorReason.UNKNOWN, None, None)
+    if 200 <= status < 300:
+        return Outcome(reason=None, blame=Blame.NONE, status=status)
+    reason = _configured_reason(provider, status, body_prefix, probe)
+    if reason is None:
+        reason = _DEFAULTS[provider.provider_type](status, body_prefix, probe)
+    retry_after = retry_after_of(headers, body_prefix, now) if reason in _WAITS else None
+    return _outcome(reason, status, retry_after)
+
+
+_WAITS = frozenset(
+    {
+        ErrorReason.RATE_LIMITED,
+        ErrorReason.NO_QUOTA,
+        ErrorReason.OVERLOADED,
+        ErrorReason.SERVICE_UNAVAILABLE,
+    }
+)
+
+
+def _outcome(reason: ErrorReason, status: int | None, retry_after: float | None) -> Outcome:
+    return Outcome(reason=reason, blame=_BLAME[reason], status=status, retry_after=retry_after)
+
+
+# --- exceptions ------------------------------------------------------------------------------
+
+
+def exception_reason(exc: BaseException) -> ErrorReason:
+    """The reason for an exception raised while calling upstream (aiohttp, asyncio, our own)."""
+    # Order matters: aiohttp's timeout errors are OSErrors and TimeoutErrors at once.
+    if isinstance(exc, aiohttp.ConnectionTimeoutError):
+        return ErrorReason.EGRESS_ERROR  # connect or connection-pool wait: never reached upstream
+    if isinstance(exc, TimeoutError):  # SocketTimeoutError, ServerTimeoutError, asyncio's timeout
+        return ErrorReason.TIMEOUT
+    if isinstance(exc, aiohttp.ServerDisconnectedError | aiohttp.ClientPayloadError):
+        return ErrorReason.STREAM_DISCONNECT
+    if isinstance(exc, aiohttp.ClientConnectionResetError | ConnectionResetError):
+        return ErrorReason.STREAM_DISCONNECT
+    if isinstance(exc, _EGRESS_EXCEPTIONS):
+        return ErrorReason.EGRESS_ERROR
+    if isinstance(exc, aiohttp.ClientOSError | aiohttp.ClientConnectionError | OSError):
+        return ErrorReason.NETWORK_ERROR
+    # Anything else is a fault of our own code or a cancellation: never count it against a key.
+    return ErrorReason.EGRESS_ERROR
+
+
+_EGRESS_EXCEPTIONS = (
+    EgressError,
+    aiohttp.ClientConnectorError,  # refused, DNS, TLS, certificate, proxy connection
+    aiohttp.ServerFingerprintMismatch,
+    aiohttp.InvalidURL,
+    ssl.SSLError,
+    socket.gaierror,
+    ConnectionRefusedError,
+)
+
+
+# --- status codes ----------------------------------------------------------------------------
+
+
+def _configured_reason(
+    provider: ProviderSettings, status: int, body: bytes, probe: bool
+) -> ErrorReason | None:
+    policy = provider.worker_health_policy if probe else provider.gateway_policy
+    fast = policy.fast_status_mapping.get(status)
+    if fast is not None:
+        return fast
+    parsing = provider.gateway_policy.error_parsing
+    if not parsing.enabled or not parsing.rules:
+        return None
+    document = _json(body)
+    if document is None:
+        return None
+    for rule in sorted(parsing.rules, key=lambda r: -r.priority):
+        if rule.status_code != status:
+            continue
+        value = json_path(document, rule.error_path)
+        if value is not None and _matches(rule.match_pattern, value):
+            return rule.map_to
+    return None
+
+
+def _common_reason(status: int, probe: bool) -> ErrorReason:
+    """The mapping both provider types share, for statuses without a special meaning."""
+    if status >= 500:
+        return _SERVER_REASONS.get(status, ErrorReason.SERVER_ERROR)
+    if status == 408:
+        return ErrorReason.TIMEOUT
+    if status == 402:
+        return ErrorReason.NO_QUOTA
+    if status == 401:
+        return ErrorReason.INVALID_KEY
+    if status == 403:
+        return ErrorReason.NO_ACCESS
+    if status == 429:
+        return ErrorReason.RATE_LIMITED
+    if status == 404 and probe:
+        return ErrorReason.NO_MODEL
+    if 400 <= status < 500:
+        # Our probe payload is known-good, so a 400 on a probe is about the key.
+        return ErrorReason.INVALID_KEY if probe and status == 400 else ErrorReason.BAD_REQUEST
+    return ErrorReason.UNKNOWN
+
+
+_SERVER_REASONS = {
+    503: ErrorReason.OVERLOADED,
+    504: ErrorReason.TIMEOUT,
+    529: ErrorReason.OVERLOADED,
+}
+
+
+def _openai_reason(status: int, body: bytes, probe: bool) -> ErrorReason:
+    if status == 429 and b"insufficient_quota" in body:
+        return ErrorReason.NO_QUOTA
+    if status == 403 and b"unsupported_country_region_territory" in body:
+        return ErrorReason.EGRESS_ERROR  # the egress IP's region, not the key
+    if status == 404 and b"model_not_found" in body:
+        return ErrorReason.NO_MODEL
+    return _common_reason(status, probe)
+
+
+def _gemini_reason(status: int, body: bytes, probe: bool) -> ErrorReason:
+    if 400 <= status < 500 and status != 429 and _BAD_KEY.search(body):
+        return ErrorReason.INVALID_KEY
+    if status == 400 and b"User location is not supported" in body:
+        return ErrorReason.EGRESS_ERROR  # the egress IP's region, not the key
+    if status == 404:
+        return ErrorReason.NO_MODEL
+    if status == 429 and _PER_DAY_QUOTA.search(body):
+        return ErrorReason.NO_QUOTA
+    return _common_reason(status, probe)
+
+
+_BAD_KEY = re.compile(rb"API_KEY_INVALID|API key not valid|API key was reported as leaked")
+_PER_DAY_QUOTA = re.compile(rb'"quotaId"\s*:\s*"[^"]*PerDay')
+
+_DEFAULTS: dict[str, Callable[[int, bytes, bool], ErrorReason]] = {
+    "openai_like": _openai_reason,
+    "gemini": _gemini_reason,
+}
+
+
+# --- bodies ----------------------------------------------------------------------------------
+
+
+def _json(body: bytes) -> Any:
+    """The JSON document in an error body (unwrapping Gemini's `[{...}]`), or None."""
+    try:
+        document = orjson.loads(body)
+    except (orjson.JSONDecodeError, TypeError):
+        return None
+    if isinstance(document, list) and document:
+        return document[0]
+    return document
+
+
+def json_path(document: Any, path: str) -> str | None:
+    """The value at a dotted path (`error.details.0.reason`) as text, or None when absent."""
+    node = document
+    for part in path.split("."):
+        if isinstance(node, dict):
+            node = node.get(part)
+        elif isinstance(node, list) and part.lstrip("-").isdigit():
+            index = int(part)
+            node = node[index] if -len(node) <= index < len(node) else None
+        else:
+            return None
+        if node is None:
+            return None
+    if isinstance(node, str):
+        return node
+    return orjson.dumps(node).decode()
+
+
+@functools.lru_cache(maxsize=256)
+def _pattern(pattern: str) -> re.Pattern[str] | None:
+    try:
+        return re.compile(pattern, re.IGNORECASE)
+    except re.error:
+        return None
+
+
+def _matches(pattern: str, value: str) -> bool:
+    compiled = _pattern(pattern)
+    return compiled is not None and compiled.search(value) is not None
+
+
+# --- how long to wait ------------------------------------------------------------------------
+
+
+def retry_after_of(
+    headers: Mapping[str, str], body: bytes, now: float | None = None
+) -> float | None:
+    """The wait in seconds an upstream asked for, or None when it named none (or nonsense).
+
+    Sources, first valid wins: `retry-after-ms`, `Retry-After` (seconds, or an HTTP date when
+    `now` is given), OpenAI's `x-ratelimit-reset-requests`/`-tokens`, Gemini's body `retryDelay`.
+    """
+    lowered = {key.lower(): value for key, value in headers.items()}
+    for seconds in (
+        _number(lowered.get("retry-after-ms"), 0.001),
+        _retry_after_header(lowered.get("retry-after"), now),
+        _ratelimit_reset(lowered),
+        _retry_delay(body),
+    ):
+        if seconds is not None:
+            return seconds
+    return None
+
+
+def _number(text: str | None, scale: float = 1.0) -> float | None:
+    if text is None:
+        return None
+    try:
+        value = float(text.strip()) * scale
+    except ValueError:
+        return None
+    return max(0.0, value) if math.isfinite(value) else None
+
+
+def _retry_after_header(text: str | None, now: float | None) -> float | None:
+    seconds = _number(text)
+    if seconds is not None or text is None or now is None:
+        return seconds
+    try:
+        when = email.utils.parsedate_to_datetime(text)
+    except (TypeError, ValueError, IndexError, OverflowError):
+        return None
+    if when.tzinfo is None:
+        return None
+    return max(0.0, when.timestamp() - now)
+
+
+_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|h|m|s)")
+_UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+
+
+def parse_duration(text: str) -> float | None:
+    """A Go-style duration (`1s`, `6m0s`, `20ms`, `1h2m3.5s`) in seconds, or None."""
+    text = text.strip()
+    parts = _DURATION_PART.findall(text)
+    if not parts or "".join(number + unit for number, unit in parts) != text:
+        return None
+    return sum(float(number) * _UNIT_SECONDS[unit] for number, unit in parts)
+
+
+def _ratelimit_reset(lowered: Mapping[str, str]) -> float | None:
+    # The limit that ran out (remaining 0) decides; if none is known to have, the soonest reset.
+    exhausted: list[float] = []
+    resets: list[float] = []
+    for kind in ("requests", "tokens"):
+        text = lowered.get(f"x-ratelimit-reset-{kind}")
+        seconds = None if text is None else parse_duration(text)
+        if seconds is None:
+            continue
+        resets.append(seconds)
+        if lowered.get(f"x-ratelimit-remaining-{kind}", "").strip() == "0":
+            exhausted.append(seconds)
+    if exhausted:
+        return max(exhausted)
+    return min(resets) if resets else None
+
+
+_RETRY_DELAY = re.compile(rb'"retryDelay"\s*:\s*"(\d+(?:\.\d+)?)s"')
+
+
+def _retry_delay(body: bytes) -> float | None:
+    found = _RETRY_DELAY.search(body)
+    return None if found is None else float(found.group(1))

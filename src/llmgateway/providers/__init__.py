@@ -1,0 +1,116 @@
+"""Provider adapters: where a request goes, how the key is sent, how a key is probed, and the
+error shapes of the two wire formats. Pure functions, called per request by the gateway.
+
+`api` is the wire format the client spoke: `"openai"` (`/v1/…` with a Bearer token) or
+`"gemini"` (native, `x-goog-api-key` or `?key=`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Literal
+
+from llmgateway.outcomes import ALL_MODELS
+from llmgateway.providers import gemini, openai
+from llmgateway.settings import ModelSettings, ProviderSettings
+
+Api = Literal["openai", "gemini"]
+
+
+@dataclass(frozen=True, slots=True)
+class ProbeRequest:
+    """One HTTP request the Keeper sends to check a key."""
+
+    method: str
+    url: str
+    headers: dict[str, str]
+    body: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class _Adapter:
+    upstream_url: Callable[[str, str, str], str]
+    probe_target: Callable[[str, str, ModelSettings], tuple[str, bytes]]
+    models_url: Callable[[str], str]
+
+
+_ADAPTERS = {
+    "openai_like": _Adapter(openai.upstream_url, openai.probe_target, openai.models_url),
+    "gemini": _Adapter(gemini.upstream_url, gemini.probe_target, gemini.models_url),
+}
+
+_ERROR_BODIES = {"openai": openai.error_body, "gemini": gemini.error_body}
+
+
+def upstream_url(provider: ProviderSettings, api: Api, path: str, query: str) -> str:
+    """The upstream URL for a client request path and query string.
+
+    The client's `key=` query parameter is always dropped: the real key travels in a header.
+    Raises ValueError for a path the provider cannot serve in that format.
+    """
+    url = _ADAPTERS[provider.provider_type].upstream_url(provider.api_base_url, api, path)
+    query = without_key(query)
+    return f"{url}?{query}" if query else url
+
+
+def without_key(query: str) -> str:
+    """A query string without its `key=` parameters (`alt=sse&key=X` → `alt=sse`)."""
+    if "key" not in query:
+        return query
+    kept = [part for part in query.split("&") if part and part.partition("=")[0] != "key"]
+    return "&".join(kept)
+
+
+def auth_header(provider: ProviderSettings, api: Api, secret: str) -> tuple[str, str]:
+    """The header that carries the real key: `x-goog-api-key` for native Gemini, else Bearer."""
+    if provider.provider_type == "gemini" and api == "gemini":
+        return "x-goog-api-key", secret
+    return "authorization", f"Bearer {secret}"
+
+
+def probe_request(provider: ProviderSettings, model_name: str, secret: str) -> ProbeRequest:
+    """The generation probe for one model (`ALL_MODELS` means the provider's default model)."""
+    model, settings = _model(provider, model_name)
+    url, body = _ADAPTERS[provider.provider_type].probe_target(
+        provider.api_base_url, model, settings
+    )
+    api: Api = "gemini" if provider.provider_type == "gemini" else "openai"
+    name, value = auth_header(provider, api, secret)
+    headers = {name: value, "content-type": "application/json"}
+    return ProbeRequest(method="POST", url=url, headers=headers, body=body)
+
+
+def auth_probe_request(provider: ProviderSettings, secret: str) -> ProbeRequest:
+    """The cheap auth probe: the models list, which spends no tokens."""
+    url = _ADAPTERS[provider.provider_type].models_url(provider.api_base_url)
+    api: Api = "gemini" if provider.provider_type == "gemini" else "openai"
+    name, value = auth_header(provider, api, secret)
+    return ProbeRequest(method="GET", url=url, headers={name: value}, body=b"")
+
+
+def _model(provider: ProviderSettings, model_name: str) -> tuple[str, ModelSettings]:
+    if model_name == ALL_MODELS:
+        model_name = provider.default_model
+        if model_name not in provider.models and provider.models:
+            model_name = next(iter(provider.models))
+    settings = provider.models.get(model_name)
+    if settings is None:
+        known = ", ".join(sorted(provider.models)) or "none"
+        raise ValueError(
+            f"model {model_name!r} is not configured for this provider "
+            f"(configured: {known}); add it under `models`"
+        )
+    return model_name, settings
+
+
+def error_body(
+    api: Api, status: int, message: str, *, code: str | None = None, type_: str | None = None
+) -> bytes:
+    """An error body in the client's wire format (OpenAI or Gemini shape)."""
+    return _ERROR_BODIES[api](status, message, code=code, type_=type_)
+
+
+def sse_error_event(api: Api, status: int, message: str) -> bytes:
+    """An in-band error for a stream already started: `data: {"error": …}\\n\\n`."""
+    return b"data: " + error_body(api, status, message) + b"\n\n"

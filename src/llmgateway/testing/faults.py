@@ -1,0 +1,170 @@
+"""Faults of the fake upstream: which key gets which (`Behavior`, the naming convention), and
+the error answers in each dialect's real shape (OpenAI, Gemini, Gemini's OpenAI-compatible
+endpoint)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+from typing import Any, Literal
+
+import pydantic
+from aiohttp import web
+
+from llmgateway.masking import mask
+from llmgateway.testing import wire
+
+_JSON = "application/json"
+
+RetryStyle = Literal["retry-after", "retry-after-ms", "x-ratelimit", "retry-delay", "none"]
+Dialect = Literal["openai", "gemini", "compat"]
+"""How a route speaks: OpenAI, Gemini native, or Gemini's OpenAI-compatible endpoint (Bearer
+auth, Gemini-shaped errors wrapped in a JSON array, as Google sends them)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Behavior:
+    """What the fake does for one key. Faults are checked in field order; the first wins.
+
+    Rate limits last for the key's first `rate_limit_calls` calls and/or until
+    `rate_limit_until` on the fake's clock (forever when both are None).
+    """
+
+    hang: bool = False  # never answer (until the client gives up or the fake stops)
+    invalid: bool = False  # 401 invalid_api_key / Gemini 400 API_KEY_INVALID
+    no_quota: bool = False  # 429 insufficient_quota / Gemini per-day quota
+    rate_limited: bool = False  # 429 with a retry hint in `retry_style`
+    retry_after: float = 1.0
+    retry_style: RetryStyle = "retry-after"
+    rate_limit_calls: int | None = None
+    rate_limit_until: float | None = None
+    error_rate: float = 0.0  # share of calls answered with `error_status` (seeded random)
+    error_status: int = 500
+    delay: float = 0.0  # seconds before the response headers
+    chunk_delay: float | None = None  # seconds between streamed events (None: the fake's)
+    drop_after_chunks: int | None = None  # close the connection after N events (or mid-body)
+
+
+NAMED = {
+    "invalid": Behavior(invalid=True),
+    "ratelimited": Behavior(rate_limited=True, retry_after=5.0),
+    "noquota": Behavior(no_quota=True),
+    "flaky": Behavior(error_rate=0.5),
+    "slow": Behavior(delay=2.0, chunk_delay=0.2),
+    "hang": Behavior(hang=True),
+    "drop": Behavior(drop_after_chunks=1),
+}
+_GOOD = Behavior()
+BEHAVIOR_FIELDS = frozenset(f.name for f in fields(Behavior))
+BEHAVIOR_ADAPTER = pydantic.TypeAdapter(Behavior)
+
+
+def behavior_for_name(secret: str) -> Behavior:
+    """The behaviour the naming convention gives a key (`sk-ratelimited-1` → rate limited)."""
+    lowered = secret.lower()
+    for word, behavior in NAMED.items():
+        if word in lowered:
+            return behavior
+    return _GOOD
+
+
+def error_response(
+    speaks: Dialect,
+    status: int,
+    message: str,
+    state: str,
+    *,
+    type_: str = "invalid_request_error",
+    code: str | None = None,
+    details: list[Any] | None = None,
+    headers: Mapping[str, str] | None = None,
+) -> web.Response:
+    if speaks == "openai":
+        body = wire.openai_error(message, type_, code)
+    else:
+        body = wire.gemini_error(status, message, state, details or [])
+        body = b"[" + body + b"]" if speaks == "compat" else body
+    return web.Response(status=status, body=body, content_type=_JSON, headers=headers)
+
+
+def bad_request(request: web.Request, message: str) -> web.Response:
+    speaks: Dialect = "compat" if request.path.startswith("/v1beta/") else "openai"
+    return error_response(speaks, 400, message, "INVALID_ARGUMENT")
+
+
+def missing_key(speaks: Dialect) -> web.Response:
+    if speaks == "openai":
+        message = "You didn't provide an API key (Authorization: Bearer YOUR_KEY)."
+        return error_response(speaks, 401, message, "UNAUTHENTICATED", code="missing_api_key")
+    message = "Method doesn't allow unregistered callers. Please use an API Key."
+    return error_response(speaks, 403, message, "PERMISSION_DENIED")
+
+
+def invalid_key(speaks: Dialect, secret: str) -> web.Response:
+    if speaks == "openai":
+        message = f"Incorrect API key provided: {mask(secret)}."
+        return error_response(speaks, 401, message, "UNAUTHENTICATED", code="invalid_api_key")
+    details = [
+        {
+            "@type": "type.googleapis.com/google.rpc.ErrorInfo",
+            "reason": "API_KEY_INVALID",
+            "domain": "googleapis.com",
+        }
+    ]
+    message = "API key not valid. Please pass a valid API key."
+    return error_response(speaks, 400, message, "INVALID_ARGUMENT", details=details)
+
+
+def _quota_failure(quota_id: str) -> dict[str, Any]:
+    return {
+        "@type": "type.googleapis.com/google.rpc.QuotaFailure",
+        "violations": [{"quotaMetric": "generate_content_requests", "quotaId": quota_id}],
+    }
+
+
+def no_quota(speaks: Dialect) -> web.Response:
+    message = "You exceeded your current quota, please check your plan and billing details."
+    details = [_quota_failure("GenerateRequestsPerDayPerProjectPerModel-FreeTier")]
+    return error_response(
+        speaks,
+        429,
+        message,
+        "RESOURCE_EXHAUSTED",
+        type_="insufficient_quota",
+        code="insufficient_quota",
+        details=details,
+    )
+
+
+def rate_limited(speaks: Dialect, seconds: float, style: RetryStyle) -> web.Response:
+    headers: dict[str, str] = {}
+    details = [_quota_failure("GenerateRequestsPerMinutePerProjectPerModel-FreeTier")]
+    if style == "retry-after":
+        headers["retry-after"] = f"{seconds:g}"
+    elif style == "retry-after-ms":
+        headers["retry-after-ms"] = f"{seconds * 1000:g}"
+    elif style == "x-ratelimit":
+        headers["x-ratelimit-remaining-requests"] = "0"
+        headers["x-ratelimit-reset-requests"] = f"{seconds:g}s"
+    elif style == "retry-delay":
+        retry_info = "type.googleapis.com/google.rpc.RetryInfo"
+        details.append({"@type": retry_info, "retryDelay": f"{seconds:g}s"})
+    message = f"Rate limit reached. Please try again in {seconds:g}s."
+    return error_response(
+        speaks,
+        429,
+        message,
+        "RESOURCE_EXHAUSTED",
+        type_="requests",
+        code="rate_limit_exceeded",
+        details=details,
+        headers=headers,
+    )
+
+
+def server_error(speaks: Dialect, status: int) -> web.Response:
+    state = {503: "UNAVAILABLE", 504: "DEADLINE_EXCEEDED"}.get(status, "INTERNAL")
+    if status < 500:
+        state = "RESOURCE_EXHAUSTED" if status == 429 else "FAILED_PRECONDITION"
+    message = "The model is overloaded." if status == 503 else "The server had an error."
+    return error_response(speaks, status, message, state, type_="server_error")
