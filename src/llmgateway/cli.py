@@ -2,9 +2,23 @@
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
+import json
+import logging
+import signal
+import time
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING
+
 import click
 
 from llmgateway import __version__
+
+if TYPE_CHECKING:
+    from llmgateway.settings import Settings
+    from llmgateway.store import StatusCount, Store
+    from llmgateway.worker.sync import SyncReport
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -14,3 +28,227 @@ def main() -> None:
 
     The config file is --config, else $LLMGATEWAY_CONFIG, else config/providers.yaml.
     """
+
+
+@main.command("check-config")
+@click.argument("path", required=False)
+def check_config(path: str | None) -> None:
+    """Validate the config file; exit 0, or exit 2 listing every problem (secrets masked)."""
+    from llmgateway.config import ConfigError, config_path, load_settings
+
+    target = config_path(path)
+    try:
+        settings = load_settings(target)
+    except ConfigError as exc:
+        for problem in exc.problems:
+            click.echo(str(problem), err=True)
+        raise SystemExit(2) from None
+    except Exception as exc:  # never a traceback; the message may hold secrets, so omit it
+        click.echo(f"{target}: could not check the config ({type(exc).__name__})", err=True)
+        raise SystemExit(2) from None
+    count, names = len(settings.providers), ", ".join(settings.providers)
+    noun = "provider" if count == 1 else "providers"
+    click.echo(f"ok: {count} {noun} ({names}), database: {settings.database.backend}")
+
+
+@main.command("fake-upstream")
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option(
+    "--port", default=8900, show_default=True, type=click.IntRange(0, 65535), help="0: any free."
+)
+@click.option(
+    "--chunks", default=3, show_default=True, type=click.IntRange(1), help="Events per stream."
+)
+@click.option(
+    "--chunk-delay-ms",
+    default=0.0,
+    show_default=True,
+    type=click.FloatRange(0),
+    help="Pause between streamed events.",
+)
+def fake_upstream(host: str, port: int, chunks: int, chunk_delay_ms: float) -> None:
+    """Run the fake LLM provider (OpenAI and Gemini shapes, faults by key name) until Ctrl-C."""
+    import asyncio
+
+    from llmgateway.testing.fake_upstream import serve
+
+    try:
+        asyncio.run(serve(host, port, chunks, chunk_delay_ms / 1000, announce=click.echo))
+    except KeyboardInterrupt:
+        pass
+    except OSError as exc:
+        reason = exc.strerror or type(exc).__name__
+        click.echo(
+            f"fake-upstream: cannot listen on {host}:{port}: {reason}; try another --port", err=True
+        )
+        raise SystemExit(2) from None
+
+
+# -- the store: db upgrade, worker, status ------------------------------------------------------
+
+_config_option = click.option(
+    "--config",
+    "config",
+    metavar="PATH",
+    help="Config file (default: $LLMGATEWAY_CONFIG, else config/providers.yaml).",
+)
+
+
+def _load(config: str | None) -> Settings:
+    """The settings, or exit 2 listing every problem (no traceback)."""
+    from llmgateway.config import ConfigError, config_path, load_settings
+
+    target = config_path(config)
+    try:
+        return load_settings(target)
+    except ConfigError as exc:
+        for problem in exc.problems:
+            click.echo(str(problem), err=True)
+        raise SystemExit(2) from None
+
+
+def _run_with_store(settings: Settings, work: Callable[[Store], Awaitable[None]]) -> None:
+    """Open the store, migrate it, run `work`; a database failure exits 1 with one line."""
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from llmgateway.store import DatabaseUrlError, Store, masked_url
+
+    url = settings.database.async_url
+
+    async def run() -> None:
+        async with await Store.open(url, settings.database.pool_size) as store:
+            await store.upgrade()
+            await work(store)
+
+    try:
+        asyncio.run(run())
+    except DatabaseUrlError as exc:
+        click.echo(str(exc), err=True)
+        raise SystemExit(2) from None
+    except (SQLAlchemyError, OSError) as exc:
+        cause = getattr(exc, "orig", None) or exc
+        why = (getattr(cause, "strerror", None) or str(cause)).splitlines()[0][:200]
+        click.echo(
+            f"cannot use the database at {masked_url(url)}: {type(cause).__name__}: {why}",
+            err=True,
+        )
+        raise SystemExit(1) from None
+
+
+@main.group()
+def db() -> None:
+    """The database (SQLite by default, PostgreSQL for production)."""
+
+
+@db.command("upgrade")
+@_config_option
+def db_upgrade(config: str | None) -> None:
+    """Apply the database migrations (the gateway and worker also do it at start)."""
+    from llmgateway.store import masked_url
+
+    settings = _load(config)
+
+    async def work(store: Store) -> None:
+        click.echo(f"{masked_url(settings.database.async_url)}: schema up to date")
+
+    _run_with_store(settings, work)
+
+
+@main.command()
+@_config_option
+@click.option("--once", is_flag=True, help="Sync the key and proxy files once, then exit.")
+def worker(config: str | None, once: bool) -> None:
+    """The Keeper: keep the store in step with the key and proxy files.
+
+    Syncs at start and every worker.sync_interval_sec until Ctrl-C or SIGTERM.
+    """
+    from llmgateway.worker.sync import run_sync, sync_forever
+
+    settings = _load(config)
+    # --once prints its own summary, problems included; the loop reports through the logs
+    level = logging.ERROR if once else settings.logging.level
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("alembic").setLevel(logging.WARNING)
+
+    async def work(store: Store) -> None:
+        if once:
+            _echo_sync(await run_sync(settings, store))
+            return
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(signum, stop.set)
+        await sync_forever(settings, store, stop)
+        click.echo("worker stopped")
+
+    _run_with_store(settings, work)
+
+
+def _echo_sync(report: SyncReport) -> None:
+    for result in report.providers:
+        if result.keys is None:
+            click.echo(f"{result.provider}: disabled, not synced")
+            continue
+        k = result.keys
+        line = f"{result.provider}: keys +{k.added} added, -{k.removed} removed, "
+        line += f"{k.restored} restored, {k.active} active"
+        if (p := result.proxies) is not None:
+            line += f"; proxies +{p.added} -{p.removed} ~{p.restored}, {p.active} active"
+        if not result.complete:
+            line += " (some files unreadable: nothing removed)"
+        click.echo(line)
+        for problem in result.problems:
+            click.echo(f"  {problem}")
+
+
+@main.command()
+@_config_option
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON list instead of a table.")
+def status(config: str | None, as_json: bool) -> None:
+    """The pool as a table: provider, model, status, count, next check.
+
+    `shared` in the model column: one status for all models (shared_key_status).
+    """
+    settings = _load(config)
+
+    async def work(store: Store) -> None:
+        counts = await store.status_counts()
+        if as_json:
+            click.echo(json.dumps([dataclasses.asdict(c) for c in counts], indent=2))
+        elif not counts:
+            click.echo("no keys in the store yet (`llmgateway worker --once` syncs the files)")
+        else:
+            click.echo(_status_table(counts, time.time()))
+
+    _run_with_store(settings, work)
+
+
+def _status_table(counts: list[StatusCount], now: float) -> str:
+    rows = [("PROVIDER", "MODEL", "STATUS", "COUNT", "NEXT CHECK")]
+    rows += [
+        (c.provider, c.model, c.status, str(c.count), _humanize(c.next_check_at, now))
+        for c in counts
+    ]
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    return "\n".join(
+        "  ".join(
+            value.rjust(width) if column == 3 else value.ljust(width)
+            for column, (value, width) in enumerate(zip(row, widths, strict=True))
+        ).rstrip()
+        for row in rows
+    )
+
+
+def _humanize(at: float | None, now: float) -> str:
+    """When a check is due, relative to `now`: `now`, `in 5m`, `overdue 2h`, or `-`."""
+    if at is None:
+        return "-"
+    delta = at - now
+    if abs(delta) < 1:
+        return "now"
+    amount = abs(delta)
+    unit, size = next(
+        (u, s) for u, s in (("d", 86400), ("h", 3600), ("m", 60), ("s", 1)) if amount >= s
+    )
+    text = f"{int(amount // size)}{unit}"
+    return f"in {text}" if delta > 0 else f"overdue {text}"

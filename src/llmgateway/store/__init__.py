@@ -1,0 +1,168 @@
+"""The store: providers, keys, key status and proxies in SQLite (default) or PostgreSQL.
+
+`Store` is the one seam between llmgateway and its database. Every write is one transaction
+that takes the next global revision and stamps the rows it changes, so `snapshot(since)` can
+give a gateway just what changed; a write that changed nothing is rolled back.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator, Callable, Collection, Mapping, Sequence
+from contextlib import asynccontextmanager
+from types import TracebackType
+from typing import Self
+
+from sqlalchemy.engine import URL
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncTransaction
+
+from llmgateway.outcomes import ALL_MODELS
+from llmgateway.settings import ProviderSettings
+from llmgateway.store import connect, reconcile, status
+from llmgateway.store.connect import DatabaseUrlError, async_url, masked_url
+from llmgateway.store.reconcile import UnknownProviderError
+from llmgateway.store.records import (
+    KeyRow,
+    ProxyRow,
+    Snapshot,
+    StatusCount,
+    StatusEvent,
+    SyncChanges,
+)
+
+__all__ = [
+    "DatabaseUrlError",
+    "KeyRow",
+    "ProxyRow",
+    "Snapshot",
+    "StatusCount",
+    "StatusEvent",
+    "Store",
+    "SyncChanges",
+    "UnknownProviderError",
+    "async_url",
+    "masked_url",
+]
+
+
+class Store:
+    """The database behind llmgateway. Build it with `Store.open(url)`; close it with `close()`
+    (or use `async with`). `clock` gives the current epoch time for every stamp it writes."""
+
+    def __init__(self, engine: AsyncEngine, clock: Callable[[], float] = time.time) -> None:
+        self.engine = engine
+        self.clock = clock
+
+    @classmethod
+    async def open(
+        cls,
+        url: str | URL,
+        pool_size: int = 5,
+        *,
+        schema: str | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> Store:
+        """A store on `url` (`sqlite:///file.db` or `postgresql://…`; the async driver is chosen
+        here). `schema` sets PostgreSQL's search path. Connections are made on first use."""
+        return cls(connect.create_engine(async_url(url), pool_size, schema), clock)
+
+    async def close(self) -> None:
+        """Close every pooled connection."""
+        await self.engine.dispose()
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    async def upgrade(self) -> str:
+        """Apply the migrations up to head (safe to run from several processes at once);
+        returns the schema revision."""
+        return await connect.upgrade(self.engine)
+
+    async def sync_providers(self, settings: Mapping[str, ProviderSettings]) -> int:
+        """Make the providers table match the config: upsert each (active when `enabled`), and
+        deactivate the ones no longer configured, keeping their keys and history.
+        Returns how many providers changed."""
+        wanted = {name: (p.provider_type, p.enabled) for name, p in settings.items()}
+        async with self._write() as (conn, revision, transaction):
+            changed = await reconcile.sync_providers(conn, wanted, revision, self.clock())
+            await _keep_if(transaction, changed)
+            return changed
+
+    async def sync_keys(
+        self,
+        provider: str,
+        keys: Collection[str],
+        models: Sequence[str],
+        shared: bool,
+        *,
+        prune: bool = True,
+    ) -> SyncChanges:
+        """Make the provider's active keys equal `keys`: a new key gets `untested` rows due for a
+        check now, a missing one is deactivated (history kept), one that comes back is restored.
+        Status rows follow `models` (one `ALL_MODELS` row when `shared`). With `prune=False`
+        nothing is removed (the key files could not all be read)."""
+        row_models = [ALL_MODELS] if shared else list(models)
+        async with self._write() as (conn, revision, transaction):
+            pid = await reconcile.provider_id(conn, provider)
+            changes, touched = await reconcile.sync_keys(
+                conn, pid, keys, row_models, revision, self.clock(), prune=prune
+            )
+            await _keep_if(transaction, touched)
+            return changes
+
+    async def sync_proxies(
+        self, provider: str, urls: Collection[str], *, prune: bool = True
+    ) -> SyncChanges:
+        """Make the provider's active proxies equal `urls`, like `sync_keys`."""
+        async with self._write() as (conn, revision, transaction):
+            pid = await reconcile.provider_id(conn, provider)
+            changes, touched = await reconcile.sync_proxies(
+                conn, pid, urls, revision, self.clock(), prune=prune
+            )
+            await _keep_if(transaction, touched)
+            return changes
+
+    async def snapshot(self, since_revision: int = 0) -> Snapshot:
+        """The pool for a gateway: every active row, or (with `since_revision`) every row
+        changed after that revision, removed ones included with `active=False`."""
+        async with self.engine.connect() as conn:
+            return await status.snapshot(conn, since_revision)
+
+    async def apply_events(self, events: Sequence[StatusEvent]) -> None:
+        """Write a batch of status events in one transaction (see `StatusEvent`)."""
+        if not events:
+            return
+        async with self.engine.begin() as conn:
+            revision = await status.bump_revision(conn)
+            await status.apply_events(conn, events, revision)
+
+    async def status_counts(self) -> list[StatusCount]:
+        """Active (key, model) rows grouped by provider, model and status."""
+        async with self.engine.connect() as conn:
+            return await status.status_counts(conn)
+
+    async def revision(self) -> int:
+        """The current global revision."""
+        async with self.engine.connect() as conn:
+            return await status.read_revision(conn)
+
+    @asynccontextmanager
+    async def _write(self) -> AsyncIterator[tuple[AsyncConnection, int, AsyncTransaction]]:
+        """A write transaction with its revision taken first (so SQLite takes its write lock
+        up front and waits on `busy_timeout` instead of failing on a lock upgrade)."""
+        async with self.engine.connect() as conn, conn.begin() as transaction:
+            yield conn, await status.bump_revision(conn), transaction
+
+
+async def _keep_if(transaction: AsyncTransaction, changed: int) -> None:
+    """Roll back a write that changed nothing, so the revision only moves on real changes."""
+    if not changed:
+        await transaction.rollback()

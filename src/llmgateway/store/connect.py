@@ -1,0 +1,130 @@
+"""Opening the database: URL rules, engine settings per dialect, and migrations to head."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+from alembic import command
+from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.exc import ArgumentError
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+
+from llmgateway.masking import mask
+
+_DRIVERS = {
+    "sqlite": "sqlite+aiosqlite",
+    "sqlite+pysqlite": "sqlite+aiosqlite",
+    "sqlite+aiosqlite": "sqlite+aiosqlite",
+    "postgres": "postgresql+asyncpg",
+    "postgresql": "postgresql+asyncpg",
+    "postgresql+psycopg": "postgresql+asyncpg",
+    "postgresql+psycopg2": "postgresql+asyncpg",
+    "postgresql+asyncpg": "postgresql+asyncpg",
+}
+_SQLITE_BUSY_TIMEOUT_MS = 5000
+# Any constant works: it only keeps two processes from migrating the same database at once.
+_MIGRATION_LOCK = 0x11A6A7E
+_SCRIPT_LOCATION = "llmgateway.store:migrations"
+
+
+class DatabaseUrlError(ValueError):
+    """A database URL that cannot be used; the message shows it masked and says how to fix it."""
+
+
+def async_url(url: str | URL) -> URL:
+    """The URL with its async driver: `sqlite:///x.db` → `sqlite+aiosqlite:///x.db`,
+    `postgresql://…` → `postgresql+asyncpg://…`. Anything else is a `DatabaseUrlError`."""
+    try:
+        parsed = make_url(url)
+    except ArgumentError:
+        raise DatabaseUrlError(
+            f"database.url {mask(str(url))!r} is not a database URL; "
+            "use sqlite:///data/llmgateway.db or postgresql://user:password@host:5432/dbname"
+        ) from None
+    driver = _DRIVERS.get(parsed.drivername)
+    if driver is None:
+        raise DatabaseUrlError(
+            f"database.url {masked_url(parsed)!r}: unsupported database {parsed.drivername!r}; "
+            "use sqlite:///path/to/file.db or postgresql://user:password@host:5432/dbname"
+        )
+    return parsed.set(drivername=driver)
+
+
+def masked_url(url: str | URL) -> str:
+    """The URL fit for a log line or an error: the password hidden (`***`)."""
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except ArgumentError:
+        return mask(str(url))
+
+
+def create_engine(url: URL, pool_size: int, schema: str | None) -> AsyncEngine:
+    """An async engine for `url` (already `async_url`): SQLite in WAL mode with a busy timeout and
+    foreign keys (its folder created), PostgreSQL with a bounded pool and optional search path."""
+    if url.get_backend_name() == "sqlite":
+        if schema is not None:
+            raise DatabaseUrlError("a schema can only be chosen on PostgreSQL")
+        if url.database and url.database != ":memory:" and not url.database.startswith("file:"):
+            Path(url.database).expanduser().parent.mkdir(parents=True, exist_ok=True)
+        engine = create_async_engine(url, pool_size=pool_size, max_overflow=0, hide_parameters=True)
+        sa.event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
+        return engine
+    connect_args: dict[str, Any] = {}
+    if schema is not None:
+        connect_args["server_settings"] = {"search_path": schema}
+    return create_async_engine(
+        url,
+        pool_size=pool_size,
+        max_overflow=0,
+        pool_pre_ping=True,
+        hide_parameters=True,  # errors and logs never carry a key
+        connect_args=connect_args,
+    )
+
+
+def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute(f"PRAGMA busy_timeout={_SQLITE_BUSY_TIMEOUT_MS}")
+    cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.execute("PRAGMA synchronous=NORMAL")
+    cursor.close()
+
+
+async def upgrade(engine: AsyncEngine) -> str:
+    """Apply the migrations up to head in one transaction; returns the schema revision."""
+    async with engine.begin() as conn:
+        if conn.dialect.name == "postgresql":
+            await conn.execute(sa.select(sa.func.pg_advisory_xact_lock(_MIGRATION_LOCK)))
+        await conn.run_sync(_upgrade)
+        return await current_revision(conn)
+
+
+def _upgrade(connection: sa.Connection) -> None:
+    config = _alembic_config()
+    config.attributes["connection"] = connection
+    command.upgrade(config, "head")
+
+
+async def current_revision(conn: AsyncConnection) -> str:
+    """The schema revision the database is at ("" before any migration)."""
+    return await conn.run_sync(
+        lambda sync: MigrationContext.configure(sync).get_current_revision() or ""
+    )
+
+
+def head_revision() -> str:
+    """The newest schema revision this version of llmgateway knows."""
+    head = ScriptDirectory.from_config(_alembic_config()).get_current_head()
+    return head or ""
+
+
+def _alembic_config() -> Config:
+    config = Config()
+    config.set_main_option("script_location", _SCRIPT_LOCATION)
+    return config

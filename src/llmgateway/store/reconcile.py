@@ -1,0 +1,270 @@
+"""Making the tables match the config and the files: set-based statements, no per-key round trip.
+
+Each function runs inside the caller's write transaction, stamps what it changes with `revision`
+and returns how much it changed (the caller rolls back a transaction that changed nothing).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Mapping, Sequence
+from typing import Any, TypeVar
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from llmgateway.outcomes import KeyStatus
+from llmgateway.store.records import SyncChanges
+from llmgateway.store.tables import key_status, keys, providers, proxies, proxy_status
+
+_BATCH = 5000
+_T = TypeVar("_T")
+
+
+class UnknownProviderError(LookupError):
+    """A provider name the store does not know: run `sync_providers` first."""
+
+
+async def sync_providers(
+    conn: AsyncConnection, wanted: Mapping[str, tuple[str, bool]], revision: int, now: float
+) -> int:
+    """Upsert `wanted` (name → (provider_type, enabled)); deactivate every provider not in it.
+
+    Keys and history of a deactivated provider are kept. Returns the number of providers changed.
+    """
+    changed_ids: list[int] = []
+    for name, (provider_type, enabled) in sorted(wanted.items()):
+        insert = _insert(conn, providers).values(
+            name=name,
+            provider_type=provider_type,
+            active=enabled,
+            created_at=now,
+            updated_at=now,
+            revision=revision,
+        )
+        upsert = insert.on_conflict_do_update(
+            index_elements=[providers.c.name],
+            set_={
+                "provider_type": insert.excluded.provider_type,
+                "active": insert.excluded.active,
+                "updated_at": insert.excluded.updated_at,
+                "revision": insert.excluded.revision,
+            },
+            where=sa.or_(
+                providers.c.provider_type != insert.excluded.provider_type,
+                providers.c.active != insert.excluded.active,
+            ),
+        ).returning(providers.c.id)
+        changed_ids.extend((await conn.execute(upsert)).scalars())
+    gone = (
+        sa.update(providers)
+        .where(providers.c.active, providers.c.name.not_in(list(wanted)))
+        .values(active=False, updated_at=now, revision=revision)
+        .returning(providers.c.id)
+    )
+    changed_ids.extend((await conn.execute(gone)).scalars())
+    if changed_ids:
+        await _stamp_members(conn, changed_ids, revision)
+    return len(changed_ids)
+
+
+async def provider_id(conn: AsyncConnection, name: str) -> int:
+    """The id of provider `name`, or `UnknownProviderError`."""
+    found = await conn.scalar(sa.select(providers.c.id).where(providers.c.name == name))
+    if found is None:
+        raise UnknownProviderError(f"provider {name!r} is not in the store; sync providers first")
+    return int(found)
+
+
+async def sync_keys(
+    conn: AsyncConnection,
+    provider: int,
+    wanted: Collection[str],
+    models: Sequence[str],
+    revision: int,
+    now: float,
+    *,
+    prune: bool,
+) -> tuple[SyncChanges, int]:
+    """Make the provider's active keys equal `wanted` (only add and restore when not `prune`),
+    and its status rows equal `models` for every active key. Returns the changes and a count of
+    every row changed, status rows included."""
+    changes, touched = await _sync_members(
+        conn, keys, "value", provider, wanted, revision, now, prune
+    )
+    rows = await _sync_key_models(conn, provider, models, revision, now)
+    return changes, rows + touched
+
+
+async def sync_proxies(
+    conn: AsyncConnection,
+    provider: int,
+    wanted: Collection[str],
+    revision: int,
+    now: float,
+    *,
+    prune: bool,
+) -> tuple[SyncChanges, int]:
+    """Make the provider's active proxies equal `wanted`; a new proxy gets an `untested` status."""
+    changes, touched = await _sync_members(
+        conn, proxies, "url", provider, wanted, revision, now, prune
+    )
+    missing = (
+        sa.select(
+            proxies.c.id,
+            sa.literal(KeyStatus.UNTESTED.value, sa.Text),
+            sa.literal(now, sa.Double),
+            sa.literal(revision, sa.BigInteger),
+        )
+        .where(proxies.c.provider_id == provider)
+        .where(~sa.exists().where(proxy_status.c.proxy_id == proxies.c.id))
+    )
+    insert = sa.insert(proxy_status).from_select(
+        ["proxy_id", "status", "next_check_at", "revision"], missing
+    )
+    inserted = (await conn.execute(insert)).rowcount
+    return changes, touched + max(inserted, 0)
+
+
+async def _sync_members(
+    conn: AsyncConnection,
+    table: sa.Table,
+    column: str,
+    provider: int,
+    wanted: Collection[str],
+    revision: int,
+    now: float,
+    prune: bool,
+) -> tuple[SyncChanges, int]:
+    value = table.c[column]
+    rows = await conn.execute(
+        sa.select(table.c.id, value, table.c.active).where(table.c.provider_id == provider)
+    )
+    active: dict[str, int] = {}
+    inactive: dict[str, int] = {}
+    for row_id, row_value, is_active in rows:
+        (active if is_active else inactive)[row_value] = row_id
+    wanted_set = set(wanted)
+    added = sorted(wanted_set - active.keys() - inactive.keys())
+    restored = [inactive[v] for v in wanted_set & inactive.keys()]
+    removed = [i for v, i in active.items() if v not in wanted_set] if prune else []
+    for batch in _batches(added):
+        await conn.execute(
+            sa.insert(table),
+            [
+                {
+                    "provider_id": provider,
+                    column: v,
+                    "active": True,
+                    "added_at": now,
+                    "revision": revision,
+                }
+                for v in batch
+            ],
+        )
+    await _set_active(conn, table, removed, False, revision, now)
+    await _set_active(conn, table, restored, True, revision, now)
+    changes = SyncChanges(
+        added=len(added),
+        removed=len(removed),
+        restored=len(restored),
+        active=len(active) - len(removed) + len(added) + len(restored),
+    )
+    return changes, len(added) + len(removed) + len(restored)
+
+
+async def _set_active(
+    conn: AsyncConnection,
+    table: sa.Table,
+    ids: list[int],
+    active: bool,
+    revision: int,
+    now: float,
+) -> None:
+    """Remove (or restore) members by id; their status rows are stamped so a delta shows them,
+    and a restored member is due for a check at once."""
+    status = key_status if table is keys else proxy_status
+    status_fk = status.c.key_id if table is keys else status.c.proxy_id
+    status_values: dict[str, Any] = {"revision": revision}
+    if active:
+        status_values["next_check_at"] = now
+    for batch in _batches(ids):
+        await conn.execute(
+            sa.update(table)
+            .where(table.c.id.in_(batch))
+            .values(active=active, removed_at=None if active else now, revision=revision)
+        )
+        await conn.execute(sa.update(status).where(status_fk.in_(batch)).values(status_values))
+
+
+async def _sync_key_models(
+    conn: AsyncConnection, provider: int, models: Sequence[str], revision: int, now: float
+) -> int:
+    """Retire status rows of models no longer configured, revive and add those that are."""
+    wanted = list(dict.fromkeys(models))
+    of_provider = sa.select(keys.c.id).where(keys.c.provider_id == provider)
+    of_active = of_provider.where(keys.c.active)
+    retired = await conn.execute(
+        sa.update(key_status)
+        .where(
+            key_status.c.active,
+            key_status.c.model.not_in(wanted),
+            key_status.c.key_id.in_(of_provider),
+        )
+        .values(active=False, revision=revision)
+    )
+    revived = await conn.execute(
+        sa.update(key_status)
+        .where(
+            ~key_status.c.active,
+            key_status.c.model.in_(wanted),
+            key_status.c.key_id.in_(of_active),
+        )
+        .values(active=True, revision=revision, next_check_at=now)
+    )
+    changed = max(retired.rowcount, 0) + max(revived.rowcount, 0)
+    columns = ["key_id", "model", "active", "status", "next_check_at", "revision"]
+    for model in wanted:
+        missing = (
+            sa.select(
+                keys.c.id,
+                sa.literal(model, sa.Text),
+                sa.literal(True, sa.Boolean),
+                sa.literal(KeyStatus.UNTESTED.value, sa.Text),
+                sa.literal(now, sa.Double),
+                sa.literal(revision, sa.BigInteger),
+            )
+            .where(keys.c.provider_id == provider, keys.c.active)
+            .where(
+                ~sa.exists().where(key_status.c.key_id == keys.c.id, key_status.c.model == model)
+            )
+        )
+        inserted = await conn.execute(sa.insert(key_status).from_select(columns, missing))
+        changed += max(inserted.rowcount, 0)
+    return changed
+
+
+async def _stamp_members(conn: AsyncConnection, provider_ids: list[int], revision: int) -> None:
+    """A provider turned on or off changes every row of its pool: stamp them for the delta."""
+    await conn.execute(
+        sa.update(key_status)
+        .where(
+            key_status.c.key_id.in_(
+                sa.select(keys.c.id).where(keys.c.provider_id.in_(provider_ids))
+            )
+        )
+        .values(revision=revision)
+    )
+    await conn.execute(
+        sa.update(proxies).where(proxies.c.provider_id.in_(provider_ids)).values(revision=revision)
+    )
+
+
+def _insert(conn: AsyncConnection, table: sa.Table) -> postgresql.Insert | sqlite.Insert:
+    if conn.dialect.name == "postgresql":
+        return postgresql.insert(table)
+    return sqlite.insert(table)
+
+
+def _batches(items: Sequence[_T]) -> list[Sequence[_T]]:
+    return [items[i : i + _BATCH] for i in range(0, len(items), _BATCH)]

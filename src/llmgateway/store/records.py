@@ -1,0 +1,89 @@
+"""The values that cross the store's boundary: what goes in, what comes out."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from llmgateway.outcomes import ErrorReason, KeyStatus
+
+
+@dataclass(frozen=True, slots=True)
+class SyncChanges:
+    """What one sync of a provider's keys (or proxies) changed; `active` is the count after it."""
+
+    added: int = 0
+    removed: int = 0
+    restored: int = 0
+    active: int = 0
+
+    @property
+    def changed(self) -> bool:
+        return bool(self.added or self.removed or self.restored)
+
+
+@dataclass(frozen=True, slots=True)
+class KeyRow:
+    """One (key, model) of the pool. `active` is False when the key left its files, its model left
+    the config, or its provider was disabled: a delta carries such rows so the gateway drops them.
+    `model` is `ALL_MODELS` for a provider with `shared_key_status`."""
+
+    key_id: int
+    provider: str
+    secret: str = field(repr=False)
+    model: str
+    status: KeyStatus
+    cooldown_until: float | None
+    active: bool
+
+
+@dataclass(frozen=True, slots=True)
+class ProxyRow:
+    """One proxy of a provider's pool (the URL may hold a password: it is left out of repr)."""
+
+    proxy_id: int
+    provider: str
+    url: str = field(repr=False)
+    status: KeyStatus
+    active: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    """The pool as of `revision`: all active rows (from 0), or every row changed since then."""
+
+    revision: int
+    keys: list[KeyRow]
+    proxies: list[ProxyRow]
+
+
+@dataclass(frozen=True, slots=True)
+class StatusEvent:
+    """A status change observed for one (key, model), by a gateway request or a probe.
+
+    Applying an event is idempotent; an event observed before the row's last check is ignored;
+    `cooldown_until` only ever moves a deadline later; `next_check_at=None` keeps the schedule.
+    `error_message` must already be masked; the store truncates it.
+    """
+
+    key_id: int
+    model: str
+    status: KeyStatus
+    observed_at: float
+    reason: ErrorReason | None = None
+    cooldown_until: float | None = None
+    status_code: int | None = None
+    error_message: str | None = None
+    next_check_at: float | None = None
+    latency_ms: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class StatusCount:
+    """How many active (key, model) rows of a provider are in a status; `model` is `shared`
+    for a provider with `shared_key_status`. `next_check_at` is the soonest among them."""
+
+    provider: str
+    model: str
+    status: str
+    count: int
+    next_check_at: float | None

@@ -1,0 +1,119 @@
+"""The database schema (SQLAlchemy Core), portable between SQLite and PostgreSQL.
+
+Times are epoch seconds (UTC) stored as double-precision floats: the in-memory pool compares
+them with `time.time()` directly. Every write transaction bumps `meta.revision` and stamps the
+rows it changes with the new value, so a reader can ask "what changed since revision R".
+A change that matters to the gateway pool is always stamped on `key_status` (for keys) and on
+`proxies`/`proxy_status` (for proxies), so a delta read needs only those revision indexes.
+
+The migrations in `migrations/versions` are the source of truth for existing databases; these
+definitions must match them (a test compares the two).
+"""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+
+metadata = sa.MetaData(
+    naming_convention={
+        "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+        "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+        "ck": "ck_%(table_name)s_%(constraint_name)s",
+        "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+        "pk": "pk_%(table_name)s",
+    }
+)
+
+meta = sa.Table(
+    "meta",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=False),
+    sa.Column("revision", sa.BigInteger, nullable=False),
+)
+
+providers = sa.Table(
+    "providers",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True),
+    sa.Column("name", sa.Text, nullable=False, unique=True),
+    sa.Column("provider_type", sa.Text, nullable=False),
+    sa.Column("active", sa.Boolean, nullable=False),
+    sa.Column("created_at", sa.Double, nullable=False),
+    sa.Column("updated_at", sa.Double, nullable=False),
+    sa.Column("revision", sa.BigInteger, nullable=False),
+)
+
+keys = sa.Table(
+    "keys",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True),
+    sa.Column(
+        "provider_id",
+        sa.Integer,
+        sa.ForeignKey("providers.id", ondelete="CASCADE"),
+        nullable=False,
+    ),
+    sa.Column("value", sa.Text, nullable=False),
+    sa.Column("active", sa.Boolean, nullable=False),
+    sa.Column("added_at", sa.Double, nullable=False),
+    sa.Column("removed_at", sa.Double, nullable=True),
+    sa.Column("revision", sa.BigInteger, nullable=False, index=True),
+    sa.UniqueConstraint("provider_id", "value"),
+)
+
+key_status = sa.Table(
+    "key_status",
+    metadata,
+    sa.Column("key_id", sa.Integer, sa.ForeignKey("keys.id", ondelete="CASCADE"), primary_key=True),
+    # ALL_MODELS when the provider has `shared_key_status: true`.
+    sa.Column("model", sa.Text, primary_key=True),
+    # False once the model left the config (or shared_key_status flipped): kept as history.
+    sa.Column("active", sa.Boolean, nullable=False),
+    sa.Column("status", sa.Text, nullable=False, index=True),
+    sa.Column("reason", sa.Text, nullable=True),
+    sa.Column("failing_since", sa.Double, nullable=True),
+    sa.Column("cooldown_until", sa.Double, nullable=True),
+    sa.Column("next_check_at", sa.Double, nullable=False, index=True),
+    sa.Column("last_checked_at", sa.Double, nullable=True),
+    sa.Column("status_code", sa.Integer, nullable=True),
+    sa.Column("latency_ms", sa.Double, nullable=True),
+    sa.Column("error_message", sa.Text, nullable=True),
+    sa.Column("revision", sa.BigInteger, nullable=False, index=True),
+    sa.Column("lease_owner", sa.Text, nullable=True),
+    sa.Column("lease_until", sa.Double, nullable=True),
+)
+
+proxies = sa.Table(
+    "proxies",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True),
+    sa.Column(
+        "provider_id",
+        sa.Integer,
+        sa.ForeignKey("providers.id", ondelete="CASCADE"),
+        nullable=False,
+    ),
+    sa.Column("url", sa.Text, nullable=False),
+    sa.Column("active", sa.Boolean, nullable=False),
+    sa.Column("added_at", sa.Double, nullable=False),
+    sa.Column("removed_at", sa.Double, nullable=True),
+    sa.Column("revision", sa.BigInteger, nullable=False, index=True),
+    sa.UniqueConstraint("provider_id", "url"),
+)
+
+proxy_status = sa.Table(
+    "proxy_status",
+    metadata,
+    sa.Column(
+        "proxy_id",
+        sa.Integer,
+        sa.ForeignKey("proxies.id", ondelete="CASCADE"),
+        primary_key=True,
+    ),
+    sa.Column("status", sa.Text, nullable=False, index=True),
+    sa.Column("failing_since", sa.Double, nullable=True),
+    sa.Column("next_check_at", sa.Double, nullable=False, index=True),
+    sa.Column("last_checked_at", sa.Double, nullable=True),
+    sa.Column("error_message", sa.Text, nullable=True),
+    sa.Column("revision", sa.BigInteger, nullable=False, index=True),
+)
