@@ -18,6 +18,7 @@ from llmgateway import __version__
 if TYPE_CHECKING:
     from llmgateway.settings import Settings
     from llmgateway.store import StatusCount, Store
+    from llmgateway.worker.summary import Progress, ProxySummary, RoundSummary
     from llmgateway.worker.sync import SyncReport
 
 
@@ -156,13 +157,17 @@ def db_upgrade(config: str | None) -> None:
 
 @main.command()
 @_config_option
-@click.option("--once", is_flag=True, help="Sync the key and proxy files once, then exit.")
+@click.option(
+    "--once", is_flag=True, help="One sync and one probe round of everything due, then exit."
+)
 def worker(config: str | None, once: bool) -> None:
-    """The Keeper: keep the store in step with the key and proxy files.
+    """The Keeper: sync the key and proxy files, probe keys and proxies, maintain the store.
 
-    Syncs at start and every worker.sync_interval_sec until Ctrl-C or SIGTERM.
+    Runs until Ctrl-C or SIGTERM (a second signal abandons in-flight probes at once; leases
+    are released either way). On SQLite only one keeper may run.
     """
-    from llmgateway.worker.sync import run_sync, sync_forever
+    from llmgateway.worker.lock import KeeperRunningError
+    from llmgateway.worker.run import Keeper, run_once
 
     settings = _load(config)
     # --once prints its own summary, problems included; the loop reports through the logs
@@ -171,17 +176,62 @@ def worker(config: str | None, once: bool) -> None:
     logging.getLogger("alembic").setLevel(logging.WARNING)
 
     async def work(store: Store) -> None:
-        if once:
-            _echo_sync(await run_sync(settings, store))
-            return
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for signum in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(signum, stop.set)
-        await sync_forever(settings, store, stop)
-        click.echo("worker stopped")
+        try:
+            if once:
+                report, proxies, summary = await run_once(
+                    settings, store, on_progress=_progress_printer()
+                )
+                _echo_sync(report)
+                _echo_round(proxies, summary)
+                counts = await store.status_counts()
+                if counts:
+                    click.echo(_status_table(counts, time.time()))
+                return
+            stop = asyncio.Event()
+            main_task = asyncio.current_task()
+            loop = asyncio.get_running_loop()
 
-    _run_with_store(settings, work)
+            def on_signal() -> None:
+                if stop.is_set() and main_task is not None:
+                    main_task.cancel()  # a second signal: abandon in-flight probes now
+                stop.set()
+
+            for signum in (signal.SIGINT, signal.SIGTERM):
+                loop.add_signal_handler(signum, on_signal)
+            await Keeper(settings, store).run(stop)
+            click.echo("worker stopped")
+        except KeeperRunningError as exc:
+            click.echo(str(exc), err=True)
+            raise SystemExit(1) from None
+
+    try:
+        _run_with_store(settings, work)
+    except asyncio.CancelledError:
+        click.echo("worker stopped (in-flight probes abandoned, leases released)")
+
+
+def _progress_printer() -> Callable[[Progress], None]:
+    """Prints a long round's progress every 10% (rounds of 500 rows or more)."""
+    shown = [0]
+
+    def show(progress: Progress) -> None:
+        if progress.due < 500:
+            return
+        step = progress.done * 10 // progress.due
+        if step > shown[0]:
+            shown[0] = step
+            click.echo(f"  probed {progress.done}/{progress.due}", err=True)
+
+    return show
+
+
+def _echo_round(proxies: ProxySummary, summary: RoundSummary) -> None:
+    if proxies.alive or proxies.dead:
+        click.echo(f"proxies: {proxies.alive} alive, {proxies.dead} dead")
+    line = f"probe round: {summary.due} due, {summary.healthy} healthy, {summary.failed} failed"
+    line += f", {summary.verifying} verifying, {summary.egress} egress faults"
+    line += f" ({summary.requests} requests, {summary.seconds:.1f} s)"
+    click.echo(line)
 
 
 def _echo_sync(report: SyncReport) -> None:

@@ -167,6 +167,12 @@ class WorkerSettings(_Model):
     probe_interval_sec: float = Field(default=60.0, gt=0)
     metrics_host: str = "127.0.0.1"
     metrics_port: int = Field(default=9464, ge=0, le=65535)
+    watch_files: bool = True  # sync at once when a key or proxy file changes
+    egress_retry_sec: float = Field(default=60.0, gt=0)  # re-probe after our side failed
+    proxy_check_interval_sec: float = Field(default=300.0, gt=0)  # re-probe a live proxy
+    proxy_retry_sec: float = Field(default=60.0, gt=0)  # re-probe a dead proxy
+    purge_removed_after_days: float = Field(default=30.0, gt=0)
+    vacuum_interval_hours: float = Field(default=168.0, gt=0)
 
 
 class MetricsSettings(_Model):

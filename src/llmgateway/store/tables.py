@@ -81,6 +81,8 @@ key_status = sa.Table(
     sa.Column("revision", sa.BigInteger, nullable=False, index=True),
     sa.Column("lease_owner", sa.Text, nullable=True),
     sa.Column("lease_until", sa.Double, nullable=True),
+    # Re-probes so far confirming a retryable failure (the Keeper's verification loop).
+    sa.Column("probe_attempts", sa.Integer, nullable=False, server_default="0"),
 )
 
 proxies = sa.Table(

@@ -1,0 +1,174 @@
+"""Keeper probe throughput: 10,000 keys against the fake upstream running in its own process.
+
+    .venv/bin/python bench/probe.py [--keys N] [--batch-size N] [--pg-url URL]
+
+Per database (SQLite, then PostgreSQL when reachable): a first round over untested keys (the
+auth probe, then one generation probe each) and a steady round over valid keys (one generation
+probe each), at `batch_size` concurrent probes, no batch delay. Printed per round: keys/s, HTTP
+requests/s, store write transactions/s and rows written/s, and the process's peak RSS so far.
+The clock is moved by hand between rounds, so the rounds are exact.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import resource
+import sys
+import tempfile
+import uuid
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import asyncpg
+from sqlalchemy.engine import make_url
+
+from llmgateway.settings import Settings
+from llmgateway.store import Store
+from llmgateway.upstream import Upstream
+from llmgateway.worker.run import Keeper
+from llmgateway.worker.summary import RoundSummary
+from llmgateway.worker.sync import run_sync
+
+DEFAULT_PG = "postgresql+asyncpg://postgres@127.0.0.1:5432/test"
+
+
+@dataclass(slots=True)
+class Clock:
+    now: float = 1_800_000_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@asynccontextmanager
+async def fake_upstream() -> AsyncIterator[str]:
+    """`llmgateway fake-upstream` in its own process; yields its base URL."""
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "llmgateway",
+        "fake-upstream",
+        "--port",
+        "0",
+        stdout=asyncio.subprocess.PIPE,
+    )
+    assert process.stdout is not None
+    line = (await asyncio.wait_for(process.stdout.readline(), 30)).decode()
+    try:
+        yield line.rsplit(" ", 1)[-1].strip()
+    finally:
+        process.terminate()
+        await process.wait()
+
+
+def settings(folder: Path, base: str, batch_size: int) -> Settings:
+    return Settings.model_validate(
+        {
+            "providers": {
+                "bench": {
+                    "provider_type": "openai_like",
+                    "keys_path": str(folder),
+                    "api_base_url": base + "/v1",
+                    "default_model": "gpt-4o-mini",
+                    "shared_key_status": True,
+                    "models": {"gpt-4o-mini": {"endpoint_suffix": "/chat/completions"}},
+                    "access_control": {"gateway_access_token": "bench-token-0001"},
+                    "worker_health_policy": {"batch_size": batch_size, "batch_delay_sec": 0},
+                }
+            }
+        }
+    )
+
+
+@asynccontextmanager
+async def sqlite_store(workdir: Path, clock: Clock) -> AsyncIterator[Store]:
+    async with await Store.open(f"sqlite:///{workdir / 'bench.db'}", clock=clock) as store:
+        yield store
+
+
+def pg_store(url: str) -> Callable[[Path, Clock], AbstractAsyncContextManager[Store]]:
+    dsn = make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
+
+    @asynccontextmanager
+    async def open_store(_: Path, clock: Clock) -> AsyncIterator[Store]:
+        schema = f"bench_{uuid.uuid4().hex[:12]}"
+        admin = await asyncpg.connect(dsn)
+        try:
+            await admin.execute(f'CREATE SCHEMA "{schema}"')
+            async with await Store.open(url, schema=schema, clock=clock) as store:
+                yield store
+        finally:
+            await admin.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+            await admin.close()
+
+    return open_store
+
+
+async def rounds(
+    name: str,
+    open_store: Callable[[Path, Clock], AbstractAsyncContextManager[Store]],
+    base: str,
+    count: int,
+    batch_size: int,
+) -> list[tuple[str, str, RoundSummary]]:
+    results = []
+    with tempfile.TemporaryDirectory() as tmp:
+        workdir = Path(tmp)
+        folder = workdir / "keys"
+        folder.mkdir()
+        keys = [f"sk-bench-{i:06d}-abcdefghijklmnopqrstuvwxyz" for i in range(count)]
+        (folder / "keys.txt").write_text("\n".join(keys) + "\n")
+        config = settings(folder, base, batch_size)
+        clock = Clock()
+        async with open_store(workdir, clock) as store:
+            await store.upgrade()
+            await run_sync(config, store)
+            upstream = Upstream()
+            keeper = Keeper(config, store, upstream, clock=clock)
+            try:
+                results.append((name, "first (untested)", await keeper.probe_round()))
+                clock.now += 3600
+                results.append((name, "steady (valid)", await keeper.probe_round()))
+            finally:
+                await upstream.close()
+    return results
+
+
+def peak_rss_mib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    parser.add_argument("--keys", type=int, default=10_000)
+    parser.add_argument("--batch-size", type=int, default=100)
+    parser.add_argument("--pg-url", default=os.environ.get("LLMGATEWAY_TEST_PG_URL", DEFAULT_PG))
+    args = parser.parse_args()
+    table: list[tuple[str, str, RoundSummary, float]] = []
+    async with fake_upstream() as base:
+        for name, opener in (("sqlite", sqlite_store), ("postgresql", pg_store(args.pg_url))):
+            try:
+                found = await rounds(name, opener, base, args.keys, args.batch_size)
+            except OSError as exc:
+                print(f"{name} skipped: {type(exc).__name__}: {exc}")
+                continue
+            table += [(db, label, summary, peak_rss_mib()) for db, label, summary in found]
+    print(f"concurrency: batch_size={args.batch_size} probes at once, 1 provider, no batch delay")
+    header = ("database", "round", "keys", "seconds", "keys/s", "req/s", "writes/s", "rows/s")
+    print(f"{header[0]:<11} {header[1]:<17}" + "".join(f"{h:>9}" for h in header[2:]), end="")
+    print(f"{'peak RSS':>11}")
+    for database, label, s, rss in table:
+        seconds = max(s.seconds, 1e-9)
+        print(
+            f"{database:<11} {label:<17} {s.probed:>9} {s.seconds:>9.2f} "
+            f"{s.probed / seconds:>8,.0f} {s.requests / seconds:>8,.0f} "
+            f"{s.writes / seconds:>8,.1f} {s.probed / seconds:>8,.0f} {rss:>7.0f} MiB"
+        )
+
+
+if __name__ == "__main__":
+    asyncio.run(main())

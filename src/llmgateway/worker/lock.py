@@ -1,0 +1,60 @@
+"""One Keeper per SQLite database.
+
+SQLite has no row locks, so two keepers on one file would probe the same keys twice. The first
+keeper takes an exclusive `flock` on `<database>.keeper.lock` (and writes its host and pid into
+it); a second one is refused with a message naming the first. The operating system drops the
+lock when the process ends, however it ends, so a killed keeper never blocks the next one and
+no heartbeat is needed. PostgreSQL needs no lock: row leases (`FOR UPDATE SKIP LOCKED`) let
+several keepers share the work.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import socket
+from collections.abc import Iterator
+from pathlib import Path
+
+from sqlalchemy.engine import URL
+
+
+class KeeperRunningError(RuntimeError):
+    """Another keeper already runs on this SQLite database."""
+
+
+def lock_path(url: URL) -> Path | None:
+    """The lock file of a SQLite database URL (None for PostgreSQL or an in-memory database)."""
+    database = url.database
+    if url.get_backend_name() != "sqlite" or not database or database == ":memory:":
+        return None
+    if database.startswith("file:"):
+        database = database.removeprefix("file:").partition("?")[0]
+    return Path(database).expanduser().with_name(Path(database).name + ".keeper.lock")
+
+
+@contextlib.contextmanager
+def single_keeper(url: URL) -> Iterator[None]:
+    """Hold the keeper lock of a SQLite database for the block; a no-op on PostgreSQL.
+    Raises `KeeperRunningError` when another keeper holds it."""
+    path = lock_path(url)
+    if path is None:
+        yield
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "unknown"
+            raise KeeperRunningError(
+                f"another keeper ({holder}) is running on the SQLite database {url.database}; "
+                "SQLite allows one keeper: stop the other one, or use PostgreSQL to run several"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"host {socket.gethostname()}, pid {os.getpid()}\n".encode(), 0)
+        yield
+    finally:
+        os.close(fd)  # closing the descriptor releases the lock
