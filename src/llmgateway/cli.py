@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import json
 import logging
@@ -302,3 +303,107 @@ def _humanize(at: float | None, now: float) -> str:
     )
     text = f"{int(amount // size)}{unit}"
     return f"in {text}" if delta > 0 else f"overdue {text}"
+
+
+# -- serving: gateway, serve ----------------------------------------------------------------------
+
+_host_option = click.option(
+    "--host", metavar="HOST", help="Listen address (default: gateway.host)."
+)
+_port_option = click.option(
+    "--port", type=click.IntRange(0, 65535), help="Listen port (default: gateway.port)."
+)
+
+
+@main.command()
+@_config_option
+@_host_option
+@_port_option
+@click.option(
+    "--workers", type=click.IntRange(1), help="Server processes (default: gateway.workers)."
+)
+def gateway(config: str | None, host: str | None, port: int | None, workers: int | None) -> None:
+    """The Conductor: serve the OpenAI and Gemini routes from the healthy key pool.
+
+    It applies migrations and runs one key-file sync at start, then leaves syncing and probing
+    to the Keeper (`llmgateway worker`). Stops on Ctrl-C or SIGTERM.
+    """
+    import os
+
+    import uvicorn
+
+    from llmgateway.config import config_path
+    from llmgateway.serving import uvicorn_config
+
+    settings = _load(config)
+    _setup_logging(settings)
+    _run_with_store(settings, _nothing)  # migrations, with a one-line error if the store fails
+    host = host or settings.gateway.host
+    port = settings.gateway.port if port is None else port
+    workers = workers or settings.gateway.workers
+    if workers == 1:
+        from llmgateway.app import create_app
+
+        uvicorn.Server(uvicorn_config(create_app(settings), host, port)).run()
+        return
+    os.environ["LLMGATEWAY_CONFIG"] = str(config_path(config).resolve())
+    uvicorn.run(
+        "llmgateway.app:app_from_environment",
+        factory=True,
+        host=host,
+        port=port,
+        workers=workers,
+        loop="uvloop",
+        http="httptools",
+        access_log=False,
+        log_config=None,
+        server_header=False,
+    )
+
+
+@main.command()
+@_config_option
+@_host_option
+@_port_option
+def serve(config: str | None, host: str | None, port: int | None) -> None:
+    """The gateway and the Keeper in one process: the embedded, single-machine setup."""
+    import uvloop
+
+    settings = _load(config)
+    _setup_logging(settings)
+    host = host or settings.gateway.host
+    port = settings.gateway.port if port is None else port
+    _run_with_store(settings, _nothing)
+    with contextlib.suppress(KeyboardInterrupt):
+        uvloop.run(_serve_both(settings, host, port))
+    click.echo("stopped")
+
+
+async def _nothing(store: Store) -> None:
+    del store
+
+
+async def _serve_both(settings: Settings, host: str, port: int) -> None:
+    import uvicorn
+
+    from llmgateway.app import create_app
+    from llmgateway.serving import uvicorn_config
+    from llmgateway.store import Store
+    from llmgateway.worker.run import Keeper
+
+    server = uvicorn.Server(uvicorn_config(create_app(settings), host, port))
+    stop = asyncio.Event()
+    async with await Store.open(settings.database.async_url, settings.database.pool_size) as store:
+        keeper = asyncio.create_task(Keeper(settings, store).run(stop), name="keeper")
+        try:
+            await server.serve()
+        finally:
+            stop.set()
+            await keeper
+
+
+def _setup_logging(settings: Settings) -> None:
+    logging.basicConfig(
+        level=settings.logging.level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    logging.getLogger("alembic").setLevel(logging.WARNING)

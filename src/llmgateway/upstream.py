@@ -79,8 +79,8 @@ class Upstream:
         for session in self._sessions.values():
             connector = session.connector
             if connector is not None and not connector.closed:
-                total += sum(len(v) for v in connector._conns.values())  # noqa: SLF001
-                total += len(connector._acquired)  # noqa: SLF001
+                total += sum(len(v) for v in connector._conns.values())
+                total += len(connector._acquired)
         return total
 
     async def close(self) -> None:

@@ -133,7 +133,7 @@ async def test_openai_sdk_chat_stream_embeddings_models(fake: FakeUpstream) -> N
     assert fake.calls(GOOD) == 4
     seen = fake.last_request(GOOD)
     assert seen is not None
-    assert seen.headers["Authorization"] == f"Bearer {GOOD}"
+    assert seen.headers["authorization"] == f"Bearer {GOOD}"
     await client.close()
 
 

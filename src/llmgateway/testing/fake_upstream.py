@@ -313,7 +313,10 @@ class FakeUpstream:
         calls = counters.calls[secret] = counters.calls.get(secret, 0) + 1
         counters.key_in_url += in_url
         counters.seen[secret] = SeenRequest(
-            request.method, request.path, dict(request.query), dict(request.headers)
+            request.method,
+            request.path,
+            dict(request.query),
+            {k.lower(): v for k, v in request.headers.items()},
         )
         return calls
 

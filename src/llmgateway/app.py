@@ -1,0 +1,218 @@
+"""`create_app(settings)`: the gateway as an ASGI application, with its lifespan wiring.
+
+At start it applies migrations, runs one file sync (cheap and idempotent, so a fresh store serves
+at once), loads the pool snapshot, and starts two background tasks: the delta refresh from the
+store and the write-behind of status changes. The request path never touches the store.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from llmgateway.api import Edge, token_digest
+from llmgateway.events import StatusWriter
+from llmgateway.pool import KeyEntry, KeyPool
+from llmgateway.proxy import Conductor, Provider
+from llmgateway.resilience import RetryBudget
+from llmgateway.settings import Settings
+from llmgateway.store import KeyRow, Store
+from llmgateway.upstream import DIRECT, Upstream, client_timeout
+from llmgateway.worker.sync import run_sync
+
+log = logging.getLogger("llmgateway.app")
+
+
+@dataclass(slots=True)
+class Health:
+    """What `/readyz` reports."""
+
+    pool_loaded: bool = False
+    store_ok: bool = False
+    last_refresh: float | None = None
+    revision: int = 0
+    problem: str = "starting"
+
+
+@dataclass(slots=True)
+class Gateway:
+    """One gateway process: its providers, pools and background tasks."""
+
+    settings: Settings
+    store: Store | None = None
+    rng: random.Random = field(default_factory=random.Random)
+    clock: Callable[[], float] = time.time
+    upstream: Upstream = field(default_factory=Upstream)
+    providers: dict[str, Provider] = field(default_factory=dict)
+    health: Health = field(default_factory=Health)
+    writer: StatusWriter | None = None
+
+    def build_providers(self) -> None:
+        for name, provider in self.settings.providers.items():
+            if not provider.enabled:
+                continue
+            pool = KeyPool(
+                name,
+                shared=provider.shared_key_status,
+                models=provider.models,
+                selection=self.settings.gateway.selection,
+                outlier=provider.gateway_policy.outlier_detection,
+                rng=self.rng,
+            )
+            self.providers[name] = Provider(name, provider, pool, client_timeout(provider.timeouts))
+
+    def token_index(self) -> dict[bytes, tuple[str, Provider]]:
+        index: dict[bytes, tuple[str, Provider]] = {}
+        for provider in self.providers.values():
+            for token in provider.settings.access_control.tokens:
+                index[token_digest(token)] = (token, provider)
+        return index
+
+    def apply_rows(self, rows: list[KeyRow], full: bool) -> None:
+        now = self.clock()
+        by_provider: dict[str, tuple[list[KeyEntry], set[int]]] = {
+            name: ([], set()) for name in self.providers
+        }
+        for row in rows:
+            slot = by_provider.get(row.provider)
+            if slot is None:
+                continue
+            if row.active:
+                slot[0].append(_entry(row))
+            else:
+                slot[1].add(row.key_id)
+        for name, (entries, removed) in by_provider.items():
+            pool = self.providers[name].pool
+            if full:
+                pool.load(entries, now)
+            elif entries or removed:
+                pool.apply(entries, removed, now)
+
+    async def refresh(self) -> None:
+        """Pull what changed in the store since the last refresh into the pools."""
+        assert self.store is not None
+        try:
+            snapshot = await self.store.snapshot(since_revision=self.health.revision)
+        except Exception as error:  # keep serving from the snapshot we have
+            self.health.store_ok = False
+            self.health.problem = f"store unreachable at the last refresh: {type(error).__name__}"
+            log.warning("pool refresh failed: %s", type(error).__name__)
+            return
+        self.apply_rows(snapshot.keys, full=self.health.revision == 0)
+        self.health.revision = snapshot.revision
+        self.health.store_ok = True
+        self.health.pool_loaded = True
+        self.health.last_refresh = self.clock()
+        self.health.problem = ""
+
+    async def refresh_forever(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.gateway.refresh_interval_sec)
+            await self.refresh()
+
+
+def _entry(row: KeyRow) -> KeyEntry:
+    return KeyEntry(
+        key_id=row.key_id,
+        secret=row.secret,
+        model=row.model,
+        status=row.status,
+        cooldown_until=row.cooldown_until,
+        egress=DIRECT,
+    )
+
+
+def create_app(
+    settings: Settings,
+    *,
+    rng: random.Random | None = None,
+    sync_files: bool = True,
+) -> ASGIApp:
+    """The gateway application. `sync_files` runs one key-file sync at start (on by default)."""
+    gateway = Gateway(settings, rng=rng or random.Random())
+    gateway.build_providers()
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        store = await Store.open(settings.database.async_url, pool_size=settings.database.pool_size)
+        gateway.store = store
+        writer = StatusWriter(store.apply_events)
+        gateway.writer = writer
+        conductor = Conductor(gateway.upstream, writer, RetryBudget(), gateway.rng, gateway.clock)
+        edge = Edge(conductor, gateway.token_index(), settings.gateway.max_body_bytes)
+        app.state.edge = edge
+        tasks: list[asyncio.Task[None]] = []
+        try:
+            await store.upgrade()
+            if sync_files:
+                await run_sync(settings, store)
+            await gateway.refresh()
+            tasks = [
+                asyncio.create_task(writer.run(), name="status-writer"),
+                asyncio.create_task(gateway.refresh_forever(), name="pool-refresh"),
+            ]
+            yield
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            with contextlib.suppress(Exception):
+                await writer.flush()
+            await gateway.upstream.close()
+            await store.close()
+
+    async def healthz(request: Request) -> Response:
+        return JSONResponse({"status": "ok"})
+
+    async def readyz(request: Request) -> Response:
+        health = gateway.health
+        ready = health.pool_loaded and health.store_ok
+        body = {
+            "ready": ready,
+            "pool_loaded": health.pool_loaded,
+            "store_reachable": health.store_ok,
+            "revision": health.revision,
+            "problem": health.problem or None,
+        }
+        return JSONResponse(body, status_code=200 if ready else 503)
+
+    admin = Starlette(
+        routes=[Route("/healthz", healthz), Route("/readyz", readyz)],
+        lifespan=lifespan,
+    )
+    admin.state.gateway = gateway
+    return _Router(admin)
+
+
+class _Router:
+    """Proxied paths go straight to the edge; everything else to the Starlette admin app."""
+
+    def __init__(self, admin: Starlette) -> None:
+        self.admin = admin
+        self.state = admin.state
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            path: str = scope["path"]
+            if path.startswith(("/v1/", "/v1beta/")):
+                await self.admin.state.edge(scope, receive, send)
+                return
+        await self.admin(scope, receive, send)
+
+
+def app_from_environment() -> ASGIApp:
+    """The app for `gateway --workers N`: each server process loads $LLMGATEWAY_CONFIG itself."""
+    from llmgateway.config import config_path, load_settings
+
+    return create_app(load_settings(config_path(None)))
