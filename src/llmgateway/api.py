@@ -153,6 +153,8 @@ class Edge:
         deadline = loop.time() + call.provider.settings.timeouts.total
         forward: Forward | None = None
         outcome = CANCELLED
+        budget = call.provider.budget
+        budget.request_started()
         try:
             result = await self.conductor.run(call, deadline)
             if isinstance(result, Reply):
@@ -166,6 +168,7 @@ class Edge:
             task.uncancel()
             log.info("client disconnected", extra={"request_id": request_id})
         finally:
+            budget.request_finished()
             watcher.cancel()
             if forward is not None:
                 forward.response.close()

@@ -22,13 +22,15 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from llmgateway.api import Edge, token_digest
+from llmgateway.egress import NoHealthyProxyError, egress_for
 from llmgateway.events import StatusWriter
+from llmgateway.outcomes import KeyStatus
 from llmgateway.pool import KeyEntry, KeyPool
 from llmgateway.proxy import Conductor, Provider
 from llmgateway.resilience import RetryBudget
 from llmgateway.settings import Settings
-from llmgateway.store import KeyRow, Store
-from llmgateway.upstream import DIRECT, Upstream, client_timeout
+from llmgateway.store import KeyRow, ProxyRow, Store
+from llmgateway.upstream import Upstream, client_timeout
 from llmgateway.worker.sync import run_sync
 
 log = logging.getLogger("llmgateway.app")
@@ -57,6 +59,8 @@ class Gateway:
     providers: dict[str, Provider] = field(default_factory=dict)
     health: Health = field(default_factory=Health)
     writer: StatusWriter | None = None
+    _proxies: dict[int, ProxyRow] = field(default_factory=dict)
+    _healthy_proxies: dict[str, list[str]] = field(default_factory=dict)
 
     def build_providers(self) -> None:
         for name, provider in self.settings.providers.items():
@@ -69,8 +73,16 @@ class Gateway:
                 selection=self.settings.gateway.selection,
                 outlier=provider.gateway_policy.outlier_detection,
                 rng=self.rng,
+                max_inflight=provider.gateway_policy.max_inflight_per_key,
             )
-            self.providers[name] = Provider(name, provider, pool, client_timeout(provider.timeouts))
+            budget = provider.gateway_policy.retry_budget
+            self.providers[name] = Provider(
+                name,
+                provider,
+                pool,
+                client_timeout(provider.timeouts),
+                RetryBudget(budget.percent, budget.min_concurrent),
+            )
 
     def token_index(self) -> dict[bytes, tuple[str, Provider]]:
         index: dict[bytes, tuple[str, Provider]] = {}
@@ -88,10 +100,11 @@ class Gateway:
             slot = by_provider.get(row.provider)
             if slot is None:
                 continue
-            if row.active:
-                slot[0].append(_entry(row))
-            else:
+            entry = self._entry(row) if row.active else None
+            if entry is None:
                 slot[1].add(row.key_id)
+            else:
+                slot[0].append(entry)
         for name, (entries, removed) in by_provider.items():
             pool = self.providers[name].pool
             if full:
@@ -99,17 +112,47 @@ class Gateway:
             elif entries or removed:
                 pool.apply(entries, removed, now)
 
+    def _entry(self, row: KeyRow) -> KeyEntry | None:
+        """The pool entry of a store row, bound to its egress (None: no way out for it now)."""
+        settings = self.providers[row.provider].settings
+        healthy = self._healthy_proxies.get(row.provider, ())
+        try:
+            egress = egress_for(settings, row.secret, healthy)
+        except NoHealthyProxyError:
+            return None
+        return KeyEntry(row.key_id, row.secret, row.model, row.status, row.cooldown_until, egress)
+
+    def _note_proxies(self, rows: list[ProxyRow]) -> bool:
+        """Track proxy health; True when a provider's set of healthy proxies changed."""
+        for row in rows:
+            self._proxies[row.proxy_id] = row
+        healthy: dict[str, list[str]] = {}
+        for row in self._proxies.values():
+            if row.active and row.status is not KeyStatus.NETWORK_ERROR:
+                healthy.setdefault(row.provider, []).append(row.url)
+        changed = healthy != self._healthy_proxies
+        self._healthy_proxies = healthy
+        return changed
+
     async def refresh(self) -> None:
-        """Pull what changed in the store since the last refresh into the pools."""
+        """Pull what changed in the store since the last refresh into the pools.
+
+        When a provider's healthy proxies change, the whole snapshot is reloaded so that keys
+        are re-bound to their proxies (local counters and cooldowns survive a reload).
+        """
         assert self.store is not None
         try:
             snapshot = await self.store.snapshot(since_revision=self.health.revision)
+            full = self.health.revision == 0
+            if self._note_proxies(snapshot.proxies) and not full:
+                snapshot = await self.store.snapshot(since_revision=0)
+                full = True
         except Exception as error:  # keep serving from the snapshot we have
             self.health.store_ok = False
             self.health.problem = f"store unreachable at the last refresh: {type(error).__name__}"
             log.warning("pool refresh failed: %s", type(error).__name__)
             return
-        self.apply_rows(snapshot.keys, full=self.health.revision == 0)
+        self.apply_rows(snapshot.keys, full=full)
         self.health.revision = snapshot.revision
         self.health.store_ok = True
         self.health.pool_loaded = True
@@ -120,17 +163,6 @@ class Gateway:
         while True:
             await asyncio.sleep(self.settings.gateway.refresh_interval_sec)
             await self.refresh()
-
-
-def _entry(row: KeyRow) -> KeyEntry:
-    return KeyEntry(
-        key_id=row.key_id,
-        secret=row.secret,
-        model=row.model,
-        status=row.status,
-        cooldown_until=row.cooldown_until,
-        egress=DIRECT,
-    )
 
 
 def create_app(
@@ -149,7 +181,7 @@ def create_app(
         gateway.store = store
         writer = StatusWriter(store.apply_events)
         gateway.writer = writer
-        conductor = Conductor(gateway.upstream, writer, RetryBudget(), gateway.rng, gateway.clock)
+        conductor = Conductor(gateway.upstream, writer, gateway.rng, gateway.clock)
         edge = Edge(conductor, gateway.token_index(), settings.gateway.max_body_bytes)
         app.state.edge = edge
         tasks: list[asyncio.Task[None]] = []

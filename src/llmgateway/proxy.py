@@ -38,6 +38,7 @@ class Provider:
     settings: ProviderSettings
     pool: KeyPool
     timeout: aiohttp.ClientTimeout
+    budget: RetryBudget
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,7 +83,6 @@ class Conductor:
 
     upstream: Upstream
     writer: StatusWriter
-    budget: RetryBudget
     rng: random.Random
     clock: Callable[[], float] = time.time
 
@@ -91,10 +91,13 @@ class Conductor:
         loop = asyncio.get_running_loop()
         pool = call.provider.pool
         policy = call.provider.settings.gateway_policy.retry
+        budget = call.provider.budget
         tried: set[int] = set()
         key_errors = server_errors = 0
         last: Reply | None = None
-        retrying = call.client_retry
+        retrying = call.client_retry  # a client's own SDK retry counts against the budget
+        if retrying:
+            budget.begin_client_retry()
         try:
             while True:
                 got = pool.acquire(call.model, self.clock(), tried)
@@ -117,17 +120,18 @@ class Conductor:
                 if not policy.enabled or used > step.attempts:
                     return reply
                 pause = _backoff(step, used, self.rng)
-                if loop.time() + pause >= deadline:
+                # a retry that cannot even connect before the deadline is not started
+                if loop.time() + pause + call.provider.settings.timeouts.connect >= deadline:
                     return reply
                 if not retrying:
-                    if not self.budget.try_begin_retry():
+                    if not budget.try_begin_retry():
                         return reply
                     retrying = True
                 if pause > 0:
                     await asyncio.sleep(pause)
         finally:
-            if retrying and not call.client_retry:
-                self.budget.end_retry()
+            if retrying:
+                budget.end_retry()
 
     async def _attempt(
         self, call: Call, lease: Lease, remaining: float, attempt: int
