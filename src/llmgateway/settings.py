@@ -263,9 +263,12 @@ class RetryStep(_Model):
 
 
 class RetryPolicy(_Model):
-    enabled: bool = False
-    on_key_error: RetryStep = RetryStep()
-    on_server_error: RetryStep = RetryStep()
+    """Retries on another key. On by default (the original's default was off): failing over
+    is the gateway's promise, and a key's fault costs the client nothing."""
+
+    enabled: bool = True
+    on_key_error: RetryStep = RetryStep(attempts=5, backoff_sec=0.0)
+    on_server_error: RetryStep = RetryStep(attempts=2, backoff_sec=0.1)
 
 
 class BreakerBackoff(_Model):
