@@ -78,7 +78,13 @@ GatewayFactory = Callable[..., contextlib.AbstractAsyncContextManager[str]]
 
 
 @pytest.fixture
-def gateway(tmp_path: Path, fake: FakeUpstream) -> GatewayFactory:
+def started() -> list[Any]:
+    """The apps the `gateway` fixture started, newest last (for looking inside them)."""
+    return []
+
+
+@pytest.fixture
+def gateway(tmp_path: Path, fake: FakeUpstream, started: list[Any]) -> GatewayFactory:
     """`async with gateway(openai=[keys], gemini=[keys]) as url:` runs the real gateway."""
 
     @contextlib.asynccontextmanager
@@ -91,7 +97,9 @@ def gateway(tmp_path: Path, fake: FakeUpstream) -> GatewayFactory:
         write_keys(tmp_path / "keys" / "openai", openai or ["sk-good-openai-000000000001"])
         write_keys(tmp_path / "keys" / "gemini", gemini or ["AIza-good-gemini-00000000001"])
         settings = gateway_settings(tmp_path, fake, gateway_section, **extra)
-        async with running(create_app(settings, rng=random.Random(7))) as url:
+        app = create_app(settings, rng=random.Random(7))
+        started.append(app)
+        async with running(app) as url:
             yield url
 
     return start

@@ -124,7 +124,11 @@ async def apply_events(conn: AsyncConnection, events: Sequence[StatusEvent], rev
         sa.update(key_status)
         .where(
             row.key_id == sa.bindparam("p_key_id", type_=sa.Integer),
-            row.model == sa.bindparam("p_model", type_=sa.Text),
+            # a dead key (invalid_key, no_access) is dead for every model it serves
+            sa.or_(
+                row.model == sa.bindparam("p_model", type_=sa.Text),
+                sa.bindparam("p_key_level", type_=sa.Boolean),
+            ),
             sa.or_(row.last_checked_at.is_(None), row.last_checked_at < observed),
         )
         .values(
@@ -154,6 +158,9 @@ async def apply_events(conn: AsyncConnection, events: Sequence[StatusEvent], rev
     await conn.execute(stmt, [_event_params(e) for e in ordered])
 
 
+_KEY_LEVEL = frozenset({KeyStatus.INVALID_KEY, KeyStatus.NO_ACCESS})
+
+
 def _event_params(event: StatusEvent) -> dict[str, object]:
     message = event.error_message
     return {
@@ -167,6 +174,7 @@ def _event_params(event: StatusEvent) -> dict[str, object]:
         "p_error_message": message[:ERROR_MESSAGE_LIMIT] if message is not None else None,
         "p_latency_ms": event.latency_ms,
         "p_healthy": event.status == KeyStatus.VALID,
+        "p_key_level": event.status in _KEY_LEVEL,
         "p_next_check_at": event.next_check_at,
     }
 

@@ -315,22 +315,26 @@ class Keeper:
         On SQLite a second keeper is refused (`KeeperRunningError`)."""
         with single_keeper(self.store.engine.url):
             wake = asyncio.Event()
+            synced = asyncio.Event()  # a sync may have brought keys that are due at once
             try:
                 async with asyncio.TaskGroup() as group:
-                    group.create_task(self._sync_loop(stop, wake))
+                    group.create_task(self._sync_loop(stop, wake, synced))
                     if self.settings.worker.watch_files:
                         group.create_task(self._watch_loop(stop, wake))
-                    group.create_task(self._probe_loop(stop, on_round))
+                    group.create_task(self._probe_loop(stop, synced, on_round))
                     group.create_task(self._maintenance_loop(stop))
             finally:
                 await asyncio.shield(queries.release_leases(self.store, self.owner))
                 await self.upstream.close()
 
-    async def _sync_loop(self, stop: asyncio.Event, wake: asyncio.Event) -> None:
+    async def _sync_loop(
+        self, stop: asyncio.Event, wake: asyncio.Event, synced: asyncio.Event
+    ) -> None:
         while not stop.is_set():
             wake.clear()
             with _survive("sync"):
                 await run_sync(self.settings, self.store)
+                synced.set()
             await _first(stop, wake, self.settings.worker.sync_interval_sec)
 
     async def _watch_loop(self, stop: asyncio.Event, wake: asyncio.Event) -> None:
@@ -346,9 +350,13 @@ class Keeper:
                 wake.set()
 
     async def _probe_loop(
-        self, stop: asyncio.Event, on_round: Callable[[RoundSummary], None]
+        self,
+        stop: asyncio.Event,
+        synced: asyncio.Event,
+        on_round: Callable[[RoundSummary], None],
     ) -> None:
         while not stop.is_set():
+            synced.clear()
             with _survive("probe round"):
                 await self.probe_proxies()
                 summary = await self.probe_round(stop)
@@ -361,7 +369,7 @@ class Keeper:
                     summary.egress,
                 )
                 on_round(summary)
-            await _first(stop, None, self.settings.worker.probe_interval_sec)
+            await _first(stop, synced, self.settings.worker.probe_interval_sec)
 
     async def _maintenance_loop(self, stop: asyncio.Event) -> None:
         while not stop.is_set():
