@@ -1,0 +1,368 @@
+"""Prometheus metrics: every family of the contract (DESIGN §2.5), prefix `llmgateway_`.
+
+No label ever carries a key, a key id or a token; `model` is bounded to the configured models
+(anything else is `other`). Histograms use LLM-sized buckets up to 600 s.
+
+One `Metrics` per process holds the families on its own registry. With several gateway worker
+processes (`gateway --workers N`), `PROMETHEUS_MULTIPROC_DIR` is set before the workers start:
+prometheus-client then keeps every process's values in files there, and a scrape, whichever
+process answers it, adds them up (`multiprocess_mode` says how for each gauge). `keys` is
+computed at scrape time by the answering process (every process holds the same pool snapshot).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import AsyncIterator, Iterable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
+from prometheus_client import multiprocess as prometheus_multiprocess
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from llmgateway.outcomes import ALL_MODELS, Outcome
+from llmgateway.pool import KeyPool
+from llmgateway.resilience import BreakerState
+from llmgateway.store import StatusCount
+
+if TYPE_CHECKING:
+    from llmgateway.worker.sync import SyncReport
+
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 20, 30, 60, 120, 300, 600)
+"""Seconds: a whole LLM call or its first byte (prometheus-client's default stops at 10 s)."""
+OVERHEAD_BUCKETS = (
+    *(0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1),
+    *(0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 600),
+)
+"""Seconds of the gateway's own time: sub-millisecond normally, longer with retry backoff."""
+PROBE_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 20, 30, 60, 120)
+OTHER_MODEL = "other"
+SHARED_MODEL = "shared"
+NO_PROVIDER = "none"
+
+
+@dataclass(frozen=True, slots=True)
+class KeyCount:
+    """One sample of `llmgateway_keys`: keys of a provider and model in a status."""
+
+    provider: str
+    model: str
+    status: str
+    count: int
+
+
+def model_label(model: str) -> str:
+    """The `model` label of a status scope (`shared` under shared_key_status)."""
+    return SHARED_MODEL if model == ALL_MODELS else model
+
+
+def reason_label(outcome: Outcome) -> str:
+    """The `reason` label of an outcome: `ok`, or its ErrorReason value."""
+    if outcome.reason is None:
+        return "ok"
+    return outcome.reason.value
+
+
+@dataclass(slots=True)
+class Timing:
+    """One request's clock readings (`time.perf_counter()` seconds).
+
+    `upstream` adds up the time spent waiting on the provider (response headers of every
+    attempt, error bodies, body chunks), so `overhead = total - upstream` is the gateway's own
+    time: auth, body read, key selection, classification, retry backoff, relaying.
+    """
+
+    started: float = field(default_factory=time.perf_counter)
+    upstream: float = 0.0
+    first_byte: float | None = None
+
+    def waited(self, since: float) -> None:
+        """Count the time from `since` until now as waiting on the provider."""
+        self.upstream += time.perf_counter() - since
+
+    async def relay(self, chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+        """Pass `chunks` through, timing the waits for them and noting the first one."""
+        iterator = aiter(chunks)
+        while True:
+            asked = time.perf_counter()
+            try:
+                chunk = await anext(iterator)
+            except StopAsyncIteration:
+                self.waited(asked)
+                return
+            now = time.perf_counter()
+            self.upstream += now - asked
+            if self.first_byte is None:
+                self.first_byte = now
+            yield chunk
+
+
+@dataclass(slots=True)
+class ProviderMetrics:
+    """One provider's label children, bound once so a request costs dict lookups only."""
+
+    family: Metrics
+    name: str
+    models: frozenset[str]
+    inflight: Gauge
+    overhead: Histogram
+    _durations: dict[str, Histogram] = field(default_factory=dict)
+    _ttfb: dict[str, Histogram] = field(default_factory=dict)
+    _requests: dict[tuple[str, int], Counter] = field(default_factory=dict)
+    _attempts: dict[str, Counter] = field(default_factory=dict)
+    _retries: dict[str, Counter] = field(default_factory=dict)
+    _cooldowns: dict[str, Counter] = field(default_factory=dict)
+
+    def model(self, model: str) -> str:
+        """`model` when it is configured, else `other` (labels stay bounded)."""
+        return model if model in self.models else OTHER_MODEL
+
+    def finished(self, model: str, code: int, timing: Timing) -> None:
+        """Record a finished request: its code, duration, time to first byte and overhead."""
+        now = time.perf_counter()
+        label = self.model(model)
+        counter = self._requests.get((label, code))
+        if counter is None:
+            counter = self.family.requests.labels(self.name, label, str(code))
+            self._requests[(label, code)] = counter
+        counter.inc()
+        duration = self._durations.get(label)
+        if duration is None:
+            duration = self._durations[label] = self.family.request_duration.labels(
+                self.name, label
+            )
+            self._ttfb[label] = self.family.time_to_first_byte.labels(self.name, label)
+        total = now - timing.started
+        duration.observe(total)
+        first = timing.first_byte if timing.first_byte is not None else now
+        self._ttfb[label].observe(first - timing.started)
+        self.overhead.observe(max(total - timing.upstream, 0.0))
+
+    def attempt(self, outcome: Outcome) -> None:
+        """Count one upstream attempt by how it ended."""
+        self._count(self._attempts, self.family.upstream_attempts, reason_label(outcome))
+
+    def retry(self, outcome: Outcome) -> None:
+        """Count one retry on another key, by the reason of the attempt that failed."""
+        self._count(self._retries, self.family.retries, reason_label(outcome))
+
+    def cooldown(self, reason: str) -> None:
+        """Count a key taken out of rotation by the gateway (cooldown, ejection, invalid)."""
+        self._count(self._cooldowns, self.family.key_cooldowns, reason)
+
+    def breaker(self, state: BreakerState) -> None:
+        """Set this provider's circuit breaker state (0 closed, 1 half-open, 2 open)."""
+        self.family.circuit_breaker_state.labels(self.name).set(int(state))
+
+    def _count(self, children: dict[str, Counter], parent: Counter, reason: str) -> None:
+        child = children.get(reason)
+        if child is None:
+            child = children[reason] = parent.labels(self.name, reason)
+        child.inc()
+
+
+@dataclass(slots=True)
+class Metrics:
+    """Every metric family of one process, on its own registry (see the module docstring)."""
+
+    registry: CollectorRegistry
+    multiprocess: bool
+    requests: Counter
+    request_duration: Histogram
+    time_to_first_byte: Histogram
+    overhead: Histogram
+    upstream_attempts: Counter
+    retries: Counter
+    inflight: Gauge
+    key_cooldowns: Counter
+    circuit_breaker_state: Gauge
+    probes: Counter
+    probe_duration: Histogram
+    sync_changes: Counter
+    _providers: dict[str, ProviderMetrics] = field(default_factory=dict)
+
+    @classmethod
+    def create(cls) -> Metrics:
+        """Fresh families; in multiprocess mode when `PROMETHEUS_MULTIPROC_DIR` is set."""
+        registry = CollectorRegistry(auto_describe=True)
+        multi = bool(os.environ.get(MULTIPROC_ENV))
+        pm = ("provider", "model")
+        pr = ("provider", "reason")
+        return cls(
+            registry=registry,
+            multiprocess=multi,
+            requests=Counter(
+                "llmgateway_requests",
+                "Client requests answered, by provider, model and HTTP status code.",
+                (*pm, "code"),
+                registry=registry,
+            ),
+            request_duration=Histogram(
+                "llmgateway_request_duration_seconds",
+                "Whole request time, from arrival to the last byte sent.",
+                pm,
+                registry=registry,
+                buckets=LATENCY_BUCKETS,
+            ),
+            time_to_first_byte=Histogram(
+                "llmgateway_time_to_first_byte_seconds",
+                "Time from arrival to the first body byte relayed (the whole answer if not "
+                "streamed).",
+                pm,
+                registry=registry,
+                buckets=LATENCY_BUCKETS,
+            ),
+            overhead=Histogram(
+                "llmgateway_overhead_seconds",
+                "The gateway's own time per request: total minus time waiting on upstream.",
+                ("provider",),
+                registry=registry,
+                buckets=OVERHEAD_BUCKETS,
+            ),
+            upstream_attempts=Counter(
+                "llmgateway_upstream_attempts",
+                "Upstream calls, by how they ended (ok or an error reason).",
+                pr,
+                registry=registry,
+            ),
+            retries=Counter(
+                "llmgateway_retries",
+                "Retries on another key, by the reason of the failed attempt.",
+                pr,
+                registry=registry,
+            ),
+            inflight=Gauge(
+                "llmgateway_inflight_requests",
+                "Requests being served now.",
+                ("provider",),
+                registry=registry,
+                multiprocess_mode="livesum",
+            ),
+            key_cooldowns=Counter(
+                "llmgateway_key_cooldowns",
+                "Keys the gateway took out of rotation (cooldown, ejection, invalid), by reason.",
+                pr,
+                registry=registry,
+            ),
+            circuit_breaker_state=Gauge(
+                "llmgateway_circuit_breaker_state",
+                "Circuit breaker per provider: 0 closed, 1 half-open, 2 open.",
+                ("provider",),
+                registry=registry,
+                multiprocess_mode="livemax",
+            ),
+            probes=Counter(
+                "llmgateway_probes",
+                "Key probes by the Keeper, by result (healthy, failed, verifying, egress).",
+                ("provider", "result"),
+                registry=registry,
+            ),
+            probe_duration=Histogram(
+                "llmgateway_probe_duration_seconds",
+                "Time of one key probe.",
+                ("provider",),
+                registry=registry,
+                buckets=PROBE_BUCKETS,
+            ),
+            sync_changes=Counter(
+                "llmgateway_sync_changes",
+                "Changes made by file syncs: kind keys|proxies, change added|removed|restored.",
+                ("provider", "kind", "change"),
+                registry=registry,
+            ),
+        )
+
+    def for_provider(self, name: str, models: Iterable[str] = ()) -> ProviderMetrics:
+        """The bound children of provider `name` (made on first use with its `models`)."""
+        bound = self._providers.get(name)
+        if bound is None:
+            bound = self._providers[name] = ProviderMetrics(
+                self,
+                name,
+                frozenset(models),
+                self.inflight.labels(name),
+                self.overhead.labels(name),
+            )
+        return bound
+
+    def unauthorized(self, code: int) -> None:
+        """Count a request refused before a provider was known (no or a wrong token)."""
+        self.requests.labels(NO_PROVIDER, OTHER_MODEL, str(code)).inc()
+
+    def probe(self, provider: str, result: str, seconds: float) -> None:
+        """Count one key probe of the Keeper and its duration."""
+        self.probes.labels(provider, result).inc()
+        self.probe_duration.labels(provider).observe(seconds)
+
+    def sync_change(self, provider: str, kind: str, change: str, count: int) -> None:
+        """Count `count` sync changes (nothing for 0)."""
+        if count:
+            self.sync_changes.labels(provider, kind, change).inc(count)
+
+    def synced(self, report: SyncReport) -> None:
+        """Count what one file sync changed, per provider and kind."""
+        for result in report.providers:
+            for kind, changes in (("keys", result.keys), ("proxies", result.proxies)):
+                if changes is None:
+                    continue
+                for change in ("added", "removed", "restored"):
+                    self.sync_change(result.provider, kind, change, getattr(changes, change))
+
+    def exposition(self, keys: Iterable[KeyCount] = ()) -> bytes:
+        """The Prometheus text of every family, plus `llmgateway_keys` from `keys`."""
+        if self.multiprocess:
+            merged = CollectorRegistry()
+            prometheus_multiprocess.MultiProcessCollector(merged)  # type: ignore[no-untyped-call]
+            text = generate_latest(merged)
+        else:
+            text = generate_latest(self.registry)
+        snapshot = CollectorRegistry()
+        snapshot.register(_KeysCollector(tuple(keys)))
+        return text + generate_latest(snapshot)
+
+    def process_exited(self) -> None:
+        """In multiprocess mode, drop this process's live gauges (call when it stops)."""
+        if self.multiprocess:
+            prometheus_multiprocess.mark_process_dead(os.getpid())  # type: ignore[no-untyped-call]
+
+
+class _KeysCollector(Collector):
+    def __init__(self, keys: tuple[KeyCount, ...]) -> None:
+        self._keys = keys
+
+    def collect(self) -> Iterable[GaugeMetricFamily]:
+        family = GaugeMetricFamily(
+            "llmgateway_keys",
+            "Keys by provider, model (shared: one status for all models) and status.",
+            labels=("provider", "model", "status"),
+        )
+        for row in self._keys:
+            family.add_metric((row.provider, row.model, row.status), row.count)
+        yield family
+
+
+def pool_key_counts(
+    provider: str, pool: KeyPool, models: Iterable[str], now: float
+) -> list[KeyCount]:
+    """`llmgateway_keys` samples of one gateway pool (configured models and `shared` only)."""
+    listed = set(models) | {ALL_MODELS}
+    return [
+        KeyCount(provider, model_label(scope), state, count)
+        for (scope, state), count in sorted(pool.counts(now).items())
+        if scope in listed
+    ]
+
+
+def store_key_counts(counts: Iterable[StatusCount]) -> list[KeyCount]:
+    """`llmgateway_keys` samples from the store's status counts (the Keeper's view)."""
+    return [KeyCount(c.provider, c.model, c.status, c.count) for c in counts]

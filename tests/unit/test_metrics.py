@@ -1,0 +1,210 @@
+"""The metric families, their labels and buckets, the per-request timing, and the pieces that
+keep secrets out of logs (the redactor, the debug scrubbers)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+
+from prometheus_client.parser import text_string_to_metric_families
+
+from llmgateway import debug
+from llmgateway.logs import Redactor
+from llmgateway.metrics import KeyCount, Metrics, Timing
+from llmgateway.metrics_http import authorized
+from llmgateway.outcomes import Blame, ErrorReason, Outcome
+from llmgateway.resilience import BreakerState
+
+FAMILIES = {
+    "llmgateway_requests": ("counter", {"provider", "model", "code"}),
+    "llmgateway_request_duration_seconds": ("histogram", {"provider", "model"}),
+    "llmgateway_time_to_first_byte_seconds": ("histogram", {"provider", "model"}),
+    "llmgateway_overhead_seconds": ("histogram", {"provider"}),
+    "llmgateway_upstream_attempts": ("counter", {"provider", "reason"}),
+    "llmgateway_retries": ("counter", {"provider", "reason"}),
+    "llmgateway_inflight_requests": ("gauge", {"provider"}),
+    "llmgateway_keys": ("gauge", {"provider", "model", "status"}),
+    "llmgateway_key_cooldowns": ("counter", {"provider", "reason"}),
+    "llmgateway_circuit_breaker_state": ("gauge", {"provider"}),
+    "llmgateway_probes": ("counter", {"provider", "result"}),
+    "llmgateway_probe_duration_seconds": ("histogram", {"provider"}),
+    "llmgateway_sync_changes": ("counter", {"provider", "kind", "change"}),
+}
+RATE_LIMITED = Outcome(ErrorReason.RATE_LIMITED, Blame.KEY, status=429)
+OK = Outcome(None, Blame.NONE, status=200)
+
+
+def parsed(metrics: Metrics, keys: list[KeyCount] | None = None) -> dict[str, object]:
+    text = metrics.exposition(keys or []).decode()
+    # prometheus-client adds a `_created` timestamp series per counter and histogram
+    families = text_string_to_metric_families(text)
+    return {f.name: f for f in families if not f.name.endswith("_created")}
+
+
+def sample(metrics: Metrics, name: str, **labels: str) -> float:
+    for family in text_string_to_metric_families(metrics.exposition().decode()):
+        for s in family.samples:
+            if s.name == name and s.labels == labels:
+                return s.value
+    raise AssertionError(f"no sample {name}{labels}")
+
+
+def exercised() -> Metrics:
+    metrics = Metrics.create()
+    bound = metrics.for_provider("openai", ["gpt-4o-mini"])
+    bound.finished("gpt-4o-mini", 200, Timing())
+    bound.attempt(OK)
+    bound.retry(RATE_LIMITED)
+    bound.cooldown("rate_limited")
+    bound.breaker(BreakerState.OPEN)
+    metrics.probe("openai", "healthy", 0.2)
+    metrics.sync_change("openai", "keys", "added", 3)
+    return metrics
+
+
+def test_every_family_with_its_type_and_labels_and_nothing_about_keys() -> None:
+    found = parsed(exercised(), [KeyCount("openai", "gpt-4o-mini", "healthy", 2)])
+    assert set(found) == set(FAMILIES)
+    for name, (kind, labels) in FAMILIES.items():
+        family = found[name]
+        assert family.type == kind, name  # type: ignore[attr-defined]
+        for s in family.samples:  # type: ignore[attr-defined]
+            names = set(s.labels) - {"le"}
+            assert names == labels, (name, names)
+
+
+def test_latency_buckets_reach_ten_minutes() -> None:
+    metrics = Metrics.create()
+    metrics.for_provider("p", ["m"]).finished("m", 200, Timing(started=time.perf_counter() - 400))
+    assert (
+        sample(
+            metrics,
+            "llmgateway_request_duration_seconds_bucket",
+            provider="p",
+            model="m",
+            le="300.0",
+        )
+        == 0
+    )
+    assert (
+        sample(
+            metrics,
+            "llmgateway_request_duration_seconds_bucket",
+            provider="p",
+            model="m",
+            le="600.0",
+        )
+        == 1
+    )
+
+
+def test_unknown_models_are_counted_as_other() -> None:
+    metrics = Metrics.create()
+    bound = metrics.for_provider("p", ["m"])
+    for model in ("m", "made-up-1", "made-up-2"):
+        bound.finished(model, 200, Timing())
+    assert sample(metrics, "llmgateway_requests_total", provider="p", model="m", code="200") == 1
+    assert (
+        sample(metrics, "llmgateway_requests_total", provider="p", model="other", code="200") == 2
+    )
+
+
+def test_overhead_is_total_minus_upstream_wait() -> None:
+    metrics = Metrics.create()
+    timing = Timing(started=time.perf_counter() - 2.0, upstream=1.9)
+    metrics.for_provider("p", ["m"]).finished("m", 200, timing)
+    assert sample(metrics, "llmgateway_overhead_seconds_bucket", provider="p", le="0.05") == 0
+    assert sample(metrics, "llmgateway_overhead_seconds_bucket", provider="p", le="0.25") == 1
+    # time to first byte: the whole answer when nothing was streamed
+    assert (
+        sample(
+            metrics,
+            "llmgateway_time_to_first_byte_seconds_bucket",
+            provider="p",
+            model="m",
+            le="1.0",
+        )
+        == 0
+    )
+
+
+async def test_timing_relay_counts_waits_and_first_byte() -> None:
+    async def chunks() -> AsyncIterator[bytes]:
+        for piece in (b"a", b"b"):
+            yield piece
+
+    timing = Timing()
+    assert [c async for c in timing.relay(chunks())] == [b"a", b"b"]
+    assert timing.first_byte is not None
+    assert timing.first_byte >= timing.started
+    assert 0 <= timing.upstream < 1
+
+
+def test_counters_by_reason_and_the_breaker_gauge() -> None:
+    metrics = exercised()
+    assert (
+        sample(metrics, "llmgateway_retries_total", provider="openai", reason="rate_limited") == 1
+    )
+    assert (
+        sample(metrics, "llmgateway_upstream_attempts_total", provider="openai", reason="ok") == 1
+    )
+    assert sample(metrics, "llmgateway_circuit_breaker_state", provider="openai") == 2
+    assert (
+        sample(
+            metrics, "llmgateway_sync_changes_total", provider="openai", kind="keys", change="added"
+        )
+        == 3
+    )
+
+
+def test_bearer_check() -> None:
+    assert authorized(None, "")
+    assert authorized("Bearer tok-12345", "tok-12345")
+    assert authorized("bearer  tok-12345 ", "tok-12345")
+    assert not authorized(None, "tok-12345")
+    assert not authorized("Bearer tok-1234", "tok-12345")
+    assert not authorized("Basic tok-12345", "tok-12345")
+
+
+def test_redactor_masks_shapes_and_known_secrets() -> None:
+    redactor = Redactor(["plainsecretvalue01"])
+    line = (
+        "a sk-proj-abcdefghijklmnop1234 and AIzaSyA0123456789abcdefghijk, Bearer tok-abcdefgh1234"
+        " ?key=whatever-secret-1 plainsecretvalue01 but not ordinary-words-here"
+    )
+    out = redactor.redact(line)
+    for secret in (
+        "sk-proj-abcdefghijklmnop1234",
+        "AIzaSyA0123456789abcdefghijk",
+        "tok-abcdefgh1234",
+        "whatever-secret-1",
+        "plainsecretvalue01",
+    ):
+        assert secret not in out
+    assert "sk-…1234" in out
+    assert "ordinary-words-here" in out
+    cleaned = redactor.clean(
+        {"headers": {"x": "plainsecretvalue01"}, "n": 3, "l": ["sk-abcdefghijklmnopq"]}
+    )
+    assert cleaned == {"headers": {"x": "pl…ue01"}, "n": 3, "l": ["sk-…nopq"]}
+
+
+def test_debug_scrubbers() -> None:
+    headers = {
+        "Authorization": "Bearer sk-live-abcdefghijkl1234",
+        "x-goog-api-key": "AIzaSecretKey000001",
+        "accept": "*/*",
+    }
+    assert debug.scrub_headers(headers) == {
+        "Authorization": "Bearer sk-…1234",
+        "x-goog-api-key": "AI…0001",
+        "accept": "*/*",
+    }
+    assert (
+        debug.scrub_url("https://h/v1beta/m?alt=sse&key=AIzaSecretKey000001")
+        == "https://h/v1beta/m?alt=sse&key=AI…0001"
+    )
+    body = b'{"k": "sk-live-abcdefghijkl1234"}' + b"x" * debug.BODY_LIMIT
+    text = debug.scrub_body(body, "sk-live-abcdefghijkl1234")
+    assert "sk-live-abcdefghijkl1234" not in text
+    assert text.endswith("(33 more bytes)")
