@@ -1,0 +1,114 @@
+"""Breakers through the store: gateways report states and act on `llmgateway breaker reset`."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import sys
+from pathlib import Path
+
+import yaml
+from tests.conftest import ManualClock
+
+from llmgateway.breaker_board import BreakerBoard
+from llmgateway.guard import Guard
+from llmgateway.outcomes import Blame, ErrorReason, Outcome
+from llmgateway.resilience import BreakerState
+from llmgateway.settings import BreakerMode, CircuitBreakerSettings, EgressRateLimit
+from llmgateway.store import Store
+
+DOWN = Outcome(ErrorReason.SERVER_ERROR, Blame.PROVIDER, 500)
+
+
+def manual_guard(name: str) -> Guard:
+    settings = CircuitBreakerSettings(
+        enabled=True, mode=BreakerMode.MANUAL_RESET, failure_threshold=1
+    )
+    return Guard(name, settings, EgressRateLimit(), random.Random(0))
+
+
+def open_it(guard: Guard, now: float) -> None:
+    assert guard.admit(now) is None
+    assert guard.egress_closed("direct", now) is None
+    guard.judge("direct", 1, DOWN, now)
+    assert guard.state is BreakerState.OPEN
+
+
+async def test_gateways_report_states_and_apply_only_new_resets(
+    store: Store, clock: ManualClock
+) -> None:
+    await store.request_breaker_reset("a")  # before the gateway started: nothing to do
+    guards = {"a": manual_guard("a"), "b": manual_guard("b")}
+    open_it(guards["a"], clock.now)
+    board = BreakerBoard()
+    await board.exchange(store, guards, clock.now)
+    assert guards["a"].state is BreakerState.OPEN
+    rows = {row.provider: row for row in await store.breakers()}
+    assert (rows["a"].state, rows["b"].state) == (2, 0)
+    assert rows["a"].updated_at == clock.now
+
+    clock.advance(5)
+    await board.exchange(store, guards, clock.now)
+    assert (await store.breakers())[0].updated_at == clock.now - 5  # unchanged: not rewritten
+
+    await store.request_breaker_reset("a")
+    await board.exchange(store, guards, clock.now)
+    assert guards["a"].state is BreakerState.CLOSED
+    rows = {row.provider: row for row in await store.breakers()}
+    assert rows["a"].state == 0
+    assert rows["a"].reset_at == clock.now
+    open_it(guards["a"], clock.now)
+    await board.exchange(store, guards, clock.now)  # the same request is not applied twice
+    assert guards["a"].state is BreakerState.OPEN
+
+
+async def run_cli(*args: str) -> tuple[int, str, str]:
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "llmgateway",
+        *args,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await asyncio.wait_for(process.communicate(), 60)
+    return int(process.returncode or 0), out.decode(), err.decode()
+
+
+async def test_breaker_reset_command_and_status_table(tmp_path: Path) -> None:
+    database = tmp_path / "gw.db"
+    (tmp_path / "keys").mkdir()
+    document = {
+        "database": {"url": f"sqlite:///{database}"},
+        "providers": {
+            "p1": {
+                "provider_type": "openai_like",
+                "keys_path": str(tmp_path / "keys"),
+                "api_base_url": "http://127.0.0.1:9/v1",
+                "default_model": "m",
+                "models": {"m": {"endpoint_suffix": "/chat/completions"}},
+                "access_control": {"gateway_access_token": "gw-token-0001-abcdefgh"},
+            }
+        },
+    }
+    path = tmp_path / "providers.yaml"
+    path.write_text(yaml.safe_dump(document))
+
+    code, out, err = await run_cli("breaker", "reset", "p2", "--config", str(path))
+    assert code == 2
+    assert "unknown provider 'p2'; the config has: p1" in err
+    assert "Traceback" not in err
+
+    code, out, err = await run_cli("breaker", "reset", "p1", "--config", str(path))
+    assert code == 0, err
+    assert "reset of p1's breakers requested" in out
+    async with await Store.open(f"sqlite:///{database}") as store:
+        rows = await store.breakers()
+        assert [(r.provider, r.reset_at is not None) for r in rows] == [("p1", True)]
+        await store.save_breakers({"p1": (2, 1)})
+
+    code, out, err = await run_cli("status", "--config", str(path))
+    assert code == 0, err
+    lines = out.splitlines()
+    header = next(i for i, line in enumerate(lines) if line.startswith("PROVIDER  BREAKER"))
+    assert lines[header + 1].split()[:3] == ["p1", "open", "1"]
