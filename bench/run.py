@@ -1,0 +1,429 @@
+"""The gateway benchmark: one command, one table.
+
+    .venv/bin/python bench/run.py [--duration 5] [--keys-rss 100000] [--skip-rates]
+
+The fake upstream runs in its own process (`llmgateway fake-upstream`); the gateway runs as
+`llmgateway gateway` (1 and 2 workers) on SQLite with 100 keys. wrk drives each target
+(direct to the fake, through the gateway) non-streaming and streaming at concurrency 1, 64 and
+256 (installed with apt-get when missing; without it a Python load generator is used and the
+table says so). wrk times whole responses, so the streaming time to first byte is measured
+apart, at concurrency 1, by a small client that stops its clock at the first body byte.
+"added" is the gateway's p50/p99 minus direct's at the same concurrency. Then: key-file sync
+and Keeper probe rates (bench/sync.py, bench/probe.py, on SQLite) and the gateway's RSS with
+100,000 keys, after a load run. Everything shares this machine's cores: wrk, the fake and the
+gateway compete for them, so compare rows of one sitting only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import os
+import random
+import re
+import shutil
+import socket
+import sqlite3
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import aiohttp
+import yaml
+
+TOKEN = "bench-gateway-token-0001"
+DIRECT_KEY = "sk-bench-good-direct-0000000000"
+BODY = '{"model":"gpt-4o-mini","messages":[{"role":"user","content":"hi"}]%s}'
+CONCURRENCY = (1, 64, 256)
+TTFB_REQUESTS = 400
+
+
+@dataclass(frozen=True, slots=True)
+class Load:
+    """One load run: requests per second and latency percentiles in milliseconds."""
+
+    rps: float
+    p50: float
+    p99: float
+    errors: int
+
+
+@dataclass(frozen=True, slots=True)
+class Row:
+    what: str
+    through: str
+    concurrency: str
+    rate: str
+    p50: str
+    p99: str
+    added_p50: str
+    added_p99: str
+
+
+# --- processes --------------------------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+@contextlib.contextmanager
+def fake_upstream() -> Iterator[str]:
+    """`llmgateway fake-upstream` in its own process; yields its base URL."""
+    process = subprocess.Popen(
+        [sys.executable, "-m", "llmgateway", "fake-upstream", "--port", "0", "--chunks", "5"],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert process.stdout is not None
+    line = process.stdout.readline()
+    try:
+        yield line.rsplit(" ", 1)[-1].strip()
+    finally:
+        process.terminate()
+        process.wait()
+
+
+def write_config(folder: Path, base: str, keys: int, failing: int = 0) -> Path:
+    """A gateway config with `keys` keys, the first `failing` of them always rate-limited."""
+    keys_dir = folder / f"keys-{keys}-{failing}"
+    keys_dir.mkdir(parents=True, exist_ok=True)
+    names = [
+        f"sk-bench-{'ratelimited' if i < failing else 'good'}-{i:012d}-abcdefghijklmnop"
+        for i in range(keys)
+    ]
+    (keys_dir / "keys.txt").write_text("\n".join(names) + "\n")
+    config = {
+        "database": {"url": f"sqlite:///{folder / f'gw-{keys}-{failing}.db'}"},
+        "logging": {"level": "WARNING"},
+        "providers": {
+            "bench": {
+                "provider_type": "openai_like",
+                "keys_path": str(keys_dir),
+                "api_base_url": base + "/v1",
+                "default_model": "gpt-4o-mini",
+                "shared_key_status": True,
+                "models": {"gpt-4o-mini": {"endpoint_suffix": "/chat/completions"}},
+                "access_control": {"gateway_access_token": TOKEN},
+            }
+        },
+    }
+    path = folder / f"config-{keys}-{failing}.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+@contextlib.contextmanager
+def gateway(config: Path, workers: int) -> Iterator[tuple[str, int]]:
+    """`llmgateway gateway` in its own process(es); yields its base URL and pid."""
+    port = free_port()
+    command = [sys.executable, "-m", "llmgateway", "gateway", "--config", str(config)]
+    command += ["--port", str(port), "--workers", str(workers)]
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        asyncio.run(wait_ready(url, process))
+        yield url, process.pid
+    finally:
+        process.terminate()
+        process.wait()
+
+
+async def wait_ready(url: str, process: subprocess.Popen[bytes]) -> None:
+    deadline = time.monotonic() + 300
+    async with aiohttp.ClientSession() as session:
+        while time.monotonic() < deadline:
+            if process.poll() is not None:
+                raise SystemExit(f"the gateway exited during start-up (code {process.returncode})")
+            with contextlib.suppress(aiohttp.ClientError):
+                async with session.get(f"{url}/readyz") as response:
+                    if response.status == 200:
+                        return
+            await asyncio.sleep(0.1)
+    raise SystemExit("the gateway did not become ready")
+
+
+def rss_mib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+# --- load -------------------------------------------------------------------------------------
+
+
+def ensure_wrk() -> str | None:
+    """wrk's path; installs it with apt-get when missing (and allowed), else None."""
+    found = shutil.which("wrk")
+    if found is None and shutil.which("apt-get") and os.geteuid() == 0:
+        print("wrk is missing: installing it with apt-get install -y wrk", file=sys.stderr)
+        subprocess.run(["apt-get", "install", "-y", "wrk"], check=False, capture_output=True)
+        found = shutil.which("wrk")
+    if found is None:
+        print("wrk unavailable: using the Python load generator (slower)", file=sys.stderr)
+    return found
+
+
+def wrk_script(folder: Path, key: str, stream: bool) -> Path:
+    body = BODY % (',"stream":true' if stream else "")
+    script = folder / f"post-{key[:12]}-{stream}.lua"
+    script.write_text(
+        'wrk.method = "POST"\n'
+        f"wrk.body = '{body}'\n"
+        'wrk.headers["Content-Type"] = "application/json"\n'
+        f'wrk.headers["Authorization"] = "Bearer {key}"\n'
+    )
+    return script
+
+
+_UNITS = {"us": 0.001, "ms": 1.0, "s": 1000.0}
+
+
+def run_wrk(wrk: str, url: str, script: Path, concurrency: int, seconds: float) -> Load:
+    threads = 1 if concurrency == 1 else 2
+    base = [wrk, f"-t{threads}", f"-c{concurrency}", "-s", str(script), "--latency"]
+    target = url + "/v1/chat/completions"
+    subprocess.run([*base, "-d1s", target], check=True, capture_output=True)  # warm-up
+    out = subprocess.run(
+        [*base, f"-d{seconds:g}s", "--timeout", "10s", target],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
+    percent = dict(re.findall(r"^\s+(50|99)%\s+([\d.]+\w+)", out, re.MULTILINE))
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
+    bad = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    errors = int(bad.group(1)) if bad else 0
+    socket_errors = re.search(r"Socket errors: (.*)", out)
+    if socket_errors:
+        errors += sum(int(n) for n in re.findall(r"\d+", socket_errors.group(1)))
+    return Load(rps, _ms(percent["50"]), _ms(percent["99"]), errors)
+
+
+def _ms(text: str) -> float:
+    number, unit = re.fullmatch(r"([\d.]+)(\w+)", text).groups()  # type: ignore[union-attr]
+    return float(number) * _UNITS[unit]
+
+
+async def python_load(url: str, key: str, stream: bool, concurrency: int, seconds: float) -> Load:
+    """A closed-loop load generator (the fallback when wrk is missing)."""
+    body = (BODY % (',"stream":true' if stream else "")).encode()
+    headers = {"authorization": f"Bearer {key}", "content-type": "application/json"}
+    latencies: list[float] = []
+    errors = 0
+    connector = aiohttp.TCPConnector(limit=concurrency)
+    async with aiohttp.ClientSession(connector=connector) as session:
+        end = time.perf_counter() + seconds
+
+        async def user() -> None:
+            nonlocal errors
+            while time.perf_counter() < end:
+                started = time.perf_counter()
+                async with session.post(
+                    url + "/v1/chat/completions", data=body, headers=headers
+                ) as response:
+                    await response.read()
+                    errors += response.status != 200
+                latencies.append(time.perf_counter() - started)
+
+        await asyncio.gather(*(user() for _ in range(concurrency)))
+    latencies.sort()
+    return Load(
+        len(latencies) / seconds,
+        latencies[len(latencies) // 2] * 1000,
+        latencies[int(len(latencies) * 0.99)] * 1000,
+        errors,
+    )
+
+
+async def ttfb(url: str, key: str, requests: int) -> tuple[float, float]:
+    """Median and p99 time to the first streamed body byte, ms, one request at a time."""
+    body = (BODY % ',"stream":true').encode()
+    headers = {"authorization": f"Bearer {key}", "content-type": "application/json"}
+    found: list[float] = []
+    async with aiohttp.ClientSession() as session:
+        for index in range(requests + 50):
+            started = time.perf_counter()
+            async with session.post(
+                url + "/v1/chat/completions", data=body, headers=headers
+            ) as response:
+                await response.content.readany()
+                first = time.perf_counter() - started
+                await response.read()
+            if index >= 50:  # the first ones warm up connections and caches
+                found.append(first * 1000)
+    found.sort()
+    return statistics.median(found), found[int(len(found) * 0.99)]
+
+
+# --- the table --------------------------------------------------------------------------------
+
+
+def load_rows(
+    wrk: str | None, folder: Path, base: str, config: Path, seconds: float
+) -> tuple[list[Row], dict[str, float]]:
+    rows: list[Row] = []
+    figures: dict[str, float] = {}
+    direct_runs: dict[tuple[bool, int], Load] = {}
+
+    def measure(url: str, key: str, stream: bool, concurrency: int) -> Load:
+        if wrk is None:
+            return asyncio.run(python_load(url, key, stream, concurrency, seconds))
+        return run_wrk(wrk, url, wrk_script(folder, key, stream), concurrency, seconds)
+
+    targets: list[tuple[str, int]] = [("direct", 0), ("gateway 1w", 1), ("gateway 2w", 2)]
+    for name, workers in targets:
+        with contextlib.ExitStack() as stack:
+            if workers:
+                url, _ = stack.enter_context(gateway(config, workers))
+                key = TOKEN
+            else:
+                url, key = base, DIRECT_KEY
+            for stream in (False, True):
+                for concurrency in CONCURRENCY:
+                    load = measure(url, key, stream, concurrency)
+                    what = "stream" if stream else "chat"
+                    direct = direct_runs.setdefault((stream, concurrency), load)
+                    added = (
+                        ("", "")
+                        if not workers
+                        else (f"{load.p50 - direct.p50:+.3f}", f"{load.p99 - direct.p99:+.3f}")
+                    )
+                    note = f" ({load.errors} err)" if load.errors else ""
+                    rows.append(
+                        Row(
+                            what,
+                            name,
+                            str(concurrency),
+                            f"{load.rps:,.0f}{note}",
+                            f"{load.p50:.3f}",
+                            f"{load.p99:.3f}",
+                            *added,
+                        )
+                    )
+                    figures[f"{name}/{what}/{concurrency}/rps"] = load.rps
+                    figures[f"{name}/{what}/{concurrency}/p50"] = load.p50
+            if workers in (0, 1):
+                p50, p99 = asyncio.run(ttfb(url, key, TTFB_REQUESTS))
+                figures[f"{name}/ttfb"] = p50
+                direct_ttfb = figures["direct/ttfb"], figures.get("direct/ttfb99", p99)
+                figures[f"{name}/ttfb99"] = p99
+                added = (
+                    ("", "")
+                    if not workers
+                    else (f"{p50 - direct_ttfb[0]:+.3f}", f"{p99 - direct_ttfb[1]:+.3f}")
+                )
+                rows.append(Row("stream TTFB", name, "1", "", f"{p50:.3f}", f"{p99:.3f}", *added))
+    return rows, figures
+
+
+def rate_rows(base: str) -> list[Row]:
+    """Key-file sync and Keeper probe rates on SQLite, from bench/sync.py and bench/probe.py."""
+    sys.path.insert(0, str(Path(__file__).parent))
+    import probe  # bench/probe.py
+    import sync  # bench/sync.py
+
+    rows = []
+    rng = random.Random(42)
+    keys = sync.make_keys(100_000, rng)
+    for _, scenario, count, seconds in asyncio.run(
+        sync.scenarios("sqlite", sync.sqlite_store, keys, rng)
+    ):
+        rate = f"{count / seconds:,.0f} keys"
+        rows.append(Row(f"sync: {scenario}", "100k keys", "", rate, "", "", "", ""))
+    found = asyncio.run(probe.rounds("sqlite", probe.sqlite_store, base, 5000, 100))
+    for _, label, summary in found:
+        rate = f"{summary.probed / summary.seconds:,.0f} keys"
+        rows.append(Row(f"probe: {label}", "5k keys", "100", rate, "", "", "", ""))
+    return rows
+
+
+def rss_row(folder: Path, base: str, keys: int, wrk: str | None) -> tuple[Row, float]:
+    config = write_config(folder, base, keys)
+    with gateway(config, 1) as (url, pid):
+        ready = rss_mib(pid)
+        if wrk is not None:
+            run_wrk(wrk, url, wrk_script(folder, TOKEN, False), 64, 3)
+        loaded = rss_mib(pid)
+    note = f"{ready:.0f} MiB ready, {loaded:.0f} MiB after load"
+    return Row("RSS", f"{keys // 1000}k keys", "64", note, "", "", "", ""), loaded
+
+
+def writes_row(folder: Path, base: str, wrk: str | None, seconds: float) -> Row:
+    """Store write transactions per second under load with 10% of the keys failing (429).
+
+    Every write transaction takes the next store revision, so the revision counts them."""
+    config = write_config(folder, base, 100, failing=10)
+    database = folder / "gw-100-10.db"
+    with gateway(config, 1) as (url, _):
+        before = revision(database)
+        started = time.perf_counter()
+        if wrk is not None:
+            load = run_wrk(wrk, url, wrk_script(folder, TOKEN, False), 64, seconds)
+        else:
+            load = asyncio.run(python_load(url, TOKEN, False, 64, seconds))
+        elapsed = time.perf_counter() - started
+        writes = (revision(database) - before) / elapsed
+    note = f"{load.rps:,.0f} req, {writes:.1f} writes"
+    return Row("store writes, 10% keys 429", "gateway 1w", "64", note, "", "", "", "")
+
+
+def revision(database: Path) -> int:
+    with contextlib.closing(sqlite3.connect(database)) as conn:
+        return int(conn.execute("SELECT revision FROM meta WHERE id = 1").fetchone()[0])
+
+
+def print_table(rows: list[Row]) -> None:
+    header = Row("what", "through", "conc", "rate/s", "p50 ms", "p99 ms", "+p50 ms", "+p99 ms")
+    table = [header, *rows]
+    widths = [max(len(getattr(r, f)) for r in table) for f in Row.__slots__]
+    for row in table:
+        cells = [getattr(row, f) for f in Row.__slots__]
+        print(
+            "  ".join(
+                c.ljust(w) if i < 2 else c.rjust(w)
+                for i, (c, w) in enumerate(zip(cells, widths, strict=True))
+            ).rstrip()
+        )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    parser.add_argument("--duration", type=float, default=5.0, help="seconds per load run")
+    parser.add_argument("--keys-rss", type=int, default=100_000)
+    parser.add_argument("--skip-rates", action="store_true", help="no sync/probe/RSS rows")
+    args = parser.parse_args()
+    wrk = ensure_wrk()
+    with tempfile.TemporaryDirectory() as tmp, fake_upstream() as base:
+        folder = Path(tmp)
+        config = write_config(folder, base, 100)
+        rows, figures = load_rows(wrk, folder, base, config, args.duration)
+        rows.append(writes_row(folder, base, wrk, args.duration))
+        if not args.skip_rates:
+            rows += rate_rows(base)
+            row, _ = rss_row(folder, base, args.keys_rss, wrk)
+            rows.append(row)
+    generator = "wrk" if wrk else "Python load generator (wrk missing)"
+    print(f"load: {generator}, {args.duration:g} s per run; cores: {os.cpu_count()}")
+    print_table(rows)
+    added_c1 = figures["gateway 1w/chat/1/p50"] - figures["direct/chat/1/p50"]
+    added_ttfb = figures["gateway 1w/ttfb"] - figures["direct/ttfb"]
+    ratio = figures["gateway 1w/chat/64/rps"] / figures["direct/chat/64/rps"]
+    print(
+        f"targets: added p50 at c=1 {added_c1:.3f} ms (<= 0.3), streaming TTFB added "
+        f"{added_ttfb:.3f} ms (<= 0.5), c=64 throughput {ratio:.2f} of direct (>= 0.33)"
+    )
+
+
+if __name__ == "__main__":
+    main()

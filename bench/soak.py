@@ -1,0 +1,54 @@
+"""The full-length soak: 30 minutes of load on a gateway process with 100,000 keys.
+
+    .venv/bin/python bench/soak.py [--minutes 30] [--concurrency 16] [--keys 100000]
+
+The fake upstream runs in its own process; the gateway is `llmgateway gateway` on SQLite.
+Prints RSS and open descriptors once a minute, then the growth after a 1-minute warm-up.
+`tests/soak/` runs the same thing for ~40 s.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+import tempfile
+from pathlib import Path
+
+from llmgateway.testing.soak import soak
+
+sys.path.insert(0, str(Path(__file__).parent))
+from run import TOKEN, fake_upstream, gateway, write_config
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    parser.add_argument("--minutes", type=float, default=30.0)
+    parser.add_argument("--concurrency", type=int, default=16)
+    parser.add_argument("--keys", type=int, default=100_000)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp, fake_upstream() as base:
+        config = write_config(Path(tmp), base, args.keys)
+        with gateway(config, 1) as (url, pid):
+            report = asyncio.run(
+                soak(
+                    url,
+                    TOKEN,
+                    pid,
+                    args.minutes * 60,
+                    concurrency=args.concurrency,
+                    sample_every=60,
+                )
+            )
+    print(f"{'minute':>6} {'RSS MiB':>8} {'fds':>5} {'requests':>10}")
+    for sample in report.samples:
+        minute, rss = sample.at / 60, sample.rss_mib
+        print(f"{minute:>6.1f} {rss:>8.1f} {sample.open_files:>5} {sample.requests:>10}")
+    print(
+        f"requests {report.requests}, errors {report.errors}, RSS growth after warm-up "
+        f"{report.growth_mib(60):+.1f} MiB, descriptors {report.file_growth(60):+d}"
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,158 @@
+"""Changes that must not wait for the next delta refresh, spread at once on PostgreSQL.
+
+Writers call `publish()` inside the transaction that makes a change: PostgreSQL delivers the
+notice at commit and drops it on rollback, so a receiver never hears of a change it cannot read
+yet. The payload is tiny (`kind:revision:detail`); receivers react by running their delta
+refresh at once (coalesced: many notices during one refresh cause one more refresh, not many).
+A `Listener` holds one dedicated asyncpg connection per process, besides the engine's pool of
+`database.pool_size`, and reconnects when it drops; each time it starts listening it announces
+`reconnected`, since notices sent before then were missed. SQLite has no notices: there the
+delta refresh is the only way.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import enum
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import asyncpg
+import sqlalchemy as sa
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from llmgateway.outcomes import KeyStatus
+
+log = logging.getLogger("llmgateway.notify")
+
+CHANNEL = "llmgateway_changes"
+"""The PostgreSQL notification channel every llmgateway process listens on."""
+
+URGENT = frozenset(
+    {
+        KeyStatus.INVALID_KEY,
+        KeyStatus.NO_ACCESS,
+        KeyStatus.RATE_LIMITED,
+        KeyStatus.NO_QUOTA,
+        KeyStatus.NO_MODEL,
+    }
+)
+"""Statuses that take a key out of selection: other gateways must hear of them at once."""
+
+
+class Kind(enum.StrEnum):
+    """What changed."""
+
+    STATUS = "status"  # the gateway wrote key findings (invalid, rate-limited, no quota)
+    KEYS = "keys"  # keys or providers added, removed or restored by a sync
+    PROBES = "probes"  # the Keeper wrote probe results that change key statuses
+    PROXIES = "proxies"  # proxies added, removed, found dead or alive
+    BREAKER = "breaker"  # a circuit breaker opened (detail: which one)
+    RECONNECTED = "reconnected"  # local only: the listener (re)connected, earlier ones missed
+
+
+@dataclass(frozen=True, slots=True)
+class Notice:
+    """One received notice. `revision` is the store revision of the change (0: none)."""
+
+    kind: str
+    revision: int = 0
+    detail: str = ""
+
+    @classmethod
+    def parse(cls, payload: str) -> Notice:
+        """The notice in a payload; a payload from elsewhere still yields a notice."""
+        kind, _, rest = payload.partition(":")
+        number, _, detail = rest.partition(":")
+        return cls(kind, int(number) if number.isdigit() else 0, detail)
+
+    def payload(self) -> str:
+        return f"{self.kind}:{self.revision}:{self.detail}"
+
+
+async def publish(conn: AsyncConnection, kind: Kind, revision: int, detail: str = "") -> None:
+    """Announce a change from inside the transaction that makes it (a no-op on SQLite).
+    `detail` must hold no secret: every process on the database can read it."""
+    if conn.dialect.name != "postgresql":
+        return
+    payload = Notice(kind.value, revision, detail).payload()
+    await conn.execute(sa.select(sa.func.pg_notify(CHANNEL, payload)))
+
+
+async def notify(engine: AsyncEngine, kind: Kind, detail: str = "") -> None:
+    """Announce something that is not a store write (e.g. a breaker opened) to every process;
+    a no-op on SQLite. `detail` must hold no secret."""
+    if engine.dialect.name != "postgresql":
+        return
+    async with engine.begin() as conn:
+        await publish(conn, kind, 0, detail)
+
+
+def libpq_dsn(url: str | URL) -> str:
+    """The plain `postgresql://` DSN asyncpg takes, from a SQLAlchemy URL."""
+    return make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
+
+
+@dataclass(slots=True)
+class Listener:
+    """Receives notices on one dedicated connection and hands each to `on_notice`.
+
+    `run()` listens until cancelled, reconnecting after `retry_sec` when the connection fails;
+    `listening` is set while it listens. `on_notice` runs in the event loop and must be quick
+    (e.g. set an `asyncio.Event`).
+    """
+
+    url: str | URL = field(repr=False)
+    on_notice: Callable[[Notice], None]
+    retry_sec: float = 1.0
+    keepalive_sec: float = 30.0
+    listening: asyncio.Event = field(default_factory=asyncio.Event)
+    received: int = 0
+    reconnects: int = 0
+
+    async def run(self) -> None:
+        first = True
+        while True:
+            try:
+                await self._listen_once(first)
+            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as error:
+                log.warning(
+                    "store notices unavailable (%s); retrying in %.0f s, delta refresh continues",
+                    type(error).__name__,
+                    self.retry_sec,
+                )
+            self.listening.clear()
+            first = False
+            await asyncio.sleep(self.retry_sec)
+
+    async def _listen_once(self, first: bool) -> None:
+        connection = await asyncpg.connect(
+            libpq_dsn(self.url),
+            timeout=10,
+            server_settings={"application_name": "llmgateway-listener"},
+        )
+        lost = asyncio.Event()
+        try:
+            connection.add_termination_listener(lambda _conn: lost.set())
+            await connection.add_listener(CHANNEL, self._received)
+            self.listening.set()
+            self.reconnects += not first
+            # notices sent before this moment were missed: the receiver catches up now
+            self.on_notice(Notice(Kind.RECONNECTED.value))
+            while not lost.is_set():
+                # a silently dead link shows up here, since no notice would ever come
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(lost.wait(), timeout=self.keepalive_sec)
+                if not lost.is_set():
+                    await connection.execute("SELECT 1", timeout=10)
+            log.warning("store notice connection lost; reconnecting")
+        finally:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(connection.close(), timeout=2)
+
+    def _received(self, _conn: object, _pid: int, _channel: str, payload: str) -> None:
+        self.received += 1
+        self.on_notice(Notice.parse(payload))

@@ -1,0 +1,107 @@
+"""A soak run: steady load on a running gateway process while its memory and open files are
+sampled, to show that neither grows (no leaked buffers, connections or tasks).
+
+Used by `tests/soak/` (scaled down) and `bench/soak.py` (full length). Linux only: the
+samples come from `/proc/<pid>`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import statistics
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import aiohttp
+
+CHAT = b'{"model":"gpt-4o-mini","messages":[{"role":"user","content":"hi"}]}'
+STREAM = b'{"model":"gpt-4o-mini","messages":[{"role":"user","content":"hi"}],"stream":true}'
+
+
+@dataclass(frozen=True, slots=True)
+class Sample:
+    """One look at the gateway process: seconds since the start, RSS, open descriptors."""
+
+    at: float
+    rss_mib: float
+    open_files: int
+    requests: int
+
+
+@dataclass(slots=True)
+class SoakReport:
+    """What a soak run saw."""
+
+    samples: list[Sample] = field(default_factory=list)
+    requests: int = 0
+    errors: int = 0
+
+    def growth_mib(self, warmup: float) -> float:
+        """RSS at the end minus RSS just after `warmup` seconds (medians of a few samples)."""
+        settled = [s for s in self.samples if s.at >= warmup]
+        if len(settled) < 2:
+            return 0.0
+        width = max(1, len(settled) // 5)
+        first = statistics.median(s.rss_mib for s in settled[:width])
+        last = statistics.median(s.rss_mib for s in settled[-width:])
+        return last - first
+
+    def file_growth(self, warmup: float) -> int:
+        """Open descriptors at the end minus just after `warmup` seconds."""
+        settled = [s for s in self.samples if s.at >= warmup]
+        return settled[-1].open_files - settled[0].open_files if settled else 0
+
+
+def rss_mib(pid: int) -> float:
+    """The resident set size of a process, MiB."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise ValueError(f"no VmRSS for process {pid}")
+
+
+def open_files(pid: int) -> int:
+    """How many descriptors (files, sockets) a process holds."""
+    return len(os.listdir(f"/proc/{pid}/fd"))
+
+
+async def soak(
+    url: str,
+    token: str,
+    pid: int,
+    seconds: float,
+    *,
+    concurrency: int = 16,
+    sample_every: float = 1.0,
+) -> SoakReport:
+    """Send chat and streaming requests (alternating) from `concurrency` clients to the
+    gateway at `url` for `seconds`, sampling process `pid` every `sample_every` seconds."""
+    report = SoakReport()
+    headers = {"authorization": f"Bearer {token}", "content-type": "application/json"}
+    target = f"{url}/v1/chat/completions"
+    started = time.monotonic()
+    end = started + seconds
+
+    async def client(session: aiohttp.ClientSession, index: int) -> None:
+        while time.monotonic() < end:
+            body = STREAM if (report.requests + index) % 2 else CHAT
+            async with session.post(target, data=body, headers=headers) as response:
+                await response.read()
+                report.requests += 1
+                report.errors += response.status != 200
+
+    async def sampler() -> None:
+        while time.monotonic() < end:
+            at = time.monotonic() - started
+            report.samples.append(Sample(at, rss_mib(pid), open_files(pid), report.requests))
+            await asyncio.sleep(sample_every)
+
+    connector = aiohttp.TCPConnector(limit=concurrency)
+    async with aiohttp.ClientSession(connector=connector) as session:
+        await asyncio.gather(sampler(), *(client(session, i) for i in range(concurrency)))
+    report.samples.append(
+        Sample(time.monotonic() - started, rss_mib(pid), open_files(pid), report.requests)
+    )
+    return report
