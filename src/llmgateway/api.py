@@ -12,6 +12,7 @@ import hashlib
 import hmac
 import logging
 import secrets
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -20,7 +21,8 @@ import aiohttp
 import orjson
 from starlette.types import Message, Receive, Scope, Send
 
-from llmgateway import providers
+from llmgateway import debug, logs, providers
+from llmgateway.metrics import Timing
 from llmgateway.outcomes import Blame, ErrorReason, Outcome
 from llmgateway.proxy import CANCELLED, Call, Conductor, Forward, Provider, Reply
 from llmgateway.settings import StreamingMode
@@ -87,6 +89,8 @@ class Edge:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         headers = _headers(scope)
         request_id = _request_id(headers.get("x-request-id"))
+        started = time.perf_counter()
+        logs.bind_request(request_id)
         path: str = scope["path"]
         query = scope["query_string"].decode("latin-1")
         token, via_google = _client_token(headers, query)
@@ -98,6 +102,7 @@ class Edge:
                 "or as x-goog-api-key (Gemini format)."
             )
             await _send_error(send, shape, 401, message, "invalid_api_key", request_id)
+            self.conductor.metrics.unauthorized(401)
             return
         api = _api_for(provider, path, via_google)
         if api is None:
@@ -133,6 +138,7 @@ class Edge:
             model=model,
             stream=stream,
             client_retry=headers.get("x-stainless-retry-count", "0") not in ("0", ""),
+            timing=Timing(started),
         )
         await self._serve(call, receive, send, request_id)
 
@@ -153,15 +159,22 @@ class Edge:
         deadline = loop.time() + call.provider.settings.timeouts.total
         forward: Forward | None = None
         outcome = CANCELLED
+        code, attempts, ended = 499, 0, "client_gone"  # until an answer is known
         budget = call.provider.budget
         budget.request_started()
+        logs.bind_request(request_id, call.provider.name, call.model)
+        bound = self.conductor.metrics.for_provider(call.provider.name)
+        bound.inflight.inc()
         try:
             result = await self.conductor.run(call, deadline)
             if isinstance(result, Reply):
+                code, attempts, ended = result.status, result.attempts, result.reason
                 await _send(send, result.status, result.headers, result.body, request_id)
                 return
             forward = result
+            code, attempts = forward.response.status, forward.attempts
             outcome = await _relay(call, forward, send, request_id, deadline - loop.time())
+            ended = outcome.reason.value if outcome.reason else "ok"
         except asyncio.CancelledError:
             if not gone.is_set():
                 raise
@@ -173,6 +186,9 @@ class Edge:
             if forward is not None:
                 forward.response.close()
                 self.conductor.finish(call, forward, outcome)
+            bound.inflight.dec()
+            bound.finished(call.model, code, call.timing)
+            logs.request_done(code, attempts, ended, call.timing.started)
 
 
 async def _watch_disconnect(receive: Receive, task: asyncio.Task[Any], gone: asyncio.Event) -> None:
@@ -192,14 +208,17 @@ async def _relay(
     headers = {k: v for k, v in response.headers.items() if k.lower() not in _DROP_RESPONSE}
     sse = "text/event-stream" in response.headers.get("content-type", "")
     buffered = call.provider.settings.gateway_policy.streaming_mode is StreamingMode.DISABLED
+    mode = call.provider.settings.gateway_policy.debug_mode
+    chunks = call.timing.relay(debug.tee(mode, response.content.iter_any(), forward.lease.secret))
     try:
         async with asyncio.timeout(max(remaining, 0.001)):
             if buffered:
-                body = await response.read()
+                body = b"".join([chunk async for chunk in chunks])
+                call.timing.first_byte = None  # the client gets it all at once, now
                 await _send(send, response.status, headers, body, request_id)
                 return SUCCESS
             await send(_start(response.status, headers, request_id))
-            async for chunk in response.content.iter_any():
+            async for chunk in chunks:
                 await send({"type": "http.response.body", "body": chunk, "more_body": True})
     except (aiohttp.ClientError, TimeoutError) as error:
         timed_out = isinstance(error, TimeoutError)

@@ -22,8 +22,14 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from llmgateway.api import Edge, token_digest
+from llmgateway.breaker_board import BreakerBoard
+from llmgateway.coherence import exclusive_start, follow_store, return_freed_memory
 from llmgateway.egress import NoHealthyProxyError, egress_for
 from llmgateway.events import StatusWriter
+from llmgateway.guard import Guard
+from llmgateway.health import provider_report
+from llmgateway.metrics import KeyCount, Metrics, pool_key_counts
+from llmgateway.metrics_http import metrics_endpoint
 from llmgateway.outcomes import KeyStatus
 from llmgateway.pool import KeyEntry, KeyPool
 from llmgateway.proxy import Conductor, Provider
@@ -61,6 +67,7 @@ class Gateway:
     writer: StatusWriter | None = None
     _proxies: dict[int, ProxyRow] = field(default_factory=dict)
     _healthy_proxies: dict[str, list[str]] = field(default_factory=dict)
+    board: BreakerBoard = field(default_factory=BreakerBoard)
 
     def build_providers(self) -> None:
         for name, provider in self.settings.providers.items():
@@ -75,13 +82,15 @@ class Gateway:
                 rng=self.rng,
                 max_inflight=provider.gateway_policy.max_inflight_per_key,
             )
-            budget = provider.gateway_policy.retry_budget
+            policy = provider.gateway_policy
+            budget = policy.retry_budget
             self.providers[name] = Provider(
                 name,
                 provider,
                 pool,
                 client_timeout(provider.timeouts),
                 RetryBudget(budget.percent, budget.min_concurrent),
+                Guard(name, policy.circuit_breaker, policy.egress_rate_limit, self.rng),
             )
 
     def token_index(self) -> dict[bytes, tuple[str, Provider]]:
@@ -158,10 +167,16 @@ class Gateway:
         self.health.pool_loaded = True
         self.health.last_refresh = self.clock()
         self.health.problem = ""
+        guards = {name: provider.guard for name, provider in self.providers.items()}
+        await self.board.exchange(self.store, guards, self.clock())
 
-    async def refresh_forever(self) -> None:
+    async def refresh_forever(self, wake: asyncio.Event | None = None) -> None:
+        """Refresh every `refresh_interval_sec`, and at once when `wake` is set (store notices)."""
+        wake = wake or asyncio.Event()
         while True:
-            await asyncio.sleep(self.settings.gateway.refresh_interval_sec)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(wake.wait(), self.settings.gateway.refresh_interval_sec)
+            wake.clear()
             await self.refresh()
 
 
@@ -170,10 +185,16 @@ def create_app(
     *,
     rng: random.Random | None = None,
     sync_files: bool = True,
+    metrics: Metrics | None = None,
 ) -> ASGIApp:
-    """The gateway application. `sync_files` runs one key-file sync at start (on by default)."""
+    """The gateway application. `sync_files` runs one key-file sync at start (on by default);
+    `metrics` may be shared with a Keeper in the same process (`serve`)."""
     gateway = Gateway(settings, rng=rng or random.Random())
     gateway.build_providers()
+    metrics = metrics or Metrics.create()
+    for name, built in gateway.providers.items():
+        metrics.for_provider(name, built.settings.models)
+        built.guard.watch(metrics.for_provider(name).breaker)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -181,19 +202,25 @@ def create_app(
         gateway.store = store
         writer = StatusWriter(store.apply_events)
         gateway.writer = writer
-        conductor = Conductor(gateway.upstream, writer, gateway.rng, gateway.clock)
+        conductor = Conductor(gateway.upstream, writer, gateway.rng, gateway.clock, metrics)
         edge = Edge(conductor, gateway.token_index(), settings.gateway.max_body_bytes)
         app.state.edge = edge
         tasks: list[asyncio.Task[None]] = []
+        wake = asyncio.Event()
+        app.state.listener = listener = follow_store(store, wake)
         try:
-            await store.upgrade()
-            if sync_files:
-                await run_sync(settings, store)
+            async with exclusive_start(store.engine.url):
+                await store.upgrade()
+                if sync_files:
+                    await run_sync(settings, store)
             await gateway.refresh()
+            return_freed_memory()
             tasks = [
                 asyncio.create_task(writer.run(), name="status-writer"),
-                asyncio.create_task(gateway.refresh_forever(), name="pool-refresh"),
+                asyncio.create_task(gateway.refresh_forever(wake), name="pool-refresh"),
             ]
+            if listener is not None:
+                tasks.append(asyncio.create_task(listener.run(), name="store-notices"))
             yield
         finally:
             for task in tasks:
@@ -203,6 +230,7 @@ def create_app(
                 await writer.flush()
             await gateway.upstream.close()
             await store.close()
+            metrics.process_exited()
 
     async def healthz(request: Request) -> Response:
         return JSONResponse({"status": "ok"})
@@ -210,19 +238,29 @@ def create_app(
     async def readyz(request: Request) -> Response:
         health = gateway.health
         ready = health.pool_loaded and health.store_ok
-        body = {
+        body: dict[str, object] = {
             "ready": ready,
             "pool_loaded": health.pool_loaded,
             "store_reachable": health.store_ok,
             "revision": health.revision,
             "problem": health.problem or None,
         }
+        body["warnings"], body["providers"] = provider_report(gateway.providers, gateway.clock())
         return JSONResponse(body, status_code=200 if ready else 503)
 
-    admin = Starlette(
-        routes=[Route("/healthz", healthz), Route("/readyz", readyz)],
-        lifespan=lifespan,
-    )
+    async def key_counts() -> list[KeyCount]:
+        now = gateway.clock()
+        counts = []
+        for name, provider in gateway.providers.items():
+            metrics.for_provider(name).breaker(provider.guard.state)
+            counts += pool_key_counts(name, provider.pool, provider.settings.models, now)
+        return counts
+
+    routes = [Route("/healthz", healthz), Route("/readyz", readyz)]
+    if settings.metrics.enabled:
+        endpoint = metrics_endpoint(metrics, settings.metrics.access_token, key_counts)
+        routes.append(Route("/metrics", endpoint))
+    admin = Starlette(routes=routes, lifespan=lifespan)
     admin.state.gateway = gateway
     return _Router(admin)
 
@@ -245,6 +283,11 @@ class _Router:
 
 def app_from_environment() -> ASGIApp:
     """The app for `gateway --workers N`: each server process loads $LLMGATEWAY_CONFIG itself."""
-    from llmgateway.config import config_path, load_settings
+    import os
 
-    return create_app(load_settings(config_path(None)))
+    from llmgateway.config import config_path, load_settings
+    from llmgateway.logs import setup
+
+    settings = load_settings(config_path(None))
+    setup(settings, f"gateway-{os.getpid()}")  # a spawned process starts with no logging set up
+    return create_app(settings)

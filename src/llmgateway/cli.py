@@ -6,7 +6,6 @@ import asyncio
 import contextlib
 import dataclasses
 import json
-import logging
 import signal
 import time
 from collections.abc import Awaitable, Callable
@@ -172,13 +171,15 @@ def worker(config: str | None, once: bool) -> None:
 
     settings = _load(config)
     # --once prints its own summary, problems included; the loop reports through the logs
-    level = logging.ERROR if once else settings.logging.level
-    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
-    logging.getLogger("alembic").setLevel(logging.WARNING)
+    _setup_logging(settings, "worker", "ERROR" if once else None)
 
     async def work(store: Store) -> None:
+        from llmgateway.metrics import Metrics
+        from llmgateway.metrics_http import keeper_metrics
+
         try:
             if once:
+                click.echo("syncing the key files, then one probe round…", err=True)
                 report, proxies, summary = await run_once(
                     settings, store, on_progress=_progress_printer()
                 )
@@ -199,7 +200,9 @@ def worker(config: str | None, once: bool) -> None:
 
             for signum in (signal.SIGINT, signal.SIGTERM):
                 loop.add_signal_handler(signum, on_signal)
-            await Keeper(settings, store).run(stop)
+            metrics = Metrics.create()
+            async with keeper_metrics(settings, metrics, store):
+                await Keeper(settings, store, metrics=metrics).run(stop)
             click.echo("worker stopped")
         except KeeperRunningError as exc:
             click.echo(str(exc), err=True)
@@ -260,6 +263,8 @@ def status(config: str | None, as_json: bool) -> None:
 
     `shared` in the model column: one status for all models (shared_key_status).
     """
+    from llmgateway.status_report import proxy_counts, proxy_table
+
     settings = _load(config)
 
     async def work(store: Store) -> None:
@@ -270,6 +275,38 @@ def status(config: str | None, as_json: bool) -> None:
             click.echo("no keys in the store yet (`llmgateway worker --once` syncs the files)")
         else:
             click.echo(_status_table(counts, time.time()))
+        breakers = await store.breakers()
+        if breakers and not as_json:
+            from llmgateway.breaker_board import breaker_table
+
+            click.echo("\n" + breaker_table(breakers, time.time()))
+        if not as_json and (proxy_rows := await proxy_counts(store)):
+            click.echo("\n" + proxy_table(proxy_rows))
+
+    _run_with_store(settings, work)
+
+
+@main.group()
+def breaker() -> None:
+    """Circuit breakers of the running gateways."""
+
+
+@breaker.command("reset")
+@_config_option
+@click.argument("provider")
+def breaker_reset(config: str | None, provider: str) -> None:
+    """Close PROVIDER's circuit breakers in every running gateway (the way out of
+    `mode: manual_reset`). Gateways act on it at their next pool refresh."""
+    settings = _load(config)
+    if provider not in settings.providers:
+        known = ", ".join(sorted(settings.providers)) or "none"
+        click.echo(f"unknown provider {provider!r}; the config has: {known}", err=True)
+        raise SystemExit(2)
+
+    async def work(store: Store) -> None:
+        await store.request_breaker_reset(provider)
+        wait = settings.gateway.refresh_interval_sec
+        click.echo(f"reset of {provider}'s breakers requested; gateways apply it within {wait:g}s")
 
     _run_with_store(settings, work)
 
@@ -333,10 +370,11 @@ def gateway(config: str | None, host: str | None, port: int | None, workers: int
     import uvicorn
 
     from llmgateway.config import config_path
+    from llmgateway.metrics_http import multiprocess_dir
     from llmgateway.serving import uvicorn_config
 
     settings = _load(config)
-    _setup_logging(settings)
+    _setup_logging(settings, "gateway")
     _run_with_store(settings, _nothing)  # migrations, with a one-line error if the store fails
     host = host or settings.gateway.host
     port = settings.gateway.port if port is None else port
@@ -347,18 +385,19 @@ def gateway(config: str | None, host: str | None, port: int | None, workers: int
         uvicorn.Server(uvicorn_config(create_app(settings), host, port)).run()
         return
     os.environ["LLMGATEWAY_CONFIG"] = str(config_path(config).resolve())
-    uvicorn.run(
-        "llmgateway.app:app_from_environment",
-        factory=True,
-        host=host,
-        port=port,
-        workers=workers,
-        loop="uvloop",
-        http="httptools",
-        access_log=False,
-        log_config=None,
-        server_header=False,
-    )
+    with multiprocess_dir():  # the workers' metrics add up there; removed at the end
+        uvicorn.run(
+            "llmgateway.app:app_from_environment",
+            factory=True,
+            host=host,
+            port=port,
+            workers=workers,
+            loop="uvloop",
+            http="httptools",
+            access_log=False,
+            log_config=None,
+            server_header=False,
+        )
 
 
 @main.command()
@@ -370,7 +409,7 @@ def serve(config: str | None, host: str | None, port: int | None) -> None:
     import uvloop
 
     settings = _load(config)
-    _setup_logging(settings)
+    _setup_logging(settings, "serve")
     host = host or settings.gateway.host
     port = settings.gateway.port if port is None else port
     _run_with_store(settings, _nothing)
@@ -387,14 +426,17 @@ async def _serve_both(settings: Settings, host: str, port: int) -> None:
     import uvicorn
 
     from llmgateway.app import create_app
+    from llmgateway.metrics import Metrics
     from llmgateway.serving import uvicorn_config
     from llmgateway.store import Store
     from llmgateway.worker.run import Keeper
 
-    server = uvicorn.Server(uvicorn_config(create_app(settings), host, port))
+    metrics = Metrics.create()  # one set: the gateway's /metrics shows the Keeper's too
+    server = uvicorn.Server(uvicorn_config(create_app(settings, metrics=metrics), host, port))
     stop = asyncio.Event()
     async with await Store.open(settings.database.async_url, settings.database.pool_size) as store:
-        keeper = asyncio.create_task(Keeper(settings, store).run(stop), name="keeper")
+        run = Keeper(settings, store, metrics=metrics).run(stop)
+        keeper = asyncio.create_task(run, name="keeper")
         try:
             await server.serve()
         finally:
@@ -402,8 +444,41 @@ async def _serve_both(settings: Settings, host: str, port: int) -> None:
             await keeper
 
 
-def _setup_logging(settings: Settings) -> None:
-    logging.basicConfig(
-        level=settings.logging.level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
-    logging.getLogger("alembic").setLevel(logging.WARNING)
+@main.command()
+@click.option(
+    "--port",
+    default=55300,
+    show_default=True,
+    type=click.IntRange(0, 65535),
+    help="Gateway port (0: any free port).",
+)
+def demo(port: int) -> None:
+    """A self-contained tour: a fake provider, demo keys (some bad), gateway and keeper on
+    SQLite in a temporary folder. Prints what to try; Ctrl-C stops it and removes the folder."""
+    import shutil
+    import tempfile
+    from pathlib import Path
+
+    import uvloop
+
+    from llmgateway.demo import run_demo
+    from llmgateway.logs import configure
+    from llmgateway.settings import LoggingSettings
+
+    configure(LoggingSettings(level="WARNING"), name="demo")
+    folder = Path(tempfile.mkdtemp(prefix="llmgateway-demo-"))
+    try:
+        uvloop.run(run_demo(folder, port, click.echo))
+    except OSError as exc:
+        reason = exc.strerror or type(exc).__name__
+        click.echo(f"demo: cannot listen on port {port}: {reason}; try --port 0", err=True)
+        raise SystemExit(2) from None
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+    click.echo(f"demo stopped; {folder} removed")
+
+
+def _setup_logging(settings: Settings, name: str, level: str | None = None) -> None:
+    from llmgateway.logs import setup
+
+    setup(settings, name, level)

@@ -30,6 +30,7 @@ _SAMPLES = 8  # random draws before falling back to a scan of the scope's bag
 _MAX_LAZY_SCOPES = 64  # models not in the config tracked at once (oldest forgotten first)
 _KEY_LEVEL = frozenset({KeyStatus.INVALID_KEY, KeyStatus.NO_ACCESS})
 _BLOCKING = frozenset({KeyStatus.NO_QUOTA, KeyStatus.NO_MODEL})
+_NO_SCOPES: frozenset[str] = frozenset()
 
 State = Literal["healthy", "untested", "cooling", "ejected", "invalid", "no_quota", "no_model"]
 
@@ -97,7 +98,9 @@ class _Key:
     secret: str = field(repr=False)
     egress: str
     scopes: dict[str, _Scoped] = field(default_factory=dict)
-    invalid_in: set[str] = field(default_factory=set)  # scopes reporting invalid_key/no_access
+    # scopes reporting invalid_key/no_access; immutable, so the common empty case shares one
+    # object instead of costing a set per key (100k keys: ~20 MB)
+    invalid_in: frozenset[str] = _NO_SCOPES
     inflight: int = 0
     failures: int = 0  # provider-side failures in a row
     ejections: int = 0  # ejections in a row (the multiplier), decaying while healthy
@@ -211,9 +214,10 @@ class KeyPool:
         st.status = status
         was_invalid = bool(key.invalid_in)
         if status in _KEY_LEVEL:
-            key.invalid_in.add(name)
-        else:
-            key.invalid_in.discard(name)
+            if name not in key.invalid_in:
+                key.invalid_in = key.invalid_in | {name}
+        elif name in key.invalid_in:
+            key.invalid_in = key.invalid_in - {name} or _NO_SCOPES
         until = entry.cooldown_until
         if status is KeyStatus.RATE_LIMITED and until is not None:
             st.cooldown_until = max(st.cooldown_until, until)
@@ -392,7 +396,7 @@ class KeyPool:
         if status in _KEY_LEVEL:
             if st.status is status and name in key.invalid_in:
                 return None
-            key.invalid_in.add(name)
+            key.invalid_in = key.invalid_in | {name}
         elif reason is ErrorReason.RATE_LIMITED:
             st.rate_limits += 1
             delay = outcome.retry_after

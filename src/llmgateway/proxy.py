@@ -10,14 +10,16 @@ from __future__ import annotations
 import asyncio
 import random
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 
 import aiohttp
 
-from llmgateway import providers
+from llmgateway import debug, logs, providers
 from llmgateway.events import StatusWriter
-from llmgateway.outcomes import Blame, ErrorReason, Outcome, classify
+from llmgateway.guard import Closed, Excluded, Guard
+from llmgateway.metrics import Metrics, Timing
+from llmgateway.outcomes import Blame, ErrorReason, KeyStatus, Outcome, classify
 from llmgateway.pool import KeyPool, Lease, Unavailable
 from llmgateway.resilience import RetryBudget, full_jitter_backoff
 from llmgateway.settings import ProviderSettings, RetryStep
@@ -39,6 +41,7 @@ class Provider:
     pool: KeyPool
     timeout: aiohttp.ClientTimeout
     budget: RetryBudget
+    guard: Guard
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,6 +58,7 @@ class Call:
     model: str
     stream: bool
     client_retry: bool
+    timing: Timing = field(default_factory=Timing)
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,22 +89,28 @@ class Conductor:
     writer: StatusWriter
     rng: random.Random
     clock: Callable[[], float] = time.time
+    metrics: Metrics = field(default_factory=Metrics.create)
 
     async def run(self, call: Call, deadline: float) -> Forward | Reply:
         """Serve `call` from the pool, retrying on other keys; `deadline` is loop time."""
         loop = asyncio.get_running_loop()
-        pool = call.provider.pool
         policy = call.provider.settings.gateway_policy.retry
         budget = call.provider.budget
-        tried: set[int] = set()
+        excluded = Excluded(call.provider.guard, self.clock())
+        tried = excluded.tried
         key_errors = server_errors = 0
         last: Reply | None = None
-        retrying = call.client_retry  # a client's own SDK retry counts against the budget
-        if retrying:
+        # a client's own SDK retry takes a slot of the budget, and ours need one of their own
+        if call.client_retry:
             budget.begin_client_retry()
+        retrying = False
         try:
             while True:
-                got = pool.acquire(call.model, self.clock(), tried)
+                got = self._lease(call, excluded)
+                if isinstance(got, Closed):
+                    if got.reason == "circuit_open" or last is None:
+                        return _closed(call, got, len(tried))
+                    return last
                 if isinstance(got, Unavailable):
                     return last if last is not None else _unavailable(call, got, len(tried))
                 tried.add(got.key_id)
@@ -110,6 +120,8 @@ class Conductor:
                 reply, outcome = result
                 if outcome.blame is Blame.CLIENT:
                     return reply
+                if outcome.blame is Blame.EGRESS:  # not this way again within this request
+                    excluded.egresses.add(got.egress)
                 last = reply
                 if outcome.blame is Blame.KEY:
                     key_errors += 1
@@ -120,18 +132,52 @@ class Conductor:
                 if not policy.enabled or used > step.attempts:
                     return reply
                 pause = _backoff(step, used, self.rng)
+                connect = call.provider.settings.timeouts.connect
+                if outcome.blame is not Blame.KEY and outcome.retry_after is not None:
+                    # the provider asked for a pause: honour it only when it fits the deadline
+                    asked = max(pause, outcome.retry_after)
+                    if loop.time() + asked + connect < deadline:
+                        pause = asked
                 # a retry that cannot even connect before the deadline is not started
-                if loop.time() + pause + call.provider.settings.timeouts.connect >= deadline:
+                if loop.time() + pause + connect >= deadline:
                     return reply
                 if not retrying:
                     if not budget.try_begin_retry():
                         return reply
                     retrying = True
+                self.metrics.for_provider(call.provider.name).retry(outcome)
                 if pause > 0:
                     await asyncio.sleep(pause)
         finally:
             if retrying:
                 budget.end_retry()
+            if call.client_retry:
+                budget.end_retry()
+
+    def _lease(self, call: Call, excluded: Excluded) -> Lease | Unavailable | Closed:
+        """A key whose provider and egress are open, or why there is none."""
+        guard, pool = call.provider.guard, call.provider.pool
+        now = excluded.now = self.clock()
+        closed = guard.admit(now)
+        if closed is not None:
+            return closed
+        blocked: Closed | None = None
+        while True:
+            got = pool.acquire(call.model, now, excluded)
+            if isinstance(got, Unavailable):
+                guard.forget(None, now)
+                return blocked if blocked is not None else got
+            guard.note(got.key_id, got.egress)
+            if got.egress in excluded.egresses:
+                shut: Closed | None = Closed("egress_open", 1.0)
+            else:
+                shut = guard.egress_closed(got.egress, now)
+            if shut is None:
+                return got
+            pool.release(got, CANCELLED, now)
+            excluded.skipped.add(got.key_id)
+            if blocked is None or shut.retry_after < blocked.retry_after:
+                blocked = shut
 
     async def _attempt(
         self, call: Call, lease: Lease, remaining: float, attempt: int
@@ -142,10 +188,15 @@ class Conductor:
         name, value = providers.auth_header(settings, call.api, lease.secret)
         headers = dict(call.headers)
         headers[name] = value
+        logs.bind_attempt(lease.secret, attempt)
+        debug.request(
+            settings.gateway_policy.debug_mode, call.method, url, headers, call.body, lease.secret
+        )
         status: int | None = None
         response: aiohttp.ClientResponse | None = None
         body = b""
         exc: BaseException | None = None
+        sent = time.perf_counter()
         try:
             if remaining <= 0:
                 raise TimeoutError
@@ -161,9 +212,13 @@ class Conductor:
                 )
                 status = response.status
                 if status < 300:
+                    ok = Outcome(reason=None, blame=Blame.NONE, status=status)
+                    provider.guard.judge(lease.egress, lease.key_id, ok, self.clock())
+                    self._observed(call, lease, ok, response.headers, None)
                     return Forward(response, lease, attempt)
                 body = await response.content.read(ERROR_PREFIX_BYTES)
         except asyncio.CancelledError:
+            provider.guard.forget(lease.egress, self.clock())
             self._release(provider, lease, CANCELLED)
             if response is not None:
                 response.close()
@@ -171,6 +226,7 @@ class Conductor:
         except Exception as error:  # every failure is classified, none escapes to the client
             exc = error
         finally:
+            call.timing.waited(sent)
             if response is not None and (status is None or status >= 300):
                 response.release()
         outcome = classify(
@@ -181,17 +237,37 @@ class Conductor:
             exc,
             now=self.clock(),
         )
-        self._release(provider, lease, outcome)
+        learnt = provider.guard.judge(lease.egress, lease.key_id, outcome, self.clock())
+        self._observed(call, lease, outcome, response.headers if response else {}, body)
+        self._release(provider, lease, learnt)
         return _reply(call, status, response, body, outcome, attempt), outcome
 
     def _release(self, provider: Provider, lease: Lease, outcome: Outcome) -> None:
         change = provider.pool.release(lease, outcome, self.clock())
         if change is not None:
+            if change.status is not KeyStatus.VALID:
+                reason = change.reason.value if change.reason else change.status.value
+                self.metrics.for_provider(provider.name).cooldown(reason)
             self.writer.offer(provider.name, change, self.clock())
+
+    def _observed(
+        self,
+        call: Call,
+        lease: Lease,
+        outcome: Outcome,
+        headers: Mapping[str, str],
+        body: bytes | None,
+    ) -> None:
+        """Account for one attempt: its metric, the log context, the debug log."""
+        self.metrics.for_provider(call.provider.name).attempt(outcome)
+        logs.bind_outcome(outcome)
+        mode = call.provider.settings.gateway_policy.debug_mode
+        debug.response(mode, outcome.status, headers, body, lease.secret)
 
     def finish(self, call: Call, forward: Forward, outcome: Outcome) -> None:
         """Release the key of a streamed answer once its body ended (or failed, or was cut)."""
-        self._release(call.provider, forward.lease, outcome)
+        learnt = call.provider.guard.judge_end(forward.lease.egress, outcome)
+        self._release(call.provider, forward.lease, learnt)
 
 
 def _backoff(step: RetryStep, attempt: int, rng: random.Random) -> float:
@@ -231,6 +307,20 @@ def _reply(
         )
     message = "The upstream could not be reached."
     return _error(call, 502, message, "upstream_unreachable", None, attempts, reason)
+
+
+def _closed(call: Call, why: Closed, attempts: int) -> Reply:
+    """Fail fast: the provider's breaker is open, or every way out is closed."""
+    if why.reason == "egress_rate_limited":
+        message = "This provider rate-limits the gateway's address; retry after the indicated time."
+        return _error(
+            call, 429, message, "rate_limit_exceeded", why.retry_after, attempts, why.reason
+        )
+    if why.reason == "circuit_open":
+        message = "This provider is failing; the gateway's circuit breaker is open for it."
+    else:
+        message = "The gateway cannot reach this provider through any working egress right now."
+    return _error(call, 503, message, why.reason, why.retry_after, attempts, why.reason)
 
 
 def _unavailable(call: Call, why: Unavailable, attempts: int) -> Reply:

@@ -247,11 +247,8 @@ class EgressLimiter:
             window = self._egresses[egress] = _Window()
         if window.blocked_until > now:
             return is_429
+        self._prune(window, now)
         events = window.events
-        while events and events[0][0] <= now - self.window_sec:
-            _, old_key, old_429 = events.popleft()
-            if old_429:
-                _forget(window, old_key)
         events.append((now, key_id, is_429))
         if is_429:
             window.limited += 1
@@ -267,6 +264,28 @@ class EgressLimiter:
             window.by_key.clear()
             window.limited = 0
         return wide
+
+    def suspect(self, egress: str, now: float) -> bool:
+        """Do the egress's recent 429s look IP-wide already (two keys or more, at `ratio`)?
+
+        Lets the first 429s of an IP-wide limit go unblamed on their keys too; so do the 429s
+        within `window_sec` after an egress cooldown ended (the limit is likely still there).
+        """
+        window = self._egresses.get(egress)
+        if window is None:
+            return False
+        if window.blocked_until > now - self.window_sec:
+            return True
+        self._prune(window, now)
+        events = window.events
+        return len(window.by_key) >= 2 and window.limited >= self.ratio * len(events)
+
+    def _prune(self, window: _Window, now: float) -> None:
+        events = window.events
+        while events and events[0][0] <= now - self.window_sec:
+            _, old_key, old_429 = events.popleft()
+            if old_429:
+                _forget(window, old_key)
 
     def blocked_until(self, egress: str, now: float) -> float | None:
         """When the egress's cooldown ends, or None when it is not cooling down."""

@@ -283,6 +283,19 @@ class CircuitBreakerSettings(_Model):
     failure_threshold: int = Field(default=10, ge=1)
     backoff: BreakerBackoff = BreakerBackoff()
     jitter_sec: float = Field(default=5, ge=0)
+    trial_calls: int = Field(default=3, ge=1)  # calls let through at once while half-open
+
+
+class EgressRateLimit(_Model):
+    """Egress-wide 429s: when, within `window_sec`, at least `min_keys` distinct keys got a 429
+    through one egress (direct, or one proxy) and 429s are at least `ratio` of its answers, the
+    egress cools down for `cooldown_sec` instead of each key."""
+
+    enabled: bool = True
+    window_sec: float = Field(default=10, gt=0)
+    min_keys: int = Field(default=5, ge=2)
+    ratio: float = Field(default=0.8, gt=0, le=1)
+    cooldown_sec: float = Field(default=30, gt=0)
 
 
 class OutlierDetection(_Model):
@@ -322,6 +335,7 @@ class GatewayPolicy(_Model):
     circuit_breaker: CircuitBreakerSettings = CircuitBreakerSettings()
     outlier_detection: OutlierDetection = OutlierDetection()
     retry_budget: RetryBudgetSettings = RetryBudgetSettings()
+    egress_rate_limit: EgressRateLimit = EgressRateLimit()
     max_inflight_per_key: int | None = Field(default=None, ge=1)  # None: unlimited
 
 

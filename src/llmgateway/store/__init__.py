@@ -18,7 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncTransactio
 
 from llmgateway.outcomes import ALL_MODELS
 from llmgateway.settings import ProviderSettings
-from llmgateway.store import connect, reconcile, status
+from llmgateway.store import breakers, connect, notify, reconcile, status
 from llmgateway.store.connect import DatabaseUrlError, async_url, masked_url
 from llmgateway.store.reconcile import UnknownProviderError
 from llmgateway.store.records import (
@@ -93,6 +93,8 @@ class Store:
         wanted = {name: (p.provider_type, p.enabled) for name, p in settings.items()}
         async with self._write() as (conn, revision, transaction):
             changed = await reconcile.sync_providers(conn, wanted, revision, self.clock())
+            if changed:
+                await notify.publish(conn, notify.Kind.KEYS, revision)
             await _keep_if(transaction, changed)
             return changed
 
@@ -115,6 +117,8 @@ class Store:
             changes, touched = await reconcile.sync_keys(
                 conn, pid, keys, row_models, revision, self.clock(), prune=prune
             )
+            if touched:
+                await notify.publish(conn, notify.Kind.KEYS, revision, provider)
             await _keep_if(transaction, touched)
             return changes
 
@@ -127,6 +131,8 @@ class Store:
             changes, touched = await reconcile.sync_proxies(
                 conn, pid, urls, revision, self.clock(), prune=prune
             )
+            if touched:
+                await notify.publish(conn, notify.Kind.PROXIES, revision, provider)
             await _keep_if(transaction, touched)
             return changes
 
@@ -143,6 +149,8 @@ class Store:
         async with self.engine.begin() as conn:
             revision = await status.bump_revision(conn)
             await status.apply_events(conn, events, revision)
+            if any(event.status in notify.URGENT for event in events):
+                await notify.publish(conn, notify.Kind.STATUS, revision)
 
     async def status_counts(self) -> list[StatusCount]:
         """Active (key, model) rows grouped by provider, model and status."""
@@ -153,6 +161,21 @@ class Store:
         """The current global revision."""
         async with self.engine.connect() as conn:
             return await status.read_revision(conn)
+
+    async def breakers(self) -> list[breakers.BreakerRow]:
+        """The circuit breakers as gateways last reported them, with pending reset requests."""
+        async with self.engine.connect() as conn:
+            return await breakers.read(conn)
+
+    async def save_breakers(self, states: Mapping[str, tuple[int, int]]) -> None:
+        """Record each provider's (breaker state, egress breakers not closed)."""
+        async with self.engine.begin() as conn:
+            await breakers.save(conn, states, self.clock())
+
+    async def request_breaker_reset(self, provider: str) -> None:
+        """Ask running gateways to close `provider`'s breakers (`llmgateway breaker reset`)."""
+        async with self.engine.begin() as conn:
+            await breakers.request_reset(conn, provider, self.clock())
 
     @asynccontextmanager
     async def _write(self) -> AsyncIterator[tuple[AsyncConnection, int, AsyncTransaction]]:

@@ -20,7 +20,7 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from llmgateway.outcomes import ErrorReason, KeyStatus
-from llmgateway.store import Store
+from llmgateway.store import Store, notify
 from llmgateway.store.status import ERROR_MESSAGE_LIMIT, bump_revision
 from llmgateway.store.tables import key_status, keys, providers, proxies, proxy_status
 
@@ -168,6 +168,7 @@ async def write_results(store: Store, owner: str, results: Sequence[ProbeResult]
         if marks:
             revision = await bump_revision(conn)
             await conn.execute(_mark_statement(owner, revision), [_mark_params(r) for r in marks])
+            await notify.publish(conn, notify.Kind.PROBES, revision)
         rest = [r for r in results if not r.marks]
         if rest:
             await conn.execute(_reschedule_statement(owner), [_reschedule_params(r) for r in rest])

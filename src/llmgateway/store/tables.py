@@ -119,3 +119,16 @@ proxy_status = sa.Table(
     sa.Column("error_message", sa.Text, nullable=True),
     sa.Column("revision", sa.BigInteger, nullable=False, index=True),
 )
+
+breakers = sa.Table(
+    "breakers",
+    metadata,
+    sa.Column("provider", sa.Text, primary_key=True),
+    sa.Column("state", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("open_egresses", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("updated_at", sa.Double, nullable=True),
+    sa.Column("reset_at", sa.Double, nullable=True),
+)
+"""Circuit breakers: each provider's state as a gateway last saw it (0 closed, 1 half-open,
+2 open; not stamped with revisions, it is no part of the pool), and `reset_at`, set by
+`llmgateway breaker reset` and acted on by every gateway at its next refresh."""

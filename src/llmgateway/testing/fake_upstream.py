@@ -84,6 +84,8 @@ class _Counters:
     key_in_url: int = 0
     open_requests: int = 0
     peak_open_requests: int = 0
+    open_by_key: dict[str, int] = field(default_factory=dict)
+    peak_by_key: dict[str, int] = field(default_factory=dict)
 
 
 class FakeUpstream:
@@ -220,6 +222,10 @@ class FakeUpstream:
         """The most requests open at once since start or `reset()`."""
         return self._counters.peak_open_requests
 
+    def peak_open(self, secret: str) -> int:
+        """The most requests with this key open at once since start or `reset()`."""
+        return self._counters.peak_by_key.get(secret, 0)
+
     # --- routes --------------------------------------------------------------------------------
 
     def _app(self) -> web.Application:
@@ -262,10 +268,15 @@ class FakeUpstream:
             counters = self._counters
             counters.open_requests += 1
             counters.peak_open_requests = max(counters.peak_open_requests, counters.open_requests)
+            secret = self._secret(request, speaks)[0]
+            by_key = counters.open_by_key
+            by_key[secret] = now_open = by_key.get(secret, 0) + 1
+            counters.peak_by_key[secret] = max(counters.peak_by_key.get(secret, 0), now_open)
             try:
                 return await self._serve(request, speaks, answer)
             finally:
                 self._counters.open_requests -= 1
+                by_key[secret] -= 1
 
         return handle
 

@@ -23,6 +23,7 @@ from pathlib import Path
 
 from llmgateway.egress import NoHealthyProxyError, egress_for
 from llmgateway.masking import fingerprint
+from llmgateway.metrics import Metrics
 from llmgateway.outcomes import Blame, ErrorReason, Outcome
 from llmgateway.providers import auth_probe_request, probe_request
 from llmgateway.settings import ProviderSettings, ProxyMode, Settings
@@ -82,6 +83,7 @@ class Keeper:
     on_progress: Callable[[Progress], None] = _ignore
     claim_size: int = CLAIM_SIZE
     last_vacuum: float | None = None
+    metrics: Metrics = field(default_factory=Metrics.create)
 
     # --- one probe round ------------------------------------------------------------------------
 
@@ -238,6 +240,7 @@ class Keeper:
             self.settings.worker.egress_retry_sec,
         )
         tally.kinds[verdict.kind] += 1
+        self.metrics.probe(row.provider, verdict.kind.value, exchange.latency_ms / 1000)
         if verdict.kind is not Kind.HEALTHY:
             log.debug(
                 "key %s model %s: %s (%s)",
@@ -333,7 +336,7 @@ class Keeper:
         while not stop.is_set():
             wake.clear()
             with _survive("sync"):
-                await run_sync(self.settings, self.store)
+                self.metrics.synced(await run_sync(self.settings, self.store))
                 synced.set()
             await _first(stop, wake, self.settings.worker.sync_interval_sec)
 
