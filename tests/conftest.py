@@ -122,3 +122,26 @@ async def db_url(db_kind: str, tmp_path: Path) -> AsyncIterator[str]:
     finally:
         await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         await admin.close()
+
+
+REDIS_URL = os.environ.get("LLMGATEWAY_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+
+
+@pytest.fixture
+async def redis_prefix() -> AsyncIterator[str]:
+    """A Redis key prefix of this test's own (`$LLMGATEWAY_TEST_REDIS_URL`, default the local
+    server); every key under it is deleted afterwards. A missing server fails the test."""
+    import redis.asyncio as aioredis
+
+    name = f"llmgw-test-{uuid.uuid4().hex[:12]}"
+    client = aioredis.Redis.from_url(REDIS_URL)
+    try:
+        await client.ping()
+    except Exception as error:
+        await client.aclose()
+        pytest.fail(f"Redis at {REDIS_URL} unreachable: {type(error).__name__}")
+    yield name
+    keys = [key async for key in client.scan_iter(match=f"{name}:*")]
+    if keys:
+        await client.delete(*keys)
+    await client.aclose()

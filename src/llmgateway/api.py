@@ -10,10 +10,11 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import hmac
+import itertools
 import logging
 import secrets
 import time
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,7 +26,7 @@ from llmgateway import debug, logs, providers
 from llmgateway.metrics import Timing
 from llmgateway.outcomes import Blame, ErrorReason, Outcome
 from llmgateway.proxy import CANCELLED, Call, Conductor, Forward, Provider, Reply
-from llmgateway.settings import StreamingMode
+from llmgateway.settings import DebugMode
 
 log = logging.getLogger("llmgateway.api")
 
@@ -203,35 +204,53 @@ async def _watch_disconnect(receive: Receive, task: asyncio.Task[Any], gone: asy
 async def _relay(
     call: Call, forward: Forward, send: Send, request_id: str, remaining: float
 ) -> Outcome:
-    """Stream the upstream body to the client as it arrives; report how it ended."""
+    """Send the upstream answer to the client: a stream event by event as it arrives, a plain
+    answer already read whole (see `proxy.WHOLE_BODY_LIMIT`) in one piece. Reports how it
+    ended."""
     response = forward.response
     headers = {k: v for k, v in response.headers.items() if k.lower() not in _DROP_RESPONSE}
+    policy = call.provider.settings.gateway_policy
+    if forward.body is not None:
+        if policy.debug_mode is DebugMode.FULL_BODY:
+            debug.whole_body(forward.body, forward.lease.secret)
+        await _send(send, response.status, headers, forward.body, request_id)
+        return SUCCESS
     sse = "text/event-stream" in response.headers.get("content-type", "")
-    buffered = call.provider.settings.gateway_policy.streaming_mode is StreamingMode.DISABLED
-    mode = call.provider.settings.gateway_policy.debug_mode
-    chunks = call.timing.relay(debug.tee(mode, response.content.iter_any(), forward.lease.secret))
+    chunks: AsyncIterator[bytes] = response.content.iter_any()
+    if policy.debug_mode is DebugMode.FULL_BODY:
+        chunks = debug.tee(policy.debug_mode, chunks, forward.lease.secret)
+    timing = call.timing
+    started = False
     try:
         async with asyncio.timeout(max(remaining, 0.001)):
-            if buffered:
-                body = b"".join([chunk async for chunk in chunks])
-                call.timing.first_byte = None  # the client gets it all at once, now
-                await _send(send, response.status, headers, body, request_id)
-                return SUCCESS
             await send(_start(response.status, headers, request_id))
-            async for chunk in chunks:
+            started = True
+            while True:
+                asked = time.perf_counter()
+                try:
+                    chunk = await anext(chunks)
+                except StopAsyncIteration:
+                    timing.waited(asked)
+                    break
+                now = time.perf_counter()
+                timing.upstream += now - asked
+                if timing.first_byte is None:
+                    timing.first_byte = now
                 await send({"type": "http.response.body", "body": chunk, "more_body": True})
     except (aiohttp.ClientError, TimeoutError) as error:
         timed_out = isinstance(error, TimeoutError)
         log.warning("upstream failed mid-response: %s", type(error).__name__)
-        if sse:
-            message = (
-                "The upstream timed out mid-stream."
-                if timed_out
-                else "The upstream stream broke off."
-            )
-            event = providers.sse_error_event(call.api, 504 if timed_out else 502, message)
+        status = 504 if timed_out else 502
+        message = "The upstream timed out mid-answer." if timed_out else "The upstream broke off."
+        if not started:  # nothing reached the client yet: a clean error response
+            body = providers.error_body(call.api, status, message, code="upstream_broke_off")
+            await _send(send, status, {"content-type": "application/json"}, body, request_id)
+        elif sse:  # the stream has begun: the error goes in-band
+            event = providers.sse_error_event(call.api, status, message)
             await send({"type": "http.response.body", "body": event, "more_body": True})
-        await send({"type": "http.response.body", "body": b"", "more_body": False})
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+        # else: a large plain body cut mid-way; returning without ending it makes the server
+        # close the connection, so the client sees a truncated answer rather than a short one
         return (
             Outcome(reason=ErrorReason.TIMEOUT, blame=Blame.PROVIDER) if timed_out else STREAM_CUT
         )
@@ -243,10 +262,14 @@ def _headers(scope: Scope) -> dict[str, str]:
     return {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
 
 
+_ID_PREFIX = secrets.token_hex(6)  # per process, so ids stay unique across gateway processes
+_ids = itertools.count(1)
+
+
 def _request_id(given: str | None) -> str:
     if given and len(given) <= 128 and given.isprintable():
         return given
-    return secrets.token_hex(12)
+    return f"{_ID_PREFIX}{next(_ids):012x}"
 
 
 def _client_token(headers: Mapping[str, str], query: str) -> tuple[str | None, bool]:

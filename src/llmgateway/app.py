@@ -28,6 +28,7 @@ from llmgateway.egress import NoHealthyProxyError, egress_for
 from llmgateway.events import StatusWriter
 from llmgateway.guard import Guard
 from llmgateway.health import provider_report
+from llmgateway.limits import Limits
 from llmgateway.metrics import KeyCount, Metrics, pool_key_counts
 from llmgateway.metrics_http import metrics_endpoint
 from llmgateway.outcomes import KeyStatus
@@ -68,6 +69,7 @@ class Gateway:
     _proxies: dict[int, ProxyRow] = field(default_factory=dict)
     _healthy_proxies: dict[str, list[str]] = field(default_factory=dict)
     board: BreakerBoard = field(default_factory=BreakerBoard)
+    limits: Limits | None = None  # per-key limits across gateways, when a provider sets any
 
     def build_providers(self) -> None:
         for name, provider in self.settings.providers.items():
@@ -91,6 +93,7 @@ class Gateway:
                 client_timeout(provider.timeouts),
                 RetryBudget(budget.percent, budget.min_concurrent),
                 Guard(name, policy.circuit_breaker, policy.egress_rate_limit, self.rng),
+                self.limits.limiter(name, policy.key_limits) if self.limits else None,
             )
 
     def token_index(self) -> dict[bytes, tuple[str, Provider]]:
@@ -184,14 +187,16 @@ def create_app(
     settings: Settings,
     *,
     rng: random.Random | None = None,
-    sync_files: bool = True,
+    prepare: bool = True,
     metrics: Metrics | None = None,
 ) -> ASGIApp:
-    """The gateway application. `sync_files` runs one key-file sync at start (on by default);
+    """The gateway application. `prepare` applies migrations and runs one key-file sync at start
+    (the `gateway` command does both in a child process before, and turns it off);
     `metrics` may be shared with a Keeper in the same process (`serve`)."""
     gateway = Gateway(settings, rng=rng or random.Random())
-    gateway.build_providers()
     metrics = metrics or Metrics.create()
+    gateway.limits = Limits.create(settings, metrics, gateway.clock)
+    gateway.build_providers()
     for name, built in gateway.providers.items():
         metrics.for_provider(name, built.settings.models)
         built.guard.watch(metrics.for_provider(name).breaker)
@@ -209,9 +214,9 @@ def create_app(
         wake = asyncio.Event()
         app.state.listener = listener = follow_store(store, wake)
         try:
-            async with exclusive_start(store.engine.url):
-                await store.upgrade()
-                if sync_files:
+            if prepare:
+                async with exclusive_start(store.engine.url):
+                    await store.upgrade()
                     await run_sync(settings, store)
             await gateway.refresh()
             return_freed_memory()
@@ -221,6 +226,9 @@ def create_app(
             ]
             if listener is not None:
                 tasks.append(asyncio.create_task(listener.run(), name="store-notices"))
+            if gateway.limits is not None:
+                await gateway.limits.start()
+                tasks.append(asyncio.create_task(gateway.limits.run(), name="key-limits"))
             yield
         finally:
             for task in tasks:
@@ -229,6 +237,8 @@ def create_app(
             with contextlib.suppress(Exception):
                 await writer.flush()
             await gateway.upstream.close()
+            if gateway.limits is not None:
+                await gateway.limits.close()
             await store.close()
             metrics.process_exited()
 
@@ -290,4 +300,4 @@ def app_from_environment() -> ASGIApp:
 
     settings = load_settings(config_path(None))
     setup(settings, f"gateway-{os.getpid()}")  # a spawned process starts with no logging set up
-    return create_app(settings)
+    return create_app(settings, prepare=os.environ.get("LLMGATEWAY_PREPARED") != "1")

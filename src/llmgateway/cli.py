@@ -49,7 +49,12 @@ def check_config(path: str | None) -> None:
         raise SystemExit(2) from None
     count, names = len(settings.providers), ", ".join(settings.providers)
     noun = "provider" if count == 1 else "providers"
-    click.echo(f"ok: {count} {noun} ({names}), database: {settings.database.backend}")
+    summary = f"ok: {count} {noun} ({names}), database: {settings.database.backend}"
+    if any(p.gateway_policy.key_limits.enabled for p in settings.providers.values()):
+        from llmgateway.limits import backend_of
+
+        summary += f", per-key limits counted by: {backend_of(settings).value}"
+    click.echo(summary)
 
 
 @main.command("fake-upstream")
@@ -143,16 +148,38 @@ def db() -> None:
 
 @db.command("upgrade")
 @_config_option
-def db_upgrade(config: str | None) -> None:
+@click.option("--sync", is_flag=True, help="Then run one sync of the key and proxy files.")
+def db_upgrade(config: str | None, sync: bool) -> None:
     """Apply the database migrations (the gateway and worker also do it at start)."""
+    from llmgateway.coherence import exclusive_start
     from llmgateway.store import masked_url
+    from llmgateway.worker.sync import run_sync
 
     settings = _load(config)
+    if sync:
+        _setup_logging(settings, "prepare")
 
     async def work(store: Store) -> None:
         click.echo(f"{masked_url(settings.database.async_url)}: schema up to date")
+        if sync:
+            async with exclusive_start(store.engine.url):
+                _echo_sync(await run_sync(settings, store))
 
     _run_with_store(settings, work)
+
+
+def _prepare_store(config: str | None) -> None:
+    """Migrations and one file sync in a child process, so that the gateway never loads what
+    only they need (Alembic, the parsed key files): its resident memory stays small."""
+    import subprocess
+    import sys
+
+    from llmgateway.config import config_path
+
+    command = [sys.executable, "-m", "llmgateway", "db", "upgrade", "--sync"]
+    done = subprocess.run([*command, "--config", str(config_path(config))], check=False)  # noqa: S603
+    if done.returncode != 0:
+        raise SystemExit(done.returncode)
 
 
 @main.command()
@@ -375,16 +402,17 @@ def gateway(config: str | None, host: str | None, port: int | None, workers: int
 
     settings = _load(config)
     _setup_logging(settings, "gateway")
-    _run_with_store(settings, _nothing)  # migrations, with a one-line error if the store fails
+    _prepare_store(config)  # migrations and a file sync, with a one-line error if the store fails
     host = host or settings.gateway.host
     port = settings.gateway.port if port is None else port
     workers = workers or settings.gateway.workers
     if workers == 1:
         from llmgateway.app import create_app
 
-        uvicorn.Server(uvicorn_config(create_app(settings), host, port)).run()
+        uvicorn.Server(uvicorn_config(create_app(settings, prepare=False), host, port)).run()
         return
     os.environ["LLMGATEWAY_CONFIG"] = str(config_path(config).resolve())
+    os.environ["LLMGATEWAY_PREPARED"] = "1"
     with multiprocess_dir():  # the workers' metrics add up there; removed at the end
         uvicorn.run(
             "llmgateway.app:app_from_environment",
@@ -397,6 +425,7 @@ def gateway(config: str | None, host: str | None, port: int | None, workers: int
             access_log=False,
             log_config=None,
             server_header=False,
+            proxy_headers=False,
         )
 
 

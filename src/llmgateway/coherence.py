@@ -71,8 +71,15 @@ def follow_store(store: Store, wake: asyncio.Event) -> Listener | None:
 
 def return_freed_memory() -> None:
     """Give the memory freed after start-up (the file sync and the first snapshot of, say,
-    100,000 keys) back to the operating system (glibc's `malloc_trim`; a no-op elsewhere)."""
+    100,000 keys) back to the operating system (glibc's `malloc_trim`; a no-op elsewhere),
+    and take what survives start-up out of the garbage collector's sight.
+
+    `gc.freeze()` moves the start-up objects (libraries, settings, the pool) to a permanent
+    generation: a full collection, triggered now and then by per-request allocations, would
+    otherwise walk all of them again and again on the request path.
+    """
     gc.collect()
+    gc.freeze()
     try:
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
         libc.malloc_trim(0)

@@ -19,6 +19,7 @@ from llmgateway.settings import (
     BreakerBackoff,
     GeminiProvider,
     HealthPolicy,
+    LimitsBackend,
     OpenAILikeProvider,
     ProviderSettings,
     ProxyConfig,
@@ -109,6 +110,22 @@ def _backoff_rules(backoff: BreakerBackoff) -> Iterator[Finding]:
         )
 
 
+def _limits_rules(settings: Settings) -> Iterator[Finding]:
+    backend = settings.limits.backend
+    if backend is LimitsBackend.REDIS and not settings.limits.redis_url:
+        yield (
+            "limits.redis_url",
+            "required when limits.backend is redis",
+            "e.g. redis_url: redis://127.0.0.1:6379/0, or backend: auto",
+        )
+    if backend is LimitsBackend.POSTGRES and settings.database.backend != "postgresql":
+        yield (
+            "limits.backend",
+            "postgres counts per-key limits in the store, but database.url is SQLite",
+            "use a postgresql:// database.url, or backend: redis (with redis_url) or local",
+        )
+
+
 _Rule = Callable[[Any], Iterator[Finding]]
 _RULES: tuple[tuple[tuple[type[BaseModel], ...], tuple[str, ...], _Rule], ...] = (
     # (the sections a rule applies to, the settings it reads, the rule)
@@ -120,6 +137,7 @@ _RULES: tuple[tuple[tuple[type[BaseModel], ...], tuple[str, ...], _Rule], ...] =
     ((HealthPolicy,), ("quarantine_after_days", "stop_checking_after_days"), _health_rules),
     ((ProxyConfig,), ("mode", "static_url", "pool_list_path"), _proxy_rules),
     ((BreakerBackoff,), ("base_duration_sec", "max_duration_sec"), _backoff_rules),
+    ((Settings,), ("limits", "database"), _limits_rules),
 )
 
 

@@ -117,7 +117,16 @@ async def tee(mode: DebugMode, chunks: AsyncIterator[bytes], secret: str) -> Asy
                 kept += chunk[: BODY_LIMIT - len(kept)]
             yield chunk
     finally:
-        text = scrub_body(bytes(kept), secret)
-        if size > BODY_LIMIT:
-            text += f"… ({size - BODY_LIMIT} more bytes)"
-        log.info("upstream response body", extra={"debug": {"bytes": size, "body": text}})
+        _log_body(bytes(kept), size, secret)
+
+
+def whole_body(body: bytes, secret: str) -> None:
+    """Log an answer read whole (`full_body` mode), scrubbed and cut at BODY_LIMIT."""
+    _log_body(body[:BODY_LIMIT], len(body), secret)
+
+
+def _log_body(kept: bytes, size: int, secret: str) -> None:
+    text = scrub_body(kept, secret)
+    if size > BODY_LIMIT:
+        text += f"… ({size - BODY_LIMIT} more bytes)"
+    log.info("upstream response body", extra={"debug": {"bytes": size, "body": text}})

@@ -12,6 +12,7 @@ like a key or token (`sk-…`, `AIza…`, `Bearer …`, `key=…`) or equals a c
 
 from __future__ import annotations
 
+import contextvars
 import logging
 import logging.handlers
 import re
@@ -22,8 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import structlog
-from structlog.contextvars import bind_contextvars, clear_contextvars
-from structlog.typing import Processor
+from structlog.typing import EventDict, Processor
 
 from llmgateway.masking import fingerprint, mask
 from llmgateway.outcomes import Outcome
@@ -101,6 +101,8 @@ def known_secrets(settings: Settings) -> set[str]:
     found = {settings.metrics.access_token, settings.database.password}
     if settings.database.url:
         found.add(settings.database.url)
+    if settings.limits.redis_url:
+        found.add(settings.limits.redis_url)
     for provider in settings.providers.values():
         found.update(provider.access_control.tokens)
         proxy = provider.proxy_config
@@ -130,6 +132,7 @@ def configure(
     redactor = Redactor(secrets)
     shared: list[Processor] = [
         structlog.contextvars.merge_contextvars,
+        _merge_request,
         structlog.stdlib.add_log_level,
         structlog.stdlib.add_logger_name,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
@@ -196,25 +199,53 @@ def _file_handler(folder: Path, name: str, formatter: logging.Formatter) -> logg
     return handler
 
 
+_REQUEST: contextvars.ContextVar[dict[str, Any] | None] = contextvars.ContextVar(
+    "llmgateway_request", default=None
+)
+"""The log fields of the request this task serves: one mutable dict set once per request, so
+binding a field on the hot path is a dict assignment (structlog's contextvars cost a copy of
+the context per bind). `_merge_request` adds them to every line at emit time."""
+
+_SECRET = "_secret"  # the attempt's key, turned into its fingerprint only when a line is written
+
+
 def bind_request(request_id: str, provider: str | None = None, model: str | None = None) -> None:
     """Start a request's log context (in its own task): later lines carry these fields."""
-    clear_contextvars()
-    if provider is None:
-        bind_contextvars(request_id=request_id)
-    else:
-        bind_contextvars(request_id=request_id, provider=provider, model=model)
+    fields = _REQUEST.get()
+    if fields is None or fields.get("request_id") != request_id:
+        fields = {"request_id": request_id}
+        _REQUEST.set(fields)
+    if provider is not None:
+        fields["provider"] = provider
+        fields["model"] = model
 
 
 def bind_attempt(secret: str, attempt: int) -> None:
     """Lines from now on are about this attempt: the key's fingerprint and the attempt number."""
-    bind_contextvars(key=fingerprint(secret), attempt=attempt)
+    fields = _REQUEST.get()
+    if fields is not None:
+        fields[_SECRET] = secret
+        fields["attempt"] = attempt
 
 
 def bind_outcome(outcome: Outcome | str) -> None:
     """Lines from now on carry how the last attempt (or the request) ended."""
-    if isinstance(outcome, Outcome):
-        outcome = outcome.reason.value if outcome.reason is not None else "ok"
-    bind_contextvars(outcome=outcome)
+    fields = _REQUEST.get()
+    if fields is not None:
+        if isinstance(outcome, Outcome):
+            outcome = outcome.reason.value if outcome.reason is not None else "ok"
+        fields["outcome"] = outcome
+
+
+def _merge_request(_logger: Any, _name: str, event: EventDict) -> EventDict:
+    fields = _REQUEST.get()
+    if fields:
+        for name, value in fields.items():
+            if name == _SECRET:
+                event.setdefault("key", fingerprint(value))
+            else:
+                event.setdefault(name, value)
+    return event
 
 
 def request_done(code: int, attempts: int, outcome: str, started: float) -> None:

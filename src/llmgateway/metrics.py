@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -90,22 +90,6 @@ class Timing:
         """Count the time from `since` until now as waiting on the provider."""
         self.upstream += time.perf_counter() - since
 
-    async def relay(self, chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
-        """Pass `chunks` through, timing the waits for them and noting the first one."""
-        iterator = aiter(chunks)
-        while True:
-            asked = time.perf_counter()
-            try:
-                chunk = await anext(iterator)
-            except StopAsyncIteration:
-                self.waited(asked)
-                return
-            now = time.perf_counter()
-            self.upstream += now - asked
-            if self.first_byte is None:
-                self.first_byte = now
-            yield chunk
-
 
 @dataclass(slots=True)
 class ProviderMetrics:
@@ -122,6 +106,7 @@ class ProviderMetrics:
     _attempts: dict[str, Counter] = field(default_factory=dict)
     _retries: dict[str, Counter] = field(default_factory=dict)
     _cooldowns: dict[str, Counter] = field(default_factory=dict)
+    _limiter_unavailable: Counter | None = None
 
     def model(self, model: str) -> str:
         """`model` when it is configured, else `other` (labels stay bounded)."""
@@ -160,6 +145,13 @@ class ProviderMetrics:
         """Count a key taken out of rotation by the gateway (cooldown, ejection, invalid)."""
         self._count(self._cooldowns, self.family.key_cooldowns, reason)
 
+    def limiter_unavailable(self) -> None:
+        """Count a request let through without per-key limits: their backend was unreachable."""
+        child = self._limiter_unavailable
+        if child is None:
+            child = self._limiter_unavailable = self.family.limiter_unavailable.labels(self.name)
+        child.inc()
+
     def breaker(self, state: BreakerState) -> None:
         """Set this provider's circuit breaker state (0 closed, 1 half-open, 2 open)."""
         self.family.circuit_breaker_state.labels(self.name).set(int(state))
@@ -189,6 +181,7 @@ class Metrics:
     probes: Counter
     probe_duration: Histogram
     sync_changes: Counter
+    limiter_unavailable: Counter
     _providers: dict[str, ProviderMetrics] = field(default_factory=dict)
 
     @classmethod
@@ -278,6 +271,13 @@ class Metrics:
                 "llmgateway_sync_changes",
                 "Changes made by file syncs: kind keys|proxies, change added|removed|restored.",
                 ("provider", "kind", "change"),
+                registry=registry,
+            ),
+            limiter_unavailable=Counter(
+                "llmgateway_limiter_unavailable",
+                "Requests let through without per-key limits because the limits backend "
+                "(Redis or PostgreSQL) was unreachable (fail open).",
+                ("provider",),
                 registry=registry,
             ),
         )

@@ -18,11 +18,12 @@ import aiohttp
 from llmgateway import debug, logs, providers
 from llmgateway.events import StatusWriter
 from llmgateway.guard import Closed, Excluded, Guard
+from llmgateway.limits import KeyLimiter, Refusal
 from llmgateway.metrics import Metrics, Timing
 from llmgateway.outcomes import Blame, ErrorReason, KeyStatus, Outcome, classify
 from llmgateway.pool import KeyPool, Lease, Unavailable
 from llmgateway.resilience import RetryBudget, full_jitter_backoff
-from llmgateway.settings import ProviderSettings, RetryStep
+from llmgateway.settings import ProviderSettings, RetryStep, StreamingMode
 from llmgateway.upstream import Upstream
 
 ERROR_PREFIX_BYTES = 64 * 1024
@@ -42,6 +43,7 @@ class Provider:
     timeout: aiohttp.ClientTimeout
     budget: RetryBudget
     guard: Guard
+    limiter: KeyLimiter | None = None  # fleet-wide per-key limits, when the provider sets any
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,11 +65,27 @@ class Call:
 
 @dataclass(frozen=True, slots=True)
 class Forward:
-    """A successful upstream response whose body the edge streams to the client."""
+    """A successful upstream response for the edge to pass on: `body` when it was read whole
+    (a small plain answer), else the edge streams it from `response`."""
 
     response: aiohttp.ClientResponse
     lease: Lease
     attempts: int
+    body: bytes | None = None
+
+
+WHOLE_BODY_LIMIT = 1024 * 1024
+"""A plain (not event-stream) answer up to this size is read whole before the client sees a
+byte: one send instead of a stream, and an answer cut short is retried on another key."""
+
+
+def _read_whole(call: Call, response: aiohttp.ClientResponse) -> bool:
+    if call.provider.settings.gateway_policy.streaming_mode is StreamingMode.DISABLED:
+        return True
+    length = response.content_length
+    if length is None or length > WHOLE_BODY_LIMIT:
+        return False
+    return "text/event-stream" not in response.headers.get("content-type", "")
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,6 +118,7 @@ class Conductor:
         tried = excluded.tried
         key_errors = server_errors = 0
         last: Reply | None = None
+        limited: Refusal | None = None  # the soonest per-key limit refusal of this request
         # a client's own SDK retry takes a slot of the budget, and ours need one of their own
         if call.client_retry:
             budget.begin_client_retry()
@@ -112,7 +131,15 @@ class Conductor:
                         return _closed(call, got, len(tried))
                     return last
                 if isinstance(got, Unavailable):
+                    if limited is not None:  # a key could serve, but not before then
+                        return _limited(call, limited, len(tried))
                     return last if last is not None else _unavailable(call, got, len(tried))
+                if call.provider.limiter is not None:
+                    refused = await self._limit(call, call.provider.limiter, got, excluded)
+                    if refused is not None:  # at its limit across the fleet: try the next key
+                        if limited is None or refused.retry_after < limited.retry_after:
+                            limited = refused
+                        continue
                 tried.add(got.key_id)
                 result = await self._attempt(call, got, deadline - loop.time(), len(tried))
                 if isinstance(result, Forward):
@@ -212,10 +239,11 @@ class Conductor:
                 )
                 status = response.status
                 if status < 300:
+                    whole = await response.read() if _read_whole(call, response) else None
                     ok = Outcome(reason=None, blame=Blame.NONE, status=status)
                     provider.guard.judge(lease.egress, lease.key_id, ok, self.clock())
                     self._observed(call, lease, ok, response.headers, None)
-                    return Forward(response, lease, attempt)
+                    return Forward(response, lease, attempt, whole)
                 body = await response.content.read(ERROR_PREFIX_BYTES)
         except asyncio.CancelledError:
             provider.guard.forget(lease.egress, self.clock())
@@ -242,7 +270,25 @@ class Conductor:
         self._release(provider, lease, learnt)
         return _reply(call, status, response, body, outcome, attempt), outcome
 
+    async def _limit(
+        self, call: Call, limiter: KeyLimiter, lease: Lease, excluded: Excluded
+    ) -> Refusal | None:
+        """Ask the per-key limits for `lease`; a refused key goes back to the pool and is not
+        offered again within this request."""
+        refused: Refusal | None = Refusal("busy", 0.0)  # cancelled while asking: put it back
+        try:
+            refused = await limiter.acquire(lease)
+        finally:
+            if refused is not None:
+                now = self.clock()
+                call.provider.guard.forget(lease.egress, now)
+                call.provider.pool.release(lease, CANCELLED, now)
+                excluded.skipped.add(lease.key_id)
+        return refused
+
     def _release(self, provider: Provider, lease: Lease, outcome: Outcome) -> None:
+        if provider.limiter is not None:
+            provider.limiter.release(lease)
         change = provider.pool.release(lease, outcome, self.clock())
         if change is not None:
             if change.status is not KeyStatus.VALID:
@@ -331,6 +377,13 @@ def _unavailable(call: Call, why: Unavailable, attempts: int) -> Reply:
     wait = why.retry_after if why.retry_after is not None else 5.0
     message = "No healthy key is available for this provider right now."
     return _error(call, 503, message, "no_healthy_key", wait, attempts, "no_keys")
+
+
+def _limited(call: Call, why: Refusal, attempts: int) -> Reply:
+    """Every key the pool offered is at its per-key limit (max_concurrent or rpm)."""
+    message = "Every usable key of this provider is at its per-key limit; retry later."
+    code = "rate_limit_exceeded"
+    return _error(call, 429, message, code, why.retry_after, attempts, f"key_limit_{why.reason}")
 
 
 def _error(

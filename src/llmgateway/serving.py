@@ -23,6 +23,7 @@ def uvicorn_config(app: ASGIApp | str, host: str, port: int, **extra: object) ->
         access_log=False,
         log_config=None,
         server_header=False,
+        proxy_headers=False,  # the gateway never looks at the client's address
         timeout_graceful_shutdown=5,
         **extra,  # type: ignore[arg-type]
     )

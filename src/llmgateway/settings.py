@@ -69,6 +69,8 @@ def _check_database_url(value: str) -> str:
 
 
 HttpUrl = Annotated[str, _url_checker(("http", "https"), "https://api.openai.com/v1")]
+RedisUrl = Annotated[str, _url_checker(("redis", "rediss"), "redis://127.0.0.1:6379/0")]
+"""A redis:// or rediss:// (TLS) URL, optionally with user:pass@ and a /db number."""
 """An http:// or https:// URL, kept as text."""
 ProxyUrl = Annotated[
     str, _url_checker(("http", "https", "socks5"), "http://user:pass@10.0.0.1:3128")
@@ -98,6 +100,13 @@ class ProxyMode(enum.StrEnum):
 class BreakerMode(enum.StrEnum):
     AUTO_RECOVERY = "auto_recovery"
     MANUAL_RESET = "manual_reset"
+
+
+class LimitsBackend(enum.StrEnum):
+    AUTO = "auto"  # redis when redis_url is set, else postgres on PostgreSQL, else local
+    LOCAL = "local"  # counted in this process only
+    REDIS = "redis"
+    POSTGRES = "postgres"
 
 
 class Selection(enum.StrEnum):
@@ -187,6 +196,35 @@ class GatewaySettings(_Model):
     max_body_bytes: int = Field(default=32 * 1024 * 1024, ge=1024)
     refresh_interval_sec: float = Field(default=3.0, gt=0)
     selection: Selection = Selection.LEAST_INFLIGHT
+
+
+class LimitsSettings(_Model):
+    """Where the per-key limits of `gateway_policy.key_limits` are counted, so that they hold
+    across every gateway process. An unreachable backend fails open (logged, counted)."""
+
+    backend: LimitsBackend = LimitsBackend.AUTO
+    redis_url: RedisUrl | None = Field(default=None, repr=False)
+    key_prefix: str = Field(default="llmgateway", min_length=1)  # Redis keys / PG lock space
+    lease_ttl_sec: float = Field(default=30.0, gt=0)  # a dead gateway's slots free after this
+    timeout_sec: float = Field(default=0.25, gt=0)  # one Redis call; beyond it: fail open
+    retry_unreachable_sec: float = Field(default=5.0, gt=0)  # fail open this long, then retry
+
+    @field_validator("redis_url", mode="before")
+    @classmethod
+    def _empty_url_is_none(cls, value: object) -> object:
+        return None if value == "" else value  # so `redis_url: ${REDIS_URL:-}` can mean unset
+
+
+class KeyLimits(_Model):
+    """Per-key limits across all gateway processes (per key × model unless shared_key_status)."""
+
+    max_concurrent: int | None = Field(default=None, ge=1)  # None: unlimited
+    rpm: int | None = Field(default=None, ge=1)  # requests in any 60 s window; None: unlimited
+
+    @property
+    def enabled(self) -> bool:
+        """Is any limit set?"""
+        return self.max_concurrent is not None or self.rpm is not None
 
 
 class ModelSettings(_Model):
@@ -337,6 +375,7 @@ class GatewayPolicy(_Model):
     retry_budget: RetryBudgetSettings = RetryBudgetSettings()
     egress_rate_limit: EgressRateLimit = EgressRateLimit()
     max_inflight_per_key: int | None = Field(default=None, ge=1)  # None: unlimited
+    key_limits: KeyLimits = KeyLimits()  # fleet-wide; counted where `limits` says
 
 
 class _ProviderBase(_Model):
@@ -379,4 +418,5 @@ class Settings(_Model):
     worker: WorkerSettings = WorkerSettings()
     metrics: MetricsSettings = MetricsSettings()
     gateway: GatewaySettings = GatewaySettings()
+    limits: LimitsSettings = LimitsSettings()
     providers: dict[str, ProviderSettings] = Field(default_factory=dict)

