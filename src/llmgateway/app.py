@@ -43,6 +43,10 @@ from llmgateway.worker.sync import run_sync
 log = logging.getLogger("llmgateway.app")
 
 
+LOAD_PAGE = 20_000
+"""Keys per page when the whole pool is (re)loaded from the store."""
+
+
 @dataclass(slots=True)
 class Health:
     """What `/readyz` reports."""
@@ -103,7 +107,8 @@ class Gateway:
                 index[token_digest(token)] = (token, provider)
         return index
 
-    def apply_rows(self, rows: list[KeyRow], full: bool) -> None:
+    def apply_rows(self, rows: list[KeyRow]) -> None:
+        """Apply store rows to the pools: active ones join or change, the others leave."""
         now = self.clock()
         by_provider: dict[str, tuple[list[KeyEntry], set[int]]] = {
             name: ([], set()) for name in self.providers
@@ -118,11 +123,8 @@ class Gateway:
             else:
                 slot[0].append(entry)
         for name, (entries, removed) in by_provider.items():
-            pool = self.providers[name].pool
-            if full:
-                pool.load(entries, now)
-            elif entries or removed:
-                pool.apply(entries, removed, now)
+            if entries or removed:
+                self.providers[name].pool.apply(entries, removed, now)
 
     def _entry(self, row: KeyRow) -> KeyEntry | None:
         """The pool entry of a store row, bound to its egress (None: no way out for it now)."""
@@ -154,24 +156,52 @@ class Gateway:
         """
         assert self.store is not None
         try:
-            snapshot = await self.store.snapshot(since_revision=self.health.revision)
-            full = self.health.revision == 0
-            if self._note_proxies(snapshot.proxies) and not full:
-                snapshot = await self.store.snapshot(since_revision=0)
-                full = True
+            if self.health.revision == 0:
+                revision = await self._load_everything()
+            else:
+                snapshot = await self.store.snapshot(since_revision=self.health.revision)
+                revision = snapshot.revision
+                if self._note_proxies(snapshot.proxies):
+                    revision = await self._load_everything()
+                else:
+                    self.apply_rows(snapshot.keys)
         except Exception as error:  # keep serving from the snapshot we have
             self.health.store_ok = False
             self.health.problem = f"store unreachable at the last refresh: {type(error).__name__}"
             log.warning("pool refresh failed: %s", type(error).__name__)
             return
-        self.apply_rows(snapshot.keys, full=full)
-        self.health.revision = snapshot.revision
+        self.health.revision = revision
         self.health.store_ok = True
         self.health.pool_loaded = True
         self.health.last_refresh = self.clock()
         self.health.problem = ""
         guards = {name: provider.guard for name, provider in self.providers.items()}
         await self.board.exchange(self.store, guards, self.clock())
+
+    async def _load_everything(self) -> int:
+        """Load the whole pool, `LOAD_PAGE` keys at a time (a large pool never sits in memory
+        twice, as rows and as pool entries); returns the revision it is current as of."""
+        assert self.store is not None
+        top = await self.store.max_key_id()
+        present: dict[str, set[int]] = {name: set() for name in self.providers}
+        revision: int | None = None
+        low = 0
+        while revision is None or low < top:
+            page = await self.store.snapshot(0, key_range=(low, low + LOAD_PAGE))
+            if revision is None:  # the first page: the revision and every proxy
+                revision = page.revision
+                self._note_proxies(page.proxies)
+            for row in page.keys:
+                if row.provider in present:
+                    present[row.provider].add(row.key_id)
+            self.apply_rows(page.keys)
+            low += LOAD_PAGE
+        now = self.clock()
+        for name, provider in self.providers.items():
+            gone = provider.pool.key_ids() - present[name]
+            if gone:
+                provider.pool.apply((), gone, now)
+        return revision
 
     async def refresh_forever(self, wake: asyncio.Event | None = None) -> None:
         """Refresh every `refresh_interval_sec`, and at once when `wake` is set (store notices)."""

@@ -97,7 +97,11 @@ class _Key:
     key_id: int
     secret: str = field(repr=False)
     egress: str
-    scopes: dict[str, _Scoped] = field(default_factory=dict)
+    # the key's state per scope: most keys have one scope, kept in two slots; a dict only
+    # for further ones (100k keys: ~15 MB less than a dict per key)
+    first_scope: str | None = None
+    first_state: _Scoped | None = None
+    more_scopes: dict[str, _Scoped] | None = None
     # scopes reporting invalid_key/no_access; immutable, so the common empty case shares one
     # object instead of costing a set per key (100k keys: ~20 MB)
     invalid_in: frozenset[str] = _NO_SCOPES
@@ -105,6 +109,22 @@ class _Key:
     failures: int = 0  # provider-side failures in a row
     ejections: int = 0  # ejections in a row (the multiplier), decaying while healthy
     ejected_until: float = 0.0
+
+    def scoped(self, name: str) -> _Scoped | None:
+        """The key's state in scope `name`, if it has one."""
+        if name == self.first_scope:
+            return self.first_state
+        return self.more_scopes.get(name) if self.more_scopes is not None else None
+
+    def put(self, name: str, state: _Scoped) -> _Scoped:
+        """Give the key a state in scope `name` (it had none); returns it."""
+        if self.first_scope is None:
+            self.first_scope, self.first_state = name, state
+        elif self.more_scopes is None:
+            self.more_scopes = {name: state}
+        else:
+            self.more_scopes[name] = state
+        return state
 
 
 class _Bag:
@@ -207,10 +227,10 @@ class KeyPool:
                 self._place_everywhere(key, now)
             return
         status = entry.status
-        st = key.scopes.get(name)
+        st = key.scoped(name)
         changed = st is None or st.status != status
         if st is None:
-            st = key.scopes[name] = _Scoped(status)
+            st = key.put(name, _Scoped(status))
         st.status = status
         was_invalid = bool(key.invalid_in)
         if status in _KEY_LEVEL:
@@ -332,7 +352,7 @@ class KeyPool:
         while waiting:
             until, key_id = waiting[0]
             key = self._keys.get(key_id)
-            st = key.scopes.get(scope.name) if key is not None else None
+            st = key.scoped(scope.name) if key is not None else None
             if key is not None and st is not None and st.parked == until and not key.invalid_in:
                 return Unavailable("rate_limited", until - now)
             heapq.heappop(waiting)
@@ -374,7 +394,7 @@ class KeyPool:
 
     def _succeeded(self, key: _Key, name: str, outcome: Outcome, now: float) -> StatusChange | None:
         key.failures = 0
-        st = key.scopes.get(name)
+        st = key.scoped(name)
         if st is None:
             return None  # a model outside the config has no durable row
         st.rate_limits = 0
@@ -389,9 +409,9 @@ class KeyPool:
         status = KeyStatus(reason.value)
         if reason is ErrorReason.NO_MODEL and self._shared:
             return None  # one missing model says nothing about a shared key
-        st = key.scopes.get(name)
+        st = key.scoped(name)
         if st is None:
-            st = key.scopes[name] = _Scoped(KeyStatus.UNTESTED)
+            st = key.put(name, _Scoped(KeyStatus.UNTESTED))
         until: float | None = None
         if status in _KEY_LEVEL:
             if st.status is status and name in key.invalid_in:
@@ -447,7 +467,7 @@ class KeyPool:
             scope.ready.discard(key.key_id)
         reason = outcome.reason or ErrorReason.SERVER_ERROR
         status = KeyStatus(reason.value)
-        st = key.scopes.get(name)
+        st = key.scoped(name)
         if st is not None:
             st.status = status
         model = self._durable_model(name, key_level=True)
@@ -481,7 +501,7 @@ class KeyPool:
         if key.invalid_in or key.ejected_until > now:
             scope.ready.discard(key.key_id)  # the store or the ejection heap brings it back
             return
-        st = key.scopes.get(scope.name)
+        st = key.scoped(scope.name)
         until = max(st.cooldown_until, st.blocked_until) if st is not None else 0.0
         if st is None or until <= now:
             scope.ready.add(key)
@@ -500,7 +520,7 @@ class KeyPool:
         while waiting and waiting[0][0] <= now:
             until, key_id = heapq.heappop(waiting)
             key = self._keys.get(key_id)
-            st = key.scopes.get(scope.name) if key is not None else None
+            st = key.scoped(scope.name) if key is not None else None
             if key is not None and st is not None and st.parked == until:
                 st.parked = 0.0
                 self._place(key, scope, now)
@@ -535,6 +555,10 @@ class KeyPool:
     def size(self) -> int:
         """How many keys the pool holds."""
         return len(self._keys)
+
+    def key_ids(self) -> set[int]:
+        """The ids of every key in the pool."""
+        return set(self._keys)
 
     def inflight(self, key_id: int) -> int:
         """Requests in flight on a key (0 for an unknown key)."""
@@ -574,14 +598,14 @@ _KEY_FAULTS = frozenset(
 def _usable(key: _Key, name: str, now: float, *, ejected_ok: bool = False) -> bool:
     if key.invalid_in or (key.ejected_until > now and not ejected_ok):
         return False
-    st = key.scopes.get(name)
+    st = key.scoped(name)
     return st is None or (st.cooldown_until <= now and st.blocked_until <= now)
 
 
 def _state(key: _Key, name: str, now: float) -> State:
     if key.invalid_in:
         return "invalid"
-    st = key.scopes.get(name)
+    st = key.scoped(name)
     if st is not None and st.blocked_until > now:
         return "no_model" if st.status is KeyStatus.NO_MODEL else "no_quota"
     if st is not None and st.cooldown_until > now:

@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-import pytest
 import yaml
 
 from llmgateway.testing.fake_upstream import FakeUpstream
@@ -77,10 +76,6 @@ async def start_gateway(config: Path) -> tuple[asyncio.subprocess.Process, int]:
     return process, port
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="measured ~196 MiB: ~91 MiB of imports plus ~55 MiB of pool and start-up leftovers",
-)
 async def test_100k_keys_fit_in_150_mib(tmp_path: Path) -> None:
     async with FakeUpstream() as fake:
         process, _ = await start_gateway(write_config(tmp_path, fake))

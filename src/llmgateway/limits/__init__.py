@@ -28,12 +28,11 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 from llmgateway.limits.counts import LocalCounts, Refusal, share_of
-from llmgateway.limits.fleet import PostgresBackend, libpq_dsn, namespace_of
 from llmgateway.limits.outage import Outage, Unreachable
-from llmgateway.limits.redis_backend import RedisBackend
 from llmgateway.metrics import Metrics
 from llmgateway.pool import Lease
 from llmgateway.settings import KeyLimits, LimitsBackend, Settings
@@ -80,8 +79,13 @@ class LocalBackend:
         """Nothing to close."""
 
 
-Backend = LocalBackend | RedisBackend | PostgresBackend
-"""Where limits are counted; each has `take`, `give_back`, `start`, `run`, `close`, `outage`."""
+if TYPE_CHECKING:  # the Redis and PostgreSQL clients load only when configured (memory)
+    from llmgateway.limits.fleet import PostgresBackend
+    from llmgateway.limits.redis_backend import RedisBackend
+
+    Backend = LocalBackend | RedisBackend | PostgresBackend
+    """Where limits are counted; each has `take`, `give_back`, `start`, `run`, `close`,
+    `outage`."""
 
 
 @dataclass(slots=True)
@@ -162,9 +166,13 @@ class Limits:
         chosen = backend_of(settings)
         backend: Backend
         if chosen is LimitsBackend.REDIS:
+            from llmgateway.limits.redis_backend import RedisBackend
+
             backend = RedisBackend(conf, outage)
             description = f"redis at {masked_redis_url(conf.redis_url or '')}"
         elif chosen is LimitsBackend.POSTGRES:
+            from llmgateway.limits.fleet import PostgresBackend, libpq_dsn, namespace_of
+
             interval = settings.gateway.refresh_interval_sec
             backend = PostgresBackend(
                 libpq_dsn(settings.database.async_url),

@@ -136,11 +136,19 @@ class Store:
             await _keep_if(transaction, touched)
             return changes
 
-    async def snapshot(self, since_revision: int = 0) -> Snapshot:
+    async def snapshot(
+        self, since_revision: int = 0, key_range: tuple[int, int] | None = None
+    ) -> Snapshot:
         """The pool for a gateway: every active row, or (with `since_revision`) every row
-        changed after that revision, removed ones included with `active=False`."""
+        changed after that revision, removed ones included with `active=False`. `key_range`
+        (`lo < key_id <= hi`) reads a large pool page by page."""
         async with self.engine.connect() as conn:
-            return await status.snapshot(conn, since_revision)
+            return await status.snapshot(conn, since_revision, key_range)
+
+    async def max_key_id(self) -> int:
+        """The highest key id in the store (0 when it has none)."""
+        async with self.engine.connect() as conn:
+            return await status.max_key_id(conn)
 
     async def apply_events(self, events: Sequence[StatusEvent]) -> None:
         """Write a batch of status events in one transaction (see `StatusEvent`)."""

@@ -19,7 +19,6 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-import asyncpg
 import sqlalchemy as sa
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
@@ -114,6 +113,8 @@ class Listener:
     reconnects: int = 0
 
     async def run(self) -> None:
+        import asyncpg  # PostgreSQL only: a SQLite gateway never loads the driver
+
         first = True
         while True:
             try:
@@ -129,6 +130,8 @@ class Listener:
             await asyncio.sleep(self.retry_sec)
 
     async def _listen_once(self, first: bool) -> None:
+        import asyncpg
+
         connection = await asyncpg.connect(
             libpq_dsn(self.url),
             timeout=10,

@@ -35,10 +35,13 @@ async def read_revision(conn: AsyncConnection) -> int:
     return int(await conn.scalar(sa.select(meta.c.revision).where(meta.c.id == 1)) or 0)
 
 
-async def snapshot(conn: AsyncConnection, since_revision: int) -> Snapshot:
+async def snapshot(
+    conn: AsyncConnection, since_revision: int, key_range: tuple[int, int] | None = None
+) -> Snapshot:
     """Every active row (`since_revision=0`), or every row stamped after `since_revision`,
-    inactive ones included. The revision is read first: a row committed in between shows up
-    again in the next delta, which is harmless, instead of being missed."""
+    inactive ones included; only keys with `lo < key_id <= hi` given `key_range`. The revision
+    is read first: a row committed in between shows up again in the next delta, which is
+    harmless, instead of being missed."""
     revision = await read_revision(conn)
     key_query = sa.select(
         key_status.c.key_id,
@@ -75,12 +78,17 @@ async def snapshot(conn: AsyncConnection, since_revision: int) -> Snapshot:
         proxy_query = proxy_query.where(
             sa.or_(proxies.c.revision > since_revision, proxy_status.c.revision > since_revision)
         )
+    if key_range is not None:
+        key_query = key_query.where(
+            key_status.c.key_id > key_range[0], key_status.c.key_id <= key_range[1]
+        )
+    names: dict[str, str] = {}  # one string per provider and model name, not one per row
     key_rows = [
         KeyRow(
             key_id=key_id,
-            provider=provider,
+            provider=names.setdefault(provider, provider),
             secret=secret,
-            model=model,
+            model=names.setdefault(model, model),
             status=KeyStatus(status),
             cooldown_until=cooldown_until,
             active=bool(status_active and key_active and provider_active),
@@ -110,6 +118,11 @@ async def snapshot(conn: AsyncConnection, since_revision: int) -> Snapshot:
         )
     ]
     return Snapshot(revision=revision, keys=key_rows, proxies=proxy_rows)
+
+
+async def max_key_id(conn: AsyncConnection) -> int:
+    """The highest key id in the store (0 when it has none)."""
+    return int(await conn.scalar(sa.select(sa.func.max(keys.c.id))) or 0)
 
 
 async def apply_events(conn: AsyncConnection, events: Sequence[StatusEvent], revision: int) -> None:
