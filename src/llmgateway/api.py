@@ -154,9 +154,9 @@ class Edge:
     async def _serve(self, call: Call, receive: Receive, send: Send, request_id: str) -> None:
         task = asyncio.current_task()
         assert task is not None
-        gone = asyncio.Event()
-        watcher = asyncio.create_task(_watch_disconnect(receive, task, gone))
         loop = asyncio.get_running_loop()
+        watch = _DisconnectWatch(receive, task)
+        later = loop.call_later(WATCH_AFTER_SEC, watch.start)
         deadline = loop.time() + call.provider.settings.timeouts.total
         forward: Forward | None = None
         outcome = CANCELLED
@@ -177,13 +177,14 @@ class Edge:
             outcome = await _relay(call, forward, send, request_id, deadline - loop.time())
             ended = outcome.reason.value if outcome.reason else "ok"
         except asyncio.CancelledError:
-            if not gone.is_set():
+            if not watch.gone:
                 raise
             task.uncancel()
             log.info("client disconnected", extra={"request_id": request_id})
         finally:
             budget.request_finished()
-            watcher.cancel()
+            later.cancel()
+            watch.stop()
             if forward is not None:
                 forward.response.close()
                 self.conductor.finish(call, forward, outcome)
@@ -192,13 +193,35 @@ class Edge:
             logs.request_done(code, attempts, ended, call.timing.started)
 
 
-async def _watch_disconnect(receive: Receive, task: asyncio.Task[Any], gone: asyncio.Event) -> None:
-    while True:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            gone.set()
-            task.cancel()
-            return
+WATCH_AFTER_SEC = 0.02
+"""A request still running after this long gets a task watching for the client going away; a
+quicker one never pays for it (two event-loop turns and a task). A disconnect is noticed at
+most this late."""
+
+
+@dataclass(slots=True)
+class _DisconnectWatch:
+    """Cancels the request's task when the client disconnects (`gone` tells the handler)."""
+
+    receive: Receive
+    task: asyncio.Task[Any]
+    gone: bool = False
+    watcher: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self.watcher = asyncio.get_running_loop().create_task(self._watch())
+
+    def stop(self) -> None:
+        if self.watcher is not None:
+            self.watcher.cancel()
+
+    async def _watch(self) -> None:
+        while True:
+            message = await self.receive()
+            if message["type"] == "http.disconnect":
+                self.gone = True
+                self.task.cancel()
+                return
 
 
 async def _relay(

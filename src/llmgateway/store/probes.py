@@ -111,15 +111,23 @@ async def count_due(store: Store, now: float) -> int:
 async def claim_due(
     store: Store, owner: str, now: float, lease_until: float, limit: int
 ) -> list[DueCheck]:
-    """Lease up to `limit` due rows (soonest first) to `owner` until `lease_until`."""
+    """Lease up to `limit` due rows (soonest first) to `owner` until `lease_until`.
+
+    A key is probed by one keeper at a time, whatever its models: rows of a key that has a
+    row under lease are not taken, and the key's own row is locked (`FOR UPDATE OF keys SKIP
+    LOCKED` on PostgreSQL) while its rows are being leased, so two keepers cannot lease two
+    models of one key at once.
+    """
     ks = key_status.c
+    held = key_status.alias("held")
+    leased = sa.exists().where(held.c.key_id == ks.key_id, held.c.lease_until >= now)
     chosen = (
         sa.select(ks.key_id, ks.model)
         .select_from(_pool)
-        .where(_due(now))
+        .where(_due(now), ~leased)
         .order_by(ks.next_check_at)
         .limit(limit)
-        .with_for_update(skip_locked=True, of=key_status)
+        .with_for_update(skip_locked=True, of=keys)
     )
     claim = (
         sa.update(key_status)
