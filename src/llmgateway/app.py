@@ -113,10 +113,13 @@ class Gateway:
         by_provider: dict[str, tuple[list[KeyEntry], set[int]]] = {
             name: ([], set()) for name in self.providers
         }
+        writer = self.writer
         for row in rows:
             slot = by_provider.get(row.provider)
             if slot is None:
                 continue
+            if row.active and writer is not None and writer.holds(row.key_id, row.model):
+                continue  # our own newer finding is on its way to the store: keep it
             entry = self._entry(row) if row.active else None
             if entry is None:
                 slot[1].add(row.key_id)

@@ -64,6 +64,11 @@ class StatusWriter:
         if len(self._pending) >= self.batch_size:
             self._wakeup.set()
 
+    def holds(self, key_id: int, model: str) -> bool:
+        """Whether a finding about this key × model waits to be written (so the store's row
+        is older than what this gateway knows)."""
+        return (key_id, model) in self._pending
+
     @property
     def pending(self) -> int:
         return len(self._pending)
