@@ -43,7 +43,7 @@ from llmgateway.worker.sync import run_sync
 log = logging.getLogger("llmgateway.app")
 
 
-LOAD_PAGE = 20_000
+LOAD_PAGE = 5_000
 """Keys per page when the whole pool is (re)loaded from the store."""
 
 

@@ -284,7 +284,9 @@ def _echo_sync(report: SyncReport) -> None:
 
 @main.command()
 @_config_option
-@click.option("--json", "as_json", is_flag=True, help="Print a JSON list instead of a table.")
+@click.option(
+    "--json", "as_json", is_flag=True, help="Print JSON (keys, breakers, proxies) instead."
+)
 def status(config: str | None, as_json: bool) -> None:
     """The pool as a table: provider, model, status, count, next check.
 
@@ -296,18 +298,25 @@ def status(config: str | None, as_json: bool) -> None:
 
     async def work(store: Store) -> None:
         counts = await store.status_counts()
+        breakers = await store.breakers()
+        proxy_rows = await proxy_counts(store)
         if as_json:
-            click.echo(json.dumps([dataclasses.asdict(c) for c in counts], indent=2))
-        elif not counts:
+            report = {
+                "keys": [dataclasses.asdict(c) for c in counts],
+                "breakers": [dataclasses.asdict(b) for b in breakers],
+                "proxies": [dataclasses.asdict(p) for p in proxy_rows],
+            }
+            click.echo(json.dumps(report, indent=2))
+            return
+        if not counts:
             click.echo("no keys in the store yet (`llmgateway worker --once` syncs the files)")
         else:
             click.echo(_status_table(counts, time.time()))
-        breakers = await store.breakers()
-        if breakers and not as_json:
+        if breakers:
             from llmgateway.breaker_board import breaker_table
 
             click.echo("\n" + breaker_table(breakers, time.time()))
-        if not as_json and (proxy_rows := await proxy_counts(store)):
+        if proxy_rows:
             click.echo("\n" + proxy_table(proxy_rows))
 
     _run_with_store(settings, work)

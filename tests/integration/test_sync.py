@@ -227,11 +227,13 @@ def test_cli_upgrade_worker_once_and_status(db_url: str, tmp_path: Path) -> None
         ["g1", "shared", "untested", "2", *lines[1][4:]],
         ["p1", "m1", "untested", "2", *lines[2][4:]],
     ]
-    as_json = runner.invoke(main, ["status", "--json", "--config", config])
-    assert [(r["provider"], r["model"], r["count"]) for r in json.loads(as_json.output)] == [
+    as_json = json.loads(runner.invoke(main, ["status", "--json", "--config", config]).output)
+    assert [(r["provider"], r["model"], r["count"]) for r in as_json["keys"]] == [
         ("g1", "shared", 2),
         ("p1", "m1", 2),
     ]
+    assert as_json["breakers"] == []
+    assert as_json["proxies"] == []
 
 
 @pytest.mark.parametrize("command", [["db", "upgrade"], ["worker", "--once"], ["status"]])
