@@ -9,10 +9,11 @@ simulate a proxy dying and coming back. Use as `async with ConnectProxy() as pro
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from types import TracebackType
 from typing import Self
 from urllib.parse import urlsplit
+
+from llmgateway.testing.pipes import pipe_both
 
 _MAX_HEAD = 64 * 1024
 
@@ -103,7 +104,7 @@ class ConnectProxy:
         self._open.add(up_writer)
         writer.write(b"HTTP/1.1 200 Connection established\r\n\r\n")
         await writer.drain()
-        await _pipe_both(reader, writer, up_reader, up_writer)
+        await pipe_both(reader, writer, up_reader, up_writer)
         self._open.discard(up_writer)
 
     async def _forward(
@@ -140,29 +141,5 @@ class ConnectProxy:
         head = f"{method} {path} {version}\r\n".encode("latin-1")
         head += b"\r\n".join([*kept, b"connection: close"]) + b"\r\n\r\n"
         up_writer.write(head)
-        await _pipe_both(reader, writer, up_reader, up_writer)
+        await pipe_both(reader, writer, up_reader, up_writer)
         self._open.discard(up_writer)
-
-
-async def _pipe_both(
-    reader: asyncio.StreamReader,
-    writer: asyncio.StreamWriter,
-    up_reader: asyncio.StreamReader,
-    up_writer: asyncio.StreamWriter,
-) -> None:
-    """Copy both ways until either side closes."""
-    outbound = asyncio.ensure_future(_pipe(reader, up_writer))
-    inbound = asyncio.ensure_future(_pipe(up_reader, writer))
-    try:
-        await asyncio.wait([outbound, inbound], return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        for task in (outbound, inbound):
-            task.cancel()
-        up_writer.close()
-
-
-async def _pipe(source: asyncio.StreamReader, sink: asyncio.StreamWriter) -> None:
-    with contextlib.suppress(OSError, asyncio.IncompleteReadError):
-        while data := await source.read(65536):
-            sink.write(data)
-            await sink.drain()

@@ -9,9 +9,10 @@ brings it back on the same port, without touching the server itself. Use as
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from types import TracebackType
 from typing import Any, Self
+
+from llmgateway.testing.pipes import pipe_both
 
 
 class TcpRelay:
@@ -85,14 +86,7 @@ class TcpRelay:
         try:
             up_reader, up_writer = await asyncio.open_connection(self.target_host, self.target_port)
             self._open.add(up_writer)
-            outbound = asyncio.ensure_future(_pipe(reader, up_writer))
-            inbound = asyncio.ensure_future(_pipe(up_reader, writer))
-            try:
-                await asyncio.wait([outbound, inbound], return_when=asyncio.FIRST_COMPLETED)
-            finally:
-                for pipe in (outbound, inbound):
-                    pipe.cancel()
-                await asyncio.gather(outbound, inbound, return_exceptions=True)
+            await pipe_both(reader, writer, up_reader, up_writer)
         except OSError:
             pass  # the target refused: the client sees its connection closed
         except asyncio.CancelledError:
@@ -103,12 +97,3 @@ class TcpRelay:
                     self._open.discard(end)
                     end.transport.abort()
             self._pipes.discard(task)
-
-
-async def _pipe(source: asyncio.StreamReader, sink: asyncio.StreamWriter) -> None:
-    with contextlib.suppress(OSError, asyncio.IncompleteReadError):
-        while data := await source.read(65536):
-            sink.write(data)
-            await sink.drain()
-    with contextlib.suppress(OSError):
-        sink.write_eof()
