@@ -26,17 +26,12 @@ from sqlalchemy.engine import URL
 
 from llmgateway.store import Store
 from llmgateway.store.notify import Listener, Notice
+from llmgateway.worker.lock import lock_path
 
 
 def start_lock_path(url: URL) -> Path | None:
     """The start-up lock file of a SQLite database (None for PostgreSQL or in-memory)."""
-    database = url.database
-    if url.get_backend_name() != "sqlite" or not database or database == ":memory:":
-        return None
-    if database.startswith("file:"):
-        database = database.removeprefix("file:").partition("?")[0]
-    path = Path(database).expanduser()
-    return path.with_name(path.name + ".start.lock")
+    return lock_path(url, ".start.lock")
 
 
 @contextlib.asynccontextmanager

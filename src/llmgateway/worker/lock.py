@@ -24,14 +24,15 @@ class KeeperRunningError(RuntimeError):
     """Another keeper already runs on this SQLite database."""
 
 
-def lock_path(url: URL) -> Path | None:
-    """The lock file of a SQLite database URL (None for PostgreSQL or an in-memory database)."""
+def lock_path(url: URL, suffix: str = ".keeper.lock") -> Path | None:
+    """A lock file beside a SQLite database (None for PostgreSQL or an in-memory database)."""
     database = url.database
     if url.get_backend_name() != "sqlite" or not database or database == ":memory:":
         return None
     if database.startswith("file:"):
         database = database.removeprefix("file:").partition("?")[0]
-    return Path(database).expanduser().with_name(Path(database).name + ".keeper.lock")
+    path = Path(database).expanduser()
+    return path.with_name(path.name + suffix)
 
 
 @contextlib.contextmanager
