@@ -113,21 +113,19 @@ async def claim_due(
 ) -> list[DueCheck]:
     """Lease up to `limit` due rows (soonest first) to `owner` until `lease_until`.
 
-    A key is probed by one keeper at a time, whatever its models: rows of a key that has a
-    row under lease are not taken, and the key's own row is locked (`FOR UPDATE OF keys SKIP
-    LOCKED` on PostgreSQL) while its rows are being leased, so two keepers cannot lease two
-    models of one key at once.
+    The rows are locked `FOR UPDATE SKIP LOCKED` on PostgreSQL: a row another keeper is
+    claiming is skipped, and one it has just claimed is re-checked against its new lease, so
+    no row is leased twice. (Leases are per row: with `shared_key_status: false` two keepers
+    may probe two models of one key at the same time.)
     """
     ks = key_status.c
-    held = key_status.alias("held")
-    leased = sa.exists().where(held.c.key_id == ks.key_id, held.c.lease_until >= now)
     chosen = (
         sa.select(ks.key_id, ks.model)
         .select_from(_pool)
-        .where(_due(now), ~leased)
+        .where(_due(now))
         .order_by(ks.next_check_at)
         .limit(limit)
-        .with_for_update(skip_locked=True, of=keys)
+        .with_for_update(skip_locked=True, of=key_status)
     )
     claim = (
         sa.update(key_status)
