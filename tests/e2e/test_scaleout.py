@@ -284,9 +284,11 @@ async def lease_owners(store: Store) -> set[str]:
 
 
 async def expire_leases(store: Store, owners: set[str]) -> None:
+    """What the passing of the lease time does to a killed keeper's row and key leases."""
     async with store.engine.begin() as conn:
-        await conn.execute(
-            sa.update(key_status)
-            .where(key_status.c.lease_owner.in_(owners))
-            .values(lease_until=time.time() - 1)
-        )
+        for table in (key_status, keys):
+            await conn.execute(
+                sa.update(table)
+                .where(table.c.lease_owner.in_(owners))
+                .values(lease_until=time.time() - 1)
+            )

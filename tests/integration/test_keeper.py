@@ -492,6 +492,35 @@ async def test_two_keepers_on_postgresql_never_probe_a_key_twice(
         await second.close()
 
 
+@pytest.mark.parametrize(
+    "db_kind", [pytest.param("postgresql", marks=pytest.mark.postgres)], indirect=True
+)
+async def test_two_keepers_never_probe_two_models_of_a_key_at_once(
+    upstream: Upstream, db_url: str, fake: FakeUpstream, clock: ManualClock, tmp_path: Path
+) -> None:
+    secrets = [f"sk-slow-pair-{i:04d}-abcdefgh" for i in range(40)]
+    for secret in secrets:  # slow answers, so that overlapping probes would show
+        fake.set_behavior(secret, Behavior(delay=0.05))
+    write_keys(tmp_path / "keys", secrets)
+    settings = config(tmp_path, fake, shared=False, models=MODELS, policy={"batch_size": 10})
+    first = await Store.open(db_url, clock=clock)
+    second = await Store.open(db_url, clock=clock)
+    try:
+        await first.upgrade()
+        one = await keeper_for(settings, first, clock, upstream, claim_size=7)
+        two = Keeper(settings, second, Upstream(), clock=clock, claim_size=7)
+        a, b = await asyncio.gather(one.probe_round(), two.probe_round())
+        # every row probed once, and never two models of one key at the same time
+        assert a.healthy + b.healthy == 40 * len(MODELS)
+        assert a.healthy > 0
+        assert b.healthy > 0
+        assert max(fake.peak_open(secret) for secret in secrets) == 1
+        await two.upstream.close()
+    finally:
+        await first.close()
+        await second.close()
+
+
 async def test_task_timeout_cuts_a_hanging_round_and_leaves_the_key_due(
     store: Store, upstream: Upstream, fake: FakeUpstream, clock: ManualClock, tmp_path: Path
 ) -> None:

@@ -113,19 +113,22 @@ async def claim_due(
 ) -> list[DueCheck]:
     """Lease up to `limit` due rows (soonest first) to `owner` until `lease_until`.
 
-    The rows are locked `FOR UPDATE SKIP LOCKED` on PostgreSQL: a row another keeper is
-    claiming is skipped, and one it has just claimed is re-checked against its new lease, so
-    no row is leased twice. (Leases are per row: with `shared_key_status: false` two keepers
-    may probe two models of one key at the same time.)
+    A key is probed by one keeper at a time, whatever its models: the claim leases the key
+    itself too (`keys.lease_*`), and rows of a key another keeper holds are not taken. On
+    PostgreSQL both rows are locked `FOR UPDATE SKIP LOCKED`, so a row or key another keeper
+    has just leased is re-checked against its new lease and skipped.
     """
     ks = key_status.c
+    free_key = sa.or_(
+        keys.c.lease_until.is_(None), keys.c.lease_until < now, keys.c.lease_owner == owner
+    )
     chosen = (
         sa.select(ks.key_id, ks.model)
         .select_from(_pool)
-        .where(_due(now))
+        .where(_due(now), free_key)
         .order_by(ks.next_check_at)
         .limit(limit)
-        .with_for_update(skip_locked=True, of=key_status)
+        .with_for_update(skip_locked=True, of=[key_status, keys])
     )
     claim = (
         sa.update(key_status)
@@ -137,7 +140,14 @@ async def claim_due(
     )
     async with store.engine.begin() as conn:
         claimed = (await conn.execute(claim)).all()
-        names = await _key_names(conn, {row[0] for row in claimed})
+        key_ids = {row[0] for row in claimed}
+        if key_ids:
+            await conn.execute(
+                sa.update(keys)
+                .where(keys.c.id.in_(key_ids))
+                .values(lease_owner=owner, lease_until=lease_until)
+            )
+        names = await _key_names(conn, key_ids)
     checks = [
         DueCheck(
             key_id=key_id,
@@ -282,6 +292,11 @@ async def release_leases(store: Store, owner: str) -> int:
         released = await conn.execute(
             sa.update(key_status)
             .where(ks.lease_owner == owner)
+            .values(lease_owner=None, lease_until=None)
+        )
+        await conn.execute(
+            sa.update(keys)
+            .where(keys.c.lease_owner == owner)
             .values(lease_owner=None, lease_until=None)
         )
         return max(released.rowcount, 0)

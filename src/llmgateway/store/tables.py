@@ -58,6 +58,9 @@ keys = sa.Table(
     sa.Column("added_at", sa.Double, nullable=False),
     sa.Column("removed_at", sa.Double, nullable=True),
     sa.Column("revision", sa.BigInteger, nullable=False, index=True),
+    # the keeper probing this key (any of its models) and until when: see store/probes.py
+    sa.Column("lease_owner", sa.Text, nullable=True),
+    sa.Column("lease_until", sa.Double, nullable=True),
     sa.UniqueConstraint("provider_id", "value"),
 )
 
