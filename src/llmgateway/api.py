@@ -241,7 +241,7 @@ async def _relay(
     sse = "text/event-stream" in response.headers.get("content-type", "")
     chunks: AsyncIterator[bytes] = response.content.iter_any()
     if policy.debug_mode is DebugMode.FULL_BODY:
-        chunks = debug.tee(policy.debug_mode, chunks, forward.lease.secret)
+        chunks = debug.tee(chunks, forward.lease.secret)
     timing = call.timing
     started = False
     try:

@@ -102,12 +102,8 @@ def response(
     log.info("upstream response", extra={"debug": fields})
 
 
-async def tee(mode: DebugMode, chunks: AsyncIterator[bytes], secret: str) -> AsyncIterator[bytes]:
-    """Pass `chunks` through unchanged; in `full_body` mode log the body once it ends."""
-    if mode is not DebugMode.FULL_BODY:
-        async for chunk in chunks:
-            yield chunk
-        return
+async def tee(chunks: AsyncIterator[bytes], secret: str) -> AsyncIterator[bytes]:
+    """Pass `chunks` through unchanged and log the body once it ends (`full_body` mode)."""
     kept = bytearray()
     size = 0
     try:
