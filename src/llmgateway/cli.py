@@ -450,14 +450,10 @@ def serve(config: str | None, host: str | None, port: int | None) -> None:
     _setup_logging(settings, "serve")
     host = host or settings.gateway.host
     port = settings.gateway.port if port is None else port
-    _run_with_store(settings, _nothing)
+    _prepare_store(config)  # as `gateway` does: migrations and a file sync, once, before serving
     with contextlib.suppress(KeyboardInterrupt):
         uvloop.run(_serve_both(settings, host, port))
     click.echo("stopped")
-
-
-async def _nothing(store: Store) -> None:
-    del store
 
 
 async def _serve_both(settings: Settings, host: str, port: int) -> None:
@@ -470,7 +466,8 @@ async def _serve_both(settings: Settings, host: str, port: int) -> None:
     from llmgateway.worker.run import Keeper
 
     metrics = Metrics.create()  # one set: the gateway's /metrics shows the Keeper's too
-    server = uvicorn.Server(uvicorn_config(create_app(settings, metrics=metrics), host, port))
+    app = create_app(settings, prepare=False, metrics=metrics)
+    server = uvicorn.Server(uvicorn_config(app, host, port))
     stop = asyncio.Event()
     async with await Store.open(settings.database.async_url, settings.database.pool_size) as store:
         run = Keeper(settings, store, metrics=metrics).run(stop)
