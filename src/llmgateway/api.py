@@ -239,7 +239,7 @@ async def _relay(
         await _send(send, response.status, headers, forward.body, request_id)
         return SUCCESS
     sse = "text/event-stream" in response.headers.get("content-type", "")
-    chunks: AsyncIterator[bytes] = response.content.iter_any()
+    chunks: AsyncIterator[bytes] = response.chunks()
     if policy.debug_mode is DebugMode.FULL_BODY:
         chunks = debug.tee(chunks, forward.lease.secret)
     timing = call.timing
@@ -260,7 +260,7 @@ async def _relay(
                 if timing.first_byte is None:
                     timing.first_byte = now
                 await send({"type": "http.response.body", "body": chunk, "more_body": True})
-    except (aiohttp.ClientError, TimeoutError) as error:
+    except (aiohttp.ClientError, OSError) as error:  # OSError: http1's and timeouts
         timed_out = isinstance(error, TimeoutError)
         log.warning("upstream failed mid-response: %s", type(error).__name__)
         status = 504 if timed_out else 502

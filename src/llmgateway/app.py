@@ -37,7 +37,7 @@ from llmgateway.proxy import Conductor, Provider
 from llmgateway.resilience import RetryBudget
 from llmgateway.settings import Settings
 from llmgateway.store import KeyRow, ProxyRow, Store
-from llmgateway.upstream import Upstream, client_timeout
+from llmgateway.upstream import Upstream
 from llmgateway.worker.sync import run_sync
 
 log = logging.getLogger("llmgateway.app")
@@ -94,7 +94,6 @@ class Gateway:
                 name,
                 provider,
                 pool,
-                client_timeout(provider.timeouts),
                 RetryBudget(budget.percent, budget.min_concurrent),
                 Guard(name, policy.circuit_breaker, policy.egress_rate_limit, self.rng),
                 self.limits.limiter(name, policy.key_limits) if self.limits else None,

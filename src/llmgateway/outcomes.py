@@ -20,6 +20,8 @@ from typing import TYPE_CHECKING, Any
 import aiohttp
 import orjson
 
+from llmgateway import http1
+
 if TYPE_CHECKING:
     from llmgateway.settings import ProviderSettings
 
@@ -207,7 +209,7 @@ def _outcome(reason: ErrorReason, status: int | None, retry_after: float | None)
 def exception_reason(exc: BaseException) -> ErrorReason:
     """The reason for an exception raised while calling upstream (aiohttp, asyncio, our own)."""
     # Order matters: aiohttp's timeout errors are OSErrors and TimeoutErrors at once.
-    if isinstance(exc, aiohttp.ConnectionTimeoutError):
+    if isinstance(exc, aiohttp.ConnectionTimeoutError | http1.ConnectError):
         return ErrorReason.EGRESS_ERROR  # connect or connection-pool wait: never reached upstream
     if isinstance(exc, TimeoutError):  # SocketTimeoutError, ServerTimeoutError, asyncio's timeout
         return ErrorReason.TIMEOUT

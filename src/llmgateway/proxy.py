@@ -13,8 +13,6 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
-import aiohttp
-
 from llmgateway import debug, logs, providers
 from llmgateway.events import StatusWriter
 from llmgateway.guard import Closed, Excluded, Guard
@@ -24,7 +22,7 @@ from llmgateway.outcomes import Blame, ErrorReason, KeyStatus, Outcome, classify
 from llmgateway.pool import KeyPool, Lease, Unavailable
 from llmgateway.resilience import RetryBudget, full_jitter_backoff
 from llmgateway.settings import ProviderSettings, RetryStep, StreamingMode
-from llmgateway.upstream import Upstream
+from llmgateway.upstream import Answer, Upstream
 
 ERROR_PREFIX_BYTES = 64 * 1024
 """How much of an upstream error body is read to classify it (and to pass it through)."""
@@ -40,7 +38,6 @@ class Provider:
     name: str
     settings: ProviderSettings
     pool: KeyPool
-    timeout: aiohttp.ClientTimeout
     budget: RetryBudget
     guard: Guard
     limiter: KeyLimiter | None = None  # fleet-wide per-key limits, when the provider sets any
@@ -68,7 +65,7 @@ class Forward:
     """A successful upstream response for the edge to pass on: `body` when it was read whole
     (a small plain answer), else the edge streams it from `response`."""
 
-    response: aiohttp.ClientResponse
+    response: Answer
     lease: Lease
     attempts: int
     body: bytes | None = None
@@ -79,7 +76,7 @@ WHOLE_BODY_LIMIT = 1024 * 1024
 byte: one send instead of a stream, and an answer cut short is retried on another key."""
 
 
-def _read_whole(call: Call, response: aiohttp.ClientResponse) -> bool:
+def _read_whole(call: Call, response: Answer) -> bool:
     if call.provider.settings.gateway_policy.streaming_mode is StreamingMode.DISABLED:
         return True
     length = response.content_length
@@ -220,7 +217,7 @@ class Conductor:
             settings.gateway_policy.debug_mode, call.method, url, headers, call.body, lease.secret
         )
         status: int | None = None
-        response: aiohttp.ClientResponse | None = None
+        response: Answer | None = None
         body = b""
         exc: BaseException | None = None
         sent = time.perf_counter()
@@ -228,14 +225,8 @@ class Conductor:
             if remaining <= 0:
                 raise TimeoutError
             async with asyncio.timeout(remaining):
-                response = await self.upstream.session(lease.egress).request(
-                    call.method,
-                    url,
-                    headers=headers,
-                    data=call.body or None,
-                    proxy=Upstream.proxy_url(lease.egress),
-                    timeout=provider.timeout,
-                    allow_redirects=False,
+                response = await self.upstream.request(
+                    lease.egress, call.method, url, headers, call.body, settings.timeouts
                 )
                 status = response.status
                 if status < 300:
@@ -244,7 +235,7 @@ class Conductor:
                     provider.guard.judge(lease.egress, lease.key_id, ok, self.clock())
                     self._observed(call, lease, ok, response.headers, None)
                     return Forward(response, lease, attempt, whole)
-                body = await response.content.read(ERROR_PREFIX_BYTES)
+                body = await response.read_prefix(ERROR_PREFIX_BYTES)
         except asyncio.CancelledError:
             provider.guard.forget(lease.egress, self.clock())
             self._release(provider, lease, CANCELLED)
@@ -256,7 +247,7 @@ class Conductor:
         finally:
             call.timing.waited(sent)
             if response is not None and (status is None or status >= 300):
-                response.release()
+                response.close()
         outcome = classify(
             settings,
             status,
@@ -327,7 +318,7 @@ _PASS_HEADERS = ("content-type", "retry-after", "retry-after-ms")
 def _reply(
     call: Call,
     status: int | None,
-    response: aiohttp.ClientResponse | None,
+    response: Answer | None,
     body: bytes,
     outcome: Outcome,
     attempts: int,

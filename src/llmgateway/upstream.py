@@ -1,29 +1,83 @@
-"""The upstream HTTP seam: one aiohttp client session per egress (direct, or each outbound proxy).
+"""The upstream HTTP seam: every call to a provider (the gateway's and the Keeper's) goes here.
 
-HTTP/1.1 only (HTTP/2 multiplexing froze the original project under load), explicit connection
-limits, and timeouts from the provider's `timeouts`. Tests point it at the fake upstream in
+Direct traffic uses the small keep-alive client of `llmgateway.http1` (the hot path: about a
+quarter of aiohttp's CPU per call); traffic through an outbound proxy (static or stealth) uses one
+aiohttp session per proxy. Both are HTTP/1.1 only (HTTP/2
+multiplexing froze the original project under load), with explicit connection limits and the
+provider's `timeouts`, and both answer with an `Answer`. Tests point it at the fake upstream in
 `llmgateway.testing`, over real loopback HTTP.
 """
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import aiohttp
 
+from llmgateway import http1
 from llmgateway.settings import Timeouts
 
 DIRECT = "direct"
 """The egress id of traffic that leaves without an outbound proxy."""
 
 
-@dataclass(frozen=True, slots=True)
-class ConnectionLimits:
-    """How many upstream connections one egress may hold, in all and per host."""
+class Answer(Protocol):
+    """An upstream answer whose status and headers have arrived (header names lower-case).
 
-    total: int = 1000
-    per_host: int = 0  # 0: only the total applies
-    keepalive_sec: float = 30.0
+    Read the body once (`read`, `read_prefix` or `chunks`), then `close()`: a connection read to
+    its end is reused, any other is dropped."""
+
+    @property
+    def status(self) -> int: ...
+    @property
+    def headers(self) -> Mapping[str, str]: ...
+    @property
+    def content_length(self) -> int | None: ...
+    async def read(self) -> bytes: ...
+    async def read_prefix(self, limit: int) -> bytes: ...
+    def chunks(self) -> AsyncIterator[bytes]: ...
+    def close(self) -> None: ...
+
+
+@dataclass(slots=True)
+class _ViaProxy:
+    """An aiohttp response as an `Answer`."""
+
+    response: aiohttp.ClientResponse
+
+    @property
+    def status(self) -> int:
+        return self.response.status
+
+    @property
+    def headers(self) -> Mapping[str, str]:
+        return self.response.headers
+
+    @property
+    def content_length(self) -> int | None:
+        return self.response.content_length
+
+    async def read(self) -> bytes:
+        return await self.response.read()
+
+    async def read_prefix(self, limit: int) -> bytes:
+        parts: list[bytes] = []
+        size = 0
+        while size < limit:
+            chunk = await self.response.content.read(limit - size)
+            if not chunk:
+                break
+            parts.append(chunk)
+            size += len(chunk)
+        return b"".join(parts)
+
+    def chunks(self) -> AsyncIterator[bytes]:
+        return self.response.content.iter_any()
+
+    def close(self) -> None:
+        self.response.release()
 
 
 def client_timeout(timeouts: Timeouts) -> aiohttp.ClientTimeout:
@@ -43,18 +97,52 @@ def client_timeout(timeouts: Timeouts) -> aiohttp.ClientTimeout:
 
 @dataclass(slots=True)
 class Upstream:
-    """Client sessions per egress, opened lazily and closed together."""
+    """The direct client and one aiohttp session per proxy, opened lazily, closed together."""
 
-    limits: ConnectionLimits = ConnectionLimits()
+    limits: http1.Limits = field(default_factory=http1.Limits)
+    _direct: http1.Client | None = None
     _sessions: dict[str, aiohttp.ClientSession] = field(default_factory=dict)
 
-    def session(self, egress: str = DIRECT) -> aiohttp.ClientSession:
-        """The session for an egress: `direct` or a proxy URL (the proxy is given per request)."""
+    async def request(
+        self,
+        egress: str,
+        method: str,
+        url: str,
+        headers: Mapping[str, str],
+        body: bytes,
+        timeouts: Timeouts,
+    ) -> Answer:
+        """Send one request via `egress` (`direct` or a proxy URL); returns once the status and
+        headers arrived. The caller bounds the whole call (its deadline) and closes the answer.
+        `headers` must not hold hop-by-hop headers, Host or Content-Length."""
+        if egress == DIRECT:
+            if self._direct is None:
+                self._direct = http1.Client(self.limits)
+            return await self._direct.request(
+                method,
+                url,
+                headers,
+                body,
+                connect_timeout=timeouts.pool + timeouts.connect,
+                read_timeout=timeouts.read,
+            )
+        response = await self._session(egress).request(
+            method,
+            url,
+            headers=headers,
+            data=body or None,
+            proxy=egress,
+            timeout=client_timeout(timeouts),
+            allow_redirects=False,
+        )
+        return _ViaProxy(response)
+
+    def _session(self, egress: str) -> aiohttp.ClientSession:
         session = self._sessions.get(egress)
         if session is None or session.closed:
             connector = aiohttp.TCPConnector(
                 limit=self.limits.total,
-                limit_per_host=self.limits.per_host,
+                limit_per_host=self.limits.per_origin,
                 keepalive_timeout=self.limits.keepalive_sec,
                 ttl_dns_cache=300,
             )
@@ -68,14 +156,9 @@ class Upstream:
             self._sessions[egress] = session
         return session
 
-    @staticmethod
-    def proxy_url(egress: str) -> str | None:
-        """The proxy URL to pass per request for an egress, or None for direct traffic."""
-        return None if egress == DIRECT else egress
-
     def open_connections(self) -> int:
         """Connections currently held across all egresses (for leak checks and metrics)."""
-        total = 0
+        total = self._direct.open_connections() if self._direct is not None else 0
         for session in self._sessions.values():
             connector = session.connector
             if connector is not None and not connector.closed:
@@ -84,7 +167,10 @@ class Upstream:
         return total
 
     async def close(self) -> None:
-        """Close every session; in-flight requests on them fail."""
+        """Close every connection; in-flight requests on them fail."""
+        direct, self._direct = self._direct, None
+        if direct is not None:
+            await direct.close()
         sessions, self._sessions = list(self._sessions.values()), {}
         for session in sessions:
             await session.close()

@@ -15,7 +15,7 @@ from llmgateway.masking import mask
 from llmgateway.outcomes import Outcome, classify
 from llmgateway.providers import ProbeRequest, auth_probe_request
 from llmgateway.settings import ProviderSettings, Timeouts
-from llmgateway.upstream import Upstream, client_timeout
+from llmgateway.upstream import Upstream
 
 BODY_PREFIX = 64 * 1024
 """Bytes of an answer read for classifying it; the rest is discarded."""
@@ -45,17 +45,19 @@ async def send(
     started = time.perf_counter()
     try:
         async with asyncio.timeout(_deadline(provider.timeouts)):
-            async with upstream.session(egress).request(
+            response = await upstream.request(
+                egress,
                 request.method,
                 request.url,
-                headers=request.headers,
-                data=request.body or None,
-                proxy=Upstream.proxy_url(egress),
-                timeout=client_timeout(provider.timeouts),
-                allow_redirects=False,
-            ) as response:
-                body = await response.content.read(BODY_PREFIX)
+                request.headers,
+                request.body,
+                provider.timeouts,
+            )
+            try:
+                body = await response.read_prefix(BODY_PREFIX)
                 status, headers = response.status, dict(response.headers)
+            finally:
+                response.close()
     except Exception as exc:  # every failure is an outcome; cancellation is not an Exception
         outcome = classify(provider, None, {}, b"", exc, probe=True, now=now)
         return Exchange(outcome, _elapsed_ms(started), describe_exception(exc))
@@ -72,13 +74,11 @@ async def proxy_alive(
     url = auth_probe_request(provider, "").url
     try:
         async with asyncio.timeout(_deadline(provider.timeouts)):
-            async with upstream.session(proxy_url).get(
-                url,
-                proxy=proxy_url,
-                timeout=client_timeout(provider.timeouts),
-                allow_redirects=False,
-            ) as response:
-                await response.content.read(BODY_PREFIX)
+            response = await upstream.request(proxy_url, "GET", url, {}, b"", provider.timeouts)
+            try:
+                await response.read_prefix(BODY_PREFIX)
+            finally:
+                response.close()
     except Exception as exc:  # any failure to get an answer means the proxy is not usable
         return False, describe_exception(exc)
     return True, None
