@@ -165,7 +165,7 @@ class Edge:
         budget.request_started()
         logs.bind_request(request_id, call.provider.name, call.model)
         bound = self.conductor.metrics.for_provider(call.provider.name)
-        bound.inflight.inc()
+        bound.started()
         try:
             result = await self.conductor.run(call, deadline)
             if isinstance(result, Reply):
@@ -188,7 +188,6 @@ class Edge:
             if forward is not None:
                 forward.response.close()
                 self.conductor.finish(call, forward, outcome)
-            bound.inflight.dec()
             bound.finished(call.model, code, call.timing)
             logs.request_done(code, attempts, ended, call.timing.started)
 

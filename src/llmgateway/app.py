@@ -258,6 +258,8 @@ def create_app(
             ]
             if listener is not None:
                 tasks.append(asyncio.create_task(listener.run(), name="store-notices"))
+            if metrics.multiprocess:
+                tasks.append(asyncio.create_task(metrics.flush_every(), name="metrics-flush"))
             if gateway.limits is not None:
                 await gateway.limits.start()
                 tasks.append(asyncio.create_task(gateway.limits.run(), name="key-limits"))

@@ -125,6 +125,8 @@ class Response:
     async def _wait(self) -> None:
         if self._error is not None:
             raise self._error
+        if self._conn is not None and self._conn.paused:  # asked for more: read on
+            self._conn.resume()
         loop = asyncio.get_running_loop()
         waiter = self._waiter = loop.create_future()
         timer = loop.call_later(self._read_timeout, self._silent, waiter)
@@ -161,8 +163,9 @@ class Response:
         self._wake()
 
     def _done(self) -> None:
-        self._eof = True
-        self._wake()
+        if self._error is None:  # a failed answer stays failed
+            self._eof = True
+            self._wake()
 
     def _fail(self, error: BaseException) -> None:
         if self._error is None and not self._eof:
@@ -181,6 +184,7 @@ class _Connection(asyncio.Protocol):
         self.header_name = ""
         self.complete = False  # the answer ended and the connection may carry another
         self.paused = False
+        self.head = False
         self.idle_since = 0.0
         self.received = False
 
@@ -223,6 +227,8 @@ class _Connection(asyncio.Protocol):
     def on_headers_complete(self) -> None:
         assert self.response is not None
         self.response._headers_done(self.parser.get_status_code())
+        if self.head:  # the parser cannot know a HEAD answer has no body: end it here, and
+            self.response._done()  # drop the connection, whose parser now expects one
 
     def on_body(self, body: bytes) -> None:
         assert self.response is not None
@@ -238,6 +244,7 @@ class _Connection(asyncio.Protocol):
         assert self.transport is not None
         self.response = response
         self.complete = self.received = False
+        self.head = data.startswith(b"HEAD ")
         self.transport.write(data)
 
     def pause(self) -> None:
@@ -353,12 +360,18 @@ class Client:
         connection plus opening one; `read_timeout` bounds each silence of the upstream."""
         scheme, _, rest = url.partition("://")
         authority, slash, target = rest.partition("/")
+        if "?" in authority or "#" in authority:
+            authority, query = authority.split("?" if "?" in authority else "#", 1)
+            target = "?" + query
+        target = (slash + target) or "/"
+        if target[0] != "/":
+            target = "/" + target
         origin = self._origins.get((scheme, authority))
         if origin is None:
             if scheme not in ("http", "https") or not authority or "@" in authority:
                 raise ConnectError(f"not an http(s) URL without credentials: {scheme}://…")
             origin = self._origins[(scheme, authority)] = _Origin(self, scheme, authority)
-        head = _head(method, slash + target, origin.host_header, headers, len(body))
+        head = _head(method, target, origin.host_header, headers, len(body))
         data = head + body if len(body) < 65536 else None
         fresh_retry = True
         while True:
@@ -397,6 +410,8 @@ class Client:
                     return conn, True
                 conn.close()
             per_origin = self.limits.per_origin
+            if self._count >= self.limits.total:
+                self._evict_idle()
             if self._count < self.limits.total and (
                 not per_origin or len(origin.open) < per_origin
             ):
@@ -413,10 +428,21 @@ class Client:
                 async with asyncio.timeout(max(deadline - loop.time(), 0)):
                     await waiter
             except TimeoutError:
+                if waiter.done() and not waiter.cancelled():
+                    self.freed()  # woken as time ran out: pass the turn on
                 raise ConnectTimeout(f"no upstream connection free within {within:g}s") from None
             finally:
                 if waiter in self._waiters:
                     self._waiters.remove(waiter)
+
+    def _evict_idle(self) -> None:
+        """At the total limit: close the longest-idle connection of any origin, if any."""
+        oldest: _Connection | None = None
+        for origin in self._origins.values():
+            if origin.idle and (oldest is None or origin.idle[0].idle_since < oldest.idle_since):
+                oldest = origin.idle[0]
+        if oldest is not None:
+            oldest.close()
 
     def freed(self) -> None:
         """A connection went idle or closed: let one waiting request look again."""
@@ -446,7 +472,7 @@ class Client:
 def _head(method: str, target: str, host: str, headers: Mapping[str, str], length: int) -> bytes:
     lines = [f"{method} {target} HTTP/1.1\r\nhost: {host}\r\n"]
     for name, value in headers.items():
-        if "\n" in value or "\r" in value:
+        if "\n" in value or "\r" in value or "\n" in name or "\r" in name:
             raise ValueError(f"header {name!r} holds a line break; it cannot be sent")
         lines.append(f"{name}: {value}\r\n")
     if length or method not in ("GET", "HEAD", "DELETE", "OPTIONS"):

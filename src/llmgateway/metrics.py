@@ -12,6 +12,8 @@ computed at scrape time by the answering process (every process holds the same p
 
 from __future__ import annotations
 
+import asyncio
+import bisect
 import os
 import time
 from collections.abc import Iterable
@@ -46,6 +48,8 @@ OVERHEAD_BUCKETS = (
 )
 """Seconds of the gateway's own time: sub-millisecond normally, longer with retry backoff."""
 PROBE_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 20, 30, 60, 120)
+FLUSH_SEC = 1.0
+"""How often each of several worker processes hands its request tallies to the shared files."""
 OTHER_MODEL = "other"
 SHARED_MODEL = "shared"
 NO_PROVIDER = "none"
@@ -91,19 +95,50 @@ class Timing:
         self.upstream += time.perf_counter() - since
 
 
+class _Tally:
+    """A histogram child's observations since its last flush: a bucket index costs one
+    bisect, where prometheus-client's `observe()` walks the buckets under a lock."""
+
+    __slots__ = ("bounds", "child", "counts", "total")
+
+    def __init__(self, child: Histogram) -> None:
+        self.child = child
+        self.bounds: list[float] = list(child._upper_bounds)  # ends with +Inf
+        self.counts = [0] * len(self.bounds)
+        self.total = 0.0
+
+    def observe(self, value: float) -> None:
+        self.counts[bisect.bisect_left(self.bounds, value)] += 1
+        self.total += value
+
+    def flush(self) -> None:
+        # prometheus-client has no bulk observe; its child keeps one value per bucket
+        # (non-cumulative) and one for the sum, which is what observe() increments
+        buckets = self.child._buckets
+        for index, count in enumerate(self.counts):
+            if count:
+                buckets[index].inc(count)
+                self.counts[index] = 0
+        if self.total:
+            self.child._sum.inc(self.total)
+            self.total = 0.0
+
+
 @dataclass(slots=True)
 class ProviderMetrics:
-    """One provider's label children, bound once so a request costs dict lookups only."""
+    """One provider's metrics. Per-request figures are tallied in plain ints and handed to
+    prometheus-client by `flush()` (at every scrape, and every second with several worker
+    processes), so a request costs a few dict updates instead of a dozen locked increments."""
 
     family: Metrics
     name: str
     models: frozenset[str]
-    inflight: Gauge
-    overhead: Histogram
-    _durations: dict[str, Histogram] = field(default_factory=dict)
-    _ttfb: dict[str, Histogram] = field(default_factory=dict)
-    _requests: dict[tuple[str, int], Counter] = field(default_factory=dict)
-    _attempts: dict[str, Counter] = field(default_factory=dict)
+    inflight_gauge: Gauge
+    overhead: _Tally
+    inflight: int = 0
+    _requests: dict[tuple[str, int], int] = field(default_factory=dict)
+    _attempts: dict[str, int] = field(default_factory=dict)
+    _latency: dict[str, tuple[_Tally, _Tally]] = field(default_factory=dict)
     _retries: dict[str, Counter] = field(default_factory=dict)
     _cooldowns: dict[str, Counter] = field(default_factory=dict)
     _limiter_unavailable: Counter | None = None
@@ -112,30 +147,48 @@ class ProviderMetrics:
         """`model` when it is configured, else `other` (labels stay bounded)."""
         return model if model in self.models else OTHER_MODEL
 
+    def started(self) -> None:
+        """A request of this provider began (pair with `finished`)."""
+        self.inflight += 1
+
     def finished(self, model: str, code: int, timing: Timing) -> None:
         """Record a finished request: its code, duration, time to first byte and overhead."""
         now = time.perf_counter()
-        label = self.model(model)
-        counter = self._requests.get((label, code))
-        if counter is None:
-            counter = self.family.requests.labels(self.name, label, str(code))
-            self._requests[(label, code)] = counter
-        counter.inc()
-        duration = self._durations.get(label)
-        if duration is None:
-            duration = self._durations[label] = self.family.request_duration.labels(
-                self.name, label
+        self.inflight -= 1
+        label = model if model in self.models else OTHER_MODEL
+        key = (label, code)
+        self._requests[key] = self._requests.get(key, 0) + 1
+        latency = self._latency.get(label)
+        if latency is None:
+            latency = self._latency[label] = (
+                _Tally(self.family.request_duration.labels(self.name, label)),
+                _Tally(self.family.time_to_first_byte.labels(self.name, label)),
             )
-            self._ttfb[label] = self.family.time_to_first_byte.labels(self.name, label)
         total = now - timing.started
-        duration.observe(total)
+        latency[0].observe(total)
         first = timing.first_byte if timing.first_byte is not None else now
-        self._ttfb[label].observe(first - timing.started)
+        latency[1].observe(first - timing.started)
         self.overhead.observe(max(total - timing.upstream, 0.0))
 
     def attempt(self, outcome: Outcome) -> None:
         """Count one upstream attempt by how it ended."""
-        self._count(self._attempts, self.family.upstream_attempts, reason_label(outcome))
+        reason = "ok" if outcome.reason is None else outcome.reason.value
+        self._attempts[reason] = self._attempts.get(reason, 0) + 1
+
+    def flush(self) -> None:
+        """Hand the tallies since the last flush to prometheus-client."""
+        family = self.family
+        requests, self._requests = self._requests, {}
+        for (label, code), count in requests.items():
+            family.requests.labels(self.name, label, str(code)).inc(count)
+        attempts, self._attempts = self._attempts, {}
+        for reason, count in attempts.items():
+            family.upstream_attempts.labels(self.name, reason).inc(count)
+        for duration, first_byte in self._latency.values():
+            duration.flush()
+            first_byte.flush()
+        self.overhead.flush()
+        self.inflight_gauge.set(self.inflight)
 
     def retry(self, outcome: Outcome) -> None:
         """Count one retry on another key, by the reason of the attempt that failed."""
@@ -291,9 +344,21 @@ class Metrics:
                 name,
                 frozenset(models),
                 self.inflight.labels(name),
-                self.overhead.labels(name),
+                _Tally(self.overhead.labels(name)),
             )
         return bound
+
+    def flush(self) -> None:
+        """Hand every provider's request tallies to prometheus-client."""
+        for bound in self._providers.values():
+            bound.flush()
+
+    async def flush_every(self, seconds: float = FLUSH_SEC) -> None:
+        """Flush forever (with several worker processes a scrape reads every process's values
+        from files, so each process flushes on its own)."""
+        while True:
+            await asyncio.sleep(seconds)
+            self.flush()
 
     def unauthorized(self, code: int) -> None:
         """Count a request refused before a provider was known (no or a wrong token)."""
@@ -320,6 +385,7 @@ class Metrics:
 
     def exposition(self, keys: Iterable[KeyCount] = ()) -> bytes:
         """The Prometheus text of every family, plus `llmgateway_keys` from `keys`."""
+        self.flush()
         if self.multiprocess:
             merged = CollectorRegistry()
             prometheus_multiprocess.MultiProcessCollector(merged)  # type: ignore[no-untyped-call]
@@ -331,7 +397,9 @@ class Metrics:
         return text + generate_latest(snapshot)
 
     def process_exited(self) -> None:
-        """In multiprocess mode, drop this process's live gauges (call when it stops)."""
+        """Flush, and in multiprocess mode drop this process's live gauges (call when it
+        stops)."""
+        self.flush()
         if self.multiprocess:
             prometheus_multiprocess.mark_process_dead(os.getpid())  # type: ignore[no-untyped-call]
 

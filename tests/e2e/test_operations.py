@@ -23,7 +23,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from llmgateway import logs
 from llmgateway.app import create_app
-from llmgateway.metrics import Metrics
+from llmgateway.metrics import FLUSH_SEC, Metrics
 from llmgateway.metrics_http import keeper_metrics
 from llmgateway.serving import running
 from llmgateway.settings import LoggingSettings, MetricsSettings, WorkerSettings
@@ -304,6 +304,7 @@ async def test_two_worker_processes_report_the_sum(tmp_path: Path, fake: FakeUps
                         },
                     )
                     assert answer.status_code == 200
+            await asyncio.sleep(FLUSH_SEC + 0.5)  # each process hands its tallies on that often
             seen = set()
             for _ in range(8):
                 async with httpx.AsyncClient() as fresh:
