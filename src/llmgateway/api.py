@@ -70,6 +70,7 @@ _DROP_RESPONSE = frozenset(
         "server",
         "date",
         "x-request-id",
+        "content-length",  # set again from what is relayed
     }
 )
 
@@ -230,12 +231,11 @@ async def _relay(
     answer already read whole (see `proxy.WHOLE_BODY_LIMIT`) in one piece. Reports how it
     ended."""
     response = forward.response
-    headers = {k: v for k, v in response.headers.items() if k.lower() not in _DROP_RESPONSE}
     policy = call.provider.settings.gateway_policy
     if forward.body is not None:
         if policy.debug_mode is DebugMode.FULL_BODY:
             debug.whole_body(forward.body, forward.lease.secret)
-        await _send(send, response.status, headers, forward.body, request_id)
+        await _send(send, response.status, response.headers, forward.body, request_id)
         return SUCCESS
     sse = "text/event-stream" in response.headers.get("content-type", "")
     chunks: AsyncIterator[bytes] = response.chunks()
@@ -245,7 +245,8 @@ async def _relay(
     started = False
     try:
         async with asyncio.timeout(max(remaining, 0.001)):
-            await send(_start(response.status, headers, request_id))
+            length = response.content_length
+            await send(_start(response.status, response.headers, request_id, length))
             started = True
             while True:
                 asked = time.perf_counter()
@@ -363,8 +364,16 @@ def _models_list(provider: Provider) -> bytes:
     return orjson.dumps({"object": "list", "data": data})
 
 
-def _start(status: int, headers: Mapping[str, str], request_id: str) -> Message:
-    raw = [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in headers.items()]
+def _start(status: int, headers: Mapping[str, str], request_id: str, length: int | None) -> Message:
+    """The response start: `headers` (lower-case names) without hop-by-hop ones and the
+    upstream's length, then ours (`length`, None when streaming) and the request id."""
+    raw = [
+        (k.encode("latin-1"), v.encode("latin-1"))
+        for k, v in headers.items()
+        if k not in _DROP_RESPONSE
+    ]
+    if length is not None:
+        raw.append((b"content-length", b"%d" % length))
     raw.append((b"x-request-id", request_id.encode()))
     return {"type": "http.response.start", "status": status, "headers": raw}
 
@@ -372,9 +381,7 @@ def _start(status: int, headers: Mapping[str, str], request_id: str) -> Message:
 async def _send(
     send: Send, status: int, headers: Mapping[str, str], body: bytes, request_id: str
 ) -> None:
-    out = {k: v for k, v in headers.items() if k.lower() not in ("content-length",)}
-    out["content-length"] = str(len(body))
-    await send(_start(status, out, request_id))
+    await send(_start(status, headers, request_id, len(body)))
     await send({"type": "http.response.body", "body": body, "more_body": False})
 
 

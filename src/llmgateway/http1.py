@@ -63,6 +63,7 @@ class Response:
         "_buffered",
         "_chunks",
         "_conn",
+        "_deadline",
         "_eof",
         "_error",
         "_read_timeout",
@@ -72,7 +73,7 @@ class Response:
         "status",
     )
 
-    def __init__(self, conn: _Connection, read_timeout: float) -> None:
+    def __init__(self, conn: _Connection, read_timeout: float, deadline: float | None) -> None:
         self.status = 0
         self.headers: dict[str, str] = {}
         self.content_length: int | None = None
@@ -83,6 +84,7 @@ class Response:
         self._error: BaseException | None = None
         self._waiter: asyncio.Future[None] | None = None
         self._read_timeout = read_timeout
+        self._deadline = deadline
 
     async def read(self) -> bytes:
         """The whole body."""
@@ -128,8 +130,14 @@ class Response:
         if self._conn is not None and self._conn.paused:  # asked for more: read on
             self._conn.resume()
         loop = asyncio.get_running_loop()
+        wait = self._read_timeout
+        if self._deadline is not None:
+            left = self._deadline - loop.time()
+            if left <= 0:
+                raise ReadTimeout("the request's deadline passed")
+            wait = min(wait, left)
         waiter = self._waiter = loop.create_future()
-        timer = loop.call_later(self._read_timeout, self._silent, waiter)
+        timer = loop.call_later(wait, self._silent, waiter)
         try:
             await waiter
         finally:
@@ -140,7 +148,7 @@ class Response:
 
     def _silent(self, waiter: asyncio.Future[None]) -> None:
         if not waiter.done():
-            waiter.set_exception(ReadTimeout(f"no data from upstream for {self._read_timeout}s"))
+            waiter.set_exception(ReadTimeout("the upstream sent nothing in time"))
 
     def _wake(self) -> None:
         waiter = self._waiter
@@ -310,6 +318,18 @@ class _Origin:
         self.open.add(conn)
         return conn
 
+    def reusable(self, keepalive: float) -> _Connection | None:
+        """The most recently used idle connection still fresh (stale ones are closed)."""
+        idle = self.idle
+        while idle:
+            conn = idle.pop()
+            if conn.transport is not None and (
+                asyncio.get_running_loop().time() - conn.idle_since < keepalive
+            ):
+                return conn
+            conn.close()
+        return None
+
     def give_back(self, conn: _Connection) -> None:
         conn.idle_since = asyncio.get_running_loop().time()
         self.idle.append(conn)
@@ -352,12 +372,14 @@ class Client:
         *,
         connect_timeout: float,
         read_timeout: float,
+        deadline: float | None = None,
     ) -> Response:
         """Send one request and return once the answer's status and headers have arrived.
 
         `url` is absolute (http or https); `headers` must not hold hop-by-hop headers, Host or
         Content-Length (they are set here). `connect_timeout` bounds waiting for a pooled
-        connection plus opening one; `read_timeout` bounds each silence of the upstream."""
+        connection plus opening one; `read_timeout` bounds each silence of the upstream; past
+        `deadline` (loop time), if given, any wait ends in `ReadTimeout`, body reads included."""
         scheme, _, rest = url.partition("://")
         authority, slash, target = rest.partition("/")
         if "?" in authority or "#" in authority:
@@ -375,8 +397,16 @@ class Client:
         data = head + body if len(body) < 65536 else None
         fresh_retry = True
         while True:
-            conn, reused = await self._checkout(origin, connect_timeout)
-            response = Response(conn, read_timeout)
+            conn = origin.reusable(self.limits.keepalive_sec)
+            reused = conn is not None
+            try:
+                if conn is None:
+                    conn, reused = await self._checkout(origin, connect_timeout, deadline)
+            except ConnectTimeout:
+                if deadline is not None and asyncio.get_running_loop().time() >= deadline:
+                    raise ReadTimeout("the request's deadline passed") from None
+                raise
+            response = Response(conn, read_timeout, deadline)
             if data is None:
                 conn.send(head, response)
                 if conn.transport is not None:
@@ -399,16 +429,17 @@ class Client:
                 raise
             return response
 
-    async def _checkout(self, origin: _Origin, within: float) -> tuple[_Connection, bool]:
+    async def _checkout(
+        self, origin: _Origin, within: float, until: float | None
+    ) -> tuple[_Connection, bool]:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + within
-        keepalive = self.limits.keepalive_sec
+        if until is not None and until < deadline:
+            deadline = until
         while True:
-            while origin.idle:
-                conn = origin.idle.pop()
-                if conn.transport is not None and loop.time() - conn.idle_since < keepalive:
-                    return conn, True
-                conn.close()
+            conn = origin.reusable(self.limits.keepalive_sec)
+            if conn is not None:
+                return conn, True
             per_origin = self.limits.per_origin
             if self._count >= self.limits.total:
                 self._evict_idle()

@@ -138,7 +138,7 @@ class Conductor:
                             limited = refused
                         continue
                 tried.add(got.key_id)
-                result = await self._attempt(call, got, deadline - loop.time(), len(tried))
+                result = await self._attempt(call, got, deadline, len(tried))
                 if isinstance(result, Forward):
                     return result
                 reply, outcome = result
@@ -204,7 +204,7 @@ class Conductor:
                 blocked = shut
 
     async def _attempt(
-        self, call: Call, lease: Lease, remaining: float, attempt: int
+        self, call: Call, lease: Lease, deadline: float, attempt: int
     ) -> Forward | tuple[Reply, Outcome]:
         provider = call.provider
         settings = provider.settings
@@ -222,20 +222,19 @@ class Conductor:
         exc: BaseException | None = None
         sent = time.perf_counter()
         try:
-            if remaining <= 0:
+            if asyncio.get_running_loop().time() >= deadline:
                 raise TimeoutError
-            async with asyncio.timeout(remaining):
-                response = await self.upstream.request(
-                    lease.egress, call.method, url, headers, call.body, settings.timeouts
-                )
-                status = response.status
-                if status < 300:
-                    whole = await response.read() if _read_whole(call, response) else None
-                    ok = Outcome(reason=None, blame=Blame.NONE, status=status)
-                    provider.guard.judge(lease.egress, lease.key_id, ok, self.clock())
-                    self._observed(call, lease, ok, response.headers, None)
-                    return Forward(response, lease, attempt, whole)
-                body = await response.read_prefix(ERROR_PREFIX_BYTES)
+            response = await self.upstream.request(
+                lease.egress, call.method, url, headers, call.body, settings.timeouts, deadline
+            )
+            status = response.status
+            if status < 300:
+                whole = await response.read() if _read_whole(call, response) else None
+                ok = Outcome(reason=None, blame=Blame.NONE, status=status)
+                provider.guard.judge(lease.egress, lease.key_id, ok, self.clock())
+                self._observed(call, lease, ok, response.headers, None)
+                return Forward(response, lease, attempt, whole)
+            body = await response.read_prefix(ERROR_PREFIX_BYTES)
         except asyncio.CancelledError:
             provider.guard.forget(lease.egress, self.clock())
             self._release(provider, lease, CANCELLED)

@@ -10,6 +10,7 @@ provider's `timeouts`, and both answer with an `Answer`. Tests point it at the f
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -43,34 +44,40 @@ class Answer(Protocol):
 
 @dataclass(slots=True)
 class _ViaProxy:
-    """An aiohttp response as an `Answer`."""
+    """An aiohttp response as an `Answer` (body reads bounded by the request's deadline)."""
 
     response: aiohttp.ClientResponse
+    deadline: float | None
+    headers: dict[str, str] = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.headers = {}
+        for name, value in self.response.headers.items():
+            name = name.lower()
+            self.headers[name] = f"{self.headers[name]}, {value}" if name in self.headers else value
 
     @property
     def status(self) -> int:
         return self.response.status
 
     @property
-    def headers(self) -> Mapping[str, str]:
-        return self.response.headers
-
-    @property
     def content_length(self) -> int | None:
         return self.response.content_length
 
     async def read(self) -> bytes:
-        return await self.response.read()
+        async with asyncio.timeout_at(self.deadline):
+            return await self.response.read()
 
     async def read_prefix(self, limit: int) -> bytes:
         parts: list[bytes] = []
         size = 0
-        while size < limit:
-            chunk = await self.response.content.read(limit - size)
-            if not chunk:
-                break
-            parts.append(chunk)
-            size += len(chunk)
+        async with asyncio.timeout_at(self.deadline):
+            while size < limit:
+                chunk = await self.response.content.read(limit - size)
+                if not chunk:
+                    break
+                parts.append(chunk)
+                size += len(chunk)
         return b"".join(parts)
 
     def chunks(self) -> AsyncIterator[bytes]:
@@ -111,10 +118,12 @@ class Upstream:
         headers: Mapping[str, str],
         body: bytes,
         timeouts: Timeouts,
+        deadline: float | None = None,
     ) -> Answer:
         """Send one request via `egress` (`direct` or a proxy URL); returns once the status and
-        headers arrived. The caller bounds the whole call (its deadline) and closes the answer.
-        `headers` must not hold hop-by-hop headers, Host or Content-Length."""
+        headers arrived. Past `deadline` (loop time), if given, waiting for the answer or reading
+        its body (not `chunks()`) raises a TimeoutError. The caller closes the answer. `headers`
+        must not hold hop-by-hop headers, Host or Content-Length."""
         if egress == DIRECT:
             if self._direct is None:
                 self._direct = http1.Client(self.limits)
@@ -125,17 +134,19 @@ class Upstream:
                 body,
                 connect_timeout=timeouts.pool + timeouts.connect,
                 read_timeout=timeouts.read,
+                deadline=deadline,
             )
-        response = await self._session(egress).request(
-            method,
-            url,
-            headers=headers,
-            data=body or None,
-            proxy=egress,
-            timeout=client_timeout(timeouts),
-            allow_redirects=False,
-        )
-        return _ViaProxy(response)
+        async with asyncio.timeout_at(deadline):
+            response = await self._session(egress).request(
+                method,
+                url,
+                headers=headers,
+                data=body or None,
+                proxy=egress,
+                timeout=client_timeout(timeouts),
+                allow_redirects=False,
+            )
+        return _ViaProxy(response, deadline)
 
     def _session(self, egress: str) -> aiohttp.ClientSession:
         session = self._sessions.get(egress)
