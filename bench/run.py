@@ -37,6 +37,8 @@ from pathlib import Path
 import aiohttp
 import yaml
 
+from llmgateway import http1
+
 TOKEN = "bench-gateway-token-0001"
 DIRECT_KEY = "sk-bench-good-direct-0000000000"
 BODY = '{"model":"gpt-4o-mini","messages":[{"role":"user","content":"hi"}]%s}'
@@ -247,21 +249,35 @@ async def python_load(url: str, key: str, stream: bool, concurrency: int, second
 
 
 async def ttfb(url: str, key: str, requests: int) -> tuple[float, float]:
-    """Median and p99 time to the first streamed body byte, ms, one request at a time."""
+    """Median and p99 time to the first streamed body byte, ms, one request at a time.
+
+    The client is llmgateway's own lean HTTP/1.1 client (about 50 µs of CPU per call, a fifth
+    of aiohttp's), so its own cost and jitter stay small next to what is measured."""
     body = (BODY % ',"stream":true').encode()
     headers = {"authorization": f"Bearer {key}", "content-type": "application/json"}
     found: list[float] = []
-    async with aiohttp.ClientSession() as session:
+    client = http1.Client()
+    try:
         for index in range(requests + 50):
             started = time.perf_counter()
-            async with session.post(
-                url + "/v1/chat/completions", data=body, headers=headers
-            ) as response:
-                await response.content.readany()
-                first = time.perf_counter() - started
-                await response.read()
+            response = await client.request(
+                "POST",
+                url + "/v1/chat/completions",
+                headers,
+                body,
+                connect_timeout=5,
+                read_timeout=30,
+            )
+            chunks = response.chunks()
+            await anext(chunks)
+            first = time.perf_counter() - started
+            async for _ in chunks:
+                pass
+            response.close()
             if index >= 50:  # the first ones warm up connections and caches
                 found.append(first * 1000)
+    finally:
+        await client.close()
     found.sort()
     return statistics.median(found), found[int(len(found) * 0.99)]
 
