@@ -164,7 +164,7 @@ class Edge:
         code, attempts, ended = 499, 0, "client_gone"  # until an answer is known
         budget = call.provider.budget
         budget.request_started()
-        logs.bind_request(request_id, call.provider.name, call.model)
+        logs.bind_provider(call.provider.name, call.model)
         bound = self.conductor.metrics.for_provider(call.provider.name)
         bound.started()
         try:

@@ -315,12 +315,16 @@ class _Router:
     def __init__(self, admin: Starlette) -> None:
         self.admin = admin
         self.state = admin.state
+        self.edge: Edge | None = None  # taken from the state once the lifespan has set it
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
             path: str = scope["path"]
             if path.startswith(("/v1/", "/v1beta/")):
-                await self.admin.state.edge(scope, receive, send)
+                edge = self.edge
+                if edge is None:
+                    edge = self.edge = self.admin.state.edge
+                await edge(scope, receive, send)
                 return
         await self.admin(scope, receive, send)
 

@@ -209,13 +209,17 @@ the context per bind). `_merge_request` adds them to every line at emit time."""
 _SECRET = "_secret"  # the attempt's key, turned into its fingerprint only when a line is written
 
 
-def bind_request(request_id: str, provider: str | None = None, model: str | None = None) -> None:
-    """Start a request's log context (in its own task): later lines carry these fields."""
+def bind_request(request_id: str) -> None:
+    """Start a request's log context (in its own task): later lines carry its id."""
     fields = _REQUEST.get()
     if fields is None or fields.get("request_id") != request_id:
-        fields = {"request_id": request_id}
-        _REQUEST.set(fields)
-    if provider is not None:
+        _REQUEST.set({"request_id": request_id})
+
+
+def bind_provider(provider: str, model: str) -> None:
+    """Lines from now on carry the request's provider and model."""
+    fields = _REQUEST.get()
+    if fields is not None:
         fields["provider"] = provider
         fields["model"] = model
 

@@ -43,7 +43,7 @@ class Provider:
     limiter: KeyLimiter | None = None  # fleet-wide per-key limits, when the provider sets any
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: built for every request, and frozen inits cost more
 class Call:
     """One client request, as the edge parsed it (the body is forwarded as raw bytes)."""
 
@@ -60,7 +60,7 @@ class Call:
     timing: Timing = field(default_factory=Timing)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Forward:
     """A successful upstream response for the edge to pass on: `body` when it was read whole
     (a small plain answer), else the edge streams it from `response`."""
@@ -229,11 +229,12 @@ class Conductor:
             )
             status = response.status
             if status < 300:
-                whole = await response.read() if _read_whole(call, response) else None
-                ok = Outcome(reason=None, blame=Blame.NONE, status=status)
+                ok = _success(status)
+                if _read_whole(call, response):  # judged once the client has it (`finish`)
+                    return Forward(response, lease, attempt, await response.read())
                 provider.guard.judge(lease.egress, lease.key_id, ok, self.clock())
                 self._observed(call, lease, ok, response.headers, None)
-                return Forward(response, lease, attempt, whole)
+                return Forward(response, lease, attempt)
             body = await response.read_prefix(ERROR_PREFIX_BYTES)
         except asyncio.CancelledError:
             provider.guard.forget(lease.egress, self.clock())
@@ -301,9 +302,25 @@ class Conductor:
         debug.response(mode, outcome.status, headers, body, lease.secret)
 
     def finish(self, call: Call, forward: Forward, outcome: Outcome) -> None:
-        """Release the key of a streamed answer once its body ended (or failed, or was cut)."""
-        learnt = call.provider.guard.judge_end(forward.lease.egress, outcome)
-        self._release(call.provider, forward.lease, learnt)
+        """Release the key of a forwarded answer once the client has it (or the stream failed
+        or was cut). An answer read whole is judged only now, off the request's path."""
+        lease, guard = forward.lease, call.provider.guard
+        if forward.body is not None:
+            ok = _success(forward.response.status)
+            guard.judge(lease.egress, lease.key_id, ok, self.clock())
+            self._observed(call, lease, ok, forward.response.headers, None)
+        learnt = guard.judge_end(lease.egress, outcome)
+        self._release(call.provider, lease, learnt)
+
+
+_SUCCESSES = {
+    status: Outcome(reason=None, blame=Blame.NONE, status=status) for status in range(300)
+}
+
+
+def _success(status: int) -> Outcome:
+    """The outcome of an answer below 300 (from a table: one fewer object per request)."""
+    return _SUCCESSES[status]
 
 
 def _backoff(step: RetryStep, attempt: int, rng: random.Random) -> float:
