@@ -18,7 +18,6 @@ from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-import aiohttp
 import orjson
 from starlette.types import Message, Receive, Scope, Send
 
@@ -260,7 +259,7 @@ async def _relay(
                 if timing.first_byte is None:
                     timing.first_byte = now
                 await send({"type": "http.response.body", "body": chunk, "more_body": True})
-    except (aiohttp.ClientError, OSError) as error:  # OSError: http1's and timeouts
+    except OSError as error:  # timeouts included; both transports raise OSErrors only
         timed_out = isinstance(error, TimeoutError)
         log.warning("upstream failed mid-response: %s", type(error).__name__)
         status = 504 if timed_out else 502

@@ -63,7 +63,9 @@ class Guard:
         self._streak: set[int] = set()  # keys failing provider-side since the last success
         self._cut: set[str] = set()  # egresses that broke a stream since their last success
         self._closed_until: dict[str, float] = {}  # egress → when it may be tried again
-        self._egress_of: dict[int, str] = {}  # key id → its egress, as last leased
+        # key id → its egress as last leased, for keys leaving through a proxy only: with
+        # 100,000 direct keys a full map would hold ~10 MB for nothing
+        self._egress_of: dict[int, str] = {}
         self._watcher: Callable[[BreakerState], None] | None = None
 
     # -- the provider -----------------------------------------------------------------------------
@@ -103,16 +105,20 @@ class Guard:
 
     def note(self, key_id: int, egress: str) -> None:
         """Remember which egress a key leaves through (so `skips()` can avoid it cheaply)."""
-        self._egress_of[key_id] = egress
+        if egress != DIRECT:
+            self._egress_of[key_id] = egress
+        elif key_id in self._egress_of:
+            del self._egress_of[key_id]
 
-    def egress_of(self, key_id: int) -> str | None:
-        """The egress a key left through when last leased (None: never leased)."""
-        return self._egress_of.get(key_id)
+    def egress_of(self, key_id: int) -> str:
+        """The egress a key left through when last leased (`direct` for one never leased)."""
+        return self._egress_of.get(key_id, DIRECT)
 
     def skips(self, key_id: int, now: float) -> bool:
-        """Is this key's egress known to be closed at `now`? (False for a key never leased.)"""
-        egress = self._egress_of.get(key_id)
-        return egress is not None and self._closed_until.get(egress, 0.0) > now
+        """Is this key's egress known to be closed at `now`? (A key never leased is taken to
+        leave directly.)"""
+        closed = self._closed_until
+        return bool(closed) and closed.get(self._egress_of.get(key_id, DIRECT), 0.0) > now
 
     def egress_closed(self, egress: str, now: float) -> Closed | None:
         """None when a call may leave through `egress` now; pair it with `judge()`/`forget()`."""

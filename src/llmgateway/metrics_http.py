@@ -9,8 +9,8 @@ import os
 import shutil
 import tempfile
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator
+from typing import TYPE_CHECKING
 
-from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -18,6 +18,9 @@ from starlette.responses import JSONResponse, Response
 from llmgateway.metrics import MULTIPROC_ENV, KeyCount, Metrics, store_key_counts
 from llmgateway.settings import Settings
 from llmgateway.store import Store
+
+if TYPE_CHECKING:
+    from aiohttp import web
 
 _REFUSED = {"error": "metrics need 'Authorization: Bearer <metrics.access_token>'"}
 
@@ -76,6 +79,7 @@ async def serving(
 ) -> AsyncIterator[str]:
     """Serve `/metrics` on host:port in this loop (aiohttp: no signal handling of its own, so
     it fits inside the Keeper's process); yields the URL."""
+    from aiohttp import web  # the Keeper's only: a gateway process never loads aiohttp's server
 
     async def handle(request: web.Request) -> web.Response:
         if not authorized(request.headers.get("authorization"), token):

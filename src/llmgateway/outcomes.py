@@ -13,11 +13,11 @@ import math
 import re
 import socket
 import ssl
+import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-import aiohttp
 import orjson
 
 from llmgateway import http1
@@ -207,33 +207,42 @@ def _outcome(reason: ErrorReason, status: int | None, retry_after: float | None)
 
 
 def exception_reason(exc: BaseException) -> ErrorReason:
-    """The reason for an exception raised while calling upstream (aiohttp, asyncio, our own)."""
-    # Order matters: aiohttp's timeout errors are OSErrors and TimeoutErrors at once.
-    if isinstance(exc, aiohttp.ConnectionTimeoutError | http1.ConnectError):
+    """The reason for an exception raised while calling upstream (http1, aiohttp, asyncio)."""
+    if isinstance(exc, http1.ConnectError):
         return ErrorReason.EGRESS_ERROR  # connect or connection-pool wait: never reached upstream
-    if isinstance(exc, TimeoutError):  # SocketTimeoutError, ServerTimeoutError, asyncio's timeout
+    # aiohttp carries only proxied traffic and is loaded on its first use: until then, no
+    # exception can be one of its own (a gateway without proxies never loads it)
+    client = sys.modules.get("aiohttp")
+    if client is not None and isinstance(exc, client.ClientError):
+        return _aiohttp_reason(client, exc)
+    if isinstance(exc, TimeoutError):  # ours, asyncio's
         return ErrorReason.TIMEOUT
-    if isinstance(exc, aiohttp.ServerDisconnectedError | aiohttp.ClientPayloadError):
+    if isinstance(exc, ConnectionResetError):
         return ErrorReason.STREAM_DISCONNECT
-    if isinstance(exc, aiohttp.ClientConnectionResetError | ConnectionResetError):
-        return ErrorReason.STREAM_DISCONNECT
-    if isinstance(exc, _EGRESS_EXCEPTIONS):
+    if isinstance(exc, EgressError | ssl.SSLError | socket.gaierror | ConnectionRefusedError):
         return ErrorReason.EGRESS_ERROR
-    if isinstance(exc, aiohttp.ClientOSError | aiohttp.ClientConnectionError | OSError):
+    if isinstance(exc, OSError):
         return ErrorReason.NETWORK_ERROR
     # Anything else is a fault of our own code or a cancellation: never count it against a key.
     return ErrorReason.EGRESS_ERROR
 
 
-_EGRESS_EXCEPTIONS = (
-    EgressError,
-    aiohttp.ClientConnectorError,  # refused, DNS, TLS, certificate, proxy connection
-    aiohttp.ServerFingerprintMismatch,
-    aiohttp.InvalidURL,
-    ssl.SSLError,
-    socket.gaierror,
-    ConnectionRefusedError,
-)
+def _aiohttp_reason(client: Any, exc: BaseException) -> ErrorReason:
+    # Order matters: aiohttp's timeout errors are OSErrors and TimeoutErrors at once.
+    if isinstance(exc, client.ConnectionTimeoutError):
+        return ErrorReason.EGRESS_ERROR  # connect or connection-pool wait: never reached upstream
+    if isinstance(exc, TimeoutError):  # SocketTimeoutError, ServerTimeoutError
+        return ErrorReason.TIMEOUT
+    if isinstance(exc, client.ServerDisconnectedError | client.ClientPayloadError):
+        return ErrorReason.STREAM_DISCONNECT
+    if isinstance(exc, client.ClientConnectionResetError):
+        return ErrorReason.STREAM_DISCONNECT
+    egress = (client.ClientConnectorError, client.ServerFingerprintMismatch, client.InvalidURL)
+    if isinstance(exc, egress):  # refused, DNS, TLS, certificate, proxy connection
+        return ErrorReason.EGRESS_ERROR
+    if isinstance(exc, client.ClientConnectionError | OSError):
+        return ErrorReason.NETWORK_ERROR
+    return ErrorReason.EGRESS_ERROR  # not about the far side: never the key's
 
 
 # --- status codes ----------------------------------------------------------------------------

@@ -210,10 +210,29 @@ def _provider_side(outcome: Outcome | bool) -> bool | None:
 
 @dataclass(slots=True)
 class _Window:
-    events: deque[tuple[float, int, bool]] = field(default_factory=deque)
-    limited: int = 0  # 429s in the window
+    limits: deque[tuple[float, int]] = field(default_factory=deque)  # (when, key_id) of 429s
+    # other answers, counted per whole second: thousands per second must not cost an object
+    # each (so they leave the window up to a second late)
+    answers: deque[list[int]] = field(default_factory=deque)  # [second, count]
+    others: int = 0  # the other answers in the window
     by_key: dict[int, int] = field(default_factory=dict)  # key_id → its 429s in the window
     blocked_until: float = 0.0
+
+    @property
+    def limited(self) -> int:
+        """429s in the window."""
+        return len(self.limits)
+
+    @property
+    def total(self) -> int:
+        """Answers in the window."""
+        return len(self.limits) + self.others
+
+    def clear(self) -> None:
+        self.limits.clear()
+        self.answers.clear()
+        self.others = 0
+        self.by_key.clear()
 
 
 class EgressLimiter:
@@ -248,21 +267,21 @@ class EgressLimiter:
         if window.blocked_until > now:
             return is_429
         self._prune(window, now)
-        events = window.events
-        events.append((now, key_id, is_429))
-        if is_429:
-            window.limited += 1
-            window.by_key[key_id] = window.by_key.get(key_id, 0) + 1
-        wide = (
-            is_429
-            and len(window.by_key) >= self.min_keys
-            and window.limited >= self.ratio * len(events)
-        )
+        if not is_429:
+            second = int(now)
+            answers = window.answers
+            if answers and answers[-1][0] == second:
+                answers[-1][1] += 1
+            else:
+                answers.append([second, 1])
+            window.others += 1
+            return False
+        window.limits.append((now, key_id))
+        window.by_key[key_id] = window.by_key.get(key_id, 0) + 1
+        wide = len(window.by_key) >= self.min_keys and window.limited >= self.ratio * window.total
         if wide:
             window.blocked_until = now + self.cooldown_sec
-            events.clear()
-            window.by_key.clear()
-            window.limited = 0
+            window.clear()
         return wide
 
     def suspect(self, egress: str, now: float) -> bool:
@@ -277,15 +296,16 @@ class EgressLimiter:
         if window.blocked_until > now - self.window_sec:
             return True
         self._prune(window, now)
-        events = window.events
-        return len(window.by_key) >= 2 and window.limited >= self.ratio * len(events)
+        return len(window.by_key) >= 2 and window.limited >= self.ratio * window.total
 
     def _prune(self, window: _Window, now: float) -> None:
-        events = window.events
-        while events and events[0][0] <= now - self.window_sec:
-            _, old_key, old_429 = events.popleft()
-            if old_429:
-                _forget(window, old_key)
+        start = now - self.window_sec
+        limits = window.limits
+        while limits and limits[0][0] <= start:
+            _forget(window, limits.popleft()[1])
+        answers = window.answers
+        while answers and answers[0][0] + 1 <= start:
+            window.others -= answers.popleft()[1]
 
     def blocked_until(self, egress: str, now: float) -> float | None:
         """When the egress's cooldown ends, or None when it is not cooling down."""
@@ -296,7 +316,6 @@ class EgressLimiter:
 
 
 def _forget(window: _Window, key_id: int) -> None:
-    window.limited -= 1
     left = window.by_key[key_id] - 1
     if left:
         window.by_key[key_id] = left

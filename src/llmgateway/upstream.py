@@ -13,12 +13,13 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Awaitable, Mapping
 from dataclasses import dataclass, field
-from typing import Protocol
-
-import aiohttp
+from typing import TYPE_CHECKING, Protocol
 
 from llmgateway import http1
 from llmgateway.settings import Timeouts
+
+if TYPE_CHECKING:  # loaded on the first proxied call: a gateway without proxies never needs it
+    import aiohttp
 
 DIRECT = "direct"
 """The egress id of traffic that leaves without an outbound proxy."""
@@ -65,26 +66,48 @@ class _ViaProxy:
         return self.response.content_length
 
     async def read(self) -> bytes:
-        async with asyncio.timeout_at(self.deadline):
-            return await self.response.read()
+        try:
+            async with asyncio.timeout_at(self.deadline):
+                return await self.response.read()
+        except OSError:
+            raise
+        except Exception as error:
+            raise _cut(error) from error
 
     async def read_prefix(self, limit: int) -> bytes:
         parts: list[bytes] = []
         size = 0
-        async with asyncio.timeout_at(self.deadline):
-            while size < limit:
-                chunk = await self.response.content.read(limit - size)
-                if not chunk:
-                    break
-                parts.append(chunk)
-                size += len(chunk)
+        try:
+            async with asyncio.timeout_at(self.deadline):
+                while size < limit:
+                    chunk = await self.response.content.read(limit - size)
+                    if not chunk:
+                        break
+                    parts.append(chunk)
+                    size += len(chunk)
+        except OSError:
+            raise
+        except Exception as error:
+            raise _cut(error) from error
         return b"".join(parts)
 
-    def chunks(self) -> AsyncIterator[bytes]:
-        return self.response.content.iter_any()
+    async def chunks(self) -> AsyncIterator[bytes]:
+        try:
+            async for chunk in self.response.content.iter_any():
+                yield chunk
+        except OSError:
+            raise
+        except Exception as error:
+            raise _cut(error) from error
 
     def close(self) -> None:
         self.response.release()
+
+
+def _cut(error: Exception) -> http1.Disconnected:
+    """A body read's failure as the OSError the edge expects of either transport (aiohttp's
+    payload and disconnect errors are not OSErrors)."""
+    return http1.Disconnected(f"the upstream broke off: {type(error).__name__}")
 
 
 def client_timeout(timeouts: Timeouts) -> aiohttp.ClientTimeout:
@@ -94,6 +117,8 @@ def client_timeout(timeouts: Timeouts) -> aiohttp.ClientTimeout:
     pool surfaces as a connect timeout (an egress fault, never the key's); `sock_read` bounds
     the silence between two chunks; the whole request is bounded by the caller's deadline.
     """
+    import aiohttp
+
     return aiohttp.ClientTimeout(
         total=None,
         connect=timeouts.pool + timeouts.connect,
@@ -163,6 +188,8 @@ class Upstream:
     def _session(self, egress: str) -> aiohttp.ClientSession:
         session = self._sessions.get(egress)
         if session is None or session.closed:
+            import aiohttp
+
             connector = aiohttp.TCPConnector(
                 limit=self.limits.total,
                 limit_per_host=self.limits.per_origin,
