@@ -185,7 +185,9 @@ class Gateway:
         twice, as rows and as pool entries); returns the revision it is current as of."""
         assert self.store is not None
         top = await self.store.max_key_id()
-        present: dict[str, set[int]] = {name: set() for name in self.providers}
+        # one bit per key id seen, per provider: sets of 100,000 ids would leave the heap
+        # fragmented long after the load (ids above `top` are newer than the load: kept)
+        present = {name: bytearray((top >> 3) + 1) for name in self.providers}
         revision: int | None = None
         low = 0
         while revision is None or low < top:
@@ -194,13 +196,19 @@ class Gateway:
                 revision = page.revision
                 self._note_proxies(page.proxies)
             for row in page.keys:
-                if row.provider in present:
-                    present[row.provider].add(row.key_id)
+                seen = present.get(row.provider)
+                if seen is not None and row.key_id <= top:
+                    seen[row.key_id >> 3] |= 1 << (row.key_id & 7)
             self.apply_rows(page.keys)
             low += LOAD_PAGE
         now = self.clock()
         for name, provider in self.providers.items():
-            gone = provider.pool.key_ids() - present[name]
+            seen = present[name]
+            gone = [
+                key_id
+                for key_id in provider.pool.key_ids()
+                if key_id <= top and not seen[key_id >> 3] & (1 << (key_id & 7))
+            ]
             if gone:
                 provider.pool.apply((), gone, now)
         return revision

@@ -19,7 +19,7 @@ import heapq
 import math
 import random
 from collections import Counter
-from collections.abc import Collection, Iterable
+from collections.abc import Collection, Iterable, KeysView
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -109,6 +109,9 @@ class _Key:
     failures: int = 0  # provider-side failures in a row
     ejections: int = 0  # ejections in a row (the multiplier), decaying while healthy
     ejected_until: float = 0.0
+    # positions in the two bags nearly every key is in (see `_Bag`); -1: not in it
+    ready_at: int = -1
+    ejected_at: int = -1
 
     def scoped(self, name: str) -> _Scoped | None:
         """The key's state in scope `name`, if it has one."""
@@ -128,27 +131,45 @@ class _Key:
 
 
 class _Bag:
-    """Keys with O(1) add, remove and random access (swap-remove)."""
+    """Keys with O(1) add, remove and random access (swap-remove).
 
-    __slots__ = ("_pos", "items")
+    A key's position is kept in a slot of the key (`slot`: `ready_at` for the first configured
+    scope, `ejected_at` for the ejected keys) or, for the bags of other scopes, in a dict: a
+    dict for every bag would cost ~8 MB per 100,000 keys."""
 
-    def __init__(self) -> None:
+    __slots__ = ("_pos", "_slot", "items")
+
+    def __init__(self, slot: Literal["ready_at", "ejected_at"] | None = None) -> None:
         self.items: list[_Key] = []
+        self._slot = slot
         self._pos: dict[int, int] = {}
 
     def add(self, key: _Key) -> None:
-        if key.key_id not in self._pos:
-            self._pos[key.key_id] = len(self.items)
+        slot = self._slot
+        if slot is None:
+            if key.key_id not in self._pos:
+                self._pos[key.key_id] = len(self.items)
+                self.items.append(key)
+        elif getattr(key, slot) < 0:
+            setattr(key, slot, len(self.items))
             self.items.append(key)
 
-    def discard(self, key_id: int) -> None:
-        index = self._pos.pop(key_id, None)
-        if index is None:
+    def discard(self, key: _Key) -> None:
+        slot = self._slot
+        if slot is None:
+            index = self._pos.pop(key.key_id, -1)
+        else:
+            index = getattr(key, slot)
+            setattr(key, slot, -1)
+        if index < 0:
             return
         last = self.items.pop()
         if index < len(self.items):
             self.items[index] = last
-            self._pos[last.key_id] = index
+            if slot is None:
+                self._pos[last.key_id] = index
+            else:
+                setattr(last, slot, index)
 
     def __len__(self) -> int:
         return len(self.items)
@@ -157,7 +178,7 @@ class _Bag:
 @dataclass(slots=True, eq=False)
 class _Scope:
     name: str
-    ready: _Bag = field(default_factory=_Bag)
+    ready: _Bag = field(default_factory=_Bag)  # the first configured scope's: _Bag("ready_at")
     waiting: list[tuple[float, int]] = field(default_factory=list)  # (deadline, key_id) heap
     cursor: int = 0  # round-robin position
 
@@ -185,9 +206,12 @@ class KeyPool:
         self._max_inflight = max_inflight
         self._keys: dict[int, _Key] = {}
         names = (ALL_MODELS,) if shared else self._models
-        self._scopes: dict[str, _Scope] = {name: _Scope(name) for name in names}
+        self._scopes: dict[str, _Scope] = {
+            name: _Scope(name, _Bag("ready_at" if index == 0 else None))
+            for index, name in enumerate(names)
+        }
         self._lazy: list[str] = []
-        self._ejected = _Bag()
+        self._ejected = _Bag("ejected_at")
         self._ejections: list[tuple[float, int]] = []  # (ejected_until, key_id) heap
         self._leases: dict[int, _Key] = {}
         self._last_lease = 0
@@ -207,9 +231,9 @@ class KeyPool:
         for key_id in removed_key_ids:
             key = self._keys.pop(key_id, None)
             if key is not None:
-                self._ejected.discard(key_id)
+                self._ejected.discard(key)
                 for scope in self._scopes.values():
-                    scope.ready.discard(key_id)
+                    scope.ready.discard(key)
         for entry in entries:
             self._apply_entry(entry, now)
         self._within_ejection_cap(now)
@@ -248,7 +272,7 @@ class KeyPool:
         unejected = status is KeyStatus.VALID and changed and key.ejected_until > now
         if unejected:  # a probe passed: un-eject and forget the failures (Envoy does the same)
             key.ejected_until, key.failures = now, 0
-            self._ejected.discard(key.key_id)
+            self._ejected.discard(key)
         if fresh or unejected or was_invalid != bool(key.invalid_in):
             self._place_everywhere(key, now)
         else:
@@ -438,7 +462,7 @@ class KeyPool:
         st.status = status
         if status in _KEY_LEVEL:
             for scope in self._scopes.values():
-                scope.ready.discard(key.key_id)
+                scope.ready.discard(key)
         else:
             self._place(key, self._scope(name, now), now)
         model = self._durable_model(name, key_level=status in _KEY_LEVEL)
@@ -464,7 +488,7 @@ class KeyPool:
         self._ejected.add(key)
         heapq.heappush(self._ejections, (until, key.key_id))
         for scope in self._scopes.values():
-            scope.ready.discard(key.key_id)
+            scope.ready.discard(key)
         reason = outcome.reason or ErrorReason.SERVER_ERROR
         status = KeyStatus(reason.value)
         st = key.scoped(name)
@@ -499,14 +523,14 @@ class KeyPool:
     def _place(self, key: _Key, scope: _Scope, now: float) -> None:
         """Put the key where it belongs for `scope`: in the bag, waiting for a deadline, or out."""
         if key.invalid_in or key.ejected_until > now:
-            scope.ready.discard(key.key_id)  # the store or the ejection heap brings it back
+            scope.ready.discard(key)  # the store or the ejection heap brings it back
             return
         st = key.scoped(scope.name)
         until = max(st.cooldown_until, st.blocked_until) if st is not None else 0.0
         if st is None or until <= now:
             scope.ready.add(key)
             return
-        scope.ready.discard(key.key_id)
+        scope.ready.discard(key)
         if until != math.inf and until != st.parked:
             st.parked = until
             heapq.heappush(scope.waiting, (until, key.key_id))
@@ -534,7 +558,7 @@ class KeyPool:
             key = self._keys.get(key_id)
             if key is not None and key.ejected_until == until:
                 key.ejected_until = now
-                self._ejected.discard(key_id)
+                self._ejected.discard(key)
                 self._place_everywhere(key, now)
 
     def _ejection_cap(self) -> int:
@@ -546,7 +570,7 @@ class KeyPool:
             until, key_id = heapq.heappop(heap)
             key = self._keys.get(key_id)
             if key is not None and key.ejected_until == until:
-                self._ejected.discard(key_id)
+                self._ejected.discard(key)
                 self._place_everywhere(key, now)
 
     # -- introspection -------------------------------------------------------------------------
@@ -556,9 +580,10 @@ class KeyPool:
         """How many keys the pool holds."""
         return len(self._keys)
 
-    def key_ids(self) -> set[int]:
-        """The ids of every key in the pool."""
-        return set(self._keys)
+    def key_ids(self) -> KeysView[int]:
+        """The ids of every key in the pool (a live view: copy it to change the pool while
+        going through it)."""
+        return self._keys.keys()
 
     def inflight(self, key_id: int) -> int:
         """Requests in flight on a key (0 for an unknown key)."""
