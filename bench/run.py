@@ -1,14 +1,15 @@
 """The gateway benchmark: one command, one table.
 
-    .venv/bin/python bench/run.py [--duration 5] [--keys-rss 100000] [--skip-rates]
+    .venv/bin/python bench/run.py [--duration 3] [--rounds 3] [--keys-rss 100000] [--skip-rates]
 
 The fake upstream runs in its own process (`llmgateway fake-upstream`); the gateway runs as
-`llmgateway gateway` (1 and 2 workers) on SQLite with 100 keys. wrk drives each target
-(direct to the fake, through the gateway) non-streaming and streaming at concurrency 1, 64 and
-256 (installed with apt-get when missing; without it a Python load generator is used and the
-table says so). wrk times whole responses, so the streaming time to first byte is measured
-apart, at concurrency 1, by a small client that stops its clock at the first body byte.
-"added" is the gateway's p50/p99 minus direct's at the same concurrency. Then: key-file sync
+`llmgateway gateway` (1 and 2 workers, side by side) on SQLite with 100 keys. wrk drives each
+target (direct to the fake, through the gateway) non-streaming and streaming at concurrency 1,
+64 and 256 (installed with apt-get when missing; without it a Python load generator is used and
+the table says so), the targets taking turns for `--rounds` rounds; each cell is the median of
+its rounds. wrk times whole responses, so the streaming time to first byte is measured apart,
+at concurrency 1, by a small client that stops its clock at the first body byte. "added" is the
+median over rounds of the gateway's p50/p99 minus direct's in the same round. Then: key-file sync
 and Keeper probe rates (bench/sync.py, bench/probe.py, on SQLite) and the gateway's RSS with
 100,000 keys, after a load run. Everything shares this machine's cores: wrk, the fake and the
 gateway compete for them, so compare rows of one sitting only.
@@ -95,8 +96,9 @@ def fake_upstream() -> Iterator[str]:
         process.wait()
 
 
-def write_config(folder: Path, base: str, keys: int, failing: int = 0) -> Path:
-    """A gateway config with `keys` keys, the first `failing` of them always rate-limited."""
+def write_config(folder: Path, base: str, keys: int, failing: int = 0, tag: str = "") -> Path:
+    """A gateway config with `keys` keys, the first `failing` of them always rate-limited (its
+    own database per `tag`)."""
     keys_dir = folder / f"keys-{keys}-{failing}"
     keys_dir.mkdir(parents=True, exist_ok=True)
     names = [
@@ -105,7 +107,7 @@ def write_config(folder: Path, base: str, keys: int, failing: int = 0) -> Path:
     ]
     (keys_dir / "keys.txt").write_text("\n".join(names) + "\n")
     config = {
-        "database": {"url": f"sqlite:///{folder / f'gw-{keys}-{failing}.db'}"},
+        "database": {"url": f"sqlite:///{folder / f'gw-{keys}-{failing}{tag}.db'}"},
         "logging": {"level": "WARNING"},
         "providers": {
             "bench": {
@@ -119,7 +121,7 @@ def write_config(folder: Path, base: str, keys: int, failing: int = 0) -> Path:
             }
         },
     }
-    path = folder / f"config-{keys}-{failing}.yaml"
+    path = folder / f"config-{keys}-{failing}{tag}.yaml"
     path.write_text(yaml.safe_dump(config))
     return path
 
@@ -286,61 +288,86 @@ async def ttfb(url: str, key: str, requests: int) -> tuple[float, float]:
 
 
 def load_rows(
-    wrk: str | None, folder: Path, base: str, config: Path, seconds: float
+    wrk: str | None, folder: Path, base: str, seconds: float, rounds: int
 ) -> tuple[list[Row], dict[str, float]]:
+    """Every target (direct, gateway with 1 and 2 workers) runs at once; each load is measured
+    `rounds` times, the targets taking turns (in a rotating order), so the "added" figures
+    compare runs seconds apart, not minutes: on a shared VM the machine's own speed drifts.
+    Each cell is the median of its rounds; "added" is the median of the paired differences."""
     rows: list[Row] = []
     figures: dict[str, float] = {}
-    direct_runs: dict[tuple[bool, int], Load] = {}
 
     def measure(url: str, key: str, stream: bool, concurrency: int) -> Load:
         if wrk is None:
             return asyncio.run(python_load(url, key, stream, concurrency, seconds))
         return run_wrk(wrk, url, wrk_script(folder, key, stream), concurrency, seconds)
 
-    targets: list[tuple[str, int]] = [("direct", 0), ("gateway 1w", 1), ("gateway 2w", 2)]
-    for name, workers in targets:
-        with contextlib.ExitStack() as stack:
-            if workers:
-                url, _ = stack.enter_context(gateway(config, workers))
-                key = TOKEN
-            else:
-                url, key = base, DIRECT_KEY
-            for stream in (False, True):
-                for concurrency in CONCURRENCY:
-                    load = measure(url, key, stream, concurrency)
-                    what = "stream" if stream else "chat"
-                    direct = direct_runs.setdefault((stream, concurrency), load)
-                    added = (
-                        ("", "")
-                        if not workers
-                        else (f"{load.p50 - direct.p50:+.3f}", f"{load.p99 - direct.p99:+.3f}")
+    with contextlib.ExitStack() as stack:
+        targets = {"direct": (base, DIRECT_KEY)}
+        for workers in (1, 2):
+            config = write_config(folder, base, 100, tag=f"{workers}w")
+            targets[f"gateway {workers}w"] = (
+                stack.enter_context(gateway(config, workers))[0],
+                TOKEN,
+            )
+        names = list(targets)
+        for stream in (False, True):
+            what = "stream" if stream else "chat"
+            for concurrency in CONCURRENCY:
+                runs: dict[str, list[Load]] = {name: [] for name in names}
+                for turn in range(rounds):
+                    for name in names[turn % 3 :] + names[: turn % 3]:
+                        runs[name].append(measure(*targets[name], stream, concurrency))
+                for name in names:
+                    rows.append(_load_row(what, name, concurrency, runs[name], runs["direct"]))
+                    figures[f"{name}/{what}/{concurrency}/rps"] = _median(runs[name], "rps")
+                    figures[f"{name}/{what}/{concurrency}/p50"] = _median(runs[name], "p50")
+                    figures[f"{name}/{what}/{concurrency}/added"] = _added(
+                        runs[name], runs["direct"], "p50"
                     )
-                    note = f" ({load.errors} err)" if load.errors else ""
-                    rows.append(
-                        Row(
-                            what,
-                            name,
-                            str(concurrency),
-                            f"{load.rps:,.0f}{note}",
-                            f"{load.p50:.3f}",
-                            f"{load.p99:.3f}",
-                            *added,
-                        )
-                    )
-                    figures[f"{name}/{what}/{concurrency}/rps"] = load.rps
-                    figures[f"{name}/{what}/{concurrency}/p50"] = load.p50
-            if workers in (0, 1):
-                p50, p99 = asyncio.run(ttfb(url, key, TTFB_REQUESTS))
-                figures[f"{name}/ttfb"] = p50
-                direct_ttfb = figures["direct/ttfb"], figures.get("direct/ttfb99", p99)
-                figures[f"{name}/ttfb99"] = p99
-                added = (
-                    ("", "")
-                    if not workers
-                    else (f"{p50 - direct_ttfb[0]:+.3f}", f"{p99 - direct_ttfb[1]:+.3f}")
-                )
-                rows.append(Row("stream TTFB", name, "1", "", f"{p50:.3f}", f"{p99:.3f}", *added))
+        found: dict[str, list[tuple[float, float]]] = {"direct": [], "gateway 1w": []}
+        for turn in range(rounds):
+            for name in list(found)[turn % 2 :] + list(found)[: turn % 2]:
+                found[name].append(asyncio.run(ttfb(*targets[name], TTFB_REQUESTS // rounds)))
+    for name, values in found.items():
+        p50 = statistics.median(v[0] for v in values)
+        p99 = statistics.median(v[1] for v in values)
+        added = ("", "")
+        if name != "direct":
+            pairs = list(zip(values, found["direct"], strict=True))
+            figures["ttfb/added"] = statistics.median(v[0] - d[0] for v, d in pairs)
+            added = (
+                f"{figures['ttfb/added']:+.3f}",
+                f"{statistics.median(v[1] - d[1] for v, d in pairs):+.3f}",
+            )
+        rows.append(Row("stream TTFB", name, "1", "", f"{p50:.3f}", f"{p99:.3f}", *added))
     return rows, figures
+
+
+def _median(loads: list[Load], field: str) -> float:
+    return statistics.median(getattr(load, field) for load in loads)
+
+
+def _added(loads: list[Load], direct: list[Load], field: str) -> float:
+    pairs = zip(loads, direct, strict=True)
+    return statistics.median(getattr(a, field) - getattr(d, field) for a, d in pairs)
+
+
+def _load_row(what: str, name: str, concurrency: int, loads: list[Load], direct: list[Load]) -> Row:
+    errors = sum(load.errors for load in loads)
+    note = f" ({errors} err)" if errors else ""
+    added = ("", "")
+    if loads is not direct:
+        added = (f"{_added(loads, direct, 'p50'):+.3f}", f"{_added(loads, direct, 'p99'):+.3f}")
+    return Row(
+        what,
+        name,
+        str(concurrency),
+        f"{_median(loads, 'rps'):,.0f}{note}",
+        f"{_median(loads, 'p50'):.3f}",
+        f"{_median(loads, 'p99'):.3f}",
+        *added,
+    )
 
 
 def rate_rows(base: str) -> list[Row]:
@@ -415,25 +442,28 @@ def print_table(rows: list[Row]) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
-    parser.add_argument("--duration", type=float, default=5.0, help="seconds per load run")
+    parser.add_argument("--duration", type=float, default=3.0, help="seconds per load run")
+    parser.add_argument("--rounds", type=int, default=3, help="turns of each load per target")
     parser.add_argument("--keys-rss", type=int, default=100_000)
     parser.add_argument("--skip-rates", action="store_true", help="no sync/probe/RSS rows")
     args = parser.parse_args()
     wrk = ensure_wrk()
     with tempfile.TemporaryDirectory() as tmp, fake_upstream() as base:
         folder = Path(tmp)
-        config = write_config(folder, base, 100)
-        rows, figures = load_rows(wrk, folder, base, config, args.duration)
+        rows, figures = load_rows(wrk, folder, base, args.duration, args.rounds)
         rows.append(writes_row(folder, base, wrk, args.duration))
         if not args.skip_rates:
             rows += rate_rows(base)
             row, _ = rss_row(folder, base, args.keys_rss, wrk)
             rows.append(row)
     generator = "wrk" if wrk else "Python load generator (wrk missing)"
-    print(f"load: {generator}, {args.duration:g} s per run; cores: {os.cpu_count()}")
+    print(
+        f"load: {generator}, {args.duration:g} s per run, median of {args.rounds} rounds; "
+        f"cores: {os.cpu_count()}"
+    )
     print_table(rows)
-    added_c1 = figures["gateway 1w/chat/1/p50"] - figures["direct/chat/1/p50"]
-    added_ttfb = figures["gateway 1w/ttfb"] - figures["direct/ttfb"]
+    added_c1 = figures["gateway 1w/chat/1/added"]
+    added_ttfb = figures["ttfb/added"]
     ratio = figures["gateway 1w/chat/64/rps"] / figures["direct/chat/64/rps"]
     print(
         f"targets: added p50 at c=1 {added_c1:.3f} ms (<= 0.3), streaming TTFB added "
