@@ -315,6 +315,8 @@ class Excluded:
             return False
         if key_id in self.tried or key_id in self.skipped:
             return True
+        if not self.egresses and not self.guard._closed_until:  # nothing closed: the first try
+            return False
         return self.guard.skips(key_id, self.now) or (
             bool(self.egresses) and self.guard.egress_of(key_id) in self.egresses
         )
