@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import time
 
+from prometheus_client import CollectorRegistry, Histogram
 from prometheus_client.parser import text_string_to_metric_families
 
 from llmgateway import debug
 from llmgateway.logs import Redactor
-from llmgateway.metrics import KeyCount, Metrics, Timing
+from llmgateway.metrics import OVERHEAD_BUCKETS, KeyCount, Metrics, Timing, _Tally
 from llmgateway.metrics_http import authorized
 from llmgateway.outcomes import Blame, ErrorReason, Outcome
 from llmgateway.resilience import BreakerState
@@ -197,3 +198,40 @@ def test_debug_scrubbers() -> None:
     text = debug.scrub_body(body, "sk-live-abcdefghijkl1234")
     assert "sk-live-abcdefghijkl1234" not in text
     assert text.endswith("(33 more bytes)")
+
+
+def test_a_tally_counts_exactly_like_prometheus_observe() -> None:
+    registry = CollectorRegistry()
+    ours = Histogram("ours", "tallied", buckets=OVERHEAD_BUCKETS, registry=registry)
+    theirs = Histogram("theirs", "observed", buckets=OVERHEAD_BUCKETS, registry=registry)
+    tally = _Tally(ours)
+    # on a bound (counted in that bucket), between bounds, past the last bound, zero
+    for value in (0.0, 0.0001, 0.00011, 0.00025, 0.5, 600.0, 601.0, 1e9):
+        tally.observe(value)
+        theirs.observe(value)
+    tally.flush()
+    tally.flush()  # a second flush adds nothing
+
+    def samples(name: str) -> list[tuple[str, dict[str, str], float]]:
+        return [
+            (s.name.removeprefix(name), s.labels, s.value)
+            for family in registry.collect()
+            if family.name == name
+            for s in family.samples
+            if not s.name.endswith("_created")
+        ]
+
+    assert samples("ours") == samples("theirs")
+    assert ("_count", {}, 8.0) in samples("ours")
+
+
+def test_in_flight_requests_reach_the_gauge_at_scrape() -> None:
+    metrics = Metrics.create()
+    bound = metrics.for_provider("p", ["m"])
+    bound.started()
+    bound.started()
+    bound.finished("m", 200, Timing())
+    assert sample(metrics, "llmgateway_inflight_requests", provider="p") == 1
+    bound.finished("m", 200, Timing())
+    assert sample(metrics, "llmgateway_inflight_requests", provider="p") == 0
+    assert sample(metrics, "llmgateway_requests_total", provider="p", model="m", code="200") == 2
