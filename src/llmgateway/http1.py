@@ -350,15 +350,18 @@ def _has_port(authority: str) -> bool:
 class Client:
     """Keep-alive HTTP/1.1 connections to any number of origins, under one set of limits."""
 
-    def __init__(self, limits: Limits = Limits()) -> None:
+    def __init__(
+        self, limits: Limits = Limits(), ssl_context: ssl.SSLContext | None = None
+    ) -> None:
         self.limits = limits
         self._origins: dict[tuple[str, str], _Origin] = {}
         self._count = 0  # open or opening connections
         self._waiters: collections.deque[asyncio.Future[None]] = collections.deque()
-        self._ssl: ssl.SSLContext | None = None
+        self._ssl = ssl_context
 
     def ssl_context(self) -> ssl.SSLContext:
-        """The TLS settings: the system's trust store, certificates and host names verified."""
+        """The TLS settings: the given context, else the system's trust store (honouring
+        SSL_CERT_FILE), with certificates and host names verified."""
         if self._ssl is None:
             self._ssl = ssl.create_default_context()
         return self._ssl

@@ -9,6 +9,7 @@ import contextlib
 import random
 import re
 import socket
+import ssl
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
@@ -17,6 +18,7 @@ from typing import Any
 
 import orjson
 import pytest
+import trustme
 
 from llmgateway.http1 import (
     Client,
@@ -104,6 +106,7 @@ class Server:
     closing it; `seen` holds (connection index, head, body) per request."""
 
     script: Script
+    tls: ssl.SSLContext | None = None
     connections: int = 0
     eofs: int = 0
     port: int = 0
@@ -127,7 +130,7 @@ class Server:
             writer.close()
 
     async def __aenter__(self) -> Server:
-        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0, ssl=self.tls)
         self.port = self._server.sockets[0].getsockname()[1]
         return self
 
@@ -584,3 +587,37 @@ async def test_against_the_fake_upstream(client: Client) -> None:
                 assert orjson.loads(data)["choices"][0]["message"]["content"]
         assert fake.calls("sk-good-1") == 2
         assert client.open_connections() == 1
+
+
+async def test_https_is_verified_and_kept_alive() -> None:
+    ca = trustme.CA()
+    served = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("localhost").configure_cert(served)
+    trusted = ssl.create_default_context()
+    ca.configure_trust(trusted)
+    async with Server(answering(OK), tls=served) as server:
+        url = f"https://localhost:{server.port}/v1/x"
+        client = Client(ssl_context=trusted)
+        try:
+            for _ in range(2):
+                response = await client.request(
+                    "POST", url, {}, b"{}", connect_timeout=2, read_timeout=2
+                )
+                assert (response.status, await response.read()) == (200, b"ok")
+                response.close()
+        finally:
+            await client.close()
+        assert server.connections == 1
+        assert [head.split(b"\r\n")[1] for _, head, _ in server.seen] == [
+            f"host: localhost:{server.port}".encode()
+        ] * 2
+        # a certificate the system does not trust: refused before anything is sent, and an
+        # egress fault (never the key's)
+        untrusting = Client()
+        try:
+            with pytest.raises(ConnectError) as refused:
+                await untrusting.request("POST", url, {}, b"{}", connect_timeout=2, read_timeout=2)
+        finally:
+            await untrusting.close()
+        assert exception_reason(refused.value) is ErrorReason.EGRESS_ERROR
+        assert len(server.seen) == 2
