@@ -15,7 +15,9 @@ from llmgateway.testing.fake_upstream import FakeUpstream
 from llmgateway.testing.faults import Behavior
 from tests.chaos.conftest import Load, chaos_settings, eventually, start_gateway, write_keys
 
-KEYS = [f"sk-egress-key-{i:08d}" for i in range(16)]
+# the proxies' ports are random, so which keys hash to which proxy is too: with 32 keys, fewer
+# than 4 on one side happens about once in 400,000 runs (with 16 it was about once in 50)
+KEYS = [f"sk-egress-key-{i:08d}" for i in range(32)]
 GEMINI = [f"AIza-egress-key-{i:08d}" for i in range(4)]
 
 
@@ -33,7 +35,7 @@ async def test_an_ip_wide_429_cools_the_egress_not_the_keys(
         provider = settings.providers["openai"]
         urls = [limited.url, fine.url]
         behind = [k for k in KEYS if egress_for(provider, k, urls) == limited.url]
-        assert 4 <= len(behind) <= 12
+        assert 4 <= len(behind) <= len(KEYS) - 4
         for key in behind:  # the fake cannot see the proxy: limit every key that uses it
             fake.set_behavior(key, Behavior(rate_limited=True, retry_after=30.0))
         async with start_gateway(settings) as gw:
