@@ -229,9 +229,9 @@ class Conductor:
             )
             status = response.status
             if status < 300:
-                ok = _success(status)
                 if _read_whole(call, response):  # judged once the client has it (`finish`)
                     return Forward(response, lease, attempt, await response.read())
+                ok = _success(status)
                 provider.guard.judge(lease.egress, lease.key_id, ok, self.clock())
                 self._observed(call, lease, ok, response.headers, None)
                 return Forward(response, lease, attempt)

@@ -11,7 +11,8 @@ provider's `timeouts`, and both answer with an `Answer`. Tests point it at the f
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Mapping
+import contextlib
+from collections.abc import AsyncIterator, Awaitable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
@@ -66,18 +67,14 @@ class _ViaProxy:
         return self.response.content_length
 
     async def read(self) -> bytes:
-        try:
+        with _oserrors_only():
             async with asyncio.timeout_at(self.deadline):
                 return await self.response.read()
-        except OSError:
-            raise
-        except Exception as error:
-            raise _cut(error) from error
 
     async def read_prefix(self, limit: int) -> bytes:
         parts: list[bytes] = []
         size = 0
-        try:
+        with _oserrors_only():
             async with asyncio.timeout_at(self.deadline):
                 while size < limit:
                     chunk = await self.response.content.read(limit - size)
@@ -85,29 +82,27 @@ class _ViaProxy:
                         break
                     parts.append(chunk)
                     size += len(chunk)
-        except OSError:
-            raise
-        except Exception as error:
-            raise _cut(error) from error
         return b"".join(parts)
 
     async def chunks(self) -> AsyncIterator[bytes]:
-        try:
+        with _oserrors_only():
             async for chunk in self.response.content.iter_any():
                 yield chunk
-        except OSError:
-            raise
-        except Exception as error:
-            raise _cut(error) from error
 
     def close(self) -> None:
         self.response.release()
 
 
-def _cut(error: Exception) -> http1.Disconnected:
-    """A body read's failure as the OSError the edge expects of either transport (aiohttp's
-    payload and disconnect errors are not OSErrors)."""
-    return http1.Disconnected(f"the upstream broke off: {type(error).__name__}")
+@contextlib.contextmanager
+def _oserrors_only() -> Iterator[None]:
+    """A body read's failure as the OSError the edge expects of either transport: aiohttp's
+    payload and disconnect errors, which are not OSErrors, become `http1.Disconnected`."""
+    try:
+        yield
+    except OSError:
+        raise
+    except Exception as error:
+        raise http1.Disconnected(f"the upstream broke off: {type(error).__name__}") from error
 
 
 def client_timeout(timeouts: Timeouts) -> aiohttp.ClientTimeout:
