@@ -12,12 +12,14 @@ like a key or token (`sk-…`, `AIza…`, `Bearer …`, `key=…`) or equals a c
 
 from __future__ import annotations
 
+import bisect
 import contextvars
 import logging
 import logging.handlers
 import re
 import sys
 import time
+from array import array
 from collections.abc import Iterable, MutableMapping
 from pathlib import Path
 from typing import Any
@@ -43,11 +45,36 @@ _TOKENS = re.compile(r"[A-Za-z0-9._~+/=:-]{8,}")
 _requests = logging.getLogger("llmgateway.request")
 
 
+class Digests:
+    """A set of strings kept as the sorted array of their 64-bit hashes.
+
+    100,000 keys take 0.8 MB here, against ~13 MB as a set of strings (a second copy of what
+    the pool holds). A hash collision can only mask one token too many.
+    """
+
+    __slots__ = ("_hashes",)
+
+    def __init__(self, items: Iterable[str] = ()) -> None:
+        self._hashes = array("q", sorted({hash(item) for item in items}))
+
+    def update(self, items: Iterable[str]) -> None:
+        """Add `items` (rare: a sort of everything)."""
+        self._hashes = array("q", sorted({*self._hashes, *(hash(item) for item in items)}))
+
+    def __contains__(self, item: object) -> bool:
+        found = hash(item)
+        at = bisect.bisect_left(self._hashes, found)
+        return at < len(self._hashes) and self._hashes[at] == found
+
+    def __len__(self) -> int:
+        return len(self._hashes)
+
+
 class Redactor:
     """A structlog processor masking every string value that holds a secret."""
 
     def __init__(self, secrets: Iterable[str] = ()) -> None:
-        self.secrets = {s for s in secrets if len(s) >= 8}
+        self.secrets = Digests(s for s in secrets if len(s) >= 8)
 
     def add(self, secrets: Iterable[str]) -> None:
         """Know more secrets (e.g. keys that joined after start-up)."""
@@ -89,7 +116,7 @@ def _mask_match(match: re.Match[str]) -> str:
     return mask(match.group(0))
 
 
-def _mask_known(token: str, secrets: set[str]) -> str:
+def _mask_known(token: str, secrets: Digests) -> str:
     return mask(token) if token in secrets else token
 
 

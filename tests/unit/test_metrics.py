@@ -235,3 +235,14 @@ def test_in_flight_requests_reach_the_gauge_at_scrape() -> None:
     bound.finished("m", 200, Timing())
     assert sample(metrics, "llmgateway_inflight_requests", provider="p") == 0
     assert sample(metrics, "llmgateway_requests_total", provider="p", model="m", code="200") == 2
+
+
+def test_redactor_learns_secrets_later_and_keeps_the_rest() -> None:
+    redactor = Redactor([f"plain-secret-{i:06d}" for i in range(1000)])
+    redactor.add(["joined-later-secret"])
+    out = redactor.redact("plain-secret-000999 joined-later-secret plain-secret-001000 short")
+    assert "plain-secret-000999" not in out
+    assert "joined-later-secret" not in out
+    assert "plain-secret-001000" in out  # never told: kept
+    assert "short" in out
+    assert len(redactor.secrets) == 1001
