@@ -161,12 +161,7 @@ class Gateway:
             if self.health.revision == 0:
                 revision = await self._load_everything()
             else:
-                snapshot = await self.store.snapshot(since_revision=self.health.revision)
-                revision = snapshot.revision
-                if self._note_proxies(snapshot.proxies):
-                    revision = await self._load_everything()
-                else:
-                    self.apply_rows(snapshot.keys)
+                revision = await self._load_delta()
         except Exception as error:  # keep serving from the snapshot we have
             self.health.store_ok = False
             self.health.problem = f"store unreachable at the last refresh: {type(error).__name__}"
@@ -179,6 +174,22 @@ class Gateway:
         self.health.problem = ""
         guards = {name: provider.guard for name, provider in self.providers.items()}
         await self.board.exchange(self.store, guards, self.clock())
+
+    async def _load_delta(self) -> int:
+        """Apply what changed since the pool's revision, page by page (the gateway's own
+        status writes come back here: 100,000 of them must not sit in memory at once);
+        returns the revision it is current as of."""
+        assert self.store is not None
+        pages = self.store.snapshot_pages(since_revision=self.health.revision)
+        revision, reload = self.health.revision, False
+        async with contextlib.aclosing(pages):
+            async for page in pages:
+                if page.proxies and self._note_proxies(page.proxies):
+                    reload = True  # healthy proxies changed: every key is bound anew
+                    break
+                self.apply_rows(page.keys)
+                revision = page.revision
+        return await self._load_everything() if reload else revision
 
     async def _load_everything(self) -> int:
         """Load the whole pool, `LOAD_PAGE` keys at a time (a large pool never sits in memory

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import math
+import random
 from typing import Any
 
 import pytest
@@ -19,6 +21,7 @@ from llmgateway.store import (
     Store,
     SyncChanges,
     UnknownProviderError,
+    status,
 )
 from llmgateway.store.connect import head_revision
 from llmgateway.store.status import ERROR_MESSAGE_LIMIT
@@ -261,6 +264,67 @@ async def test_an_older_event_does_not_overwrite_a_newer_state(store: Store, clo
     assert (row.failing_since, len(row.error_message)) == (t + 10, ERROR_MESSAGE_LIMIT)
 
 
+@pytest.mark.parametrize("bulk", [True, False], ids=["one-statement", "statement-per-event"])
+async def test_a_batch_lands_as_its_events_would_one_by_one(
+    store: Store, clock: Any, monkeypatch: pytest.MonkeyPatch, bulk: bool
+) -> None:
+    """Several events per key in one batch (key-level ones among them) end as if each had
+    been applied alone, in observation order; SQLite without the one-statement write too."""
+    monkeypatch.setattr(status, "SQLITE_BULK", bulk)
+    await store.sync_providers(config(p1={}, p2={}).providers)
+    secrets = [f"sk-test-batch-{n:04d}-abcdefgh" for n in range(40)]
+    await store.sync_keys("p1", set(secrets[:20]), ["m1", "m2"], False)
+    await store.sync_keys("p2", set(secrets[20:]), ["m1", "m2"], False)
+    batched = [await key_id(store, s) for s in secrets[:20]]
+    alone = [await key_id(store, s) for s in secrets[20:]]
+    rng = random.Random(7)
+    kinds = [KeyStatus.VALID, KeyStatus.RATE_LIMITED, KeyStatus.INVALID_KEY, KeyStatus.NO_QUOTA]
+    plan = [
+        (
+            rng.randrange(20),
+            rng.choice(["m1", "m2"]),
+            rng.choice(kinds),
+            clock.now + rng.uniform(0, 100),
+            rng.choice([None, clock.now + rng.uniform(0, 500)]),
+        )
+        for _ in range(120)
+    ]
+
+    def event(ids: list[int], step: tuple[int, str, KeyStatus, float, float | None]) -> StatusEvent:
+        n, model, kind, at, until = step
+        return StatusEvent(ids[n], model, kind, at, cooldown_until=until, status_code=n)
+
+    await store.apply_events([event(batched, step) for step in plan])
+    for step in sorted(plan, key=lambda s: s[3]):
+        await store.apply_events([event(alone, step)])
+
+    async def states(group: list[str]) -> list[tuple[Any, ...]]:
+        found = []
+        for n, secret in enumerate(group):
+            for model in ("m1", "m2"):
+                row = await status_row(store, secret, model)
+                times = (row.cooldown_until, row.last_checked_at, row.failing_since)
+                found.append((n, model, row.status, *times, row.status_code))
+        return found
+
+    assert await states(secrets[:20]) == await states(secrets[20:])
+    assert {s[2] for s in await states(secrets[:20])} >= {"valid", "invalid_key"}
+
+
+async def test_an_endless_deadline_is_written(store: Store, clock: Any) -> None:
+    await one_provider(store)
+    await store.sync_keys("p1", {KEY_A, KEY_B}, ["m1"], False)
+    a, b = await key_id(store, KEY_A), await key_id(store, KEY_B)
+    await store.apply_events(
+        [
+            StatusEvent(a, "m1", KeyStatus.NO_QUOTA, clock.now, cooldown_until=math.inf),
+            StatusEvent(b, "m1", KeyStatus.VALID, clock.now),
+        ]
+    )
+    assert (await status_row(store, KEY_A, "m1")).cooldown_until == math.inf
+    assert (await status_row(store, KEY_B, "m1")).status == "valid"
+
+
 async def test_concurrent_writers_all_land(store: Store, clock: Any) -> None:
     await one_provider(store)
     await store.sync_keys("p1", {KEY_A, KEY_B, KEY_C}, ["m1"], False)
@@ -350,3 +414,19 @@ async def test_sync_proxies(store: Store) -> None:
     assert [(p.url, p.active) for p in (await store.snapshot(revision)).proxies] == [(one, False)]
     assert "secret-pass" not in repr(snapshot)
     assert await store.sync_proxies("p1", {one, two}) == SyncChanges(restored=1, active=2)
+
+
+async def test_snapshot_pages_stream_the_keys_and_lead_with_the_proxies(store: Store) -> None:
+    await one_provider(store)
+    secrets = {f"sk-test-paged-{n:04d}-abcdefgh" for n in range(5)}
+    await store.sync_keys("p1", secrets, ["m1"], False)
+    await store.sync_proxies("p1", {"http://127.0.0.1:3128"})
+    pages = [page async for page in store.snapshot_pages(page=2)]
+    assert [len(page.keys) for page in pages] == [2, 2, 1]
+    assert [len(page.proxies) for page in pages] == [1, 0, 0]
+    assert {page.revision for page in pages} == {await store.revision()}
+    assert {row.secret for page in pages for row in page.keys} == secrets
+
+    revision = await store.revision()
+    empty = [page async for page in store.snapshot_pages(revision, page=2)]
+    assert [(page.revision, page.keys, page.proxies) for page in empty] == [(revision, [], [])]

@@ -8,7 +8,7 @@ give a gateway just what changed; a write that changed nothing is rolled back.
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator, Callable, Collection, Mapping, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Collection, Mapping, Sequence
 from contextlib import asynccontextmanager
 from types import TracebackType
 from typing import Self
@@ -142,8 +142,19 @@ class Store:
         """The pool for a gateway: every active row, or (with `since_revision`) every row
         changed after that revision, removed ones included with `active=False`. `key_range`
         (`lo < key_id <= hi`) reads a large pool page by page."""
+        pages = [page async for page in self.snapshot_pages(since_revision, key_range)]
+        keys = [row for page in pages for row in page.keys]
+        return Snapshot(revision=pages[0].revision, keys=keys, proxies=pages[0].proxies)
+
+    async def snapshot_pages(
+        self, since_revision: int = 0, key_range: tuple[int, int] | None = None, page: int = 1000
+    ) -> AsyncGenerator[Snapshot, None]:
+        """`snapshot()` streamed: key rows `page` at a time, every proxy row in the first page
+        (there is always one). Holds a connection until the iteration ends: wrap it in
+        `contextlib.aclosing` where it may stop early."""
         async with self.engine.connect() as conn:
-            return await status.snapshot(conn, since_revision, key_range)
+            async for part in status.snapshot_pages(conn, since_revision, key_range, page):
+                yield part
 
     async def max_key_id(self) -> int:
         """The highest key id in the store (0 when it has none)."""
