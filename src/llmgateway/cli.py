@@ -433,6 +433,7 @@ def gateway(config: str | None, host: str | None, port: int | None, workers: int
             http="httptools",
             access_log=False,
             log_config=None,
+            ws="none",
             server_header=False,
             proxy_headers=False,
         )

@@ -20,6 +20,7 @@ def uvicorn_config(app: ASGIApp | str, host: str, port: int, **extra: object) ->
         loop="uvloop",
         http="httptools",
         lifespan="on",
+        ws="none",  # no WebSocket routes: leaves the websockets library unloaded
         access_log=False,
         log_config=None,
         server_header=False,
