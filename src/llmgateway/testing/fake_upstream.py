@@ -363,15 +363,18 @@ class FakeUpstream:
             await response.write(answer.body[: len(answer.body) // 2])
             return _drop(request, response)
         response.enable_chunked_encoding()
-        await response.prepare(request)
         delay = self.chunk_delay if behavior.chunk_delay is None else behavior.chunk_delay
-        for index, event in enumerate(answer.events):
-            if drop is not None and index >= drop:
-                return _drop(request, response)
-            if delay > 0 and index > 0:
-                await asyncio.sleep(delay)
-            await response.write(event)
-        await response.write_eof()
+        try:
+            await response.prepare(request)
+            for index, event in enumerate(answer.events):
+                if drop is not None and index >= drop:
+                    return _drop(request, response)
+                if delay > 0 and index > 0:
+                    await asyncio.sleep(delay)
+                await response.write(event)
+            await response.write_eof()
+        except ConnectionResetError:  # the client left mid-stream (a load run ending): no error
+            pass
         return response
 
     # --- answers -------------------------------------------------------------------------------
