@@ -21,7 +21,8 @@ from tests.e2e.test_scaleout import free_port, wait_ready
 TOKEN = "gw-soak-token-0001"
 OPENAI_KEYS = 60_000
 GEMINI_KEYS = 40_000
-RSS_LIMIT_MIB = 150.0
+RSS_LIMIT_MIB = 150e6 / 2**20
+"""The target, 150 MB, in the MiB that /proc reports (143.05)."""
 SOAK_SEC = 40.0
 WARMUP_SEC = 10.0
 
@@ -76,7 +77,7 @@ async def start_gateway(config: Path) -> tuple[asyncio.subprocess.Process, int]:
     return process, port
 
 
-async def test_100k_keys_fit_in_150_mib(tmp_path: Path) -> None:
+async def test_100k_keys_fit_in_150_mb(tmp_path: Path) -> None:
     async with FakeUpstream() as fake:
         process, _ = await start_gateway(write_config(tmp_path, fake))
         try:
@@ -101,6 +102,9 @@ async def test_a_soak_with_100k_keys_leaks_nothing(tmp_path: Path) -> None:
         assert fake.open_requests == 0  # every upstream call ended
     assert report.errors == 0
     assert report.requests > 1000
+    peak = max(sample.rss_mib for sample in report.samples)
+    print(f"soak: {report.requests} requests, peak RSS {peak:.1f} MiB")
+    assert peak <= RSS_LIMIT_MIB, f"RSS {peak:.0f} MiB with 100k keys under load"
     growth = report.growth_mib(WARMUP_SEC)
     assert growth <= 5.0, f"RSS grew {growth:.1f} MiB during the soak"
     assert report.file_growth(WARMUP_SEC) <= 4, "open descriptors grew: leaked connections"
