@@ -145,7 +145,10 @@ class FakeUpstream:
             self._app(), access_log=None, handler_cancellation=True, shutdown_timeout=1.0
         )
         await self._runner.setup()
-        await web.SockSite(self._runner, sock).start()
+        # aiohttp's default backlog (128) drops SYNs when a gateway opens a few hundred
+        # connections at once; the kernel retries after 1 s: a second of latency no real
+        # provider adds (uvicorn listens with 2048)
+        await web.SockSite(self._runner, sock, backlog=2048).start()
 
     async def stop(self) -> None:
         """Release hanging requests and close the server."""
