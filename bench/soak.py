@@ -40,13 +40,14 @@ def main() -> None:
                     sample_every=60,
                 )
             )
-    print(f"{'minute':>6} {'RSS MiB':>8} {'fds':>5} {'requests':>10}")
-    for sample in report.samples:
-        minute, rss = sample.at / 60, sample.rss_mib
-        print(f"{minute:>6.1f} {rss:>8.1f} {sample.open_files:>5} {sample.requests:>10}")
+    print(f"{'minute':>6} {'RSS MiB':>8} {'fds':>5} {'tasks':>6} {'requests':>10}")
+    for s in report.samples:
+        row = f"{s.at / 60:>6.1f} {s.rss_mib:>8.1f} {s.open_files:>5} {s.tasks:>6}"
+        print(f"{row} {s.requests:>10}")
     print(
         f"requests {report.requests}, errors {report.errors}, RSS growth after warm-up "
-        f"{report.growth_mib(60):+.1f} MiB, descriptors {report.file_growth(60):+d}"
+        f"{report.growth_mib(60):+.1f} MiB, descriptors {report.file_growth(60):+d}, "
+        f"event-loop tasks {report.task_growth(60):+.0f}"
     )
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import bisect
+import contextlib
 import os
 import time
 from collections.abc import Iterable
@@ -235,6 +236,7 @@ class Metrics:
     probe_duration: Histogram
     sync_changes: Counter
     limiter_unavailable: Counter
+    event_loop_tasks: Gauge
     _providers: dict[str, ProviderMetrics] = field(default_factory=dict)
 
     @classmethod
@@ -333,6 +335,13 @@ class Metrics:
                 ("provider",),
                 registry=registry,
             ),
+            event_loop_tasks=Gauge(
+                "llmgateway_event_loop_tasks",
+                "Tasks alive in the process's event loop: requests being served and background "
+                "work. Steady under steady load; a climb is a leak.",
+                registry=registry,
+                multiprocess_mode="livesum",
+            ),
         )
 
     def for_provider(self, name: str, models: Iterable[str] = ()) -> ProviderMetrics:
@@ -349,9 +358,12 @@ class Metrics:
         return bound
 
     def flush(self) -> None:
-        """Hand every provider's request tallies to prometheus-client."""
+        """Hand every provider's request tallies to prometheus-client, and count the tasks
+        of the running event loop (if any)."""
         for bound in self._providers.values():
             bound.flush()
+        with contextlib.suppress(RuntimeError):  # no running loop: leave the last count
+            self.event_loop_tasks.set(len(asyncio.all_tasks()))
 
     async def flush_every(self, seconds: float = FLUSH_SEC) -> None:
         """Flush forever (with several worker processes a scrape reads every process's values

@@ -103,8 +103,14 @@ async def test_a_soak_with_100k_keys_leaks_nothing(tmp_path: Path) -> None:
     assert report.errors == 0
     assert report.requests > 1000
     peak = max(sample.rss_mib for sample in report.samples)
-    print(f"soak: {report.requests} requests, peak RSS {peak:.1f} MiB")
+    tasks = [s.tasks for s in report.samples]
+    print(f"soak: {report.requests} requests, peak RSS {peak:.1f} MiB", end=", ")
+    print(f"event-loop tasks {min(tasks)} to {max(tasks)}")
     assert peak <= RSS_LIMIT_MIB, f"RSS {peak:.0f} MiB with 100k keys under load"
     growth = report.growth_mib(WARMUP_SEC)
     assert growth <= 5.0, f"RSS grew {growth:.1f} MiB during the soak"
     assert report.file_growth(WARMUP_SEC) <= 4, "open descriptors grew: leaked connections"
+    assert min(s.tasks for s in report.samples) > 0  # the gauge is there and counts
+    # requests in flight (up to 16, a task or two each) come and go between samples; a task
+    # leaked per request would add one per request: ~5,000 a second here
+    assert report.task_growth(WARMUP_SEC) <= 48, "event-loop tasks grew: leaked tasks"

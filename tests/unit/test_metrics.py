@@ -3,6 +3,7 @@ keep secrets out of logs (the redactor, the debug scrubbers)."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 
 from prometheus_client import CollectorRegistry, Histogram
@@ -30,6 +31,7 @@ FAMILIES = {
     "llmgateway_probe_duration_seconds": ("histogram", {"provider"}),
     "llmgateway_sync_changes": ("counter", {"provider", "kind", "change"}),
     "llmgateway_limiter_unavailable": ("counter", {"provider"}),
+    "llmgateway_event_loop_tasks": ("gauge", set()),
 }
 RATE_LIMITED = Outcome(ErrorReason.RATE_LIMITED, Blame.KEY, status=429)
 OK = Outcome(None, Blame.NONE, status=200)
@@ -235,6 +237,19 @@ def test_in_flight_requests_reach_the_gauge_at_scrape() -> None:
     bound.finished("m", 200, Timing())
     assert sample(metrics, "llmgateway_inflight_requests", provider="p") == 0
     assert sample(metrics, "llmgateway_requests_total", provider="p", model="m", code="200") == 2
+
+
+async def test_the_event_loop_tasks_are_counted_at_scrape() -> None:
+    metrics = Metrics.create()
+    before = sample(metrics, "llmgateway_event_loop_tasks")
+    parked = [asyncio.create_task(asyncio.sleep(60)) for _ in range(5)]
+    try:
+        assert sample(metrics, "llmgateway_event_loop_tasks") == before + 5
+    finally:
+        for task in parked:
+            task.cancel()
+        await asyncio.gather(*parked, return_exceptions=True)
+    assert sample(metrics, "llmgateway_event_loop_tasks") == before
 
 
 def test_redactor_learns_secrets_later_and_keeps_the_rest() -> None:

@@ -1,5 +1,6 @@
-"""A soak run: steady load on a running gateway process while its memory and open files are
-sampled, to show that neither grows (no leaked buffers, connections or tasks).
+"""A soak run: steady load on a running gateway process while its memory, open files and
+event-loop tasks are sampled, to show that none grows (no leaked buffers, connections or
+tasks).
 
 Used by `tests/soak/` (scaled down) and `bench/soak.py` (full length). Linux only: the
 samples come from `/proc/<pid>`.
@@ -22,12 +23,14 @@ STREAM = b'{"model":"gpt-4o-mini","messages":[{"role":"user","content":"hi"}],"s
 
 @dataclass(frozen=True, slots=True)
 class Sample:
-    """One look at the gateway process: seconds since the start, RSS, open descriptors."""
+    """One look at the gateway process: seconds since the start, RSS, open descriptors,
+    requests answered so far, and the tasks in its event loop (`llmgateway_event_loop_tasks`)."""
 
     at: float
     rss_mib: float
     open_files: int
     requests: int
+    tasks: int
 
 
 @dataclass(slots=True)
@@ -52,6 +55,16 @@ class SoakReport:
         """Open descriptors at the end minus just after `warmup` seconds."""
         settled = [s for s in self.samples if s.at >= warmup]
         return settled[-1].open_files - settled[0].open_files if settled else 0
+
+    def task_growth(self, warmup: float) -> float:
+        """Event-loop tasks at the end minus just after `warmup` seconds (medians of a few
+        samples taken under load: requests in flight come and go, a leak only climbs)."""
+        settled = [s for s in self.samples[:-1] if s.at >= warmup]  # the last one is idle
+        if len(settled) < 2:
+            return 0.0
+        width = max(1, len(settled) // 5)
+        first = statistics.median(s.tasks for s in settled[:width])
+        return statistics.median(s.tasks for s in settled[-width:]) - first
 
 
 def rss_mib(pid: int) -> float:
@@ -92,16 +105,31 @@ async def soak(
                 report.requests += 1
                 report.errors += response.status != 200
 
-    async def sampler() -> None:
+    async def look(scraper: aiohttp.ClientSession) -> Sample:
+        tasks = await event_loop_tasks(scraper, url)
+        at = time.monotonic() - started
+        return Sample(at, rss_mib(pid), open_files(pid), report.requests, tasks)
+
+    async def sampler(scraper: aiohttp.ClientSession) -> None:
         while time.monotonic() < end:
-            at = time.monotonic() - started
-            report.samples.append(Sample(at, rss_mib(pid), open_files(pid), report.requests))
+            report.samples.append(await look(scraper))
             await asyncio.sleep(sample_every)
 
     connector = aiohttp.TCPConnector(limit=concurrency)
-    async with aiohttp.ClientSession(connector=connector) as session:
-        await asyncio.gather(sampler(), *(client(session, i) for i in range(concurrency)))
-    report.samples.append(
-        Sample(time.monotonic() - started, rss_mib(pid), open_files(pid), report.requests)
-    )
+    async with (
+        aiohttp.ClientSession(connector=connector) as session,
+        aiohttp.ClientSession() as scraper,  # its own connection: never queued behind load
+    ):
+        await asyncio.gather(sampler(scraper), *(client(session, i) for i in range(concurrency)))
+        report.samples.append(await look(scraper))
     return report
+
+
+async def event_loop_tasks(session: aiohttp.ClientSession, url: str) -> int:
+    """`llmgateway_event_loop_tasks` from the gateway's `/metrics` (-1 when it is missing)."""
+    async with session.get(f"{url}/metrics") as response:
+        text = await response.text()
+    for line in text.splitlines():
+        if line.startswith("llmgateway_event_loop_tasks "):
+            return int(float(line.split()[1]))
+    return -1
