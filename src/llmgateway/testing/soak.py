@@ -12,6 +12,7 @@ import asyncio
 import os
 import statistics
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -44,12 +45,7 @@ class SoakReport:
     def growth_mib(self, warmup: float) -> float:
         """RSS at the end minus RSS just after `warmup` seconds (medians of a few samples)."""
         settled = [s for s in self.samples if s.at >= warmup]
-        if len(settled) < 2:
-            return 0.0
-        width = max(1, len(settled) // 5)
-        first = statistics.median(s.rss_mib for s in settled[:width])
-        last = statistics.median(s.rss_mib for s in settled[-width:])
-        return last - first
+        return _median_growth(settled, lambda s: s.rss_mib)
 
     def file_growth(self, warmup: float) -> int:
         """Open descriptors at the end minus just after `warmup` seconds."""
@@ -60,11 +56,17 @@ class SoakReport:
         """Event-loop tasks at the end minus just after `warmup` seconds (medians of a few
         samples taken under load: requests in flight come and go, a leak only climbs)."""
         settled = [s for s in self.samples[:-1] if s.at >= warmup]  # the last one is idle
-        if len(settled) < 2:
-            return 0.0
-        width = max(1, len(settled) // 5)
-        first = statistics.median(s.tasks for s in settled[:width])
-        return statistics.median(s.tasks for s in settled[-width:]) - first
+        return _median_growth(settled, lambda s: s.tasks)
+
+
+def _median_growth(samples: list[Sample], value: Callable[[Sample], float]) -> float:
+    """`value` over the last fifth of `samples` minus over the first fifth (medians)."""
+    if len(samples) < 2:
+        return 0.0
+    width = max(1, len(samples) // 5)
+    return statistics.median(map(value, samples[-width:])) - statistics.median(
+        map(value, samples[:width])
+    )
 
 
 def rss_mib(pid: int) -> float:
