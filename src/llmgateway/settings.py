@@ -187,6 +187,8 @@ class WorkerSettings(_Model):
 class MetricsSettings(_Model):
     enabled: bool = True
     access_token: str = Field(default="", repr=False)
+    # an empty access_token disables /metrics (the original's rule) unless this opens it
+    allow_unauthenticated: bool = False
 
 
 class GatewaySettings(_Model):
@@ -196,6 +198,14 @@ class GatewaySettings(_Model):
     max_body_bytes: int = Field(default=32 * 1024 * 1024, ge=1024)
     refresh_interval_sec: float = Field(default=3.0, gt=0)
     selection: Selection = Selection.LEAST_INFLIGHT
+    # limits at the edge: what one client may cost the gateway
+    client_header_timeout_sec: float = Field(default=10.0, gt=0)  # an incomplete head: dropped
+    client_body_timeout_sec: float = Field(default=30.0, gt=0)  # a silent body: 408
+    max_connections: int = Field(default=4096, ge=1)  # open client connections, per process
+    max_inflight_body_bytes: int = Field(default=512 * 1024 * 1024, ge=1024)  # beyond: 503
+    # what one upstream answer may cost: a body read whole (not a stream) beyond it is a 502
+    max_response_bytes: int = Field(default=64 * 1024 * 1024, ge=1024)
+    allow_weak_tokens: bool = False  # accept placeholder or short tokens on a public listener
 
 
 class LimitsSettings(_Model):
@@ -376,6 +386,8 @@ class GatewayPolicy(_Model):
     egress_rate_limit: EgressRateLimit = EgressRateLimit()
     max_inflight_per_key: int | None = Field(default=None, ge=1)  # None: unlimited
     key_limits: KeyLimits = KeyLimits()  # fleet-wide; counted where `limits` says
+    # routes forwarded besides the provider type's own (`[METHOD ]/path`, `*` = one segment)
+    allowed_routes: tuple[str, ...] = ()
 
 
 class _ProviderBase(_Model):
