@@ -18,12 +18,23 @@ from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-import orjson
 from starlette.types import Message, Receive, Scope, Send
 
 from llmgateway import debug, logs, providers
-from llmgateway.metrics import Timing
+from llmgateway.admission import (
+    BodyBudget,
+    BodyLimits,
+    ClientGone,
+    Refused,
+    named_model,
+    read_body,
+    resolve,
+)
+from llmgateway.metrics import OTHER_MODEL, Timing
 from llmgateway.outcomes import Blame, ErrorReason, Outcome
+from llmgateway.providers import gemini, openai, target
+from llmgateway.providers import headers as wire_headers
+from llmgateway.providers.routes import Match, Surface
 from llmgateway.proxy import CANCELLED, Call, Conductor, Forward, Provider, Reply
 from llmgateway.settings import DebugMode
 
@@ -31,46 +42,10 @@ log = logging.getLogger("llmgateway.api")
 
 SUCCESS = Outcome(reason=None, blame=Blame.NONE, status=200)
 STREAM_CUT = Outcome(reason=ErrorReason.STREAM_DISCONNECT, blame=Blame.PROVIDER)
-
-# Never forwarded upstream: hop-by-hop headers, the client's credentials, and what aiohttp sets.
-_DROP_REQUEST = frozenset(
-    {
-        "host",
-        "connection",
-        "keep-alive",
-        "proxy-authenticate",
-        "proxy-authorization",
-        "proxy-connection",
-        "te",
-        "trailer",
-        "transfer-encoding",
-        "upgrade",
-        "content-length",
-        "authorization",
-        "x-goog-api-key",
-        "api-key",
-        "cookie",
-        "accept-encoding",
-        "x-request-id",
-    }
-)
-# Never passed back to the client.
-_DROP_RESPONSE = frozenset(
-    {
-        "connection",
-        "keep-alive",
-        "proxy-authenticate",
-        "proxy-connection",
-        "te",
-        "trailer",
-        "transfer-encoding",
-        "upgrade",
-        "set-cookie",
-        "server",
-        "date",
-        "x-request-id",
-        "content-length",  # set again from what is relayed
-    }
+_INTERNAL = Refused(
+    500,
+    "internal_error",
+    "The gateway failed to serve this request (an internal error, logged with its id).",
 )
 
 
@@ -79,69 +54,82 @@ def token_digest(token: str) -> bytes:
     return hashlib.sha256(token.encode()).digest()
 
 
+_NO_TOKEN = (
+    "Missing or invalid gateway token. Send it as a Bearer token (OpenAI format) "
+    "or as x-goog-api-key (Gemini format)."
+)
+
+
 @dataclass(frozen=True, slots=True)
 class Edge:
-    """The proxied routes of one gateway process."""
+    """The proxied routes of one gateway process.
+
+    Before a key is taken, every request passes the same checks, each answered in the client's
+    API shape: its token (401), its raw path and query (400 `invalid_path`/`invalid_query`),
+    the provider's route allow-list (404), its body (413, 408, 503) and its model (400
+    `model_required`, 404 `model_not_found`). Only then is the upstream request built, from
+    the validated parts alone."""
 
     conductor: Conductor
     tokens: Mapping[bytes, tuple[str, Provider]]  # token digest → (token, provider)
-    max_body_bytes: int
+    body_limits: BodyLimits
+    bodies: BodyBudget
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         headers = _headers(scope)
         request_id = _request_id(headers.get("x-request-id"))
         started = time.perf_counter()
         logs.bind_request(request_id)
-        path: str = scope["path"]
-        query = scope["query_string"].decode("latin-1")
-        token, via_google = _client_token(headers, query)
-        shape: providers.Api = "gemini" if via_google or path.startswith("/v1beta/") else "openai"
+        raw_path: bytes = scope["raw_path"]
+        raw_query: bytes = scope["query_string"]
+        token, via_google = _client_token(headers, raw_query)
+        shape: Surface = "gemini" if via_google or raw_path.startswith(b"/v1beta/") else "openai"
         provider = self._provider(token)
         if provider is None:
-            message = (
-                "Missing or invalid gateway token. Send it as a Bearer token (OpenAI format) "
-                "or as x-goog-api-key (Gemini format)."
-            )
-            await _send_error(send, shape, 401, message, "invalid_api_key", request_id)
+            await _send_error(send, shape, Refused(401, "invalid_api_key", _NO_TOKEN), request_id)
             self.conductor.metrics.unauthorized(401)
             return
-        api = _api_for(provider, path, via_google)
-        if api is None:
-            message = f"This token's provider does not serve {path}; check the base URL."
-            await _send_error(send, shape, 404, message, "not_found", request_id)
+        api = _surface(provider, raw_path, via_google)
+        path = target.checked_path(raw_path)
+        query = target.checked_query(raw_query)
+        refused = _target_refusal(provider, api, path, query)
+        if refused is not None:
+            await self._refuse(send, provider, api or shape, refused, request_id, started)
             return
-        if api == "openai" and path == "/v1/models" and scope["method"] == "GET":
-            await _send(
-                send, 200, {"content-type": "application/json"}, _models_list(provider), request_id
+        assert api is not None
+        assert path is not None
+        assert query is not None
+        method: str = scope["method"]
+        match = provider.routes[api].match(method, path)
+        if match is None:
+            message = f"This provider does not serve {method} {path}; check the base URL."
+            refused = Refused(404, "not_found", message)
+            await self._refuse(send, provider, api, refused, request_id, started)
+            return
+        if match.route.answer != "forward":
+            await _answer_locally(send, provider, api, match, request_id)
+            return
+        try:
+            body = await read_body(
+                receive, headers.get("content-length"), self.body_limits, self.bodies
             )
+        except ClientGone:
+            log.info("client left mid-upload", extra={"request_id": request_id})
             return
-        body = await _read_body(receive, headers, self.max_body_bytes)
-        if body is None:
-            limit = self.max_body_bytes
-            message = f"The request body is larger than the gateway's limit of {limit} bytes."
-            await _send_error(send, api, 413, message, "request_too_large", request_id)
+        if isinstance(body, Refused):
+            await self._refuse(send, provider, api, body, request_id, started)
             return
-        parsed = _model_and_stream(provider, api, path, body)
-        if isinstance(parsed, str):
-            await _send_error(send, api, 400, parsed, "invalid_request", request_id)
-            return
-        model, stream = parsed
-        forward_headers = {k: v for k, v in headers.items() if k not in _DROP_REQUEST}
-        forward_headers["x-request-id"] = request_id
-        call = Call(
-            provider=provider,
-            api=api,
-            method=scope["method"],
-            path=path,
-            query=query,
-            headers=forward_headers,
-            body=body,
-            model=model,
-            stream=stream,
-            client_retry=headers.get("x-stainless-retry-count", "0") not in ("0", ""),
-            timing=Timing(started),
-        )
-        await self._serve(call, receive, send, request_id)
+        try:
+            call = _call(
+                provider, api, match, method, path, query, scope, headers, body, request_id
+            )
+            if isinstance(call, Refused):
+                await self._refuse(send, provider, api, call, request_id, started)
+                return
+            call.timing = Timing(started)
+            await self._serve(call, receive, send, request_id)
+        finally:
+            self.bodies.give(len(body))
 
     def _provider(self, token: str | None) -> Provider | None:
         if not token:
@@ -150,6 +138,21 @@ class Edge:
         if found is None or not hmac.compare_digest(found[0].encode(), token.encode()):
             return None
         return found[1]
+
+    async def _refuse(
+        self,
+        send: Send,
+        provider: Provider,
+        api: Surface,
+        refused: Refused,
+        request_id: str,
+        started: float,
+    ) -> None:
+        """Answer a request refused before a key was taken; counted and logged (INFO)."""
+        await _send_error(send, api, refused, request_id)
+        logs.bind_provider(provider.name, OTHER_MODEL)
+        self.conductor.metrics.for_provider(provider.name).refused(refused.status)
+        logs.request_done(refused.status, 0, refused.code, started)
 
     async def _serve(self, call: Call, receive: Receive, send: Send, request_id: str) -> None:
         task = asyncio.current_task()
@@ -167,7 +170,13 @@ class Edge:
         bound = self.conductor.metrics.for_provider(call.provider.name)
         bound.started()
         try:
-            result = await self.conductor.run(call, deadline)
+            try:
+                result = await self.conductor.run(call, deadline)
+            except Exception:  # our own bug: logged, answered, blamed on nobody
+                log.exception("internal error while serving the request")
+                code, ended = 500, "internal_error"
+                await _send_error(send, call.api, _INTERNAL, request_id)
+                return
             if isinstance(result, Reply):
                 code, attempts, ended = result.status, result.attempts, result.reason
                 await _send(send, result.status, result.headers, result.body, request_id)
@@ -276,6 +285,11 @@ async def _relay(
         return (
             Outcome(reason=ErrorReason.TIMEOUT, blame=Blame.PROVIDER) if timed_out else STREAM_CUT
         )
+    except Exception:  # our own bug mid-relay: logged, and blamed on nobody
+        log.exception("internal error while relaying the answer")
+        if not started:
+            await _send_error(send, call.api, _INTERNAL, request_id)
+        return CANCELLED  # returning unfinished makes the server close the connection
     await send({"type": "http.response.body", "body": b"", "more_body": False})
     return SUCCESS
 
@@ -289,12 +303,14 @@ _ids = itertools.count(1)
 
 
 def _request_id(given: str | None) -> str:
-    if given and len(given) <= 128 and given.isprintable():
+    """The client's request id when it is short visible ASCII (it is echoed and forwarded),
+    else a new one."""
+    if given and len(given) <= 128 and given.isascii() and given.isprintable():
         return given
     return f"{_ID_PREFIX}{next(_ids):012x}"
 
 
-def _client_token(headers: Mapping[str, str], query: str) -> tuple[str | None, bool]:
+def _client_token(headers: Mapping[str, str], query: bytes) -> tuple[str | None, bool]:
     """The gateway token and whether it came the Gemini way (x-goog-api-key or ?key=)."""
     google = headers.get("x-goog-api-key")
     if google:
@@ -302,77 +318,118 @@ def _client_token(headers: Mapping[str, str], query: str) -> tuple[str | None, b
     auth = headers.get("authorization", "")
     if auth[:7].lower() == "bearer ":
         return auth[7:].strip(), False
-    if "key=" in query:
-        for part in query.split("&"):
-            if part.startswith("key="):
-                return part[4:], True
+    if b"key=" in query:
+        found = target.query_parameter(query, b"key")
+        if found is not None:
+            return found, True
     return headers.get("api-key"), False
 
 
-def _api_for(provider: Provider, path: str, via_google: bool) -> providers.Api | None:
-    if provider.settings.provider_type == "gemini":
-        if path.startswith("/v1beta/") or (path.startswith("/v1/") and via_google):
-            return "gemini"
-        return "openai" if path.startswith("/v1/") else None
-    return "openai" if path.startswith("/v1/") else None
+def _surface(provider: Provider, path: bytes, via_google: bool) -> Surface | None:
+    """The wire format of the request: Gemini native (a Gemini provider's `/v1beta/`, or `/v1/`
+    with the token sent the Gemini way), else OpenAI under `/v1/`."""
+    native = path.startswith(b"/v1beta/") or (path.startswith(b"/v1/") and via_google)
+    if native and provider.settings.provider_type == "gemini":
+        return "gemini"
+    return "openai" if path.startswith(b"/v1/") else None
 
 
-async def _read_body(receive: Receive, headers: Mapping[str, str], limit: int) -> bytes | None:
-    declared = headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
-        return None
-    chunks: list[bytes] = []
-    size = 0
-    while True:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            raise asyncio.CancelledError
-        chunk: bytes = message.get("body", b"")
-        size += len(chunk)
-        if size > limit:
-            return None
-        chunks.append(chunk)
-        if not message.get("more_body", False):
-            return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+def _target_refusal(
+    provider: Provider, api: Surface | None, path: str | None, query: str | None
+) -> Refused | None:
+    if api is None:
+        return Refused(404, "not_found", "This token's provider does not serve this path.")
+    if path is None:
+        message = (
+            "The request path holds characters or segments the gateway does not forward "
+            "(control characters, spaces, '#', '\\', dot-segments, encoded '/' or '\\', "
+            "double encoding, or bytes outside RFC 3986)."
+        )
+        return Refused(400, "invalid_path", message)
+    if query is None:
+        message = "The query string holds characters outside RFC 3986; percent-encode them."
+        return Refused(400, "invalid_query", message)
+    return None
 
 
-def _model_and_stream(
-    provider: Provider, api: providers.Api, path: str, body: bytes
-) -> tuple[str, bool] | str:
-    """The model and stream flag, or a message saying what is wrong with the request."""
-    default = provider.settings.default_model
-    if api == "gemini":
-        model, stream = providers.gemini.model_from_path(path)
-        return (model or default), stream
-    if not body or body.lstrip()[:1] != b"{":
-        return default, False
-    try:
-        data = orjson.loads(body)
-    except orjson.JSONDecodeError as error:
-        return f"The request body is not valid JSON ({error}). Send a JSON object."
-    model = data.get("model") if isinstance(data, dict) else None
-    stream = bool(data.get("stream")) if isinstance(data, dict) else False
-    return (model if isinstance(model, str) and model else default), stream
+def _call(
+    provider: Provider,
+    api: Surface,
+    match: Match,
+    method: str,
+    path: str,
+    query: str,
+    scope: Scope,
+    headers: Mapping[str, str],
+    body: bytes,
+    request_id: str,
+) -> Call | Refused:
+    """The request as the attempt loop takes it, built from validated parts only."""
+    named = named_model(match, body, headers.get("content-type", ""))
+    if isinstance(named, Refused):
+        return named
+    entry = resolve(provider.catalog, match, named, provider.default_entry)
+    if isinstance(entry, Refused):
+        return entry
+    forwarded = wire_headers.forwarded(provider.forwarded[api], scope["headers"], request_id)
+    return Call(
+        provider=provider,
+        api=api,
+        route=match.route,
+        method=method,
+        path=path,
+        query=query,
+        headers=forwarded,
+        body=body,
+        model=entry,
+        stream=named.stream,
+        client_retry=headers.get("x-stainless-retry-count", "0") not in ("0", ""),
+    )
 
 
-def _models_list(provider: Provider) -> bytes:
-    data = [
-        {"id": name, "object": "model", "created": 0, "owned_by": provider.name}
-        for name in provider.settings.models
-    ]
-    return orjson.dumps({"object": "list", "data": data})
+async def _answer_locally(
+    send: Send, provider: Provider, api: Surface, match: Match, request_id: str
+) -> None:
+    """The models list (and, in the OpenAI format, one model) from the configuration and the
+    upstream's names the Keeper last fetched: no key is taken for them."""
+    names = provider.catalog.listed(provider.upstream_models)
+    if match.route.answer == "models":
+        if api == "gemini":
+            models, catalog = provider.settings.models, provider.catalog
+            body = gemini.models_list(
+                [(name, models[catalog.resolve(name) or name].endpoint_suffix) for name in names]
+            )
+        else:
+            body = openai.models_list(names, provider.name)
+        await _send(send, 200, _JSON, body, request_id)
+        return
+    wanted = match.path_model or ""
+    if provider.catalog.resolve(wanted) is None:
+        message = f"The model {wanted[:80]!r} is not served here."
+        await _send_error(send, api, Refused(404, "model_not_found", message), request_id)
+        return
+    await _send(send, 200, _JSON, openai.model_object(wanted, provider.name), request_id)
 
 
-def _start(status: int, headers: Mapping[str, str], request_id: str, length: int | None) -> Message:
-    """The response start: `headers` (lower-case names) without hop-by-hop ones and the
-    upstream's length, then ours (`length`, None when streaming) and the request id."""
-    raw = [
-        (k.encode("latin-1"), v.encode("latin-1"))
-        for k, v in headers.items()
-        if k not in _DROP_RESPONSE
-    ]
+_JSON = {"content-type": "application/json"}
+
+
+def _start(
+    status: int,
+    headers: Mapping[str, str],
+    request_id: str,
+    length: int | None,
+    *,
+    close: bool = False,
+) -> Message:
+    """The response start: what may be relayed of `headers` (lower-case names), then ours
+    (`length`, None when streaming; `close`: the connection ends with this answer) and the
+    request id."""
+    raw = wire_headers.relayed(headers)
     if length is not None:
         raw.append((b"content-length", b"%d" % length))
+    if close:
+        raw.append((b"connection", b"close"))
     raw.append((b"x-request-id", request_id.encode()))
     return {"type": "http.response.start", "status": status, "headers": raw}
 
@@ -384,8 +441,11 @@ async def _send(
     await send({"type": "http.response.body", "body": body, "more_body": False})
 
 
-async def _send_error(
-    send: Send, api: providers.Api, status: int, message: str, code: str, request_id: str
-) -> None:
-    body = providers.error_body(api, status, message, code=code)
-    await _send(send, status, {"content-type": "application/json"}, body, request_id)
+async def _send_error(send: Send, api: Surface, refused: Refused, request_id: str) -> None:
+    """A refusal in the client's API shape (`connection: close` when the body was not read)."""
+    body = providers.error_body(api, refused.status, refused.message, code=refused.code)
+    headers = _JSON
+    if refused.retry_after is not None:
+        headers = {**_JSON, "retry-after": str(max(1, int(refused.retry_after + 0.999)))}
+    await send(_start(refused.status, headers, request_id, len(body), close=refused.close))
+    await send({"type": "http.response.body", "body": body, "more_body": False})

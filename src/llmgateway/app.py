@@ -21,6 +21,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from llmgateway.admission import BodyBudget, BodyLimits
 from llmgateway.api import Edge, token_digest
 from llmgateway.breaker_board import BreakerBoard
 from llmgateway.coherence import exclusive_start, follow_store, return_freed_memory
@@ -90,7 +91,7 @@ class Gateway:
             )
             policy = provider.gateway_policy
             budget = policy.retry_budget
-            self.providers[name] = Provider(
+            self.providers[name] = Provider.build(
                 name,
                 provider,
                 pool,
@@ -126,7 +127,12 @@ class Gateway:
                 slot[0].append(entry)
         for name, (entries, removed) in by_provider.items():
             if entries or removed:
-                self.providers[name].pool.apply(entries, removed, now)
+                provider = self.providers[name]
+                known = provider.pool.key_ids()
+                joining = {e.secret for e in entries if e.key_id not in known}
+                if joining:  # so that no upstream error body hands one of them to a client
+                    provider.secrets.add(joining)
+                provider.pool.apply(entries, removed, now)
 
     def _entry(self, row: KeyRow) -> KeyEntry | None:
         """The pool entry of a store row, bound to its egress (None: no way out for it now)."""
@@ -259,7 +265,12 @@ def create_app(
         writer = StatusWriter(store.apply_events)
         gateway.writer = writer
         conductor = Conductor(gateway.upstream, writer, gateway.rng, gateway.clock, metrics)
-        edge = Edge(conductor, gateway.token_index(), settings.gateway.max_body_bytes)
+        edge_settings = settings.gateway
+        body_limits = BodyLimits(
+            edge_settings.max_body_bytes, edge_settings.client_body_timeout_sec
+        )
+        bodies = BodyBudget(edge_settings.max_inflight_body_bytes)
+        edge = Edge(conductor, gateway.token_index(), body_limits, bodies)
         app.state.edge = edge
         tasks: list[asyncio.Task[None]] = []
         wake = asyncio.Event()
@@ -338,8 +349,8 @@ class _Router:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
-            path: str = scope["path"]
-            if path.startswith(("/v1/", "/v1beta/")):
+            path: bytes = scope["raw_path"]  # the edge forwards the raw path, never the decoded
+            if path.startswith((b"/v1/", b"/v1beta/")):
                 edge = self.edge
                 if edge is None:
                     edge = self.edge = self.admin.state.edge

@@ -87,6 +87,14 @@ class Redactor:
             text = _TOKENS.sub(lambda m: _mask_known(m.group(0), self.secrets), text)
         return text
 
+    def scrub(self, body: bytes) -> bytes:
+        """`body` (any bytes, kept as they are) with every secret in it masked."""
+        if not body:
+            return body
+        text = body.decode("utf-8", "surrogateescape")
+        cleaned = self.redact(text)
+        return body if cleaned == text else cleaned.encode("utf-8", "surrogateescape")
+
     def __call__(
         self, logger: object, method: str, event: MutableMapping[str, Any]
     ) -> MutableMapping[str, Any]:

@@ -171,6 +171,12 @@ class ProviderMetrics:
         latency[1].observe(first - timing.started)
         self.overhead.observe(max(total - timing.upstream, 0.0))
 
+    def refused(self, code: int) -> None:
+        """Count a request answered before a key was taken (its path, route, body or model),
+        under the model label `other`: a requested name never becomes a label."""
+        key = (OTHER_MODEL, code)
+        self._requests[key] = self._requests.get(key, 0) + 1
+
     def attempt(self, outcome: Outcome) -> None:
         """Count one upstream attempt by how it ended."""
         reason = "ok" if outcome.reason is None else outcome.reason.value

@@ -44,6 +44,11 @@ class ErrorReason(enum.StrEnum):
     STREAM_DISCONNECT = "stream_disconnect"
     # Faults of our own side of the wire (connect, DNS, TLS, proxy, local pool): never the key's.
     EGRESS_ERROR = "egress_error"
+    # A 401 whose body does not say why: the key is doubted (taken out of this gateway's
+    # rotation for a while), and the Keeper's probe decides whether it is invalid.
+    AUTH_REFUSED = "auth_refused"
+    # A 403 about something the request names (another project's file or cache): the client's.
+    FORBIDDEN = "forbidden"
 
     @property
     def is_retryable(self) -> bool:
@@ -94,6 +99,7 @@ class KeyStatus(enum.StrEnum):
     NO_QUOTA = "no_quota"
     NO_MODEL = "no_model"
     STREAM_DISCONNECT = "stream_disconnect"
+    AUTH_REFUSED = "auth_refused"
 
 
 class Blame(enum.StrEnum):
@@ -151,6 +157,8 @@ _BLAME: dict[ErrorReason, Blame] = {
     ErrorReason.OVERLOADED: Blame.PROVIDER,
     ErrorReason.STREAM_DISCONNECT: Blame.PROVIDER,
     ErrorReason.EGRESS_ERROR: Blame.EGRESS,
+    ErrorReason.AUTH_REFUSED: Blame.KEY,
+    ErrorReason.FORBIDDEN: Blame.CLIENT,
 }
 
 
@@ -167,14 +175,18 @@ def classify(
     exc: BaseException | None,
     *,
     probe: bool = False,
+    key_route: bool = True,
     now: float | None = None,
 ) -> Outcome:
     """Say what one upstream exchange meant. Pure: no I/O, no clock; never raises.
 
     `exc` (when the exchange failed or broke mid-body) wins over `status`. `probe=True` is the
-    Keeper's view: its own payload is known-good, so a 400 means the key, and the
-    `worker_health_policy.fast_status_mapping` applies instead of the gateway policy's.
-    `now` (Unix seconds) is needed only to read a `Retry-After` given as an HTTP date.
+    Keeper's view: its own payload is known-good, so a 400 means the key, a 401/403 too, and
+    the `worker_health_policy.fast_status_mapping` applies instead of the gateway policy's.
+    A gateway request's 401/403 counts against the key only when its body says the key (or its
+    project) is refused; `key_route=False` (a route the operator added: files, batches…) makes
+    every 401/403 the client's. `now` (Unix seconds) is needed only to read a `Retry-After`
+    given as an HTTP date.
     """
     if exc is not None:
         return _outcome(exception_reason(exc), status, None)
@@ -182,6 +194,8 @@ def classify(
         return _outcome(ErrorReason.UNKNOWN, None, None)
     if 200 <= status < 300:
         return Outcome(reason=None, blame=Blame.NONE, status=status)
+    if status in (401, 403) and not probe and not key_route:
+        return _outcome(ErrorReason.FORBIDDEN, status, None)
     reason = _configured_reason(provider, status, body_prefix, probe)
     if reason is None:
         reason = _DEFAULTS[provider.provider_type](status, body_prefix, probe)
@@ -204,6 +218,16 @@ def _outcome(reason: ErrorReason, status: int | None, retry_after: float | None)
 
 
 # --- exceptions ------------------------------------------------------------------------------
+
+
+def is_transport_error(exc: BaseException) -> bool:
+    """Whether `exc` is a failure of the wire (either transport, a timeout, a fault of our
+    egress) and so has an outcome; anything else raised while calling upstream is a bug of the
+    gateway's own code, which is nobody else's fault."""
+    if isinstance(exc, OSError | EgressError):
+        return True
+    client = sys.modules.get("aiohttp")  # loaded only once a proxy is used
+    return client is not None and isinstance(exc, client.ClientError)
 
 
 def exception_reason(exc: BaseException) -> ErrorReason:
@@ -306,10 +330,21 @@ def _openai_reason(status: int, body: bytes, probe: bool) -> ErrorReason:
         return ErrorReason.EGRESS_ERROR  # the egress IP's region, not the key
     if status == 404 and b"model_not_found" in body:
         return ErrorReason.NO_MODEL
+    if status == 401 and not probe:
+        # every credential but the key is stripped: a 401 that speaks of authentication at all
+        # is about the key (OpenAI, DeepSeek, Groq, OpenRouter, vLLM word it differently), unless
+        # it says no key arrived, which our request always carries: doubted, never condemned
+        if _MISSING_KEY.search(body) or not _OPENAI_AUTH.search(body):
+            return ErrorReason.AUTH_REFUSED
+        return ErrorReason.INVALID_KEY
+    if status == 403 and not probe:
+        return ErrorReason.NO_ACCESS if _OPENAI_NO_ACCESS.search(body) else ErrorReason.FORBIDDEN
     return _common_reason(status, probe)
 
 
 def _gemini_reason(status: int, body: bytes, probe: bool) -> ErrorReason:
+    if status in (401, 403) and not probe and _MISSING_KEY.search(body):
+        return ErrorReason.AUTH_REFUSED
     if 400 <= status < 500 and status != 429 and _BAD_KEY.search(body):
         return ErrorReason.INVALID_KEY
     if status == 400 and b"User location is not supported" in body:
@@ -318,10 +353,38 @@ def _gemini_reason(status: int, body: bytes, probe: bool) -> ErrorReason:
         return ErrorReason.NO_MODEL
     if status == 429 and _PER_DAY_QUOTA.search(body):
         return ErrorReason.NO_QUOTA
+    if status in (401, 403) and _GEMINI_NO_ACCESS.search(body):
+        return ErrorReason.NO_ACCESS  # the key, or the project behind it, may not use the API
+    if status == 401 and not probe:
+        return ErrorReason.INVALID_KEY if _GEMINI_AUTH.search(body) else ErrorReason.AUTH_REFUSED
+    if status == 403 and not probe:
+        # "The caller does not have permission": a cached content, file or tuned model of
+        # another project that the request names, not the key
+        return ErrorReason.FORBIDDEN
     return _common_reason(status, probe)
 
 
-_BAD_KEY = re.compile(rb"API_KEY_INVALID|API key not valid|API key was reported as leaked")
+_BAD_KEY = re.compile(
+    rb"API_KEY_INVALID|API key not valid|API key was reported as leaked|API key expired"
+    rb"|API_KEY_EXPIRED"
+)
+_MISSING_KEY = re.compile(
+    rb"missing_api_key|didn't provide an API key|unregistered callers|no API key", re.IGNORECASE
+)
+_GEMINI_AUTH = re.compile(rb"UNAUTHENTICATED|authenticat|API key", re.IGNORECASE)
+_GEMINI_NO_ACCESS = re.compile(
+    rb"SERVICE_DISABLED|has not been used in project|API_KEY_SERVICE_BLOCKED"
+    rb"|API_KEY_[A-Z]+_BLOCKED|CONSUMER_SUSPENDED|has been suspended|BILLING_DISABLED"
+)
+_OPENAI_AUTH = re.compile(
+    rb"api[ _-]?key|authenticat|unauthori[sz]ed|credential|token|account|organization|user not",
+    re.IGNORECASE,
+)
+_OPENAI_NO_ACCESS = re.compile(
+    rb"does not have access|not allowed to (?:sample|use|access)|access to (?:this|the) model"
+    rb"|account[ _](?:is )?(?:deactivated|disabled|suspended)|billing",
+    re.IGNORECASE,
+)
 _PER_DAY_QUOTA = re.compile(rb'"quotaId"\s*:\s*"[^"]*PerDay')
 
 _DEFAULTS: dict[str, Callable[[int, bytes, bool], ErrorReason]] = {

@@ -27,7 +27,6 @@ from llmgateway.outcomes import ALL_MODELS, Blame, ErrorReason, KeyStatus, Outco
 from llmgateway.settings import OutlierDetection, Selection
 
 _SAMPLES = 8  # random draws before falling back to a scan of the scope's bag
-_MAX_LAZY_SCOPES = 64  # models not in the config tracked at once (oldest forgotten first)
 _KEY_LEVEL = frozenset({KeyStatus.INVALID_KEY, KeyStatus.NO_ACCESS})
 _BLOCKING = frozenset({KeyStatus.NO_QUOTA, KeyStatus.NO_MODEL})
 _NO_SCOPES: frozenset[str] = frozenset()
@@ -210,7 +209,6 @@ class KeyPool:
             name: _Scope(name, _Bag("ready_at" if index == 0 else None))
             for index, name in enumerate(names)
         }
-        self._lazy: list[str] = []
         self._ejected = _Bag("ejected_at")
         self._ejections: list[tuple[float, int]] = []  # (ejected_until, key_id) heap
         self._leases: dict[int, _Key] = {}
@@ -246,7 +244,7 @@ class KeyPool:
         else:
             key.secret, key.egress = entry.secret, entry.egress
         name = entry.model
-        if self._shared != (name == ALL_MODELS):  # a row of the other mode: the key only
+        if name not in self._scopes:  # the other mode's row, or a model not configured here
             if fresh:
                 self._place_everywhere(key, now)
             return
@@ -276,7 +274,7 @@ class KeyPool:
         if fresh or unejected or was_invalid != bool(key.invalid_in):
             self._place_everywhere(key, now)
         else:
-            self._place(key, self._scope(name, now), now)
+            self._place(key, self._scopes[name], now)
 
     # -- selection -----------------------------------------------------------------------------
 
@@ -287,9 +285,12 @@ class KeyPool:
     def acquire(
         self, model: str, now: float, exclude: Collection[int] = frozenset()
     ) -> Lease | Unavailable:
-        """Pick a key for `model` (not one in `exclude`) and count it in flight, or say why not."""
+        """Pick a key for `model` (not one in `exclude`) and count it in flight, or say why not.
+
+        `model` is a configured model name or pattern (the edge resolves what a client asked
+        for): scopes are never made per requested name, so no client can grow them."""
         self._expire(now)
-        scope = self._scope(self.scope(model), now)
+        scope = self._scopes[self.scope(model)]
         self._unpark(scope, now)
         if self._selection is Selection.ROUND_ROBIN:
             key = self._round_robin(scope, now, exclude)
@@ -464,18 +465,18 @@ class KeyPool:
             for scope in self._scopes.values():
                 scope.ready.discard(key)
         else:
-            self._place(key, self._scope(name, now), now)
-        model = self._durable_model(name, key_level=status in _KEY_LEVEL)
-        if model is None:
-            return None
-        return StatusChange(key.key_id, model, status, reason, until, outcome.status)
+            self._place(key, self._scopes[name], now)
+        return StatusChange(key.key_id, name, status, reason, until, outcome.status)
 
     def _provider_fault(
         self, key: _Key, name: str, outcome: Outcome, now: float
     ) -> StatusChange | None:
         key.failures += 1
         o = self._outlier
-        if key.failures < o.consecutive_failures or key.ejected_until > now:
+        # one unexplained 401 is enough to doubt a key: out at once, and the Keeper's probe
+        # (asked for by the status written below) tells whether it is invalid
+        doubted = outcome.reason is ErrorReason.AUTH_REFUSED
+        if (key.failures < o.consecutive_failures and not doubted) or key.ejected_until > now:
             return None
         if len(self._ejected) >= self._ejection_cap():
             return None  # too many ejected already: keep it in rotation
@@ -494,31 +495,9 @@ class KeyPool:
         st = key.scoped(name)
         if st is not None:
             st.status = status
-        model = self._durable_model(name, key_level=True)
-        if model is None:
-            return None
-        return StatusChange(key.key_id, model, status, reason, until, outcome.status)
-
-    def _durable_model(self, name: str, *, key_level: bool) -> str | None:
-        """The store row a finding goes to; a key-level fact from an unlisted model goes to the
-        first listed one (it excludes the key everywhere anyway)."""
-        if self._shared or name in self._models:
-            return name
-        return self._models[0] if key_level and self._models else None
+        return StatusChange(key.key_id, name, status, reason, until, outcome.status)
 
     # -- bookkeeping ---------------------------------------------------------------------------
-
-    def _scope(self, name: str, now: float) -> _Scope:
-        scope = self._scopes.get(name)
-        if scope is not None:
-            return scope
-        scope = self._scopes[name] = _Scope(name)
-        self._lazy.append(name)
-        if len(self._lazy) > _MAX_LAZY_SCOPES:
-            del self._scopes[self._lazy.pop(0)]
-        for key in self._keys.values():
-            self._place(key, scope, now)
-        return scope
 
     def _place(self, key: _Key, scope: _Scope, now: float) -> None:
         """Put the key where it belongs for `scope`: in the bag, waiting for a deadline, or out."""

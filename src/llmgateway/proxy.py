@@ -18,8 +18,11 @@ from llmgateway.events import StatusWriter
 from llmgateway.guard import Closed, Excluded, Guard
 from llmgateway.limits import KeyLimiter, Refusal
 from llmgateway.metrics import Metrics, Timing
-from llmgateway.outcomes import Blame, ErrorReason, KeyStatus, Outcome, classify
+from llmgateway.outcomes import Blame, ErrorReason, KeyStatus, Outcome, classify, is_transport_error
 from llmgateway.pool import KeyPool, Lease, Unavailable
+from llmgateway.providers import headers as wire_headers
+from llmgateway.providers.catalog import Catalog
+from llmgateway.providers.routes import Route, RouteTable, Surface, tables
 from llmgateway.resilience import RetryBudget, full_jitter_backoff
 from llmgateway.settings import ProviderSettings, RetryStep, StreamingMode
 from llmgateway.upstream import Answer, Upstream
@@ -33,7 +36,8 @@ CANCELLED = Outcome(reason=ErrorReason.UNKNOWN, blame=Blame.CLIENT)
 
 @dataclass(frozen=True, slots=True)
 class Provider:
-    """A provider instance as the gateway runs it: its settings, pool and HTTP timeouts."""
+    """A provider instance as the gateway runs it: its settings, pool, resilience state, and
+    what it serves (routes, models, forwarded headers), all built once at start."""
 
     name: str
     settings: ProviderSettings
@@ -41,6 +45,38 @@ class Provider:
     budget: RetryBudget
     guard: Guard
     limiter: KeyLimiter | None = None  # fleet-wide per-key limits, when the provider sets any
+    routes: dict[Surface, RouteTable] = field(default_factory=dict)
+    catalog: Catalog = field(default_factory=lambda: Catalog(frozenset(), ()))
+    forwarded: dict[Surface, frozenset[bytes]] = field(default_factory=dict)
+    # the pool's key secrets, to scrub upstream error bodies with; learnt as keys join
+    secrets: logs.Redactor = field(default_factory=logs.Redactor)
+    # the upstream's model names as the Keeper last fetched them (for the models lists)
+    upstream_models: list[str] = field(default_factory=list)
+
+    @classmethod
+    def build(
+        cls,
+        name: str,
+        settings: ProviderSettings,
+        pool: KeyPool,
+        budget: RetryBudget,
+        guard: Guard,
+        limiter: KeyLimiter | None = None,
+    ) -> Provider:
+        """A provider with its routes, model catalog and header allow-lists derived from
+        `settings`."""
+        routes = tables(settings)
+        forwarded = {
+            surface: wire_headers.allowed_names(settings.provider_type, surface)
+            for surface in routes
+        }
+        catalog = Catalog.of(settings.models)
+        return cls(name, settings, pool, budget, guard, limiter, routes, catalog, forwarded)
+
+    @property
+    def default_entry(self) -> str:
+        """The configured model serving `default_model` (for routes that name none)."""
+        return self.catalog.resolve(self.settings.default_model) or self.settings.default_model
 
 
 @dataclass(slots=True)  # not frozen: built for every request, and frozen inits cost more
@@ -49,12 +85,13 @@ class Call:
 
     provider: Provider
     api: providers.Api
+    route: Route
     method: str
-    path: str
-    query: str
-    headers: dict[str, str]
+    path: str  # the validated raw path, forwarded as it is
+    query: str  # the validated raw query, credentials removed
+    headers: dict[str, str]  # the allow-listed client headers
     body: bytes
-    model: str
+    model: str  # the configured model (name or pattern) serving the request: its scope
     stream: bool
     client_retry: bool
     timing: Timing = field(default_factory=Timing)
@@ -105,6 +142,7 @@ class Conductor:
     rng: random.Random
     clock: Callable[[], float] = time.time
     metrics: Metrics = field(default_factory=Metrics.create)
+    max_response_bytes: int = 64 * 1024 * 1024  # a body read whole beyond it: the upstream's fault
 
     async def run(self, call: Call, deadline: float) -> Forward | Reply:
         """Serve `call` from the pool, retrying on other keys; `deadline` is loop time."""
@@ -208,20 +246,19 @@ class Conductor:
     ) -> Forward | tuple[Reply, Outcome]:
         provider = call.provider
         settings = provider.settings
-        url = providers.upstream_url(settings, call.api, call.path, call.query)
-        name, value = providers.auth_header(settings, call.api, lease.secret)
-        headers = dict(call.headers)
-        headers[name] = value
-        logs.bind_attempt(lease.secret, attempt)
-        debug.request(
-            settings.gateway_policy.debug_mode, call.method, url, headers, call.body, lease.secret
-        )
         status: int | None = None
         response: Answer | None = None
         body = b""
-        exc: BaseException | None = None
+        exc: Exception | None = None
         sent = time.perf_counter()
         try:
+            url = providers.upstream_url(settings, call.api, call.path, call.query)
+            name, value = providers.auth_header(settings, call.api, lease.secret)
+            headers = dict(call.headers)
+            headers[name] = value
+            logs.bind_attempt(lease.secret, attempt)
+            mode = settings.gateway_policy.debug_mode
+            debug.request(mode, call.method, url, headers, call.body, lease.secret)
             if asyncio.get_running_loop().time() >= deadline:
                 raise TimeoutError
             response = await self.upstream.request(
@@ -230,20 +267,21 @@ class Conductor:
             status = response.status
             if status < 300:
                 if _read_whole(call, response):  # judged once the client has it (`finish`)
-                    return Forward(response, lease, attempt, await response.read())
+                    whole = await response.read()  # TODO-merge: read(self.max_response_bytes)
+                    return Forward(response, lease, attempt, whole)
                 ok = _success(status)
                 provider.guard.judge(lease.egress, lease.key_id, ok, self.clock())
                 self._observed(call, lease, ok, response.headers, None)
                 return Forward(response, lease, attempt)
             body = await response.read_prefix(ERROR_PREFIX_BYTES)
-        except asyncio.CancelledError:
-            provider.guard.forget(lease.egress, self.clock())
-            self._release(provider, lease, CANCELLED)
-            if response is not None:
-                response.close()
+        except Exception as error:
+            if not is_transport_error(error):  # our own bug: nobody else's fault
+                self._abandon(provider, lease, response)
+                raise
+            exc = error  # classified below; none escapes to the client
+        except BaseException:  # cancelled: the client left, or the gateway is stopping
+            self._abandon(provider, lease, response)
             raise
-        except Exception as error:  # every failure is classified, none escapes to the client
-            exc = error
         finally:
             call.timing.waited(sent)
             if response is not None and (status is None or status >= 300):
@@ -254,12 +292,21 @@ class Conductor:
             response.headers if response is not None else {},
             body,
             exc,
+            key_route=call.route.builtin,
             now=self.clock(),
         )
         learnt = provider.guard.judge(lease.egress, lease.key_id, outcome, self.clock())
         self._observed(call, lease, outcome, response.headers if response else {}, body)
         self._release(provider, lease, learnt)
         return _reply(call, status, response, body, outcome, attempt), outcome
+
+    def _abandon(self, provider: Provider, lease: Lease, response: Answer | None) -> None:
+        """An attempt that ended without an outcome: the lease and the guard's admission are
+        given back, and nothing is learnt about the key."""
+        provider.guard.forget(lease.egress, self.clock())
+        self._release(provider, lease, CANCELLED)
+        if response is not None:
+            response.close()
 
     async def _limit(
         self, call: Call, limiter: KeyLimiter, lease: Lease, excluded: Excluded
@@ -341,9 +388,11 @@ def _reply(
 ) -> Reply:
     """What the client sees if this failed attempt turns out to be the last one."""
     reason = outcome.reason.value if outcome.reason else "ok"
+    if outcome.reason is ErrorReason.FORBIDDEN:  # its body may describe the key's account
+        message = "The provider refused access to something this request names."
+        return _error(call, 403, message, "forbidden", None, attempts, reason)
     if outcome.blame is Blame.CLIENT and status is not None and response is not None:
-        headers = {k: response.headers[k] for k in _PASS_HEADERS if k in response.headers}
-        return Reply(status, headers, body, attempts, reason)
+        return _passed(call, status, response, body, attempts, reason)
     if outcome.blame is Blame.KEY:
         if outcome.reason in (ErrorReason.RATE_LIMITED, ErrorReason.NO_QUOTA):
             wait = outcome.retry_after if outcome.retry_after is not None else 1.0
@@ -352,14 +401,22 @@ def _reply(
         message = "No working key is available for this provider right now."
         return _error(call, 503, message, "no_healthy_key", 5.0, attempts, reason)
     if status is not None and response is not None and status >= 500:
-        headers = {k: response.headers[k] for k in _PASS_HEADERS if k in response.headers}
-        return Reply(status, headers, body, attempts, reason)
+        return _passed(call, status, response, body, attempts, reason)
     if outcome.reason is ErrorReason.TIMEOUT:
         return _error(
             call, 504, "The upstream did not answer in time.", "timeout", None, attempts, reason
         )
     message = "The upstream could not be reached."
     return _error(call, 502, message, "upstream_unreachable", None, attempts, reason)
+
+
+def _passed(
+    call: Call, status: int, response: Answer, body: bytes, attempts: int, reason: str
+) -> Reply:
+    """An upstream error answer passed on to the client, scrubbed of any pool key (a hostile
+    or careless upstream may echo the request it got)."""
+    headers = {k: response.headers[k] for k in _PASS_HEADERS if k in response.headers}
+    return Reply(status, headers, call.provider.secrets.scrub(body), attempts, reason)
 
 
 def _closed(call: Call, why: Closed, attempts: int) -> Reply:

@@ -86,9 +86,13 @@ async def test_metrics_after_real_traffic(gateway: GatewayFactory, fake: FakeUps
             assert reply.choices[0].message.content
         client = openai.AsyncOpenAI(base_url=f"{url}/v1", api_key=OPENAI_TOKEN, max_retries=0)
         stream = await client.chat.completions.create(
-            model="not-configured", messages=[{"role": "user", "content": "hi"}], stream=True
+            model="gpt-4o", messages=[{"role": "user", "content": "hi"}], stream=True
         )
         assert [c async for c in stream]
+        with pytest.raises(openai.NotFoundError):  # refused before a key is taken
+            await client.chat.completions.create(
+                model="not-configured", messages=[{"role": "user", "content": "hi"}]
+            )
         async with httpx.AsyncClient() as http:
             assert (
                 await http.get(f"{url}/v1/models", headers={"authorization": "Bearer no"})
@@ -102,7 +106,11 @@ async def test_metrics_after_real_traffic(gateway: GatewayFactory, fake: FakeUps
         == 6
     )
     assert (
-        value(found, "llmgateway_requests_total", provider="openai", model="other", code="200") == 1
+        value(found, "llmgateway_requests_total", provider="openai", model="gpt-4o", code="200")
+        == 1
+    )
+    assert (
+        value(found, "llmgateway_requests_total", provider="openai", model="other", code="404") == 1
     )
     assert (
         value(found, "llmgateway_requests_total", provider="none", model="other", code="401") == 1
@@ -113,7 +121,7 @@ async def test_metrics_after_real_traffic(gateway: GatewayFactory, fake: FakeUps
     assert duration == 6
     assert (
         value(
-            found, "llmgateway_time_to_first_byte_seconds_count", provider="openai", model="other"
+            found, "llmgateway_time_to_first_byte_seconds_count", provider="openai", model="gpt-4o"
         )
         == 1
     )

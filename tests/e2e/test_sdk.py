@@ -154,6 +154,22 @@ async def test_all_keys_rate_limited_gives_429_with_retry_after(
 async def test_client_fault_passes_through_unchanged(
     gateway: GatewayFactory, fake: FakeUpstream
 ) -> None:
+    fake.set_behavior(GOOD, Behavior(error_rate=1.0, error_status=422))
+    async with gateway() as url, httpx.AsyncClient() as http:
+        answer = await http.post(
+            f"{url}/v1/chat/completions",
+            headers={"authorization": f"Bearer {OPENAI_TOKEN}"},
+            content=b'{"model": "gpt-4o-mini", "messages": []}',
+        )
+    assert answer.status_code == 422
+    assert answer.json()["error"]["message"] == "The server had an error."
+    assert fake.calls(GOOD) == 1
+    assert answer.headers["x-request-id"]
+
+
+async def test_a_request_naming_no_model_is_refused_before_any_key(
+    gateway: GatewayFactory, fake: FakeUpstream
+) -> None:
     async with gateway() as url, httpx.AsyncClient() as http:
         answer = await http.post(
             f"{url}/v1/chat/completions",
@@ -161,10 +177,8 @@ async def test_client_fault_passes_through_unchanged(
             content=b'{"messages": []}',
         )
     assert answer.status_code == 400
-    assert answer.json()["error"]["type"] == "invalid_request_error"
-    assert "model parameter" in answer.json()["error"]["message"]
-    assert fake.calls(GOOD) == 1
-    assert answer.headers["x-request-id"]
+    assert answer.json()["error"]["code"] == "model_required"
+    assert fake.calls(GOOD) == 0
 
 
 async def test_body_over_limit_is_413_and_bad_json_is_400(gateway: GatewayFactory) -> None:

@@ -109,8 +109,9 @@ SHARED_ROWS = [
     (413, R.BAD_REQUEST, Blame.CLIENT),
     (422, R.BAD_REQUEST, Blame.CLIENT),
     (409, R.BAD_REQUEST, Blame.CLIENT),
-    (401, R.INVALID_KEY, Blame.KEY),
-    (403, R.NO_ACCESS, Blame.KEY),
+    # a 401/403 whose body does not say the key is refused: doubted / the client's
+    (401, R.AUTH_REFUSED, Blame.KEY),
+    (403, R.FORBIDDEN, Blame.CLIENT),
     (402, R.NO_QUOTA, Blame.KEY),
     (429, R.RATE_LIMITED, Blame.KEY),
     (408, R.TIMEOUT, Blame.PROVIDER),
@@ -167,6 +168,60 @@ def test_probe_404_is_no_model(provider: ProviderSettings) -> None:
 
 
 @BOTH
+def test_probe_401_403_blame_the_key_whatever_the_body(provider: ProviderSettings) -> None:
+    """The Keeper's probe sends its own known-good request: a refusal is the key's."""
+    assert run(provider, 401, b"{}", probe=True).reason is R.INVALID_KEY
+    assert run(provider, 403, b"{}", probe=True).reason is R.NO_ACCESS
+
+
+OPENAI_401_BODIES = [
+    b'{"error": {"message": "Incorrect API key provided: sk-...abcd.", "code": "invalid_api_key"}}',
+    b'{"error": {"message": "Authentication Fails, Your api key: ****abcd is invalid"}}',
+    b'{"error": {"message": "No auth credentials found", "code": 401}}',
+    b'{"error": "Unauthorized"}',
+    b'{"error": {"message": "User not found.", "code": 401}}',
+]
+
+
+@pytest.mark.parametrize("body", OPENAI_401_BODIES)
+def test_openai_401_that_speaks_of_the_key_is_invalid_key(body: bytes) -> None:
+    assert run(OPENAI, 401, body).reason is R.INVALID_KEY
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b"",
+        b"<html>nope</html>",
+        b'{"error": {"message": "You didn\'t provide an API key.", "code": "missing_api_key"}}',
+    ],
+    ids=["empty", "html", "missing-key"],
+)
+def test_openai_401_that_does_not_say_why_is_only_doubted(body: bytes) -> None:
+    """A key always travels with our request: "no key" or silence cannot condemn it."""
+    outcome = run(OPENAI, 401, body)
+    assert (outcome.reason, outcome.blame) == (R.AUTH_REFUSED, Blame.KEY)
+
+
+def test_openai_403_blames_the_key_only_when_its_project_lacks_access() -> None:
+    project = b'{"error": {"message": "Project `proj_x` does not have access to model `o3`"}}'
+    assert run(OPENAI, 403, project).reason is R.NO_ACCESS
+    named = b'{"error": {"message": "No such File object: file-abc", "type": "invalid_request"}}'
+    outcome = run(OPENAI, 403, named)
+    assert (outcome.reason, outcome.blame) == (R.FORBIDDEN, Blame.CLIENT)
+
+
+@BOTH
+def test_a_401_403_on_a_route_the_operator_added_never_blames_the_key(
+    provider: ProviderSettings,
+) -> None:
+    body = b'{"error": {"message": "Incorrect API key provided", "code": "invalid_api_key"}}'
+    for status in (401, 403):
+        outcome = run(provider, status, body, key_route=False)
+        assert (outcome.reason, outcome.blame) == (R.FORBIDDEN, Blame.CLIENT)
+
+
+@BOTH
 def test_probe_keeps_other_rows(provider: ProviderSettings) -> None:
     assert run(provider, 429, probe=True).reason is R.RATE_LIMITED
     assert run(provider, 500, probe=True).reason is R.SERVER_ERROR
@@ -197,6 +252,12 @@ def test_gemini_api_key_invalid_in_stream_array_and_truncated() -> None:
         (
             b'{"error": {"code": 403, "message": "The caller does not have permission",'
             b' "status": "PERMISSION_DENIED"}}',
+            R.FORBIDDEN,  # about a cached content or file of another project, not the key
+        ),
+        (
+            b'{"error": {"code": 403, "message": "Generative Language API has not been used in'
+            b' project 123 before or it is disabled.", "status": "PERMISSION_DENIED",'
+            b' "details": [{"reason": "SERVICE_DISABLED"}]}}',
             R.NO_ACCESS,
         ),
         (
@@ -210,11 +271,12 @@ def test_gemini_api_key_invalid_in_stream_array_and_truncated() -> None:
             R.INVALID_KEY,
         ),
     ],
-    ids=["no-access", "leaked", "api-key-invalid"],
+    ids=["named-resource", "service-disabled", "leaked", "api-key-invalid"],
 )
 def test_gemini_403(body: bytes, reason: ErrorReason) -> None:
     outcome = run(GEMINI, 403, body)
-    assert (outcome.reason, outcome.blame) == (reason, Blame.KEY)
+    blame = Blame.CLIENT if reason is R.FORBIDDEN else Blame.KEY
+    assert (outcome.reason, outcome.blame) == (reason, blame)
 
 
 def test_openai_insufficient_quota_is_no_quota() -> None:

@@ -417,25 +417,29 @@ def test_invalid_is_key_level_even_per_model() -> None:
     assert change is not None
     assert change.model == "a"
     assert pool.acquire("b", T0) == Unavailable("no_keys", None)
-    assert pool.acquire("unlisted", T0) == Unavailable("no_keys", None)
 
 
-def test_unlisted_model_is_tracked_lazily_under_its_own_name() -> None:
+def test_scopes_are_the_configured_models_only() -> None:
+    """A requested name is resolved to a configured entry before it reaches the pool: asking
+    for anything else is a bug, and store rows of models not configured here make no scope."""
     pool = make_pool(2, shared=False)
-    got = lease(pool, "unlisted")
-    assert got.model == "unlisted"
-    assert pool.release(got, limited(30), T0) is None  # no durable row for it
-    assert pool.state(got.key_id, "unlisted", T0) == "cooling"
-    assert pool.state(got.key_id, "a", T0) == "healthy"
-    other = lease(pool, "unlisted")
-    assert other.key_id != got.key_id
+    with pytest.raises(KeyError):
+        pool.acquire("unlisted", T0)
+    pool.apply([KeyEntry(7, "sk-seven-000000000000", "unlisted", KeyStatus.VALID, None)], [], T0)
+    assert pool.size == 3
+    assert {scope for scope, _ in pool.counts(T0)} == {"a", "b"}
+    assert pool.state(7, "a", T0) == "untested"
 
 
-def test_unlisted_model_invalid_goes_to_a_listed_row() -> None:
-    pool = make_pool(1, shared=False)
-    change = use(pool, INVALID, model="unlisted")
+def test_an_unexplained_401_ejects_the_key_at_once_and_asks_for_a_probe() -> None:
+    pool = make_pool(2, shared=False)
+    doubted = Outcome(ErrorReason.AUTH_REFUSED, Blame.KEY, 401)
+    got = lease(pool, "a")
+    change = pool.release(got, doubted, T0)
     assert change is not None
-    assert change.model == "a"
+    assert (change.status, change.model) == (KeyStatus.AUTH_REFUSED, "a")
+    assert pool.state(got.key_id, "b", T0) == "ejected"
+    assert lease(pool, "a").key_id != got.key_id
 
 
 def test_no_model_blocks_only_that_model_per_model_and_nothing_when_shared() -> None:

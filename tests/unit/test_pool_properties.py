@@ -119,7 +119,7 @@ class PoolMachine(RuleBasedStateMachine):
     def advance(self, dt: float) -> None:
         self.now += dt
 
-    @rule(model=st.sampled_from(("a", "b", "c")), exclude=st.sets(st.integers(0, 12), max_size=3))
+    @rule(model=st.sampled_from(MODELS), exclude=st.sets(st.integers(0, 12), max_size=3))
     def acquire(self, model: str, exclude: set[int]) -> None:
         scope = self.scope(model)
         got = self.pool.acquire(model, self.now, exclude)

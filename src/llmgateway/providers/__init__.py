@@ -44,22 +44,12 @@ _ERROR_BODIES = {"openai": openai.error_body, "gemini": gemini.error_body}
 
 
 def upstream_url(provider: ProviderSettings, api: Api, path: str, query: str) -> str:
-    """The upstream URL for a client request path and query string.
-
-    The client's `key=` query parameter is always dropped: the real key travels in a header.
+    """The upstream URL for a validated client path and query string (see
+    `providers.target`: the query no longer holds a `key=`; the real key travels in a header).
     Raises ValueError for a path the provider cannot serve in that format.
     """
     url = _ADAPTERS[provider.provider_type].upstream_url(provider.api_base_url, api, path)
-    query = without_key(query)
     return f"{url}?{query}" if query else url
-
-
-def without_key(query: str) -> str:
-    """A query string without its `key=` parameters (`alt=sse&key=X` → `alt=sse`)."""
-    if "key" not in query:
-        return query
-    kept = [part for part in query.split("&") if part and part.partition("=")[0] != "key"]
-    return "&".join(kept)
 
 
 def auth_header(provider: ProviderSettings, api: Api, secret: str) -> tuple[str, str]:

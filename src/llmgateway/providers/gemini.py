@@ -99,12 +99,24 @@ def error_body(
     return orjson.dumps({"error": error})
 
 
-def model_from_path(path: str) -> tuple[str | None, bool]:
-    """The model a native request path names and whether it streams:
-    `/v1beta/models/gemini-2.5-flash:streamGenerateContent` → `("gemini-2.5-flash", True)`."""
-    start = path.find("models/")
-    if start < 0:
-        return None, False
-    name, _, method = path[start + 7 :].partition(":")
-    name = name.split("/", 1)[0]
-    return (name or None), method == "streamGenerateContent"
+_METHODS = {
+    ":generateContent": ["generateContent", "streamGenerateContent", "countTokens"],
+    ":streamGenerateContent": ["generateContent", "streamGenerateContent", "countTokens"],
+    ":embedContent": ["embedContent", "batchEmbedContents", "countTokens"],
+    ":batchEmbedContents": ["embedContent", "batchEmbedContents", "countTokens"],
+}
+
+
+def models_list(models: list[tuple[str, str]]) -> bytes:
+    """The native models list (`GET /v1beta/models`) of `(name, endpoint_suffix)` pairs, each
+    with the methods its configured endpoint implies, in one page."""
+    listed = [
+        {
+            "name": f"models/{name}",
+            "baseModelId": name,
+            "displayName": name,
+            "supportedGenerationMethods": _METHODS.get(suffix, [suffix.removeprefix(":")]),
+        }
+        for name, suffix in models
+    ]
+    return orjson.dumps({"models": listed})

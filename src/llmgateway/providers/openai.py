@@ -63,13 +63,15 @@ def _type_of(status: int) -> str:
     return "invalid_request_error"
 
 
-def model_from_body(body: bytes) -> tuple[str | None, bool]:
-    """The `model` and `stream` fields of an OpenAI request body (tolerant: `(None, False)`)."""
-    try:
-        document = orjson.loads(body)
-    except orjson.JSONDecodeError:
-        return None, False
-    if not isinstance(document, dict):
-        return None, False
-    model = document.get("model")
-    return (model if isinstance(model, str) else None), document.get("stream") is True
+def models_list(names: list[str], owner: str) -> bytes:
+    """`GET /v1/models` in OpenAI's list shape."""
+    return orjson.dumps({"object": "list", "data": [_model(name, owner) for name in names]})
+
+
+def model_object(name: str, owner: str) -> bytes:
+    """`GET /v1/models/{id}`: one model in OpenAI's shape."""
+    return orjson.dumps(_model(name, owner))
+
+
+def _model(name: str, owner: str) -> dict[str, Any]:
+    return {"id": name, "object": "model", "created": 0, "owned_by": owner}
