@@ -258,7 +258,14 @@ def create_app(
         gateway.store = store
         writer = StatusWriter(store.apply_events)
         gateway.writer = writer
-        conductor = Conductor(gateway.upstream, writer, gateway.rng, gateway.clock, metrics)
+        conductor = Conductor(
+            gateway.upstream,
+            writer,
+            gateway.rng,
+            gateway.clock,
+            metrics,
+            max_response_bytes=settings.gateway.max_response_bytes,
+        )
         edge = Edge(conductor, gateway.token_index(), settings.gateway.max_body_bytes)
         app.state.edge = edge
         tasks: list[asyncio.Task[None]] = []

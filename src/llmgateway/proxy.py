@@ -105,6 +105,7 @@ class Conductor:
     rng: random.Random
     clock: Callable[[], float] = time.time
     metrics: Metrics = field(default_factory=Metrics.create)
+    max_response_bytes: int = 64 * 1024 * 1024  # a body read whole beyond it: ResponseTooLarge
 
     async def run(self, call: Call, deadline: float) -> Forward | Reply:
         """Serve `call` from the pool, retrying on other keys; `deadline` is loop time."""
@@ -230,7 +231,8 @@ class Conductor:
             status = response.status
             if status < 300:
                 if _read_whole(call, response):  # judged once the client has it (`finish`)
-                    return Forward(response, lease, attempt, await response.read())
+                    body = await response.read(self.max_response_bytes)
+                    return Forward(response, lease, attempt, body)
                 ok = _success(status)
                 provider.guard.judge(lease.egress, lease.key_id, ok, self.clock())
                 self._observed(call, lease, ok, response.headers, None)
@@ -246,7 +248,8 @@ class Conductor:
             exc = error
         finally:
             call.timing.waited(sent)
-            if response is not None and (status is None or status >= 300):
+            # not forwarded: an error answer, or a body read whole that failed (over the limit)
+            if response is not None and (status is None or status >= 300 or exc is not None):
                 response.close()
         outcome = classify(
             settings,
