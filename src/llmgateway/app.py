@@ -264,7 +264,14 @@ def create_app(
         gateway.store = store
         writer = StatusWriter(store.apply_events)
         gateway.writer = writer
-        conductor = Conductor(gateway.upstream, writer, gateway.rng, gateway.clock, metrics)
+        conductor = Conductor(
+            gateway.upstream,
+            writer,
+            gateway.rng,
+            gateway.clock,
+            metrics,
+            max_response_bytes=settings.gateway.max_response_bytes,
+        )
         edge_settings = settings.gateway
         body_limits = BodyLimits(
             edge_settings.max_body_bytes, edge_settings.client_body_timeout_sec

@@ -5,26 +5,53 @@ which alone is most of the gateway's 0.3 ms latency budget. This client does onl
 path needs: keep-alive connections pooled per origin under explicit limits, one write per request,
 responses parsed by httptools (the C parser uvicorn uses), bodies handed on chunk by chunk with
 flow control, and the provider's connect and read timeouts. Traffic through outbound proxies
-stays on aiohttp (see `llmgateway.upstream`).
+stays on aiohttp (see `llmgateway.upstream`). The receiving half, and the bounds on what an
+upstream may send, are in `llmgateway.http1_response`.
 
-Failures raise `ConnectError` (never reached the upstream: refused, DNS, TLS, connect or pool
-timeout), `ReadTimeout` (the upstream went silent) or `Disconnected` (the connection broke or the
-answer was malformed).
+Failures raise `InvalidRequest` (the request cannot be written as given; nothing was sent),
+`ConnectError` (never reached the upstream: refused, DNS, TLS, connect or pool timeout),
+`ReadTimeout` (the upstream went silent), `Disconnected` (the connection broke), or its subclass
+`ProtocolError` (the upstream's answer was not valid HTTP/1.1, or broke a bound; its subclass
+`ResponseTooLarge` for a body over the limit of `Response.read`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
+import re
 import ssl
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import cast
 
-import httptools
+from llmgateway.http1_response import (
+    MAX_HEAD_BYTES,
+    MAX_HEADER_FIELDS,
+    PAUSE_ABOVE,
+    Connection,
+    Disconnected,
+    ProtocolError,
+    ReadTimeout,
+    Response,
+    ResponseTooLarge,
+)
 
-PAUSE_ABOVE = 256 * 1024
-"""Buffered body bytes above which the socket stops being read until the consumer catches up."""
+__all__ = [
+    "MAX_HEADER_FIELDS",
+    "MAX_HEAD_BYTES",
+    "PAUSE_ABOVE",
+    "Client",
+    "ConnectError",
+    "ConnectTimeout",
+    "Disconnected",
+    "InvalidRequest",
+    "Limits",
+    "ProtocolError",
+    "ReadTimeout",
+    "Response",
+    "ResponseTooLarge",
+    "check_request",
+]
 
 
 class ConnectError(OSError):
@@ -35,12 +62,9 @@ class ConnectTimeout(ConnectError, TimeoutError):
     """Opening a connection, or waiting for a free one, took longer than allowed."""
 
 
-class ReadTimeout(TimeoutError):
-    """The upstream sent nothing for longer than the read timeout."""
-
-
-class Disconnected(ConnectionResetError):
-    """The connection closed before the answer was complete, or the answer was malformed."""
+class InvalidRequest(ValueError):
+    """The request cannot be written as given (a method, target or header HTTP/1.1 cannot
+    carry); nothing was sent. The message names what was refused, never its value."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,239 +77,7 @@ class Limits:
     keepalive_sec: float = 30.0
 
 
-class Response:
-    """An upstream answer: status and headers (names lower-cased), then the body.
-
-    Read the body with `read()`, `read_prefix()` or `chunks()`, then `close()`: the connection
-    goes back to the pool when the body was read to its end, else it is dropped."""
-
-    __slots__ = (
-        "_buffered",
-        "_chunks",
-        "_conn",
-        "_deadline",
-        "_eof",
-        "_error",
-        "_read_timeout",
-        "_waiter",
-        "content_length",
-        "headers",
-        "status",
-    )
-
-    def __init__(self, conn: _Connection, read_timeout: float, deadline: float | None) -> None:
-        self.status = 0
-        self.headers: dict[str, str] = {}
-        self.content_length: int | None = None
-        self._conn: _Connection | None = conn
-        self._chunks: collections.deque[bytes] = collections.deque()
-        self._buffered = 0
-        self._eof = False
-        self._error: BaseException | None = None
-        self._waiter: asyncio.Future[None] | None = None
-        self._read_timeout = read_timeout
-        self._deadline = deadline
-
-    async def read(self) -> bytes:
-        """The whole body."""
-        while not self._eof:
-            await self._wait()
-        data = b"".join(self._chunks)
-        self._chunks.clear()
-        self._buffered = 0
-        return data
-
-    async def read_prefix(self, limit: int) -> bytes:
-        """Up to `limit` bytes of the body (fewer when it is shorter)."""
-        while not self._eof and self._buffered < limit:
-            await self._wait()
-        data = b"".join(self._chunks)[:limit]
-        self._chunks.clear()
-        self._buffered = 0
-        return data
-
-    async def chunks(self) -> AsyncIterator[bytes]:
-        """The body piece by piece, as it arrives."""
-        while True:
-            if self._chunks:
-                chunk = self._chunks.popleft()
-                self._buffered -= len(chunk)
-                if self._conn is not None and self._buffered < PAUSE_ABOVE:
-                    self._conn.resume()
-                yield chunk
-            elif self._eof:
-                return
-            else:
-                await self._wait()
-
-    def close(self) -> None:
-        """Done with this answer; safe to call more than once."""
-        conn, self._conn = self._conn, None
-        if conn is not None:
-            conn.finish(reusable=self._eof and self._error is None)
-
-    async def _wait(self) -> None:
-        if self._error is not None:
-            raise self._error
-        if self._conn is not None and self._conn.paused:  # asked for more: read on
-            self._conn.resume()
-        loop = asyncio.get_running_loop()
-        wait = self._read_timeout
-        if self._deadline is not None:
-            left = self._deadline - loop.time()
-            if left <= 0:
-                raise ReadTimeout("the request's deadline passed")
-            wait = min(wait, left)
-        waiter = self._waiter = loop.create_future()
-        timer = loop.call_later(wait, self._silent, waiter)
-        try:
-            await waiter
-        finally:
-            timer.cancel()
-            self._waiter = None
-        if self._error is not None:
-            raise self._error
-
-    def _silent(self, waiter: asyncio.Future[None]) -> None:
-        if not waiter.done():
-            waiter.set_exception(ReadTimeout("the upstream sent nothing in time"))
-
-    def _wake(self) -> None:
-        waiter = self._waiter
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
-
-    # fed by the connection
-    def _headers_done(self, status: int) -> None:
-        self.status = status
-        length = self.headers.get("content-length")
-        if length is not None and length.isdigit():
-            self.content_length = int(length)
-        self._wake()
-
-    def _body(self, data: bytes) -> None:
-        self._chunks.append(data)
-        self._buffered += len(data)
-        if self._buffered > PAUSE_ABOVE and self._conn is not None:
-            self._conn.pause()
-        self._wake()
-
-    def _done(self) -> None:
-        if self._error is None:  # a failed answer stays failed
-            self._eof = True
-            self._wake()
-
-    def _fail(self, error: BaseException) -> None:
-        if self._error is None and not self._eof:
-            self._error = error
-            self._wake()
-
-
-class _Connection(asyncio.Protocol):
-    """One keep-alive connection and the answer it is receiving."""
-
-    def __init__(self, origin: _Origin) -> None:
-        self.origin = origin
-        self.transport: asyncio.Transport | None = None
-        self.parser = httptools.HttpResponseParser(self)
-        self.response: Response | None = None
-        self.header_name = ""
-        self.complete = False  # the answer ended and the connection may carry another
-        self.paused = False
-        self.head = False
-        self.idle_since = 0.0
-        self.received = False
-
-    # asyncio.Protocol
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = cast(asyncio.Transport, transport)  # uvloop's are not subclasses
-
-    def data_received(self, data: bytes) -> None:
-        self.received = True
-        try:
-            self.parser.feed_data(data)
-        except httptools.HttpParserError:
-            self._broken(Disconnected("the upstream sent a malformed HTTP response"))
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self.transport = None
-        self.origin.lost(self)
-        response = self.response
-        if response is None:
-            return
-        headers = response.headers
-        if (
-            response.status
-            and not self.complete
-            and "content-length" not in headers
-            and ("chunked" not in headers.get("transfer-encoding", ""))
-        ):
-            response._done()  # a body delimited by the end of the connection
-        else:
-            response._fail(Disconnected("the upstream closed the connection"))
-
-    # httptools callbacks
-    def on_header(self, name: bytes, value: bytes) -> None:
-        assert self.response is not None
-        key = name.decode("latin-1").lower()
-        headers = self.response.headers
-        text = value.decode("latin-1")
-        headers[key] = f"{headers[key]}, {text}" if key in headers else text
-
-    def on_headers_complete(self) -> None:
-        assert self.response is not None
-        self.response._headers_done(self.parser.get_status_code())
-        if self.head:  # the parser cannot know a HEAD answer has no body: end it here, and
-            self.response._done()  # drop the connection, whose parser now expects one
-
-    def on_body(self, body: bytes) -> None:
-        assert self.response is not None
-        self.response._body(body)
-
-    def on_message_complete(self) -> None:
-        self.complete = self.parser.should_keep_alive()  # only valid inside the callback
-        assert self.response is not None
-        self.response._done()
-
-    # the client's side
-    def send(self, data: bytes, response: Response) -> None:
-        assert self.transport is not None
-        self.response = response
-        self.complete = self.received = False
-        self.head = data.startswith(b"HEAD ")
-        self.transport.write(data)
-
-    def pause(self) -> None:
-        if not self.paused and self.transport is not None:
-            self.paused = True
-            self.transport.pause_reading()
-
-    def resume(self) -> None:
-        if self.paused and self.transport is not None:
-            self.paused = False
-            self.transport.resume_reading()
-
-    def finish(self, reusable: bool) -> None:
-        self.response = None
-        if reusable and self.complete:
-            self.resume()
-            self.origin.give_back(self)
-        else:
-            self.close()
-
-    def close(self) -> None:
-        if self.transport is not None:
-            self.transport.abort()
-            self.transport = None
-        self.origin.lost(self)
-
-    def _broken(self, error: BaseException) -> None:
-        if self.response is not None:
-            self.response._fail(error)
-        self.close()
-
-
-class _Origin:
+class Origin:
     """The connections to one scheme://host:port."""
 
     def __init__(self, client: Client, scheme: str, authority: str) -> None:
@@ -295,16 +87,16 @@ class _Origin:
         self.port = int(port) if port else (443 if scheme == "https" else 80)
         self.tls = scheme == "https"
         self.host_header = authority
-        self.idle: list[_Connection] = []
-        self.open: set[_Connection] = set()
+        self.idle: list[Connection] = []
+        self.open: set[Connection] = set()
 
-    async def connect(self, within: float) -> _Connection:
+    async def connect(self, within: float) -> Connection:
         loop = asyncio.get_running_loop()
         context = self.client.ssl_context() if self.tls else None
         try:
             async with asyncio.timeout(within):
                 _, conn = await loop.create_connection(
-                    lambda: _Connection(self),
+                    lambda: Connection(self),
                     self.host,
                     self.port,
                     ssl=context,
@@ -318,7 +110,7 @@ class _Origin:
         self.open.add(conn)
         return conn
 
-    def reusable(self, keepalive: float) -> _Connection | None:
+    def reusable(self, keepalive: float) -> Connection | None:
         """The most recently used idle connection still fresh (stale ones are closed)."""
         idle = self.idle
         while idle:
@@ -330,12 +122,12 @@ class _Origin:
             conn.close()
         return None
 
-    def give_back(self, conn: _Connection) -> None:
+    def give_back(self, conn: Connection) -> None:
         conn.idle_since = asyncio.get_running_loop().time()
         self.idle.append(conn)
         self.client.freed()
 
-    def lost(self, conn: _Connection) -> None:
+    def lost(self, conn: Connection) -> None:
         if conn in self.open:
             self.open.discard(conn)
             if conn in self.idle:
@@ -354,7 +146,7 @@ class Client:
         self, limits: Limits = Limits(), ssl_context: ssl.SSLContext | None = None
     ) -> None:
         self.limits = limits
-        self._origins: dict[tuple[str, str], _Origin] = {}
+        self._origins: dict[tuple[str, str], Origin] = {}
         self._count = 0  # open or opening connections
         self._waiters: collections.deque[asyncio.Future[None]] = collections.deque()
         self._ssl = ssl_context
@@ -377,25 +169,21 @@ class Client:
         read_timeout: float,
         deadline: float | None = None,
     ) -> Response:
-        """Send one request and return once the answer's status and headers have arrived.
+        """Send one request and return once the answer's final status and headers have arrived
+        (interim answers are skipped).
 
         `url` is absolute (http or https); `headers` must not hold hop-by-hop headers, Host or
         Content-Length (they are set here). `connect_timeout` bounds waiting for a pooled
         connection plus opening one; `read_timeout` bounds each silence of the upstream; past
-        `deadline` (loop time), if given, any wait ends in `ReadTimeout`, body reads included."""
-        scheme, _, rest = url.partition("://")
-        authority, slash, target = rest.partition("/")
-        if "?" in authority or "#" in authority:
-            authority, query = authority.split("?" if "?" in authority else "#", 1)
-            target = "?" + query
-        target = (slash + target) or "/"
-        if target[0] != "/":
-            target = "/" + target
+        `deadline` (loop time), if given, any wait ends in `ReadTimeout`, body reads included.
+        A request `check_request` refuses raises `InvalidRequest` before anything is sent."""
+        scheme, authority, target = _split(url)
         origin = self._origins.get((scheme, authority))
         if origin is None:
             if scheme not in ("http", "https") or not authority or "@" in authority:
                 raise ConnectError(f"not an http(s) URL without credentials: {scheme}://…")
-            origin = self._origins[(scheme, authority)] = _Origin(self, scheme, authority)
+            _check_authority(authority)
+            origin = self._origins[(scheme, authority)] = Origin(self, scheme, authority)
         head = _head(method, target, origin.host_header, headers, len(body))
         data = head + body if len(body) < 65536 else None
         fresh_retry = True
@@ -433,8 +221,8 @@ class Client:
             return response
 
     async def _checkout(
-        self, origin: _Origin, within: float, until: float | None
-    ) -> tuple[_Connection, bool]:
+        self, origin: Origin, within: float, until: float | None
+    ) -> tuple[Connection, bool]:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + within
         if until is not None and until < deadline:
@@ -471,7 +259,7 @@ class Client:
 
     def _evict_idle(self) -> None:
         """At the total limit: close the longest-idle connection of any origin, if any."""
-        oldest: _Connection | None = None
+        oldest: Connection | None = None
         for origin in self._origins.values():
             if origin.idle and (oldest is None or origin.idle[0].idle_since < oldest.idle_since):
                 oldest = origin.idle[0]
@@ -486,7 +274,7 @@ class Client:
                 waiter.set_result(None)
                 return
 
-    def closed(self, conn: _Connection) -> None:
+    def closed(self, conn: Connection) -> None:
         self._count -= 1
         self.freed()
 
@@ -503,11 +291,80 @@ class Client:
         await asyncio.sleep(0)
 
 
+_TOKEN = r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+"  # RFC 9110 5.6.2
+_METHOD = re.compile(_TOKEN)
+_NAMES = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z:]+")  # header names joined by ":"
+_TARGET = re.compile(r"[!\"$-~]+")  # visible ASCII (0x21-0x7E) but "#"
+_WIDE = re.compile("[\u0100-\U0010ffff]")  # beyond latin-1
+_METHODS = frozenset({"GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"})
+_AUTHORITY = re.compile(r"(?:\[[0-9A-Za-z:.%]+\]|[-0-9A-Za-z._~!$&'()*+,;=%]+)(?::[0-9]{0,5})?")
+
+
+def check_request(method: str, url: str, headers: Mapping[str, str]) -> None:
+    """Refuse with `InvalidRequest` a request that HTTP/1.1 cannot carry as given: a method that
+    is not an HTTP token, a URL whose host is not a host name or address (with an optional
+    port), a target (path and query) holding anything but visible ASCII or holding "#", a header
+    name that is not a token, a header value holding CR, LF, NUL or a character beyond latin-1.
+    The message names what was refused, never a value (it may be a secret)."""
+    _, authority, target = _split(url)
+    _check_authority(authority.rpartition("@")[2])
+    _check_head(method, target, headers)
+
+
+def _split(url: str) -> tuple[str, str, str]:
+    """An absolute URL as scheme, authority and request target ("/" when it has none)."""
+    scheme, _, rest = url.partition("://")
+    authority, slash, path = rest.partition("/")
+    target = slash + path
+    if "?" in authority or "#" in authority:  # "http://host?query": no path
+        cut = min(at for at in (authority.find("?"), authority.find("#")) if at >= 0)
+        authority, target = authority[:cut], "/" + authority[cut:] + target
+    return scheme, authority, target or "/"
+
+
+def _check_authority(authority: str) -> None:
+    if _AUTHORITY.fullmatch(authority) is None:
+        raise InvalidRequest("the URL's host is not a host name or address with an optional port")
+
+
+def _check_head(method: str, target: str, headers: Mapping[str, str]) -> None:
+    # one check over all names and one over all values: cheaper than one per header
+    if method not in _METHODS and _METHOD.fullmatch(method) is None:
+        raise InvalidRequest("the method is not an HTTP token")
+    if _TARGET.fullmatch(target) is None:
+        raise InvalidRequest("the request target holds a character other than visible ASCII or '#'")
+    if not headers:
+        return
+    names = ":".join(headers)  # tokens hold no ":", and none may be empty
+    if (
+        _NAMES.fullmatch(names) is None
+        or names.count(":") != len(headers) - 1
+        or "::" in names
+        or names[0] == ":"
+        or names[-1] == ":"
+    ):
+        raise InvalidRequest("a header name is not an HTTP token")
+    if _unsafe(" ".join(headers.values())):
+        name = next(name for name, value in headers.items() if _unsafe(value))
+        raise InvalidRequest(
+            f"the value of header {name!r} holds CR, LF, NUL or a character beyond latin-1"
+        )
+
+
+def _unsafe(value: str) -> bool:
+    """Whether a header value holds CR, LF, NUL or a character latin-1 cannot encode."""
+    return (
+        "\r" in value
+        or "\n" in value
+        or "\0" in value
+        or (not value.isascii() and _WIDE.search(value) is not None)
+    )
+
+
 def _head(method: str, target: str, host: str, headers: Mapping[str, str], length: int) -> bytes:
+    _check_head(method, target, headers)
     lines = [f"{method} {target} HTTP/1.1\r\nhost: {host}\r\n"]
     for name, value in headers.items():
-        if "\n" in value or "\r" in value or "\n" in name or "\r" in name:
-            raise ValueError(f"header {name!r} holds a line break; it cannot be sent")
         lines.append(f"{name}: {value}\r\n")
     if length or method not in ("GET", "HEAD", "DELETE", "OPTIONS"):
         lines.append(f"content-length: {length}\r\n")

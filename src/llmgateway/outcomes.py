@@ -224,7 +224,7 @@ def is_transport_error(exc: BaseException) -> bool:
     """Whether `exc` is a failure of the wire (either transport, a timeout, a fault of our
     egress) and so has an outcome; anything else raised while calling upstream is a bug of the
     gateway's own code, which is nobody else's fault."""
-    if isinstance(exc, OSError | EgressError):
+    if isinstance(exc, OSError | EgressError | http1.InvalidRequest):
         return True
     client = sys.modules.get("aiohttp")  # loaded only once a proxy is used
     return client is not None and isinstance(exc, client.ClientError)
@@ -234,6 +234,10 @@ def exception_reason(exc: BaseException) -> ErrorReason:
     """The reason for an exception raised while calling upstream (http1, aiohttp, asyncio)."""
     if isinstance(exc, http1.ConnectError):
         return ErrorReason.EGRESS_ERROR  # connect or connection-pool wait: never reached upstream
+    if isinstance(exc, http1.InvalidRequest):
+        return ErrorReason.BAD_REQUEST  # refused by the seam before a byte was sent
+    if isinstance(exc, http1.ProtocolError):
+        return ErrorReason.SERVER_ERROR  # not a valid HTTP/1.1 answer, or too large
     # aiohttp carries only proxied traffic and is loaded on its first use: until then, no
     # exception can be one of its own (a gateway without proxies never loads it)
     client = sys.modules.get("aiohttp")

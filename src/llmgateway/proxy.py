@@ -142,7 +142,7 @@ class Conductor:
     rng: random.Random
     clock: Callable[[], float] = time.time
     metrics: Metrics = field(default_factory=Metrics.create)
-    max_response_bytes: int = 64 * 1024 * 1024  # a body read whole beyond it: the upstream's fault
+    max_response_bytes: int = 64 * 1024 * 1024  # a body read whole beyond it: ResponseTooLarge
 
     async def run(self, call: Call, deadline: float) -> Forward | Reply:
         """Serve `call` from the pool, retrying on other keys; `deadline` is loop time."""
@@ -267,7 +267,7 @@ class Conductor:
             status = response.status
             if status < 300:
                 if _read_whole(call, response):  # judged once the client has it (`finish`)
-                    whole = await response.read()  # TODO-merge: read(self.max_response_bytes)
+                    whole = await response.read(self.max_response_bytes)
                     return Forward(response, lease, attempt, whole)
                 ok = _success(status)
                 provider.guard.judge(lease.egress, lease.key_id, ok, self.clock())
@@ -284,7 +284,8 @@ class Conductor:
             raise
         finally:
             call.timing.waited(sent)
-            if response is not None and (status is None or status >= 300):
+            # not forwarded: an error answer, or a body read whole that failed (over the limit)
+            if response is not None and (status is None or status >= 300 or exc is not None):
                 response.close()
         outcome = classify(
             settings,
@@ -393,6 +394,9 @@ def _reply(
         return _error(call, 403, message, "forbidden", None, attempts, reason)
     if outcome.blame is Blame.CLIENT and status is not None and response is not None:
         return _passed(call, status, response, body, attempts, reason)
+    if outcome.reason is ErrorReason.BAD_REQUEST:  # the HTTP seam refused to send it
+        message = "The request cannot be sent upstream as it is (a header or the target)."
+        return _error(call, 400, message, "invalid_request", None, attempts, reason)
     if outcome.blame is Blame.KEY:
         if outcome.reason in (ErrorReason.RATE_LIMITED, ErrorReason.NO_QUOTA):
             wait = outcome.retry_after if outcome.retry_after is not None else 1.0
@@ -402,6 +406,9 @@ def _reply(
         return _error(call, 503, message, "no_healthy_key", 5.0, attempts, reason)
     if status is not None and response is not None and status >= 500:
         return _passed(call, status, response, body, attempts, reason)
+    if outcome.reason is ErrorReason.SERVER_ERROR:  # not a valid answer: nothing to pass on
+        message = "The upstream's answer was not valid HTTP, or larger than the gateway allows."
+        return _error(call, 502, message, "bad_upstream_response", None, attempts, reason)
     if outcome.reason is ErrorReason.TIMEOUT:
         return _error(
             call, 504, "The upstream did not answer in time.", "timeout", None, attempts, reason

@@ -4,8 +4,10 @@ Direct traffic uses the small keep-alive client of `llmgateway.http1` (the hot p
 quarter of aiohttp's CPU per call); traffic through an outbound proxy (static or stealth) uses one
 aiohttp session per proxy. Both are HTTP/1.1 only (HTTP/2
 multiplexing froze the original project under load), with explicit connection limits and the
-provider's `timeouts`, and both answer with an `Answer`. Tests point it at the fake upstream in
-`llmgateway.testing`, over real loopback HTTP.
+provider's `timeouts`, and both answer with an `Answer`. Both refuse a request HTTP/1.1 cannot
+carry (`http1.InvalidRequest`, before anything is sent) and turn an answer that is not valid
+HTTP/1.1, or breaks a bound, into `http1.ProtocolError`. Tests point it at the fake upstream in
+`llmgateway.testing`, over real loopback HTTP, and at its `HostileUpstream`.
 """
 
 from __future__ import annotations
@@ -25,12 +27,19 @@ if TYPE_CHECKING:  # loaded on the first proxied call: a gateway without proxies
 DIRECT = "direct"
 """The egress id of traffic that leaves without an outbound proxy."""
 
+# What aiohttp may take of a proxied answer's head: it bounds each line and field and their count
+# (100, as http1's MAX_HEADER_FIELDS), not the head's total, which is thus at most about 1.6 MiB
+# against http1's 64 KiB. A field of 16 KiB leaves room for long cookies or tokens.
+PROXIED_MAX_LINE = 8190
+PROXIED_MAX_FIELD = 16384
+
 
 class Answer(Protocol):
     """An upstream answer whose status and headers have arrived (header names lower-case).
 
     Read the body once (`read`, `read_prefix` or `chunks`), then `close()`: a connection read to
-    its end is reused, any other is dropped."""
+    its end is reused, any other is dropped. `read(limit)` raises `http1.ResponseTooLarge` as
+    soon as more than `limit` bytes arrived."""
 
     @property
     def status(self) -> int: ...
@@ -38,7 +47,7 @@ class Answer(Protocol):
     def headers(self) -> Mapping[str, str]: ...
     @property
     def content_length(self) -> int | None: ...
-    async def read(self) -> bytes: ...
+    async def read(self, limit: int) -> bytes: ...
     async def read_prefix(self, limit: int) -> bytes: ...
     def chunks(self) -> AsyncIterator[bytes]: ...
     def close(self) -> None: ...
@@ -66,10 +75,20 @@ class _ViaProxy:
     def content_length(self) -> int | None:
         return self.response.content_length
 
-    async def read(self) -> bytes:
+    async def read(self, limit: int) -> bytes:
+        length = self.response.content_length
+        if length is not None and length > limit:
+            raise _too_large(limit)
+        parts: list[bytes] = []
+        size = 0
         with _oserrors_only():
             async with asyncio.timeout_at(self.deadline):
-                return await self.response.read()
+                while chunk := await self.response.content.readany():
+                    size += len(chunk)
+                    if size > limit:
+                        raise _too_large(limit)
+                    parts.append(chunk)
+        return b"".join(parts)
 
     async def read_prefix(self, limit: int) -> bytes:
         parts: list[bytes] = []
@@ -91,6 +110,10 @@ class _ViaProxy:
 
     def close(self) -> None:
         self.response.release()
+
+
+def _too_large(limit: int) -> http1.ResponseTooLarge:
+    return http1.ResponseTooLarge(f"the upstream's answer body is over {limit} bytes")
 
 
 @contextlib.contextmanager
@@ -168,15 +191,30 @@ class Upstream:
         timeouts: Timeouts,
         deadline: float | None,
     ) -> Answer:
-        async with asyncio.timeout_at(deadline):
-            response = await self._session(egress).request(
-                method,
-                url,
-                headers=headers,
-                data=body or None,
-                proxy=egress,
-                timeout=client_timeout(timeouts),
-                allow_redirects=False,
+        http1.check_request(method, url, headers)
+        session = self._session(egress)
+        import aiohttp
+
+        try:
+            async with asyncio.timeout_at(deadline):
+                response = await session.request(
+                    method,
+                    url,
+                    headers=headers,
+                    data=body or None,
+                    proxy=egress,
+                    timeout=client_timeout(timeouts),
+                    allow_redirects=False,
+                )
+        except aiohttp.ClientResponseError as error:  # the only kind: the head did not parse
+            cause = type(error.__cause__ or error).__name__  # e.g. BadStatusLine, LineTooLong
+            raise http1.ProtocolError(
+                f"the upstream sent a malformed HTTP response ({cause})"
+            ) from error
+        if not 200 <= response.status <= 599:  # aiohttp skips interim answers but 101
+            response.close()
+            raise http1.ProtocolError(
+                f"the upstream answered with status {response.status}, not in 200-599"
             )
         return _ViaProxy(response, deadline)
 
@@ -197,6 +235,9 @@ class Upstream:
                 skip_auto_headers=("User-Agent", "Accept-Encoding"),
                 version=aiohttp.HttpVersion11,
                 trust_env=False,
+                max_line_size=PROXIED_MAX_LINE,
+                max_field_size=PROXIED_MAX_FIELD,
+                max_headers=http1.MAX_HEADER_FIELDS,
             )
             self._sessions[egress] = session
         return session

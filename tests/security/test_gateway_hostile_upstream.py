@@ -1,0 +1,126 @@
+"""A hostile upstream behind the real gateway: the client gets the real answer when there is
+one (interim answers skipped), else a 502, and the gateway keeps serving."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections.abc import AsyncIterator
+from pathlib import Path
+from types import SimpleNamespace
+
+import orjson
+import pytest
+
+from llmgateway.app import create_app
+from llmgateway.http1 import Client
+from llmgateway.serving import running
+from llmgateway.testing.hostile import (
+    SWITCHING_PROTOCOLS,
+    HostileUpstream,
+    Peer,
+    Request,
+    Script,
+    answer,
+    endless_body,
+    endless_headers,
+    interim,
+)
+from tests.e2e.conftest import OPENAI_TOKEN, gateway_settings, write_keys
+
+pytestmark = pytest.mark.security
+
+CHAT = orjson.dumps({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]})
+REPLY = orjson.dumps({"choices": [{"message": {"role": "assistant", "content": "hello"}}]})
+JSON = [("content-type", "application/json")]
+
+
+@pytest.fixture
+async def upstream() -> AsyncIterator[HostileUpstream]:
+    async with HostileUpstream() as server:
+        yield server
+
+
+@pytest.fixture
+async def gateway(tmp_path: Path, upstream: HostileUpstream) -> AsyncIterator[str]:
+    """The gateway, its openai provider on the hostile upstream (one key, no retries, bodies
+    read whole and at most 1 MiB)."""
+    write_keys(tmp_path / "keys" / "openai", ["sk-hostile-000000000000001"])
+    write_keys(tmp_path / "keys" / "gemini", ["AIza-unused-00000000000001"])
+    where = SimpleNamespace(openai_base=f"{upstream.url}/v1", gemini_base=upstream.url)
+    policy = {"streaming_mode": "disabled", "retry": {"enabled": False}}
+    settings = gateway_settings(
+        tmp_path,
+        where,  # type: ignore[arg-type]  # all it reads of the fake upstream: where it is
+        {"max_response_bytes": 1 << 20},
+        gateway_policy=policy,
+    )
+    async with running(create_app(settings, rng=random.Random(7))) as url:
+        yield url
+
+
+async def chat(url: str) -> tuple[int, bytes]:
+    client = Client()
+    try:
+        headers = {"authorization": f"Bearer {OPENAI_TOKEN}", "content-type": "application/json"}
+        response = await client.request(
+            "POST", f"{url}/v1/chat/completions", headers, CHAT, connect_timeout=5, read_timeout=10
+        )
+        try:
+            return response.status, await response.read(4 << 20)
+        finally:
+            response.close()
+    finally:
+        await client.close()
+
+
+@pytest.mark.parametrize(
+    "script",
+    [
+        pytest.param(interim(100) + answer(REPLY, headers=JSON), id="100-continue"),
+        pytest.param(interim(103) + interim(100) + answer(REPLY, headers=JSON), id="103-and-100"),
+    ],
+)
+async def test_the_client_gets_the_real_answer(
+    gateway: str, upstream: HostileUpstream, script: bytes
+) -> None:
+    upstream.script = script
+    assert await chat(gateway) == (200, REPLY)
+
+
+@pytest.mark.parametrize(
+    "script",
+    [
+        pytest.param(SWITCHING_PROTOCOLS, id="101"),
+        pytest.param(answer(REPLY, status=999), id="999"),
+        pytest.param(endless_headers(limit=32 << 20), id="endless-headers"),
+        pytest.param(endless_body(limit=64 << 20), id="endless-body"),
+        pytest.param(endless_body(chunked=True, limit=64 << 20), id="endless-chunked-body"),
+    ],
+)
+async def test_a_hostile_answer_is_a_502_and_the_gateway_serves_on(
+    gateway: str, upstream: HostileUpstream, script: Script
+) -> None:
+    upstream.script = script
+    status, body = await chat(gateway)
+    assert status == 502
+    assert b"upstream" in body
+    upstream.script = answer(REPLY, headers=JSON)
+    assert await chat(gateway) == (200, REPLY)
+
+
+async def test_an_answer_declared_over_the_limit_is_a_502_and_its_connection_closed(
+    gateway: str, upstream: HostileUpstream
+) -> None:
+    head = b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 2000000\r\n\r\n"
+
+    async def script(request: Request, peer: Peer) -> None:
+        await peer.send(head)  # and then nothing: the gateway does not wait for it
+        await peer.until_closed()
+
+    upstream.script = script
+    status, _ = await chat(gateway)
+    assert status == 502
+    async with asyncio.timeout(2):  # the connection was dropped, not left checked out
+        while upstream.hangups == 0:
+            await asyncio.sleep(0.005)
