@@ -74,6 +74,7 @@ class Gateway:
     _healthy_proxies: dict[str, list[str]] = field(default_factory=dict)
     board: BreakerBoard = field(default_factory=BreakerBoard)
     limits: Limits | None = None  # per-key limits across gateways, when a provider sets any
+    _file_problem: str | None = None  # what the store's file check said last (logged on change)
 
     def build_providers(self) -> None:
         for name, provider in self.settings.providers.items():
@@ -157,6 +158,8 @@ class Gateway:
         are re-bound to their proxies (local counters and cooldowns survive a reload).
         """
         assert self.store is not None
+        if self._store_file_lost():
+            return  # keep serving from the snapshot; reading the wrong file would undo it
         try:
             if self.health.revision == 0:
                 revision = await self._load_everything()
@@ -174,6 +177,21 @@ class Gateway:
         self.health.problem = ""
         guards = {name: provider.guard for name, provider in self.providers.items()}
         await self.board.exchange(self.store, guards, self.clock())
+
+    def _store_file_lost(self) -> bool:
+        """Whether the store's SQLite file was deleted or replaced while in use: if so, `/readyz`
+        says why (503) and a warning is logged once per change."""
+        assert self.store is not None
+        problem = self.store.file_problem()
+        if problem != self._file_problem:
+            self._file_problem = problem
+            if problem is not None:
+                log.warning("store: %s", problem)
+        if problem is None:
+            return False
+        self.health.store_ok = False
+        self.health.problem = problem
+        return True
 
     async def _load_delta(self) -> int:
         """Apply what changed since the pool's revision, page by page (the gateway's own
