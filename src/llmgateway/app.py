@@ -30,7 +30,7 @@ from llmgateway.guard import Guard
 from llmgateway.health import provider_report
 from llmgateway.limits import Limits
 from llmgateway.metrics import KeyCount, Metrics, pool_key_counts
-from llmgateway.metrics_http import metrics_endpoint
+from llmgateway.metrics_http import metrics_endpoint, metrics_served, request_authorized
 from llmgateway.outcomes import KeyStatus
 from llmgateway.pool import KeyEntry, KeyPool
 from llmgateway.proxy import Conductor, Provider
@@ -319,6 +319,10 @@ def create_app(
     async def readyz(request: Request) -> Response:
         health = gateway.health
         ready = health.pool_loaded and health.store_ok
+        status = 200 if ready else 503
+        if not request_authorized(request.headers.get("authorization"), settings.metrics):
+            # the details (providers, key counts, revision) only with the metrics token
+            return JSONResponse({"ready": ready, "problem": health.problem or None}, status)
         body: dict[str, object] = {
             "ready": ready,
             "pool_loaded": health.pool_loaded,
@@ -327,7 +331,7 @@ def create_app(
             "problem": health.problem or None,
         }
         body["warnings"], body["providers"] = provider_report(gateway.providers, gateway.clock())
-        return JSONResponse(body, status_code=200 if ready else 503)
+        return JSONResponse(body, status_code=status)
 
     async def key_counts() -> list[KeyCount]:
         now = gateway.clock()
@@ -338,8 +342,8 @@ def create_app(
         return counts
 
     routes = [Route("/healthz", healthz), Route("/readyz", readyz)]
-    if settings.metrics.enabled:
-        endpoint = metrics_endpoint(metrics, settings.metrics.access_token, key_counts)
+    if metrics_served(settings.metrics):
+        endpoint = metrics_endpoint(metrics, settings.metrics, key_counts)
         routes.append(Route("/metrics", endpoint))
     admin = Starlette(routes=routes, lifespan=lifespan)
     admin.state.gateway = gateway

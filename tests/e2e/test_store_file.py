@@ -66,6 +66,9 @@ async def lose_the_file(tmp_path: Path, fake: FakeUpstream, how: str) -> tuple[A
             os.replace(copy, database)
         unready = await readyz_until_unready(http, url)
         assert unready.status_code == 503, unready.text
+        plain = await http.get(f"{url}/readyz")  # without the token: the reason, no details
+        assert plain.status_code == 503
+        assert plain.json() == {"ready": False, "problem": unready.json()["problem"]}
         chat = await http.post(
             f"{url}/v1/chat/completions",
             headers={"authorization": f"Bearer {OPENAI_TOKEN}"},
