@@ -31,7 +31,7 @@ from llmgateway.guard import Guard
 from llmgateway.health import provider_report
 from llmgateway.limits import Limits
 from llmgateway.metrics import KeyCount, Metrics, pool_key_counts
-from llmgateway.metrics_http import metrics_endpoint
+from llmgateway.metrics_http import metrics_endpoint, metrics_served, request_authorized
 from llmgateway.outcomes import KeyStatus
 from llmgateway.pool import KeyEntry, KeyPool
 from llmgateway.proxy import Conductor, Provider
@@ -75,6 +75,7 @@ class Gateway:
     _healthy_proxies: dict[str, list[str]] = field(default_factory=dict)
     board: BreakerBoard = field(default_factory=BreakerBoard)
     limits: Limits | None = None  # per-key limits across gateways, when a provider sets any
+    _file_problem: str | None = None  # what the store's file check said last (logged on change)
 
     def build_providers(self) -> None:
         for name, provider in self.settings.providers.items():
@@ -163,6 +164,8 @@ class Gateway:
         are re-bound to their proxies (local counters and cooldowns survive a reload).
         """
         assert self.store is not None
+        if self._store_file_lost():
+            return  # keep serving from the snapshot; reading the wrong file would undo it
         try:
             if self.health.revision == 0:
                 revision = await self._load_everything()
@@ -180,6 +183,21 @@ class Gateway:
         self.health.problem = ""
         guards = {name: provider.guard for name, provider in self.providers.items()}
         await self.board.exchange(self.store, guards, self.clock())
+
+    def _store_file_lost(self) -> bool:
+        """Whether the store's SQLite file was deleted or replaced while in use: if so, `/readyz`
+        says why (503) and a warning is logged once per change."""
+        assert self.store is not None
+        problem = self.store.file_problem()
+        if problem != self._file_problem:
+            self._file_problem = problem
+            if problem is not None:
+                log.warning("store: %s", problem)
+        if problem is None:
+            return False
+        self.health.store_ok = False
+        self.health.problem = problem
+        return True
 
     async def _load_delta(self) -> int:
         """Apply what changed since the pool's revision, page by page (the gateway's own
@@ -319,6 +337,10 @@ def create_app(
     async def readyz(request: Request) -> Response:
         health = gateway.health
         ready = health.pool_loaded and health.store_ok
+        status = 200 if ready else 503
+        if not request_authorized(request.headers.get("authorization"), settings.metrics):
+            # the details (providers, key counts, revision) only with the metrics token
+            return JSONResponse({"ready": ready, "problem": health.problem or None}, status)
         body: dict[str, object] = {
             "ready": ready,
             "pool_loaded": health.pool_loaded,
@@ -327,7 +349,7 @@ def create_app(
             "problem": health.problem or None,
         }
         body["warnings"], body["providers"] = provider_report(gateway.providers, gateway.clock())
-        return JSONResponse(body, status_code=200 if ready else 503)
+        return JSONResponse(body, status_code=status)
 
     async def key_counts() -> list[KeyCount]:
         now = gateway.clock()
@@ -338,8 +360,8 @@ def create_app(
         return counts
 
     routes = [Route("/healthz", healthz), Route("/readyz", readyz)]
-    if settings.metrics.enabled:
-        endpoint = metrics_endpoint(metrics, settings.metrics.access_token, key_counts)
+    if metrics_served(settings.metrics):
+        endpoint = metrics_endpoint(metrics, settings.metrics, key_counts)
         routes.append(Route("/metrics", endpoint))
     admin = Starlette(routes=routes, lifespan=lifespan)
     admin.state.gateway = gateway

@@ -55,6 +55,11 @@ def check_config(path: str | None) -> None:
 
         summary += f", per-key limits counted by: {backend_of(settings).value}"
     click.echo(summary)
+    if not settings.gateway.allow_weak_tokens:
+        from llmgateway.config_rules import weak_tokens
+
+        for where, why in weak_tokens(settings):
+            click.echo(f"warning: {where}: {why}, refused off loopback; {_WAY_OUT}", err=True)
 
 
 @main.command("fake-upstream")
@@ -88,6 +93,54 @@ def fake_upstream(host: str, port: int, chunks: int, chunk_delay_ms: float) -> N
             f"fake-upstream: cannot listen on {host}:{port}: {reason}; try another --port", err=True
         )
         raise SystemExit(2) from None
+
+
+# -- weak tokens ---------------------------------------------------------------------------------
+
+_WAY_OUT = (
+    "set a long random token: python -c 'import secrets; print(secrets.token_urlsafe(32))', "
+    "or set gateway.allow_weak_tokens: true to accept it on purpose"
+)
+
+
+def _guard_tokens(settings: Settings, gateway_host: str, metrics_hosts: tuple[str, ...]) -> None:
+    """Refuse to start (exit 2, one line per token) when a placeholder or short token guards a
+    listener off loopback; on loopback warn and go on. Gateway tokens guard `gateway_host`, the
+    metrics token each of `metrics_hosts`. Token values are never shown."""
+    import logging
+
+    from llmgateway.config_rules import is_loopback, weak_tokens
+
+    weak = weak_tokens(settings)
+    log = logging.getLogger("llmgateway.tokens")
+    if not weak:
+        return
+    if settings.gateway.allow_weak_tokens:
+        paths = ", ".join(where for where, _ in weak)
+        log.info("gateway.allow_weak_tokens: weak tokens accepted on purpose (%s)", paths)
+        return
+    refused = []
+    for where, why in weak:
+        hosts = metrics_hosts if where.startswith("metrics.") else (gateway_host,)
+        public = [host for host in hosts if not is_loopback(host)]
+        if public:
+            listener = f"it guards {public[0]}, which is not loopback"
+            refused.append(f"{where}: {why}; {listener}: refusing to start")
+        else:
+            log.warning("%s: %s, accepted on loopback only; %s", where, why, _WAY_OUT)
+    for line in refused:
+        click.echo(f"{line}; {_WAY_OUT}", err=True)
+    if refused:
+        raise SystemExit(2)
+
+
+def _metrics_hosts(settings: Settings, gateway_host: str, keeper: bool) -> tuple[str, ...]:
+    """Where the metrics token guards something: the gateway's listener (`/metrics`, the
+    `/readyz` details) and, for a command running the Keeper, its own metrics listener."""
+    worker = settings.worker
+    if keeper and settings.metrics.enabled and worker.metrics_port != 0:
+        return (gateway_host, worker.metrics_host)
+    return (gateway_host,)
 
 
 # -- the store: db upgrade, worker, status ------------------------------------------------------
@@ -199,6 +252,8 @@ def worker(config: str | None, once: bool) -> None:
     settings = _load(config)
     # --once prints its own summary, problems included; the loop reports through the logs
     _setup_logging(settings, "worker", "ERROR" if once else None)
+    gateway_host = settings.gateway.host  # the listener this config's gateway tokens guard
+    _guard_tokens(settings, gateway_host, _metrics_hosts(settings, gateway_host, keeper=True))
 
     async def work(store: Store) -> None:
         from llmgateway.metrics import Metrics
@@ -411,9 +466,10 @@ def gateway(config: str | None, host: str | None, port: int | None, workers: int
 
     settings = _load(config)
     _setup_logging(settings, "gateway")
-    _prepare_store(config)  # migrations and a file sync, with a one-line error if the store fails
     host = host or settings.gateway.host
     port = settings.gateway.port if port is None else port
+    _guard_tokens(settings, host, _metrics_hosts(settings, host, keeper=False))
+    _prepare_store(config)  # migrations and a file sync, with a one-line error if the store fails
     workers = workers or settings.gateway.workers
     if workers == 1:
         from llmgateway.app import create_app
@@ -451,6 +507,7 @@ def serve(config: str | None, host: str | None, port: int | None) -> None:
     _setup_logging(settings, "serve")
     host = host or settings.gateway.host
     port = settings.gateway.port if port is None else port
+    _guard_tokens(settings, host, _metrics_hosts(settings, host, keeper=True))
     _prepare_store(config)  # as `gateway` does: migrations and a file sync, once, before serving
     with contextlib.suppress(KeyboardInterrupt):
         uvloop.run(_serve_both(settings, host, port))

@@ -24,6 +24,7 @@ from pathlib import Path
 
 from sqlalchemy.engine import URL
 
+from llmgateway.private_files import FILE_MODE, make_private_folder
 from llmgateway.store import Store
 from llmgateway.store.notify import Listener, Notice
 from llmgateway.worker.lock import lock_path
@@ -42,8 +43,8 @@ async def exclusive_start(url: URL) -> AsyncIterator[None]:
     if path is None:
         yield
         return
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    make_private_folder(path.parent)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, FILE_MODE)
     try:
         await asyncio.to_thread(fcntl.flock, fd, fcntl.LOCK_EX)
         yield

@@ -25,6 +25,11 @@ from llmgateway import config_rules
 from llmgateway.masking import mask
 from llmgateway.settings import Settings
 
+MAX_CONFIG_BYTES = 1024 * 1024
+"""A config file larger than this is refused unread (a real one is a few kilobytes)."""
+MAX_ALIAS_NODES = 10_000
+"""YAML aliases may add at most this many values beyond the document's own nodes (a
+"billion laughs" file would otherwise expand to gigabytes while it is being constructed)."""
 CONFIG_ENV = "LLMGATEWAY_CONFIG"
 """The environment variable naming the config file when `--config` is not given."""
 DEFAULT_CONFIG_PATH = Path("config/providers.yaml")
@@ -114,7 +119,11 @@ def _not_a_mapping(name: str, data: Any) -> Problem:
 def _read(path: Path) -> str:
     hint = f"pass the path, set ${CONFIG_ENV}, or copy examples/minimal_config.yaml there"
     try:
-        return path.read_text(encoding="utf-8-sig")
+        with path.open("rb") as file:
+            data = file.read(MAX_CONFIG_BYTES + 1)  # never more, whatever the file is
+        if len(data) > MAX_CONFIG_BYTES:
+            raise ConfigError((_too_large(path),))
+        return data.decode("utf-8-sig")
     except FileNotFoundError:
         problem = Problem(str(path), "config file not found", hint)
     except IsADirectoryError:
@@ -126,6 +135,14 @@ def _read(path: Path) -> str:
     except OSError as exc:
         problem = Problem(str(path), f"cannot read the config file: {exc.strerror}", "")
     raise ConfigError((problem,))
+
+
+def _too_large(path: Path) -> Problem:
+    return Problem(
+        str(path),
+        f"the config file is larger than {MAX_CONFIG_BYTES // 1024 // 1024} MiB: refused unread",
+        "a config file is a few kilobytes; check that the path names the config file",
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -167,9 +184,15 @@ def _parse(text: str, name: str) -> tuple[Any, list[Problem]]:
     loader = _Loader(text)
     loader.duplicates = []
     try:
-        tree = loader.get_single_data()
+        node = loader.get_single_node()
+        if node is not None:
+            _check_aliases(node, name)
+        tree = None if node is None else loader.construct_document(node)
     except yaml.YAMLError as exc:
         raise ConfigError((_yaml_problem(exc, text, name),)) from None
+    except RecursionError:
+        hint = "a config is a few levels deep; check the brackets and indentation"
+        raise ConfigError((Problem(name, "invalid YAML: nested too deeply", hint),)) from None
     finally:
         loader.dispose()
     problems = [
@@ -177,6 +200,62 @@ def _parse(text: str, name: str) -> tuple[Any, list[Problem]]:
         for line, col, key in loader.duplicates
     ]
     return tree, problems
+
+
+def _check_aliases(root: yaml.Node, name: str) -> None:
+    """Refuse a document whose aliases would expand it by more than `MAX_ALIAS_NODES` values,
+    or that refers to itself: counted on the composed graph, each node once, before any value
+    is built (a "billion laughs" file is a few hundred bytes of anchors)."""
+    expanded, own = _expanded_size(root)
+    if expanded is None:
+        raise ConfigError(
+            (
+                Problem(
+                    name, "invalid YAML: an alias refers to the value that contains it", _NO_LOOP
+                ),
+            )
+        )
+    if expanded - own > MAX_ALIAS_NODES:
+        message = (
+            f"YAML aliases would expand the config by {expanded - own:,} values "
+            f"(at most {MAX_ALIAS_NODES:,})"
+        )
+        raise ConfigError((Problem(name, message, _FEWER_ALIASES),))
+
+
+_NO_LOOP = "an alias (*name) must not point at an anchor (&name) that contains it"
+_FEWER_ALIASES = "write the repeated settings out, or use fewer nested anchors (&name / *name)"
+
+
+def _expanded_size(root: yaml.Node) -> tuple[int | None, int]:
+    """(values in the document once every alias is expanded, distinct nodes in it); the first
+    is None for a document that contains itself. Iterative, each node counted once."""
+    sizes: dict[int, int] = {}
+    open_nodes: set[int] = set()
+    stack: list[tuple[yaml.Node, bool]] = [(root, False)]
+    while stack:
+        node, children_done = stack.pop()
+        key = id(node)
+        if children_done:
+            open_nodes.discard(key)
+            sizes[key] = 1 + sum(sizes[id(child)] for child in _children(node))
+            continue
+        if key in sizes:
+            continue
+        if key in open_nodes:
+            return None, len(sizes)
+        open_nodes.add(key)
+        stack.append((node, True))
+        stack.extend((child, False) for child in _children(node) if id(child) not in sizes)
+    return sizes[id(root)], len(sizes)
+
+
+def _children(node: yaml.Node) -> list[yaml.Node]:
+    if isinstance(node, yaml.SequenceNode):
+        return list(node.value)
+    if isinstance(node, yaml.MappingNode):
+        return [part for pair in node.value for part in pair]
+    return []
 
 
 def _yaml_problem(exc: yaml.YAMLError, text: str, name: str) -> Problem:

@@ -5,16 +5,19 @@ folder (good keys, and keys that are invalid, rate-limited, out of quota or flak
 naming convention), and runs the gateway and the Keeper in one process on SQLite in that
 folder, with probe intervals short enough to watch. A little traffic of its own makes the
 pool change: every few seconds one line shows the keys by state, as bad keys are found and
-cooling keys come back. Ctrl-C stops everything and removes the folder.
+cooling keys come back. Ctrl-C stops everything and removes the folder. Its gateway and metrics
+tokens are new random ones every run, printed in the lines to try.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import secrets
 import signal
 import socket
 from collections.abc import AsyncIterator, Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -30,9 +33,6 @@ from llmgateway.store import Store
 from llmgateway.testing.fake_upstream import FakeUpstream
 from llmgateway.worker.run import Keeper
 
-OPENAI_TOKEN = "demo-openai-token"
-"""The demo's gateway tokens: throwaway values, printed so they can be tried."""
-GEMINI_TOKEN = "demo-gemini-token"
 OPENAI_KEYS = (
     "sk-demo-good-000000000001",
     "sk-demo-good-000000000002",
@@ -47,10 +47,25 @@ GEMINI_KEYS = (
     "AIza-demo-noquota-000000000003",
 )
 SUMMARY_EVERY_SEC = 3.0
+GEMINI_BODY = '{"contents": [{"parts": [{"text": "hi"}]}]}'
 TRAFFIC_EVERY_SEC = 0.5
 
 
-def demo_settings(folder: Path, fake: FakeUpstream, port: int) -> Settings:
+@dataclass(frozen=True, slots=True)
+class DemoTokens:
+    """The demo's tokens: two gateway tokens and the metrics token, printed to be tried."""
+
+    openai: str
+    gemini: str
+    metrics: str
+
+    @classmethod
+    def generate(cls) -> DemoTokens:
+        """Fresh random tokens (`secrets.token_urlsafe`, 32 characters each)."""
+        return cls(*(secrets.token_urlsafe(24) for _ in range(3)))
+
+
+def demo_settings(folder: Path, fake: FakeUpstream, port: int, tokens: DemoTokens) -> Settings:
     """The demo config: two providers on the fake, SQLite in `folder`, fast probes."""
     fast_outliers = {"consecutive_failures": 2, "base_ejection_sec": 10, "max_ejection_sec": 20}
     policy: dict[str, Any] = {"outlier_detection": fast_outliers}
@@ -60,6 +75,7 @@ def demo_settings(folder: Path, fake: FakeUpstream, port: int) -> Settings:
             "logging": {"level": "WARNING"},
             "worker": {"probe_interval_sec": 10, "sync_interval_sec": 30, "metrics_port": 0},
             "gateway": {"host": "127.0.0.1", "port": port, "refresh_interval_sec": 1},
+            "metrics": {"access_token": tokens.metrics},
             "providers": {
                 "openai": {
                     "provider_type": "openai_like",
@@ -67,7 +83,7 @@ def demo_settings(folder: Path, fake: FakeUpstream, port: int) -> Settings:
                     "api_base_url": fake.openai_base,
                     "default_model": "gpt-4o-mini",
                     "models": {"gpt-4o-mini": {"endpoint_suffix": "/chat/completions"}},
-                    "access_control": {"gateway_access_token": OPENAI_TOKEN},
+                    "access_control": {"gateway_access_token": tokens.openai},
                     "worker_health_policy": {"batch_delay_sec": 0},
                     "gateway_policy": policy,
                 },
@@ -78,7 +94,7 @@ def demo_settings(folder: Path, fake: FakeUpstream, port: int) -> Settings:
                     "default_model": "gemini-2.5-flash",
                     "shared_key_status": True,
                     "models": {"gemini-2.5-flash": {"endpoint_suffix": ":generateContent"}},
-                    "access_control": {"gateway_access_token": GEMINI_TOKEN},
+                    "access_control": {"gateway_access_token": tokens.gemini},
                     "worker_health_policy": {"batch_delay_sec": 0},
                     "gateway_policy": policy,
                 },
@@ -95,24 +111,29 @@ def write_demo_keys(folder: Path) -> None:
         (target / "keys.txt").write_text("\n".join(keys) + "\n", encoding="utf-8")
 
 
-def instructions(url: str, folder: Path) -> list[str]:
+def instructions(url: str, folder: Path, tokens: DemoTokens) -> list[str]:
     """What to try, with the demo's tokens."""
     body = '{"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}'
     sdk = (
         "from openai import OpenAI; "
-        f'c = OpenAI(base_url="{url}/v1", api_key="{OPENAI_TOKEN}"); '
+        f'c = OpenAI(base_url="{url}/v1", api_key="{tokens.openai}"); '
         'print(c.chat.completions.create(model="gpt-4o-mini", '
         'messages=[{"role": "user", "content": "hi"}]).choices[0].message.content)'
     )
+    metrics = f"-H 'Authorization: Bearer {tokens.metrics}'"
     return [
         f"llmgateway demo: the gateway listens on {url} (demo folder: {folder})",
         "  keys: openai 3 good, 1 invalid, 1 rate-limited, 1 flaky; gemini 2 good, 1 out of quota",
+        "  tokens: new random ones for this run",
         "try:",
-        f"  curl {url}/v1/chat/completions -H 'Authorization: Bearer {OPENAI_TOKEN}' "
+        f"  curl {url}/v1/chat/completions -H 'Authorization: Bearer {tokens.openai}' "
         f"-H 'content-type: application/json' -d '{body}'",
         f"  python -c '{sdk}'",
-        f"  curl {url}/metrics",
-        f"  curl {url}/readyz",
+        f"  curl {url}/v1beta/models/gemini-2.5-flash:generateContent "
+        f"-H 'x-goog-api-key: {tokens.gemini}' -H 'content-type: application/json' "
+        f"-d '{GEMINI_BODY}'",
+        f"  curl {metrics} {url}/metrics",
+        f"  curl {metrics} {url}/readyz",
         "Ctrl-C stops the demo and removes its folder.",
     ]
 
@@ -135,21 +156,22 @@ async def run_demo(folder: Path, port: int, echo: Callable[[str], None]) -> None
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
     write_demo_keys(folder)
+    tokens = DemoTokens.generate()
     async with FakeUpstream() as fake:
-        settings = demo_settings(folder, fake, port)
+        settings = demo_settings(folder, fake, port, tokens)
         metrics = Metrics.create()
         app = create_app(settings, metrics=metrics)
         async with (
             _serving(app, port) as url,
             await Store.open(settings.database.async_url) as store,
         ):
-            for line in instructions(url, folder):
+            for line in instructions(url, folder, tokens):
                 echo(line)
             gateway = getattr(app, "state").gateway  # noqa: B009 - the ASGI type hides `state`
             keeper = asyncio.create_task(Keeper(settings, store, metrics=metrics).run(stop))
             helpers = [
                 asyncio.create_task(_summaries(gateway, echo)),
-                asyncio.create_task(_traffic(url)),
+                asyncio.create_task(_traffic(url, tokens)),
             ]
             try:
                 await stop.wait()
@@ -196,7 +218,7 @@ async def _summaries(gateway: Any, echo: Callable[[str], None]) -> None:
         echo(pool_line(gateway, gateway.clock()))
 
 
-async def _traffic(url: str) -> None:
+async def _traffic(url: str, tokens: DemoTokens) -> None:
     """A request now and then on each provider, so that bad keys are met and found out."""
     chat = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}
     gemini = {"contents": [{"parts": [{"text": "hi"}]}]}
@@ -204,10 +226,10 @@ async def _traffic(url: str) -> None:
     async with aiohttp.ClientSession() as session:
         while True:
             with contextlib.suppress(aiohttp.ClientError):
-                headers = {"authorization": f"Bearer {OPENAI_TOKEN}"}
+                headers = {"authorization": f"Bearer {tokens.openai}"}
                 async with session.post(f"{url}/v1/chat/completions", json=chat, headers=headers):
                     pass
-                headers = {"x-goog-api-key": GEMINI_TOKEN}
+                headers = {"x-goog-api-key": tokens.gemini}
                 async with session.post(native, json=gemini, headers=headers):
                     pass
             await asyncio.sleep(TRAFFIC_EVERY_SEC)

@@ -21,6 +21,7 @@ import sys
 import time
 from array import array
 from collections.abc import Iterable, MutableMapping
+from io import TextIOWrapper
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +30,7 @@ from structlog.typing import EventDict, Processor
 
 from llmgateway.masking import fingerprint, mask
 from llmgateway.outcomes import Outcome
+from llmgateway.private_files import make_private_folder, private_opener
 from llmgateway.settings import LoggingSettings, ProxyMode, Settings
 
 FILE_MAX_BYTES = 20 * 1024 * 1024
@@ -226,12 +228,25 @@ def _formatter(
 
 
 def _file_handler(folder: Path, name: str, formatter: logging.Formatter) -> logging.Handler:
-    folder.mkdir(parents=True, exist_ok=True)
-    handler = logging.handlers.RotatingFileHandler(
+    make_private_folder(folder)
+    handler = _PrivateRotatingFileHandler(
         folder / f"{name}.log", maxBytes=FILE_MAX_BYTES, backupCount=FILE_BACKUPS, encoding="utf-8"
     )
     handler.setFormatter(formatter)
     return handler
+
+
+class _PrivateRotatingFileHandler(logging.handlers.RotatingFileHandler):
+    """Rotated log files created 0600 (a rollover renames the old ones, keeping their mode)."""
+
+    def _open(self) -> TextIOWrapper:
+        return open(
+            self.baseFilename,
+            "a",  # the mode RotatingFileHandler always uses
+            encoding=self.encoding,
+            errors=self.errors,
+            opener=private_opener,
+        )
 
 
 _REQUEST: contextvars.ContextVar[dict[str, Any] | None] = contextvars.ContextVar(

@@ -16,7 +16,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from llmgateway.metrics import MULTIPROC_ENV, KeyCount, Metrics, store_key_counts
-from llmgateway.settings import Settings
+from llmgateway.settings import MetricsSettings, Settings
 from llmgateway.store import Store
 
 if TYPE_CHECKING:
@@ -25,22 +25,35 @@ if TYPE_CHECKING:
 _REFUSED = {"error": "metrics need 'Authorization: Bearer <metrics.access_token>'"}
 
 
-def authorized(header: str | None, token: str) -> bool:
-    """Whether an Authorization header carries `token` as a Bearer token (always, when unset)."""
-    if not token:
+def authorized(header: str | None, token: str, *, open_to_all: bool = False) -> bool:
+    """Whether a request with this Authorization header may read the metrics and the readiness
+    details: always with `open_to_all` (`metrics.allow_unauthenticated`), never when `token`
+    is empty, else when the header carries `token` as a Bearer token (constant-time compare)."""
+    if open_to_all:
         return True
-    if not header or header[:7].lower() != "bearer ":
+    if not token or not header or header[:7].lower() != "bearer ":
         return False
     return hmac.compare_digest(header[7:].strip().encode(), token.encode())
 
 
+def metrics_served(access: MetricsSettings) -> bool:
+    """Whether `/metrics` exists: enabled, and either behind `access_token` or opened on
+    purpose with `allow_unauthenticated` (an empty token turns it off, as in the original)."""
+    return access.enabled and (bool(access.access_token) or access.allow_unauthenticated)
+
+
+def request_authorized(header: str | None, access: MetricsSettings) -> bool:
+    """`authorized()` with the metrics settings."""
+    return authorized(header, access.access_token, open_to_all=access.allow_unauthenticated)
+
+
 def metrics_endpoint(
-    metrics: Metrics, token: str, keys: Callable[[], Awaitable[Iterable[KeyCount]]]
+    metrics: Metrics, access: MetricsSettings, keys: Callable[[], Awaitable[Iterable[KeyCount]]]
 ) -> Callable[[Request], Awaitable[Response]]:
-    """A Starlette endpoint for `/metrics`, behind `token` as a Bearer token when it is set."""
+    """A Starlette endpoint for `/metrics`, behind the metrics token (see `authorized`)."""
 
     async def endpoint(request: Request) -> Response:
-        if not authorized(request.headers.get("authorization"), token):
+        if not request_authorized(request.headers.get("authorization"), access):
             return JSONResponse(
                 _REFUSED,
                 status_code=401,
@@ -72,17 +85,18 @@ def multiprocess_dir() -> Iterator[str]:
 @contextlib.asynccontextmanager
 async def serving(
     metrics: Metrics,
-    token: str,
+    access: MetricsSettings,
     keys: Callable[[], Awaitable[Iterable[KeyCount]]],
     host: str,
     port: int,
 ) -> AsyncIterator[str]:
-    """Serve `/metrics` on host:port in this loop (aiohttp: no signal handling of its own, so
-    it fits inside the Keeper's process); yields the URL."""
+    """Serve `/healthz`, and `/metrics` when `metrics_served(access)`, on host:port in this loop
+    (aiohttp: no signal handling of its own, so it fits inside the Keeper's process); yields
+    the URL."""
     from aiohttp import web  # the Keeper's only: a gateway process never loads aiohttp's server
 
     async def handle(request: web.Request) -> web.Response:
-        if not authorized(request.headers.get("authorization"), token):
+        if not request_authorized(request.headers.get("authorization"), access):
             return web.json_response(
                 _REFUSED,
                 status=401,
@@ -95,7 +109,8 @@ async def serving(
         return web.json_response({"status": "ok"})
 
     app = web.Application()
-    app.router.add_get("/metrics", handle)
+    if metrics_served(access):
+        app.router.add_get("/metrics", handle)
     app.router.add_get("/healthz", alive)
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
@@ -109,8 +124,9 @@ async def serving(
 
 @contextlib.asynccontextmanager
 async def keeper_metrics(settings: Settings, metrics: Metrics, store: Store) -> AsyncIterator[None]:
-    """The Keeper's `/metrics` on `worker.metrics_host:metrics_port` (off when the port is 0
-    or `metrics.enabled` is false), with `llmgateway_keys` read from the store per scrape."""
+    """The Keeper's `/healthz` and `/metrics` on `worker.metrics_host:metrics_port` (off when
+    the port is 0 or `metrics.enabled` is false; `/metrics` is 404 without a metrics token
+    unless `allow_unauthenticated`), with `llmgateway_keys` read from the store per scrape."""
     worker = settings.worker
     if not settings.metrics.enabled or worker.metrics_port == 0:
         yield
@@ -119,6 +135,5 @@ async def keeper_metrics(settings: Settings, metrics: Metrics, store: Store) -> 
     async def keys() -> list[KeyCount]:
         return store_key_counts(await store.status_counts())
 
-    token = settings.metrics.access_token
-    async with serving(metrics, token, keys, worker.metrics_host, worker.metrics_port):
+    async with serving(metrics, settings.metrics, keys, worker.metrics_host, worker.metrics_port):
         yield

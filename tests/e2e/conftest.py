@@ -17,6 +17,9 @@ from llmgateway.testing.fake_upstream import FakeUpstream
 
 OPENAI_TOKEN = "gw-openai-token-0001"
 GEMINI_TOKEN = "gw-gemini-token-0002"
+METRICS_TOKEN = "gw-metrics-token-0003"
+METRICS_AUTH = {"authorization": f"Bearer {METRICS_TOKEN}"}
+"""What `/metrics` and the details of `/readyz` need (`metrics.access_token` of the fixtures)."""
 
 
 def write_keys(folder: Path, keys: list[str]) -> None:
@@ -40,6 +43,7 @@ def gateway_settings(
     data = {
         "database": {"url": f"sqlite:///{tmp_path / 'gw.db'}"},
         "gateway": {"refresh_interval_sec": 0.2, **(gateway_section or {})},
+        "metrics": {"access_token": METRICS_TOKEN},
         "providers": {
             "openai": {
                 "provider_type": "openai_like",

@@ -12,8 +12,6 @@ from pathlib import Path
 import httpx2 as httpx
 import openai
 
-from llmgateway.demo import OPENAI_TOKEN
-
 
 async def read_until(stream: asyncio.StreamReader, pattern: str, timeout: float = 30) -> str:
     """The output up to the first line matching `pattern` (regex)."""
@@ -42,15 +40,30 @@ async def test_demo_serves_requests_and_cleans_up_on_ctrl_c(tmp_path: Path) -> N
         assert folder.parent == tmp_path
         assert (folder / "demo.db").exists()
         assert f"curl {url}/v1/chat/completions" in intro
-        assert f"curl {url}/metrics" in intro
-        assert f'api_key="{OPENAI_TOKEN}"' in intro
-        client = openai.AsyncOpenAI(base_url=f"{url}/v1", api_key=OPENAI_TOKEN, max_retries=0)
+        tokens = re.search(r"Authorization: Bearer ([\w-]+)' -H 'content-type", intro)
+        gemini = re.search(r"x-goog-api-key: ([\w-]+)'", intro)
+        scrape = re.search(rf"curl -H 'Authorization: Bearer ([\w-]+)' {url}/metrics\n", intro)
+        assert tokens, intro
+        assert gemini, intro
+        assert scrape, intro
+        openai_token, metrics_token = tokens.group(1), scrape.group(1)
+        found = {openai_token, gemini.group(1), metrics_token}
+        assert len(found) == 3, "three different tokens"
+        assert all(len(token) >= 32 for token in found), "random, from secrets.token_urlsafe"
+        assert not {"demo-openai-token", "demo-gemini-token"} & found
+        assert f'api_key="{openai_token}"' in intro
+        client = openai.AsyncOpenAI(base_url=f"{url}/v1", api_key=openai_token, max_retries=0)
         reply = await client.chat.completions.create(
             model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}]
         )
         assert reply.choices[0].message.content
         async with httpx.AsyncClient() as http:
-            metrics = (await http.get(f"{url}/metrics")).text
+            refused = await http.get(f"{url}/metrics")
+            auth = {"authorization": f"Bearer {metrics_token}"}
+            metrics = (await http.get(f"{url}/metrics", headers=auth)).text
+            details = (await http.get(f"{url}/readyz", headers=auth)).json()
+        assert refused.status_code == 401
+        assert set(details["providers"]) == {"openai", "gemini"}
         assert (
             'llmgateway_requests_total{code="200",model="gpt-4o-mini",provider="openai"}' in metrics
         )

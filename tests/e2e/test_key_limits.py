@@ -24,7 +24,7 @@ from llmgateway.settings import DatabaseSettings, LimitsSettings, Settings
 from llmgateway.testing.fake_upstream import FakeUpstream
 from llmgateway.testing.faults import Behavior
 from tests.conftest import REDIS_URL
-from tests.e2e.conftest import OPENAI_TOKEN, gateway_settings, write_keys
+from tests.e2e.conftest import METRICS_AUTH, OPENAI_TOKEN, gateway_settings, write_keys
 
 KEYS = ["sk-limited-openai-00000000001", "sk-limited-openai-00000000002"]
 CHAT = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}
@@ -108,7 +108,7 @@ async def test_an_unreachable_redis_fails_open_and_is_counted(
     settings = limited(tmp_path, fake, {"rpm": 1, "max_concurrent": 1}, redis_url=url)
     async with two_gateways(settings) as (urls, _), aiohttp.ClientSession() as session:
         answers = [await chat(session, urls[0]) for _ in range(5)]
-        async with session.get(f"{urls[0]}/metrics") as response:
+        async with session.get(f"{urls[0]}/metrics", headers=METRICS_AUTH) as response:
             text = await response.text()
     assert [status for status, _ in answers] == [200] * 5  # well over rpm: served anyway
     assert sum(fake.calls(key) for key in KEYS) == 5

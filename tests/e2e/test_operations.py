@@ -32,7 +32,13 @@ from llmgateway.testing.fake_upstream import FakeUpstream
 from llmgateway.testing.faults import Behavior
 from llmgateway.worker.run import Keeper
 from llmgateway.worker.sync import run_sync
-from tests.e2e.conftest import OPENAI_TOKEN, GatewayFactory, gateway_settings, write_keys
+from tests.e2e.conftest import (
+    METRICS_AUTH,
+    OPENAI_TOKEN,
+    GatewayFactory,
+    gateway_settings,
+    write_keys,
+)
 
 GOOD = "sk-good-openai-000000000001"
 INVALID = "sk-ops-invalid-000000000001"
@@ -97,7 +103,7 @@ async def test_metrics_after_real_traffic(gateway: GatewayFactory, fake: FakeUps
             assert (
                 await http.get(f"{url}/v1/models", headers={"authorization": "Bearer no"})
             ).status_code == 401
-            text = (await http.get(f"{url}/metrics")).text
+            text = (await http.get(f"{url}/metrics", headers=METRICS_AUTH)).text
     found = samples(text)
     assert (
         value(
@@ -183,7 +189,7 @@ async def test_readyz_says_what_is_wrong(gateway: GatewayFactory, fake: FakeUpst
     async with gateway(openai=[INVALID]) as url, httpx.AsyncClient() as http:
         with pytest.raises(openai.APIStatusError):
             await chat(url)
-        ready = await http.get(f"{url}/readyz")
+        ready = await http.get(f"{url}/readyz", headers=METRICS_AUTH)
         alive = await http.get(f"{url}/healthz")
     assert alive.json() == {"status": "ok"}
     body = ready.json()
@@ -316,7 +322,7 @@ async def test_two_worker_processes_report_the_sum(tmp_path: Path, fake: FakeUps
             seen = set()
             for _ in range(8):
                 async with httpx.AsyncClient() as fresh:
-                    found = samples((await fresh.get(f"{url}/metrics")).text)
+                    found = samples((await fresh.get(f"{url}/metrics", headers=METRICS_AUTH)).text)
                 key = (
                     "llmgateway_requests_total",
                     frozenset(

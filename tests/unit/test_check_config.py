@@ -84,10 +84,35 @@ def write(folder: Path, text: str, name: str = "providers.yaml") -> Path:
 
 def test_valid_config_exits_0_with_a_summary(runner: CliRunner, tmp_path: Path) -> None:
     path = write(tmp_path, GOOD)
-    result = runner.invoke(main, ["check-config", str(path)], env={"OPENAI_TOKEN": "tok-o-1234"})
+    result = runner.invoke(
+        main, ["check-config", str(path)], env={"OPENAI_TOKEN": "tok-o-0123456789abcdef"}
+    )
     assert result.exit_code == 0
     assert result.stdout == "ok: 2 providers (gemini, openai), database: sqlite\n"
     assert result.stderr == ""
+
+
+def test_weak_tokens_are_warnings_naming_the_setting_not_the_value(
+    runner: CliRunner, tmp_path: Path
+) -> None:
+    path = write(tmp_path, GOOD + "metrics: {access_token: change-me-metrics}\n")
+    result = runner.invoke(main, ["check-config", str(path)], env={"OPENAI_TOKEN": "tok-o-1234"})
+    assert result.exit_code == 0
+    assert result.stdout == "ok: 2 providers (gemini, openai), database: sqlite\n"
+    way_out = (
+        "set a long random token: python -c 'import secrets; print(secrets.token_urlsafe(32))', "
+        "or set gateway.allow_weak_tokens: true to accept it on purpose"
+    )
+    assert result.stderr.splitlines() == [
+        "warning: providers.openai.access_control.gateway_access_token: a token of 10 "
+        f"characters, at least 16 needed, refused off loopback; {way_out}",
+        f"warning: metrics.access_token: a placeholder token, refused off loopback; {way_out}",
+    ]
+    assert "tok-o-1234" not in result.output
+    assert "change-me-metrics" not in result.output
+    allowed = write(tmp_path, path.read_text() + "gateway: {allow_weak_tokens: true}\n")
+    quiet = runner.invoke(main, ["check-config", str(allowed)], env={"OPENAI_TOKEN": "tok-o-1234"})
+    assert (quiet.exit_code, quiet.stderr) == (0, "")
 
 
 def test_postgres_summary_and_singular(runner: CliRunner, tmp_path: Path) -> None:
@@ -123,7 +148,7 @@ def test_unset_variable_is_named(runner: CliRunner, tmp_path: Path) -> None:
 
 def test_path_from_environment(runner: CliRunner, tmp_path: Path) -> None:
     path = write(tmp_path, GOOD, "elsewhere.yaml")
-    env = {"LLMGATEWAY_CONFIG": str(path), "OPENAI_TOKEN": "tok-o-1234"}
+    env = {"LLMGATEWAY_CONFIG": str(path), "OPENAI_TOKEN": "tok-o-0123456789abcdef"}
     result = runner.invoke(main, ["check-config"], env=env)
     assert result.exit_code == 0, result.output
     assert result.stdout.startswith("ok: 2 providers")

@@ -181,3 +181,23 @@ def test_grafana_dashboard_uses_only_metrics_that_exist() -> None:
     titles = " ".join(panel["title"].lower() for panel in dashboard["panels"])
     for topic in ("request rate", "error", "latency", "first byte", "overhead", "keys", "breaker"):
         assert topic in titles
+
+
+def test_env_example_placeholders_stop_the_composed_gateway(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """An unfilled copy of .env.example must fail loudly: compose binds 0.0.0.0, and every
+    token it leaves in place is a placeholder the gateway refuses there."""
+    from llmgateway.config_rules import is_loopback, weak_tokens
+
+    settings = settings_as_compose_runs_them("gateway", monkeypatch)
+    command = compose()["services"]["gateway"]["command"]
+    assert not is_loopback(option(command, "--host") or "")
+    weak = dict(weak_tokens(settings))
+    assert weak == {
+        f"providers.{name}.access_control.gateway_access_token": "a placeholder token"
+        for name in settings.providers
+    }
+    header = "".join(line for line in COMPOSE.read_text().splitlines() if line.startswith("#"))
+    assert "fill in" in header
+    assert "refuses to start" in header

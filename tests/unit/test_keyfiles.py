@@ -207,8 +207,80 @@ def test_a_sub_folder_is_skipped_and_a_socket_is_unreadable(tmp_path: Path) -> N
         assert not read_folder(tmp_path, parse_keys).complete
 
 
-def test_a_linked_file_is_read(tmp_path: Path) -> None:
-    target = write(tmp_path / "elsewhere" / "real.txt", KEY_2)
-    write(tmp_path / "keys" / "a.txt", KEY_1)
-    (tmp_path / "keys" / "b.txt").symlink_to(target)
-    assert read_folder(tmp_path / "keys", parse_keys) == Parsed(frozenset({KEY_1, KEY_2}))
+def test_a_link_to_a_file_inside_the_folder_is_read(tmp_path: Path) -> None:
+    keys = tmp_path / "keys"
+    write(keys / "a.txt", KEY_1)
+    write(keys / "team" / "real.txt", KEY_2)
+    (keys / "b.txt").symlink_to("team/real.txt")
+    (keys / "c.txt").symlink_to(keys / "a.txt")  # absolute, and to a sibling: read twice, one key
+    parsed = read_folder(keys, parse_keys)
+    assert (parsed.values, parsed.complete) == ({KEY_1, KEY_2}, True)
+    assert [str(p) for p in parsed.problems] == [f"{keys / 'team'}: sub-folder skipped (not read)"]
+
+
+def kubernetes_mount(folder: Path, version: str, keys: str) -> None:
+    """What kubelet writes for a secret volume: the data in a timestamped hidden folder, `..data`
+    linking to it, and each file a link through `..data` (the swap is one rename of `..data`)."""
+    write(folder / f"..{version}" / "keys.txt", keys)
+    (folder / "..data_tmp").symlink_to(f"..{version}")
+    (folder / "..data_tmp").rename(folder / "..data")
+    if not (folder / "keys.txt").is_symlink():
+        (folder / "keys.txt").symlink_to("..data/keys.txt")
+
+
+def test_a_kubernetes_secret_mount_is_read_and_follows_the_swap(tmp_path: Path) -> None:
+    kubernetes_mount(tmp_path, "2024_01_01_10_00_00.1", KEY_1)
+    assert read_folder(tmp_path, parse_keys) == Parsed(frozenset({KEY_1}))
+    kubernetes_mount(tmp_path, "2024_02_01_10_00_00.2", f"{KEY_2}\n{KEY_3}")
+    assert read_folder(tmp_path, parse_keys) == Parsed(frozenset({KEY_2, KEY_3}))
+
+
+def test_a_folder_that_is_itself_a_link_is_read(tmp_path: Path) -> None:
+    write(tmp_path / "real" / "a.txt", KEY_1)
+    (tmp_path / "real" / "b.txt").symlink_to("a.txt")
+    (tmp_path / "keys").symlink_to(tmp_path / "real")
+    assert read_folder(tmp_path / "keys", parse_keys) == Parsed(frozenset({KEY_1}))
+
+
+@pytest.mark.parametrize("target", ["/etc/passwd", "outside.txt", "elsewhere", "../keys-2/x.txt"])
+def test_a_link_to_outside_the_folder_is_skipped_unread(tmp_path: Path, target: str) -> None:
+    write(tmp_path / "outside.txt", KEY_2)
+    write(tmp_path / "elsewhere" / "x.txt", KEY_3)
+    write(tmp_path / "keys-2" / "x.txt", KEY_3)
+    keys = tmp_path / "keys"
+    write(keys / "a.txt", KEY_1)
+    link = keys / "stolen.txt"
+    link.symlink_to(target if target.startswith(("/", "..")) else tmp_path / target)
+    parsed = read_folder(keys, parse_keys)
+    assert parsed.values == {KEY_1}
+    assert not parsed.complete  # the keys it gave before (if any) are kept
+    resolved = os.path.realpath(link)
+    assert [str(p) for p in parsed.problems] == [
+        f"{link}: skipped, a link to outside the folder (it points to {resolved}); move the "
+        "file into the folder; its keys are kept as they were"
+    ]
+
+
+def test_nothing_of_etc_passwd_shows(tmp_path: Path) -> None:
+    (tmp_path / "passwd.txt").symlink_to("/etc/passwd")
+    (tmp_path / "shadow.txt").symlink_to("/etc/../etc/passwd")
+    shown = " ".join(str(p) for p in read_folder(tmp_path, parse_keys).problems)
+    for line in Path("/etc/passwd").read_text().splitlines():
+        assert line.partition(":")[2] not in shown
+    assert ":x:0:0:" not in shown
+    assert "is not a key" not in shown  # never parsed, so no token of it is even masked
+
+
+def test_a_link_loop_is_skipped(tmp_path: Path) -> None:
+    write(tmp_path / "a.txt", KEY_1)
+    (tmp_path / "loop1.txt").symlink_to("loop2.txt")
+    (tmp_path / "loop2.txt").symlink_to("loop1.txt")
+    (tmp_path / "self.txt").symlink_to("self.txt")
+    parsed = read_folder(tmp_path, parse_keys)
+    assert parsed.values == {KEY_1}
+    assert not parsed.complete
+    assert [str(p) for p in parsed.problems] == [
+        f"{tmp_path / name}: skipped, a link to outside the folder (a link loop: it never "
+        "reaches a file); move the file into the folder; its keys are kept as they were"
+        for name in ("loop1.txt", "loop2.txt", "self.txt")
+    ]

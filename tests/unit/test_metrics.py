@@ -150,7 +150,9 @@ def test_counters_by_reason_and_the_breaker_gauge() -> None:
 
 
 def test_bearer_check() -> None:
-    assert authorized(None, "")
+    assert not authorized(None, "")  # no token configured: nobody, not everybody
+    assert not authorized("Bearer ", "")
+    assert authorized(None, "", open_to_all=True)  # metrics.allow_unauthenticated
     assert authorized("Bearer tok-12345", "tok-12345")
     assert authorized("bearer  tok-12345 ", "tok-12345")
     assert not authorized(None, "tok-12345")

@@ -301,7 +301,8 @@ def test_config_path_precedence() -> None:
         ),
         (
             {"metrics": {"zzz": 1}},
-            "metrics.zzz: unknown setting (valid here: enabled, access_token)",
+            "metrics.zzz: unknown setting "
+            "(valid here: enabled, access_token, allow_unauthenticated)",
         ),
         (
             {"gateway": {"port": "eighty"}},

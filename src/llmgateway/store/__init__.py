@@ -7,9 +7,11 @@ give a gateway just what changed; a write that changed nothing is rolled back.
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Collection, Mapping, Sequence
 from contextlib import asynccontextmanager
+from pathlib import Path
 from types import TracebackType
 from typing import Self
 
@@ -49,9 +51,16 @@ class Store:
     """The database behind llmgateway. Build it with `Store.open(url)`; close it with `close()`
     (or use `async with`). `clock` gives the current epoch time for every stamp it writes."""
 
-    def __init__(self, engine: AsyncEngine, clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        clock: Callable[[], float] = time.time,
+        sqlite_file: Path | None = None,
+    ) -> None:
         self.engine = engine
         self.clock = clock
+        self._file = None if sqlite_file is None else sqlite_file.absolute()
+        self._identity = None if self._file is None else _identity(self._file)
 
     @classmethod
     async def open(
@@ -64,7 +73,31 @@ class Store:
     ) -> Store:
         """A store on `url` (`sqlite:///file.db` or `postgresql://…`; the async driver is chosen
         here). `schema` sets PostgreSQL's search path. Connections are made on first use."""
-        return cls(connect.create_engine(async_url(url), pool_size, schema), clock)
+        engine = connect.create_engine(async_url(url), pool_size, schema)
+        return cls(engine, clock, connect.sqlite_file(engine.url))
+
+    def file_problem(self) -> str | None:
+        """Why the SQLite file this store opened is no longer at its path (deleted, or replaced
+        by another file, while this process still writes to the old one), or None: all is
+        well, or the store is not a SQLite file (PostgreSQL). One `stat`, cheap enough to call
+        at every refresh."""
+        if self._file is None or self._identity is None:
+            return None
+        try:
+            found = _identity(self._file, missing_ok=False)
+        except FileNotFoundError:
+            return (
+                f"the SQLite file {self._file} was deleted while in use: what is written now "
+                "is lost; restore it from a backup and restart (or restart to begin a new one)"
+            )
+        except OSError as error:
+            return f"the SQLite file {self._file} cannot be checked: {error.strerror}"
+        if found != self._identity:
+            return (
+                f"the SQLite file {self._file} was replaced by another file while in use; "
+                "this process still uses the old one: restart it to use the new file"
+            )
+        return None
 
     async def close(self) -> None:
         """Close every pooled connection."""
@@ -202,6 +235,17 @@ class Store:
         up front and waits on `busy_timeout` instead of failing on a lock upgrade)."""
         async with self.engine.connect() as conn, conn.begin() as transaction:
             yield conn, await status.bump_revision(conn), transaction
+
+
+def _identity(path: Path, *, missing_ok: bool = True) -> tuple[int, int] | None:
+    """The (device, inode) of a file: what stays the same while it is the same file."""
+    try:
+        found = os.stat(path)
+    except FileNotFoundError:
+        if missing_ok:
+            return None
+        raise
+    return found.st_dev, found.st_ino
 
 
 async def _keep_if(transaction: AsyncTransaction, changed: int) -> None:

@@ -11,6 +11,7 @@ from sqlalchemy.exc import ArgumentError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from llmgateway.masking import mask
+from llmgateway.private_files import create_private_file
 
 if TYPE_CHECKING:
     from alembic.config import Config
@@ -67,12 +68,14 @@ def masked_url(url: str | URL) -> str:
 
 def create_engine(url: URL, pool_size: int, schema: str | None) -> AsyncEngine:
     """An async engine for `url` (already `async_url`): SQLite in WAL mode with a busy timeout and
-    foreign keys (its folder created), PostgreSQL with a bounded pool and optional search path."""
+    foreign keys (its file created 0600 and its folders 0700 when missing), PostgreSQL with a
+    bounded pool and optional search path."""
     if url.get_backend_name() == "sqlite":
         if schema is not None:
             raise DatabaseUrlError("a schema can only be chosen on PostgreSQL")
-        if url.database and url.database != ":memory:" and not url.database.startswith("file:"):
-            Path(url.database).expanduser().parent.mkdir(parents=True, exist_ok=True)
+        path = sqlite_file(url)
+        if path is not None:
+            create_private_file(path)  # SQLite gives its -wal and -shm files the same mode
         engine = create_async_engine(url, pool_size=pool_size, max_overflow=0, hide_parameters=True)
         sa.event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
         return engine
@@ -87,6 +90,16 @@ def create_engine(url: URL, pool_size: int, schema: str | None) -> AsyncEngine:
         hide_parameters=True,  # errors and logs never carry a key
         connect_args=connect_args,
     )
+
+
+def sqlite_file(url: URL) -> Path | None:
+    """The file of a SQLite database URL (None for PostgreSQL, in-memory or `file:` URIs)."""
+    if url.get_backend_name() != "sqlite":
+        return None
+    database = url.database
+    if not database or database == ":memory:" or database.startswith("file:"):
+        return None
+    return Path(database)
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:

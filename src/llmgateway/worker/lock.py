@@ -19,6 +19,8 @@ from pathlib import Path
 
 from sqlalchemy.engine import URL
 
+from llmgateway.private_files import FILE_MODE, make_private_folder
+
 
 class KeeperRunningError(RuntimeError):
     """Another keeper already runs on this SQLite database."""
@@ -43,8 +45,8 @@ def single_keeper(url: URL) -> Iterator[None]:
     if path is None:
         yield
         return
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    make_private_folder(path.parent)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, FILE_MODE)
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

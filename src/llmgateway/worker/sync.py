@@ -15,12 +15,20 @@ A folder that is missing, or a file that cannot be read, is not UTF-8 or is not 
 (a FIFO, a socket, a dangling link), makes the provider's read incomplete: its new keys are
 still added, but none is removed, so a glitch never empties a pool. An existing empty folder
 means zero keys. Sub-folders are not read (reported, not an error).
+
+A symbolic link is followed only when its fully resolved target lies inside the folder, as in a
+Kubernetes secret mount (`keys.txt -> ..data/keys.txt`, `..data -> ..2024_01_01_xx/`). A link
+to anywhere else (`/etc/passwd`) or a link loop is skipped unread, reported as a problem, and
+makes the read incomplete (the keys it gave before are kept). Files are opened without following
+a link, and on Linux the file actually opened is checked to lie inside the folder too, so a link
+swapped in between the check and the read is not followed either.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import logging
 import os
 import re
@@ -171,13 +179,14 @@ def read_folder(folder: Path, parse: Parser) -> Parsed:
         return _unread(folder, "is a file, not a folder; point the setting at the folder")
     except OSError as exc:
         return _unread(folder, f"cannot list the folder: {exc.strerror}")
+    root = Path(os.path.realpath(folder))
     values: set[str] = set()
     problems: list[Problem] = []
     complete = True
     for entry in entries:
         if _ignored(entry.name):
             continue
-        parsed = _read_file(Path(entry.path), parse)
+        parsed = _read_entry(entry, root, parse)
         values |= parsed.values
         problems.extend(parsed.problems)
         complete = complete and parsed.complete
@@ -190,14 +199,42 @@ def _ignored(name: str) -> bool:
     )
 
 
-def _read_file(path: Path, parse: Parser) -> Parsed:
+class _OutsideError(Exception):
+    """The file opened is not inside the folder (a link was swapped in after the check)."""
+
+
+def _read_entry(entry: os.DirEntry[str], root: Path, parse: Parser) -> Parsed:
+    """One folder entry: a file read as it is, a link only when it resolves inside `root`."""
+    path = Path(entry.path)
+    if not entry.is_symlink():
+        return _read_file(path, path, root, parse)
     try:
-        mode = path.stat().st_mode
+        target = path.resolve(strict=True)
+    except FileNotFoundError:  # dangling: reported like any file that cannot be read
+        return _read_file(path, path, root, parse)
+    except (RuntimeError, OSError):  # a loop (RuntimeError up to Python 3.12, then ELOOP)
+        return _outside(path, "a link loop: it never reaches a file")
+    if not target.is_relative_to(root):
+        return _outside(path, f"it points to {_printable(str(target))}")
+    return _read_file(path, target, root, parse)
+
+
+def _outside(path: Path, detail: str) -> Parsed:
+    why = f"skipped, a link to outside the folder ({detail}); move the file into the folder"
+    return _unread(path, why + "; its keys are kept as they were")
+
+
+def _read_file(path: Path, source: Path, root: Path, parse: Parser) -> Parsed:
+    """Parse `source` (the entry itself, or where its link resolved to), named `path`."""
+    try:
+        mode = os.stat(source, follow_symlinks=False).st_mode
         if stat.S_ISDIR(mode):
             return Parsed(frozenset(), (Problem(str(path), "sub-folder skipped (not read)"),))
         if not stat.S_ISREG(mode):
             return _unread(path, "not a regular file; its keys are kept as they were")
-        data = path.read_bytes()
+        data = _read_inside(source, root)
+    except _OutsideError:
+        return _outside(path, "it was changed into a link while being read")
     except OSError as exc:
         return _unread(path, f"cannot read: {exc.strerror}; its keys are kept as they were")
     try:
@@ -206,6 +243,33 @@ def _read_file(path: Path, parse: Parser) -> Parsed:
         why = f"not UTF-8 text (byte {exc.start}); save it as UTF-8; its keys are kept as they were"
         return _unread(path, why)
     return parse(text, str(path))
+
+
+def _read_inside(source: Path, root: Path) -> bytes:
+    """The bytes of regular file `source`, opened without following a link; raises
+    `_OutsideError` when the file opened turns out not to lie inside `root`."""
+    flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+    try:
+        fd = os.open(source, flags)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:  # the last part became a link after the check
+            raise _OutsideError from None
+        raise
+    with os.fdopen(fd, "rb") as file:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):  # replaced since the check
+            raise OSError(errno.EINVAL, "not a regular file")
+        opened = _opened_path(fd)
+        if opened is not None and not opened.is_relative_to(root):
+            raise _OutsideError
+        return file.read()
+
+
+def _opened_path(fd: int) -> Path | None:
+    """Where an open file really is (Linux's /proc), or None where that cannot be told."""
+    try:
+        return Path(os.readlink(f"/proc/self/fd/{fd}"))
+    except OSError:
+        return None
 
 
 def _unread(where: Path, message: str) -> Parsed:

@@ -1,0 +1,96 @@
+"""Config bombs through the real CLI: `check-config` on a billion-laughs file and on an endless
+file refuses them with exit 2, about as fast as it checks a good file and without its memory
+growing (each child's own peak RSS, from wait4)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.security
+
+TIMEOUT_SEC = 30.0
+TOKEN = "tok-bombs-0123456789abcdef"
+PROVIDER = f"""
+providers:
+  openai:
+    provider_type: openai_like
+    keys_path: keys/openai
+    api_base_url: https://api.openai.com/v1
+    default_model: gpt-4o-mini
+    models:
+      gpt-4o-mini: {{endpoint_suffix: /chat/completions}}
+    access_control: {{gateway_access_token: {TOKEN}}}
+"""
+
+
+def billion_laughs(levels: int = 9) -> str:
+    """The classic: each level lists the previous one nine times (9^levels values)."""
+    lines = ['l0: &l0 ["lol","lol","lol","lol","lol","lol","lol","lol","lol"]']
+    for n in range(1, levels):
+        lines.append(f"l{n}: &l{n} [" + ",".join([f"*l{n - 1}"] * 9) + "]")
+    return "\n".join(lines) + "\n"
+
+
+@dataclass(frozen=True)
+class Finished:
+    code: int
+    stderr: str
+    seconds: float
+    peak_rss_mib: float
+
+
+def run_measured(*args: str) -> Finished:
+    """Run `python -m llmgateway ARGS`; its exit code, stderr, wall time and own peak RSS.
+    Killed after `TIMEOUT_SEC` (then the code is -9)."""
+    started = time.monotonic()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "llmgateway", *args],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    killer = threading.Timer(TIMEOUT_SEC, process.kill)
+    killer.start()
+    try:
+        _, status, usage = os.wait4(process.pid, 0)  # stderr is a line: the pipe never fills
+    finally:
+        killer.cancel()
+    seconds = time.monotonic() - started
+    process.returncode = os.waitstatus_to_exitcode(status)
+    assert process.stderr is not None
+    stderr = process.stderr.read().decode()
+    process.stderr.close()
+    return Finished(process.returncode, stderr, seconds, usage.ru_maxrss / 1024)
+
+
+def test_check_config_refuses_a_billion_laughs_at_once(tmp_path: Path) -> None:
+    good = tmp_path / "good.yaml"
+    good.write_text(PROVIDER)
+    bomb = tmp_path / "laughs.yaml"
+    bomb.write_text(PROVIDER + billion_laughs())
+    baseline = run_measured("check-config", str(good))
+    assert baseline.code == 0, baseline.stderr
+    refused = run_measured("check-config", str(bomb))
+    assert refused.code == 2, refused.stderr
+    assert refused.stderr.startswith(f"{bomb}: YAML aliases would expand the config by ")
+    assert "Traceback" not in refused.stderr
+    # the same work as a good file, give or take: well within a second on top of start-up
+    assert refused.seconds < baseline.seconds + 1.0, (refused.seconds, baseline.seconds)
+    assert refused.peak_rss_mib < baseline.peak_rss_mib + 20, (refused, baseline)
+
+
+def test_check_config_reads_no_more_than_a_mebibyte_of_an_endless_file() -> None:
+    refused = run_measured("check-config", "/dev/zero")
+    assert refused.code == 2, refused.stderr
+    assert refused.stderr == (
+        "/dev/zero: the config file is larger than 1 MiB: refused unread "
+        "(a config file is a few kilobytes; check that the path names the config file)\n"
+    )
+    assert refused.peak_rss_mib < 200
