@@ -31,9 +31,10 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import yaml
@@ -96,9 +97,16 @@ def fake_upstream() -> Iterator[str]:
         process.wait()
 
 
-def write_config(folder: Path, base: str, keys: int, failing: int = 0, tag: str = "") -> Path:
+def write_config(
+    folder: Path,
+    base: str,
+    keys: int,
+    failing: int = 0,
+    tag: str = "",
+    extra: Mapping[str, Any] | None = None,
+) -> Path:
     """A gateway config with `keys` keys, the first `failing` of them always rate-limited (its
-    own database per `tag`)."""
+    own database per `tag`), with the settings of `extra` merged in."""
     keys_dir = folder / f"keys-{keys}-{failing}"
     keys_dir.mkdir(parents=True, exist_ok=True)
     names = [
@@ -122,32 +130,61 @@ def write_config(folder: Path, base: str, keys: int, failing: int = 0, tag: str 
         },
     }
     path = folder / f"config-{keys}-{failing}{tag}.yaml"
-    path.write_text(yaml.safe_dump(config))
+    path.write_text(yaml.safe_dump(merged(config, extra or {})))
     return path
 
 
+def merged(base: Mapping[str, Any], extra: Mapping[str, Any]) -> dict[str, Any]:
+    """`base` with `extra` laid over it, mappings merged key by key at every depth."""
+    result = dict(base)
+    for key, value in extra.items():
+        if isinstance(value, Mapping) and isinstance(result.get(key), Mapping):
+            result[key] = merged(result[key], value)
+        else:
+            result[key] = value
+    return result
+
+
+def source_env(src: Path | None) -> dict[str, str] | None:
+    """The environment in which `python -m llmgateway` imports the package from `src` (a
+    checkout's src folder) rather than the installed one; None: the installed one. PYTHONPATH
+    comes before site-packages (and the editable install's path); PYTHONSAFEPATH keeps the
+    working folder off sys.path. Both pass to the processes the gateway starts."""
+    if src is None:
+        return None
+    return {**os.environ, "PYTHONPATH": str(src), "PYTHONSAFEPATH": "1"}
+
+
 @contextlib.contextmanager
-def gateway(config: Path, workers: int) -> Iterator[tuple[str, int]]:
-    """`llmgateway gateway` in its own process(es); yields its base URL and pid."""
+def gateway(config: Path, workers: int, src: Path | None = None) -> Iterator[tuple[str, int]]:
+    """`llmgateway gateway` in its own process(es), the code from `src` when given (see
+    `source_env`); yields its base URL and pid. Its stderr goes to a file beside the config."""
     port = free_port()
     command = [sys.executable, "-m", "llmgateway", "gateway", "--config", str(config)]
     command += ["--port", str(port), "--workers", str(workers)]
-    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    log = config.with_suffix(".log")
+    with log.open("wb") as stderr:
+        process = subprocess.Popen(
+            command, stdout=subprocess.DEVNULL, stderr=stderr, env=source_env(src)
+        )
     url = f"http://127.0.0.1:{port}"
     try:
-        asyncio.run(wait_ready(url, process))
+        asyncio.run(wait_ready(url, process, log))
         yield url, process.pid
     finally:
         process.terminate()
         process.wait()
 
 
-async def wait_ready(url: str, process: subprocess.Popen[bytes]) -> None:
+async def wait_ready(url: str, process: subprocess.Popen[bytes], log: Path) -> None:
     deadline = time.monotonic() + 300
     async with aiohttp.ClientSession() as session:
         while time.monotonic() < deadline:
             if process.poll() is not None:
-                raise SystemExit(f"the gateway exited during start-up (code {process.returncode})")
+                tail = "\n".join(log.read_text(errors="replace").splitlines()[-20:])
+                raise SystemExit(
+                    f"the gateway exited during start-up (code {process.returncode}):\n{tail}"
+                )
             with contextlib.suppress(aiohttp.ClientError):
                 async with session.get(f"{url}/readyz") as response:
                     if response.status == 200:
@@ -212,6 +249,21 @@ def run_wrk(wrk: str, url: str, script: Path, concurrency: int, seconds: float) 
     if socket_errors:
         errors += sum(int(n) for n in re.findall(r"\d+", socket_errors.group(1)))
     return Load(rps, _ms(percent["50"]), _ms(percent["99"]), errors)
+
+
+def measure(
+    wrk: str | None,
+    folder: Path,
+    url: str,
+    key: str,
+    stream: bool,
+    concurrency: int,
+    seconds: float,
+) -> Load:
+    """One load run against `url`: wrk when there is one, else the Python load generator."""
+    if wrk is None:
+        return asyncio.run(python_load(url, key, stream, concurrency, seconds))
+    return run_wrk(wrk, url, wrk_script(folder, key, stream), concurrency, seconds)
 
 
 def _ms(text: str) -> float:
@@ -296,12 +348,6 @@ def load_rows(
     Each cell is the median of its rounds; "added" is the median of the paired differences."""
     rows: list[Row] = []
     figures: dict[str, float] = {}
-
-    def measure(url: str, key: str, stream: bool, concurrency: int) -> Load:
-        if wrk is None:
-            return asyncio.run(python_load(url, key, stream, concurrency, seconds))
-        return run_wrk(wrk, url, wrk_script(folder, key, stream), concurrency, seconds)
-
     with contextlib.ExitStack() as stack:
         targets = {"direct": (base, DIRECT_KEY)}
         for workers in (1, 2):
@@ -317,11 +363,14 @@ def load_rows(
                 runs: dict[str, list[Load]] = {name: [] for name in names}
                 for turn in range(rounds):
                     for name in names[turn % 3 :] + names[: turn % 3]:
-                        runs[name].append(measure(*targets[name], stream, concurrency))
+                        url, key = targets[name]
+                        runs[name].append(
+                            measure(wrk, folder, url, key, stream, concurrency, seconds)
+                        )
                 for name in names:
                     rows.append(_load_row(what, name, concurrency, runs[name], runs["direct"]))
-                    figures[f"{name}/{what}/{concurrency}/rps"] = _median(runs[name], "rps")
-                    figures[f"{name}/{what}/{concurrency}/p50"] = _median(runs[name], "p50")
+                    figures[f"{name}/{what}/{concurrency}/rps"] = median_of(runs[name], "rps")
+                    figures[f"{name}/{what}/{concurrency}/p50"] = median_of(runs[name], "p50")
                     figures[f"{name}/{what}/{concurrency}/added"] = _added(
                         runs[name], runs["direct"], "p50"
                     )
@@ -344,13 +393,18 @@ def load_rows(
     return rows, figures
 
 
-def _median(loads: list[Load], field: str) -> float:
+def median_of(loads: list[Load], field: str) -> float:
     return statistics.median(getattr(load, field) for load in loads)
 
 
+def differences(loads: list[Load], others: list[Load], field: str) -> list[float]:
+    """`field` of each load minus that of the other load of its round."""
+    pairs = zip(loads, others, strict=True)
+    return [getattr(load, field) - getattr(other, field) for load, other in pairs]
+
+
 def _added(loads: list[Load], direct: list[Load], field: str) -> float:
-    pairs = zip(loads, direct, strict=True)
-    return statistics.median(getattr(a, field) - getattr(d, field) for a, d in pairs)
+    return statistics.median(differences(loads, direct, field))
 
 
 def _load_row(what: str, name: str, concurrency: int, loads: list[Load], direct: list[Load]) -> Row:
@@ -363,9 +417,9 @@ def _load_row(what: str, name: str, concurrency: int, loads: list[Load], direct:
         what,
         name,
         str(concurrency),
-        f"{_median(loads, 'rps'):,.0f}{note}",
-        f"{_median(loads, 'p50'):.3f}",
-        f"{_median(loads, 'p99'):.3f}",
+        f"{median_of(loads, 'rps'):,.0f}{note}",
+        f"{median_of(loads, 'p50'):.3f}",
+        f"{median_of(loads, 'p99'):.3f}",
         *added,
     )
 
@@ -400,10 +454,7 @@ def rss_row(folder: Path, base: str, keys: int, wrk: str | None) -> tuple[Row, f
     config = write_config(folder, base, keys)
     with gateway(config, 1) as (url, pid):
         ready = rss_mib(pid)
-        if wrk is not None:
-            run_wrk(wrk, url, wrk_script(folder, TOKEN, False), 64, RSS_LOAD_SEC)
-        else:
-            asyncio.run(python_load(url, TOKEN, False, 64, RSS_LOAD_SEC))
+        measure(wrk, folder, url, TOKEN, False, 64, RSS_LOAD_SEC)
         loaded = rss_mib(pid)
     note = f"{ready:.0f} MiB ready, {loaded:.0f} MiB after {RSS_LOAD_SEC} s at c=64"
     return Row("RSS", f"{keys // 1000}k keys", "64", note, "", "", "", ""), loaded
@@ -418,10 +469,7 @@ def writes_row(folder: Path, base: str, wrk: str | None, seconds: float) -> Row:
     with gateway(config, 1) as (url, _):
         before = revision(database)
         started = time.perf_counter()
-        if wrk is not None:
-            load = run_wrk(wrk, url, wrk_script(folder, TOKEN, False), 64, seconds)
-        else:
-            load = asyncio.run(python_load(url, TOKEN, False, 64, seconds))
+        load = measure(wrk, folder, url, TOKEN, False, 64, seconds)
         elapsed = time.perf_counter() - started
         writes = (revision(database) - before) / elapsed
     note = f"{load.rps:,.0f} req, {writes:.1f} writes"
@@ -435,14 +483,17 @@ def revision(database: Path) -> int:
 
 def print_table(rows: list[Row]) -> None:
     header = Row("what", "through", "conc", "rate/s", "p50 ms", "p99 ms", "+p50 ms", "+p99 ms")
-    table = [header, *rows]
-    widths = [max(len(getattr(r, f)) for r in table) for f in Row.__slots__]
+    print_aligned([[getattr(row, f) for f in Row.__slots__] for row in [header, *rows]], left=2)
+
+
+def print_aligned(table: list[list[str]], left: int) -> None:
+    """Rows of text cells as columns: the first `left` aligned left, the others right."""
+    widths = [max(len(row[i]) for row in table) for i in range(len(table[0]))]
     for row in table:
-        cells = [getattr(row, f) for f in Row.__slots__]
         print(
             "  ".join(
-                c.ljust(w) if i < 2 else c.rjust(w)
-                for i, (c, w) in enumerate(zip(cells, widths, strict=True))
+                c.ljust(w) if i < left else c.rjust(w)
+                for i, (c, w) in enumerate(zip(row, widths, strict=True))
             ).rstrip()
         )
 
