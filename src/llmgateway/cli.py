@@ -461,6 +461,7 @@ def gateway(config: str | None, host: str | None, port: int | None, workers: int
     import uvicorn
 
     from llmgateway.config import config_path
+    from llmgateway.edge_protocol import EdgeLimits
     from llmgateway.metrics_http import multiprocess_dir
     from llmgateway.serving import uvicorn_config
 
@@ -471,28 +472,21 @@ def gateway(config: str | None, host: str | None, port: int | None, workers: int
     _guard_tokens(settings, host, _metrics_hosts(settings, host, keeper=False))
     _prepare_store(config)  # migrations and a file sync, with a one-line error if the store fails
     workers = workers or settings.gateway.workers
+    limits = EdgeLimits.of(settings.gateway)
     if workers == 1:
         from llmgateway.app import create_app
 
-        uvicorn.Server(uvicorn_config(create_app(settings, prepare=False), host, port)).run()
+        app = create_app(settings, prepare=False)
+        uvicorn.Server(uvicorn_config(app, host, port, limits)).run()
         return
+    from uvicorn.supervisors import Multiprocess
+
     os.environ["LLMGATEWAY_CONFIG"] = str(config_path(config).resolve())
     os.environ["LLMGATEWAY_PREPARED"] = "1"
     with multiprocess_dir():  # the workers' metrics add up there; removed at the end
-        uvicorn.run(
-            "llmgateway.app:app_from_environment",
-            factory=True,
-            host=host,
-            port=port,
-            workers=workers,
-            loop="uvloop",
-            http="httptools",
-            access_log=False,
-            log_config=None,
-            ws="none",
-            server_header=False,
-            proxy_headers=False,
-        )
+        factory = "llmgateway.app:app_from_environment"
+        served = uvicorn_config(factory, host, port, limits, factory=True, workers=workers)
+        Multiprocess(served, sockets=[served.bind_socket()]).run()
 
 
 @main.command()
@@ -518,6 +512,7 @@ async def _serve_both(settings: Settings, host: str, port: int) -> None:
     import uvicorn
 
     from llmgateway.app import create_app
+    from llmgateway.edge_protocol import EdgeLimits
     from llmgateway.metrics import Metrics
     from llmgateway.serving import uvicorn_config
     from llmgateway.store import Store
@@ -525,7 +520,7 @@ async def _serve_both(settings: Settings, host: str, port: int) -> None:
 
     metrics = Metrics.create()  # one set: the gateway's /metrics shows the Keeper's too
     app = create_app(settings, prepare=False, metrics=metrics)
-    server = uvicorn.Server(uvicorn_config(app, host, port))
+    server = uvicorn.Server(uvicorn_config(app, host, port, EdgeLimits.of(settings.gateway)))
     stop = asyncio.Event()
     async with await Store.open(settings.database.async_url, settings.database.pool_size) as store:
         run = Keeper(settings, store, metrics=metrics).run(stop)

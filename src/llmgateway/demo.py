@@ -26,6 +26,7 @@ import uvicorn
 from starlette.types import ASGIApp
 
 from llmgateway.app import create_app
+from llmgateway.edge_protocol import EdgeLimits
 from llmgateway.metrics import Metrics, model_label
 from llmgateway.serving import uvicorn_config
 from llmgateway.settings import Settings
@@ -195,7 +196,7 @@ async def _serving(app: ASGIApp, port: int) -> AsyncIterator[str]:
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind(("127.0.0.1", port))
-    config = uvicorn_config(app, "127.0.0.1", sock.getsockname()[1])
+    config = uvicorn_config(app, "127.0.0.1", sock.getsockname()[1], EdgeLimits())
     config.loop = "none"
     server = _Server(config)
     task = asyncio.create_task(server.serve(sockets=[sock]))

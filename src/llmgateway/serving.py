@@ -10,15 +10,20 @@ from collections.abc import AsyncIterator
 import uvicorn
 from starlette.types import ASGIApp
 
+from llmgateway.edge_protocol import EdgeLimits, protocol_factory
 
-def uvicorn_config(app: ASGIApp | str, host: str, port: int, **extra: object) -> uvicorn.Config:
-    """The uvicorn settings the gateway always uses: uvloop, httptools, no access log."""
+
+def uvicorn_config(
+    app: ASGIApp | str, host: str, port: int, limits: EdgeLimits, **extra: object
+) -> uvicorn.Config:
+    """The uvicorn settings the gateway always uses (one worker or several, `serve`, the demo,
+    tests): uvloop, httptools with the edge's limits, no access log."""
     return uvicorn.Config(
         app,
         host=host,
         port=port,
         loop="uvloop",
-        http="httptools",
+        http=protocol_factory(limits),
         lifespan="on",
         ws="none",  # no WebSocket routes: leaves the websockets library unloaded
         access_log=False,
@@ -31,8 +36,11 @@ def uvicorn_config(app: ASGIApp | str, host: str, port: int, **extra: object) ->
 
 
 @contextlib.asynccontextmanager
-async def running(app: ASGIApp, host: str = "127.0.0.1", port: int = 0) -> AsyncIterator[str]:
+async def running(
+    app: ASGIApp, host: str = "127.0.0.1", port: int = 0, limits: EdgeLimits | None = None
+) -> AsyncIterator[str]:
     """Serve `app` in this loop until the block ends; yields its base URL (`http://host:port`).
+    `limits` default to the gateway's defaults.
 
     Port 0 takes a free port. The app's lifespan runs before the block starts, so the app is
     ready when the URL is handed out; a failing start-up raises here.
@@ -40,7 +48,7 @@ async def running(app: ASGIApp, host: str = "127.0.0.1", port: int = 0) -> Async
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind((host, port))
-    config = uvicorn_config(app, host, sock.getsockname()[1])
+    config = uvicorn_config(app, host, sock.getsockname()[1], limits or EdgeLimits())
     config.loop = "none"
     server = uvicorn.Server(config)
     task = asyncio.create_task(server.serve(sockets=[sock]))

@@ -1,0 +1,224 @@
+"""uvicorn's httptools protocol with the limits it lacks, for every listener the gateway opens.
+
+uvicorn bounds neither the time a client takes to send a request's head, nor the head's size
+(httptools buffers a header line of any length), nor the number of open connections: a few
+hundred half-sent heads, or one 100 MB header, cost the gateway its memory and its event loop.
+This subclass adds, per connection:
+
+- a head deadline (`gateway.client_header_timeout_sec`): a head still incomplete then is
+  answered 408 and the connection closed; a fresh connection that sends nothing is closed;
+- a head size cap (64 KiB): larger heads are answered 431 without being parsed further;
+- a cap on open connections per process (`gateway.max_connections`): beyond it a new
+  connection is answered 503 and closed before anything is read.
+
+Body pace and size are the edge's (`llmgateway.admission`), where the route's error shape is
+known. Everything else is uvicorn's own code path, unchanged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import httptools
+from uvicorn.config import Config
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+from uvicorn.server import ServerState
+
+from llmgateway.providers import openai
+from llmgateway.settings import GatewaySettings
+
+log = logging.getLogger("llmgateway.edge")
+
+MAX_HEAD_BYTES = 64 * 1024
+"""The largest request head (request line and headers) the gateway reads."""
+_REFUSAL_LOG_EVERY_SEC = 10.0
+LINGER_SEC = 1.0
+"""After an answer of ours, what the client still sends is read and dropped this long (at most
+`LINGER_BYTES`) before the connection closes: closing with unread bytes would make the kernel
+reset the connection, and the client would lose the answer."""
+LINGER_BYTES = 4 * 1024 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class EdgeLimits:
+    """What one client connection may cost (see the module docstring)."""
+
+    header_timeout_sec: float = 10.0
+    max_connections: int = 4096
+    max_head_bytes: int = MAX_HEAD_BYTES
+
+    @classmethod
+    def of(cls, gateway: GatewaySettings) -> EdgeLimits:
+        """The limits the `gateway` settings ask for."""
+        return cls(gateway.client_header_timeout_sec, gateway.max_connections)
+
+
+@dataclass(slots=True)
+class _Refusals:
+    """When a refused connection was last logged (one WARNING per 10 s, with a count)."""
+
+    count: int = 0
+    logged_at: float = field(default=0.0)
+
+
+class _HeadTooLarge(Exception):
+    """Raised from a parser callback to stop parsing a head over the limit."""
+
+
+class EdgeProtocol(HttpToolsProtocol):
+    """`HttpToolsProtocol` with a head deadline, a head size cap and a connection cap."""
+
+    def __init__(
+        self,
+        config: Config,
+        server_state: ServerState,
+        app_state: dict[str, Any],
+        _loop: asyncio.AbstractEventLoop | None = None,
+        *,
+        limits: EdgeLimits,
+        refusals: _Refusals | None = None,
+    ) -> None:
+        super().__init__(config, server_state, app_state, _loop)
+        self.limits = limits
+        self._refusals = refusals if refusals is not None else _Refusals()
+        self._admitted = False  # False: refused at connect, nothing of uvicorn's was set up
+        self._done = False  # answered by this class and closing: what comes is dropped
+        self._lingered = 0
+        self._in_head = True  # bytes arriving now belong to a request head
+        self._head_bytes = 0
+        self._head_timer: asyncio.TimerHandle | None = None
+
+    # -- asyncio.Protocol ------------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        if len(self.connections) >= self.limits.max_connections:
+            self.transport = transport  # uvicorn's state stays unset: it never sees this one
+            self._note_refusal()
+            self._close_with(503, "The gateway has too many open connections.")
+            return
+        self._admitted = True
+        super().connection_made(transport)
+        self._arm_head_timer()  # a fresh connection that never speaks is closed too
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self._admitted:
+            return
+        self._disarm_head_timer()
+        super().connection_lost(exc)
+
+    def data_received(self, data: bytes) -> None:
+        if self._done:
+            self._lingered += len(data)
+            if self._lingered > LINGER_BYTES:
+                self.transport.abort()
+            return
+        self._unset_keepalive_if_required()
+        if self._in_head:
+            if self._head_timer is None:
+                self._arm_head_timer()
+            self._head_bytes += len(data)
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserUpgrade:
+            self._unsupported_upgrade_warning()
+            return
+        except httptools.HttpParserError as error:
+            if isinstance(error.__context__, _HeadTooLarge):
+                self._close_with(431, "The request head is larger than 64 KiB.")
+            else:
+                log.info("invalid HTTP request received: %s", error)
+                self.send_400_response("Invalid HTTP request received.")
+            return
+        if self._in_head and self._head_bytes > self.limits.max_head_bytes:
+            self._close_with(431, "The request head is larger than 64 KiB.")
+
+    # -- httptools callbacks ---------------------------------------------------------------------
+
+    def on_headers_complete(self) -> None:
+        size = len(self.url) + sum(len(name) + len(value) + 4 for name, value in self.headers)
+        if size > self.limits.max_head_bytes:
+            raise _HeadTooLarge
+        self._in_head = False
+        self._disarm_head_timer()
+        super().on_headers_complete()
+
+    def on_message_complete(self) -> None:
+        super().on_message_complete()
+        self._in_head, self._head_bytes = True, 0  # what follows is the next request's head
+
+    # -- internals -------------------------------------------------------------------------------
+
+    def _arm_head_timer(self) -> None:
+        self._disarm_head_timer()
+        self._head_timer = self.loop.call_later(self.limits.header_timeout_sec, self._head_late)
+
+    def _disarm_head_timer(self) -> None:
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+            self._head_timer = None
+
+    def _head_late(self) -> None:
+        self._head_timer = None
+        if self.transport.is_closing() or not self._in_head:
+            return
+        busy = self.cycle is not None and not self.cycle.response_complete
+        if self._head_bytes and not busy:  # an answer may go out only between two others
+            seconds = f"{self.limits.header_timeout_sec:g}"
+            self._close_with(408, f"The request head did not arrive within {seconds} s.")
+        else:
+            self.transport.close()
+
+    def _close_with(self, status: int, message: str) -> None:
+        """Answer `status` and close, lingering (see `LINGER_SEC`) so the answer arrives."""
+        self._done = True
+        self._disarm_head_timer()
+        transport = self.transport
+        if transport.is_closing():
+            return
+        transport.write(_answer(status, message))
+        if transport.can_write_eof():
+            transport.write_eof()
+            self.loop.call_later(LINGER_SEC, transport.close)
+        else:
+            transport.close()
+
+    def _note_refusal(self) -> None:
+        refusals = self._refusals
+        refusals.count += 1
+        now = time.monotonic()
+        if now - refusals.logged_at >= _REFUSAL_LOG_EVERY_SEC:
+            log.warning(
+                "refused %d connection(s): %d open, gateway.max_connections is %d",
+                refusals.count,
+                len(self.connections),
+                self.limits.max_connections,
+            )
+            refusals.count, refusals.logged_at = 0, now
+
+
+_REASONS = {408: b"Request Timeout", 431: b"Request Header Fields Too Large", 503: b"Unavailable"}
+
+
+def _answer(status: int, message: str) -> bytes:
+    """A complete error answer (OpenAI's error shape: the route is not known yet) that closes
+    the connection."""
+    code = {408: "request_timeout", 431: "request_head_too_large", 503: "gateway_busy"}[status]
+    body = openai.error_body(status, message, code=code)
+    head = b"HTTP/1.1 %d %s\r\ncontent-type: application/json\r\ncontent-length: %d\r\n" % (
+        status,
+        _REASONS[status],
+        len(body),
+    )
+    return head + b"connection: close\r\n\r\n" + body
+
+
+def protocol_factory(limits: EdgeLimits) -> Any:
+    """The `http` protocol class uvicorn is given: `EdgeProtocol` bound to `limits` (and one
+    refusal log shared by the listener's connections)."""
+    import functools
+
+    return functools.partial(EdgeProtocol, limits=limits, refusals=_Refusals())

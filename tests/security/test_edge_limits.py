@@ -1,0 +1,184 @@
+"""What one client may cost the gateway before its request reaches the edge: a head that never
+ends, a head that never completes, connections that are never used, too many connections.
+Each is sent over a raw socket to the real gateway (uvicorn with `EdgeProtocol`)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import httpx2 as httpx
+import orjson
+import pytest
+
+from llmgateway.app import create_app
+from llmgateway.edge_protocol import EdgeLimits
+from llmgateway.serving import running
+from llmgateway.testing.fake_upstream import FakeUpstream
+from tests.e2e.conftest import OPENAI_TOKEN, gateway_settings, write_keys
+
+pytestmark = pytest.mark.security
+
+HEAD_TIMEOUT = 0.5
+MAX_CONNECTIONS = 8
+CHAT = orjson.dumps({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]})
+
+
+@pytest.fixture
+async def gateway(tmp_path: Path) -> AsyncIterator[tuple[str, int]]:
+    """The gateway on the fake upstream with a short head deadline and few connections;
+    yields its URL and port."""
+    write_keys(tmp_path / "keys" / "openai", ["sk-good-openai-000000000001"])
+    write_keys(tmp_path / "keys" / "gemini", ["AIza-good-gemini-00000000001"])
+    async with FakeUpstream() as fake:
+        settings = gateway_settings(tmp_path, fake)
+        limits = EdgeLimits(header_timeout_sec=HEAD_TIMEOUT, max_connections=MAX_CONNECTIONS)
+        async with running(create_app(settings, rng=random.Random(1)), limits=limits) as url:
+            yield url, int(url.rsplit(":", 1)[1])
+
+
+async def connect(port: int) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    return await asyncio.open_connection("127.0.0.1", port)
+
+
+async def answer_of(reader: asyncio.StreamReader, within: float = 5.0) -> bytes:
+    """Everything the gateway sends until it closes the connection."""
+    async with asyncio.timeout(within):
+        return await reader.read()
+
+
+def chat_request(extra_headers: bytes = b"") -> bytes:
+    return (
+        b"POST /v1/chat/completions HTTP/1.1\r\nhost: gw\r\n"
+        b"authorization: Bearer " + OPENAI_TOKEN.encode() + b"\r\n"
+        b"content-type: application/json\r\n"
+        + extra_headers
+        + b"content-length: %d\r\n\r\n" % len(CHAT)
+    ) + CHAT
+
+
+async def healthy(url: str) -> None:
+    async with httpx.AsyncClient() as http:
+        answer = await http.post(
+            f"{url}/v1/chat/completions",
+            headers={"authorization": f"Bearer {OPENAI_TOKEN}"},
+            content=CHAT,
+        )
+    assert answer.status_code == 200
+
+
+async def test_a_head_that_never_completes_gets_408_and_the_connection_closes(
+    gateway: tuple[str, int],
+) -> None:
+    url, port = gateway
+    reader, writer = await connect(port)
+    writer.write(b"POST /v1/chat/completions HTTP/1.1\r\nhost: gw\r\nx-slow: ")
+    started = time.monotonic()
+    raw = await answer_of(reader)
+    assert raw.startswith(b"HTTP/1.1 408 ")
+    assert b"connection: close" in raw
+    assert orjson.loads(raw.split(b"\r\n\r\n", 1)[1])["error"]["code"] == "request_timeout"
+    assert time.monotonic() - started >= HEAD_TIMEOUT * 0.9
+    writer.close()
+    await healthy(url)
+
+
+async def test_a_head_sent_a_byte_at_a_time_still_ends_at_the_deadline(
+    gateway: tuple[str, int],
+) -> None:
+    """Trickling bytes does not reset the clock (uvicorn's keep-alive timer would be)."""
+    _, port = gateway
+    reader, writer = await connect(port)
+    head = b"POST /v1/chat/completions HTTP/1.1\r\nhost: gw\r\nx-slow: " + b"a" * 1000
+    started = time.monotonic()
+    closed = asyncio.create_task(answer_of(reader))
+    for byte in head:
+        if closed.done():
+            break
+        writer.write(bytes([byte]))
+        await asyncio.sleep(HEAD_TIMEOUT / 20)
+    raw = await closed
+    assert raw.startswith(b"HTTP/1.1 408 ")
+    assert time.monotonic() - started < HEAD_TIMEOUT * 4
+    writer.close()
+
+
+async def test_a_connection_that_never_speaks_is_closed(gateway: tuple[str, int]) -> None:
+    _, port = gateway
+    reader, writer = await connect(port)
+    assert await answer_of(reader) == b""  # closed without a word: nothing was asked
+    writer.close()
+
+
+@pytest.mark.parametrize("where", ["one header", "many headers", "request line"])
+async def test_a_head_over_64_kib_gets_431_without_being_read_on(
+    gateway: tuple[str, int], where: str
+) -> None:
+    url, port = gateway
+    reader, writer = await connect(port)
+    if where == "one header":
+        head = b"POST /v1/chat/completions HTTP/1.1\r\nx-big: " + b"a" * (1 << 20)
+    elif where == "many headers":
+        head = b"POST /v1/chat/completions HTTP/1.1\r\n" + b"x-h: aaaaaaaaaaaaaaaa\r\n" * 5000
+    else:
+        head = b"GET /v1/" + b"a" * (1 << 20)
+    with contextlib.suppress(ConnectionError):  # the gateway may close while we still write
+        writer.write(head)
+        await writer.drain()
+    raw = await answer_of(reader)
+    assert raw.startswith(b"HTTP/1.1 431 ")
+    assert orjson.loads(raw.split(b"\r\n\r\n", 1)[1])["error"]["code"] == "request_head_too_large"
+    writer.close()
+    await healthy(url)
+
+
+async def test_a_head_just_under_the_limit_is_served(gateway: tuple[str, int]) -> None:
+    _, port = gateway
+    reader, writer = await connect(port)
+    writer.write(chat_request(b"x-pad: " + b"a" * 60_000 + b"\r\nconnection: close\r\n"))
+    raw = await answer_of(reader)
+    assert raw.startswith(b"HTTP/1.1 200 ")
+    writer.close()
+
+
+async def test_keep_alive_requests_each_get_a_fresh_head_deadline(
+    gateway: tuple[str, int],
+) -> None:
+    """A kept-alive connection whose requests come slower than the head deadline, but each
+    head in one piece, is served every time."""
+    _, port = gateway
+    reader, writer = await connect(port)
+    for _ in range(3):
+        writer.write(chat_request())
+        status = await asyncio.wait_for(reader.readuntil(b"\r\n"), 5)
+        assert status.startswith(b"HTTP/1.1 200 ")
+        head = await reader.readuntil(b"\r\n\r\n")
+        length = int(head.lower().split(b"content-length: ", 1)[1].split(b"\r\n", 1)[0])
+        await reader.readexactly(length)
+        await asyncio.sleep(HEAD_TIMEOUT * 0.6)  # idle between requests: keep-alive's business
+    writer.close()
+
+
+async def test_connections_beyond_the_cap_get_503_and_the_gateway_keeps_serving(
+    gateway: tuple[str, int],
+) -> None:
+    url, port = gateway
+    held = [await connect(port) for _ in range(MAX_CONNECTIONS)]
+    reader, writer = await connect(port)
+    raw = await answer_of(reader)
+    assert raw.startswith(b"HTTP/1.1 503 ")
+    writer.close()
+    for _, idle in held:
+        idle.close()
+    deadline = time.monotonic() + 5
+    while True:  # the held connections leave as their closes are seen
+        try:
+            await healthy(url)
+            break
+        except (AssertionError, httpx.HTTPError):
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.05)
