@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import openai
+import sqlalchemy as sa
 from google import genai
 from google.genai import types
 
@@ -16,6 +17,7 @@ from llmgateway.app import create_app
 from llmgateway.serving import running
 from llmgateway.settings import Settings
 from llmgateway.store import Store
+from llmgateway.store.tables import provider_models
 from llmgateway.testing.fake_upstream import FakeUpstream
 from llmgateway.worker.run import run_once
 from tests.e2e.conftest import GEMINI_TOKEN, OPENAI_TOKEN, write_keys
@@ -93,5 +95,20 @@ async def test_models_lists_show_the_upstream_names_a_pattern_serves(
             while (found := await listed(url)) != expected:
                 await asyncio.sleep(0.02)
         assert found == expected
-        provider = app.state.gateway.providers["openai"]
+        gateway = app.state.gateway
+        provider = gateway.providers["openai"]
         assert provider.upstream_models == [n for n in UPSTREAM if n != "gpt-4.1 bad"]
+
+        async with await Store.open(settings.database.async_url) as store:
+            async with store.engine.begin() as conn:  # behind the revision's back: not seen
+                await conn.execute(sa.update(provider_models).values(names='["gpt-4.1-sneaky"]'))
+            seen = gateway.health.last_refresh
+            async with asyncio.timeout(10):
+                while gateway.health.last_refresh == seen:
+                    await asyncio.sleep(0.02)
+            assert "gpt-4.1-sneaky" not in provider.upstream_models
+            await store.save_model_names("openai", ["gpt-4.1-next"])  # a new revision: seen
+        async with asyncio.timeout(10):
+            while provider.upstream_models != ["gpt-4.1-next"]:
+                await asyncio.sleep(0.02)
+        assert (await listed(url))[0] == ["gpt-4o-mini", "gpt-4.1-next"]
