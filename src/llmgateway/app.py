@@ -76,6 +76,7 @@ class Gateway:
     board: BreakerBoard = field(default_factory=BreakerBoard)
     limits: Limits | None = None  # per-key limits across gateways, when a provider sets any
     _file_problem: str | None = None  # what the store's file check said last (logged on change)
+    _model_revisions: dict[str, int] = field(default_factory=dict)  # of the names in use
 
     def build_providers(self) -> None:
         for name, provider in self.settings.providers.items():
@@ -158,7 +159,8 @@ class Gateway:
         return changed
 
     async def refresh(self) -> None:
-        """Pull what changed in the store since the last refresh into the pools.
+        """Pull what changed in the store since the last refresh into the pools (and the
+        upstream model names the Keeper last fetched into the providers' models lists).
 
         When a provider's healthy proxies change, the whole snapshot is reloaded so that keys
         are re-bound to their proxies (local counters and cooldowns survive a reload).
@@ -171,6 +173,7 @@ class Gateway:
                 revision = await self._load_everything()
             else:
                 revision = await self._load_delta()
+            await self._load_model_lists()
         except Exception as error:  # keep serving from the snapshot we have
             self.health.store_ok = False
             self.health.problem = f"store unreachable at the last refresh: {type(error).__name__}"
@@ -183,6 +186,26 @@ class Gateway:
         self.health.problem = ""
         guards = {name: provider.guard for name, provider in self.providers.items()}
         await self.board.exchange(self.store, guards, self.clock())
+
+    async def _load_model_lists(self) -> None:
+        """Take the upstream's model names the Keeper stored into the providers with a pattern
+        entry (for their models lists): one small query of revisions, and the names of a
+        provider only when its revision moved."""
+        assert self.store is not None
+        listing = [name for name, provider in self.providers.items() if provider.catalog.patterns]
+        if not listing:
+            return
+        stored = await self.store.model_name_revisions()
+        changed = [
+            name
+            for name in listing
+            if name in stored and stored[name] != self._model_revisions.get(name)
+        ]
+        if not changed:
+            return
+        for name, (revision, names) in (await self.store.model_names(changed)).items():
+            self.providers[name].upstream_models[:] = names
+            self._model_revisions[name] = revision
 
     def _store_file_lost(self) -> bool:
         """Whether the store's SQLite file was deleted or replaced while in use: if so, `/readyz`

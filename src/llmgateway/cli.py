@@ -55,11 +55,13 @@ def check_config(path: str | None) -> None:
 
         summary += f", per-key limits counted by: {backend_of(settings).value}"
     click.echo(summary)
-    if not settings.gateway.allow_weak_tokens:
-        from llmgateway.config_rules import weak_tokens
+    from llmgateway.config_rules import unreachable_models, weak_tokens
 
+    if not settings.gateway.allow_weak_tokens:
         for where, why in weak_tokens(settings):
             click.echo(f"warning: {where}: {why}, refused off loopback; {_WAY_OUT}", err=True)
+    for where, why in unreachable_models(settings):
+        click.echo(f"warning: {where}: {why}", err=True)
 
 
 @main.command("fake-upstream")

@@ -5,12 +5,14 @@ The rules run on every part of the config that validates on its own, so one typo
 does not hide them: all problems are reported in one go.
 
 `weak_tokens()` is not a validation rule: a placeholder or short token is fine on loopback, and
-the commands that listen decide (see `llmgateway.cli`).
+the commands that listen decide (see `llmgateway.cli`). Nor is `unreachable_models()`: a model
+no route can reach is a warning of `check-config`.
 """
 
 from __future__ import annotations
 
 import ipaddress
+import re
 import types
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Annotated, Any, TypeVar, Union, get_args, get_origin
@@ -19,6 +21,8 @@ from pydantic import BaseModel, TypeAdapter, ValidationError
 from pydantic_core import PydanticUndefined
 
 from llmgateway.masking import mask
+from llmgateway.providers.catalog import Catalog, is_pattern
+from llmgateway.providers.target import checked_path
 from llmgateway.settings import (
     BreakerBackoff,
     GeminiProvider,
@@ -55,12 +59,7 @@ def check(data: Mapping[str, Any], settings: Settings | None) -> list[Finding]:
 
 
 def _provider_rules(p: OpenAILikeProvider | GeminiProvider) -> Iterator[Finding]:
-    if p.models and p.default_model not in p.models:
-        yield (
-            "default_model",
-            f"'{p.default_model}' is not one of the provider's models",
-            f"use one of: {', '.join(p.models)}",
-        )
+    yield from _default_model_rules(p)
     if p.provider_type == "gemini":
         for name, model in p.models.items():
             if not model.endpoint_suffix.startswith(":"):
@@ -79,6 +78,40 @@ def _provider_rules(p: OpenAILikeProvider | GeminiProvider) -> Iterator[Finding]
             "set gateway_access_token (e.g. ${MY_TOKEN}) or gateway_access_tokens, "
             "or set enabled: false",
         )
+
+
+def _default_model_rules(p: OpenAILikeProvider | GeminiProvider) -> Iterator[Finding]:
+    """`default_model` names one concrete model the provider serves; it is also the model a
+    pattern entry is probed through, so each pattern must match it (unless one shared status
+    is probed for all models)."""
+    default, catalog = p.default_model, Catalog.of(p.models)
+    if is_pattern(default):
+        yield (
+            "default_model",
+            f"'{default}' is a pattern, not a model",
+            "default_model is the model probes (and requests naming none) use: "
+            "give one concrete name, without * ? [",
+        )
+        return
+    if p.models and catalog.resolve(default) is None:
+        names = ", ".join(name for name in p.models if not is_pattern(name))
+        ways = [f"use one of: {names}"] if names else []
+        message = f"'{default}' is not one of the provider's models"
+        if catalog.patterns:
+            message = f"'{default}' is neither one of the provider's models nor matched by one"
+            message += " of its patterns"
+            patterns = ", ".join(f"'{name}'" for name, _ in catalog.patterns)
+            ways.append(f"a name {patterns} matches")
+        yield ("default_model", message, ", or ".join(ways))
+    if p.shared_key_status:
+        return  # the one shared status is probed with default_model
+    for name, pattern in catalog.patterns:
+        if pattern.match(default) is None:
+            yield (
+                f"models.{name}",
+                f"a pattern is probed through default_model, and '{default}' does not match it",
+                "set shared_key_status: true, or a default_model the pattern matches",
+            )
 
 
 def _health_rules(policy: HealthPolicy) -> Iterator[Finding]:
@@ -135,7 +168,14 @@ _RULES: tuple[tuple[tuple[type[BaseModel], ...], tuple[str, ...], _Rule], ...] =
     # (the sections a rule applies to, the settings it reads, the rule)
     (
         (OpenAILikeProvider, GeminiProvider),
-        ("provider_type", "enabled", "default_model", "models", "access_control"),
+        (
+            "provider_type",
+            "enabled",
+            "default_model",
+            "shared_key_status",
+            "models",
+            "access_control",
+        ),
         _provider_rules,
     ),
     ((HealthPolicy,), ("quarantine_after_days", "stop_checking_after_days"), _health_rules),
@@ -260,6 +300,56 @@ def is_loopback(host: str) -> bool:
     if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
         return address.ipv4_mapped.is_loopback
     return address.is_loopback
+
+
+# -- models no route reaches --------------------------------------------------------------------
+
+_GEMINI_SEGMENT = re.compile(r"[^/:]+")
+"""A model in a Gemini native path (`/v1beta/models/{model}:method`): one segment, no `:`."""
+_STAND_IN = "model"
+"""A concrete segment in place of a pattern, to check the path a pattern's requests take."""
+
+
+def unreachable_models(settings: Settings) -> list[tuple[str, str]]:
+    """Every model of an enabled provider that no request can reach, as (dotted path, why):
+    warnings, not errors (the model is configured, only never served). An `openai_like`
+    model's `endpoint_suffix` must be a path the gateway forwards under `/v1`; a Gemini model
+    must be one path segment, and its path with the suffix one the gateway forwards."""
+    found: list[tuple[str, str]] = []
+    for name, provider in settings.providers.items():
+        if not provider.enabled:
+            continue
+        for model, model_settings in provider.models.items():
+            where = f"providers.{name}.models.{model}"
+            suffix = model_settings.endpoint_suffix
+            if provider.provider_type == "gemini":
+                found.extend(_gemini_reach(where, model, suffix))
+            elif not suffix.startswith("/") or checked_path(("/v1" + suffix).encode()) is None:
+                found.append(
+                    (
+                        f"{where}.endpoint_suffix",
+                        f"{suffix!r} is not a path the gateway forwards (a '/…' path of "
+                        "RFC 3986 characters, without dot-segments): no route reaches it",
+                    )
+                )
+    return found
+
+
+def _gemini_reach(where: str, model: str, suffix: str) -> Iterator[tuple[str, str]]:
+    segment = _STAND_IN if is_pattern(model) else model.removeprefix("models/")
+    native = f"/v1beta/models/{segment}"
+    if _GEMINI_SEGMENT.fullmatch(segment) is None or checked_path(native.encode()) is None:
+        yield (
+            where,
+            "a Gemini model is one path segment of RFC 3986 characters (no '/' or ':' after "
+            "a leading 'models/'): no native route reaches it",
+        )
+    elif checked_path((native + suffix).encode()) is None:
+        yield (
+            f"{where}.endpoint_suffix",
+            f"{suffix!r} makes a path the gateway does not forward (RFC 3986 characters only, "
+            "no dot-segments): no route reaches this model",
+        )
 
 
 # -- walking validated and raw data --------------------------------------------------------------

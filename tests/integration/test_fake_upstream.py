@@ -150,6 +150,26 @@ async def test_openai_sdk_errors(fake: FakeUpstream) -> None:
     assert limited.value.response.headers["retry-after"] == "5"
 
 
+async def test_models_lists_show_the_names_set_and_gemini_pages_them(
+    fake: FakeUpstream, http: aiohttp.ClientSession
+) -> None:
+    names = [f"gemini-x-{i:03d}" for i in range(120)]
+    fake.set_models(names)
+    listed = await openai_client(fake).models.list()
+    assert [m.id for m in listed.data] == names
+    sdk = [m.name async for m in await genai_client(fake).aio.models.list()]
+    assert sdk == [f"models/{name}" for name in names]
+    headers = {"x-goog-api-key": GEMINI_GOOD}
+    async with http.get(f"{fake.url}/v1beta/models", headers=headers) as response:
+        first = await response.json()
+    assert (len(first["models"]), first["nextPageToken"]) == (50, "50")
+    last_page = f"{fake.url}/v1beta/models?pageSize=1000&pageToken=100"
+    async with http.get(last_page, headers=headers) as response:
+        last = await response.json()
+    assert [m["name"] for m in last["models"]] == [f"models/{n}" for n in names[100:]]
+    assert "nextPageToken" not in last
+
+
 async def test_a_missing_key_is_refused(fake: FakeUpstream, http: aiohttp.ClientSession) -> None:
     async with http.get(f"{fake.openai_base}/models") as response:
         assert response.status == 401

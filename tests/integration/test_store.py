@@ -21,11 +21,12 @@ from llmgateway.store import (
     Store,
     SyncChanges,
     UnknownProviderError,
+    probes,
     status,
 )
 from llmgateway.store.connect import head_revision
 from llmgateway.store.status import ERROR_MESSAGE_LIMIT
-from llmgateway.store.tables import key_status, keys, metadata, providers
+from llmgateway.store.tables import key_status, keys, metadata, provider_models, providers
 
 KEY_A = "sk-test-aaaaaaaaaaaaaaaa0001"
 KEY_B = "sk-test-bbbbbbbbbbbbbbbb0002"
@@ -68,8 +69,8 @@ async def key_id(store: Store, secret: str) -> int:
 
 
 async def test_upgrade_is_idempotent_and_matches_the_tables(store: Store) -> None:
-    assert await store.upgrade() == head_revision() == "0004"
-    assert await store.upgrade() == "0004"
+    assert await store.upgrade() == head_revision() == "0005"
+    assert await store.upgrade() == "0005"
 
     def diff(sync: sa.Connection) -> list[Any]:
         return list(compare_metadata(MigrationContext.configure(sync), metadata))
@@ -430,3 +431,56 @@ async def test_snapshot_pages_stream_the_keys_and_lead_with_the_proxies(store: S
     revision = await store.revision()
     empty = [page async for page in store.snapshot_pages(revision, page=2)]
     assert [(page.revision, page.keys, page.proxies) for page in empty] == [(revision, [], [])]
+
+
+async def test_model_names_round_trip_and_move_the_revision_only_on_change(
+    store: Store, clock: Any
+) -> None:
+    await store.sync_providers(config(p1={}, p2={}).providers)
+    assert await store.model_name_revisions() == {}
+    names = ["gpt-4.1", "gpt-4.1-mini", "models/x:y@z+1", *(f"m-{i}" for i in range(3000))]
+    assert await store.save_model_names("p1", names) is True
+    first = await store.revision()
+    assert await store.model_name_revisions() == {"p1": first}
+    assert await store.model_names(["p1", "p2"]) == {"p1": (first, names)}
+    clock.advance(60)
+    assert await store.save_model_names("p1", names) is False  # only the fetch time moves
+    assert await store.model_name_revisions() == {"p1": first}
+    async with store.engine.connect() as conn:
+        fetched = await conn.scalar(sa.select(provider_models.c.fetched_at))
+    assert fetched == clock.now
+    assert await store.save_model_names("p1", names[:2]) is True
+    assert await store.save_model_names("p2", []) is True
+    revisions = await store.model_name_revisions()
+    assert first < revisions["p1"] < revisions["p2"] == await store.revision()
+    assert await store.model_names(["p1", "p2", "p3"]) == {
+        "p1": (revisions["p1"], names[:2]),
+        "p2": (revisions["p2"], []),
+    }
+    with pytest.raises(UnknownProviderError):
+        await store.save_model_names("p3", names)
+
+
+async def test_usable_key_prefers_valid_and_never_takes_one_found_invalid(
+    store: Store, clock: Any
+) -> None:
+    await one_provider(store)
+    assert await probes.usable_key(store, "p1") is None
+    await store.sync_keys("p1", {KEY_A, KEY_B, KEY_C}, ["m1", "m2"], False)
+    assert await probes.usable_key(store, "p1") == KEY_A  # all untested: the lowest id
+    a, b, c = [await key_id(store, k) for k in (KEY_A, KEY_B, KEY_C)]
+    t = clock.now
+    await store.apply_events(
+        [
+            StatusEvent(c, "m1", KeyStatus.VALID, t + 1),
+            StatusEvent(b, "m2", KeyStatus.VALID, t + 1),
+            StatusEvent(b, "m1", KeyStatus.INVALID_KEY, t + 1),
+        ]
+    )
+    assert await probes.usable_key(store, "p1") == KEY_C  # B is valid for m2, but found invalid
+    await store.apply_events([StatusEvent(c, "m2", KeyStatus.NO_ACCESS, t + 2)])
+    assert await probes.usable_key(store, "p1") == KEY_A  # untested, but never found bad
+    await store.apply_events([StatusEvent(a, "m1", KeyStatus.RATE_LIMITED, t + 3)])
+    assert await probes.usable_key(store, "p1") == KEY_A  # still untested for m2
+    await store.apply_events([StatusEvent(a, "m2", KeyStatus.INVALID_KEY, t + 4)])
+    assert await probes.usable_key(store, "p1") is None

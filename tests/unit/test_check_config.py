@@ -115,6 +115,61 @@ def test_weak_tokens_are_warnings_naming_the_setting_not_the_value(
     assert (quiet.exit_code, quiet.stderr) == (0, "")
 
 
+UNREACHABLE = f"""
+providers:
+  gemini:
+    provider_type: gemini
+    keys_path: keys/gemini
+    api_base_url: https://generativelanguage.googleapis.com
+    default_model: gemini-2.5-flash
+    models:
+      gemini-2.5-flash: {{endpoint_suffix: ":generateContent"}}
+      models/gemini-2.5-pro: {{endpoint_suffix: ":generateContent"}}
+      "gemini-*": {{endpoint_suffix: ":generateContent"}}
+      tunedModels/mine: {{endpoint_suffix: ":generateContent"}}
+      "gemini 3": {{endpoint_suffix: ":generateContent"}}
+      imagen-4: {{endpoint_suffix: ":predict/../../files"}}
+    shared_key_status: true
+    access_control: {{gateway_access_token: {TOKEN}}}
+  openai:
+    provider_type: openai_like
+    keys_path: keys/openai
+    api_base_url: https://api.openai.com/v1
+    default_model: gpt-4o-mini
+    models:
+      gpt-4o-mini: {{endpoint_suffix: /chat/completions}}
+      whisper-1: {{endpoint_suffix: audio/transcriptions}}
+      odd: {{endpoint_suffix: "/chat/completions?x=1"}}
+      "gpt-4o*": {{endpoint_suffix: /responses}}
+    access_control: {{gateway_access_token: tok-o-0123456789abcdef}}
+"""
+
+
+def test_models_no_route_reaches_are_warnings(runner: CliRunner, tmp_path: Path) -> None:
+    result = runner.invoke(main, ["check-config", str(write(tmp_path, UNREACHABLE))])
+    assert result.exit_code == 0, result.output
+    assert result.stdout == "ok: 2 providers (gemini, openai), database: sqlite\n"
+    segment = (
+        "a Gemini model is one path segment of RFC 3986 characters (no '/' or ':' after a "
+        "leading 'models/'): no native route reaches it"
+    )
+    not_forwarded = (
+        "is not a path the gateway forwards (a '/…' path of RFC 3986 characters, without "
+        "dot-segments): no route reaches it"
+    )
+    assert result.stderr.splitlines() == [
+        f"warning: providers.gemini.models.tunedModels/mine: {segment}",
+        f"warning: providers.gemini.models.gemini 3: {segment}",
+        "warning: providers.gemini.models.imagen-4.endpoint_suffix: ':predict/../../files' "
+        "makes a path the gateway does not forward (RFC 3986 characters only, no "
+        "dot-segments): no route reaches this model",
+        f"warning: providers.openai.models.whisper-1.endpoint_suffix: 'audio/transcriptions' "
+        f"{not_forwarded}",
+        f"warning: providers.openai.models.odd.endpoint_suffix: '/chat/completions?x=1' "
+        f"{not_forwarded}",
+    ]
+
+
 def test_postgres_summary_and_singular(runner: CliRunner, tmp_path: Path) -> None:
     text = GOOD.split("  openai:")[0] + "database: {host: db.internal}\n"
     result = runner.invoke(main, ["check-config", str(write(tmp_path, text))])

@@ -138,6 +138,34 @@ def test_all_models_probes_the_default_model() -> None:
     assert probe.url == f"{G}/v1beta/models/gemini-2.5-flash:generateContent"
 
 
+def test_a_pattern_entry_is_probed_through_default_model() -> None:
+    pattern = {"endpoint_suffix": "/responses", "test_payload": {"input": "ping"}}
+    provider = OpenAILikeProvider(
+        provider_type="openai_like",
+        keys_path="keys/openai",
+        api_base_url="https://api.openai.com/v1",
+        default_model="gpt-4.1-mini",
+        models={"gpt-4o": {"endpoint_suffix": "/chat/completions"}, "gpt-4.1*": pattern},
+    )
+    for entry in ("gpt-4.1*", ALL_MODELS):  # per-entry status, and the one shared status
+        probe = providers.probe_request(provider, entry, "sk-x")
+        assert probe.url == "https://api.openai.com/v1/responses"
+        assert orjson.loads(probe.body) == {"input": "ping", "model": "gpt-4.1-mini"}
+    concrete = providers.probe_request(provider, "gpt-4o", "sk-x")
+    assert orjson.loads(concrete.body)["model"] == "gpt-4o"
+    gemini = GeminiProvider(
+        provider_type="gemini",
+        keys_path="keys/gemini",
+        api_base_url=G,
+        default_model="gemini-2.5-flash-lite",
+        models={"gemini-2.5-*": {"endpoint_suffix": ":countTokens", "test_payload": {"a": 1}}},
+    )
+    for entry in ("gemini-2.5-*", ALL_MODELS):
+        probe = providers.probe_request(gemini, entry, "AIza")
+        assert probe.url == f"{G}/v1beta/models/gemini-2.5-flash-lite:countTokens"
+        assert orjson.loads(probe.body) == {"a": 1}
+
+
 def test_gemini_probe() -> None:
     probe = providers.probe_request(GEMINI, "gemini-2.5-pro", "AIza")
     assert probe.url == f"{G}/v1beta/models/gemini-2.5-pro:generateContent"

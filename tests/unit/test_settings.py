@@ -503,6 +503,67 @@ def test_error_parsing_rules_are_checked(
     assert problem.message.startswith(message)
 
 
+# -- model patterns and default_model --------------------------------------------------------
+
+GPT41 = {"endpoint_suffix": "/chat/completions"}
+
+
+def test_default_model_may_be_a_name_a_pattern_matches(tmp_path: Path) -> None:
+    provider = openai(default_model="gpt-4.1-mini", models={"gpt-4.1*": GPT41})
+    settings = load_settings(write(tmp_path, {"providers": {"o": provider}}), {})
+    assert settings.providers["o"].default_model == "gpt-4.1-mini"
+
+
+def test_default_model_must_be_concrete(tmp_path: Path) -> None:
+    provider = openai(default_model="gpt-4.1*", models={"gpt-4.1*": GPT41})
+    problem = only_problem(tmp_path, {"providers": {"o": provider}})
+    assert (problem.path, problem.message) == (
+        "providers.o.default_model",
+        "'gpt-4.1*' is a pattern, not a model",
+    )
+    assert "without * ? [" in problem.hint
+
+
+def test_default_model_must_be_served(tmp_path: Path) -> None:
+    models = {"gpt-4o": GPT41, "gpt-4.1*": GPT41}
+    provider = openai(default_model="o3-mini", shared_key_status=True, models=models)
+    problem = only_problem(tmp_path, {"providers": {"o": provider}})
+    assert (problem.path, problem.message, problem.hint) == (
+        "providers.o.default_model",
+        "'o3-mini' is neither one of the provider's models nor matched by one of its patterns",
+        "use one of: gpt-4o, or a name 'gpt-4.1*' matches",
+    )
+    only_patterns = openai(default_model="o3-mini", models={"gpt-4.1*": GPT41, "o1*": GPT41})
+    found = problems(write(tmp_path, {"providers": {"o": only_patterns}}))
+    assert found["providers.o.default_model"].hint == "a name 'gpt-4.1*', 'o1*' matches"
+
+
+def test_a_pattern_must_match_default_model_unless_status_is_shared(tmp_path: Path) -> None:
+    models = {"gpt-4o-mini": GPT41, "gpt-4.1*": GPT41, "*": GPT41}
+    provider = openai(default_model="gpt-4o-mini", models=models)
+    problem = only_problem(tmp_path, {"providers": {"o": provider}})
+    assert (problem.path, problem.message, problem.hint) == (
+        "providers.o.models.gpt-4.1*",
+        "a pattern is probed through default_model, and 'gpt-4o-mini' does not match it",
+        "set shared_key_status: true, or a default_model the pattern matches",
+    )
+    for fixed in (
+        openai(default_model="gpt-4o-mini", models=models, shared_key_status=True),
+        openai(default_model="gpt-4.1-nano", models=models),
+    ):
+        settings = load_settings(write(tmp_path, {"providers": {"o": fixed}}), {})
+        assert set(settings.providers["o"].models) == set(models)
+
+
+def test_pattern_rules_run_when_another_setting_is_broken(tmp_path: Path) -> None:
+    provider = openai(default_model="gpt-4o", models={"gpt-4.1*": GPT41}, timeouts={"read": 0})
+    assert set(problems(write(tmp_path, {"providers": {"o": provider}}))) == {
+        "providers.o.default_model",
+        "providers.o.models.gpt-4.1*",
+        "providers.o.timeouts.read",
+    }
+
+
 def test_tokens_are_unique_across_enabled_providers(tmp_path: Path) -> None:
     content = {
         "providers": {

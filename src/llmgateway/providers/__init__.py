@@ -13,6 +13,7 @@ from typing import Literal
 
 from llmgateway.outcomes import ALL_MODELS
 from llmgateway.providers import gemini, openai
+from llmgateway.providers.catalog import Catalog, is_pattern
 from llmgateway.settings import ModelSettings, ProviderSettings
 
 Api = Literal["openai", "gemini"]
@@ -60,7 +61,9 @@ def auth_header(provider: ProviderSettings, api: Api, secret: str) -> tuple[str,
 
 
 def probe_request(provider: ProviderSettings, model_name: str, secret: str) -> ProbeRequest:
-    """The generation probe for one model (`ALL_MODELS` means the provider's default model)."""
+    """The generation probe for one configured model entry (`ALL_MODELS`: the provider's
+    `default_model`). A pattern entry is probed through `default_model`, the concrete model
+    it serves, with the entry's own `endpoint_suffix` and `test_payload`."""
     model, settings = _model(provider, model_name)
     url, body = _ADAPTERS[provider.provider_type].probe_target(
         provider.api_base_url, model, settings
@@ -80,10 +83,9 @@ def auth_probe_request(provider: ProviderSettings, secret: str) -> ProbeRequest:
 
 
 def _model(provider: ProviderSettings, model_name: str) -> tuple[str, ModelSettings]:
+    """The concrete model a probe names and the settings of the entry it probes."""
     if model_name == ALL_MODELS:
-        model_name = provider.default_model
-        if model_name not in provider.models and provider.models:
-            model_name = next(iter(provider.models))
+        return _default_model(provider)
     settings = provider.models.get(model_name)
     if settings is None:
         known = ", ".join(sorted(provider.models)) or "none"
@@ -91,7 +93,21 @@ def _model(provider: ProviderSettings, model_name: str) -> tuple[str, ModelSetti
             f"model {model_name!r} is not configured for this provider "
             f"(configured: {known}); add it under `models`"
         )
+    if is_pattern(model_name):  # a pattern is no model: probe the one the config says it serves
+        return provider.default_model, settings
     return model_name, settings
+
+
+def _default_model(provider: ProviderSettings) -> tuple[str, ModelSettings]:
+    """`default_model` with the settings of the entry serving it. The config rules make sure
+    one does; without them, the first concrete entry stands in."""
+    entry = Catalog.of(provider.models).resolve(provider.default_model)
+    if entry is not None:
+        return provider.default_model, provider.models[entry]
+    concrete = [name for name in provider.models if not is_pattern(name)]
+    if concrete:
+        return concrete[0], provider.models[concrete[0]]
+    return provider.default_model, next(iter(provider.models.values()))
 
 
 def error_body(

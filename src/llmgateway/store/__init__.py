@@ -20,7 +20,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncTransactio
 
 from llmgateway.outcomes import ALL_MODELS
 from llmgateway.settings import ProviderSettings
-from llmgateway.store import breakers, connect, notify, reconcile, status
+from llmgateway.store import breakers, connect, model_lists, notify, reconcile, status
 from llmgateway.store.connect import DatabaseUrlError, async_url, masked_url
 from llmgateway.store.reconcile import UnknownProviderError
 from llmgateway.store.records import (
@@ -213,6 +213,31 @@ class Store:
         """The current global revision."""
         async with self.engine.connect() as conn:
             return await status.read_revision(conn)
+
+    async def save_model_names(self, provider: str, names: Sequence[str]) -> bool:
+        """Record the model names the Keeper fetched from `provider`'s upstream, in one
+        transaction. When they differ from the stored ones they are stamped with a new revision
+        (announced on PostgreSQL) and True is returned; otherwise only the fetch time moves."""
+        async with self._write() as (conn, revision, _):
+            pid = await reconcile.provider_id(conn, provider)
+            now = self.clock()
+            if await model_lists.names_of(conn, pid) == list(names):
+                await model_lists.touch(conn, pid, now)
+                return False
+            await model_lists.save(conn, pid, names, revision, now)
+            await notify.publish(conn, notify.Kind.MODELS, revision, provider)
+            return True
+
+    async def model_name_revisions(self) -> dict[str, int]:
+        """The revision of each provider's stored model names (one small query: a gateway's
+        check at every refresh)."""
+        async with self.engine.connect() as conn:
+            return await model_lists.revisions(conn)
+
+    async def model_names(self, wanted: Collection[str]) -> dict[str, tuple[int, list[str]]]:
+        """The (revision, names) stored for each provider in `wanted` that has any."""
+        async with self.engine.connect() as conn:
+            return await model_lists.names_by_provider(conn, wanted)
 
     async def breakers(self) -> list[breakers.BreakerRow]:
         """The circuit breakers as gateways last reported them, with pending reset requests."""

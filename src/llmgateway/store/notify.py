@@ -50,6 +50,7 @@ class Kind(enum.StrEnum):
     PROBES = "probes"  # the Keeper wrote probe results that change key statuses
     PROXIES = "proxies"  # proxies added, removed, found dead or alive
     BREAKER = "breaker"  # a circuit breaker opened (detail: which one)
+    MODELS = "models"  # the Keeper stored a provider's new upstream model names (detail: which)
     RECONNECTED = "reconnected"  # local only: the listener (re)connected, earlier ones missed
 
 

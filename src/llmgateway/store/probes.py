@@ -403,6 +403,41 @@ async def healthy_proxies(store: Store) -> dict[str, list[str]]:
     return found
 
 
+# --- a key for other calls ---------------------------------------------------------------------
+
+_FOUND_BAD = (KeyStatus.INVALID_KEY.value, KeyStatus.NO_ACCESS.value)
+
+
+async def usable_key(store: Store, provider: str) -> str | None:
+    """A key of `provider` for a call outside probing (the models list): one proven `valid`
+    for some model, else an `untested` one, lowest id first; never a key found invalid or
+    without access for any model. None when the provider has no such key."""
+    ks = key_status.c
+    other = key_status.alias("other_status")
+    found_bad = (
+        sa.select(other.c.key_id)
+        .where(other.c.key_id == keys.c.id, other.c.active, other.c.status.in_(_FOUND_BAD))
+        .exists()
+    )
+    query = (
+        sa.select(keys.c.value)
+        .select_from(_pool)
+        .where(
+            providers.c.name == provider,
+            providers.c.active,
+            keys.c.active,
+            ks.active,
+            ks.status.in_((KeyStatus.VALID.value, KeyStatus.UNTESTED.value)),
+            ~found_bad,
+        )
+        .order_by(sa.case((ks.status == KeyStatus.VALID.value, 0), else_=1), keys.c.id)
+        .limit(1)
+    )
+    async with store.engine.connect() as conn:
+        value = await conn.scalar(query)
+    return None if value is None else str(value)
+
+
 # --- maintenance -------------------------------------------------------------------------------
 
 

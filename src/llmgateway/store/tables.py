@@ -135,3 +135,19 @@ breakers = sa.Table(
 """Circuit breakers: each provider's state as a gateway last saw it (0 closed, 1 half-open,
 2 open; not stamped with revisions, it is no part of the pool), and `reset_at`, set by
 `llmgateway breaker reset` and acted on by every gateway at its next refresh."""
+
+provider_models = sa.Table(
+    "provider_models",
+    metadata,
+    sa.Column(
+        "provider_id",
+        sa.Integer,
+        sa.ForeignKey("providers.id", ondelete="CASCADE"),
+        primary_key=True,
+    ),
+    sa.Column("names", sa.Text, nullable=False),  # a JSON array of strings
+    sa.Column("fetched_at", sa.Double, nullable=False),
+    sa.Column("revision", sa.BigInteger, nullable=False),
+)
+"""The upstream's model names as the Keeper last fetched them, one row per provider: see
+`llmgateway.store.model_lists`. `revision` is that of the last change of `names`."""

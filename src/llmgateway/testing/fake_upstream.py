@@ -16,7 +16,7 @@ import math
 import random
 import socket
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from types import TracebackType
 from typing import Any, Self
@@ -44,6 +44,9 @@ from llmgateway.testing.faults import (
 )
 
 DEFAULT_MODELS = ("gpt-4o-mini", "gpt-4o", "text-embedding-3-small", "gemini-2.5-flash")
+GEMINI_PAGE_SIZE = 50
+"""Models per page of Gemini's list when the caller asks for no `pageSize` (as Gemini)."""
+GEMINI_MAX_PAGE_SIZE = 1000
 _JSON = "application/json"
 
 
@@ -181,6 +184,11 @@ class FakeUpstream:
     def behavior(self, secret: str) -> Behavior:
         """The behaviour a key gets now."""
         return self._behaviors.get(secret) or behavior_for_name(secret)
+
+    def set_models(self, models: Iterable[str]) -> None:
+        """The model names both models lists show from now on (Gemini's as `models/{name}`,
+        in pages of `?pageSize=`, 50 by default and 1000 at most, as Gemini pages them)."""
+        self.models = tuple(models)
 
     def set_outage(self, status: int = 503, seconds: float | None = None) -> None:
         """Answer every call with `status` for `seconds` (None: until `clear_outage()`)."""
@@ -408,8 +416,15 @@ class FakeUpstream:
     def _openai_models(self, request: web.Request, body: bytes) -> _Answer:
         return _Answer(body=wire.openai_models(self.models))
 
-    def _gemini_models(self, request: web.Request, body: bytes) -> _Answer:
-        return _Answer(body=wire.gemini_models(self.models))
+    def _gemini_models(self, request: web.Request, body: bytes) -> _Answer | web.Response:
+        size = request.query.get("pageSize", str(GEMINI_PAGE_SIZE))
+        start = request.query.get("pageToken", "0")
+        if not size.isdigit() or not start.isdigit():
+            return error_response("gemini", 400, "Invalid page size or token.", "INVALID_ARGUMENT")
+        first, count = int(start), min(max(int(size), 1), GEMINI_MAX_PAGE_SIZE)
+        page = self.models[first : first + count]
+        more = first + count < len(self.models)
+        return _Answer(body=wire.gemini_models(page, str(first + count) if more else None))
 
     def _gemini_model(self, request: web.Request, body: bytes) -> _Answer:
         return _Answer(body=orjson.dumps(wire.gemini_model(request.match_info["target"])))

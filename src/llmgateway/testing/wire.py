@@ -156,9 +156,12 @@ def gemini_embedding(count: int) -> bytes:
 
 
 @functools.lru_cache(maxsize=16)
-def gemini_models(models: tuple[str, ...]) -> bytes:
-    """The models list (`GET /v1beta/models`)."""
-    return orjson.dumps({"models": [gemini_model(m) for m in models]})
+def gemini_models(models: tuple[str, ...], next_page: str | None = None) -> bytes:
+    """One page of the models list (`GET /v1beta/models`), with the next page's token."""
+    page: dict[str, Any] = {"models": [gemini_model(m) for m in models]}
+    if next_page is not None:
+        page["nextPageToken"] = next_page
+    return orjson.dumps(page)
 
 
 def gemini_model(model: str) -> dict[str, Any]:

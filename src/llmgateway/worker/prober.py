@@ -44,26 +44,51 @@ async def send(
     Retry-After). Never raises except on cancellation; `secret` is masked in the message."""
     started = time.perf_counter()
     try:
-        async with asyncio.timeout(_deadline(provider.timeouts)):
-            response = await upstream.request(
-                egress,
-                request.method,
-                request.url,
-                request.headers,
-                request.body,
-                provider.timeouts,
-            )
-            try:
-                body = await response.read_prefix(BODY_PREFIX)
-                status, headers = response.status, dict(response.headers)
-            finally:
-                response.close()
+        status, headers, body = await _exchange(upstream, provider, request, egress, None)
     except Exception as exc:  # every failure is an outcome; cancellation is not an Exception
         outcome = classify(provider, None, {}, b"", exc, probe=True, now=now)
         return Exchange(outcome, _elapsed_ms(started), describe_exception(exc))
     outcome = classify(provider, status, headers, body, None, probe=True, now=now)
     message = None if outcome.ok else _body_message(status, body, secret)
     return Exchange(outcome, _elapsed_ms(started), message)
+
+
+async def fetch(
+    upstream: Upstream, provider: ProviderSettings, request: ProbeRequest, egress: str, limit: int
+) -> tuple[int, bytes]:
+    """Send one request via `egress` like a probe and read its whole answer: (status, body).
+    Raises what the exchange raised (an OSError, TimeoutError, `http1.ResponseTooLarge` past
+    `limit` bytes…)."""
+    status, _, body = await _exchange(upstream, provider, request, egress, limit)
+    return status, body
+
+
+async def _exchange(
+    upstream: Upstream,
+    provider: ProviderSettings,
+    request: ProbeRequest,
+    egress: str,
+    limit: int | None,
+) -> tuple[int, dict[str, str], bytes]:
+    """One request within the provider's timeouts: the status, headers and body (the whole
+    body up to `limit` bytes, or with None its first `BODY_PREFIX` bytes)."""
+    async with asyncio.timeout(_deadline(provider.timeouts)):
+        response = await upstream.request(
+            egress,
+            request.method,
+            request.url,
+            request.headers,
+            request.body,
+            provider.timeouts,
+        )
+        try:
+            if limit is None:
+                body = await response.read_prefix(BODY_PREFIX)
+            else:
+                body = await response.read(limit)
+            return response.status, dict(response.headers), body
+        finally:
+            response.close()
 
 
 async def proxy_alive(

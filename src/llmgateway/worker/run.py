@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import enum
 import logging
 import os
 import secrets
@@ -22,16 +23,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from llmgateway.egress import NoHealthyProxyError, egress_for
-from llmgateway.masking import fingerprint
+from llmgateway.masking import fingerprint, mask
 from llmgateway.metrics import Metrics
 from llmgateway.outcomes import Blame, ErrorReason, Outcome
 from llmgateway.providers import auth_probe_request, probe_request
+from llmgateway.providers.catalog import is_pattern
 from llmgateway.settings import ProviderSettings, ProxyMode, Settings
 from llmgateway.store import Store
 from llmgateway.store import probes as queries
 from llmgateway.store.probes import DueCheck, ProbeResult, ProxyResult
 from llmgateway.upstream import Upstream
 from llmgateway.worker.lock import single_keeper
+from llmgateway.worker.model_lists import FetchError, fetch_names
 from llmgateway.worker.prober import Exchange, proxy_alive, send
 from llmgateway.worker.probes import (
     DAY,
@@ -44,6 +47,7 @@ from llmgateway.worker.probes import (
 )
 from llmgateway.worker.summary import (
     MaintenanceSummary,
+    ModelListSummary,
     Progress,
     ProxySummary,
     RoundSummary,
@@ -84,6 +88,8 @@ class Keeper:
     claim_size: int = CLAIM_SIZE
     last_vacuum: float | None = None
     metrics: Metrics = field(default_factory=Metrics.create)
+    # when each provider's upstream model list is next fetched (absent: at the next chance)
+    models_due: dict[str, float] = field(default_factory=dict)
 
     # --- one probe round ------------------------------------------------------------------------
 
@@ -265,6 +271,60 @@ class Keeper:
             error_message=exchange.error_message,
         )
 
+    # --- the upstream's model names ------------------------------------------------------------
+
+    async def fetch_model_lists(self) -> ModelListSummary:
+        """Fetch and store the upstream's model names of every enabled provider with a pattern
+        entry whose fetch is due: the first time, then every `worker.sync_interval_sec`. A
+        provider without a usable key stays due; a failed fetch keeps the stored names."""
+        now = self.clock()
+        due = [
+            (name, provider)
+            for name, provider in _listing_providers(self.settings)
+            if self.models_due.get(name, now) <= now
+        ]
+        if not due:
+            return ModelListSummary()
+        proxies = await queries.healthy_proxies(self.store)
+        gate = asyncio.Semaphore(self.settings.worker.max_concurrent_providers)
+
+        async def one(name: str, provider: ProviderSettings) -> _Listed:
+            async with gate:
+                return await self._fetch_model_list(name, provider, proxies.get(name, []), now)
+
+        async with asyncio.TaskGroup() as group:
+            tasks = [group.create_task(one(name, provider)) for name, provider in due]
+        found = [task.result() for task in tasks]
+        return ModelListSummary(
+            changed=found.count(_Listed.CHANGED),
+            unchanged=found.count(_Listed.UNCHANGED),
+            failed=found.count(_Listed.FAILED),
+            without_key=found.count(_Listed.WITHOUT_KEY),
+        )
+
+    async def _fetch_model_list(
+        self, name: str, provider: ProviderSettings, proxies: list[str], now: float
+    ) -> _Listed:
+        secret = await queries.usable_key(self.store, name)
+        if secret is None:
+            log.info("provider %s: no usable key to fetch the models list with yet", name)
+            return _Listed.WITHOUT_KEY
+        self.models_due[name] = now + self.settings.worker.sync_interval_sec
+        try:
+            egress = egress_for(provider, secret, proxies)
+            names = await fetch_names(self.upstream, provider, secret, egress)
+        except (NoHealthyProxyError, FetchError) as error:
+            log.warning(
+                "provider %s: models list not fetched with key %s (%s); the last one is kept",
+                name,
+                mask(secret),
+                error,
+            )
+            return _Listed.FAILED
+        changed = await self.store.save_model_names(name, names)
+        log.info("provider %s: %d model names listed upstream", name, len(names))
+        return _Listed.CHANGED if changed else _Listed.UNCHANGED
+
     # --- proxies and maintenance -------------------------------------------------------------
 
     async def probe_proxies(self) -> ProxySummary:
@@ -319,26 +379,41 @@ class Keeper:
         with single_keeper(self.store.engine.url):
             wake = asyncio.Event()
             synced = asyncio.Event()  # a sync may have brought keys that are due at once
+            listing = asyncio.Event()  # the same, for the model lists
             try:
                 async with asyncio.TaskGroup() as group:
-                    group.create_task(self._sync_loop(stop, wake, synced))
+                    group.create_task(self._sync_loop(stop, wake, (synced, listing)))
                     if self.settings.worker.watch_files:
                         group.create_task(self._watch_loop(stop, wake))
                     group.create_task(self._probe_loop(stop, synced, on_round))
+                    if _listing_providers(self.settings):
+                        group.create_task(self._model_list_loop(stop, listing))
                     group.create_task(self._maintenance_loop(stop))
             finally:
                 await asyncio.shield(queries.release_leases(self.store, self.owner))
                 await self.upstream.close()
 
     async def _sync_loop(
-        self, stop: asyncio.Event, wake: asyncio.Event, synced: asyncio.Event
+        self, stop: asyncio.Event, wake: asyncio.Event, synced: Sequence[asyncio.Event]
     ) -> None:
         while not stop.is_set():
             wake.clear()
             with _survive("sync"):
                 self.metrics.synced(await run_sync(self.settings, self.store))
-                synced.set()
+                for event in synced:
+                    event.set()
             await _first(stop, wake, self.settings.worker.sync_interval_sec)
+
+    async def _model_list_loop(self, stop: asyncio.Event, synced: asyncio.Event) -> None:
+        """After each sync (the first one brings the keys to fetch with), fetch the model
+        lists that are due; at the latest every `sync_interval_sec`."""
+        while not stop.is_set():
+            await _first(stop, synced, self.settings.worker.sync_interval_sec)
+            synced.clear()
+            if stop.is_set():
+                return
+            with _survive("models list fetch"):
+                await self.fetch_model_lists()
 
     async def _watch_loop(self, stop: asyncio.Event, wake: asyncio.Event) -> None:
         folders = [f for f in _watched(self.settings) if f.is_dir()]
@@ -395,6 +470,7 @@ async def run_once(
             report = await run_sync(settings, store)
             proxies = await keeper.probe_proxies()
             summary = await keeper.probe_round()
+            await keeper.fetch_model_lists()  # after the probes: with a key proven valid
         finally:
             await keeper.upstream.close()
         return report, proxies, summary
@@ -424,6 +500,24 @@ def _survive(what: str) -> Iterator[None]:
         yield
     except Exception as exc:
         log.error("%s failed (%s); retrying in the next round", what, type(exc).__name__)
+
+
+class _Listed(enum.Enum):
+    """How one provider's model list fetch went."""
+
+    CHANGED = enum.auto()
+    UNCHANGED = enum.auto()
+    FAILED = enum.auto()
+    WITHOUT_KEY = enum.auto()
+
+
+def _listing_providers(settings: Settings) -> list[tuple[str, ProviderSettings]]:
+    """The enabled providers whose models lists show upstream names: those with a pattern."""
+    return [
+        (name, provider)
+        for name, provider in settings.providers.items()
+        if provider.enabled and any(is_pattern(model) for model in provider.models)
+    ]
 
 
 def _watched(settings: Settings) -> list[Path]:

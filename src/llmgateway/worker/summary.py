@@ -66,3 +66,15 @@ class MaintenanceSummary:
     purged_keys: int
     purged_proxies: int
     vacuumed: bool
+
+
+@dataclass(frozen=True, slots=True)
+class ModelListSummary:
+    """What one fetch of the upstream model lists did, in providers: lists stored anew, found
+    unchanged, fetches that failed (the previous list kept), and providers without a key to
+    fetch with (tried again at the next sync)."""
+
+    changed: int = 0
+    unchanged: int = 0
+    failed: int = 0
+    without_key: int = 0
