@@ -392,7 +392,7 @@ async def _answer_locally(
 ) -> None:
     """The models list (and, in the OpenAI format, one model) from the configuration and the
     upstream's names the Keeper last fetched: no key is taken for them."""
-    names = provider.catalog.listed(provider.upstream_models)
+    names = provider.listed
     if match.route.answer == "models":
         if api == "gemini":
             models, catalog = provider.settings.models, provider.catalog

@@ -204,7 +204,7 @@ class Gateway:
         if not changed:
             return
         for name, (revision, names) in (await self.store.model_names(changed)).items():
-            self.providers[name].upstream_models[:] = names
+            self.providers[name].list_models(names)
             self._model_revisions[name] = revision
 
     def _store_file_lost(self) -> bool:

@@ -50,8 +50,9 @@ class Provider:
     forwarded: dict[Surface, frozenset[bytes]] = field(default_factory=dict)
     # the pool's key secrets, to scrub upstream error bodies with; learnt as keys join
     secrets: logs.Redactor = field(default_factory=logs.Redactor)
-    # the upstream's model names as the Keeper last fetched them (for the models lists)
-    upstream_models: list[str] = field(default_factory=list)
+    # what the models lists show: the configured names, then the upstream's names a pattern
+    # serves as the Keeper last fetched them (`list_models`)
+    listed: list[str] = field(default_factory=list)
 
     @classmethod
     def build(
@@ -71,7 +72,14 @@ class Provider:
             for surface in routes
         }
         catalog = Catalog.of(settings.models)
-        return cls(name, settings, pool, budget, guard, limiter, routes, catalog, forwarded)
+        provider = cls(name, settings, pool, budget, guard, limiter, routes, catalog, forwarded)
+        provider.list_models([])
+        return provider
+
+    def list_models(self, upstream: list[str]) -> None:
+        """Take the upstream's model names (as the Keeper last fetched them) into the models
+        list, filtered once here rather than on every request for the list."""
+        self.listed[:] = self.catalog.listed(upstream)
 
     @property
     def default_entry(self) -> str:
