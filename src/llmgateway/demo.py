@@ -15,7 +15,6 @@ import asyncio
 import contextlib
 import secrets
 import signal
-import socket
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,7 +27,7 @@ from starlette.types import ASGIApp
 from llmgateway.app import create_app
 from llmgateway.edge_protocol import EdgeLimits
 from llmgateway.metrics import Metrics, model_label
-from llmgateway.serving import uvicorn_config
+from llmgateway.serving import listening_socket, uvicorn_config
 from llmgateway.settings import Settings
 from llmgateway.store import Store
 from llmgateway.testing.fake_upstream import FakeUpstream
@@ -193,9 +192,7 @@ class _Server(uvicorn.Server):
 
 @contextlib.asynccontextmanager
 async def _serving(app: ASGIApp, port: int) -> AsyncIterator[str]:
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind(("127.0.0.1", port))
+    sock = listening_socket("127.0.0.1", port)
     config = uvicorn_config(app, "127.0.0.1", sock.getsockname()[1], EdgeLimits())
     config.loop = "none"
     server = _Server(config)
