@@ -3,8 +3,8 @@
 uvicorn hands the app a percent-*decoded* `path`; the upstream target is built only from the
 client's raw, still-encoded `raw_path` and query string, and only when they hold nothing that
 could change what the upstream sees: no control characters, spaces, `#` or `\\` (in the path
-not even percent-encoded), dot-segments (plain or encoded), encoded `/`, double encoding, or
-bytes outside RFC 3986. What passes
+not even percent-encoded), dot-segments (plain or encoded), encoded `/`, an encoded `%` (double
+encoding), or bytes outside RFC 3986. What passes
 is forwarded byte for byte (`%3F` stays `%3F`), minus any `key`/`api_key` query parameter.
 """
 
@@ -19,8 +19,8 @@ _PATH = re.compile(rb"(?:/(?:[A-Za-z0-9\-._~!$&'()*+,;=:@]|%[0-9A-Fa-f]{2})*)+")
 _QUERY = re.compile(rb"(?:[A-Za-z0-9\-._~!$&'()*+,;=:@/?]|%[0-9A-Fa-f]{2})*")
 # what a path may not hold even encoded: a control character (%00-%1F, %7F: a decoding hop
 # would end the request line there), a space or # (%20, %23), an encoded / or \ (%2F, %5C),
-# and %25 followed by a hex digit (double encoding)
-_SMUGGLED = re.compile(rb"%(?:[01][0-9A-Fa-f]|2[03Ff]|5[Cc]|7[Ff]|25[0-9A-Fa-f])")
+# and an encoded % (%25: double encoding, even spelt `%25%32%65`, which decodes to `%2e`)
+_SMUGGLED = re.compile(rb"%(?:[01][0-9A-Fa-f]|2[035Ff]|5[Cc]|7[Ff])")
 # a segment that is `.` or `..`, each dot plain or encoded (%2e)
 _DOT_SEGMENT = re.compile(rb"/(?:\.|%2[Ee]){1,2}(?=/|$)")
 
