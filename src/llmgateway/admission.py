@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 from dataclasses import dataclass
 
 import orjson
@@ -17,6 +18,10 @@ from llmgateway.providers.catalog import Catalog
 from llmgateway.providers.routes import Match
 
 _SHOWN = 80  # characters of a client's model name repeated in an error
+# the key "model" with any of its letters written as a JSON escape (`"\u006dodel"`)
+_ESCAPED_MODEL = re.compile(
+    rb'"(?:m|\\u006[Dd])(?:o|\\u006[Ff])(?:d|\\u0064)(?:e|\\u0065)(?:l|\\u006[Cc])"'
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -153,10 +158,18 @@ def _from_json(body: bytes, *, required: bool) -> Named | Refused:
     model = data.get("model")
     if model is not None and not isinstance(model, str):
         return Refused(400, "invalid_request", "`model` must be a string.")
-    if body.count(b'"model"') > 1 and _names_model_twice(body):
+    if _may_name_model_twice(body) and _names_model_twice(body):
         # parsers differ on which of two keys wins: the upstream might run the other one
         return Refused(400, "invalid_request", "The request body names `model` twice.")
     return Named(model or None, data.get("stream") is True)
+
+
+def _may_name_model_twice(body: bytes) -> bool:
+    """A cheap look for two `"model"` strings, escaped ones included (then `_names_model_twice`
+    parses the body to see whether two of them are keys of one object)."""
+    if body.count(b'"model"') > 1:
+        return True
+    return b"\\u" in body and len(_ESCAPED_MODEL.findall(body)) > 1
 
 
 def _names_model_twice(body: bytes) -> bool:

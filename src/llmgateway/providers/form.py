@@ -8,6 +8,7 @@ import re
 MAX_PART_HEAD = 16 * 1024
 MAX_FIELD = 1024
 _BOUNDARY = re.compile(r'boundary=(?:"([^"]{1,70})"|([^\s;"]{1,70}))', re.IGNORECASE)
+_BOUNDARY_NAME = re.compile(r"boundary\*?[ \t]*=", re.IGNORECASE)  # boundary*= is RFC 2231's
 _DISPOSITION = re.compile(rb"^content-disposition[ \t]*:(.*)$", re.IGNORECASE | re.MULTILINE)
 # `name="x"`, `name=x` or RFC 2231's `name*=utf-8''x`: every spelling a server might accept
 _NAME = re.compile(
@@ -24,6 +25,9 @@ def boundary_of(content_type: str) -> str | None:
     """The boundary of a `multipart/form-data` content type, or None for any other type."""
     if not content_type.lower().startswith("multipart/form-data"):
         return None
+    if len(_BOUNDARY_NAME.findall(content_type)) > 1:
+        # parsers differ on which one wins: the upstream might read another form
+        raise FormError("multipart/form-data names its boundary twice")
     found = _BOUNDARY.search(content_type)
     if found is None:
         raise FormError("multipart/form-data without a boundary")

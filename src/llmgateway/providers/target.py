@@ -2,8 +2,9 @@
 
 uvicorn hands the app a percent-*decoded* `path`; the upstream target is built only from the
 client's raw, still-encoded `raw_path` and query string, and only when they hold nothing that
-could change what the upstream sees: no control characters, spaces, `#`, `\\`, dot-segments
-(plain or encoded), encoded `/` or `\\`, double encoding, or bytes outside RFC 3986. What passes
+could change what the upstream sees: no control characters, spaces, `#` or `\\` (in the path
+not even percent-encoded), dot-segments (plain or encoded), encoded `/`, an encoded `%` (double
+encoding), or bytes outside RFC 3986. What passes
 is forwarded byte for byte (`%3F` stays `%3F`), minus any `key`/`api_key` query parameter.
 """
 
@@ -16,8 +17,10 @@ from urllib.parse import unquote_plus
 _PATH = re.compile(rb"(?:/(?:[A-Za-z0-9\-._~!$&'()*+,;=:@]|%[0-9A-Fa-f]{2})*)+")
 # RFC 3986 query: pchar / "/" / "?"
 _QUERY = re.compile(rb"(?:[A-Za-z0-9\-._~!$&'()*+,;=:@/?]|%[0-9A-Fa-f]{2})*")
-# %2F and %5C (an encoded / or \), and %25 followed by a hex digit (double encoding)
-_SMUGGLED = re.compile(rb"%(?:2[Ff]|5[Cc]|25[0-9A-Fa-f])")
+# what a path may not hold even encoded: a control character (%00-%1F, %7F: a decoding hop
+# would end the request line there), a space or # (%20, %23), an encoded / or \ (%2F, %5C),
+# and an encoded % (%25: double encoding, even spelt `%25%32%65`, which decodes to `%2e`)
+_SMUGGLED = re.compile(rb"%(?:[01][0-9A-Fa-f]|2[035Ff]|5[Cc]|7[Ff])")
 # a segment that is `.` or `..`, each dot plain or encoded (%2e)
 _DOT_SEGMENT = re.compile(rb"/(?:\.|%2[Ee]){1,2}(?=/|$)")
 
