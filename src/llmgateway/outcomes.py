@@ -327,37 +327,87 @@ _SERVER_REASONS = {
 }
 
 
+# Upstreams quote the request in their errors (Gemini names a body's unknown fields, OpenRouter
+# returns flagged input): a phrase anywhere in a body could be the client's own. So the verdicts
+# that blame a key (or an egress) read only the error's own fields, at fixed places, and a
+# message only from its start, which the upstream writes. A 401 is answered before the body is
+# read, so its text is the upstream's.
+
+
+@dataclass(frozen=True, slots=True)
+class _Fields:
+    """The fixed fields of an error body: `error.message`, `error.code`, `error.type` or
+    Gemini's `error.status`, and Gemini's `error.details[].reason` (empty when absent)."""
+
+    message: str = ""
+    code: str = ""
+    kind: str = ""
+    reasons: frozenset[str] = frozenset()
+
+    @classmethod
+    def of(cls, body: bytes) -> _Fields:
+        document = _json(body)
+        error = document.get("error") if isinstance(document, dict) else None
+        if isinstance(error, str):
+            return cls(message=error)
+        if not isinstance(error, dict):
+            return cls()
+        details = error.get("details")
+        reasons = frozenset(
+            d["reason"]
+            for d in (details if isinstance(details, list) else ())
+            if isinstance(d, dict) and isinstance(d.get("reason"), str)
+        )
+        kind = error.get("status") if isinstance(error.get("status"), str) else error.get("type")
+        return cls(_text(error.get("message")), _text(error.get("code")), _text(kind), reasons)
+
+
+def _text(value: object) -> str:
+    return value if isinstance(value, str) else ""
+
+
 def _openai_reason(status: int, body: bytes, probe: bool) -> ErrorReason:
-    if status == 429 and b"insufficient_quota" in body:
+    if status not in (401, 403, 404, 429):
+        return _common_reason(status, probe)
+    fields = _Fields.of(body)
+    if status == 429 and "insufficient_quota" in (fields.code, fields.kind):
         return ErrorReason.NO_QUOTA
-    if status == 403 and b"unsupported_country_region_territory" in body:
+    if status == 403 and fields.code == "unsupported_country_region_territory":
         return ErrorReason.EGRESS_ERROR  # the egress IP's region, not the key
-    if status == 404 and b"model_not_found" in body:
+    if status == 404 and fields.code == "model_not_found":
         return ErrorReason.NO_MODEL
     if status == 401 and not probe:
         # every credential but the key is stripped: a 401 that speaks of authentication at all
         # is about the key (OpenAI, DeepSeek, Groq, OpenRouter, vLLM word it differently), unless
         # it says no key arrived, which our request always carries: doubted, never condemned
-        if _MISSING_KEY.search(body) or not _OPENAI_AUTH.search(body):
+        missing = fields.code == "missing_api_key" or _MISSING_KEY.match(fields.message)
+        if missing or not _OPENAI_AUTH.search(body):
             return ErrorReason.AUTH_REFUSED
         return ErrorReason.INVALID_KEY
     if status == 403 and not probe:
-        return ErrorReason.NO_ACCESS if _OPENAI_NO_ACCESS.search(body) else ErrorReason.FORBIDDEN
+        refused = fields.code in _OPENAI_NO_ACCESS_CODES or _OPENAI_NO_ACCESS.match(fields.message)
+        return ErrorReason.NO_ACCESS if refused else ErrorReason.FORBIDDEN
     return _common_reason(status, probe)
 
 
 def _gemini_reason(status: int, body: bytes, probe: bool) -> ErrorReason:
-    if status in (401, 403) and not probe and _MISSING_KEY.search(body):
+    if not 400 <= status < 500:
+        return _common_reason(status, probe)
+    fields = _Fields.of(body)
+    if status in (401, 403) and not probe and _MISSING_KEY.match(fields.message):
         return ErrorReason.AUTH_REFUSED
-    if 400 <= status < 500 and status != 429 and _BAD_KEY.search(body):
+    if status != 429 and (fields.reasons & _BAD_KEY_REASONS or _BAD_KEY.match(fields.message)):
         return ErrorReason.INVALID_KEY
-    if status == 400 and b"User location is not supported" in body:
+    if status == 400 and fields.message.startswith("User location is not supported"):
         return ErrorReason.EGRESS_ERROR  # the egress IP's region, not the key
     if status == 404:
         return ErrorReason.NO_MODEL
     if status == 429 and _PER_DAY_QUOTA.search(body):
         return ErrorReason.NO_QUOTA
-    if status in (401, 403) and _GEMINI_NO_ACCESS.search(body):
+    if status in (401, 403) and (
+        any(_GEMINI_NO_ACCESS_REASON.fullmatch(r) for r in fields.reasons)
+        or _GEMINI_NO_ACCESS.match(fields.message)
+    ):
         return ErrorReason.NO_ACCESS  # the key, or the project behind it, may not use the API
     if status == 401 and not probe:
         return ErrorReason.INVALID_KEY if _GEMINI_AUTH.search(body) else ErrorReason.AUTH_REFUSED
@@ -368,26 +418,26 @@ def _gemini_reason(status: int, body: bytes, probe: bool) -> ErrorReason:
     return _common_reason(status, probe)
 
 
-_BAD_KEY = re.compile(
-    rb"API_KEY_INVALID|API key not valid|API key was reported as leaked|API key expired"
-    rb"|API_KEY_EXPIRED"
-)
+_BAD_KEY_REASONS = frozenset({"API_KEY_INVALID", "API_KEY_EXPIRED"})
+_BAD_KEY = re.compile(r"(?:Your )?API key (?:not valid|expired|was reported as leaked)")
 _MISSING_KEY = re.compile(
-    rb"missing_api_key|didn't provide an API key|unregistered callers|no API key", re.IGNORECASE
+    r"You didn't provide an API key|Method doesn't allow unregistered callers", re.IGNORECASE
 )
 _GEMINI_AUTH = re.compile(rb"UNAUTHENTICATED|authenticat|API key", re.IGNORECASE)
+_GEMINI_NO_ACCESS_REASON = re.compile(
+    r"SERVICE_DISABLED|API_KEY_[A-Z_]*BLOCKED|CONSUMER_SUSPENDED|BILLING_DISABLED"
+)
 _GEMINI_NO_ACCESS = re.compile(
-    rb"SERVICE_DISABLED|has not been used in project|API_KEY_SERVICE_BLOCKED"
-    rb"|API_KEY_[A-Z]+_BLOCKED|CONSUMER_SUSPENDED|has been suspended|BILLING_DISABLED"
+    r"[\w ]+ API has not been used in project|Permission denied: Consumer [^ ]+ has been suspended"
 )
 _OPENAI_AUTH = re.compile(
     rb"api[ _-]?key|authenticat|unauthori[sz]ed|credential|token|account|organization|user not",
     re.IGNORECASE,
 )
+_OPENAI_NO_ACCESS_CODES = frozenset({"account_deactivated", "billing_not_active"})
 _OPENAI_NO_ACCESS = re.compile(
-    rb"does not have access|not allowed to (?:sample|use|access)|access to (?:this|the) model"
-    rb"|account[ _](?:is )?(?:deactivated|disabled|suspended)|billing",
-    re.IGNORECASE,
+    r"Project [^ ]+ does not have access to model|You are not allowed to sample from this model"
+    r"|The OpenAI account associated with this API key has been deactivated"
 )
 _PER_DAY_QUOTA = re.compile(rb'"quotaId"\s*:\s*"[^"]*PerDay')
 

@@ -8,10 +8,8 @@ body, so a client who writes such a phrase into its request gets every key it is
 marked invalid: one request, a whole pool (up to `on_key_error.attempts` + 1 keys) out until
 the Keeper's probes restore them, in every gateway sharing the store.
 
-KNOWN BUG, not fixed on this branch (the fix belongs in `outcomes.py`: look for the phrases in
-the error's own fields, `error.status`/`error.code`/`details[].reason`, or at least not in
-text the request could have put there). These tests are strict xfails: they pass (and so fail
-the run) once it is fixed, and the markers must then go."""
+The verdicts that blame a key read only the error's own fields at fixed places
+(`outcomes._Fields`), and a message only from its start."""
 
 from __future__ import annotations
 
@@ -24,12 +22,7 @@ import pytest
 from llmgateway.testing.hostile import Peer, Request, answer
 from tests.security.edge import JSON, Rig, running_rig
 
-pytestmark = [
-    pytest.mark.security,
-    pytest.mark.xfail(
-        strict=True, reason="known bug: a key-fault phrase echoed from the request blames keys"
-    ),
-]
+pytestmark = pytest.mark.security
 
 NATIVE = "/v1beta/models/gemini-2.5-flash:generateContent"
 

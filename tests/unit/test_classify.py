@@ -240,10 +240,22 @@ def test_api_key_invalid_means_nothing_to_openai() -> None:
     assert run(OPENAI, 400, GEMINI_KEY_INVALID).reason is R.BAD_REQUEST
 
 
-def test_gemini_api_key_invalid_in_stream_array_and_truncated() -> None:
+def test_gemini_api_key_invalid_in_a_stream_array() -> None:
     wrapped = b"[" + GEMINI_KEY_INVALID + b"]"
     assert run(GEMINI, 400, wrapped).reason is R.INVALID_KEY
-    assert run(GEMINI, 400, GEMINI_KEY_INVALID[:-3]).reason is R.INVALID_KEY
+
+
+def test_a_truncated_or_echoing_body_blames_no_key() -> None:
+    """Only the error's own fields count: a body that cannot be read as JSON, or a phrase the
+    upstream quotes from the request, says nothing about the key."""
+    assert run(GEMINI, 400, GEMINI_KEY_INVALID[:-3]).reason is R.BAD_REQUEST
+    echoed = (
+        b'{"error": {"code": 400, "status": "INVALID_ARGUMENT", "message": "Invalid JSON payload'
+        b' received. Unknown name \\"API key not valid\\": Cannot find field."}}'
+    )
+    assert run(GEMINI, 400, echoed).reason is R.BAD_REQUEST
+    quoted = b'{"error": {"message": "flagged", "metadata": {"code": "invalid_api_key"}}}'
+    assert run(OPENAI, 403, quoted).reason is R.FORBIDDEN
 
 
 @pytest.mark.parametrize(
