@@ -42,6 +42,7 @@ import yaml
 from llmgateway import http1
 
 TOKEN = "bench-gateway-token-0001"
+METRICS_TOKEN = "bench-metrics-token-0001"
 DIRECT_KEY = "sk-bench-good-direct-0000000000"
 BODY = '{"model":"gpt-4o-mini","messages":[{"role":"user","content":"hi"}]%s}'
 CONCURRENCY = (1, 64, 256)
@@ -117,6 +118,7 @@ def write_config(
     config = {
         "database": {"url": f"sqlite:///{folder / f'gw-{keys}-{failing}{tag}.db'}"},
         "logging": {"level": "WARNING"},
+        "metrics": {"access_token": METRICS_TOKEN},
         "providers": {
             "bench": {
                 "provider_type": "openai_like",

@@ -18,7 +18,7 @@ from pathlib import Path
 from llmgateway.testing.soak import soak
 
 sys.path.insert(0, str(Path(__file__).parent))
-from run import TOKEN, fake_upstream, gateway, write_config
+from run import METRICS_TOKEN, TOKEN, fake_upstream, gateway, write_config
 
 
 def main() -> None:
@@ -36,6 +36,7 @@ def main() -> None:
                     TOKEN,
                     pid,
                     args.minutes * 60,
+                    metrics_token=METRICS_TOKEN,
                     concurrency=args.concurrency,
                     sample_every=60,
                 )

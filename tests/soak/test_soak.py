@@ -19,6 +19,7 @@ from llmgateway.testing.soak import rss_mib, soak
 from tests.e2e.test_scaleout import free_port, wait_ready
 
 TOKEN = "gw-soak-token-0001"
+METRICS_TOKEN = "metrics-soak-token-0001"
 OPENAI_KEYS = 60_000
 GEMINI_KEYS = 40_000
 RSS_LIMIT_MIB = 150e6 / 2**20
@@ -37,6 +38,7 @@ def write_config(folder: Path, fake: FakeUpstream) -> Path:
     config = {
         "database": {"url": f"sqlite:///{folder / 'soak.db'}"},
         "logging": {"level": "WARNING"},
+        "metrics": {"access_token": METRICS_TOKEN},
         "gateway": {"refresh_interval_sec": 1},
         "providers": {
             "openai": {
@@ -93,7 +95,7 @@ async def test_a_soak_with_100k_keys_leaks_nothing(tmp_path: Path) -> None:
         process, port = await start_gateway(write_config(tmp_path, fake))
         try:
             url = f"http://127.0.0.1:{port}"
-            report = await soak(url, TOKEN, process.pid, SOAK_SEC)
+            report = await soak(url, TOKEN, process.pid, SOAK_SEC, metrics_token=METRICS_TOKEN)
             async with aiohttp.ClientSession() as session, session.get(f"{url}/readyz") as ready:
                 assert ready.status == 200
         finally:

@@ -88,11 +88,13 @@ async def soak(
     pid: int,
     seconds: float,
     *,
+    metrics_token: str,
     concurrency: int = 16,
     sample_every: float = 1.0,
 ) -> SoakReport:
     """Send chat and streaming requests (alternating) from `concurrency` clients to the
-    gateway at `url` for `seconds`, sampling process `pid` every `sample_every` seconds."""
+    gateway at `url` for `seconds`, sampling process `pid` every `sample_every` seconds (its
+    `/metrics` read with `metrics_token`)."""
     report = SoakReport()
     headers = {"authorization": f"Bearer {token}", "content-type": "application/json"}
     target = f"{url}/v1/chat/completions"
@@ -108,7 +110,7 @@ async def soak(
                 report.errors += response.status != 200
 
     async def look(scraper: aiohttp.ClientSession) -> Sample:
-        tasks = await event_loop_tasks(scraper, url)
+        tasks = await event_loop_tasks(scraper, url, metrics_token)
         at = time.monotonic() - started
         return Sample(at, rss_mib(pid), open_files(pid), report.requests, tasks)
 
@@ -127,9 +129,10 @@ async def soak(
     return report
 
 
-async def event_loop_tasks(session: aiohttp.ClientSession, url: str) -> int:
+async def event_loop_tasks(session: aiohttp.ClientSession, url: str, token: str) -> int:
     """`llmgateway_event_loop_tasks` from the gateway's `/metrics` (-1 when it is missing)."""
-    async with session.get(f"{url}/metrics") as response:
+    headers = {"authorization": f"Bearer {token}"}
+    async with session.get(f"{url}/metrics", headers=headers) as response:
         text = await response.text()
     for line in text.splitlines():
         if line.startswith("llmgateway_event_loop_tasks "):
