@@ -11,7 +11,7 @@ import re
 from dataclasses import dataclass
 
 import orjson
-from starlette.types import Receive
+from starlette.types import Message, Receive
 
 from llmgateway.providers import form
 from llmgateway.providers.catalog import Catalog
@@ -69,23 +69,46 @@ class BodyLimits:
 
 
 async def read_body(
-    receive: Receive, declared: str | None, limits: BodyLimits, budget: BodyBudget
+    receive: Receive,
+    declared: str | None,
+    limits: BodyLimits,
+    budget: BodyBudget,
+    *,
+    arrived: bool = False,
 ) -> bytes | Refused:
     """The whole request body, held in `budget` (the caller gives `len(body)` back when the
-    request ends), or why it is refused. Raises ClientGone when the client leaves mid-upload."""
+    request ends), or why it is refused. `arrived`: the server holds the whole body already.
+    Raises ClientGone when the client leaves mid-upload."""
     if declared is not None and declared.isdigit():
         size = int(declared)
         if size > limits.max_bytes:
             return _too_large(limits.max_bytes)
         if budget.held + size > budget.limit:
             return _busy()
+    if arrived:  # most requests: the body came with the head, nothing can stall
+        message = await receive()
+        if message["type"] == "http.request" and not message.get("more_body", False):
+            body: bytes = message.get("body", b"")
+            if len(body) > limits.max_bytes:
+                return _too_large(limits.max_bytes)
+            return body if budget.take(len(body)) else _busy()
+        return await _paced(receive, limits, budget, message)
+    return await _paced(receive, limits, budget, None)
+
+
+async def _paced(
+    receive: Receive, limits: BodyLimits, budget: BodyBudget, message: Message | None
+) -> bytes | Refused:
+    """The body read part by part, each within `limits.silence_sec` of the one before
+    (`message`: one already received)."""
     chunks: list[bytes] = []
     held = 0
     loop = asyncio.get_running_loop()
     try:
         async with asyncio.timeout(limits.silence_sec) as timer:
             while True:
-                message = await receive()
+                if message is None:
+                    message = await receive()
                 if message["type"] == "http.disconnect":
                     raise ClientGone
                 chunk: bytes = message.get("body", b"")
@@ -100,6 +123,7 @@ async def read_body(
                     chunks.append(chunk)
                 if not message.get("more_body", False):
                     return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+                message = None
                 timer.reschedule(loop.time() + limits.silence_sec)
     except TimeoutError:
         budget.give(held)
@@ -146,9 +170,8 @@ def named_model(match: Match, body: bytes, content_type: str) -> Named | Refused
 
 
 def _from_json(body: bytes, *, required: bool) -> Named | Refused:
-    stripped = body.lstrip()
-    if not stripped.startswith(b"{"):
-        if required or stripped:
+    if body[:1] != b"{" and not body.lstrip().startswith(b"{"):
+        if required or body.strip():
             return Refused(400, "invalid_request", "The request body must be a JSON object.")
         return Named(None, False)
     try:
@@ -184,12 +207,13 @@ def _names_model_twice(body: bytes) -> bool:
     return seen > 1
 
 
-def resolve(catalog: Catalog, match: Match, named: Named, default_entry: str) -> str | Refused:
-    """The configured model (name or pattern) that serves the request: its status scope."""
+def resolve(catalog: Catalog, match: Match, named: Named, default_model: str) -> str | Refused:
+    """The configured model (name or pattern) that serves the request: its status scope (for
+    a route that names none, the entry serving `default_model`)."""
     route = match.route
     if named.model is None:
         if route.model in ("optional", "none"):
-            return default_entry
+            return catalog.resolve(default_model) or default_model
         message = "The request must name a model (the gateway does not let the upstream pick)."
         return Refused(400, "model_required", message)
     entry = catalog.resolve(named.model)

@@ -30,6 +30,7 @@ from llmgateway.admission import (
     read_body,
     resolve,
 )
+from llmgateway.edge_protocol import BODY_ARRIVED
 from llmgateway.metrics import OTHER_MODEL, Timing
 from llmgateway.outcomes import Blame, ErrorReason, Outcome
 from llmgateway.providers import gemini, openai, target
@@ -92,13 +93,10 @@ class Edge:
         api = _surface(provider, raw_path, via_google)
         path = target.checked_path(raw_path)
         query = target.checked_query(raw_query)
-        refused = _target_refusal(provider, api, path, query)
-        if refused is not None:
+        if api is None or path is None or query is None:
+            refused = _target_refusal(api, path, query)
             await self._refuse(send, provider, api or shape, refused, request_id, started)
             return
-        assert api is not None
-        assert path is not None
-        assert query is not None
         method: str = scope["method"]
         match = provider.routes[api].match(method, path)
         if match is None:
@@ -111,7 +109,11 @@ class Edge:
             return
         try:
             body = await read_body(
-                receive, headers.get("content-length"), self.body_limits, self.bodies
+                receive,
+                headers.get("content-length"),
+                self.body_limits,
+                self.bodies,
+                arrived=scope.get(BODY_ARRIVED, False),
             )
         except ClientGone:
             log.info("client left mid-upload", extra={"request_id": request_id})
@@ -334,9 +336,7 @@ def _surface(provider: Provider, path: bytes, via_google: bool) -> Surface | Non
     return "openai" if path.startswith(b"/v1/") else None
 
 
-def _target_refusal(
-    provider: Provider, api: Surface | None, path: str | None, query: str | None
-) -> Refused | None:
+def _target_refusal(api: Surface | None, path: str | None, query: str | None) -> Refused:
     if api is None:
         return Refused(404, "not_found", "This token's provider does not serve this path.")
     if path is None:
@@ -346,10 +346,8 @@ def _target_refusal(
             "double encoding, or bytes outside RFC 3986)."
         )
         return Refused(400, "invalid_path", message)
-    if query is None:
-        message = "The query string holds characters outside RFC 3986; percent-encode them."
-        return Refused(400, "invalid_query", message)
-    return None
+    message = "The query string holds characters outside RFC 3986; percent-encode them."
+    return Refused(400, "invalid_query", message)
 
 
 def _call(
@@ -368,10 +366,10 @@ def _call(
     named = named_model(match, body, headers.get("content-type", ""))
     if isinstance(named, Refused):
         return named
-    entry = resolve(provider.catalog, match, named, provider.default_entry)
+    entry = resolve(provider.catalog, match, named, provider.settings.default_model)
     if isinstance(entry, Refused):
         return entry
-    forwarded = wire_headers.forwarded(provider.forwarded[api], scope["headers"], request_id)
+    forwarded = wire_headers.forwarded(provider.forwarded[api], headers, request_id)
     return Call(
         provider=provider,
         api=api,

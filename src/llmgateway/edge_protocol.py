@@ -41,6 +41,9 @@ LINGER_SEC = 1.0
 `LINGER_BYTES`) before the connection closes: closing with unread bytes would make the kernel
 reset the connection, and the client would lose the answer."""
 LINGER_BYTES = 4 * 1024 * 1024
+BODY_ARRIVED = "llmgateway.body_arrived"
+"""A scope key set to True once the request's whole body has arrived: the app's `receive()`
+then cannot wait, and reading the body needs no timer."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,7 +92,9 @@ class EdgeProtocol(HttpToolsProtocol):
         self._done = False  # answered by this class and closing: what comes is dropped
         self._lingered = 0
         self._in_head = True  # bytes arriving now belong to a request head
-        self._head_bytes = 0
+        self._head_started = False  # a head has begun and is not complete yet
+        self._head_bytes = 0  # bytes fed since the head phase began (an upper bound)
+        self._fed = 0  # the size of the data being fed now
         self._head_timer: asyncio.TimerHandle | None = None
 
     # -- asyncio.Protocol ------------------------------------------------------------------------
@@ -117,10 +122,9 @@ class EdgeProtocol(HttpToolsProtocol):
                 self.transport.abort()
             return
         self._unset_keepalive_if_required()
+        self._fed = len(data)
         if self._in_head:
-            if self._head_timer is None:
-                self._arm_head_timer()
-            self._head_bytes += len(data)
+            self._head_bytes += self._fed
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade:
@@ -133,21 +137,34 @@ class EdgeProtocol(HttpToolsProtocol):
                 log.info("invalid HTTP request received: %s", error)
                 self.send_400_response("Invalid HTTP request received.")
             return
-        if self._in_head and self._head_bytes > self.limits.max_head_bytes:
-            self._close_with(431, "The request head is larger than 64 KiB.")
+        if self._in_head and not self._done:
+            if self._head_bytes > self.limits.max_head_bytes:
+                self._close_with(431, "The request head is larger than 64 KiB.")
+            elif self._head_started and self._head_timer is None:
+                self._arm_head_timer()  # only a head that came in parts needs the deadline
 
     # -- httptools callbacks ---------------------------------------------------------------------
 
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        self._head_started = True
+
     def on_headers_complete(self) -> None:
-        size = len(self.url) + sum(len(name) + len(value) + 4 for name, value in self.headers)
-        if size > self.limits.max_head_bytes:
-            raise _HeadTooLarge
-        self._in_head = False
-        self._disarm_head_timer()
+        limit = self.limits.max_head_bytes
+        # a head that began in this data is at most `_fed` long: count exactly only when the
+        # bound allows a head over the limit
+        if self._head_bytes + self._fed > limit:
+            size = len(self.url) + sum(len(name) + len(value) + 4 for name, value in self.headers)
+            if size > limit:
+                raise _HeadTooLarge
+        self._in_head = self._head_started = False
+        if self._head_timer is not None:
+            self._disarm_head_timer()
         super().on_headers_complete()
 
     def on_message_complete(self) -> None:
         super().on_message_complete()
+        self.scope[BODY_ARRIVED] = True  # type: ignore[literal-required]
         self._in_head, self._head_bytes = True, 0  # what follows is the next request's head
 
     # -- internals -------------------------------------------------------------------------------
@@ -165,19 +182,26 @@ class EdgeProtocol(HttpToolsProtocol):
         self._head_timer = None
         if self.transport.is_closing() or not self._in_head:
             return
-        busy = self.cycle is not None and not self.cycle.response_complete
-        if self._head_bytes and not busy:  # an answer may go out only between two others
+        if self._head_bytes:
             seconds = f"{self.limits.header_timeout_sec:g}"
             self._close_with(408, f"The request head did not arrive within {seconds} s.")
         else:
             self.transport.close()
 
     def _close_with(self, status: int, message: str) -> None:
-        """Answer `status` and close, lingering (see `LINGER_SEC`) so the answer arrives."""
+        """Answer `status` and close, lingering (see `LINGER_SEC`) so the answer arrives. With
+        an earlier request of the connection still being answered, close without a word: an
+        answer now would be read as that request's."""
         self._done = True
         self._disarm_head_timer()
         transport = self.transport
         if transport.is_closing():
+            return
+        cycle = self.cycle
+        if cycle is not None and not cycle.response_complete:
+            cycle.disconnected = True  # its handler's sends become no-ops
+            cycle.message_event.set()
+            transport.close()
             return
         transport.write(_answer(status, message))
         if transport.can_write_eof():

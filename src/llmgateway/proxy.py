@@ -47,7 +47,7 @@ class Provider:
     limiter: KeyLimiter | None = None  # fleet-wide per-key limits, when the provider sets any
     routes: dict[Surface, RouteTable] = field(default_factory=dict)
     catalog: Catalog = field(default_factory=lambda: Catalog(frozenset(), ()))
-    forwarded: dict[Surface, frozenset[bytes]] = field(default_factory=dict)
+    forwarded: dict[Surface, frozenset[str]] = field(default_factory=dict)
     # the pool's key secrets, to scrub upstream error bodies with; learnt as keys join
     secrets: logs.Redactor = field(default_factory=logs.Redactor)
     # what the models lists show: the configured names, then the upstream's names a pattern
@@ -80,11 +80,6 @@ class Provider:
         """Take the upstream's model names (as the Keeper last fetched them) into the models
         list, filtered once here rather than on every request for the list."""
         self.listed[:] = self.catalog.listed(upstream)
-
-    @property
-    def default_entry(self) -> str:
-        """The configured model serving `default_model` (for routes that name none)."""
-        return self.catalog.resolve(self.settings.default_model) or self.settings.default_model
 
 
 @dataclass(slots=True)  # not frozen: built for every request, and frozen inits cost more

@@ -12,16 +12,16 @@ what belongs to the key's account: its organization, project and rate-limit coun
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 
-_COMMON = frozenset({b"content-type", b"accept", b"user-agent", b"idempotency-key"})
-_ALLOWED: dict[tuple[str, str], frozenset[bytes]] = {
+_COMMON = frozenset({"content-type", "accept", "user-agent", "idempotency-key"})
+_ALLOWED: dict[tuple[str, str], frozenset[str]] = {
     # OpenRouter reads http-referer and x-title to attribute an app; nothing else does
-    ("openai_like", "openai"): _COMMON | {b"openai-beta", b"http-referer", b"x-title"},
-    ("gemini", "openai"): _COMMON | {b"openai-beta"},
-    ("gemini", "gemini"): _COMMON | {b"x-goog-api-client"},
+    ("openai_like", "openai"): _COMMON | {"openai-beta", "http-referer", "x-title"},
+    ("gemini", "openai"): _COMMON | {"openai-beta"},
+    ("gemini", "gemini"): _COMMON | {"x-goog-api-client"},
 }
-_SDK_PREFIX = b"x-stainless-"  # the OpenAI SDKs' own description of themselves
+_SDK_PREFIX = "x-stainless-"  # the OpenAI SDKs' own description of themselves
 
 _DROPPED = frozenset(
     {
@@ -51,21 +51,22 @@ _DROPPED = frozenset(
 _DROPPED_PREFIXES = ("x-ratelimit-", "anthropic-ratelimit-")  # the key's own limits
 
 
-def allowed_names(provider_type: str, surface: str) -> frozenset[bytes]:
+def allowed_names(provider_type: str, surface: str) -> frozenset[str]:
     """The client headers forwarded for a provider type and wire format (besides the SDK's
     `x-stainless-*`)."""
     return _ALLOWED[(provider_type, surface)]
 
 
 def forwarded(
-    allowed: frozenset[bytes], raw: Iterable[tuple[bytes, bytes]], request_id: str
+    allowed: frozenset[str], client: Mapping[str, str], request_id: str
 ) -> dict[str, str]:
-    """The headers sent upstream for a client's raw headers (names lower-case, as servers
-    give them): the allowed ones, `accept-encoding: identity` and the request id."""
-    headers: dict[str, str] = {}
-    for name, value in raw:
-        if name in allowed or name.startswith(_SDK_PREFIX):
-            headers[name.decode("latin-1")] = value.decode("latin-1")
+    """The headers sent upstream for a client's headers (names lower-case, as servers give
+    them): the allowed ones, `accept-encoding: identity` and the request id."""
+    headers = {
+        name: value
+        for name, value in client.items()
+        if name in allowed or name.startswith(_SDK_PREFIX)
+    }
     headers["accept-encoding"] = "identity"
     headers["x-request-id"] = request_id
     return headers

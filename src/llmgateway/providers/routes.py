@@ -56,12 +56,18 @@ class RouteTable:
 
     exact: Mapping[tuple[str, str], Route] = field(default_factory=dict)  # (method, path)
     patterns: tuple[tuple[str | None, re.Pattern[str], Route], ...] = ()  # None: any method
+    # the exact routes' matches, made once: nearly every request takes one
+    _exact_matches: Mapping[tuple[str, str], Match] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        matches = {key: Match(route) for key, route in self.exact.items()}
+        object.__setattr__(self, "_exact_matches", matches)
 
     def match(self, method: str, path: str) -> Match | None:
         """The route `method path` takes, or None when the provider does not serve it."""
-        route = self.exact.get((method, path))
-        if route is not None:
-            return Match(route)
+        exact = self._exact_matches.get((method, path))
+        if exact is not None:
+            return exact
         for wanted, pattern, route in self.patterns:
             if wanted is not None and wanted != method:
                 continue
