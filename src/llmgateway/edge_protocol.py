@@ -11,8 +11,10 @@ This subclass adds, per connection:
 - a cap on open connections per process (`gateway.max_connections`): beyond it a new
   connection is answered 503 and closed before anything is read.
 
-Body pace and size are the edge's (`llmgateway.admission`), where the route's error shape is
-known. Everything else is uvicorn's own code path, unchanged.
+One timer per connection keeps both the head deadline and uvicorn's keep-alive idle time
+(uvicorn sets and cancels a timer per request). Body pace and size are the edge's
+(`llmgateway.admission`), where the route's error shape is known. Everything else is uvicorn's
+own code path.
 """
 
 from __future__ import annotations
@@ -92,10 +94,16 @@ class EdgeProtocol(HttpToolsProtocol):
         self._done = False  # answered by this class and closing: what comes is dropped
         self._lingered = 0
         self._in_head = True  # bytes arriving now belong to a request head
-        self._head_started = False  # a head has begun and is not complete yet
         self._head_bytes = 0  # bytes fed since the head phase began (an upper bound)
         self._fed = 0  # the size of the data being fed now
-        self._head_timer: asyncio.TimerHandle | None = None
+        # One timer per connection watches both the head deadline and the keep-alive idle
+        # time. Requests only note when a head began or the connection fell idle; the timer
+        # is set again when it fires early, so a busy connection sets one every few seconds
+        # rather than two per request (uvicorn's keep-alive timer and a head timer).
+        self._head_began: float | None = None  # loop time; None: no head in progress
+        self._idle_since: float | None = None  # loop time; None: not idle
+        self._watchdog: asyncio.TimerHandle | None = None
+        self._watch_at = 0.0
 
     # -- asyncio.Protocol ------------------------------------------------------------------------
 
@@ -107,12 +115,13 @@ class EdgeProtocol(HttpToolsProtocol):
             return
         self._admitted = True
         super().connection_made(transport)
-        self._arm_head_timer()  # a fresh connection that never speaks is closed too
+        self._head_began = self.loop.time()  # a fresh connection that never speaks is closed too
+        self._watch(self._head_began + self.limits.header_timeout_sec)
 
     def connection_lost(self, exc: Exception | None) -> None:
         if not self._admitted:
             return
-        self._disarm_head_timer()
+        self._unwatch()
         super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
@@ -121,7 +130,7 @@ class EdgeProtocol(HttpToolsProtocol):
             if self._lingered > LINGER_BYTES:
                 self.transport.abort()
             return
-        self._unset_keepalive_if_required()
+        self._idle_since = None
         self._fed = len(data)
         if self._in_head:
             self._head_bytes += self._fed
@@ -137,17 +146,16 @@ class EdgeProtocol(HttpToolsProtocol):
                 log.info("invalid HTTP request received: %s", error)
                 self.send_400_response("Invalid HTTP request received.")
             return
-        if self._in_head and not self._done:
-            if self._head_bytes > self.limits.max_head_bytes:
-                self._close_with(431, "The request head is larger than 64 KiB.")
-            elif self._head_started and self._head_timer is None:
-                self._arm_head_timer()  # only a head that came in parts needs the deadline
+        if self._in_head and not self._done and self._head_bytes > self.limits.max_head_bytes:
+            self._close_with(431, "The request head is larger than 64 KiB.")
 
     # -- httptools callbacks ---------------------------------------------------------------------
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
-        self._head_started = True
+        if self._head_began is None:
+            self._head_began = began = self.loop.time()
+            self._watch(began + self.limits.header_timeout_sec)
 
     def on_headers_complete(self) -> None:
         limit = self.limits.max_head_bytes
@@ -157,9 +165,8 @@ class EdgeProtocol(HttpToolsProtocol):
             size = len(self.url) + sum(len(name) + len(value) + 4 for name, value in self.headers)
             if size > limit:
                 raise _HeadTooLarge
-        self._in_head = self._head_started = False
-        if self._head_timer is not None:
-            self._disarm_head_timer()
+        self._in_head = False
+        self._head_began = None
         super().on_headers_complete()
 
     def on_message_complete(self) -> None:
@@ -167,21 +174,56 @@ class EdgeProtocol(HttpToolsProtocol):
         self.scope[BODY_ARRIVED] = True  # type: ignore[literal-required]
         self._in_head, self._head_bytes = True, 0  # what follows is the next request's head
 
+    def on_response_complete(self) -> None:
+        """uvicorn's, with the keep-alive time kept by the watchdog (see `__init__`)."""
+        self.server_state.total_requests += 1
+        if self.transport.is_closing():
+            return
+        self.flow.resume_reading()
+        if self.pipeline:  # a request that arrived meanwhile waits its turn: start it
+            cycle, app = self.pipeline.pop()
+            self._start_asgi_task(cycle, app)
+        else:
+            self._idle_since = idle = self.loop.time()
+            self._watch(idle + self.timeout_keep_alive)
+
     # -- internals -------------------------------------------------------------------------------
 
-    def _arm_head_timer(self) -> None:
-        self._disarm_head_timer()
-        self._head_timer = self.loop.call_later(self.limits.header_timeout_sec, self._head_late)
+    def _watch(self, due: float) -> None:
+        """Have the watchdog look at the connection by `due` (loop time)."""
+        if self._watchdog is None or due < self._watch_at:
+            if self._watchdog is not None:
+                self._watchdog.cancel()
+            self._watchdog, self._watch_at = self.loop.call_at(due, self._look), due
 
-    def _disarm_head_timer(self) -> None:
-        if self._head_timer is not None:
-            self._head_timer.cancel()
-            self._head_timer = None
+    def _unwatch(self) -> None:
+        if self._watchdog is not None:
+            self._watchdog.cancel()
+            self._watchdog = None
+
+    def _look(self) -> None:
+        """The watchdog fired: a late head or an idle connection past keep-alive ends here;
+        otherwise it is set for the next time one could be due (a request being served has
+        deadlines of its own)."""
+        self._watchdog = None
+        if self._done or self.transport.is_closing():
+            return
+        now = self.loop.time()
+        if self._head_began is not None:
+            due = self._head_began + self.limits.header_timeout_sec
+            if now >= due:
+                self._head_late()
+                return
+        elif self._idle_since is not None:
+            due = self._idle_since + self.timeout_keep_alive
+            if now >= due:
+                self.transport.close()
+                return
+        else:
+            return
+        self._watch(due)
 
     def _head_late(self) -> None:
-        self._head_timer = None
-        if self.transport.is_closing() or not self._in_head:
-            return
         if self._head_bytes:
             seconds = f"{self.limits.header_timeout_sec:g}"
             self._close_with(408, f"The request head did not arrive within {seconds} s.")
@@ -193,7 +235,7 @@ class EdgeProtocol(HttpToolsProtocol):
         an earlier request of the connection still being answered, close without a word: an
         answer now would be read as that request's."""
         self._done = True
-        self._disarm_head_timer()
+        self._unwatch()
         transport = self.transport
         if transport.is_closing():
             return

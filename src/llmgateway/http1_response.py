@@ -67,11 +67,14 @@ class Response:
         "_chunks",
         "_conn",
         "_deadline",
+        "_due",
         "_eof",
         "_error",
         "_high",
         "_limit",
         "_read_timeout",
+        "_timer",
+        "_timer_at",
         "_waiter",
         "content_length",
         "headers",
@@ -92,6 +95,11 @@ class Response:
         self._waiter: asyncio.Future[None] | None = None
         self._read_timeout = read_timeout
         self._deadline = deadline
+        # one timer per answer, not one per wait: it is re-armed only when it fires before
+        # `_due` (the current wait's end), which has moved on since it was set
+        self._due = 0.0
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at = 0.0
 
     async def read(self, limit: int) -> bytes:
         """The whole body; `ResponseTooLarge` as soon as more than `limit` bytes arrived (what
@@ -136,6 +144,9 @@ class Response:
 
     def close(self) -> None:
         """Done with this answer; safe to call more than once."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
         conn, self._conn = self._conn, None
         if conn is not None:
             conn.finish(reusable=self._eof and self._error is None)
@@ -146,25 +157,37 @@ class Response:
         if self._conn is not None and self._conn.paused:  # asked for more: read on
             self._conn.resume()
         loop = asyncio.get_running_loop()
-        wait = self._read_timeout
+        now = loop.time()
+        due = now + self._read_timeout
         if self._deadline is not None:
-            left = self._deadline - loop.time()
-            if left <= 0:
+            if self._deadline <= now:
                 raise ReadTimeout("the request's deadline passed")
-            wait = min(wait, left)
+            due = min(due, self._deadline)
+        self._due = due
+        if self._timer is None or self._timer_at > due:
+            if self._timer is not None:
+                self._timer.cancel()
+            self._timer, self._timer_at = loop.call_at(due, self._silent), due
         waiter = self._waiter = loop.create_future()
-        timer = loop.call_later(wait, self._silent, waiter)
         try:
             await waiter
         finally:
-            timer.cancel()
             self._waiter = None
         if self._error is not None:
             raise self._error
 
-    def _silent(self, waiter: asyncio.Future[None]) -> None:
-        if not waiter.done():
+    def _silent(self) -> None:
+        """The timer fired: the wait in progress ends in `ReadTimeout` when its time is up,
+        else the timer is set again for when it will be."""
+        self._timer = None
+        waiter = self._waiter
+        if waiter is None or waiter.done():
+            return  # nobody waits: the next wait sets a timer
+        loop = asyncio.get_running_loop()
+        if loop.time() >= self._due:
             waiter.set_exception(ReadTimeout("the upstream sent nothing in time"))
+        else:
+            self._timer, self._timer_at = loop.call_at(self._due, self._silent), self._due
 
     def _wake(self) -> None:
         waiter = self._waiter

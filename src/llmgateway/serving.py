@@ -49,16 +49,20 @@ def listening_socket(host: str, port: int) -> socket.socket:
 
 @contextlib.asynccontextmanager
 async def running(
-    app: ASGIApp, host: str = "127.0.0.1", port: int = 0, limits: EdgeLimits | None = None
+    app: ASGIApp,
+    host: str = "127.0.0.1",
+    port: int = 0,
+    limits: EdgeLimits | None = None,
+    **extra: object,
 ) -> AsyncIterator[str]:
     """Serve `app` in this loop until the block ends; yields its base URL (`http://host:port`).
-    `limits` default to the gateway's defaults.
+    `limits` default to the gateway's defaults; `extra` are more uvicorn settings.
 
     Port 0 takes a free port. The app's lifespan runs before the block starts, so the app is
     ready when the URL is handed out; a failing start-up raises here.
     """
     sock = listening_socket(host, port)
-    config = uvicorn_config(app, host, sock.getsockname()[1], limits or EdgeLimits())
+    config = uvicorn_config(app, host, sock.getsockname()[1], limits or EdgeLimits(), **extra)
     config.loop = "none"
     server = uvicorn.Server(config)
     task = asyncio.create_task(server.serve(sockets=[sock]))

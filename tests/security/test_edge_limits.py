@@ -210,6 +210,27 @@ async def test_a_large_head_pipelined_behind_a_small_request_closes_the_connecti
     assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR] == []
 
 
+async def test_an_idle_kept_alive_connection_closes_after_the_keep_alive_time(
+    tmp_path: Path,
+) -> None:
+    """The watchdog keeps uvicorn's keep-alive time: served, then idle, then closed; a
+    connection that keeps asking stays open past it."""
+    write_keys(tmp_path / "keys" / "openai", ["sk-good-openai-000000000001"])
+    async with FakeUpstream() as fake:
+        app = create_app(gateway_settings(tmp_path, fake), rng=random.Random(1))
+        async with running(app, timeout_keep_alive=0.4) as url:
+            port = int(url.rsplit(":", 1)[1])
+            reader, writer = await connect(port)
+            for _ in range(4):  # busy for longer than the keep-alive time: stays open
+                writer.write(chat_request())
+                assert (await read_answer(reader)).startswith(b"HTTP/1.1 200 ")
+                await asyncio.sleep(0.15)
+            started = time.monotonic()
+            assert await answer_of(reader) == b""  # closed without a word
+            assert 0.2 <= time.monotonic() - started < 2.0
+            writer.close()
+
+
 async def test_connections_beyond_the_cap_get_503_and_the_gateway_keeps_serving(
     gateway: tuple[str, int],
 ) -> None:
