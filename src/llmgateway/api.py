@@ -30,7 +30,7 @@ from llmgateway.admission import (
     read_body,
     resolve,
 )
-from llmgateway.edge_protocol import BODY_ARRIVED
+from llmgateway.edge_protocol import BODY_ARRIVED, ON_DISCONNECT
 from llmgateway.metrics import OTHER_MODEL, Timing
 from llmgateway.outcomes import Blame, ErrorReason, Outcome
 from llmgateway.providers import gemini, openai, target
@@ -129,7 +129,7 @@ class Edge:
                 await self._refuse(send, provider, api, call, request_id, started)
                 return
             call.timing = Timing(started)
-            await self._serve(call, receive, send, request_id)
+            await self._serve(call, scope, send, request_id)
         finally:
             self.bodies.give(len(body))
 
@@ -156,12 +156,12 @@ class Edge:
         self.conductor.metrics.for_provider(provider.name).refused(refused.status)
         logs.request_done(refused.status, 0, refused.code, started)
 
-    async def _serve(self, call: Call, receive: Receive, send: Send, request_id: str) -> None:
+    async def _serve(self, call: Call, scope: Scope, send: Send, request_id: str) -> None:
         task = asyncio.current_task()
         assert task is not None
         loop = asyncio.get_running_loop()
-        watch = _DisconnectWatch(receive, task)
-        later = loop.call_later(WATCH_AFTER_SEC, watch.start)
+        watch = _ClientWatch(task)
+        scope[ON_DISCONNECT] = watch.client_left
         deadline = loop.time() + call.provider.settings.timeouts.total
         forward: Forward | None = None
         outcome = CANCELLED
@@ -194,8 +194,7 @@ class Edge:
             log.info("client disconnected", extra={"request_id": request_id})
         finally:
             budget.request_finished()
-            later.cancel()
-            watch.stop()
+            scope[ON_DISCONNECT] = None  # from here on nothing may cancel the task
             if forward is not None:
                 forward.response.close()
                 self.conductor.finish(call, forward, outcome)
@@ -203,35 +202,18 @@ class Edge:
             logs.request_done(code, attempts, ended, call.timing.started)
 
 
-WATCH_AFTER_SEC = 0.02
-"""A request still running after this long gets a task watching for the client going away; a
-quicker one never pays for it (two event-loop turns and a task). A disconnect is noticed at
-most this late."""
-
-
 @dataclass(slots=True)
-class _DisconnectWatch:
-    """Cancels the request's task when the client disconnects (`gone` tells the handler)."""
+class _ClientWatch:
+    """Cancels the request's task when the client disconnects (`gone` tells the handler). The
+    edge's protocol calls `client_left` from its `connection_lost`: no task or timer per
+    request."""
 
-    receive: Receive
     task: asyncio.Task[Any]
     gone: bool = False
-    watcher: asyncio.Task[None] | None = None
 
-    def start(self) -> None:
-        self.watcher = asyncio.get_running_loop().create_task(self._watch())
-
-    def stop(self) -> None:
-        if self.watcher is not None:
-            self.watcher.cancel()
-
-    async def _watch(self) -> None:
-        while True:
-            message = await self.receive()
-            if message["type"] == "http.disconnect":
-                self.gone = True
-                self.task.cancel()
-                return
+    def client_left(self) -> None:
+        self.gone = True
+        self.task.cancel()
 
 
 async def _relay(

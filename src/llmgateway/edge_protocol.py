@@ -43,6 +43,10 @@ LINGER_SEC = 1.0
 `LINGER_BYTES`) before the connection closes: closing with unread bytes would make the kernel
 reset the connection, and the client would lose the answer."""
 LINGER_BYTES = 4 * 1024 * 1024
+ON_DISCONNECT = "llmgateway.on_disconnect"
+"""A scope key under which the app may put a callable (or None): it is called when the client
+disconnects before its answer is complete, so a request stops at once without a task watching
+`receive()`."""
 BODY_ARRIVED = "llmgateway.body_arrived"
 """A scope key set to True once the request's whole body has arrived: the app's `receive()`
 then cannot wait, and reading the body needs no timer."""
@@ -122,7 +126,12 @@ class EdgeProtocol(HttpToolsProtocol):
         if not self._admitted:
             return
         self._unwatch()
+        cycle = self.cycle
         super().connection_lost(exc)
+        if cycle is not None and not cycle.response_complete:
+            tell = cycle.scope.get(ON_DISCONNECT)
+            if callable(tell):
+                tell()
 
     def data_received(self, data: bytes) -> None:
         if self._done:

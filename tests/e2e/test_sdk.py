@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 
 import httpx2 as httpx
 import openai
@@ -224,6 +225,39 @@ async def test_client_disconnect_mid_stream_frees_the_key(
                 break
             await asyncio.sleep(0.02)
         assert fake.open_requests == 0
+
+
+async def test_client_leaving_before_the_answer_stops_the_request_at_once(
+    gateway: GatewayFactory, fake: FakeUpstream, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The edge's protocol tells the handler the client is gone: the upstream call ends well
+    before its answer would have come, logged as a disconnect (INFO), not an error."""
+    fake.set_behavior(GOOD, Behavior(delay=5.0))
+    caplog.set_level(logging.INFO)
+    async with gateway() as url:
+        port = int(url.rsplit(":", 1)[1])
+        _reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        body = b'{"model": "gpt-4o-mini", "messages": []}'
+        writer.write(
+            b"POST /v1/chat/completions HTTP/1.1\r\nhost: gw\r\n"
+            b"authorization: Bearer " + OPENAI_TOKEN.encode() + b"\r\n"
+            b"content-type: application/json\r\ncontent-length: %d\r\n\r\n" % len(body) + body
+        )
+        await writer.drain()
+        for _ in range(100):  # the request reached the upstream
+            if fake.open_requests:
+                break
+            await asyncio.sleep(0.02)
+        assert fake.open_requests == 1
+        writer.close()
+        for _ in range(100):
+            if fake.open_requests == 0:
+                break
+            await asyncio.sleep(0.02)
+        assert fake.open_requests == 0
+    messages = [(r.levelno, r.getMessage()) for r in caplog.records]
+    assert (logging.INFO, "client disconnected") in messages
+    assert not [m for level, m in messages if level >= logging.ERROR]
 
 
 async def test_upstream_drop_mid_stream_becomes_in_band_error(
