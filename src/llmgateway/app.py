@@ -346,8 +346,7 @@ def create_app(
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
-            with contextlib.suppress(Exception):
-                await writer.flush()
+            await writer.drain(settings.gateway.shutdown_drain_timeout_sec)
             await gateway.upstream.close()
             if gateway.limits is not None:
                 await gateway.limits.close()

@@ -1,10 +1,13 @@
-"""Write-behind of the gateway's key-status findings: bounded, coalesced, batched, never lost.
+"""Write-behind of the gateway's key-status findings: bounded, coalesced, batched.
 
 The request path only calls `offer()`, which is a dict assignment. A background task drains the
 pending changes to the store in one transaction per batch. Changes to the same key × model
 coalesce (the latest wins, a cooldown deadline never moves earlier), so the queue is bounded by
 the number of keys, not by the request rate. While the store is down the changes wait and are
-written once it is back.
+written once it is back. At a graceful stop `drain()` writes everything still pending, for as
+long as `gateway.shutdown_drain_timeout_sec` allows a store that does not answer; a process
+killed outright loses what waited (at most one write interval of findings, learnt again from
+the next answers), never what was written.
 """
 
 from __future__ import annotations
@@ -90,8 +93,32 @@ class StatusWriter:
         self.written += len(batch)
         return len(batch)
 
+    async def drain(self, within: float) -> int:
+        """Write everything pending (at a graceful stop), retrying a failing store until
+        `within` seconds have passed. Returns how many changes were dropped (0: none); a drop
+        is logged as a warning with its count."""
+        backoff = 0.05
+        try:
+            async with asyncio.timeout(within):
+                while self._pending:
+                    if not await self.flush():
+                        await asyncio.sleep(backoff)  # the store failed: try again shortly
+                        backoff = min(backoff * 2, 1.0)
+        except TimeoutError:
+            pass
+        dropped = self.pending
+        if dropped:
+            log.warning(
+                "stopping with %d status changes unwritten: the store did not take them "
+                "within gateway.shutdown_drain_timeout_sec (%g s); they are learnt again from "
+                "the next answers",
+                dropped,
+                within,
+            )
+        return dropped
+
     async def run(self) -> None:
-        """Drain forever (cancel to stop; call `flush()` afterwards for a last write)."""
+        """Drain forever (cancel to stop; then `drain()` writes what is left)."""
         backoff = self.interval_sec
         while True:
             with contextlib.suppress(TimeoutError):

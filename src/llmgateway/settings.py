@@ -201,6 +201,8 @@ class GatewaySettings(_Model):
     # limits at the edge: what one client may cost the gateway
     client_header_timeout_sec: float = Field(default=10.0, gt=0)  # an incomplete head: dropped
     client_body_timeout_sec: float = Field(default=30.0, gt=0)  # a silent body: 408
+    # at a graceful stop, how long pending status changes may wait for the store
+    shutdown_drain_timeout_sec: float = Field(default=10.0, gt=0)
     max_connections: int = Field(default=4096, ge=1)  # open client connections, per process
     max_inflight_body_bytes: int = Field(default=512 * 1024 * 1024, ge=1024)  # beyond: 503
     # what one upstream answer may cost: a body read whole (not a stream) beyond it is a 502

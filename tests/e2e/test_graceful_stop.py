@@ -1,0 +1,57 @@
+"""A graceful stop writes every key-status finding still waiting in the write-behind queue:
+5,000 of them, pending when the gateway is told to stop while the store is briefly
+unreachable, are all in the store afterwards (on SQLite and on PostgreSQL)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from llmgateway.outcomes import ErrorReason, KeyStatus
+from llmgateway.pool import StatusChange
+from llmgateway.store import StatusEvent, Store
+from llmgateway.testing.fake_upstream import FakeUpstream
+from tests.chaos.conftest import chaos_settings, start_gateway, write_keys
+
+PENDING = 5_000
+OUTAGE_SEC = 0.5
+
+
+async def test_a_graceful_stop_writes_every_pending_status_change(
+    tmp_path: Path, db_url: str
+) -> None:
+    write_keys(tmp_path, "openai", [f"sk-drain-{i:08d}-abcdefghijkl" for i in range(PENDING)])
+    write_keys(tmp_path, "gemini", ["AIza-drain-00000000-abcdefghijkl"])
+    async with FakeUpstream() as fake:
+        settings = chaos_settings(tmp_path, fake, database_url=db_url)
+        async with start_gateway(settings) as running:
+            gateway = running.gateway
+            assert gateway.store is not None
+            assert gateway.writer is not None
+            rows = [r for r in (await gateway.store.snapshot()).keys if r.provider == "openai"]
+            assert len(rows) == PENDING
+            writes = gateway.writer.write
+            back_at = time.monotonic() + OUTAGE_SEC
+
+            async def unreachable_for_a_while(events: Sequence[StatusEvent]) -> object:
+                if time.monotonic() < back_at:
+                    raise ConnectionError("store unreachable")
+                return await writes(events)
+
+            # the background writer fails and backs off; the stop begins during the outage
+            gateway.writer.write = unreachable_for_a_while
+            now = gateway.clock()
+            for row in rows:  # no await in between: all of them wait when the stop begins
+                found = StatusChange(
+                    row.key_id, row.model, KeyStatus.INVALID_KEY, ErrorReason.INVALID_KEY, None, 401
+                )
+                gateway.writer.offer("openai", found, now)
+            assert gateway.writer.pending == PENDING
+    store = await Store.open(settings.database.async_url)
+    try:
+        rows = [r for r in (await store.snapshot()).keys if r.provider == "openai"]
+    finally:
+        await store.close()
+    assert len(rows) == PENDING
+    assert {r.status for r in rows} == {KeyStatus.INVALID_KEY}
