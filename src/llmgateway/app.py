@@ -287,10 +287,14 @@ def create_app(
     rng: random.Random | None = None,
     prepare: bool = True,
     metrics: Metrics | None = None,
+    tune_process: bool = False,
 ) -> ASGIApp:
     """The gateway application. `prepare` applies migrations and runs one key-file sync at start
     (the `gateway` command does both in a child process before, and turns it off);
-    `metrics` may be shared with a Keeper in the same process (`serve`)."""
+    `metrics` may be shared with a Keeper in the same process (`serve`). `tune_process`: the
+    process is the gateway's own (the CLI's commands), so once started it may give freed memory
+    back to the system and retune the garbage collector (`return_freed_memory`); an app embedded
+    elsewhere (tests, another server) leaves its process alone."""
     gateway = Gateway(settings, rng=rng or random.Random())
     metrics = metrics or Metrics.create()
     gateway.limits = Limits.create(settings, metrics, gateway.clock)
@@ -329,7 +333,8 @@ def create_app(
                     await store.upgrade()
                     await run_sync(settings, store)
             await gateway.refresh()
-            return_freed_memory()
+            if tune_process:
+                return_freed_memory()
             tasks = [
                 asyncio.create_task(writer.run(), name="status-writer"),
                 asyncio.create_task(gateway.refresh_forever(wake), name="pool-refresh"),
@@ -419,4 +424,5 @@ def app_from_environment() -> ASGIApp:
 
     settings = load_settings(config_path(None))
     setup(settings, f"gateway-{os.getpid()}")  # a spawned process starts with no logging set up
-    return create_app(settings, prepare=os.environ.get("LLMGATEWAY_PREPARED") != "1")
+    prepared = os.environ.get("LLMGATEWAY_PREPARED") == "1"
+    return create_app(settings, prepare=not prepared, tune_process=True)

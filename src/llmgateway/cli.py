@@ -478,7 +478,7 @@ def gateway(config: str | None, host: str | None, port: int | None, workers: int
     if workers == 1:
         from llmgateway.app import create_app
 
-        app = create_app(settings, prepare=False)
+        app = create_app(settings, prepare=False, tune_process=True)
         uvicorn.Server(uvicorn_config(app, host, port, limits)).run()
         return
     from uvicorn.supervisors import Multiprocess
@@ -521,7 +521,7 @@ async def _serve_both(settings: Settings, host: str, port: int) -> None:
     from llmgateway.worker.run import Keeper
 
     metrics = Metrics.create()  # one set: the gateway's /metrics shows the Keeper's too
-    app = create_app(settings, prepare=False, metrics=metrics)
+    app = create_app(settings, prepare=False, metrics=metrics, tune_process=True)
     server = uvicorn.Server(uvicorn_config(app, host, port, EdgeLimits.of(settings.gateway)))
     stop = asyncio.Event()
     async with await Store.open(settings.database.async_url, settings.database.pool_size) as store:

@@ -160,7 +160,7 @@ async def run_demo(folder: Path, port: int, echo: Callable[[str], None]) -> None
     async with FakeUpstream() as fake:
         settings = demo_settings(folder, fake, port, tokens)
         metrics = Metrics.create()
-        app = create_app(settings, metrics=metrics)
+        app = create_app(settings, metrics=metrics, tune_process=True)
         async with (
             _serving(app, port) as url,
             await Store.open(settings.database.async_url) as store,

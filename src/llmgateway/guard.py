@@ -1,8 +1,10 @@
 """The guard of one provider: its circuit breaker, a breaker per egress, and the egress 429 limiter.
 
-The attempt loop asks it three things: may a call go out to this provider now (`admit`), may it
-leave through this key's egress (`egress_closed`), and what should the key pool learn from an
-outcome (`judge`). The last one is where healthy keys are protected: a failure that looks
+The attempt loop asks it whether a call may go out to this provider now (`admit`), which egress
+a key leaves through and whether that egress is open (`note`, `egress_of`, `skips`,
+`egress_closed`), and what the key pool should learn from an outcome (`judge`, `judge_end`;
+`forget` ends an admission that had no outcome). Judging is where healthy keys are
+protected: a failure that looks
 provider-wide (the breaker is not closed, or another key failed the same way since the
 provider's last success) or egress-wide (an IP-level 429) reaches the pool as a neutral outcome,
 so an outage or a dead proxy never ejects or marks keys.

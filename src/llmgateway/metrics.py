@@ -1,4 +1,4 @@
-"""Prometheus metrics: every family of the contract (DESIGN §2.5), prefix `llmgateway_`.
+"""Prometheus metrics: every family the README's Metrics section lists, prefix `llmgateway_`.
 
 No label ever carries a key, a key id or a token; `model` is bounded to the configured models
 (anything else is `other`). Histograms use LLM-sized buckets up to 600 s.

@@ -54,14 +54,6 @@ class ErrorReason(enum.StrEnum):
     def is_retryable(self) -> bool:
         return self in _RETRYABLE
 
-    @property
-    def is_fatal(self) -> bool:
-        return self in _FATAL
-
-    @property
-    def is_client_error(self) -> bool:
-        return self in _CLIENT
-
 
 _RETRYABLE = frozenset(
     {
@@ -75,10 +67,6 @@ _RETRYABLE = frozenset(
         ErrorReason.EGRESS_ERROR,
     }
 )
-_FATAL = frozenset(
-    {ErrorReason.INVALID_KEY, ErrorReason.NO_ACCESS, ErrorReason.NO_QUOTA, ErrorReason.NO_MODEL}
-)
-_CLIENT = frozenset({ErrorReason.BAD_REQUEST, ErrorReason.UNKNOWN})
 
 
 class KeyStatus(enum.StrEnum):
@@ -162,11 +150,6 @@ _BLAME: dict[ErrorReason, Blame] = {
 }
 
 
-def blame_of(reason: ErrorReason | None) -> Blame:
-    """Whose fault a reason is (`None`, a success, is nobody's)."""
-    return Blame.NONE if reason is None else _BLAME[reason]
-
-
 def classify(
     provider: ProviderSettings,
     status: int | None,
@@ -189,18 +172,18 @@ def classify(
     given as an HTTP date.
     """
     if exc is not None:
-        return _outcome(exception_reason(exc), status, None)
+        return outcome_of(exception_reason(exc), status, None)
     if status is None:
-        return _outcome(ErrorReason.UNKNOWN, None, None)
+        return outcome_of(ErrorReason.UNKNOWN, None, None)
     if 200 <= status < 300:
         return Outcome(reason=None, blame=Blame.NONE, status=status)
     if status in (401, 403) and not probe and not key_route:
-        return _outcome(ErrorReason.FORBIDDEN, status, None)
+        return outcome_of(ErrorReason.FORBIDDEN, status, None)
     reason = _configured_reason(provider, status, body_prefix, probe)
     if reason is None:
         reason = _DEFAULTS[provider.provider_type](status, body_prefix, probe)
     retry_after = retry_after_of(headers, body_prefix, now) if reason in _WAITS else None
-    return _outcome(reason, status, retry_after)
+    return outcome_of(reason, status, retry_after)
 
 
 _WAITS = frozenset(
@@ -213,7 +196,8 @@ _WAITS = frozenset(
 )
 
 
-def _outcome(reason: ErrorReason, status: int | None, retry_after: float | None) -> Outcome:
+def outcome_of(reason: ErrorReason, status: int | None, retry_after: float | None) -> Outcome:
+    """The outcome of a failure for `reason`, blamed as that reason always is."""
     return Outcome(reason=reason, blame=_BLAME[reason], status=status, retry_after=retry_after)
 
 

@@ -1,8 +1,10 @@
 """The attempt loop: select a key → send → classify → answer or retry on another key.
 
-It runs only until the upstream's response headers arrive; streaming the body is the edge's job
-(`api.py`), which then releases the lease. Retries happen only before the first byte reaches
-the client, never twice on the same key, inside one overall deadline and within the retry budget.
+It runs until the upstream's answer is known: its head, plus the whole body when the answer is
+small and not streamed (read here and judged after the client has it), or the start of an error
+body (to classify it). Relaying a streamed body is the edge's job (`api.py`), which then ends
+the lease. Retries happen only before the first byte reaches the client, never twice on the
+same key, inside one overall deadline and within the retry budget.
 """
 
 from __future__ import annotations

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from llmgateway.outcomes import Blame, ErrorReason, KeyStatus, Outcome, blame_of
+from llmgateway.outcomes import Blame, ErrorReason, KeyStatus, Outcome, outcome_of
 from llmgateway.settings import HealthPolicy
 from llmgateway.worker.probes import (
     DAY,
@@ -26,7 +26,7 @@ OK = Outcome(reason=None, blame=Blame.NONE, status=200)
 
 
 def failure(reason: ErrorReason, retry_after: float | None = None) -> Outcome:
-    return Outcome(reason=reason, blame=blame_of(reason), status=500, retry_after=retry_after)
+    return outcome_of(reason, 500, retry_after)
 
 
 def state(

@@ -29,11 +29,6 @@ class TcpRelay:
         self._pipes: set[asyncio.Task[Any]] = set()
 
     @property
-    def cut_off(self) -> bool:
-        """True between `cut()` and `restore()`."""
-        return self._server is None
-
-    @property
     def open_connections(self) -> int:
         """Client connections relayed right now."""
         return len(self._pipes)

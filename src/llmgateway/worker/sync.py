@@ -27,7 +27,6 @@ swapped in between the check and the read is not followed either.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import errno
 import logging
 import os
@@ -356,24 +355,3 @@ def _log(result: ProviderSync) -> None:
                 changes.restored,
                 changes.active,
             )
-
-
-async def sync_forever(
-    settings: Settings,
-    store: Store,
-    stop: asyncio.Event,
-    on_report: Callable[[SyncReport], None] = lambda _: None,
-) -> None:
-    """Sync every `worker.sync_interval_sec` until `stop` is set. A failed round (the store
-    unreachable, say) is logged and retried at the next interval."""
-    while not stop.is_set():
-        try:
-            report = await run_sync(settings, store)
-        except Exception as exc:  # keep the Keeper alive; the next round retries
-            log.error("sync failed (%s); retrying in the next round", type(exc).__name__)
-        else:
-            active = sum(p.keys.active for p in report.providers if p.keys is not None)
-            log.info("sync done: %d providers, %d active keys", len(report.providers), active)
-            on_report(report)
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stop.wait(), timeout=settings.worker.sync_interval_sec)
