@@ -1,4 +1,5 @@
-"""Fixtures and hooks shared by every test: the real SQLite file, PostgreSQL and Redis.
+"""Fixtures and hooks shared by every test: the real SQLite file, PostgreSQL and Redis, and the
+markers given by folder.
 
 `store` and `db_url` run each test twice, on `sqlite` (a file in the test's temp folder) and on
 `postgresql` (marked `postgres`; `$LLMGATEWAY_TEST_PG_URL`, default the local server's `test`
@@ -9,7 +10,9 @@ dropped afterwards, so runs never see each other's data and the server is left c
 Whether the servers are there is decided in one place, `require_server()`, for every test marked
 `postgres` or `redis` (tests using `redis_prefix` get `redis` by themselves): a server that
 cannot be reached skips the test with the reason, unless `LLMGATEWAY_REQUIRE_PG=1` or
-`LLMGATEWAY_REQUIRE_REDIS=1` (CI), which makes it fail instead.
+`LLMGATEWAY_REQUIRE_REDIS=1` (CI), which makes it fail instead. Tests under tests/e2e,
+tests/chaos, tests/soak and tests/security get the marker of their folder, so `-m "not soak"`
+and the like select by kind.
 """
 
 from __future__ import annotations
@@ -112,9 +115,21 @@ def require_server(server: Server) -> None:
     pytest.skip(message)
 
 
+FOLDER_MARKERS = {"e2e": "e2e", "chaos": "chaos", "soak": "soak", "security": "security"}
+TESTS = Path(__file__).parent
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Marks `redis` the tests that use `redis_prefix`, so `-m` can select them."""
+    """Marks each test by its folder (tests/soak -> `soak`, ...) and marks `redis` the tests
+    that use `redis_prefix`, so `-m` can select them."""
     for item in items:
+        try:
+            folder = item.path.relative_to(TESTS).parts[0]
+        except ValueError:
+            folder = ""
+        marker = FOLDER_MARKERS.get(folder)
+        if marker is not None and item.get_closest_marker(marker) is None:
+            item.add_marker(marker)
         uses = getattr(item, "fixturenames", ())
         if "redis_prefix" in uses and item.get_closest_marker("redis") is None:
             item.add_marker("redis")
