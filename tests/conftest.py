@@ -1,31 +1,42 @@
-"""Database fixtures shared by every test: a real SQLite file and the real PostgreSQL.
+"""Fixtures and hooks shared by every test: the real SQLite file, PostgreSQL and Redis, and the
+markers given by folder.
 
 `store` and `db_url` run each test twice, on `sqlite` (a file in the test's temp folder) and on
 `postgresql` (marked `postgres`; `$LLMGATEWAY_TEST_PG_URL`, default the local server's `test`
 database). Each PostgreSQL test gets a fresh schema (`store`) or a fresh database (`db_url`),
-dropped afterwards, so runs never see each other's data and the server is left clean. When the
-server cannot be reached those variants are skipped, unless `LLMGATEWAY_REQUIRE_PG=1` (CI),
-which makes them fail instead.
+dropped afterwards, so runs never see each other's data and the server is left clean.
+`redis_prefix` gives a test its own key prefix on `$LLMGATEWAY_TEST_REDIS_URL`.
+
+Whether the servers are there is decided in one place, `require_server()`, for every test marked
+`postgres` or `redis` (tests using `redis_prefix` get `redis` by themselves): a server that
+cannot be reached skips the test with the reason, unless `LLMGATEWAY_REQUIRE_PG=1` or
+`LLMGATEWAY_REQUIRE_REDIS=1` (CI), which makes it fail instead. Tests under tests/e2e,
+tests/chaos, tests/soak and tests/security get the marker of their folder, so `-m "not soak"`
+and the like select by kind.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import asyncpg
 import pytest
 from sqlalchemy.engine import make_url
 
+from llmgateway.limits import masked_redis_url
 from llmgateway.store import Store
 
 PG_URL = os.environ.get(
     "LLMGATEWAY_TEST_PG_URL", "postgresql+asyncpg://postgres@127.0.0.1:5432/test"
 )
+REDIS_URL = os.environ.get("LLMGATEWAY_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 DATABASES = ["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)]
 
 
@@ -55,30 +66,89 @@ def _libpq_dsn(url: str, database: str | None = None) -> str:
     return parsed.render_as_string(hide_password=False)
 
 
-async def _can_connect(url: str) -> str | None:
+async def _pg_problem() -> str | None:
     try:
-        connection = await asyncpg.connect(_libpq_dsn(url), timeout=3)
+        connection = await asyncpg.connect(_libpq_dsn(PG_URL), timeout=3)
     except (OSError, asyncpg.PostgresError, TimeoutError) as exc:
         return f"{type(exc).__name__}: {exc}"
     await connection.close()
     return None
 
 
-@pytest.fixture(scope="session")
-def pg_unreachable() -> str | None:
-    """None when the test PostgreSQL answers, else why not (checked once per session)."""
-    return asyncio.run(_can_connect(PG_URL))
+def _redis_problem() -> str | None:
+    import redis
+
+    client = redis.Redis.from_url(REDIS_URL, socket_connect_timeout=3, socket_timeout=3)
+    try:
+        client.ping()
+    except (OSError, redis.RedisError) as exc:
+        return f"{type(exc).__name__}: {exc}"
+    finally:
+        client.close()
+    return None
+
+
+Server = Literal["postgres", "redis"]
+
+
+@functools.cache
+def server_problem(server: Server) -> str | None:
+    """None when the test server answers, else why not (checked once per session)."""
+    if server == "postgres":
+        return asyncio.run(_pg_problem())
+    return _redis_problem()
+
+
+def require_server(server: Server) -> None:
+    """Skip the running test when `server` cannot be reached, or fail it when the environment
+    requires that server (`LLMGATEWAY_REQUIRE_PG=1`, `LLMGATEWAY_REQUIRE_REDIS=1`)."""
+    problem = server_problem(server)
+    if problem is None:
+        return
+    if server == "postgres":
+        name, url, variable = "PostgreSQL", repr(make_url(PG_URL)), "LLMGATEWAY_REQUIRE_PG"
+    else:
+        name, url, variable = "Redis", masked_redis_url(REDIS_URL), "LLMGATEWAY_REQUIRE_REDIS"
+    message = f"{name} at {url} unreachable ({problem})"
+    if os.environ.get(variable) == "1":
+        pytest.fail(f"{message}; {variable}=1 requires it", pytrace=False)
+    pytest.skip(message)
+
+
+FOLDER_MARKERS = {"e2e": "e2e", "chaos": "chaos", "soak": "soak", "security": "security"}
+TESTS = Path(__file__).parent
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Marks each test by its folder (tests/soak -> `soak`, ...) and marks `redis` the tests
+    that use `redis_prefix`, so `-m` can select them."""
+    for item in items:
+        try:
+            folder = item.path.relative_to(TESTS).parts[0]
+        except ValueError:
+            folder = ""
+        marker = FOLDER_MARKERS.get(folder)
+        if marker is not None and item.get_closest_marker(marker) is None:
+            item.add_marker(marker)
+        uses = getattr(item, "fixturenames", ())
+        if "redis_prefix" in uses and item.get_closest_marker("redis") is None:
+            item.add_marker("redis")
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    """Before any fixture is set up: a test marked `postgres` or `redis` needs that server."""
+    for server in ("postgres", "redis"):
+        if item.get_closest_marker(server) is not None:
+            require_server(server)
 
 
 @pytest.fixture(params=DATABASES)
-def db_kind(request: pytest.FixtureRequest, pg_unreachable: str | None) -> str:
+def db_kind(request: pytest.FixtureRequest) -> str:
     """`sqlite` or `postgresql`; the latter skipped (or failed, in CI) without a server."""
     kind: str = request.param
-    if kind == "postgresql" and pg_unreachable is not None:
-        message = f"PostgreSQL at {make_url(PG_URL)!r} unreachable ({pg_unreachable})"
-        if os.environ.get("LLMGATEWAY_REQUIRE_PG") == "1":
-            pytest.fail(message + "; LLMGATEWAY_REQUIRE_PG=1 requires it")
-        pytest.skip(message)
+    if kind == "postgresql":
+        require_server("postgres")  # also when a test parametrizes this without the marker
     return kind
 
 
@@ -124,22 +194,16 @@ async def db_url(db_kind: str, tmp_path: Path) -> AsyncIterator[str]:
         await admin.close()
 
 
-REDIS_URL = os.environ.get("LLMGATEWAY_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
-
-
 @pytest.fixture
 async def redis_prefix() -> AsyncIterator[str]:
     """A Redis key prefix of this test's own (`$LLMGATEWAY_TEST_REDIS_URL`, default the local
-    server); every key under it is deleted afterwards. A missing server fails the test."""
+    server); every key under it is deleted afterwards. Without a server the test is skipped
+    (or failed, under `LLMGATEWAY_REQUIRE_REDIS=1`)."""
     import redis.asyncio as aioredis
 
+    require_server("redis")
     name = f"llmgw-test-{uuid.uuid4().hex[:12]}"
     client = aioredis.Redis.from_url(REDIS_URL)
-    try:
-        await client.ping()
-    except Exception as error:
-        await client.aclose()
-        pytest.fail(f"Redis at {REDIS_URL} unreachable: {type(error).__name__}")
     yield name
     keys = [key async for key in client.scan_iter(match=f"{name}:*")]
     if keys:

@@ -8,7 +8,6 @@ and concurrent requests per key.
 from __future__ import annotations
 
 import asyncio
-import os
 import socket
 import sys
 import time
@@ -39,13 +38,8 @@ pytestmark = pytest.mark.postgres
 
 
 @pytest.fixture
-async def pg_database(pg_unreachable: str | None) -> AsyncIterator[str]:
+async def pg_database() -> AsyncIterator[str]:
     """A fresh PostgreSQL database for the whole fleet, dropped afterwards."""
-    if pg_unreachable is not None:
-        message = f"PostgreSQL unreachable ({pg_unreachable})"
-        if os.environ.get("LLMGATEWAY_REQUIRE_PG") == "1":
-            pytest.fail(message)
-        pytest.skip(message)
     name = f"llmgateway_scale_{uuid.uuid4().hex[:12]}"
     admin = await asyncpg.connect(_libpq_dsn(PG_URL))
     try:

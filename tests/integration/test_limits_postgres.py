@@ -4,7 +4,6 @@ that leaves, and fail open when the fleet cannot be counted."""
 
 from __future__ import annotations
 
-import os
 import uuid
 from collections.abc import AsyncIterator, Callable
 
@@ -29,15 +28,8 @@ def clock() -> ManualClock:
 
 
 @pytest.fixture
-async def fleet(
-    pg_unreachable: str | None, clock: ManualClock
-) -> AsyncIterator[Callable[[], PostgresBackend]]:
+async def fleet(clock: ManualClock) -> AsyncIterator[Callable[[], PostgresBackend]]:
     """`fleet()`: one more gateway in a namespace of this test's own; all leave at the end."""
-    if pg_unreachable is not None:
-        message = f"PostgreSQL unreachable ({pg_unreachable})"
-        if os.environ.get("LLMGATEWAY_REQUIRE_PG") == "1":
-            pytest.fail(message)
-        pytest.skip(message)
     namespace = namespace_of(f"llmgw-test-{uuid.uuid4().hex}")
     made: list[PostgresBackend] = []
 

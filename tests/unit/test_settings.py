@@ -4,7 +4,6 @@ paths, every business rule, the examples, and the database URL."""
 from __future__ import annotations
 
 import copy
-import os
 import types
 from pathlib import Path
 from typing import Annotated, Any, Union, get_args, get_origin
@@ -15,6 +14,7 @@ from pydantic import BaseModel
 from sqlalchemy import text
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import create_async_engine
+from tests.conftest import PG_URL
 
 from llmgateway.config import ConfigError, Problem, config_path, load_settings
 from llmgateway.outcomes import ErrorReason
@@ -701,9 +701,7 @@ async def test_sqlite_url_connects(tmp_path: Path) -> None:
 
 @pytest.mark.postgres
 async def test_postgres_url_built_from_the_original_fields_connects() -> None:
-    server = make_url(
-        os.environ.get("LLMGATEWAY_TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432/test")
-    )
+    server = make_url(PG_URL)
     database = DatabaseSettings(
         host=server.host or "127.0.0.1",
         port=server.port or 5432,
