@@ -419,8 +419,9 @@ def test_retry_after_of_reads_plain_mappings() -> None:
 # --- exceptions ------------------------------------------------------------------------------
 
 
-def _conn_key() -> Any:
-    return aiohttp.client_reqrep.ConnectionKey("api.example", 443, True, None, None, None, None)
+def _conn_key() -> aiohttp.client_reqrep.ConnectionKey:
+    # ssl=True is aiohttp's default ("ssl:default" in the message); None is no valid value
+    return aiohttp.client_reqrep.ConnectionKey("api.example", 443, True, True, None, None, None)
 
 
 EXCEPTIONS = [
