@@ -14,9 +14,10 @@ from typing import Any
 import httpx2 as httpx
 import openai
 import yaml
+from openai.types.chat import ChatCompletion
 
 from llmgateway.outcomes import KeyStatus
-from llmgateway.store import Store
+from llmgateway.store import KeyRow, Store
 from llmgateway.testing.fake_upstream import FakeUpstream
 from llmgateway.testing.faults import Behavior
 from llmgateway.worker.sync import run_sync
@@ -30,7 +31,15 @@ def client(url: str) -> openai.AsyncOpenAI:
     return openai.AsyncOpenAI(base_url=f"{url}/v1", api_key=OPENAI_TOKEN, max_retries=0)
 
 
-async def rows_by_secret(tmp_path: Path) -> dict[str, Any]:
+async def chat(url: str) -> ChatCompletion:
+    """`CHAT` through the openai client."""
+    return await client(url).chat.completions.create(
+        model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}]
+    )
+
+
+async def rows_by_secret(tmp_path: Path) -> dict[tuple[str, str], KeyRow]:
+    """The stored rows by (secret, model)."""
     async with await Store.open(f"sqlite:///{tmp_path / 'gw.db'}") as store:
         snapshot = await store.snapshot(0)
     return {(row.secret, row.model): row for row in snapshot.keys}
@@ -43,7 +52,7 @@ async def test_a_key_the_gateway_marks_invalid_is_stored_for_a_prompt_reprobe(
     fake.set_behavior(invalid, Behavior(invalid=True))
     async with gateway(openai=[GOOD, invalid]) as url:
         for _ in range(20):
-            await client(url).chat.completions.create(**CHAT)  # type: ignore[call-overload]
+            await chat(url)
         assert fake.calls(invalid) == 1
         writer = started[-1].state.gateway.writer
         await writer.flush()
@@ -79,7 +88,7 @@ async def test_a_key_removed_from_its_file_leaves_the_pool(
         assert pool.size == 1
         before = fake.calls(GOOD)
         for _ in range(10):
-            await client(url).chat.completions.create(**CHAT)  # type: ignore[call-overload]
+            await chat(url)
     assert fake.calls(GOOD) == before
     assert fake.calls(second) >= 10
 
@@ -159,7 +168,7 @@ async def test_serve_runs_gateway_and_keeper_in_one_process(
                 except httpx.TransportError:
                     pass
                 await asyncio.sleep(0.05)
-        reply = await client(url).chat.completions.create(**CHAT)  # type: ignore[call-overload]
+        reply = await chat(url)
         assert reply.choices[0].message.content
         for _ in range(300):  # the Keeper in the same process probes the untested keys
             if fake.calls("AIza-good-gemini-00000000001") >= 1:
