@@ -15,9 +15,10 @@ from tests.conftest import ManualClock
 from llmgateway.outcomes import KeyStatus
 from llmgateway.settings import Settings
 from llmgateway.store import StatusEvent, Store
+from llmgateway.store.model_lists import MAX_NAMES
 from llmgateway.testing import FakeUpstream
 from llmgateway.upstream import Upstream
-from llmgateway.worker.model_lists import MAX_NAMES, FetchError, gemini_page, kept, openai_names
+from llmgateway.worker.model_lists import FetchError, gemini_page, kept, openai_names
 from llmgateway.worker.run import Keeper
 from llmgateway.worker.summary import ModelListSummary
 from llmgateway.worker.sync import run_sync
