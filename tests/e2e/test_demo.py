@@ -15,7 +15,7 @@ import openai
 
 async def read_until(stream: asyncio.StreamReader, pattern: str, timeout: float = 30) -> str:
     """The output up to the first line matching `pattern` (regex)."""
-    seen = []
+    seen: list[str] = []
     async with asyncio.timeout(timeout):
         while True:
             line = (await stream.readline()).decode()
@@ -47,10 +47,10 @@ async def test_demo_serves_requests_and_cleans_up_on_ctrl_c(tmp_path: Path) -> N
         assert gemini, intro
         assert scrape, intro
         openai_token, metrics_token = tokens.group(1), scrape.group(1)
-        found = {openai_token, gemini.group(1), metrics_token}
-        assert len(found) == 3, "three different tokens"
-        assert all(len(token) >= 32 for token in found), "random, from secrets.token_urlsafe"
-        assert not {"demo-openai-token", "demo-gemini-token"} & found
+        distinct = {openai_token, gemini.group(1), metrics_token}
+        assert len(distinct) == 3, "three different tokens"
+        assert all(len(token) >= 32 for token in distinct), "random, from secrets.token_urlsafe"
+        assert not {"demo-openai-token", "demo-gemini-token"} & distinct
         assert f'api_key="{openai_token}"' in intro
         client = openai.AsyncOpenAI(base_url=f"{url}/v1", api_key=openai_token, max_retries=0)
         reply = await client.chat.completions.create(

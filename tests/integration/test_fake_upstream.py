@@ -20,6 +20,7 @@ from llmgateway.masking import fingerprint
 from llmgateway.outcomes import Blame, ErrorReason, Outcome, classify
 from llmgateway.settings import GeminiProvider, OpenAILikeProvider, ProviderSettings
 from llmgateway.testing import Behavior, FakeUpstream
+from llmgateway.testing.faults import RetryStyle
 from llmgateway.testing.wire import text
 
 GOOD = "sk-good-0000000000000001"
@@ -259,9 +260,9 @@ async def test_named_faults_classify_like_the_real_thing(
 
 @pytest.mark.parametrize("style", ["retry-after", "retry-after-ms", "x-ratelimit", "retry-delay"])
 async def test_retry_hint_styles(
-    fake: FakeUpstream, http: aiohttp.ClientSession, style: str
+    fake: FakeUpstream, http: aiohttp.ClientSession, style: RetryStyle
 ) -> None:
-    fake.set_behavior("k", Behavior(rate_limited=True, retry_after=2.5, retry_style=style))  # type: ignore[arg-type]
+    fake.set_behavior("k", Behavior(rate_limited=True, retry_after=2.5, retry_style=style))
     outcome = classified(gemini_provider(fake), await generate(http, fake, "k"))
     assert (outcome.reason, outcome.retry_after) == (ErrorReason.RATE_LIMITED, 2.5)
     if style != "retry-delay":  # retryDelay lives in Gemini's body only

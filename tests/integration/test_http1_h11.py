@@ -16,7 +16,7 @@ reads it from `HostileUpstream` (it writes the stream and closes). Then:
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 
 import h11
@@ -175,7 +175,7 @@ def mutate_fields(parts: Parts, draw: st.DrawFn) -> None:
     parts.fields[at:at] = lines
 
 
-FIELD_MUTATIONS = {
+FIELD_MUTATIONS: dict[str, Callable[[st.DrawFn], list[bytes]]] = {
     "second_length": lambda d: [b"content-length: %d" % d(st.integers(0, 3))],
     "length_list": lambda d: [b"content-length: 2, 2"],
     "huge_length": lambda d: [b"content-length: 99999999999999999999999"],

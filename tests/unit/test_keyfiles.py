@@ -192,7 +192,7 @@ def test_a_dangling_link_or_a_fifo_makes_the_read_incomplete(tmp_path: Path) -> 
     (tmp_path / "gone.txt").unlink()
     os.mkfifo(tmp_path / "pipe")
     parsed = read_folder(tmp_path, parse_keys)  # must not block on the FIFO
-    assert (parsed.values, parsed.complete) == ({KEY_1}, False)
+    assert (parsed.values, parsed.complete) == (frozenset({KEY_1}), False)
     assert "not a regular file" in str(parsed.problems[0])
 
 
@@ -200,7 +200,7 @@ def test_a_sub_folder_is_skipped_and_a_socket_is_unreadable(tmp_path: Path) -> N
     write(tmp_path / "a.txt", KEY_1)
     write(tmp_path / "old" / "b.txt", KEY_2)
     parsed = read_folder(tmp_path, parse_keys)
-    assert (parsed.values, parsed.complete) == ({KEY_1}, True)
+    assert (parsed.values, parsed.complete) == (frozenset({KEY_1}), True)
     assert str(parsed.problems[0]) == f"{tmp_path / 'old'}: sub-folder skipped (not read)"
     with socket.socket(socket.AF_UNIX) as server:
         server.bind(str(tmp_path / "sock"))
@@ -214,7 +214,7 @@ def test_a_link_to_a_file_inside_the_folder_is_read(tmp_path: Path) -> None:
     (keys / "b.txt").symlink_to("team/real.txt")
     (keys / "c.txt").symlink_to(keys / "a.txt")  # absolute, and to a sibling: read twice, one key
     parsed = read_folder(keys, parse_keys)
-    assert (parsed.values, parsed.complete) == ({KEY_1, KEY_2}, True)
+    assert (parsed.values, parsed.complete) == (frozenset({KEY_1, KEY_2}), True)
     assert [str(p) for p in parsed.problems] == [f"{keys / 'team'}: sub-folder skipped (not read)"]
 
 

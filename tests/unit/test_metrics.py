@@ -7,6 +7,7 @@ import asyncio
 import time
 
 from prometheus_client import CollectorRegistry, Histogram
+from prometheus_client.metrics_core import Metric
 from prometheus_client.parser import text_string_to_metric_families
 
 from llmgateway import debug
@@ -37,7 +38,7 @@ RATE_LIMITED = Outcome(ErrorReason.RATE_LIMITED, Blame.KEY, status=429)
 OK = Outcome(None, Blame.NONE, status=200)
 
 
-def parsed(metrics: Metrics, keys: list[KeyCount] | None = None) -> dict[str, object]:
+def parsed(metrics: Metrics, keys: list[KeyCount] | None = None) -> dict[str, Metric]:
     text = metrics.exposition(keys or []).decode()
     # prometheus-client adds a `_created` timestamp series per counter and histogram
     families = text_string_to_metric_families(text)
@@ -71,8 +72,8 @@ def test_every_family_with_its_type_and_labels_and_nothing_about_keys() -> None:
     assert set(found) == set(FAMILIES)
     for name, (kind, labels) in FAMILIES.items():
         family = found[name]
-        assert family.type == kind, name  # type: ignore[attr-defined]
-        for s in family.samples:  # type: ignore[attr-defined]
+        assert family.type == kind, name
+        for s in family.samples:
             names = set(s.labels) - {"le"}
             assert names == labels, (name, names)
 
