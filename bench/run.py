@@ -244,7 +244,10 @@ def run_wrk(wrk: str, url: str, script: Path, concurrency: int, seconds: float) 
         text=True,
     ).stdout
     percent = dict(re.findall(r"^\s+(50|99)%\s+([\d.]+\w+)", out, re.MULTILINE))
-    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
+    found = re.search(r"Requests/sec:\s+([\d.]+)", out)
+    if found is None:
+        raise ValueError(f"no Requests/sec in the output of wrk:\n{out}")
+    rps = float(found.group(1))
     bad = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
     errors = int(bad.group(1)) if bad else 0
     socket_errors = re.search(r"Socket errors: (.*)", out)
@@ -269,7 +272,10 @@ def measure(
 
 
 def _ms(text: str) -> float:
-    number, unit = re.fullmatch(r"([\d.]+)(\w+)", text).groups()  # type: ignore[union-attr]
+    found = re.fullmatch(r"([\d.]+)(\w+)", text)
+    if found is None:
+        raise ValueError(f"not a wrk latency: {text!r}")
+    number, unit = found.groups()
     return float(number) * _UNITS[unit]
 
 
@@ -396,7 +402,8 @@ def load_rows(
 
 
 def median_of(loads: list[Load], field: str) -> float:
-    return statistics.median(getattr(load, field) for load in loads)
+    values: list[float] = [getattr(load, field) for load in loads]
+    return statistics.median(values)
 
 
 def differences(loads: list[Load], others: list[Load], field: str) -> list[float]:
