@@ -129,6 +129,7 @@ class Running:
 async def start_gateway(settings: Settings) -> AsyncIterator[Running]:
     app = create_app(settings, rng=random.Random(11))
     async with running(app) as url:
+        # create_app is typed ASGIApp; the router it returns carries .state
         yield Running(url, app.state.gateway, app)  # type: ignore[attr-defined]
 
 

@@ -64,6 +64,7 @@ async def test_three_gateways_start_at_once_on_a_fresh_sqlite(tmp_path: Path) ->
                     ) as response:
                         assert response.status == 200
         for app in apps:
+            # create_app is typed ASGIApp; the router it returns carries .state
             assert app.state.gateway.providers["openai"].pool.size == 5  # type: ignore[attr-defined]
 
 
