@@ -29,9 +29,20 @@ KEY_PARAMETERS = frozenset({"key", "api_key"})
 """Query parameters that carry a credential: never forwarded, in any spelling or encoding."""
 
 
-@functools.lru_cache(maxsize=4096)  # a few paths make up nearly all requests
+CACHED_PATH_BYTES = 256
+"""Paths up to this long have their verdict cached (a few paths make up nearly all requests);
+longer ones are checked every time, so a client sending many long paths cannot make the cache
+hold megabytes."""
+
+
 def checked_path(raw: bytes) -> str | None:
     """The raw path as text when it is safe to forward as it is, else None."""
+    if len(raw) <= CACHED_PATH_BYTES:
+        return _cached_check(raw)
+    return _check(raw)
+
+
+def _check(raw: bytes) -> str | None:
     if _PATH.fullmatch(raw) is None:
         return None
     if b"%" in raw and _SMUGGLED.search(raw) is not None:
@@ -39,6 +50,9 @@ def checked_path(raw: bytes) -> str | None:
     if (b"." in raw or b"%2" in raw) and _DOT_SEGMENT.search(raw) is not None:
         return None
     return raw.decode("ascii")
+
+
+_cached_check = functools.lru_cache(maxsize=4096)(_check)  # at most ~1 MiB of short paths
 
 
 def checked_query(raw: bytes) -> str | None:
