@@ -30,6 +30,7 @@ from uvicorn.config import Config
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from uvicorn.server import ServerState
 
+from llmgateway.lazy_timer import LazyTimer
 from llmgateway.providers import openai
 from llmgateway.settings import GatewaySettings
 
@@ -106,8 +107,7 @@ class EdgeProtocol(HttpToolsProtocol):
         # rather than two per request (uvicorn's keep-alive timer and a head timer).
         self._head_began: float | None = None  # loop time; None: no head in progress
         self._idle_since: float | None = None  # loop time; None: not idle
-        self._watchdog: asyncio.TimerHandle | None = None
-        self._watch_at = 0.0
+        self._watchdog = LazyTimer(self.loop, self._look)
 
     # -- asyncio.Protocol ------------------------------------------------------------------------
 
@@ -120,12 +120,12 @@ class EdgeProtocol(HttpToolsProtocol):
         self._admitted = True
         super().connection_made(transport)
         self._head_began = self.loop.time()  # a fresh connection that never speaks is closed too
-        self._watch(self._head_began + self.limits.header_timeout_sec)
+        self._watchdog.at(self._head_began + self.limits.header_timeout_sec)
 
     def connection_lost(self, exc: Exception | None) -> None:
         if not self._admitted:
             return
-        self._unwatch()
+        self._watchdog.cancel()
         cycle = self.cycle
         super().connection_lost(exc)
         if cycle is not None and not cycle.response_complete:
@@ -164,7 +164,7 @@ class EdgeProtocol(HttpToolsProtocol):
         super().on_message_begin()
         if self._head_began is None:
             self._head_began = began = self.loop.time()
-            self._watch(began + self.limits.header_timeout_sec)
+            self._watchdog.at(began + self.limits.header_timeout_sec)
 
     def on_headers_complete(self) -> None:
         limit = self.limits.max_head_bytes
@@ -194,43 +194,29 @@ class EdgeProtocol(HttpToolsProtocol):
             self._start_asgi_task(cycle, app)
         else:
             self._idle_since = idle = self.loop.time()
-            self._watch(idle + self.timeout_keep_alive)
+            self._watchdog.at(idle + self.timeout_keep_alive)
 
     # -- internals -------------------------------------------------------------------------------
 
-    def _watch(self, due: float) -> None:
-        """Have the watchdog look at the connection by `due` (loop time)."""
-        if self._watchdog is None or due < self._watch_at:
-            if self._watchdog is not None:
-                self._watchdog.cancel()
-            self._watchdog, self._watch_at = self.loop.call_at(due, self._look), due
-
-    def _unwatch(self) -> None:
-        if self._watchdog is not None:
-            self._watchdog.cancel()
-            self._watchdog = None
-
-    def _look(self) -> None:
+    def _look(self, now: float) -> float | None:
         """The watchdog fired: a late head or an idle connection past keep-alive ends here;
-        otherwise it is set for the next time one could be due (a request being served has
-        deadlines of its own)."""
-        self._watchdog = None
+        otherwise it looks again when one could be due (a request being served has deadlines
+        of its own)."""
         if self._done or self.transport.is_closing():
-            return
-        now = self.loop.time()
+            return None
         if self._head_began is not None:
             due = self._head_began + self.limits.header_timeout_sec
             if now >= due:
                 self._head_late()
-                return
+                return None
         elif self._idle_since is not None:
             due = self._idle_since + self.timeout_keep_alive
             if now >= due:
                 self.transport.close()
-                return
+                return None
         else:
-            return
-        self._watch(due)
+            return None
+        return due
 
     def _head_late(self) -> None:
         if self._head_bytes:
@@ -244,7 +230,7 @@ class EdgeProtocol(HttpToolsProtocol):
         an earlier request of the connection still being answered, close without a word: an
         answer now would be read as that request's."""
         self._done = True
-        self._unwatch()
+        self._watchdog.cancel()
         transport = self.transport
         if transport.is_closing():
             return

@@ -19,6 +19,8 @@ from typing import TYPE_CHECKING, cast
 
 import httptools
 
+from llmgateway.lazy_timer import LazyTimer
+
 if TYPE_CHECKING:
     from llmgateway.http1 import Origin
 
@@ -74,7 +76,6 @@ class Response:
         "_limit",
         "_read_timeout",
         "_timer",
-        "_timer_at",
         "_waiter",
         "content_length",
         "headers",
@@ -95,11 +96,9 @@ class Response:
         self._waiter: asyncio.Future[None] | None = None
         self._read_timeout = read_timeout
         self._deadline = deadline
-        # one timer per answer, not one per wait: it is re-armed only when it fires before
-        # `_due` (the current wait's end), which has moved on since it was set
+        # one timer per answer, not one per wait (`LazyTimer`); `_due`: the current wait's end
         self._due = 0.0
-        self._timer: asyncio.TimerHandle | None = None
-        self._timer_at = 0.0
+        self._timer: LazyTimer | None = None
 
     async def read(self, limit: int) -> bytes:
         """The whole body; `ResponseTooLarge` as soon as more than `limit` bytes arrived (what
@@ -146,7 +145,6 @@ class Response:
         """Done with this answer; safe to call more than once."""
         if self._timer is not None:
             self._timer.cancel()
-            self._timer = None
         conn, self._conn = self._conn, None
         if conn is not None:
             conn.finish(reusable=self._eof and self._error is None)
@@ -164,10 +162,9 @@ class Response:
                 raise ReadTimeout("the request's deadline passed")
             due = min(due, self._deadline)
         self._due = due
-        if self._timer is None or self._timer_at > due:
-            if self._timer is not None:
-                self._timer.cancel()
-            self._timer, self._timer_at = loop.call_at(due, self._silent), due
+        if self._timer is None:
+            self._timer = LazyTimer(loop, self._silent)
+        self._timer.at(due)
         waiter = self._waiter = loop.create_future()
         try:
             await waiter
@@ -176,18 +173,16 @@ class Response:
         if self._error is not None:
             raise self._error
 
-    def _silent(self) -> None:
+    def _silent(self, now: float) -> float | None:
         """The timer fired: the wait in progress ends in `ReadTimeout` when its time is up,
-        else the timer is set again for when it will be."""
-        self._timer = None
+        else the timer looks again when it will be."""
         waiter = self._waiter
         if waiter is None or waiter.done():
-            return  # nobody waits: the next wait sets a timer
-        loop = asyncio.get_running_loop()
-        if loop.time() >= self._due:
-            waiter.set_exception(ReadTimeout("the upstream sent nothing in time"))
-        else:
-            self._timer, self._timer_at = loop.call_at(self._due, self._silent), self._due
+            return None  # nobody waits: the next wait sets the timer
+        if now < self._due:
+            return self._due
+        waiter.set_exception(ReadTimeout("the upstream sent nothing in time"))
+        return None
 
     def _wake(self) -> None:
         waiter = self._waiter

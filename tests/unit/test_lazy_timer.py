@@ -1,0 +1,47 @@
+"""`LazyTimer`: a deadline moved later sets no new timer; when the timer fires early, `check`
+says when to look again; a sooner deadline replaces the timer; `cancel` stops it."""
+
+from __future__ import annotations
+
+import asyncio
+
+from llmgateway.lazy_timer import LazyTimer
+
+
+async def test_a_deadline_moved_later_is_looked_at_once_it_is_due() -> None:
+    loop = asyncio.get_running_loop()
+    looked: list[float] = []
+    due = loop.time() + 0.05
+
+    def check(now: float) -> float | None:
+        looked.append(now)
+        return due if now < due else None
+
+    timer = LazyTimer(loop, check)
+    timer.at(due)
+    due = loop.time() + 0.15  # moved later: the set timer stays and looks again when it fires
+    timer.at(due)
+    await asyncio.sleep(0.3)
+    assert len(looked) == 2
+    assert looked[0] < due <= looked[1]
+
+
+async def test_a_sooner_deadline_replaces_the_timer_and_cancel_stops_it() -> None:
+    loop = asyncio.get_running_loop()
+    looked: list[float] = []
+
+    def check(now: float) -> float | None:
+        looked.append(now)
+        return None
+
+    timer = LazyTimer(loop, check)
+    start = loop.time()
+    timer.at(start + 10.0)
+    timer.at(start + 0.05)
+    await asyncio.sleep(0.2)
+    assert len(looked) == 1
+    assert looked[0] < start + 1.0
+    timer.at(loop.time() + 0.05)
+    timer.cancel()
+    await asyncio.sleep(0.15)
+    assert len(looked) == 1
