@@ -125,7 +125,7 @@ class EdgeProtocol(HttpToolsProtocol):
     def connection_lost(self, exc: Exception | None) -> None:
         if not self._admitted:
             return
-        self._watchdog.cancel()
+        self._watchdog.close()
         cycle = self.cycle
         super().connection_lost(exc)
         if cycle is not None and not cycle.response_complete:

@@ -144,7 +144,8 @@ class Response:
     def close(self) -> None:
         """Done with this answer; safe to call more than once."""
         if self._timer is not None:
-            self._timer.cancel()
+            self._timer.close()
+            self._timer = None
         conn, self._conn = self._conn, None
         if conn is not None:
             conn.finish(reusable=self._eof and self._error is None)

@@ -39,8 +39,19 @@ class LazyTimer:
             self._handle.cancel()
             self._handle = None
 
+    def close(self) -> None:
+        """Stop for good: cancel, and let go of `check`. Its owner usually holds this timer
+        while `check` (a bound method) holds the owner; without this the pair would wait for
+        the garbage collector instead of going when the owner is dropped."""
+        self.cancel()
+        self._check = _nothing
+
     def _fire(self) -> None:
         self._handle = None
         due = self._check(self._loop.time())
         if due is not None:
             self.at(due)
+
+
+def _nothing(now: float) -> None:
+    del now

@@ -45,3 +45,29 @@ async def test_a_sooner_deadline_replaces_the_timer_and_cancel_stops_it() -> Non
     timer.cancel()
     await asyncio.sleep(0.15)
     assert len(looked) == 1
+
+
+async def test_a_closed_timer_lets_go_of_its_owner() -> None:
+    """Owner → timer → owner's bound method is a cycle; `close` breaks it, so the owner goes
+    as soon as it is dropped (a response per request must not wait for the collector)."""
+    import gc
+    import weakref
+
+    class Owner:
+        def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+            self.timer = LazyTimer(loop, self.check)
+
+        def check(self, now: float) -> float | None:
+            return None
+
+    loop = asyncio.get_running_loop()
+    owner = Owner(loop)
+    owner.timer.at(loop.time() + 10.0)
+    owner.timer.close()
+    gone = weakref.ref(owner)
+    gc.disable()
+    try:
+        del owner
+        assert gone() is None
+    finally:
+        gc.enable()
