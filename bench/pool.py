@@ -13,9 +13,9 @@ import argparse
 import random
 import time
 
-from llmgateway.outcomes import ALL_MODELS, Blame, ErrorReason, KeyStatus, Outcome
-from llmgateway.pool import KeyEntry, KeyPool, Lease
-from llmgateway.settings import OutlierDetection, Selection
+from llmgateway.config.settings import OutlierDetection, Selection
+from llmgateway.core.outcomes import ALL_MODELS, Blame, ErrorReason, KeyStatus, Outcome
+from llmgateway.core.pool import KeyEntry, KeyPool, Lease
 
 OK = Outcome(None, Blame.NONE, 200)
 LIMITED = Outcome(ErrorReason.RATE_LIMITED, Blame.KEY, 429, 10_000.0)

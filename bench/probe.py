@@ -26,12 +26,12 @@ from pathlib import Path
 import asyncpg
 from sqlalchemy.engine import make_url
 
-from llmgateway.settings import Settings
+from llmgateway.config.settings import Settings
+from llmgateway.keeper.run import Keeper
+from llmgateway.keeper.summary import RoundSummary
+from llmgateway.keyfiles import run_sync
 from llmgateway.store import Store
-from llmgateway.upstream import Upstream
-from llmgateway.worker.run import Keeper
-from llmgateway.worker.summary import RoundSummary
-from llmgateway.worker.sync import run_sync
+from llmgateway.transport.upstream import Upstream
 
 DEFAULT_PG = "postgresql+asyncpg://postgres@127.0.0.1:5432/test"
 

@@ -39,7 +39,7 @@ from typing import Any
 import aiohttp
 import yaml
 
-from llmgateway import http1
+from llmgateway.transport import http1
 
 TOKEN = "bench-gateway-token-0001"
 METRICS_TOKEN = "bench-metrics-token-0001"

@@ -25,9 +25,9 @@ from pathlib import Path
 import asyncpg
 from sqlalchemy.engine import make_url
 
-from llmgateway.settings import Settings
+from llmgateway.config.settings import Settings
+from llmgateway.keyfiles import run_sync
 from llmgateway.store import Store
-from llmgateway.worker.sync import run_sync
 
 FILES = 10
 DEFAULT_PG = "postgresql+asyncpg://postgres@127.0.0.1:5432/test"

@@ -1,3 +1,3 @@
-from llmgateway.cli import main
+from llmgateway.cli.main import main
 
 main()

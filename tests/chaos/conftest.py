@@ -22,9 +22,9 @@ import pytest
 from google import genai
 from google.genai import types
 
-from llmgateway.app import Gateway, create_app
-from llmgateway.serving import running
-from llmgateway.settings import Settings
+from llmgateway.conductor.app import Gateway, create_app
+from llmgateway.conductor.serving import running
+from llmgateway.config.settings import Settings
 from llmgateway.testing.fake_upstream import FakeUpstream
 
 OPENAI_TOKEN = "gw-chaos-openai-0001"

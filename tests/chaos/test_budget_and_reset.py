@@ -7,7 +7,7 @@ from pathlib import Path
 
 import httpx2 as httpx
 
-from llmgateway.resilience import BreakerState
+from llmgateway.core.resilience import BreakerState
 from llmgateway.store import Store
 from llmgateway.testing.fake_upstream import FakeUpstream
 from llmgateway.testing.faults import Behavior

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from llmgateway.egress import egress_for
+from llmgateway.core.egress import egress_for
 from llmgateway.testing.connect_proxy import ConnectProxy
 from llmgateway.testing.fake_upstream import FakeUpstream
 from llmgateway.testing.faults import Behavior

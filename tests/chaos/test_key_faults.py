@@ -17,7 +17,7 @@ from pathlib import Path
 
 import openai
 
-from llmgateway.outcomes import KeyStatus
+from llmgateway.core.outcomes import KeyStatus
 from llmgateway.testing.fake_upstream import FakeUpstream
 from llmgateway.testing.faults import Behavior
 from tests.chaos.conftest import (

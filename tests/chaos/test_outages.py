@@ -18,8 +18,8 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from llmgateway.outcomes import KeyStatus
-from llmgateway.resilience import BreakerState
+from llmgateway.core.outcomes import KeyStatus
+from llmgateway.core.resilience import BreakerState
 from llmgateway.testing.connect_proxy import ConnectProxy
 from llmgateway.testing.fake_upstream import FakeUpstream
 from tests.chaos.conftest import (

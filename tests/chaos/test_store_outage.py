@@ -21,7 +21,7 @@ import httpx2 as httpx
 import pytest
 from sqlalchemy.engine import make_url
 
-from llmgateway.outcomes import KeyStatus
+from llmgateway.core.outcomes import KeyStatus
 from llmgateway.store import Store
 from llmgateway.testing.fake_upstream import FakeUpstream
 from llmgateway.testing.faults import Behavior

@@ -10,9 +10,9 @@ from typing import Any
 
 import pytest
 
-from llmgateway.app import create_app
-from llmgateway.serving import running
-from llmgateway.settings import Settings
+from llmgateway.conductor.app import create_app
+from llmgateway.conductor.serving import running
+from llmgateway.config.settings import Settings
 from llmgateway.testing.fake_upstream import FakeUpstream
 
 OPENAI_TOKEN = "gw-openai-token-0001"

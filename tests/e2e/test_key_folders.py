@@ -8,8 +8,8 @@ from pathlib import Path
 
 import httpx2 as httpx
 
-from llmgateway.app import create_app
-from llmgateway.serving import running
+from llmgateway.conductor.app import create_app
+from llmgateway.conductor.serving import running
 from llmgateway.testing.fake_upstream import FakeUpstream
 from tests.e2e.conftest import OPENAI_TOKEN, gateway_settings, write_keys
 from tests.unit.test_keyfiles import kubernetes_mount

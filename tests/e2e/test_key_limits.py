@@ -17,10 +17,10 @@ from typing import Any
 import aiohttp
 import pytest
 
-from llmgateway.app import create_app
+from llmgateway.conductor.app import create_app
+from llmgateway.conductor.serving import running
+from llmgateway.config.settings import DatabaseSettings, LimitsSettings, Settings
 from llmgateway.limits.fleet import PostgresBackend
-from llmgateway.serving import running
-from llmgateway.settings import DatabaseSettings, LimitsSettings, Settings
 from llmgateway.testing.fake_upstream import FakeUpstream
 from llmgateway.testing.faults import Behavior
 from tests.conftest import REDIS_URL

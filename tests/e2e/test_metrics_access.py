@@ -13,11 +13,11 @@ from typing import Any
 import httpx2 as httpx
 import pytest
 
-from llmgateway.app import create_app
-from llmgateway.metrics import Metrics
-from llmgateway.metrics_http import keeper_metrics
-from llmgateway.serving import running
-from llmgateway.settings import MetricsSettings, Settings, WorkerSettings
+from llmgateway.conductor.app import create_app
+from llmgateway.conductor.serving import running
+from llmgateway.config.settings import MetricsSettings, Settings, WorkerSettings
+from llmgateway.observe.metrics import Metrics
+from llmgateway.observe.metrics_http import keeper_metrics
 from llmgateway.store import Store
 from llmgateway.testing.fake_upstream import FakeUpstream
 from tests.e2e.conftest import gateway_settings, write_keys

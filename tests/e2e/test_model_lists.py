@@ -13,13 +13,13 @@ import sqlalchemy as sa
 from google import genai
 from google.genai import types
 
-from llmgateway.app import create_app
-from llmgateway.serving import running
-from llmgateway.settings import Settings
+from llmgateway.conductor.app import create_app
+from llmgateway.conductor.serving import running
+from llmgateway.config.settings import Settings
+from llmgateway.keeper.run import run_once
 from llmgateway.store import Store
 from llmgateway.store.tables import provider_models
 from llmgateway.testing.fake_upstream import FakeUpstream
-from llmgateway.worker.run import run_once
 from tests.e2e.conftest import GEMINI_TOKEN, OPENAI_TOKEN, write_keys
 
 UPSTREAM = [

@@ -13,14 +13,14 @@ import httpx2 as httpx
 import pytest
 import structlog
 
-from llmgateway import logs
-from llmgateway.app import create_app
-from llmgateway.serving import running
-from llmgateway.settings import LoggingSettings, MetricsSettings
+from llmgateway.conductor.app import create_app
+from llmgateway.conductor.serving import running
+from llmgateway.config.settings import LoggingSettings, MetricsSettings
+from llmgateway.keeper.run import run_once
+from llmgateway.observe import logs
 from llmgateway.store import Store
 from llmgateway.testing.fake_upstream import FakeUpstream
 from llmgateway.testing.faults import Behavior
-from llmgateway.worker.run import run_once
 from tests.e2e.conftest import GEMINI_TOKEN, OPENAI_TOKEN, gateway_settings, write_keys
 
 METRICS_TOKEN = "metrics-token-never-shown-01"

@@ -21,17 +21,17 @@ import structlog
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
-from llmgateway import logs
-from llmgateway.app import create_app
-from llmgateway.metrics import FLUSH_SEC, Metrics
-from llmgateway.metrics_http import keeper_metrics
-from llmgateway.serving import running
-from llmgateway.settings import LoggingSettings, MetricsSettings, WorkerSettings
+from llmgateway.conductor.app import create_app
+from llmgateway.conductor.serving import running
+from llmgateway.config.settings import LoggingSettings, MetricsSettings, WorkerSettings
+from llmgateway.keeper.run import Keeper
+from llmgateway.keyfiles import run_sync
+from llmgateway.observe import logs
+from llmgateway.observe.metrics import FLUSH_SEC, Metrics
+from llmgateway.observe.metrics_http import keeper_metrics
 from llmgateway.store import Store
 from llmgateway.testing.fake_upstream import FakeUpstream
 from llmgateway.testing.faults import Behavior
-from llmgateway.worker.run import Keeper
-from llmgateway.worker.sync import run_sync
 from tests.e2e.conftest import (
     METRICS_AUTH,
     OPENAI_TOKEN,

@@ -16,11 +16,11 @@ import openai
 import yaml
 from openai.types.chat import ChatCompletion
 
-from llmgateway.outcomes import KeyStatus
+from llmgateway.core.outcomes import KeyStatus
+from llmgateway.keyfiles import run_sync
 from llmgateway.store import KeyRow, Store
 from llmgateway.testing.fake_upstream import FakeUpstream
 from llmgateway.testing.faults import Behavior
-from llmgateway.worker.sync import run_sync
 from tests.e2e.conftest import OPENAI_TOKEN, GatewayFactory, gateway_settings, write_keys
 
 GOOD = "sk-good-openai-000000000001"

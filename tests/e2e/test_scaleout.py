@@ -23,7 +23,7 @@ import sqlalchemy as sa
 import yaml
 from sqlalchemy.engine import make_url
 
-from llmgateway.outcomes import KeyStatus
+from llmgateway.core.outcomes import KeyStatus
 from llmgateway.store import Store
 from llmgateway.store.tables import key_status, keys
 from llmgateway.testing.fake_upstream import FakeUpstream

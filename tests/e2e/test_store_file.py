@@ -15,9 +15,9 @@ from typing import Any
 import httpx2 as httpx
 import pytest
 
-from llmgateway.app import create_app
-from llmgateway.serving import running
-from llmgateway.settings import MetricsSettings
+from llmgateway.conductor.app import create_app
+from llmgateway.conductor.serving import running
+from llmgateway.config.settings import MetricsSettings
 from llmgateway.store import Store
 from llmgateway.testing.fake_upstream import FakeUpstream
 from tests.e2e.conftest import OPENAI_TOKEN, gateway_settings, write_keys

@@ -10,11 +10,11 @@ from pathlib import Path
 import yaml
 from tests.conftest import ManualClock
 
-from llmgateway.breaker_board import BreakerBoard
-from llmgateway.guard import Guard
-from llmgateway.outcomes import Blame, ErrorReason, Outcome
-from llmgateway.resilience import BreakerState
-from llmgateway.settings import BreakerMode, CircuitBreakerSettings, EgressRateLimit
+from llmgateway.conductor.breaker_board import BreakerBoard
+from llmgateway.config.settings import BreakerMode, CircuitBreakerSettings, EgressRateLimit
+from llmgateway.core.guard import Guard
+from llmgateway.core.outcomes import Blame, ErrorReason, Outcome
+from llmgateway.core.resilience import BreakerState
 from llmgateway.store import Store
 
 DOWN = Outcome(ErrorReason.SERVER_ERROR, Blame.PROVIDER, 500)

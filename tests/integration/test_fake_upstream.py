@@ -16,9 +16,9 @@ from google import genai
 from google.genai import errors as genai_errors
 from google.genai import types as genai_types
 
-from llmgateway.masking import fingerprint
-from llmgateway.outcomes import Blame, ErrorReason, Outcome, classify
-from llmgateway.settings import GeminiProvider, OpenAILikeProvider, ProviderSettings
+from llmgateway.config.settings import GeminiProvider, OpenAILikeProvider, ProviderSettings
+from llmgateway.core.outcomes import Blame, ErrorReason, Outcome, classify
+from llmgateway.observe.masking import fingerprint
 from llmgateway.testing import Behavior, FakeUpstream
 from llmgateway.testing.faults import RetryStyle
 from llmgateway.testing.wire import text

@@ -1,4 +1,4 @@
-"""The direct HTTP/1.1 client (`llmgateway.http1`) on real loopback sockets: a scripted raw TCP
+"""The direct HTTP/1.1 client (`transport.http1`) on real loopback sockets: a scripted raw TCP
 server answers with exact bytes, so framing, keep-alive, timeouts, pool limits and broken
 connections are under the test's control; the fake upstream (aiohttp) is a real server too."""
 
@@ -20,7 +20,9 @@ import orjson
 import pytest
 import trustme
 
-from llmgateway.http1 import (
+from llmgateway.core.outcomes import ErrorReason, exception_reason
+from llmgateway.testing import FakeUpstream
+from llmgateway.transport.http1 import (
     Client,
     ConnectError,
     ConnectTimeout,
@@ -29,8 +31,6 @@ from llmgateway.http1 import (
     ReadTimeout,
     Response,
 )
-from llmgateway.outcomes import ErrorReason, exception_reason
-from llmgateway.testing import FakeUpstream
 
 OK = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok"
 WHOLE = 64 << 20  # the limit of a body read whole

@@ -24,8 +24,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from llmgateway.http1 import Client, Disconnected
 from llmgateway.testing.hostile import CLOSE, HostileUpstream
+from llmgateway.transport.http1 import Client, Disconnected
 
 CRLF = b"\r\n"
 TOKEN = "!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"

@@ -1,4 +1,4 @@
-"""A hostile upstream against both transports of `llmgateway.upstream`, on real loopback sockets
+"""A hostile upstream against both transports of `transport.upstream`, on real loopback sockets
 (`HostileUpstream` answers with exact bytes): interim answers are skipped, bytes after an answer
 close its connection, what an upstream sends is bounded, a request HTTP/1.1 cannot carry is
 refused before anything is sent. The proxied path (aiohttp) is pointed at the hostile server
@@ -13,17 +13,8 @@ from typing import Any
 
 import pytest
 
-from llmgateway.http1 import (
-    MAX_HEAD_BYTES,
-    Client,
-    InvalidRequest,
-    ProtocolError,
-    Response,
-    ResponseTooLarge,
-    check_request,
-)
-from llmgateway.outcomes import ErrorReason, exception_reason
-from llmgateway.settings import Timeouts
+from llmgateway.config.settings import Timeouts
+from llmgateway.core.outcomes import ErrorReason, exception_reason
 from llmgateway.testing.hostile import (
     CLOSE,
     SWITCHING_PROTOCOLS,
@@ -36,7 +27,16 @@ from llmgateway.testing.hostile import (
     endless_headers,
     interim,
 )
-from llmgateway.upstream import Answer, Upstream
+from llmgateway.transport.http1 import (
+    MAX_HEAD_BYTES,
+    Client,
+    InvalidRequest,
+    ProtocolError,
+    Response,
+    ResponseTooLarge,
+    check_request,
+)
+from llmgateway.transport.upstream import Answer, Upstream
 
 WHOLE = 1 << 20
 ONE_READ = 256 * 1024  # the most asyncio hands over in one `data_received`

@@ -17,20 +17,20 @@ import yaml
 from sqlalchemy.engine import make_url
 from tests.conftest import ManualClock
 
-from llmgateway.egress import egress_for
-from llmgateway.outcomes import ALL_MODELS, ErrorReason, KeyStatus
-from llmgateway.settings import Settings
+from llmgateway.config.settings import Settings
+from llmgateway.core.egress import egress_for
+from llmgateway.core.outcomes import ALL_MODELS, ErrorReason, KeyStatus
+from llmgateway.keeper.probes import DAY, HOUR, MINUTE
+from llmgateway.keeper.run import Keeper
+from llmgateway.keeper.summary import RoundSummary
+from llmgateway.keyfiles import run_sync
 from llmgateway.store import StatusEvent, Store
 from llmgateway.store import probes as queries
+from llmgateway.store.locks import KeeperRunningError, single_keeper
 from llmgateway.store.tables import key_status, keys, proxy_status
 from llmgateway.testing import Behavior, FakeUpstream
 from llmgateway.testing.connect_proxy import ConnectProxy
-from llmgateway.upstream import Upstream
-from llmgateway.worker.lock import KeeperRunningError, single_keeper
-from llmgateway.worker.probes import DAY, HOUR, MINUTE
-from llmgateway.worker.run import Keeper
-from llmgateway.worker.summary import RoundSummary
-from llmgateway.worker.sync import run_sync
+from llmgateway.transport.upstream import Upstream
 
 GOOD = [f"sk-good-{i:04d}-abcdefghijkl" for i in range(3)]
 INVALID = "sk-invalid-0001-abcdefghijkl"

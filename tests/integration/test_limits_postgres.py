@@ -10,12 +10,12 @@ from collections.abc import AsyncIterator, Callable
 import pytest
 from tests.conftest import PG_URL, ManualClock
 
+from llmgateway.config.settings import KeyLimits
+from llmgateway.core.pool import Lease
 from llmgateway.limits import KeyLimiter, Refusal, Unreachable
 from llmgateway.limits.fleet import PostgresBackend, libpq_dsn, namespace_of
 from llmgateway.limits.outage import Outage
-from llmgateway.metrics import Metrics
-from llmgateway.pool import Lease
-from llmgateway.settings import KeyLimits
+from llmgateway.observe.metrics import Metrics
 
 pytestmark = pytest.mark.postgres
 SLOT = ("openai", 7, "gpt-4o-mini")

@@ -17,12 +17,12 @@ from typing import Any
 import pytest
 from tests.conftest import REDIS_URL, ManualClock
 
+from llmgateway.config.settings import KeyLimits, LimitsSettings
+from llmgateway.core.pool import Lease
 from llmgateway.limits import KeyLimiter, Refusal
 from llmgateway.limits.outage import Outage
 from llmgateway.limits.redis_backend import RedisBackend
-from llmgateway.metrics import Metrics
-from llmgateway.pool import Lease
-from llmgateway.settings import KeyLimits, LimitsSettings
+from llmgateway.observe.metrics import Metrics
 
 SLOT = ("openai", 7, "gpt-4o-mini")
 T0 = 1_800_000_000.0

@@ -12,16 +12,16 @@ from typing import Any
 import pytest
 from tests.conftest import ManualClock
 
-from llmgateway.outcomes import KeyStatus
-from llmgateway.settings import Settings
+from llmgateway.config.settings import Settings
+from llmgateway.core.outcomes import KeyStatus
+from llmgateway.keeper.model_lists import FetchError, gemini_page, kept, openai_names
+from llmgateway.keeper.run import Keeper
+from llmgateway.keeper.summary import ModelListSummary
+from llmgateway.keyfiles import run_sync
 from llmgateway.store import StatusEvent, Store
 from llmgateway.store.model_lists import MAX_NAMES
 from llmgateway.testing import FakeUpstream
-from llmgateway.upstream import Upstream
-from llmgateway.worker.model_lists import FetchError, gemini_page, kept, openai_names
-from llmgateway.worker.run import Keeper
-from llmgateway.worker.summary import ModelListSummary
-from llmgateway.worker.sync import run_sync
+from llmgateway.transport.upstream import Upstream
 
 GOOD = "sk-good-0001-abcdefghijkl"
 INVALID = "sk-invalid-0001-abcdefghijkl"

@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 import structlog
 
-from llmgateway.logs import configure
-from llmgateway.settings import LoggingSettings
+from llmgateway.config.settings import LoggingSettings
+from llmgateway.observe.logs import configure
 from llmgateway.store import Store
 
 

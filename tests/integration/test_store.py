@@ -12,8 +12,8 @@ import sqlalchemy as sa
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 
-from llmgateway.outcomes import ALL_MODELS, ErrorReason, KeyStatus
-from llmgateway.settings import Settings
+from llmgateway.config.settings import Settings
+from llmgateway.core.outcomes import ALL_MODELS, ErrorReason, KeyStatus
 from llmgateway.store import (
     KeyRow,
     StatusCount,

@@ -12,11 +12,11 @@ import pytest
 import yaml
 from click.testing import CliRunner
 
-from llmgateway.cli import main
-from llmgateway.outcomes import ALL_MODELS
-from llmgateway.settings import Settings
+from llmgateway.cli.main import main
+from llmgateway.config.settings import Settings
+from llmgateway.core.outcomes import ALL_MODELS
+from llmgateway.keyfiles import run_sync
 from llmgateway.store import Store, SyncChanges
-from llmgateway.worker.sync import run_sync
 
 KEYS = [f"sk-test-{i:04d}-abcdefghijklmnop" for i in range(6)]
 TOKEN = "gw-token-for-tests-0001"

@@ -23,12 +23,12 @@ from typing import Any
 
 import orjson
 
-from llmgateway.app import Gateway, create_app
-from llmgateway.masking import mask
-from llmgateway.proxy import Provider
-from llmgateway.resilience import BreakerState
-from llmgateway.serving import running
-from llmgateway.settings import Settings
+from llmgateway.conductor.app import Gateway, create_app
+from llmgateway.conductor.attempts import Provider
+from llmgateway.conductor.serving import running
+from llmgateway.config.settings import Settings
+from llmgateway.core.resilience import BreakerState
+from llmgateway.observe.masking import mask
 from llmgateway.testing.hostile import HostileUpstream, Peer, Request, Script, answer
 
 OPENAI_TOKEN = "edge-openai-token-7f3a9c1e55b2"

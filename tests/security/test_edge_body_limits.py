@@ -17,7 +17,7 @@ from collections.abc import AsyncIterator, Callable
 import pytest
 import pytest_asyncio
 
-from llmgateway.admission import BodyBudget
+from llmgateway.conductor.admission import BodyBudget
 from tests.security.edge import (
     CHAT,
     OPENAI_TOKEN,

@@ -10,7 +10,7 @@ import orjson
 import pytest
 import pytest_asyncio
 
-from llmgateway.masking import mask
+from llmgateway.observe.masking import mask
 from llmgateway.testing.hostile import Peer, Request, answer
 from tests.security.edge import (
     CHAT,

@@ -16,9 +16,9 @@ import httpx2 as httpx
 import orjson
 import pytest
 
-from llmgateway.app import create_app
-from llmgateway.edge_protocol import EdgeLimits
-from llmgateway.serving import running
+from llmgateway.conductor.app import create_app
+from llmgateway.conductor.edge import EdgeLimits
+from llmgateway.conductor.serving import running
 from llmgateway.testing.fake_upstream import FakeUpstream
 from tests.e2e.conftest import OPENAI_TOKEN, gateway_settings, write_keys
 

@@ -12,9 +12,8 @@ from types import SimpleNamespace
 import orjson
 import pytest
 
-from llmgateway.app import create_app
-from llmgateway.http1 import Client
-from llmgateway.serving import running
+from llmgateway.conductor.app import create_app
+from llmgateway.conductor.serving import running
 from llmgateway.testing.hostile import (
     SWITCHING_PROTOCOLS,
     HostileUpstream,
@@ -26,6 +25,7 @@ from llmgateway.testing.hostile import (
     endless_headers,
     interim,
 )
+from llmgateway.transport.http1 import Client
 from tests.e2e.conftest import OPENAI_TOKEN, gateway_settings, write_keys
 
 pytestmark = pytest.mark.security

@@ -10,8 +10,8 @@ from pathlib import Path
 import httpx2 as httpx
 import pytest
 
-from llmgateway.app import create_app
-from llmgateway.serving import running
+from llmgateway.conductor.app import create_app
+from llmgateway.conductor.serving import running
 from llmgateway.testing.fake_upstream import FakeUpstream
 from tests.e2e.test_metrics_access import keeper_listener, settings_with
 

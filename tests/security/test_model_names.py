@@ -13,9 +13,9 @@ from typing import Any
 import aiohttp
 import pytest
 
-from llmgateway.app import create_app
-from llmgateway.serving import running
-from llmgateway.settings import Settings
+from llmgateway.conductor.app import create_app
+from llmgateway.conductor.serving import running
+from llmgateway.config.settings import Settings
 from llmgateway.store import Store
 from llmgateway.testing.fake_upstream import FakeUpstream
 from tests.e2e.conftest import METRICS_AUTH, METRICS_TOKEN, OPENAI_TOKEN, write_keys

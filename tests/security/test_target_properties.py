@@ -20,9 +20,9 @@ import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
+from llmgateway.config.settings import ProviderSettings
 from llmgateway.providers import target
 from llmgateway.providers.routes import tables
-from llmgateway.settings import ProviderSettings
 from tests.security.edge import edge_settings
 
 pytestmark = pytest.mark.security

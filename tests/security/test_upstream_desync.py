@@ -12,7 +12,6 @@ from collections.abc import AsyncIterator, Callable
 
 import pytest
 
-from llmgateway.http1 import Client, Limits
 from llmgateway.testing.hostile import (
     HostileUpstream,
     Peer,
@@ -21,6 +20,7 @@ from llmgateway.testing.hostile import (
     echo,
     interim,
 )
+from llmgateway.transport.http1 import Client, Limits
 
 pytestmark = pytest.mark.security
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from llmgateway.cli import main
+from llmgateway.cli.main import main
 
 ROOT = Path(__file__).resolve().parents[2]
 TOKEN = "tok-check-config-0123456789"

@@ -14,7 +14,15 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from llmgateway.outcomes import (
+from llmgateway.config.settings import (
+    ErrorParsing,
+    ErrorParsingRule,
+    GatewayPolicy,
+    GeminiProvider,
+    OpenAILikeProvider,
+    ProviderSettings,
+)
+from llmgateway.core.outcomes import (
     Blame,
     EgressError,
     ErrorReason,
@@ -23,14 +31,6 @@ from llmgateway.outcomes import (
     json_path,
     parse_duration,
     retry_after_of,
-)
-from llmgateway.settings import (
-    ErrorParsing,
-    ErrorParsingRule,
-    GatewayPolicy,
-    GeminiProvider,
-    OpenAILikeProvider,
-    ProviderSettings,
 )
 
 R = ErrorReason

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from tests.security.test_config_bombs_cli import PROVIDER, TOKEN, billion_laughs
 
-from llmgateway.config import (
+from llmgateway.config.load import (
     MAX_ALIAS_NODES,
     MAX_CONFIG_BYTES,
     ConfigError,

@@ -15,8 +15,8 @@ import pytest
 import yaml
 from click.testing import CliRunner
 
-from llmgateway.cli import main
-from llmgateway.config import load_settings
+from llmgateway.cli.main import main
+from llmgateway.config.load import load_settings
 
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE = ROOT / "docker-compose.yml"
@@ -166,7 +166,7 @@ def test_dockerfile_entrypoint_and_cmd_are_a_real_command() -> None:
 
 
 def test_grafana_dashboard_uses_only_metrics_that_exist() -> None:
-    from llmgateway.metrics import Metrics
+    from llmgateway.observe.metrics import Metrics
 
     dashboard = json.loads((ROOT / "examples" / "grafana-dashboard.json").read_text())
     exprs = [t["expr"] for panel in dashboard["panels"] for t in panel["targets"]]
@@ -188,7 +188,7 @@ def test_env_example_placeholders_stop_the_composed_gateway(
 ) -> None:
     """An unfilled copy of .env.example must fail loudly: compose binds 0.0.0.0, and every
     token it leaves in place is a placeholder the gateway refuses there."""
-    from llmgateway.config_rules import is_loopback, weak_tokens
+    from llmgateway.config.rules import is_loopback, weak_tokens
 
     settings = settings_as_compose_runs_them("gateway", monkeypatch)
     command = compose()["services"]["gateway"]["command"]

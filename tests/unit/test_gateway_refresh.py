@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from llmgateway.app import Gateway
-from llmgateway.events import StatusWriter
-from llmgateway.outcomes import ALL_MODELS, Blame, ErrorReason, KeyStatus, Outcome
-from llmgateway.pool import Lease
-from llmgateway.settings import Settings
+from llmgateway.conductor.app import Gateway
+from llmgateway.conductor.status_writer import StatusWriter
+from llmgateway.config.settings import Settings
+from llmgateway.core.outcomes import ALL_MODELS, Blame, ErrorReason, KeyStatus, Outcome
+from llmgateway.core.pool import Lease
 from llmgateway.store import KeyRow, StatusEvent
 
 NOW = 1_800_000_000.0

@@ -8,11 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from llmgateway.guard import Closed, Excluded, Guard, egress_label
-from llmgateway.outcomes import ALL_MODELS, Blame, ErrorReason, KeyStatus, Outcome
-from llmgateway.pool import KeyEntry, KeyPool, Unavailable
-from llmgateway.resilience import BreakerState
-from llmgateway.settings import (
+from llmgateway.config.settings import (
     BreakerBackoff,
     BreakerMode,
     CircuitBreakerSettings,
@@ -20,6 +16,10 @@ from llmgateway.settings import (
     OutlierDetection,
     Selection,
 )
+from llmgateway.core.guard import Closed, Excluded, Guard, egress_label
+from llmgateway.core.outcomes import ALL_MODELS, Blame, ErrorReason, KeyStatus, Outcome
+from llmgateway.core.pool import KeyEntry, KeyPool, Unavailable
+from llmgateway.core.resilience import BreakerState
 
 T0 = 1_700_000_000.0
 OK = Outcome(None, Blame.NONE, 200)

@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from llmgateway.worker.sync import (
+from llmgateway.keyfiles import (
     KEY_CHARACTERS,
     PROBLEMS_PER_FILE,
     Parsed,

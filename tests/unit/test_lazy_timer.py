@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 
-from llmgateway.lazy_timer import LazyTimer
+from llmgateway.transport.lazy_timer import LazyTimer
 
 
 async def test_a_deadline_moved_later_is_looked_at_once_it_is_due() -> None:

@@ -12,8 +12,10 @@ from hypothesis import given
 from hypothesis import strategies as st
 from tests.conftest import ManualClock
 
-from llmgateway.cli import main
-from llmgateway.config_rules import check
+from llmgateway.cli.main import main
+from llmgateway.config.rules import check
+from llmgateway.config.settings import KeyLimits, LimitsBackend, Settings
+from llmgateway.core.pool import Lease
 from llmgateway.limits import (
     KeyLimiter,
     Limits,
@@ -24,9 +26,7 @@ from llmgateway.limits import (
 )
 from llmgateway.limits.counts import LocalCounts, share_of
 from llmgateway.limits.outage import Outage
-from llmgateway.metrics import Metrics
-from llmgateway.pool import Lease
-from llmgateway.settings import KeyLimits, LimitsBackend, Settings
+from llmgateway.observe.metrics import Metrics
 
 T0 = 1_800_000_000.0
 

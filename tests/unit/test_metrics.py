@@ -10,12 +10,12 @@ from prometheus_client import CollectorRegistry, Histogram
 from prometheus_client.metrics_core import Metric
 from prometheus_client.parser import text_string_to_metric_families
 
-from llmgateway import debug
-from llmgateway.logs import Redactor
-from llmgateway.metrics import OVERHEAD_BUCKETS, KeyCount, Metrics, Timing, _Tally
-from llmgateway.metrics_http import authorized
-from llmgateway.outcomes import Blame, ErrorReason, Outcome
-from llmgateway.resilience import BreakerState
+from llmgateway.core.outcomes import Blame, ErrorReason, Outcome
+from llmgateway.core.resilience import BreakerState
+from llmgateway.observe import debug
+from llmgateway.observe.logs import Redactor
+from llmgateway.observe.metrics import OVERHEAD_BUCKETS, KeyCount, Metrics, Timing, _Tally
+from llmgateway.observe.metrics_http import authorized
 
 FAMILIES = {
     "llmgateway_requests": ("counter", {"provider", "model", "code"}),

@@ -7,9 +7,9 @@ from collections import Counter
 
 import pytest
 
-from llmgateway.outcomes import ALL_MODELS, Blame, ErrorReason, KeyStatus, Outcome
-from llmgateway.pool import KeyEntry, KeyPool, Lease, StatusChange, Unavailable
-from llmgateway.settings import OutlierDetection, Selection
+from llmgateway.config.settings import OutlierDetection, Selection
+from llmgateway.core.outcomes import ALL_MODELS, Blame, ErrorReason, KeyStatus, Outcome
+from llmgateway.core.pool import KeyEntry, KeyPool, Lease, StatusChange, Unavailable
 
 T0 = 1_000_000.0
 NO_JITTER = OutlierDetection(jitter_percent=0)

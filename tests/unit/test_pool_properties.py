@@ -21,16 +21,16 @@ from hypothesis.stateful import (
     rule,
 )
 
-from llmgateway.outcomes import ALL_MODELS, Blame, ErrorReason, KeyStatus, Outcome
-from llmgateway.pool import KeyEntry, KeyPool, Lease, StatusChange, Unavailable
-from llmgateway.resilience import BreakerState, CircuitBreaker
-from llmgateway.settings import (
+from llmgateway.config.settings import (
     BreakerBackoff,
     BreakerMode,
     CircuitBreakerSettings,
     OutlierDetection,
     Selection,
 )
+from llmgateway.core.outcomes import ALL_MODELS, Blame, ErrorReason, KeyStatus, Outcome
+from llmgateway.core.pool import KeyEntry, KeyPool, Lease, StatusChange, Unavailable
+from llmgateway.core.resilience import BreakerState, CircuitBreaker
 
 T0 = 1_700_000_000.0
 MODELS = ("a", "b")

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from llmgateway.outcomes import Blame, ErrorReason, KeyStatus, Outcome, outcome_of
-from llmgateway.settings import HealthPolicy
-from llmgateway.worker.probes import (
+from llmgateway.config.settings import HealthPolicy
+from llmgateway.core.outcomes import Blame, ErrorReason, KeyStatus, Outcome, outcome_of
+from llmgateway.keeper.probes import (
     DAY,
     HOUR,
     MINUTE,

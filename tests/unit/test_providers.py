@@ -8,8 +8,8 @@ import orjson
 import pytest
 
 from llmgateway import providers
-from llmgateway.outcomes import ALL_MODELS
-from llmgateway.settings import GeminiProvider, OpenAILikeProvider
+from llmgateway.config.settings import GeminiProvider, OpenAILikeProvider
+from llmgateway.core.outcomes import ALL_MODELS
 
 
 def openai_provider(base: str = "https://api.openai.com/v1") -> OpenAILikeProvider:

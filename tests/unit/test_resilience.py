@@ -6,15 +6,15 @@ import random
 
 import pytest
 
-from llmgateway.outcomes import Blame, ErrorReason, Outcome
-from llmgateway.resilience import (
+from llmgateway.config.settings import BreakerBackoff, BreakerMode, CircuitBreakerSettings
+from llmgateway.core.outcomes import Blame, ErrorReason, Outcome
+from llmgateway.core.resilience import (
     BreakerState,
     CircuitBreaker,
     EgressLimiter,
     RetryBudget,
     full_jitter_backoff,
 )
-from llmgateway.settings import BreakerBackoff, BreakerMode, CircuitBreakerSettings
 
 T0 = 2_000_000.0
 

@@ -16,9 +16,9 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import create_async_engine
 from tests.conftest import PG_URL
 
-from llmgateway.config import ConfigError, Problem, config_path, load_settings
-from llmgateway.outcomes import ErrorReason
-from llmgateway.settings import DatabaseSettings, GeminiProvider, Settings, StreamingMode
+from llmgateway.config.load import ConfigError, Problem, config_path, load_settings
+from llmgateway.config.settings import DatabaseSettings, GeminiProvider, Settings, StreamingMode
+from llmgateway.core.outcomes import ErrorReason
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE_ENV = {

@@ -10,9 +10,9 @@ from collections.abc import Sequence
 
 import pytest
 
-from llmgateway.events import StatusWriter
-from llmgateway.outcomes import ErrorReason, KeyStatus
-from llmgateway.pool import StatusChange
+from llmgateway.conductor.status_writer import StatusWriter
+from llmgateway.core.outcomes import ErrorReason, KeyStatus
+from llmgateway.core.pool import StatusChange
 from llmgateway.store import StatusEvent
 
 

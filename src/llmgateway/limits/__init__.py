@@ -31,11 +31,11 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
+from llmgateway.config.settings import KeyLimits, LimitsBackend, Settings
+from llmgateway.core.pool import Lease
 from llmgateway.limits.counts import LocalCounts, Refusal, share_of
 from llmgateway.limits.outage import Outage, Unreachable
-from llmgateway.metrics import Metrics
-from llmgateway.pool import Lease
-from llmgateway.settings import KeyLimits, LimitsBackend, Settings
+from llmgateway.observe.metrics import Metrics
 
 __all__ = [
     "Backend",

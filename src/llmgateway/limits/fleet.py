@@ -27,9 +27,9 @@ from dataclasses import dataclass, field
 import asyncpg
 from sqlalchemy.engine import make_url
 
+from llmgateway.config.settings import KeyLimits
 from llmgateway.limits.counts import LocalCounts, Refusal, share_of
 from llmgateway.limits.outage import Outage, Unreachable
-from llmgateway.settings import KeyLimits
 
 Slot = tuple[str, int, str]
 _CONNECT_TIMEOUT_SEC = 5.0

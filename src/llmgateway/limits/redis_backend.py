@@ -27,9 +27,9 @@ from redis.backoff import NoBackoff
 from redis.commands.core import AsyncScript
 from redis.exceptions import RedisError
 
+from llmgateway.config.settings import KeyLimits, LimitsSettings
 from llmgateway.limits.counts import BUSY_RETRY_SEC, WINDOW_SEC, Refusal
 from llmgateway.limits.outage import Outage, Unreachable
-from llmgateway.settings import KeyLimits, LimitsSettings
 
 Slot = tuple[str, int, str]
 """What one limit counts: (provider, key id, status scope: a model, or `*` when shared)."""

@@ -11,10 +11,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
-from llmgateway.outcomes import ALL_MODELS
+from llmgateway.config.settings import ModelSettings, ProviderSettings
+from llmgateway.core.outcomes import ALL_MODELS
 from llmgateway.providers import gemini, openai
 from llmgateway.providers.catalog import Catalog, is_pattern
-from llmgateway.settings import ModelSettings, ProviderSettings
 
 Api = Literal["openai", "gemini"]
 

@@ -11,8 +11,8 @@ from typing import Any
 
 import orjson
 
+from llmgateway.config.settings import ModelSettings
 from llmgateway.providers.openai import under
-from llmgateway.settings import ModelSettings
 
 _DEFAULT_PROBE: dict[str, Any] = {
     "contents": [{"role": "user", "parts": [{"text": "hi"}]}],

@@ -10,7 +10,7 @@ from typing import Any
 
 import orjson
 
-from llmgateway.settings import ModelSettings
+from llmgateway.config.settings import ModelSettings
 
 _DEFAULT_PROBE: dict[str, Any] = {
     "messages": [{"role": "user", "content": "hi"}],

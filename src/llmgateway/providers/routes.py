@@ -17,7 +17,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Literal
 
-from llmgateway.settings import ModelSettings, ProviderSettings
+from llmgateway.config.settings import ModelSettings, ProviderSettings
 
 ModelSource = Literal["body", "form", "path", "optional", "none"]
 """Where a request names its model: the JSON body, a multipart form field, the path (Gemini

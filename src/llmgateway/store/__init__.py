@@ -18,8 +18,8 @@ from typing import Self
 from sqlalchemy.engine import URL
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncTransaction
 
-from llmgateway.outcomes import ALL_MODELS
-from llmgateway.settings import ProviderSettings
+from llmgateway.config.settings import ProviderSettings
+from llmgateway.core.outcomes import ALL_MODELS
 from llmgateway.store import breakers, connect, model_lists, notify, reconcile, status
 from llmgateway.store.connect import DatabaseUrlError, async_url, masked_url
 from llmgateway.store.reconcile import UnknownProviderError

@@ -10,7 +10,7 @@ from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
-from llmgateway.masking import mask
+from llmgateway.observe.masking import mask
 from llmgateway.private_files import create_private_file
 
 if TYPE_CHECKING:

@@ -4,7 +4,7 @@ and maintenance (purging long-removed rows, VACUUM).
 Claims are one statement, `UPDATE … WHERE (key_id, model) IN (SELECT … FOR UPDATE SKIP LOCKED
 LIMIT n) RETURNING …`: on PostgreSQL several keepers never claim the same row, and a killed
 keeper's rows come back once `lease_until` passes. SQLite has no row locks (it drops the FOR
-UPDATE); one keeper per SQLite database is enforced by `llmgateway.worker.lock`.
+UPDATE); one keeper per SQLite database is enforced by `llmgateway.store.locks`.
 
 Results that change a key's status take the next revision and stamp their rows, so gateways see
 them in their next delta refresh. A result is dropped when another keeper took the row over, or
@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from llmgateway.outcomes import ErrorReason, KeyStatus
+from llmgateway.core.outcomes import ErrorReason, KeyStatus
 from llmgateway.store import Store, notify
 from llmgateway.store.status import ERROR_MESSAGE_LIMIT, bump_revision
 from llmgateway.store.tables import key_status, keys, providers, proxies, proxy_status

@@ -13,7 +13,7 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from llmgateway.outcomes import KeyStatus
+from llmgateway.core.outcomes import KeyStatus
 from llmgateway.store.records import SyncChanges
 from llmgateway.store.tables import key_status, keys, providers, proxies, proxy_status
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from llmgateway.outcomes import ErrorReason, KeyStatus
+from llmgateway.core.outcomes import ErrorReason, KeyStatus
 
 
 @dataclass(frozen=True, slots=True)

@@ -11,7 +11,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from llmgateway.outcomes import ALL_MODELS, KeyStatus
+from llmgateway.core.outcomes import ALL_MODELS, KeyStatus
 from llmgateway.store.records import KeyRow, ProxyRow, Snapshot, StatusCount, StatusEvent
 from llmgateway.store.tables import key_status, keys, meta, providers, proxies, proxy_status
 

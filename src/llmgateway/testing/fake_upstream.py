@@ -25,7 +25,7 @@ import orjson
 import pydantic
 from aiohttp import web
 
-from llmgateway.masking import fingerprint, mask
+from llmgateway.observe.masking import fingerprint, mask
 from llmgateway.testing import wire
 from llmgateway.testing.faults import (
     BEHAVIOR_ADAPTER,

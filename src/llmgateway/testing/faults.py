@@ -11,7 +11,7 @@ from typing import Any, Literal
 import pydantic
 from aiohttp import web
 
-from llmgateway.masking import mask
+from llmgateway.observe.masking import mask
 from llmgateway.testing import wire
 
 _JSON = "application/json"

@@ -1,0 +1,428 @@
+"""`create_app(settings)`: the gateway as an ASGI application, with its lifespan wiring.
+
+At start it applies migrations, runs one file sync (cheap and idempotent, so a fresh store serves
+at once), loads the pool snapshot, and starts two background tasks: the delta refresh from the
+store and the write-behind of status changes. The request path never touches the store.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from llmgateway.conductor.admission import BodyBudget, BodyLimits
+from llmgateway.conductor.attempts import Conductor, Provider
+from llmgateway.conductor.breaker_board import BreakerBoard
+from llmgateway.conductor.coherence import exclusive_start, follow_store, return_freed_memory
+from llmgateway.conductor.endpoints import Edge, token_digest
+from llmgateway.conductor.readiness import provider_report
+from llmgateway.conductor.status_writer import StatusWriter
+from llmgateway.config.settings import Settings
+from llmgateway.core.egress import NoHealthyProxyError, egress_for
+from llmgateway.core.guard import Guard
+from llmgateway.core.outcomes import KeyStatus
+from llmgateway.core.pool import KeyEntry, KeyPool
+from llmgateway.core.resilience import RetryBudget
+from llmgateway.keyfiles import run_sync
+from llmgateway.limits import Limits
+from llmgateway.observe.metrics import KeyCount, Metrics, pool_key_counts
+from llmgateway.observe.metrics_http import metrics_endpoint, metrics_served, request_authorized
+from llmgateway.store import KeyRow, ProxyRow, Store
+from llmgateway.transport.upstream import Upstream
+
+log = logging.getLogger("llmgateway.app")
+
+
+LOAD_PAGE = 5_000
+"""Keys per page when the whole pool is (re)loaded from the store."""
+
+
+@dataclass(slots=True)
+class Health:
+    """What `/readyz` reports."""
+
+    pool_loaded: bool = False
+    store_ok: bool = False
+    last_refresh: float | None = None
+    revision: int = 0
+    problem: str = "starting"
+
+
+@dataclass(slots=True)
+class Gateway:
+    """One gateway process: its providers, pools and background tasks."""
+
+    settings: Settings
+    store: Store | None = None
+    rng: random.Random = field(default_factory=random.Random)
+    clock: Callable[[], float] = time.time
+    upstream: Upstream = field(default_factory=Upstream)
+    providers: dict[str, Provider] = field(default_factory=dict)
+    health: Health = field(default_factory=Health)
+    writer: StatusWriter | None = None
+    _proxies: dict[int, ProxyRow] = field(default_factory=dict)
+    _healthy_proxies: dict[str, list[str]] = field(default_factory=dict)
+    board: BreakerBoard = field(default_factory=BreakerBoard)
+    limits: Limits | None = None  # per-key limits across gateways, when a provider sets any
+    _file_problem: str | None = None  # what the store's file check said last (logged on change)
+    _model_revisions: dict[str, int] = field(default_factory=dict)  # of the names in use
+
+    def build_providers(self) -> None:
+        for name, provider in self.settings.providers.items():
+            if not provider.enabled:
+                continue
+            pool = KeyPool(
+                name,
+                shared=provider.shared_key_status,
+                models=provider.models,
+                selection=self.settings.gateway.selection,
+                outlier=provider.gateway_policy.outlier_detection,
+                rng=self.rng,
+                max_inflight=provider.gateway_policy.max_inflight_per_key,
+            )
+            policy = provider.gateway_policy
+            budget = policy.retry_budget
+            self.providers[name] = Provider.build(
+                name,
+                provider,
+                pool,
+                RetryBudget(budget.percent, budget.min_concurrent),
+                Guard(name, policy.circuit_breaker, policy.egress_rate_limit, self.rng),
+                self.limits.limiter(name, policy.key_limits) if self.limits else None,
+            )
+
+    def token_index(self) -> dict[bytes, tuple[str, Provider]]:
+        index: dict[bytes, tuple[str, Provider]] = {}
+        for provider in self.providers.values():
+            for token in provider.settings.access_control.tokens:
+                index[token_digest(token)] = (token, provider)
+        return index
+
+    def apply_rows(self, rows: list[KeyRow]) -> None:
+        """Apply store rows to the pools: active ones join or change, the others leave."""
+        now = self.clock()
+        by_provider: dict[str, tuple[list[KeyEntry], set[int]]] = {
+            name: ([], set()) for name in self.providers
+        }
+        writer = self.writer
+        for row in rows:
+            slot = by_provider.get(row.provider)
+            if slot is None:
+                continue
+            if row.active and writer is not None and writer.holds(row.key_id, row.model):
+                continue  # our own newer finding is on its way to the store: keep it
+            entry = self._entry(row) if row.active else None
+            if entry is None:
+                slot[1].add(row.key_id)
+            else:
+                slot[0].append(entry)
+        for name, (entries, removed) in by_provider.items():
+            if entries or removed:
+                provider = self.providers[name]
+                known = provider.pool.key_ids()
+                joining = {e.secret for e in entries if e.key_id not in known}
+                if joining:  # so that no upstream error body hands one of them to a client
+                    provider.secrets.add(joining)
+                provider.pool.apply(entries, removed, now)
+
+    def _entry(self, row: KeyRow) -> KeyEntry | None:
+        """The pool entry of a store row, bound to its egress (None: no way out for it now)."""
+        settings = self.providers[row.provider].settings
+        healthy = self._healthy_proxies.get(row.provider, ())
+        try:
+            egress = egress_for(settings, row.secret, healthy)
+        except NoHealthyProxyError:
+            return None
+        return KeyEntry(row.key_id, row.secret, row.model, row.status, row.cooldown_until, egress)
+
+    def _note_proxies(self, rows: list[ProxyRow]) -> bool:
+        """Track proxy health; True when a provider's set of healthy proxies changed."""
+        for row in rows:
+            self._proxies[row.proxy_id] = row
+        healthy: dict[str, list[str]] = {}
+        for row in self._proxies.values():
+            if row.active and row.status is not KeyStatus.NETWORK_ERROR:
+                healthy.setdefault(row.provider, []).append(row.url)
+        changed = healthy != self._healthy_proxies
+        self._healthy_proxies = healthy
+        return changed
+
+    async def refresh(self) -> None:
+        """Pull what changed in the store since the last refresh into the pools (and the
+        upstream model names the Keeper last fetched into the providers' models lists).
+
+        When a provider's healthy proxies change, the whole snapshot is reloaded so that keys
+        are re-bound to their proxies (local counters and cooldowns survive a reload).
+        """
+        assert self.store is not None
+        if self._store_file_lost():
+            return  # keep serving from the snapshot; reading the wrong file would undo it
+        try:
+            if self.health.revision == 0:
+                revision = await self._load_everything()
+            else:
+                revision = await self._load_delta()
+            await self._load_model_lists()
+        except Exception as error:  # keep serving from the snapshot we have
+            self.health.store_ok = False
+            self.health.problem = f"store unreachable at the last refresh: {type(error).__name__}"
+            log.warning("pool refresh failed: %s", type(error).__name__)
+            return
+        self.health.revision = revision
+        self.health.store_ok = True
+        self.health.pool_loaded = True
+        self.health.last_refresh = self.clock()
+        self.health.problem = ""
+        guards = {name: provider.guard for name, provider in self.providers.items()}
+        await self.board.exchange(self.store, guards, self.clock())
+
+    async def _load_model_lists(self) -> None:
+        """Take the upstream's model names the Keeper stored into the providers with a pattern
+        entry (for their models lists): one small query of revisions, and the names of a
+        provider only when its revision moved."""
+        assert self.store is not None
+        listing = [name for name, provider in self.providers.items() if provider.catalog.patterns]
+        if not listing:
+            return
+        stored = await self.store.model_name_revisions()
+        changed = [
+            name
+            for name in listing
+            if name in stored and stored[name] != self._model_revisions.get(name)
+        ]
+        if not changed:
+            return
+        for name, (revision, names) in (await self.store.model_names(changed)).items():
+            self.providers[name].list_models(names)
+            self._model_revisions[name] = revision
+
+    def _store_file_lost(self) -> bool:
+        """Whether the store's SQLite file was deleted or replaced while in use: if so, `/readyz`
+        says why (503) and a warning is logged once per change."""
+        assert self.store is not None
+        problem = self.store.file_problem()
+        if problem != self._file_problem:
+            self._file_problem = problem
+            if problem is not None:
+                log.warning("store: %s", problem)
+        if problem is None:
+            return False
+        self.health.store_ok = False
+        self.health.problem = problem
+        return True
+
+    async def _load_delta(self) -> int:
+        """Apply what changed since the pool's revision, page by page (the gateway's own
+        status writes come back here: 100,000 of them must not sit in memory at once);
+        returns the revision it is current as of."""
+        assert self.store is not None
+        pages = self.store.snapshot_pages(since_revision=self.health.revision)
+        revision, reload = self.health.revision, False
+        async with contextlib.aclosing(pages):
+            async for page in pages:
+                if page.proxies and self._note_proxies(page.proxies):
+                    reload = True  # healthy proxies changed: every key is bound anew
+                    break
+                self.apply_rows(page.keys)
+                revision = page.revision
+        return await self._load_everything() if reload else revision
+
+    async def _load_everything(self) -> int:
+        """Load the whole pool, `LOAD_PAGE` keys at a time (a large pool never sits in memory
+        twice, as rows and as pool entries); returns the revision it is current as of."""
+        assert self.store is not None
+        top = await self.store.max_key_id()
+        # one bit per key id seen, per provider: sets of 100,000 ids would leave the heap
+        # fragmented long after the load (ids above `top` are newer than the load: kept)
+        present = {name: bytearray((top >> 3) + 1) for name in self.providers}
+        revision: int | None = None
+        low = 0
+        while revision is None or low < top:
+            page = await self.store.snapshot(0, key_range=(low, low + LOAD_PAGE))
+            if revision is None:  # the first page: the revision and every proxy
+                revision = page.revision
+                self._note_proxies(page.proxies)
+            for row in page.keys:
+                seen = present.get(row.provider)
+                if seen is not None and row.key_id <= top:
+                    seen[row.key_id >> 3] |= 1 << (row.key_id & 7)
+            self.apply_rows(page.keys)
+            low += LOAD_PAGE
+        now = self.clock()
+        for name, provider in self.providers.items():
+            seen = present[name]
+            gone = [
+                key_id
+                for key_id in provider.pool.key_ids()
+                if key_id <= top and not seen[key_id >> 3] & (1 << (key_id & 7))
+            ]
+            if gone:
+                provider.pool.apply((), gone, now)
+        return revision
+
+    async def refresh_forever(self, wake: asyncio.Event | None = None) -> None:
+        """Refresh every `refresh_interval_sec`, and at once when `wake` is set (store notices)."""
+        wake = wake or asyncio.Event()
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(wake.wait(), self.settings.gateway.refresh_interval_sec)
+            wake.clear()
+            await self.refresh()
+
+
+def create_app(
+    settings: Settings,
+    *,
+    rng: random.Random | None = None,
+    prepare: bool = True,
+    metrics: Metrics | None = None,
+    tune_process: bool = False,
+) -> ASGIApp:
+    """The gateway application. `prepare` applies migrations and runs one key-file sync at start
+    (the `gateway` command does both in a child process before, and turns it off);
+    `metrics` may be shared with a Keeper in the same process (`serve`). `tune_process`: the
+    process is the gateway's own (the CLI's commands), so once started it may give freed memory
+    back to the system and retune the garbage collector (`return_freed_memory`); an app embedded
+    elsewhere (tests, another server) leaves its process alone."""
+    gateway = Gateway(settings, rng=rng or random.Random())
+    metrics = metrics or Metrics.create()
+    gateway.limits = Limits.create(settings, metrics, gateway.clock)
+    gateway.build_providers()
+    for name, built in gateway.providers.items():
+        metrics.for_provider(name, built.settings.models)
+        built.guard.watch(metrics.for_provider(name).breaker)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        store = await Store.open(settings.database.async_url, pool_size=settings.database.pool_size)
+        gateway.store = store
+        writer = StatusWriter(store.apply_events)
+        gateway.writer = writer
+        conductor = Conductor(
+            gateway.upstream,
+            writer,
+            gateway.rng,
+            gateway.clock,
+            metrics,
+            max_response_bytes=settings.gateway.max_response_bytes,
+        )
+        edge_settings = settings.gateway
+        body_limits = BodyLimits(
+            edge_settings.max_body_bytes, edge_settings.client_body_timeout_sec
+        )
+        bodies = BodyBudget(edge_settings.max_inflight_body_bytes)
+        edge = Edge(conductor, gateway.token_index(), body_limits, bodies)
+        app.state.edge = edge
+        tasks: list[asyncio.Task[None]] = []
+        wake = asyncio.Event()
+        app.state.listener = listener = follow_store(store, wake)
+        try:
+            if prepare:
+                async with exclusive_start(store.engine.url):
+                    await store.upgrade()
+                    await run_sync(settings, store)
+            await gateway.refresh()
+            if tune_process:
+                return_freed_memory()
+            tasks = [
+                asyncio.create_task(writer.run(), name="status-writer"),
+                asyncio.create_task(gateway.refresh_forever(wake), name="pool-refresh"),
+            ]
+            if listener is not None:
+                tasks.append(asyncio.create_task(listener.run(), name="store-notices"))
+            if metrics.multiprocess:
+                tasks.append(asyncio.create_task(metrics.flush_every(), name="metrics-flush"))
+            if gateway.limits is not None:
+                await gateway.limits.start()
+                tasks.append(asyncio.create_task(gateway.limits.run(), name="key-limits"))
+            yield
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            await writer.drain(settings.gateway.shutdown_drain_timeout_sec)
+            await gateway.upstream.close()
+            if gateway.limits is not None:
+                await gateway.limits.close()
+            await store.close()
+            metrics.process_exited()
+
+    async def healthz(request: Request) -> Response:
+        return JSONResponse({"status": "ok"})
+
+    async def readyz(request: Request) -> Response:
+        health = gateway.health
+        ready = health.pool_loaded and health.store_ok
+        status = 200 if ready else 503
+        if not request_authorized(request.headers.get("authorization"), settings.metrics):
+            # the details (providers, key counts, revision) only with the metrics token
+            return JSONResponse({"ready": ready, "problem": health.problem or None}, status)
+        body: dict[str, object] = {
+            "ready": ready,
+            "pool_loaded": health.pool_loaded,
+            "store_reachable": health.store_ok,
+            "revision": health.revision,
+            "problem": health.problem or None,
+        }
+        body["warnings"], body["providers"] = provider_report(gateway.providers, gateway.clock())
+        return JSONResponse(body, status_code=status)
+
+    async def key_counts() -> list[KeyCount]:
+        now = gateway.clock()
+        counts = []
+        for name, provider in gateway.providers.items():
+            metrics.for_provider(name).breaker(provider.guard.state)
+            counts += pool_key_counts(name, provider.pool, provider.settings.models, now)
+        return counts
+
+    routes = [Route("/healthz", healthz), Route("/readyz", readyz)]
+    if metrics_served(settings.metrics):
+        endpoint = metrics_endpoint(metrics, settings.metrics, key_counts)
+        routes.append(Route("/metrics", endpoint))
+    admin = Starlette(routes=routes, lifespan=lifespan)
+    admin.state.gateway = gateway
+    return _Router(admin)
+
+
+class _Router:
+    """Proxied paths go straight to the edge; everything else to the Starlette admin app."""
+
+    def __init__(self, admin: Starlette) -> None:
+        self.admin = admin
+        self.state = admin.state
+        self.edge: Edge | None = None  # taken from the state once the lifespan has set it
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            path: bytes = scope["raw_path"]  # the edge forwards the raw path, never the decoded
+            if path.startswith((b"/v1/", b"/v1beta/")):
+                edge = self.edge
+                if edge is None:
+                    edge = self.edge = self.admin.state.edge
+                await edge(scope, receive, send)
+                return
+        await self.admin(scope, receive, send)
+
+
+def app_from_environment() -> ASGIApp:
+    """The app for `gateway --workers N`: each server process loads $LLMGATEWAY_CONFIG itself."""
+    import os
+
+    from llmgateway.config.load import config_path, load_settings
+    from llmgateway.observe.logs import setup
+
+    settings = load_settings(config_path(None))
+    setup(settings, f"gateway-{os.getpid()}")  # a spawned process starts with no logging set up
+    prepared = os.environ.get("LLMGATEWAY_PREPARED") == "1"
+    return create_app(settings, prepare=not prepared, tune_process=True)

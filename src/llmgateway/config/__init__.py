@@ -1,0 +1,1 @@
+"""Configuration: the settings model, loading `providers.yaml`, and the cross-field rules."""

@@ -1,0 +1,51 @@
+"""Which way a key's traffic leaves: direct, the provider's static proxy, or its stealth proxy.
+
+In `stealth` mode each key is bound to one healthy proxy of its provider's pool by rendezvous
+(highest-random-weight) hashing: every (key, proxy) pair gets a stable score and the key uses
+its best-scoring healthy proxy. So a key always appears from the same IP, and when a proxy dies
+only the keys bound to it move (each to its second choice); the others stay where they were.
+The gateway and the Keeper call the same function, so probes and traffic share the egress.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable
+
+from llmgateway.config.settings import ProviderSettings, ProxyMode
+from llmgateway.core.outcomes import EgressError
+from llmgateway.transport.upstream import DIRECT
+
+
+class NoHealthyProxyError(EgressError):
+    """A stealth provider has no healthy proxy: its traffic must not leave directly."""
+
+
+def egress_for(provider: ProviderSettings, key: str | int, healthy_proxies: Iterable[str]) -> str:
+    """The egress id (`"direct"` or a proxy URL) for one key of `provider`.
+
+    `key` identifies the key: both sides must pass the same kind (llmgateway passes the
+    secret, which stays stable when a store is rebuilt; it is only hashed). `healthy_proxies`
+    are the URLs of the provider's live proxies (used in `stealth` mode only). Raises
+    `NoHealthyProxyError` in `stealth` mode when there is none.
+    """
+    config = provider.proxy_config
+    if config.mode is ProxyMode.STATIC and config.static_url:
+        return config.static_url
+    if config.mode is not ProxyMode.STEALTH:
+        return DIRECT
+    best = max(healthy_proxies, key=lambda url: _score(str(key), url), default=None)
+    if best is None:
+        raise NoHealthyProxyError(
+            "no healthy proxy in the stealth pool; add proxies to pool_list_path "
+            "or wait for the Keeper to find one alive"
+        )
+    return best
+
+
+def _score(key: str, proxy: str) -> bytes:
+    digest = hashlib.blake2b(digest_size=8)
+    digest.update(key.encode())
+    digest.update(b"\0")
+    digest.update(proxy.encode())
+    return digest.digest()

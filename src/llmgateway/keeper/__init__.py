@@ -1,0 +1,2 @@
+"""The Keeper (`llmgateway worker`): key-file sync, probes of keys and proxies, upstream model
+lists, maintenance."""

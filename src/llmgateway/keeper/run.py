@@ -1,0 +1,532 @@
+"""The Keeper: file sync, key and proxy probing, and maintenance, under one task group.
+
+A probe round claims the due (key, model) rows with leases, groups them by provider (at most
+`worker.max_concurrent_providers` providers at once, each under its `task_timeout_sec`) and by
+key, and probes a provider's keys in batches of `batch_size`, `batch_delay_sec` apart. Each
+batch's results are written in one transaction, so running gateways see them at their next
+refresh. Whatever a round does not finish (stopped, timed out, cancelled) is released and stays
+due: nothing is lost. Time comes from the injected `clock` and `sleep`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import enum
+import logging
+import os
+import secrets
+import socket
+import time
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from llmgateway.config.settings import ProviderSettings, ProxyMode, Settings
+from llmgateway.core.egress import NoHealthyProxyError, egress_for
+from llmgateway.core.outcomes import Blame, ErrorReason, Outcome
+from llmgateway.keeper.model_lists import FetchError, fetch_names
+from llmgateway.keeper.prober import Exchange, proxy_alive, send
+from llmgateway.keeper.probes import (
+    DAY,
+    HOUR,
+    Kind,
+    RowState,
+    auth_probe_decides,
+    judge,
+    wants_auth_probe,
+)
+from llmgateway.keeper.summary import (
+    MaintenanceSummary,
+    ModelListSummary,
+    Progress,
+    ProxySummary,
+    RoundSummary,
+    Tally,
+)
+from llmgateway.keyfiles import SyncReport, run_sync
+from llmgateway.observe.masking import fingerprint, mask
+from llmgateway.observe.metrics import Metrics
+from llmgateway.providers import auth_probe_request, probe_request
+from llmgateway.providers.catalog import is_pattern
+from llmgateway.store import Store
+from llmgateway.store import probes as queries
+from llmgateway.store.locks import single_keeper
+from llmgateway.store.probes import DueCheck, ProbeResult, ProxyResult
+from llmgateway.transport.upstream import Upstream
+
+log = logging.getLogger("llmgateway.keeper")
+
+CLAIM_SIZE = 1000
+"""Rows leased per claim; a round claims again until nothing due is left."""
+PROXY_HOLD_SEC = 120.0
+"""How long a claimed proxy is held before another keeper may probe it."""
+_PROXY_CONCURRENCY = 20
+
+
+def default_owner() -> str:
+    """A lease owner id unique to this keeper: host, pid and a random suffix."""
+    return f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
+
+
+def _ignore(_: Progress) -> None:
+    pass
+
+
+@dataclass(slots=True)
+class Keeper:
+    """The long-running worker. `run(stop)` runs everything until `stop` is set;
+    `probe_round()`, `probe_proxies()` and `maintain()` are its single steps."""
+
+    settings: Settings
+    store: Store
+    upstream: Upstream = field(default_factory=Upstream)
+    owner: str = field(default_factory=default_owner)
+    clock: Callable[[], float] = time.time
+    sleep: Callable[[float], Awaitable[None]] = asyncio.sleep
+    on_progress: Callable[[Progress], None] = _ignore
+    claim_size: int = CLAIM_SIZE
+    last_vacuum: float | None = None
+    metrics: Metrics = field(default_factory=Metrics.create)
+    # when each provider's upstream model list is next fetched (absent: at the next chance)
+    models_due: dict[str, float] = field(default_factory=dict)
+
+    # --- one probe round ------------------------------------------------------------------------
+
+    async def probe_round(self, stop: asyncio.Event | None = None) -> RoundSummary:
+        """Probe every row due now, once. With `stop` set, no new batch starts; the rows not
+        probed are released and stay due."""
+        started = time.perf_counter()
+        now = self.clock()
+        tally = Tally(due=await queries.count_due(self.store, now))
+        proxies = await queries.healthy_proxies(self.store)
+        try:
+            while stop is None or not stop.is_set():
+                lease_until = now + self._lease_sec()
+                claimed = await queries.claim_due(
+                    self.store, self.owner, now, lease_until, self.claim_size
+                )
+                if not claimed:
+                    break
+                await self._probe_claimed(claimed, proxies, tally, stop)
+        finally:
+            await asyncio.shield(queries.release_leases(self.store, self.owner))
+        kinds = tally.kinds
+        return RoundSummary(
+            due=tally.due,
+            healthy=kinds[Kind.HEALTHY],
+            failed=kinds[Kind.FAILED],
+            verifying=kinds[Kind.VERIFYING],
+            egress=kinds[Kind.EGRESS],
+            requests=tally.requests,
+            writes=tally.writes,
+            timed_out=tally.timed_out,
+            seconds=time.perf_counter() - started,
+        )
+
+    def _lease_sec(self) -> float:
+        timeouts = [
+            p.worker_health_policy.task_timeout_sec for p in self.settings.providers.values()
+        ]
+        return max(timeouts, default=900) + 60.0
+
+    async def _probe_claimed(
+        self,
+        claimed: Sequence[DueCheck],
+        proxies: Mapping[str, list[str]],
+        tally: Tally,
+        stop: asyncio.Event | None,
+    ) -> None:
+        by_provider: dict[str, dict[int, list[DueCheck]]] = {}
+        for check in claimed:
+            by_provider.setdefault(check.provider, {}).setdefault(check.key_id, []).append(check)
+        gate = asyncio.Semaphore(self.settings.worker.max_concurrent_providers)
+        async with asyncio.TaskGroup() as group:
+            for name, by_key in by_provider.items():
+                provider = self.settings.providers.get(name)
+                if provider is None:  # left the config since the last sync: released at the end
+                    continue
+                healthy = proxies.get(name, [])
+                work = self._provider_round(
+                    name, provider, list(by_key.values()), healthy, tally, stop
+                )
+                group.create_task(_gated(gate, work))
+
+    async def _provider_round(
+        self,
+        name: str,
+        provider: ProviderSettings,
+        keys: list[list[DueCheck]],
+        proxies: list[str],
+        tally: Tally,
+        stop: asyncio.Event | None,
+    ) -> None:
+        policy = provider.worker_health_policy
+        try:
+            async with asyncio.timeout(policy.task_timeout_sec):
+                for start in range(0, len(keys), policy.batch_size):
+                    if start and policy.batch_delay_sec:
+                        await self._pause(policy.batch_delay_sec, stop)
+                    if stop is not None and stop.is_set():
+                        return
+                    batch = keys[start : start + policy.batch_size]
+                    found = await asyncio.gather(
+                        *(self._probe_key(provider, rows, proxies, tally) for rows in batch)
+                    )
+                    results = [result for key_results in found for result in key_results]
+                    await queries.write_results(self.store, self.owner, results)
+                    tally.writes += 1
+                    self.on_progress(Progress(tally.done, tally.due))
+        except TimeoutError:
+            tally.timed_out += 1
+            log.warning(
+                "provider %s: probe round cut after task_timeout_sec=%s; the rest stays due",
+                name,
+                policy.task_timeout_sec,
+            )
+
+    async def _pause(self, seconds: float, stop: asyncio.Event | None) -> None:
+        """Sleep between batches; a stop cuts the pause short."""
+        if stop is None:
+            await self.sleep(seconds)
+            return
+        waits = [asyncio.ensure_future(self.sleep(seconds)), asyncio.ensure_future(stop.wait())]
+        try:
+            await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for waiting in waits:
+                waiting.cancel()
+
+    async def _probe_key(
+        self,
+        provider: ProviderSettings,
+        rows: list[DueCheck],
+        proxies: list[str],
+        tally: Tally,
+    ) -> list[ProbeResult]:
+        """Probe one key's due rows: the auth probe first where it can decide, then one
+        generation probe per row (one per key under shared_key_status)."""
+        secret = rows[0].secret
+        try:
+            egress = egress_for(provider, secret, proxies)
+        except NoHealthyProxyError as exc:
+            outcome = Outcome(ErrorReason.EGRESS_ERROR, Blame.EGRESS)
+            exchange = Exchange(outcome, 0.0, str(exc))
+            return [self._result(provider, row, exchange, self.clock(), tally) for row in rows]
+        if any(wants_auth_probe(row.status) for row in rows):
+            observed = self.clock()
+            request = auth_probe_request(provider, secret)
+            exchange = await send(self.upstream, provider, request, egress, secret, observed)
+            tally.requests += 1
+            if auth_probe_decides(exchange.outcome):
+                return [self._result(provider, row, exchange, observed, tally) for row in rows]
+        results = []
+        for row in rows:
+            observed = self.clock()
+            request = probe_request(provider, row.model, secret)
+            exchange = await send(self.upstream, provider, request, egress, secret, observed)
+            tally.requests += 1
+            results.append(self._result(provider, row, exchange, observed, tally))
+        return results
+
+    def _result(
+        self,
+        provider: ProviderSettings,
+        row: DueCheck,
+        exchange: Exchange,
+        observed: float,
+        tally: Tally,
+    ) -> ProbeResult:
+        state = RowState(row.status, row.failing_since, row.next_check_at, row.attempts)
+        verdict = judge(
+            state,
+            exchange.outcome,
+            provider.worker_health_policy,
+            observed,
+            self.settings.worker.egress_retry_sec,
+        )
+        tally.kinds[verdict.kind] += 1
+        self.metrics.probe(row.provider, verdict.kind.value, exchange.latency_ms / 1000)
+        if verdict.kind is not Kind.HEALTHY:
+            log.debug(
+                "key %s model %s: %s (%s)",
+                fingerprint(row.secret),
+                row.model,
+                verdict.kind,
+                exchange.error_message,
+            )
+        return ProbeResult(
+            key_id=row.key_id,
+            model=row.model,
+            observed_at=observed,
+            marks=verdict.marks,
+            status=verdict.status,
+            reason=verdict.reason,
+            failing_since=verdict.failing_since,
+            next_check_at=verdict.next_check_at,
+            attempts=verdict.attempts,
+            cooldown_until=verdict.cooldown_until,
+            status_code=exchange.outcome.status,
+            latency_ms=exchange.latency_ms,
+            error_message=exchange.error_message,
+        )
+
+    # --- the upstream's model names ------------------------------------------------------------
+
+    async def fetch_model_lists(self) -> ModelListSummary:
+        """Fetch and store the upstream's model names of every enabled provider with a pattern
+        entry whose fetch is due: the first time, then every `worker.sync_interval_sec`. A
+        provider without a usable key stays due; a failed fetch keeps the stored names."""
+        now = self.clock()
+        due = [
+            (name, provider)
+            for name, provider in _listing_providers(self.settings)
+            if self.models_due.get(name, now) <= now
+        ]
+        if not due:
+            return ModelListSummary()
+        proxies = await queries.healthy_proxies(self.store)
+        gate = asyncio.Semaphore(self.settings.worker.max_concurrent_providers)
+
+        async def one(name: str, provider: ProviderSettings) -> _Listed:
+            async with gate:
+                return await self._fetch_model_list(name, provider, proxies.get(name, []), now)
+
+        async with asyncio.TaskGroup() as group:
+            tasks = [group.create_task(one(name, provider)) for name, provider in due]
+        found = [task.result() for task in tasks]
+        return ModelListSummary(
+            changed=found.count(_Listed.CHANGED),
+            unchanged=found.count(_Listed.UNCHANGED),
+            failed=found.count(_Listed.FAILED),
+            without_key=found.count(_Listed.WITHOUT_KEY),
+        )
+
+    async def _fetch_model_list(
+        self, name: str, provider: ProviderSettings, proxies: list[str], now: float
+    ) -> _Listed:
+        secret = await queries.usable_key(self.store, name)
+        if secret is None:
+            log.info("provider %s: no usable key to fetch the models list with yet", name)
+            return _Listed.WITHOUT_KEY
+        self.models_due[name] = now + self.settings.worker.sync_interval_sec
+        try:
+            egress = egress_for(provider, secret, proxies)
+            names = await fetch_names(self.upstream, provider, secret, egress)
+        except (NoHealthyProxyError, FetchError) as error:
+            log.warning(
+                "provider %s: models list not fetched with key %s (%s); the last one is kept",
+                name,
+                mask(secret),
+                error,
+            )
+            return _Listed.FAILED
+        changed = await self.store.save_model_names(name, names)
+        log.info("provider %s: %d model names listed upstream", name, len(names))
+        return _Listed.CHANGED if changed else _Listed.UNCHANGED
+
+    # --- proxies and maintenance -------------------------------------------------------------
+
+    async def probe_proxies(self) -> ProxySummary:
+        """Probe every due proxy (through it, to its provider); mark dead ones, revive live ones."""
+        now = self.clock()
+        checks = await queries.claim_due_proxies(self.store, now, now + PROXY_HOLD_SEC, 1000)
+        gate = asyncio.Semaphore(_PROXY_CONCURRENCY)
+        worker = self.settings.worker
+
+        async def probe(check: queries.ProxyCheck) -> ProxyResult | None:
+            provider = self.settings.providers.get(check.provider)
+            if provider is None:
+                return None
+            async with gate:
+                alive, why = await proxy_alive(self.upstream, provider, check.url)
+            delay = worker.proxy_check_interval_sec if alive else worker.proxy_retry_sec
+            return ProxyResult(check.proxy_id, alive, self.clock(), self.clock() + delay, why)
+
+        found = await asyncio.gather(*(probe(check) for check in checks))
+        results = [r for r in found if r is not None]
+        await queries.write_proxy_results(self.store, results)
+        alive = sum(r.alive for r in results)
+        return ProxySummary(alive=alive, dead=len(results) - alive)
+
+    async def maintain(self) -> MaintenanceSummary:
+        """Purge keys and proxies removed `purge_removed_after_days` ago; VACUUM when
+        `vacuum_interval_hours` passed since the last one (or since the keeper started)."""
+        now = self.clock()
+        worker = self.settings.worker
+        keys, proxies = await queries.purge_removed(
+            self.store, now - worker.purge_removed_after_days * DAY
+        )
+        if self.last_vacuum is None:
+            self.last_vacuum = now
+        vacuumed = now - self.last_vacuum >= worker.vacuum_interval_hours * HOUR
+        if vacuumed:
+            await queries.vacuum(self.store)
+            self.last_vacuum = now
+        if keys or proxies or vacuumed:
+            log.info(
+                "maintenance: %d keys and %d proxies purged, vacuum: %s", keys, proxies, vacuumed
+            )
+        return MaintenanceSummary(keys, proxies, vacuumed)
+
+    # --- the long run -------------------------------------------------------------------------
+
+    async def run(
+        self, stop: asyncio.Event, on_round: Callable[[RoundSummary], None] = lambda _: None
+    ) -> None:
+        """Sync, probe and maintain until `stop` is set, then release every lease and return.
+        On SQLite a second keeper is refused (`KeeperRunningError`)."""
+        with single_keeper(self.store.engine.url):
+            wake = asyncio.Event()
+            synced = asyncio.Event()  # a sync may have brought keys that are due at once
+            listing = asyncio.Event()  # the same, for the model lists
+            try:
+                async with asyncio.TaskGroup() as group:
+                    group.create_task(self._sync_loop(stop, wake, (synced, listing)))
+                    if self.settings.worker.watch_files:
+                        group.create_task(self._watch_loop(stop, wake))
+                    group.create_task(self._probe_loop(stop, synced, on_round))
+                    if _listing_providers(self.settings):
+                        group.create_task(self._model_list_loop(stop, listing))
+                    group.create_task(self._maintenance_loop(stop))
+            finally:
+                await asyncio.shield(queries.release_leases(self.store, self.owner))
+                await self.upstream.close()
+
+    async def _sync_loop(
+        self, stop: asyncio.Event, wake: asyncio.Event, synced: Sequence[asyncio.Event]
+    ) -> None:
+        while not stop.is_set():
+            wake.clear()
+            with _survive("sync"):
+                self.metrics.synced(await run_sync(self.settings, self.store))
+                for event in synced:
+                    event.set()
+            await _first(stop, wake, self.settings.worker.sync_interval_sec)
+
+    async def _model_list_loop(self, stop: asyncio.Event, synced: asyncio.Event) -> None:
+        """After each sync (the first one brings the keys to fetch with), fetch the model
+        lists that are due; at the latest every `sync_interval_sec`."""
+        while not stop.is_set():
+            await _first(stop, synced, self.settings.worker.sync_interval_sec)
+            synced.clear()
+            if stop.is_set():
+                return
+            with _survive("models list fetch"):
+                await self.fetch_model_lists()
+
+    async def _watch_loop(self, stop: asyncio.Event, wake: asyncio.Event) -> None:
+        folders = [f for f in _watched(self.settings) if f.is_dir()]
+        if not folders:
+            return
+        try:
+            import watchfiles
+        except ImportError:  # pragma: no cover - a declared dependency; interval sync remains
+            return
+        with _survive("file watching"):
+            async for _ in watchfiles.awatch(*folders, stop_event=stop, recursive=False):
+                wake.set()
+
+    async def _probe_loop(
+        self,
+        stop: asyncio.Event,
+        synced: asyncio.Event,
+        on_round: Callable[[RoundSummary], None],
+    ) -> None:
+        while not stop.is_set():
+            synced.clear()
+            with _survive("probe round"):
+                await self.probe_proxies()
+                summary = await self.probe_round(stop)
+                log.info(
+                    "probe round: %d due, %d healthy, %d failed, %d verifying, %d egress faults",
+                    summary.due,
+                    summary.healthy,
+                    summary.failed,
+                    summary.verifying,
+                    summary.egress,
+                )
+                on_round(summary)
+            await _first(stop, synced, self.settings.worker.probe_interval_sec)
+
+    async def _maintenance_loop(self, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            with _survive("maintenance"):
+                await self.maintain()
+            await _first(stop, None, HOUR)
+
+
+async def run_once(
+    settings: Settings,
+    store: Store,
+    *,
+    upstream: Upstream | None = None,
+    on_progress: Callable[[Progress], None] = _ignore,
+) -> tuple[SyncReport, ProxySummary, RoundSummary]:
+    """`worker --once`: one sync, one proxy round and one probe round of everything due."""
+    with single_keeper(store.engine.url):
+        keeper = Keeper(settings, store, upstream or Upstream(), on_progress=on_progress)
+        try:
+            report = await run_sync(settings, store)
+            proxies = await keeper.probe_proxies()
+            summary = await keeper.probe_round()
+            await keeper.fetch_model_lists()  # after the probes: with a key proven valid
+        finally:
+            await keeper.upstream.close()
+        return report, proxies, summary
+
+
+async def _gated(gate: asyncio.Semaphore, work: Awaitable[None]) -> None:
+    async with gate:
+        await work
+
+
+async def _first(stop: asyncio.Event, wake: asyncio.Event | None, seconds: float) -> None:
+    """Wait until `stop` (or `wake`) is set, or `seconds` pass."""
+    waits = [asyncio.ensure_future(stop.wait())]
+    if wake is not None:
+        waits.append(asyncio.ensure_future(wake.wait()))
+    try:
+        await asyncio.wait(waits, timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for waiting in waits:
+            waiting.cancel()
+
+
+@contextlib.contextmanager
+def _survive(what: str) -> Iterator[None]:
+    """Log a failed step and carry on: the next round retries (the store may be back)."""
+    try:
+        yield
+    except Exception as exc:
+        log.error("%s failed (%s); retrying in the next round", what, type(exc).__name__)
+
+
+class _Listed(enum.Enum):
+    """How one provider's model list fetch went."""
+
+    CHANGED = enum.auto()
+    UNCHANGED = enum.auto()
+    FAILED = enum.auto()
+    WITHOUT_KEY = enum.auto()
+
+
+def _listing_providers(settings: Settings) -> list[tuple[str, ProviderSettings]]:
+    """The enabled providers whose models lists show upstream names: those with a pattern."""
+    return [
+        (name, provider)
+        for name, provider in settings.providers.items()
+        if provider.enabled and any(is_pattern(model) for model in provider.models)
+    ]
+
+
+def _watched(settings: Settings) -> list[Path]:
+    folders: list[Path] = []
+    for provider in settings.providers.values():
+        if not provider.enabled:
+            continue
+        folders.append(provider.keys_path)
+        pool = provider.proxy_config.pool_list_path
+        if provider.proxy_config.mode is ProxyMode.STEALTH and pool is not None:
+            folders.append(pool)
+    return folders

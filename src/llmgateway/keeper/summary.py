@@ -1,0 +1,80 @@
+"""What the Keeper's steps report: a round's progress and summaries of each step."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from llmgateway.keeper.probes import Kind
+
+
+@dataclass(frozen=True, slots=True)
+class Progress:
+    """A round's progress after each batch: rows judged so far out of the rows due at start."""
+
+    done: int
+    due: int
+
+
+@dataclass(slots=True)
+class Tally:
+    """A round's running counts (mutable, owned by one round)."""
+
+    due: int = 0
+    kinds: dict[Kind, int] = field(default_factory=lambda: dict.fromkeys(Kind, 0))
+    requests: int = 0
+    writes: int = 0
+    timed_out: int = 0
+
+    @property
+    def done(self) -> int:
+        return sum(self.kinds.values())
+
+
+@dataclass(frozen=True, slots=True)
+class RoundSummary:
+    """What one probe round did: rows marked healthy or failed, rows awaiting verification,
+    rows whose probe failed on our side, HTTP requests sent, store write transactions, and
+    provider rounds cut by `task_timeout_sec`."""
+
+    due: int
+    healthy: int
+    failed: int
+    verifying: int
+    egress: int
+    requests: int
+    writes: int
+    timed_out: int
+    seconds: float
+
+    @property
+    def probed(self) -> int:
+        return self.healthy + self.failed + self.verifying + self.egress
+
+
+@dataclass(frozen=True, slots=True)
+class ProxySummary:
+    """What one proxy round found."""
+
+    alive: int = 0
+    dead: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class MaintenanceSummary:
+    """What one maintenance pass did."""
+
+    purged_keys: int
+    purged_proxies: int
+    vacuumed: bool
+
+
+@dataclass(frozen=True, slots=True)
+class ModelListSummary:
+    """What one fetch of the upstream model lists did, in providers: lists stored anew, found
+    unchanged, fetches that failed (the previous list kept), and providers without a key to
+    fetch with (tried again at the next sync)."""
+
+    changed: int = 0
+    unchanged: int = 0
+    failed: int = 0
+    without_key: int = 0

@@ -1,0 +1,1 @@
+"""Observability: logs, debug capture, masking of secrets, Prometheus metrics."""

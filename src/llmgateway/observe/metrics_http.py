@@ -1,0 +1,139 @@
+"""Serving the metrics over HTTP: the Bearer check, the gateway's `/metrics` endpoint, the
+Keeper's own metrics port, and the multiprocess folder of `gateway --workers N`."""
+
+from __future__ import annotations
+
+import contextlib
+import hmac
+import os
+import shutil
+import tempfile
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator
+from typing import TYPE_CHECKING
+
+from prometheus_client import CONTENT_TYPE_LATEST
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+from llmgateway.config.settings import MetricsSettings, Settings
+from llmgateway.observe.metrics import MULTIPROC_ENV, KeyCount, Metrics, store_key_counts
+from llmgateway.store import Store
+
+if TYPE_CHECKING:
+    from aiohttp import web
+
+_REFUSED = {"error": "metrics need 'Authorization: Bearer <metrics.access_token>'"}
+
+
+def authorized(header: str | None, token: str, *, open_to_all: bool = False) -> bool:
+    """Whether a request with this Authorization header may read the metrics and the readiness
+    details: always with `open_to_all` (`metrics.allow_unauthenticated`), never when `token`
+    is empty, else when the header carries `token` as a Bearer token (constant-time compare)."""
+    if open_to_all:
+        return True
+    if not token or not header or header[:7].lower() != "bearer ":
+        return False
+    return hmac.compare_digest(header[7:].strip().encode(), token.encode())
+
+
+def metrics_served(access: MetricsSettings) -> bool:
+    """Whether `/metrics` exists: enabled, and either behind `access_token` or opened on
+    purpose with `allow_unauthenticated` (an empty token turns it off, as in the original)."""
+    return access.enabled and (bool(access.access_token) or access.allow_unauthenticated)
+
+
+def request_authorized(header: str | None, access: MetricsSettings) -> bool:
+    """`authorized()` with the metrics settings."""
+    return authorized(header, access.access_token, open_to_all=access.allow_unauthenticated)
+
+
+def metrics_endpoint(
+    metrics: Metrics, access: MetricsSettings, keys: Callable[[], Awaitable[Iterable[KeyCount]]]
+) -> Callable[[Request], Awaitable[Response]]:
+    """A Starlette endpoint for `/metrics`, behind the metrics token (see `authorized`)."""
+
+    async def endpoint(request: Request) -> Response:
+        if not request_authorized(request.headers.get("authorization"), access):
+            return JSONResponse(
+                _REFUSED,
+                status_code=401,
+                headers={"www-authenticate": "Bearer"},
+            )
+        body = metrics.exposition(await keys())
+        return Response(body, media_type=CONTENT_TYPE_LATEST)
+
+    return endpoint
+
+
+@contextlib.contextmanager
+def multiprocess_dir() -> Iterator[str]:
+    """Set `PROMETHEUS_MULTIPROC_DIR` to a fresh folder for the processes started inside,
+    and remove the folder afterwards. A folder the environment already names is used as is."""
+    given = os.environ.get(MULTIPROC_ENV)
+    if given:
+        yield given
+        return
+    folder = tempfile.mkdtemp(prefix="llmgateway-metrics-")
+    os.environ[MULTIPROC_ENV] = folder
+    try:
+        yield folder
+    finally:
+        os.environ.pop(MULTIPROC_ENV, None)
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+@contextlib.asynccontextmanager
+async def serving(
+    metrics: Metrics,
+    access: MetricsSettings,
+    keys: Callable[[], Awaitable[Iterable[KeyCount]]],
+    host: str,
+    port: int,
+) -> AsyncIterator[str]:
+    """Serve `/healthz`, and `/metrics` when `metrics_served(access)`, on host:port in this loop
+    (aiohttp: no signal handling of its own, so it fits inside the Keeper's process); yields
+    the URL."""
+    from aiohttp import web  # the Keeper's only: a gateway process never loads aiohttp's server
+
+    async def handle(request: web.Request) -> web.Response:
+        if not request_authorized(request.headers.get("authorization"), access):
+            return web.json_response(
+                _REFUSED,
+                status=401,
+                headers={"www-authenticate": "Bearer"},
+            )
+        body = metrics.exposition(await keys())
+        return web.Response(body=body, headers={"content-type": CONTENT_TYPE_LATEST})
+
+    async def alive(request: web.Request) -> web.Response:
+        return web.json_response({"status": "ok"})
+
+    app = web.Application()
+    if metrics_served(access):
+        app.router.add_get("/metrics", handle)
+    app.router.add_get("/healthz", alive)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    try:
+        site = web.TCPSite(runner, host, port)
+        await site.start()
+        yield f"http://{host}:{port}"
+    finally:
+        await runner.cleanup()
+
+
+@contextlib.asynccontextmanager
+async def keeper_metrics(settings: Settings, metrics: Metrics, store: Store) -> AsyncIterator[None]:
+    """The Keeper's `/healthz` and `/metrics` on `worker.metrics_host:metrics_port` (off when
+    the port is 0 or `metrics.enabled` is false; `/metrics` is 404 without a metrics token
+    unless `allow_unauthenticated`), with `llmgateway_keys` read from the store per scrape."""
+    worker = settings.worker
+    if not settings.metrics.enabled or worker.metrics_port == 0:
+        yield
+        return
+
+    async def keys() -> list[KeyCount]:
+        return store_key_counts(await store.status_counts())
+
+    async with serving(metrics, settings.metrics, keys, worker.metrics_host, worker.metrics_port):
+        yield
