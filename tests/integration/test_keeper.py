@@ -24,7 +24,7 @@ from llmgateway.keeper.probes import DAY, HOUR, MINUTE
 from llmgateway.keeper.run import Keeper
 from llmgateway.keeper.summary import RoundSummary
 from llmgateway.keyfiles import run_sync
-from llmgateway.store import StatusEvent, Store
+from llmgateway.store import StatusEvent, Store, proxy_checks
 from llmgateway.store import probes as queries
 from llmgateway.store.locks import KeeperRunningError, single_keeper
 from llmgateway.store.tables import key_status, keys, proxy_status
@@ -394,10 +394,10 @@ async def test_stealth_binds_keys_to_proxies_and_a_dead_proxy_moves_only_its_key
         clock.advance(60)
         found = await keeper.probe_proxies()
         assert (found.alive, found.dead) == (2, 1)
-        healthy = (await queries.healthy_proxies(store))["p1"]
+        healthy = (await proxy_checks.healthy_proxies(store))["p1"]
         assert dying.url not in healthy
         (dead_row,) = [r for r in await proxy_rows(store) if r["status"] != KeyStatus.VALID]
-        assert dead_row["status"] == queries.DEAD_PROXY
+        assert dead_row["status"] == proxy_checks.DEAD_PROXY
         now_bound = {s: egress_for(provider, s, healthy) for s in secrets}
         assert {s for s in secrets if now_bound[s] != bound[s]} == set(orphans)
 
@@ -413,7 +413,7 @@ async def test_stealth_binds_keys_to_proxies_and_a_dead_proxy_moves_only_its_key
         await dying.start()  # the proxy comes back and is found alive again
         clock.advance(settings.worker.proxy_retry_sec)
         assert (await keeper.probe_proxies()).alive == 1
-        assert dying.url in (await queries.healthy_proxies(store))["p1"]
+        assert dying.url in (await proxy_checks.healthy_proxies(store))["p1"]
     finally:
         for proxy in proxies:
             await proxy.stop()

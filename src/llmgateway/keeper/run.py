@@ -49,10 +49,11 @@ from llmgateway.observe.masking import fingerprint, mask
 from llmgateway.observe.metrics import Metrics
 from llmgateway.providers import auth_probe_request, probe_request
 from llmgateway.providers.catalog import is_pattern
-from llmgateway.store import Store
+from llmgateway.store import Store, maintenance, proxy_checks
 from llmgateway.store import probes as queries
 from llmgateway.store.locks import single_keeper
-from llmgateway.store.probes import DueCheck, ProbeResult, ProxyResult
+from llmgateway.store.probes import DueCheck, ProbeResult
+from llmgateway.store.proxy_checks import ProxyCheck, ProxyResult
 from llmgateway.transport.upstream import Upstream
 
 log = logging.getLogger("llmgateway.keeper")
@@ -99,7 +100,7 @@ class Keeper:
         started = time.perf_counter()
         now = self.clock()
         tally = Tally(due=await queries.count_due(self.store, now))
-        proxies = await queries.healthy_proxies(self.store)
+        proxies = await proxy_checks.healthy_proxies(self.store)
         try:
             while stop is None or not stop.is_set():
                 lease_until = now + self._lease_sec()
@@ -285,7 +286,7 @@ class Keeper:
         ]
         if not due:
             return ModelListSummary()
-        proxies = await queries.healthy_proxies(self.store)
+        proxies = await proxy_checks.healthy_proxies(self.store)
         gate = asyncio.Semaphore(self.settings.worker.max_concurrent_providers)
 
         async def one(name: str, provider: ProviderSettings) -> _Listed:
@@ -330,11 +331,11 @@ class Keeper:
     async def probe_proxies(self) -> ProxySummary:
         """Probe every due proxy (through it, to its provider); mark dead ones, revive live ones."""
         now = self.clock()
-        checks = await queries.claim_due_proxies(self.store, now, now + PROXY_HOLD_SEC, 1000)
+        checks = await proxy_checks.claim_due_proxies(self.store, now, now + PROXY_HOLD_SEC, 1000)
         gate = asyncio.Semaphore(_PROXY_CONCURRENCY)
         worker = self.settings.worker
 
-        async def probe(check: queries.ProxyCheck) -> ProxyResult | None:
+        async def probe(check: ProxyCheck) -> ProxyResult | None:
             provider = self.settings.providers.get(check.provider)
             if provider is None:
                 return None
@@ -345,7 +346,7 @@ class Keeper:
 
         found = await asyncio.gather(*(probe(check) for check in checks))
         results = [r for r in found if r is not None]
-        await queries.write_proxy_results(self.store, results)
+        await proxy_checks.write_proxy_results(self.store, results)
         alive = sum(r.alive for r in results)
         return ProxySummary(alive=alive, dead=len(results) - alive)
 
@@ -354,14 +355,14 @@ class Keeper:
         `vacuum_interval_hours` passed since the last one (or since the keeper started)."""
         now = self.clock()
         worker = self.settings.worker
-        keys, proxies = await queries.purge_removed(
+        keys, proxies = await maintenance.purge_removed(
             self.store, now - worker.purge_removed_after_days * DAY
         )
         if self.last_vacuum is None:
             self.last_vacuum = now
         vacuumed = now - self.last_vacuum >= worker.vacuum_interval_hours * HOUR
         if vacuumed:
-            await queries.vacuum(self.store)
+            await maintenance.vacuum(self.store)
             self.last_vacuum = now
         if keys or proxies or vacuumed:
             log.info(

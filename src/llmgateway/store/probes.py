@@ -1,5 +1,6 @@
-"""The Keeper's queries: claiming due checks with leases, writing probe results, proxy health,
-and maintenance (purging long-removed rows, VACUUM).
+"""The Keeper's key queries: claiming due (key, model) checks with leases, writing probe
+results, and a usable key for calls outside probing. Proxies are in `store.proxy_checks`, purging
+and VACUUM in `store.maintenance`.
 
 Claims are one statement, `UPDATE … WHERE (key_id, model) IN (SELECT … FOR UPDATE SKIP LOCKED
 LIMIT n) RETURNING …`: on PostgreSQL several keepers never claim the same row, and a killed
@@ -21,11 +22,8 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from llmgateway.core.outcomes import ErrorReason, KeyStatus
 from llmgateway.store import Store, notify
-from llmgateway.store.status import ERROR_MESSAGE_LIMIT, bump_revision
-from llmgateway.store.tables import key_status, keys, providers, proxies, proxy_status
-
-DEAD_PROXY = KeyStatus.NETWORK_ERROR
-"""The status of a proxy that could not be reached (a live one is `valid`)."""
+from llmgateway.store.status import bump_revision, cut_message
+from llmgateway.store.tables import key_status, keys, providers
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,27 +59,6 @@ class ProbeResult:
     cooldown_until: float | None = None
     status_code: int | None = None
     latency_ms: float | None = None
-    error_message: str | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class ProxyCheck:
-    """One claimed proxy (the URL may hold a password: it is left out of repr)."""
-
-    proxy_id: int
-    provider: str
-    url: str = field(repr=False)
-    status: KeyStatus
-
-
-@dataclass(frozen=True, slots=True)
-class ProxyResult:
-    """A proxy probe's result; `error_message` must already be masked."""
-
-    proxy_id: int
-    alive: bool
-    observed_at: float
-    next_check_at: float
     error_message: str | None = None
 
 
@@ -253,7 +230,7 @@ def _mark_params(result: ProbeResult) -> dict[str, object]:
         "p_attempts": result.attempts,
         "p_status_code": result.status_code,
         "p_latency_ms": result.latency_ms,
-        "p_error_message": _cut(result.error_message),
+        "p_error_message": cut_message(result.error_message),
     }
 
 
@@ -277,12 +254,8 @@ def _reschedule_params(result: ProbeResult) -> dict[str, object]:
         "p_model": result.model,
         "p_next_check_at": result.next_check_at,
         "p_attempts": result.attempts,
-        "p_error_message": _cut(result.error_message),
+        "p_error_message": cut_message(result.error_message),
     }
-
-
-def _cut(message: str | None) -> str | None:
-    return None if message is None else message[:ERROR_MESSAGE_LIMIT]
 
 
 async def release_leases(store: Store, owner: str) -> int:
@@ -300,107 +273,6 @@ async def release_leases(store: Store, owner: str) -> int:
             .values(lease_owner=None, lease_until=None)
         )
         return max(released.rowcount, 0)
-
-
-# --- proxies -----------------------------------------------------------------------------------
-
-
-async def claim_due_proxies(
-    store: Store, now: float, hold_until: float, limit: int
-) -> list[ProxyCheck]:
-    """Take up to `limit` due proxies, pushing their next check to `hold_until` so another
-    keeper leaves them alone (and a killed keeper's proxies come back then)."""
-    ps = proxy_status.c
-    chosen = (
-        sa.select(ps.proxy_id)
-        .select_from(
-            proxy_status.join(proxies, proxies.c.id == ps.proxy_id).join(
-                providers, providers.c.id == proxies.c.provider_id
-            )
-        )
-        .where(proxies.c.active, providers.c.active, ps.next_check_at <= now)
-        .order_by(ps.next_check_at)
-        .limit(limit)
-        .with_for_update(skip_locked=True, of=proxy_status)
-    )
-    claim = (
-        sa.update(proxy_status)
-        .where(ps.proxy_id.in_(chosen))
-        .values(next_check_at=hold_until)
-        .returning(ps.proxy_id, ps.status)
-    )
-    async with store.engine.begin() as conn:
-        claimed = {int(pid): str(status) for pid, status in await conn.execute(claim)}
-        if not claimed:
-            return []
-        query = (
-            sa.select(proxies.c.id, providers.c.name, proxies.c.url)
-            .select_from(proxies.join(providers, providers.c.id == proxies.c.provider_id))
-            .where(proxies.c.id.in_(list(claimed)))
-            .order_by(proxies.c.id)
-        )
-        return [
-            ProxyCheck(proxy_id, name, url, KeyStatus(claimed[proxy_id]))
-            for proxy_id, name, url in await conn.execute(query)
-        ]
-
-
-async def write_proxy_results(store: Store, results: Sequence[ProxyResult]) -> None:
-    """Write proxy probe results; a proxy whose health changed is stamped for gateways."""
-    if not results:
-        return
-    ps = proxy_status.c
-    new_status = sa.bindparam("p_status", type_=sa.Text)
-    observed = sa.bindparam("p_observed_at", type_=sa.Double)
-    async with store.engine.begin() as conn:
-        revision = await bump_revision(conn)
-        statement = (
-            sa.update(proxy_status)
-            .where(ps.proxy_id == sa.bindparam("p_proxy_id", type_=sa.Integer))
-            .values(
-                status=new_status,
-                failing_since=sa.case(
-                    (new_status == KeyStatus.VALID.value, sa.null()),
-                    else_=sa.func.coalesce(ps.failing_since, observed),
-                ),
-                next_check_at=sa.bindparam("p_next_check_at", type_=sa.Double),
-                last_checked_at=observed,
-                error_message=sa.bindparam("p_error_message", type_=sa.Text),
-                revision=sa.case((ps.status != new_status, revision), else_=ps.revision),
-            )
-        )
-        await conn.execute(
-            statement,
-            [
-                {
-                    "p_proxy_id": r.proxy_id,
-                    "p_status": (KeyStatus.VALID if r.alive else DEAD_PROXY).value,
-                    "p_observed_at": r.observed_at,
-                    "p_next_check_at": r.next_check_at,
-                    "p_error_message": _cut(r.error_message),
-                }
-                for r in results
-            ],
-        )
-
-
-async def healthy_proxies(store: Store) -> dict[str, list[str]]:
-    """Each provider's usable proxy URLs (active and not found dead; untested ones count)."""
-    query = (
-        sa.select(providers.c.name, proxies.c.url)
-        .select_from(
-            proxies.join(proxy_status, proxy_status.c.proxy_id == proxies.c.id).join(
-                providers, providers.c.id == proxies.c.provider_id
-            )
-        )
-        .where(proxies.c.active, providers.c.active, proxy_status.c.status != DEAD_PROXY.value)
-        .order_by(proxies.c.id)
-    )
-    found: dict[str, list[str]] = {}
-    async with store.engine.connect() as conn:
-        for name, url in await conn.execute(query):
-            found.setdefault(name, []).append(url)
-    return found
 
 
 # --- a key for other calls ---------------------------------------------------------------------
@@ -436,36 +308,3 @@ async def usable_key(store: Store, provider: str) -> str | None:
     async with store.engine.connect() as conn:
         value = await conn.scalar(query)
     return None if value is None else str(value)
-
-
-# --- maintenance -------------------------------------------------------------------------------
-
-
-async def purge_removed(store: Store, before: float) -> tuple[int, int]:
-    """Delete keys and proxies removed from their files before `before` (their status rows go
-    with them). Returns how many keys and proxies were deleted."""
-    counts = []
-    async with store.engine.begin() as conn:
-        for table in (keys, proxies):
-            if table is keys:
-                # Explicitly, not by cascade: SQLite only cascades with its foreign keys on.
-                gone = sa.select(keys.c.id).where(~keys.c.active, keys.c.removed_at < before)
-                await conn.execute(sa.delete(key_status).where(key_status.c.key_id.in_(gone)))
-            else:
-                gone = sa.select(proxies.c.id).where(
-                    ~proxies.c.active, proxies.c.removed_at < before
-                )
-                await conn.execute(sa.delete(proxy_status).where(proxy_status.c.proxy_id.in_(gone)))
-            deleted = await conn.execute(
-                sa.delete(table).where(~table.c.active, table.c.removed_at < before)
-            )
-            counts.append(max(deleted.rowcount, 0))
-    return counts[0], counts[1]
-
-
-async def vacuum(store: Store) -> None:
-    """Reclaim space, refresh statistics: VACUUM (SQLite), VACUUM ANALYZE (PostgreSQL)."""
-    async with store.engine.connect() as conn:
-        auto = await conn.execution_options(isolation_level="AUTOCOMMIT")
-        command = "VACUUM ANALYZE" if conn.dialect.name == "postgresql" else "VACUUM"
-        await auto.execute(sa.text(command))

@@ -8,7 +8,7 @@ import sqlalchemy as sa
 
 from llmgateway.store import Store
 from llmgateway.store import tables as t
-from llmgateway.store.probes import DEAD_PROXY
+from llmgateway.store.proxy_checks import DEAD_PROXY
 
 
 @dataclass(frozen=True, slots=True)

@@ -18,6 +18,12 @@ from llmgateway.store.tables import key_status, keys, meta, providers, proxies, 
 ERROR_MESSAGE_LIMIT = 500
 """Stored error messages are cut to this many characters."""
 
+
+def cut_message(message: str | None) -> str | None:
+    """An error message as stored: cut to `ERROR_MESSAGE_LIMIT` characters."""
+    return None if message is None else message[:ERROR_MESSAGE_LIMIT]
+
+
 SHARED_MODEL_LABEL = "shared"
 """How `ALL_MODELS` is shown to people (status table, metrics)."""
 
@@ -259,7 +265,6 @@ def _finite(event: StatusEvent) -> bool:
 
 
 def _event_params(event: StatusEvent) -> dict[str, object]:
-    message = event.error_message
     return {
         "key_id": event.key_id,
         "model": event.model,
@@ -268,7 +273,7 @@ def _event_params(event: StatusEvent) -> dict[str, object]:
         "status": KeyStatus(event.status).value,
         "reason": event.reason.value if event.reason is not None else None,
         "status_code": event.status_code,
-        "error_message": message[:ERROR_MESSAGE_LIMIT] if message is not None else None,
+        "error_message": cut_message(event.error_message),
         "latency_ms": event.latency_ms,
         "healthy": event.status == KeyStatus.VALID,
         "key_level": event.status in _KEY_LEVEL,
