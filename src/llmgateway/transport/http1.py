@@ -5,8 +5,9 @@ which alone is most of the gateway's 0.3 ms latency budget. This client does onl
 path needs: keep-alive connections pooled per origin under explicit limits, one write per request,
 responses parsed by httptools (the C parser uvicorn uses), bodies handed on chunk by chunk with
 flow control, and the provider's connect and read timeouts. Traffic through outbound proxies
-stays on aiohttp (see `transport.upstream`). The receiving half, and the bounds on what an
-upstream may send, are in `llmgateway.transport.http1_response`.
+stays on aiohttp (see `transport.upstream`). The receiving half is in
+`llmgateway.transport.http1_connection` (the bytes an upstream sends, and their bounds) and
+`llmgateway.transport.http1_response` (the answer the caller reads).
 
 Failures raise `InvalidRequest` (the request cannot be written as given; nothing was sent),
 `ConnectError` (never reached the upstream: refused, DNS, TLS, connect or pool timeout),
@@ -24,11 +25,9 @@ import ssl
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from llmgateway.transport.http1_connection import MAX_HEAD_BYTES, MAX_HEADER_FIELDS, Connection
 from llmgateway.transport.http1_response import (
-    MAX_HEAD_BYTES,
-    MAX_HEADER_FIELDS,
     PAUSE_ABOVE,
-    Connection,
     Disconnected,
     ProtocolError,
     ReadTimeout,
