@@ -12,28 +12,23 @@ A key with no behaviour set is judged by its name: one containing `invalid`, `ra
 from __future__ import annotations
 
 import asyncio
-import math
 import random
 import socket
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from types import TracebackType
-from typing import Any, Self
+from typing import Self
 
-import orjson
-import pydantic
 from aiohttp import web
 
-from llmgateway.observe.masking import fingerprint, mask
-from llmgateway.testing import wire
+from llmgateway.testing import fake_answers as answers
+from llmgateway.testing.fake_admin import admin_routes
+from llmgateway.testing.fake_answers import Answer
 from llmgateway.testing.faults import (
-    BEHAVIOR_ADAPTER,
-    BEHAVIOR_FIELDS,
     NAMED,
     Behavior,
     Dialect,
-    bad_request,
     behavior_for_name,
     error_response,
     invalid_key,
@@ -44,10 +39,6 @@ from llmgateway.testing.faults import (
 )
 
 DEFAULT_MODELS = ("gpt-4o-mini", "gpt-4o", "text-embedding-3-small", "gemini-2.5-flash")
-GEMINI_PAGE_SIZE = 50
-"""Models per page of Gemini's list when the caller asks for no `pageSize` (as Gemini)."""
-GEMINI_MAX_PAGE_SIZE = 1000
-_JSON = "application/json"
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,17 +57,7 @@ class _Outage:
     until: float | None
 
 
-@dataclass(slots=True)
-class _Answer:
-    """A success answer: a whole body, or events to stream one by one."""
-
-    body: bytes = b""
-    events: tuple[bytes, ...] = ()
-    content_type: str = _JSON
-    streamed: bool = False
-
-
-_Handler = Callable[[web.Request, bytes], "_Answer | web.Response"]
+_Handler = Callable[[web.Request, bytes], Answer | web.Response]
 _Endpoint = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
@@ -112,7 +93,7 @@ class FakeUpstream:
         self.host, self.port = host, port
         self.chunks, self.chunk_delay = max(1, chunks), chunk_delay
         self.models = models
-        self._clock = clock
+        self.clock = clock  # times outages and rate-limit deadlines
         self._rng = random.Random(seed)
         self._behaviors: dict[str, Behavior] = {}
         self._outage: _Outage | None = None
@@ -192,7 +173,7 @@ class FakeUpstream:
 
     def set_outage(self, status: int = 503, seconds: float | None = None) -> None:
         """Answer every call with `status` for `seconds` (None: until `clear_outage()`)."""
-        until = None if seconds is None else self._clock() + seconds
+        until = None if seconds is None else self.clock() + seconds
         self._outage = _Outage(status, until)
 
     def clear_outage(self) -> None:
@@ -217,6 +198,11 @@ class FakeUpstream:
     def last_request(self, secret: str) -> SeenRequest | None:
         """The last request made with this key."""
         return self._counters.seen.get(secret)
+
+    @property
+    def outage_status(self) -> int | None:
+        """The status of the outage set (even one whose time is up), or None."""
+        return None if self._outage is None else self._outage.status
 
     @property
     def key_in_url(self) -> int:
@@ -245,23 +231,35 @@ class FakeUpstream:
         app.add_routes(
             [
                 web.post("/v1/chat/completions", route("openai", self._chat)),
-                web.post("/v1/embeddings", route("openai", self._embeddings)),
+                web.post("/v1/embeddings", route("openai", answers.embeddings)),
                 web.get("/v1/models", self._v1_models(route)),
                 web.post("/v1beta/openai/chat/completions", route("compat", self._chat)),
-                web.post("/v1beta/openai/embeddings", route("compat", self._embeddings)),
+                web.post("/v1beta/openai/embeddings", route("compat", answers.embeddings)),
                 web.get("/v1beta/openai/models", route("compat", self._openai_models)),
                 web.get("/v1beta/models", route("gemini", self._gemini_models)),
                 web.get("/v1beta/models/{target}", route("gemini", self._gemini_model)),
                 web.get("/v1/models/{target}", route("gemini", self._gemini_model)),
                 web.post("/v1beta/models/{target}", route("gemini", self._gemini_call)),
                 web.post("/v1/models/{target}", route("gemini", self._gemini_call)),
-                web.post("/_fake/behaviors", self._admin_behaviors),
-                web.get("/_fake/stats", self._admin_stats),
-                web.post("/_fake/reset", self._admin_reset),
-                web.post("/_fake/outage", self._admin_outage),
+                *admin_routes(self),
             ]
         )
         return app
+
+    def _chat(self, request: web.Request, body: bytes) -> Answer | web.Response:
+        return answers.chat(request, body, self.chunks)
+
+    def _openai_models(self, request: web.Request, body: bytes) -> Answer:
+        return answers.openai_models(self.models)
+
+    def _gemini_models(self, request: web.Request, body: bytes) -> Answer | web.Response:
+        return answers.gemini_models(request, self.models)
+
+    def _gemini_model(self, request: web.Request, body: bytes) -> Answer:
+        return answers.gemini_model(request)
+
+    def _gemini_call(self, request: web.Request, body: bytes) -> Answer | web.Response:
+        return answers.gemini_call(request, body, self.chunks)
 
     def _v1_models(self, route: Callable[[Dialect, _Handler], _Endpoint]) -> _Endpoint:
         # `GET /v1/models` is OpenAI's list, or Gemini's (v1) for a caller using x-goog-api-key.
@@ -305,7 +303,7 @@ class FakeUpstream:
             message = "API key in the URL (?key=): send it in the x-goog-api-key header"
             return error_response(speaks, 400, message, "INVALID_ARGUMENT")
         outage = self._outage
-        if outage is not None and (outage.until is None or self._clock() < outage.until):
+        if outage is not None and (outage.until is None or self.clock() < outage.until):
             return server_error(speaks, outage.status)
         behavior = self.behavior(secret)
         if behavior.delay > 0:
@@ -319,7 +317,7 @@ class FakeUpstream:
         result = answer(request, await request.read())
         if isinstance(result, web.Response):
             return result
-        return await self._send(request, result, behavior)
+        return await answers.send(request, result, behavior, self.chunk_delay)
 
     def _secret(self, request: web.Request, speaks: Dialect) -> tuple[str, bool]:
         in_url = request.query.get("key")
@@ -359,196 +357,7 @@ class FakeUpstream:
         if behavior.rate_limit_calls is not None and calls > behavior.rate_limit_calls:
             return False
         until = behavior.rate_limit_until
-        return until is None or self._clock() < until
-
-    async def _send(
-        self, request: web.Request, answer: _Answer, behavior: Behavior
-    ) -> web.StreamResponse:
-        drop = behavior.drop_after_chunks
-        if not answer.streamed and drop is None:
-            return web.Response(body=answer.body, content_type=answer.content_type)
-        response = web.StreamResponse(headers={"content-type": answer.content_type})
-        if not answer.streamed:
-            response.content_length = len(answer.body)
-            await response.prepare(request)
-            await response.write(answer.body[: len(answer.body) // 2])
-            return _drop(request, response)
-        response.enable_chunked_encoding()
-        delay = self.chunk_delay if behavior.chunk_delay is None else behavior.chunk_delay
-        try:
-            await response.prepare(request)
-            for index, event in enumerate(answer.events):
-                if drop is not None and index >= drop:
-                    return _drop(request, response)
-                if delay > 0 and index > 0:
-                    await asyncio.sleep(delay)
-                await response.write(event)
-            await response.write_eof()
-        except ConnectionResetError:  # the client left mid-stream (a load run ending): no error
-            pass
-        return response
-
-    # --- answers -------------------------------------------------------------------------------
-
-    def _chat(self, request: web.Request, body: bytes) -> _Answer | web.Response:
-        document = _json_object(body)
-        if document is None:
-            return bad_request(request, "the body is not a JSON object")
-        model = document.get("model")
-        if not isinstance(model, str) or not model:
-            return bad_request(request, "you must provide a model parameter")
-        if document.get("stream") is not True:
-            return _Answer(body=wire.openai_completion(model, self.chunks))
-        options = document.get("stream_options")
-        usage = isinstance(options, dict) and options.get("include_usage") is True
-        events = wire.openai_chunks(model, self.chunks, usage)
-        return _Answer(events=events, content_type="text/event-stream", streamed=True)
-
-    def _embeddings(self, request: web.Request, body: bytes) -> _Answer | web.Response:
-        document = _json_object(body)
-        if document is None or not isinstance(document.get("model"), str):
-            return bad_request(request, "you must provide a model parameter")
-        given = document.get("input")
-        count = len(given) if isinstance(given, list) and given else 1
-        as_base64 = document.get("encoding_format") == "base64"
-        return _Answer(body=wire.openai_embeddings(document["model"], count, as_base64))
-
-    def _openai_models(self, request: web.Request, body: bytes) -> _Answer:
-        return _Answer(body=wire.openai_models(self.models))
-
-    def _gemini_models(self, request: web.Request, body: bytes) -> _Answer | web.Response:
-        size = request.query.get("pageSize", str(GEMINI_PAGE_SIZE))
-        start = request.query.get("pageToken", "0")
-        if not size.isdigit() or not start.isdigit():
-            return error_response("gemini", 400, "Invalid page size or token.", "INVALID_ARGUMENT")
-        first, count = int(start), min(max(int(size), 1), GEMINI_MAX_PAGE_SIZE)
-        page = self.models[first : first + count]
-        more = first + count < len(self.models)
-        return _Answer(body=wire.gemini_models(page, str(first + count) if more else None))
-
-    def _gemini_model(self, request: web.Request, body: bytes) -> _Answer:
-        return _Answer(body=orjson.dumps(wire.gemini_model(request.match_info["target"])))
-
-    def _gemini_call(self, request: web.Request, body: bytes) -> _Answer | web.Response:
-        model, _, method = request.match_info["target"].partition(":")
-        if _json_object(body) is None:
-            return error_response(
-                "gemini", 400, "Invalid JSON payload received.", "INVALID_ARGUMENT"
-            )
-        if method == "generateContent":
-            return _Answer(body=wire.gemini_response(model, self.chunks))
-        if method == "streamGenerateContent":
-            sse = request.query.get("alt") == "sse"
-            events = wire.gemini_chunks(model, self.chunks, sse)
-            content_type = "text/event-stream" if sse else _JSON
-            return _Answer(events=events, content_type=content_type, streamed=True)
-        if method == "countTokens":
-            return _Answer(body=b'{"totalTokens": %d}' % wire.PROMPT_TOKENS)
-        if method in ("embedContent", "batchEmbedContents"):
-            requests = _json_object(body) or {}
-            batch = requests.get("requests")
-            count = len(batch) if isinstance(batch, list) and batch else 1
-            return _Answer(body=wire.gemini_embedding(count))
-        message = f"Method {method!r} is not found for model {model!r}."
-        return error_response("gemini", 404, message, "NOT_FOUND")
-
-    # --- admin API -----------------------------------------------------------------------------
-
-    async def _admin_behaviors(self, request: web.Request) -> web.Response:
-        """`{"<secret>": {<Behavior fields>} | null, ...}`; `rate_limit_for_sec` sets a deadline
-        relative to now."""
-        document = _json_object(await request.read())
-        if document is None:
-            return _admin_error("expected a JSON object: {secret: {behavior fields} | null}")
-        parsed: dict[str, Behavior | None] = {}
-        for secret, spec in document.items():
-            if spec is None:
-                parsed[secret] = None
-                continue
-            behavior = self._parse_behavior(spec)
-            if isinstance(behavior, str):
-                return _admin_error(f"behavior for {mask(secret)}: {behavior}")
-            parsed[secret] = behavior
-        for secret, chosen in parsed.items():
-            self.set_behavior(secret, chosen)
-        return web.json_response({"ok": True, "keys": len(parsed)})
-
-    def _parse_behavior(self, spec: Any) -> Behavior | str:
-        if not isinstance(spec, dict):
-            return "expected an object of behavior fields"
-        spec = dict(spec)
-        relative = spec.pop("rate_limit_for_sec", None)
-        unknown = sorted(set(spec) - BEHAVIOR_FIELDS)
-        if unknown:
-            return f"unknown field(s) {unknown}; known: {sorted(BEHAVIOR_FIELDS)}"
-        try:
-            behavior = BEHAVIOR_ADAPTER.validate_python(spec)
-            if relative is not None:
-                seconds = float(relative)
-                behavior = replace(behavior, rate_limit_until=self._clock() + seconds)
-        except (pydantic.ValidationError, TypeError, ValueError) as exc:
-            return str(exc).replace("\n", "; ")
-        return behavior
-
-    async def _admin_stats(self, request: web.Request) -> web.Response:
-        counters = self._counters
-        outage = self._outage
-        stats = {
-            "calls": {mask(secret): n for secret, n in counters.calls.items()},
-            "calls_by_fingerprint": {
-                fingerprint(secret): n for secret, n in counters.calls.items()
-            },
-            "total_calls": sum(counters.calls.values()),
-            "key_in_url": counters.key_in_url,
-            "open_requests": counters.open_requests,
-            "peak_open_requests": counters.peak_open_requests,
-            "outage": None if outage is None else {"status": outage.status},
-        }
-        return web.json_response(stats, dumps=lambda v: orjson.dumps(v).decode())
-
-    async def _admin_reset(self, request: web.Request) -> web.Response:
-        self.reset()
-        return web.json_response({"ok": True})
-
-    async def _admin_outage(self, request: web.Request) -> web.Response:
-        """`{"status": 503, "seconds": 10}` starts an outage (no seconds: until cleared);
-        `{"status": null}` or `{}` clears it."""
-        document = _json_object(await request.read())
-        if document is None:
-            return _admin_error('expected a JSON object like {"status": 503, "seconds": 10}')
-        status, seconds = document.get("status"), document.get("seconds")
-        if status is None:
-            self.clear_outage()
-            return web.json_response({"ok": True, "outage": None})
-        valid_seconds = seconds is None or (
-            isinstance(seconds, int | float) and math.isfinite(seconds) and seconds >= 0
-        )
-        if not isinstance(status, int) or not 400 <= status <= 599 or not valid_seconds:
-            return _admin_error("status must be an HTTP error code (400-599), seconds >= 0")
-        self.set_outage(status, None if seconds is None else float(seconds))
-        return web.json_response({"ok": True, "outage": {"status": status}})
-
-
-# --- helpers -------------------------------------------------------------------------------------
-
-
-def _json_object(body: bytes) -> dict[str, Any] | None:
-    try:
-        document = orjson.loads(body)
-    except orjson.JSONDecodeError:
-        return None
-    return document if isinstance(document, dict) else None
-
-
-def _drop(request: web.Request, response: web.StreamResponse) -> web.StreamResponse:
-    """Cut the connection mid-body, as a provider that dies does."""
-    if request.transport is not None:
-        request.transport.abort()
-    return response
-
-
-def _admin_error(message: str) -> web.Response:
-    return web.json_response({"error": message}, status=400)
+        return until is None or self.clock() < until
 
 
 async def serve(
