@@ -188,7 +188,7 @@ def test_env_example_placeholders_stop_the_composed_gateway(
 ) -> None:
     """An unfilled copy of .env.example must fail loudly: compose binds 0.0.0.0, and every
     token it leaves in place is a placeholder the gateway refuses there."""
-    from llmgateway.config.rules import is_loopback, weak_tokens
+    from llmgateway.config.weak_tokens import is_loopback, weak_tokens
 
     settings = settings_as_compose_runs_them("gateway", monkeypatch)
     command = compose()["services"]["gateway"]["command"]

@@ -10,13 +10,13 @@ from typing import Any
 
 import pytest
 
-from llmgateway.config.rules import (
+from llmgateway.config.settings import Settings
+from llmgateway.config.weak_tokens import (
     MIN_TOKEN_LENGTH,
     is_loopback,
     token_weakness,
     weak_tokens,
 )
-from llmgateway.config.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[2]
 STRONG = "tok-strong-0123456789abcdef"

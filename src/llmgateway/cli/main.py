@@ -55,7 +55,8 @@ def check_config(path: str | None) -> None:
 
         summary += f", per-key limits counted by: {backend_of(settings).value}"
     click.echo(summary)
-    from llmgateway.config.rules import unreachable_models, weak_tokens
+    from llmgateway.config.reachable import unreachable_models
+    from llmgateway.config.weak_tokens import weak_tokens
 
     if not settings.gateway.allow_weak_tokens:
         for where, why in weak_tokens(settings):
@@ -111,7 +112,7 @@ def _guard_tokens(settings: Settings, gateway_host: str, metrics_hosts: tuple[st
     metrics token each of `metrics_hosts`. Token values are never shown."""
     import logging
 
-    from llmgateway.config.rules import is_loopback, weak_tokens
+    from llmgateway.config.weak_tokens import is_loopback, weak_tokens
 
     weak = weak_tokens(settings)
     log = logging.getLogger("llmgateway.tokens")

@@ -22,6 +22,7 @@ from pydantic import ValidationError
 from pydantic_core import ErrorDetails
 
 from llmgateway.config import rules as config_rules
+from llmgateway.config import schema
 from llmgateway.config.settings import Settings
 from llmgateway.observe.masking import mask
 
@@ -341,14 +342,14 @@ def _malformed(path: str, reference: str) -> Problem:
 
 def _from_pydantic(error: ErrorDetails) -> Problem:
     raw_loc = error["loc"]
-    loc = config_rules.clean_loc(raw_loc)
+    loc = schema.clean_loc(raw_loc)
     kind, ctx = error["type"], error.get("ctx") or {}
     field = next((str(p) for p in reversed(loc) if not isinstance(p, int)), "")
     is_key = bool(raw_loc) and raw_loc[-1] == "[key]"
     shown = _show(error.get("input"), loc)
     hint = str(ctx.get("hint", ""))
     if kind == "extra_forbidden":
-        valid = config_rules.fields_at(raw_loc[:-1])
+        valid = schema.fields_at(raw_loc[:-1])
         close = difflib.get_close_matches(field, valid, n=1, cutoff=0.6)
         hint = f"did you mean '{close[0]}'?" if close else f"valid here: {', '.join(valid)}"
         return Problem(_dotted(loc), "unknown setting", hint)
@@ -363,9 +364,7 @@ def _from_pydantic(error: ErrorDetails) -> Problem:
         message = f"invalid key: {message}"
         if "fast_status_mapping" in loc:
             default_hint = "an HTTP status code from 100 to 599"
-    return Problem(
-        _dotted(loc), message, hint or default_hint or config_rules.default_hint(raw_loc)
-    )
+    return Problem(_dotted(loc), message, hint or default_hint or schema.default_hint(raw_loc))
 
 
 def _describe(kind: str, ctx: Mapping[str, Any], shown: str, msg: str) -> tuple[str, str]:

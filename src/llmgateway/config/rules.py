@@ -1,25 +1,20 @@
-"""What the field types cannot say: the cross-field rules of the configuration, and the schema
-lookups (valid names, defaults) that turn pydantic's errors into helpful ones.
+"""What the field types cannot say: the cross-field rules of the configuration.
 
 The rules run on every part of the config that validates on its own, so one typo elsewhere
-does not hide them: all problems are reported in one go.
-
-`weak_tokens()` is not a validation rule: a placeholder or short token is fine on loopback, and
-the commands that listen decide (see `llmgateway.cli.main`). Nor is `unreachable_models()`: a model
-no route can reach is a warning of `check-config`.
+does not hide them: all problems are reported in one go. Warnings that are not rules: weak
+tokens (`config.weak_tokens`) and models no route reaches (`config.reachable`).
 """
 
 from __future__ import annotations
 
-import ipaddress
-import re
 import types
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from typing import Annotated, Any, TypeVar, Union, get_args, get_origin
+from typing import Any, TypeVar, Union, get_origin
 
 from pydantic import BaseModel, TypeAdapter, ValidationError
 from pydantic_core import PydanticUndefined
 
+from llmgateway.config.schema import choose_member, is_model, step, unwrap
 from llmgateway.config.settings import (
     BreakerBackoff,
     GeminiProvider,
@@ -33,13 +28,10 @@ from llmgateway.config.settings import (
 )
 from llmgateway.observe.masking import mask
 from llmgateway.providers.catalog import Catalog, is_pattern
-from llmgateway.providers.target import checked_path
 
 Finding = tuple[str, str, str]
 """One broken rule: (dotted path, what is wrong, hint)."""
-Loc = Sequence[str | int]
 
-_PROVIDER_TYPES = ("openai_like", "gemini")
 _M = TypeVar("_M", bound=BaseModel)
 
 
@@ -237,121 +229,6 @@ def _token_findings(providers: Mapping[str, ProviderSettings]) -> Iterator[Findi
                 )
 
 
-# -- weak tokens ---------------------------------------------------------------------------------
-
-MIN_TOKEN_LENGTH = 16
-"""The shortest inbound token accepted on a listener other machines can reach."""
-PLACEHOLDER_PREFIX = "change-me"
-"""Any token starting with this (in any case) is a placeholder, like those of our examples."""
-PLACEHOLDER_TOKENS = frozenset(
-    {
-        "choose-a-long-random-token",  # examples/minimal_config.yaml
-        "a-long-random-token",  # the README's quickstart, before it made one
-        "your-gemini-gateway-token",  # the README's quickstart
-        "demo-openai-token",  # `llmgateway demo`, before its tokens were random
-        "demo-gemini-token",
-    }
-)
-"""Tokens printed in our own files for people to copy (besides the `change-me…` ones of
-config/providers.yaml and examples/.env.example): a copy of one guards nothing."""
-
-
-def token_weakness(token: str) -> str | None:
-    """Why `token` is too weak to guard a listener off loopback, or None when it is not."""
-    if not token.strip() or token.lower().startswith(PLACEHOLDER_PREFIX):
-        return "a placeholder token"
-    if token in PLACEHOLDER_TOKENS:
-        return "a placeholder token"
-    if len(token) < MIN_TOKEN_LENGTH:
-        return f"a token of {len(token)} characters, at least {MIN_TOKEN_LENGTH} needed"
-    return None
-
-
-def weak_tokens(settings: Settings) -> list[tuple[str, str]]:
-    """Every inbound token that is weak, as (dotted path of its setting, why): the gateway
-    tokens of each enabled provider, then the metrics token. An empty metrics token is not weak
-    (it turns /metrics off), nor is an empty `gateway_access_token` beside a list of tokens."""
-    found: list[tuple[str, str]] = []
-    for name, provider in settings.providers.items():
-        if not provider.enabled:
-            continue
-        access = provider.access_control
-        where = f"providers.{name}.access_control"
-        if access.gateway_access_token:
-            found.append((f"{where}.gateway_access_token", access.gateway_access_token))
-        for i, token in enumerate(access.gateway_access_tokens):
-            found.append((f"{where}.gateway_access_tokens.{i}", token))
-    if settings.metrics.access_token:
-        found.append(("metrics.access_token", settings.metrics.access_token))
-    weak = [(path, token_weakness(token)) for path, token in found]
-    return [(path, why) for path, why in weak if why is not None]
-
-
-def is_loopback(host: str) -> bool:
-    """Whether a listen address is reachable from this machine only: 127.0.0.0/8, ::1 or
-    `localhost` (any other name may resolve anywhere; `0.0.0.0` and `::` are everywhere)."""
-    name = host.strip().removeprefix("[").removesuffix("]").lower()
-    if name == "localhost":
-        return True
-    try:
-        address = ipaddress.ip_address(name)
-    except ValueError:
-        return False
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        return address.ipv4_mapped.is_loopback
-    return address.is_loopback
-
-
-# -- models no route reaches --------------------------------------------------------------------
-
-_GEMINI_SEGMENT = re.compile(r"[^/:]+")
-"""A model in a Gemini native path (`/v1beta/models/{model}:method`): one segment, no `:`."""
-_STAND_IN = "model"
-"""A concrete segment in place of a pattern, to check the path a pattern's requests take."""
-
-
-def unreachable_models(settings: Settings) -> list[tuple[str, str]]:
-    """Every model of an enabled provider that no request can reach, as (dotted path, why):
-    warnings, not errors (the model is configured, only never served). An `openai_like`
-    model's `endpoint_suffix` must be a path the gateway forwards under `/v1`; a Gemini model
-    must be one path segment, and its path with the suffix one the gateway forwards."""
-    found: list[tuple[str, str]] = []
-    for name, provider in settings.providers.items():
-        if not provider.enabled:
-            continue
-        for model, model_settings in provider.models.items():
-            where = f"providers.{name}.models.{model}"
-            suffix = model_settings.endpoint_suffix
-            if provider.provider_type == "gemini":
-                found.extend(_gemini_reach(where, model, suffix))
-            elif not suffix.startswith("/") or checked_path(("/v1" + suffix).encode()) is None:
-                found.append(
-                    (
-                        f"{where}.endpoint_suffix",
-                        f"{suffix!r} is not a path the gateway forwards (a '/…' path of "
-                        "RFC 3986 characters, without dot-segments): no route reaches it",
-                    )
-                )
-    return found
-
-
-def _gemini_reach(where: str, model: str, suffix: str) -> Iterator[tuple[str, str]]:
-    segment = _STAND_IN if is_pattern(model) else model.removeprefix("models/")
-    native = f"/v1beta/models/{segment}"
-    if _GEMINI_SEGMENT.fullmatch(segment) is None or checked_path(native.encode()) is None:
-        yield (
-            where,
-            "a Gemini model is one path segment of RFC 3986 characters (no '/' or ':' after "
-            "a leading 'models/'): no native route reaches it",
-        )
-    elif checked_path((native + suffix).encode()) is None:
-        yield (
-            f"{where}.endpoint_suffix",
-            f"{suffix!r} makes a path the gateway does not forward (RFC 3986 characters only, "
-            "no dot-segments): no route reaches this model",
-        )
-
-
 # -- walking validated and raw data --------------------------------------------------------------
 
 
@@ -371,7 +248,7 @@ def _walk_value(value: Any, path: tuple[str, ...]) -> Iterator[Finding]:
 
 def _walk_raw(tp: Any, raw: Any, path: tuple[str, ...]) -> Iterator[Finding]:
     """Validate `raw` as `tp` and check the rules; where it does not validate, go down a level."""
-    tp = _choose_member(_unwrap(tp), raw)
+    tp = choose_member(unwrap(tp), raw)
     if tp is None or not _has_rules_below(tp):
         return
     try:
@@ -381,23 +258,23 @@ def _walk_raw(tp: Any, raw: Any, path: tuple[str, ...]) -> Iterator[Finding]:
     else:
         yield from _walk_value(value, path)
         return
-    if _is_model(tp) and isinstance(raw, dict):
+    if is_model(tp) and isinstance(raw, dict):
         for where, message, hint in _partial_rules(tp, raw):
             yield (".".join((*path, where)), message, hint)
     if isinstance(raw, dict):
         for key, item in raw.items():
-            child = _step(tp, key)
+            child = step(tp, key)
             if child is not None:
                 yield from _walk_raw(child, item, (*path, str(key)))
     elif isinstance(raw, list):
         for i, item in enumerate(raw):
-            child = _step(tp, i)
+            child = step(tp, i)
             if child is not None:
                 yield from _walk_raw(child, item, (*path, str(i)))
 
 
 def _has_rules_below(tp: Any) -> bool:
-    return _is_model(tp) or get_origin(tp) in (dict, tuple, list, Union, types.UnionType)
+    return is_model(tp) or get_origin(tp) in (dict, tuple, list, Union, types.UnionType)
 
 
 def _valid_providers(raw: Any) -> dict[str, ProviderSettings]:
@@ -406,92 +283,8 @@ def _valid_providers(raw: Any) -> dict[str, ProviderSettings]:
         return {}
     valid = {}
     for name, item in raw.items():
-        tp = _choose_member(_unwrap(ProviderSettings), item)
+        tp = choose_member(unwrap(ProviderSettings), item)
         partial = _partial(tp, item, ("enabled", "access_control")) if tp else None
         if partial is not None:
             valid[str(name)] = partial
     return valid
-
-
-# -- schema lookups ------------------------------------------------------------------------------
-
-
-def clean_loc(loc: Loc) -> tuple[str | int, ...]:
-    """A pydantic error location as the user wrote it: without the provider_type tag pydantic
-    inserts for the provider union, nor its `[key]` marker for a bad mapping key."""
-    parts = tuple(loc)
-    if len(parts) > 2 and parts[0] == "providers" and parts[2] in _PROVIDER_TYPES:
-        parts = parts[:2] + parts[3:]
-    return parts[:-1] if parts and parts[-1] == "[key]" else parts
-
-
-def fields_at(loc: Loc) -> list[str]:
-    """The setting names valid at a pydantic location (empty when it is not a section)."""
-    tp = _navigate(loc)
-    return list(tp.model_fields) if _is_model(tp) else []
-
-
-def default_hint(loc: Loc) -> str:
-    """`default: X` for the setting at a pydantic location, when it has a simple default."""
-    if not loc:
-        return ""
-    parent = _navigate(loc[:-1])
-    field = parent.model_fields.get(loc[-1]) if _is_model(parent) else None
-    default = PydanticUndefined if field is None else field.default
-    if isinstance(default, bool):
-        return f"default: {str(default).lower()}"
-    if isinstance(default, str | int | float) and default != "":
-        return f"default: {default}"
-    return ""
-
-
-def _navigate(loc: Loc) -> Any:
-    tp: Any = Settings
-    for part in loc:
-        tp = _step(tp, part)
-        if tp is None:
-            return None
-    return _unwrap(tp)
-
-
-def _step(tp: Any, part: str | int) -> Any:
-    """The type one level down from `tp`, at mapping key / list index / field name `part`."""
-    tp = _unwrap(tp)
-    if _is_model(tp):
-        field = tp.model_fields.get(str(part))
-        return None if field is None else field.annotation
-    origin = get_origin(tp)
-    if origin is dict:
-        return get_args(tp)[1]
-    if origin in (tuple, list):
-        return get_args(tp)[0]
-    if origin in (Union, types.UnionType):  # a provider_type tag in a pydantic location
-        return next((m for m in get_args(tp) if _tag(m) == part), None)
-    return None
-
-
-def _unwrap(tp: Any) -> Any:
-    while get_origin(tp) is Annotated:
-        tp = get_args(tp)[0]
-    if get_origin(tp) in (Union, types.UnionType):
-        members = [m for m in get_args(tp) if m is not type(None)]
-        if len(members) == 1:
-            return _unwrap(members[0])
-    return tp
-
-
-def _choose_member(tp: Any, raw: Any) -> Any:
-    """For the provider union, the member named by the raw data's provider_type."""
-    if get_origin(tp) not in (Union, types.UnionType):
-        return tp
-    tag = raw.get("provider_type") if isinstance(raw, dict) else None
-    return next((m for m in get_args(tp) if _tag(m) == tag), None)
-
-
-def _tag(member: Any) -> Any:
-    field = member.model_fields.get("provider_type") if _is_model(member) else None
-    return get_args(field.annotation)[0] if field is not None else None
-
-
-def _is_model(tp: Any) -> bool:
-    return isinstance(tp, type) and issubclass(tp, BaseModel)

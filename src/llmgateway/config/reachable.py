@@ -1,0 +1,57 @@
+"""Models no route reaches: configured, but never served (warnings of `check-config`)."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+
+from llmgateway.config.settings import Settings
+from llmgateway.providers.catalog import is_pattern
+from llmgateway.providers.target import checked_path
+
+_GEMINI_SEGMENT = re.compile(r"[^/:]+")
+"""A model in a Gemini native path (`/v1beta/models/{model}:method`): one segment, no `:`."""
+_STAND_IN = "model"
+"""A concrete segment in place of a pattern, to check the path a pattern's requests take."""
+
+
+def unreachable_models(settings: Settings) -> list[tuple[str, str]]:
+    """Every model of an enabled provider that no request can reach, as (dotted path, why):
+    warnings, not errors (the model is configured, only never served). An `openai_like`
+    model's `endpoint_suffix` must be a path the gateway forwards under `/v1`; a Gemini model
+    must be one path segment, and its path with the suffix one the gateway forwards."""
+    found: list[tuple[str, str]] = []
+    for name, provider in settings.providers.items():
+        if not provider.enabled:
+            continue
+        for model, model_settings in provider.models.items():
+            where = f"providers.{name}.models.{model}"
+            suffix = model_settings.endpoint_suffix
+            if provider.provider_type == "gemini":
+                found.extend(_gemini_reach(where, model, suffix))
+            elif not suffix.startswith("/") or checked_path(("/v1" + suffix).encode()) is None:
+                found.append(
+                    (
+                        f"{where}.endpoint_suffix",
+                        f"{suffix!r} is not a path the gateway forwards (a '/…' path of "
+                        "RFC 3986 characters, without dot-segments): no route reaches it",
+                    )
+                )
+    return found
+
+
+def _gemini_reach(where: str, model: str, suffix: str) -> Iterator[tuple[str, str]]:
+    segment = _STAND_IN if is_pattern(model) else model.removeprefix("models/")
+    native = f"/v1beta/models/{segment}"
+    if _GEMINI_SEGMENT.fullmatch(segment) is None or checked_path(native.encode()) is None:
+        yield (
+            where,
+            "a Gemini model is one path segment of RFC 3986 characters (no '/' or ':' after "
+            "a leading 'models/'): no native route reaches it",
+        )
+    elif checked_path((native + suffix).encode()) is None:
+        yield (
+            f"{where}.endpoint_suffix",
+            f"{suffix!r} makes a path the gateway does not forward (RFC 3986 characters only, "
+            "no dot-segments): no route reaches this model",
+        )
