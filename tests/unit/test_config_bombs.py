@@ -10,13 +10,9 @@ from pathlib import Path
 import pytest
 from tests.security.test_config_bombs_cli import PROVIDER, TOKEN, billion_laughs
 
-from llmgateway.config.load import (
-    MAX_ALIAS_NODES,
-    MAX_CONFIG_BYTES,
-    ConfigError,
-    Problem,
-    load_settings,
-)
+from llmgateway.config.load import MAX_CONFIG_BYTES, load_settings
+from llmgateway.config.parse import MAX_ALIAS_NODES
+from llmgateway.config.problems import ConfigError, Problem
 
 
 def only_problem(path: Path) -> Problem:

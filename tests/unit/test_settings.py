@@ -16,7 +16,8 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import create_async_engine
 from tests.conftest import PG_URL
 
-from llmgateway.config.load import ConfigError, Problem, config_path, load_settings
+from llmgateway.config.load import config_path, load_settings
+from llmgateway.config.problems import ConfigError, Problem
 from llmgateway.config.settings import DatabaseSettings, GeminiProvider, Settings, StreamingMode
 from llmgateway.core.outcomes import ErrorReason
 

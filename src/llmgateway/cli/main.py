@@ -35,7 +35,8 @@ def main() -> None:
 @click.argument("path", required=False)
 def check_config(path: str | None) -> None:
     """Validate the config file; exit 0, or exit 2 listing every problem (secrets masked)."""
-    from llmgateway.config.load import ConfigError, config_path, load_settings
+    from llmgateway.config.load import config_path, load_settings
+    from llmgateway.config.problems import ConfigError
 
     target = config_path(path)
     try:
@@ -158,7 +159,8 @@ _config_option = click.option(
 
 def _load(config: str | None) -> Settings:
     """The settings, or exit 2 listing every problem (no traceback)."""
-    from llmgateway.config.load import ConfigError, config_path, load_settings
+    from llmgateway.config.load import config_path, load_settings
+    from llmgateway.config.problems import ConfigError
 
     target = config_path(config)
     try:

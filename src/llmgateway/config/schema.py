@@ -74,6 +74,7 @@ def step(tp: Any, part: str | int) -> Any:
 
 
 def unwrap(tp: Any) -> Any:
+    """`tp` without `Annotated` and without `None` in an optional."""
     while get_origin(tp) is Annotated:
         tp = get_args(tp)[0]
     if get_origin(tp) in (Union, types.UnionType):
@@ -97,4 +98,5 @@ def _tag(member: Any) -> Any:
 
 
 def is_model(tp: Any) -> bool:
+    """Whether `tp` is a settings section (a pydantic model class)."""
     return isinstance(tp, type) and issubclass(tp, BaseModel)
