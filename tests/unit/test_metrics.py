@@ -14,8 +14,9 @@ from llmgateway.core.outcomes import Blame, ErrorReason, Outcome
 from llmgateway.core.resilience import BreakerState
 from llmgateway.observe import debug
 from llmgateway.observe.logs import Redactor
-from llmgateway.observe.metrics import OVERHEAD_BUCKETS, KeyCount, Metrics, Timing, _Tally
+from llmgateway.observe.metrics import OVERHEAD_BUCKETS, KeyCount, Metrics
 from llmgateway.observe.metrics_http import authorized
+from llmgateway.observe.provider_metrics import Tally, Timing
 
 FAMILIES = {
     "llmgateway_requests": ("counter", {"provider", "model", "code"}),
@@ -209,7 +210,7 @@ def test_a_tally_counts_exactly_like_prometheus_observe() -> None:
     registry = CollectorRegistry()
     ours = Histogram("ours", "tallied", buckets=OVERHEAD_BUCKETS, registry=registry)
     theirs = Histogram("theirs", "observed", buckets=OVERHEAD_BUCKETS, registry=registry)
-    tally = _Tally(ours)
+    tally = Tally(ours)
     # on a bound (counted in that bucket), between bounds, past the last bound, zero
     for value in (0.0, 0.0001, 0.00011, 0.00025, 0.5, 600.0, 601.0, 1e9):
         tally.observe(value)

@@ -31,7 +31,8 @@ from llmgateway.core.pool import KeyPool, Lease, Unavailable
 from llmgateway.core.resilience import RetryBudget, full_jitter_backoff
 from llmgateway.limits import KeyLimiter, Refusal
 from llmgateway.observe import debug, logs
-from llmgateway.observe.metrics import Metrics, Timing
+from llmgateway.observe.metrics import Metrics
+from llmgateway.observe.provider_metrics import Timing
 from llmgateway.providers import headers as wire_headers
 from llmgateway.providers.catalog import Catalog
 from llmgateway.providers.routes import Route, RouteTable, Surface, tables

@@ -35,7 +35,7 @@ from llmgateway.conductor.edge import BODY_ARRIVED, ON_DISCONNECT
 from llmgateway.config.settings import DebugMode
 from llmgateway.core.outcomes import Blame, ErrorReason, Outcome
 from llmgateway.observe import debug, logs
-from llmgateway.observe.metrics import OTHER_MODEL, Timing
+from llmgateway.observe.provider_metrics import OTHER_MODEL, Timing
 from llmgateway.providers import gemini, openai, target
 from llmgateway.providers import headers as wire_headers
 from llmgateway.providers.routes import Match, Surface

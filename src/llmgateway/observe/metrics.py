@@ -13,10 +13,8 @@ computed at scrape time by the answering process (every process holds the same p
 from __future__ import annotations
 
 import asyncio
-import bisect
 import contextlib
 import os
-import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -32,9 +30,9 @@ from prometheus_client import multiprocess as prometheus_multiprocess
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from llmgateway.core.outcomes import ALL_MODELS, Outcome
+from llmgateway.core.outcomes import ALL_MODELS
 from llmgateway.core.pool import KeyPool
-from llmgateway.core.resilience import BreakerState
+from llmgateway.observe.provider_metrics import OTHER_MODEL, ProviderMetrics, Tally
 from llmgateway.store import StatusCount
 
 if TYPE_CHECKING:
@@ -51,7 +49,6 @@ OVERHEAD_BUCKETS = (
 PROBE_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 20, 30, 60, 120)
 FLUSH_SEC = 1.0
 """How often each of several worker processes hands its request tallies to the shared files."""
-OTHER_MODEL = "other"
 SHARED_MODEL = "shared"
 NO_PROVIDER = "none"
 
@@ -69,158 +66,6 @@ class KeyCount:
 def model_label(model: str) -> str:
     """The `model` label of a status scope (`shared` under shared_key_status)."""
     return SHARED_MODEL if model == ALL_MODELS else model
-
-
-def reason_label(outcome: Outcome) -> str:
-    """The `reason` label of an outcome: `ok`, or its ErrorReason value."""
-    if outcome.reason is None:
-        return "ok"
-    return outcome.reason.value
-
-
-@dataclass(slots=True)
-class Timing:
-    """One request's clock readings (`time.perf_counter()` seconds).
-
-    `upstream` adds up the time spent waiting on the provider (response headers of every
-    attempt, error bodies, body chunks), so `overhead = total - upstream` is the gateway's own
-    time: auth, body read, key selection, classification, retry backoff, relaying.
-    """
-
-    started: float = field(default_factory=time.perf_counter)
-    upstream: float = 0.0
-    first_byte: float | None = None
-
-    def waited(self, since: float) -> None:
-        """Count the time from `since` until now as waiting on the provider."""
-        self.upstream += time.perf_counter() - since
-
-
-class _Tally:
-    """A histogram child's observations since its last flush: a bucket index costs one
-    bisect, where prometheus-client's `observe()` walks the buckets under a lock."""
-
-    __slots__ = ("bounds", "child", "counts", "total")
-
-    def __init__(self, child: Histogram) -> None:
-        self.child = child
-        self.bounds: list[float] = list(child._upper_bounds)  # ends with +Inf
-        self.counts = [0] * len(self.bounds)
-        self.total = 0.0
-
-    def observe(self, value: float) -> None:
-        self.counts[bisect.bisect_left(self.bounds, value)] += 1
-        self.total += value
-
-    def flush(self) -> None:
-        # prometheus-client has no bulk observe; its child keeps one value per bucket
-        # (non-cumulative) and one for the sum, which is what observe() increments
-        buckets = self.child._buckets
-        for index, count in enumerate(self.counts):
-            if count:
-                buckets[index].inc(count)
-                self.counts[index] = 0
-        if self.total:
-            self.child._sum.inc(self.total)
-            self.total = 0.0
-
-
-@dataclass(slots=True)
-class ProviderMetrics:
-    """One provider's metrics. Per-request figures are tallied in plain ints and handed to
-    prometheus-client by `flush()` (at every scrape, and every second with several worker
-    processes), so a request costs a few dict updates instead of a dozen locked increments."""
-
-    family: Metrics
-    name: str
-    models: frozenset[str]
-    inflight_gauge: Gauge
-    overhead: _Tally
-    inflight: int = 0
-    _requests: dict[tuple[str, int], int] = field(default_factory=dict)
-    _attempts: dict[str, int] = field(default_factory=dict)
-    _latency: dict[str, tuple[_Tally, _Tally]] = field(default_factory=dict)
-    _retries: dict[str, Counter] = field(default_factory=dict)
-    _cooldowns: dict[str, Counter] = field(default_factory=dict)
-    _limiter_unavailable: Counter | None = None
-
-    def model(self, model: str) -> str:
-        """`model` when it is configured, else `other` (labels stay bounded)."""
-        return model if model in self.models else OTHER_MODEL
-
-    def started(self) -> None:
-        """A request of this provider began (pair with `finished`)."""
-        self.inflight += 1
-
-    def finished(self, model: str, code: int, timing: Timing) -> None:
-        """Record a finished request: its code, duration, time to first byte and overhead."""
-        now = time.perf_counter()
-        self.inflight -= 1
-        label = model if model in self.models else OTHER_MODEL
-        key = (label, code)
-        self._requests[key] = self._requests.get(key, 0) + 1
-        latency = self._latency.get(label)
-        if latency is None:
-            latency = self._latency[label] = (
-                _Tally(self.family.request_duration.labels(self.name, label)),
-                _Tally(self.family.time_to_first_byte.labels(self.name, label)),
-            )
-        total = now - timing.started
-        latency[0].observe(total)
-        first = timing.first_byte if timing.first_byte is not None else now
-        latency[1].observe(first - timing.started)
-        self.overhead.observe(max(total - timing.upstream, 0.0))
-
-    def refused(self, code: int) -> None:
-        """Count a request answered before a key was taken (its path, route, body or model),
-        under the model label `other`: a requested name never becomes a label."""
-        key = (OTHER_MODEL, code)
-        self._requests[key] = self._requests.get(key, 0) + 1
-
-    def attempt(self, outcome: Outcome) -> None:
-        """Count one upstream attempt by how it ended."""
-        reason = "ok" if outcome.reason is None else outcome.reason.value
-        self._attempts[reason] = self._attempts.get(reason, 0) + 1
-
-    def flush(self) -> None:
-        """Hand the tallies since the last flush to prometheus-client."""
-        family = self.family
-        requests, self._requests = self._requests, {}
-        for (label, code), count in requests.items():
-            family.requests.labels(self.name, label, str(code)).inc(count)
-        attempts, self._attempts = self._attempts, {}
-        for reason, count in attempts.items():
-            family.upstream_attempts.labels(self.name, reason).inc(count)
-        for duration, first_byte in self._latency.values():
-            duration.flush()
-            first_byte.flush()
-        self.overhead.flush()
-        self.inflight_gauge.set(self.inflight)
-
-    def retry(self, outcome: Outcome) -> None:
-        """Count one retry on another key, by the reason of the attempt that failed."""
-        self._count(self._retries, self.family.retries, reason_label(outcome))
-
-    def cooldown(self, reason: str) -> None:
-        """Count a key taken out of rotation by the gateway (cooldown, ejection, invalid)."""
-        self._count(self._cooldowns, self.family.key_cooldowns, reason)
-
-    def limiter_unavailable(self) -> None:
-        """Count a request let through without per-key limits: their backend was unreachable."""
-        child = self._limiter_unavailable
-        if child is None:
-            child = self._limiter_unavailable = self.family.limiter_unavailable.labels(self.name)
-        child.inc()
-
-    def breaker(self, state: BreakerState) -> None:
-        """Set this provider's circuit breaker state (0 closed, 1 half-open, 2 open)."""
-        self.family.circuit_breaker_state.labels(self.name).set(int(state))
-
-    def _count(self, children: dict[str, Counter], parent: Counter, reason: str) -> None:
-        child = children.get(reason)
-        if child is None:
-            child = children[reason] = parent.labels(self.name, reason)
-        child.inc()
 
 
 @dataclass(slots=True)
@@ -359,7 +204,7 @@ class Metrics:
                 name,
                 frozenset(models),
                 self.inflight.labels(name),
-                _Tally(self.overhead.labels(name)),
+                Tally(self.overhead.labels(name)),
             )
         return bound
 
