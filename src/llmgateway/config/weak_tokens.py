@@ -1,7 +1,7 @@
 """Weak inbound tokens: placeholders and short tokens, which guard nothing off loopback.
 
 Not a validation rule: a weak token is fine on loopback, so the commands that listen decide
-(see `llmgateway.cli`), and `check-config` lists them as warnings.
+(see `llmgateway.cli.tokens`), and `check-config` lists them as warnings.
 """
 
 from __future__ import annotations

@@ -1,0 +1,159 @@
+"""The commands that work on the store: `db upgrade`, `status` and `breaker reset`, and the
+tables and summaries they print (shared with `worker --once`)."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from typing import TYPE_CHECKING
+
+import click
+
+from llmgateway.cli.startup import config_option, load, run_with_store, setup_logging
+
+if TYPE_CHECKING:
+    from llmgateway.keyfiles import SyncReport
+    from llmgateway.store import StatusCount, Store
+
+
+@click.group()
+def db() -> None:
+    """The database (SQLite by default, PostgreSQL for production)."""
+
+
+@db.command("upgrade")
+@config_option
+@click.option("--sync", is_flag=True, help="Then run one sync of the key and proxy files.")
+def db_upgrade(config: str | None, sync: bool) -> None:
+    """Apply the database migrations (the gateway and worker also do it at start)."""
+    from llmgateway.conductor.coherence import exclusive_start
+    from llmgateway.keyfiles import run_sync
+    from llmgateway.store import masked_url
+
+    settings = load(config)
+    if sync:
+        setup_logging(settings, "prepare")
+
+    async def work(store: Store) -> None:
+        click.echo(f"{masked_url(settings.database.async_url)}: schema up to date")
+        if sync:
+            async with exclusive_start(store.engine.url):
+                echo_sync(await run_sync(settings, store))
+
+    run_with_store(settings, work)
+
+
+def echo_sync(report: SyncReport) -> None:
+    """Print what a file sync changed, one line per provider, then its problems."""
+    for result in report.providers:
+        if result.keys is None:
+            click.echo(f"{result.provider}: disabled, not synced")
+            continue
+        k = result.keys
+        line = f"{result.provider}: keys +{k.added} added, -{k.removed} removed, "
+        line += f"{k.restored} restored, {k.active} active"
+        if (p := result.proxies) is not None:
+            line += f"; proxies +{p.added} -{p.removed} ~{p.restored}, {p.active} active"
+        if not result.complete:
+            line += " (some files unreadable: nothing removed)"
+        click.echo(line)
+        for problem in result.problems:
+            click.echo(f"  {problem}")
+
+
+@click.command()
+@config_option
+@click.option(
+    "--json", "as_json", is_flag=True, help="Print JSON (keys, breakers, proxies) instead."
+)
+def status(config: str | None, as_json: bool) -> None:
+    """The pool as a table: provider, model, status, count, next check.
+
+    `shared` in the model column: one status for all models (shared_key_status).
+    """
+    from llmgateway.store.report import proxy_counts, proxy_table
+
+    settings = load(config)
+
+    async def work(store: Store) -> None:
+        counts = await store.status_counts()
+        breakers = await store.breakers()
+        proxy_rows = await proxy_counts(store)
+        if as_json:
+            report = {
+                "keys": [dataclasses.asdict(c) for c in counts],
+                "breakers": [dataclasses.asdict(b) for b in breakers],
+                "proxies": [dataclasses.asdict(p) for p in proxy_rows],
+            }
+            click.echo(json.dumps(report, indent=2))
+            return
+        if not counts:
+            click.echo("no keys in the store yet (`llmgateway worker --once` syncs the files)")
+        else:
+            click.echo(status_table(counts, time.time()))
+        if breakers:
+            from llmgateway.conductor.breaker_board import breaker_table
+
+            click.echo("\n" + breaker_table(breakers, time.time()))
+        if proxy_rows:
+            click.echo("\n" + proxy_table(proxy_rows))
+
+    run_with_store(settings, work)
+
+
+@click.group()
+def breaker() -> None:
+    """Circuit breakers of the running gateways."""
+
+
+@breaker.command("reset")
+@config_option
+@click.argument("provider")
+def breaker_reset(config: str | None, provider: str) -> None:
+    """Close PROVIDER's circuit breakers in every running gateway (the way out of
+    `mode: manual_reset`). Gateways act on it at their next pool refresh."""
+    settings = load(config)
+    if provider not in settings.providers:
+        known = ", ".join(sorted(settings.providers)) or "none"
+        click.echo(f"unknown provider {provider!r}; the config has: {known}", err=True)
+        raise SystemExit(2)
+
+    async def work(store: Store) -> None:
+        await store.request_breaker_reset(provider)
+        wait = settings.gateway.refresh_interval_sec
+        click.echo(f"reset of {provider}'s breakers requested; gateways apply it within {wait:g}s")
+
+    run_with_store(settings, work)
+
+
+def status_table(counts: list[StatusCount], now: float) -> str:
+    """The key counts as a table: provider, model, status, count, next check (from `now`)."""
+    rows = [("PROVIDER", "MODEL", "STATUS", "COUNT", "NEXT CHECK")]
+    rows += [
+        (c.provider, c.model, c.status, str(c.count), _humanize(c.next_check_at, now))
+        for c in counts
+    ]
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    return "\n".join(
+        "  ".join(
+            value.rjust(width) if column == 3 else value.ljust(width)
+            for column, (value, width) in enumerate(zip(row, widths, strict=True))
+        ).rstrip()
+        for row in rows
+    )
+
+
+def _humanize(at: float | None, now: float) -> str:
+    """When a check is due, relative to `now`: `now`, `in 5m`, `overdue 2h`, or `-`."""
+    if at is None:
+        return "-"
+    delta = at - now
+    if abs(delta) < 1:
+        return "now"
+    amount = abs(delta)
+    unit, size = next(
+        (u, s) for u, s in (("d", 86400), ("h", 3600), ("m", 60), ("s", 1)) if amount >= s
+    )
+    text = f"{int(amount // size)}{unit}"
+    return f"in {text}" if delta > 0 else f"overdue {text}"

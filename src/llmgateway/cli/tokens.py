@@ -1,0 +1,56 @@
+"""Weak tokens at start-up: `gateway`, `serve` and `worker` refuse a placeholder or short token
+that guards a listener off loopback, and warn of one on loopback."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import click
+
+if TYPE_CHECKING:
+    from llmgateway.config.settings import Settings
+
+WAY_OUT = (
+    "set a long random token: python -c 'import secrets; print(secrets.token_urlsafe(32))', "
+    "or set gateway.allow_weak_tokens: true to accept it on purpose"
+)
+
+
+def guard_tokens(settings: Settings, gateway_host: str, metrics_hosts: tuple[str, ...]) -> None:
+    """Refuse to start (exit 2, one line per token) when a placeholder or short token guards a
+    listener off loopback; on loopback warn and go on. Gateway tokens guard `gateway_host`, the
+    metrics token each of `metrics_hosts`. Token values are never shown."""
+    import logging
+
+    from llmgateway.config.weak_tokens import is_loopback, weak_tokens
+
+    weak = weak_tokens(settings)
+    log = logging.getLogger("llmgateway.tokens")
+    if not weak:
+        return
+    if settings.gateway.allow_weak_tokens:
+        paths = ", ".join(where for where, _ in weak)
+        log.info("gateway.allow_weak_tokens: weak tokens accepted on purpose (%s)", paths)
+        return
+    refused = []
+    for where, why in weak:
+        hosts = metrics_hosts if where.startswith("metrics.") else (gateway_host,)
+        public = [host for host in hosts if not is_loopback(host)]
+        if public:
+            listener = f"it guards {public[0]}, which is not loopback"
+            refused.append(f"{where}: {why}; {listener}: refusing to start")
+        else:
+            log.warning("%s: %s, accepted on loopback only; %s", where, why, WAY_OUT)
+    for line in refused:
+        click.echo(f"{line}; {WAY_OUT}", err=True)
+    if refused:
+        raise SystemExit(2)
+
+
+def metrics_hosts(settings: Settings, gateway_host: str, keeper: bool) -> tuple[str, ...]:
+    """Where the metrics token guards something: the gateway's listener (`/metrics`, the
+    `/readyz` details) and, for a command running the Keeper, its own metrics listener."""
+    worker = settings.worker
+    if keeper and settings.metrics.enabled and worker.metrics_port != 0:
+        return (gateway_host, worker.metrics_host)
+    return (gateway_host,)
