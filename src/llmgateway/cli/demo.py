@@ -15,18 +15,16 @@ import asyncio
 import contextlib
 import secrets
 import signal
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import aiohttp
-import uvicorn
-from starlette.types import ASGIApp
 
 from llmgateway.conductor.app import create_app
 from llmgateway.conductor.edge import EdgeLimits
-from llmgateway.conductor.serving import listening_socket, uvicorn_config
+from llmgateway.conductor.serving import running
 from llmgateway.config.settings import Settings
 from llmgateway.keeper.run import Keeper
 from llmgateway.observe.metrics import Metrics, model_label
@@ -162,7 +160,9 @@ async def run_demo(folder: Path, port: int, echo: Callable[[str], None]) -> None
         metrics = Metrics.create()
         app = create_app(settings, metrics=metrics, tune_process=True)
         async with (
-            _serving(app, port) as url,
+            running(
+                app, "127.0.0.1", port, EdgeLimits.of(settings.gateway), handle_signals=False
+            ) as url,
             await Store.open(settings.database.async_url) as store,
         ):
             for line in instructions(url, folder, tokens):
@@ -180,34 +180,6 @@ async def run_demo(folder: Path, port: int, echo: Callable[[str], None]) -> None
                 for task in helpers:
                     task.cancel()
                 await asyncio.gather(keeper, *helpers, return_exceptions=True)
-
-
-class _Server(uvicorn.Server):
-    """uvicorn without its own signal handling: the demo stops on its own signal handlers."""
-
-    @contextlib.contextmanager
-    def capture_signals(self) -> Iterator[None]:
-        yield
-
-
-@contextlib.asynccontextmanager
-async def _serving(app: ASGIApp, port: int) -> AsyncIterator[str]:
-    sock = listening_socket("127.0.0.1", port)
-    config = uvicorn_config(app, "127.0.0.1", sock.getsockname()[1], EdgeLimits())
-    config.loop = "none"
-    server = _Server(config)
-    task = asyncio.create_task(server.serve(sockets=[sock]))
-    try:
-        while not server.started:
-            if task.done():
-                task.result()
-                raise RuntimeError("the gateway stopped during start-up")
-            await asyncio.sleep(0.05)
-        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
-    finally:
-        server.should_exit = True
-        await asyncio.gather(task, return_exceptions=True)
-        sock.close()
 
 
 async def _summaries(gateway: Any, echo: Callable[[str], None]) -> None:

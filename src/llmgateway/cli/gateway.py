@@ -51,14 +51,7 @@ def gateway(config: str | None, host: str | None, port: int | None, workers: int
     It applies migrations and runs one key-file sync at start, then leaves syncing and probing
     to the Keeper (`llmgateway worker`). Stops on Ctrl-C or SIGTERM.
     """
-    import os
-
-    import uvicorn
-
-    from llmgateway.conductor.edge import EdgeLimits
-    from llmgateway.conductor.serving import uvicorn_config
-    from llmgateway.config.load import config_path
-    from llmgateway.observe.metrics_http import multiprocess_dir
+    from llmgateway.conductor.serving import gateway_server, serve_workers
 
     settings = load(config)
     setup_logging(settings, "gateway")
@@ -67,21 +60,13 @@ def gateway(config: str | None, host: str | None, port: int | None, workers: int
     guard_tokens(settings, host, metrics_hosts(settings, host, keeper=False))
     _prepare_store(config)  # migrations and a file sync, with a one-line error if the store fails
     workers = workers or settings.gateway.workers
-    limits = EdgeLimits.of(settings.gateway)
-    if workers == 1:
-        from llmgateway.conductor.app import create_app
-
-        app = create_app(settings, prepare=False, tune_process=True)
-        uvicorn.Server(uvicorn_config(app, host, port, limits)).run()
+    if workers > 1:
+        serve_workers(settings, host, port, workers)
         return
-    from uvicorn.supervisors import Multiprocess
+    from llmgateway.conductor.app import create_app
 
-    os.environ["LLMGATEWAY_CONFIG"] = str(config_path(config).resolve())
-    os.environ["LLMGATEWAY_PREPARED"] = "1"
-    with multiprocess_dir():  # the workers' metrics add up there; removed at the end
-        factory = "llmgateway.conductor.app:app_from_environment"
-        served = uvicorn_config(factory, host, port, limits, factory=True, workers=workers)
-        Multiprocess(served, sockets=[served.bind_socket()]).run()
+    app = create_app(settings, prepare=False, tune_process=True)
+    gateway_server(app, settings, host, port).run()
 
 
 @click.command()
@@ -104,18 +89,15 @@ def serve(config: str | None, host: str | None, port: int | None) -> None:
 
 
 async def _serve_both(settings: Settings, host: str, port: int) -> None:
-    import uvicorn
-
     from llmgateway.conductor.app import create_app
-    from llmgateway.conductor.edge import EdgeLimits
-    from llmgateway.conductor.serving import uvicorn_config
+    from llmgateway.conductor.serving import gateway_server
     from llmgateway.keeper.run import Keeper
     from llmgateway.observe.metrics import Metrics
     from llmgateway.store import Store
 
     metrics = Metrics.create()  # one set: the gateway's /metrics shows the Keeper's too
     app = create_app(settings, prepare=False, metrics=metrics, tune_process=True)
-    server = uvicorn.Server(uvicorn_config(app, host, port, EdgeLimits.of(settings.gateway)))
+    server = gateway_server(app, settings, host, port)
     stop = asyncio.Event()
     async with await Store.open(settings.database.async_url, settings.database.pool_size) as store:
         run = Keeper(settings, store, metrics=metrics).run(stop)

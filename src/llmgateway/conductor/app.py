@@ -413,16 +413,3 @@ class _Router:
                 await edge(scope, receive, send)
                 return
         await self.admin(scope, receive, send)
-
-
-def app_from_environment() -> ASGIApp:
-    """The app for `gateway --workers N`: each server process loads $LLMGATEWAY_CONFIG itself."""
-    import os
-
-    from llmgateway.config.load import config_path, load_settings
-    from llmgateway.observe.logs import setup
-
-    settings = load_settings(config_path(None))
-    setup(settings, f"gateway-{os.getpid()}")  # a spawned process starts with no logging set up
-    prepared = os.environ.get("LLMGATEWAY_PREPARED") == "1"
-    return create_app(settings, prepare=not prepared, tune_process=True)

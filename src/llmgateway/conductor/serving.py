@@ -1,23 +1,39 @@
-"""Running an ASGI app under uvicorn inside the current event loop (tests, `serve`, `demo`)."""
+"""Serving the gateway under uvicorn: the one place its uvicorn settings are made, for every way
+it runs (`gateway` with one process or several, `serve`, the demo, tests).
+
+Several processes (`gateway --workers N`) are uvicorn's supervisor over N spawned processes on
+one socket. Each gets the parent's validated settings with its app factory (`worker_app`,
+pickled by the spawn), so a worker builds the very app the parent checked: nothing travels
+through the environment but prometheus-client's `PROMETHEUS_MULTIPROC_DIR`, which that library
+reads at import.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import socket
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Iterator
+from typing import TYPE_CHECKING
 
 import uvicorn
 from starlette.types import ASGIApp
 
 from llmgateway.conductor.edge import EdgeLimits, protocol_factory
 
+if TYPE_CHECKING:
+    from llmgateway.config.settings import Settings
+
+GRACEFUL_SHUTDOWN_SEC = 5
+"""At a stop, how long requests in flight may take to finish before their connections close."""
+
 
 def uvicorn_config(
-    app: ASGIApp | str, host: str, port: int, limits: EdgeLimits, **extra: object
+    app: ASGIApp | Callable[[], ASGIApp], host: str, port: int, limits: EdgeLimits, **extra: object
 ) -> uvicorn.Config:
-    """The uvicorn settings the gateway always uses (one worker or several, `serve`, the demo,
-    tests): uvloop, httptools with the edge's limits, no access log."""
+    """The uvicorn settings the gateway always uses: uvloop, httptools with the edge's limits,
+    no access log, `GRACEFUL_SHUTDOWN_SEC`. `extra` are more uvicorn settings."""
     return uvicorn.Config(
         app,
         host=host,
@@ -30,9 +46,42 @@ def uvicorn_config(
         log_config=None,
         server_header=False,
         proxy_headers=False,  # the gateway never looks at the client's address
-        timeout_graceful_shutdown=5,
+        timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_SEC,
         **extra,  # type: ignore[arg-type]
     )
+
+
+def gateway_server(app: ASGIApp, settings: Settings, host: str, port: int) -> uvicorn.Server:
+    """The server of one gateway process (`gateway`, `serve`), with the edge limits of
+    `settings.gateway`; `run()` it, or `await serve()` it in a running loop."""
+    return uvicorn.Server(uvicorn_config(app, host, port, EdgeLimits.of(settings.gateway)))
+
+
+def serve_workers(settings: Settings, host: str, port: int, workers: int) -> None:
+    """`gateway --workers N`: N gateway processes on one socket until Ctrl-C or SIGTERM, under
+    uvicorn's supervisor (it restarts a process that dies). Their metrics add up in a shared
+    folder, removed at the end."""
+    from uvicorn.supervisors import Multiprocess
+
+    from llmgateway.observe.metrics_http import multiprocess_dir
+
+    limits = EdgeLimits.of(settings.gateway)
+    with multiprocess_dir():
+        factory = functools.partial(worker_app, settings)
+        config = uvicorn_config(factory, host, port, limits, factory=True, workers=workers)
+        Multiprocess(config, sockets=[config.bind_socket()]).run()
+
+
+def worker_app(settings: Settings) -> ASGIApp:
+    """The app of one process of `serve_workers`, built in that process from the settings the
+    parent handed over (the parent applied migrations and synced the files before)."""
+    import os
+
+    from llmgateway.conductor.app import create_app
+    from llmgateway.observe.logs import setup
+
+    setup(settings, f"gateway-{os.getpid()}")  # a spawned process starts with no logging set up
+    return create_app(settings, prepare=False, tune_process=True)
 
 
 def listening_socket(host: str, port: int) -> socket.socket:
@@ -47,16 +96,27 @@ def listening_socket(host: str, port: int) -> socket.socket:
     return sock
 
 
+class _QuietServer(uvicorn.Server):
+    """uvicorn without its own signal handling, for a caller that handles signals itself."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
 @contextlib.asynccontextmanager
 async def running(
     app: ASGIApp,
     host: str = "127.0.0.1",
     port: int = 0,
     limits: EdgeLimits | None = None,
+    *,
+    handle_signals: bool = True,
     **extra: object,
 ) -> AsyncIterator[str]:
     """Serve `app` in this loop until the block ends; yields its base URL (`http://host:port`).
-    `limits` default to the gateway's defaults; `extra` are more uvicorn settings.
+    `limits` default to the gateway's defaults; `extra` are more uvicorn settings. Without
+    `handle_signals`, SIGINT and SIGTERM are left to the caller (the demo stops on its own).
 
     Port 0 takes a free port. The app's lifespan runs before the block starts, so the app is
     ready when the URL is handed out; a failing start-up raises here.
@@ -64,7 +124,7 @@ async def running(
     sock = listening_socket(host, port)
     config = uvicorn_config(app, host, sock.getsockname()[1], limits or EdgeLimits(), **extra)
     config.loop = "none"
-    server = uvicorn.Server(config)
+    server = uvicorn.Server(config) if handle_signals else _QuietServer(config)
     task = asyncio.create_task(server.serve(sockets=[sock]))
     try:
         while not server.started:
