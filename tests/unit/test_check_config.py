@@ -184,6 +184,26 @@ def test_every_problem_goes_to_stderr_and_exit_2(runner: CliRunner, tmp_path: Pa
     assert result.stderr.splitlines() == BAD_LINES
 
 
+RETIRED_LINE = (
+    "providers.openai.gateway_policy.max_inflight_per_key: no longer supported, use "
+    "gateway_policy.key_limits.max_concurrent (it counts per key, or per key × model unless "
+    "shared_key_status; with limits.backend: local it counts in each gateway process, as "
+    "max_inflight_per_key did)"
+)
+
+
+@pytest.mark.parametrize("command", ["check-config", "gateway", "serve", "worker"])
+def test_a_removed_setting_names_what_replaces_it(
+    runner: CliRunner, tmp_path: Path, command: str
+) -> None:
+    retired = GOOD + "    gateway_policy: {max_inflight_per_key: 4}\n"
+    path = write(tmp_path, retired)
+    args = [command, str(path)] if command == "check-config" else [command, "--config", str(path)]
+    result = runner.invoke(main, args, env={"OPENAI_TOKEN": "tok-o-0123456789abcdef"})
+    assert result.exit_code == 2
+    assert result.stderr.splitlines() == [RETIRED_LINE]
+
+
 def test_secrets_are_never_printed(runner: CliRunner, tmp_path: Path) -> None:
     result = runner.invoke(main, ["check-config", str(write(tmp_path, BAD))])
     assert result.exit_code == 2

@@ -89,7 +89,6 @@ class Gateway:
                 selection=self.settings.gateway.selection,
                 outlier=provider.gateway_policy.outlier_detection,
                 rng=self.rng,
-                max_inflight=provider.gateway_policy.max_inflight_per_key,
             )
             policy = provider.gateway_policy
             budget = policy.retry_budget

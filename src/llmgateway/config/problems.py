@@ -54,6 +54,9 @@ def from_pydantic(error: ErrorDetails) -> Problem:
     shown = _show(error.get("input"), loc)
     hint = str(ctx.get("hint", ""))
     if kind == "extra_forbidden":
+        instead = schema.retired(raw_loc)
+        if instead is not None:
+            return Problem(_dotted(loc), f"no longer supported, {instead[0]}", instead[1])
         valid = schema.fields_at(raw_loc[:-1])
         close = difflib.get_close_matches(field, valid, n=1, cutoff=0.6)
         hint = f"did you mean '{close[0]}'?" if close else f"valid here: {', '.join(valid)}"

@@ -1,22 +1,32 @@
-"""Schema lookups on the settings model: the valid names and the defaults at a pydantic error's
-location, and the types one level down, that turn pydantic's errors into helpful ones and let
-the cross-field rules walk data that did not validate."""
+"""Schema lookups on the settings model: the valid names, the defaults and the settings no longer
+supported at a pydantic error's location, and the types one level down, that turn pydantic's
+errors into helpful ones and let the cross-field rules walk data that did not validate."""
 
 from __future__ import annotations
 
 import types
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Annotated, Any, Union, get_args, get_origin
 
 from pydantic import BaseModel
 from pydantic_core import PydanticUndefined
 
-from llmgateway.config.settings import Settings
+from llmgateway.config.settings import GatewayPolicy, Settings
 
 Loc = Sequence[str | int]
 """A pydantic error location."""
 
 _PROVIDER_TYPES = ("openai_like", "gemini")
+
+RETIRED: Mapping[tuple[type[BaseModel], str], tuple[str, str]] = {
+    (GatewayPolicy, "max_inflight_per_key"): (
+        "use gateway_policy.key_limits.max_concurrent",
+        "it counts per key, or per key × model unless shared_key_status; with limits.backend: "
+        "local it counts in each gateway process, as max_inflight_per_key did",
+    ),
+}
+"""Settings once accepted and now refused, by section and name: (what to do instead, a hint).
+What to do starts with `use …`, or is `remove it` when nothing replaces the setting."""
 
 
 def clean_loc(loc: Loc) -> tuple[str | int, ...]:
@@ -46,6 +56,15 @@ def default_hint(loc: Loc) -> str:
     if isinstance(default, str | int | float) and default != "":
         return f"default: {default}"
     return ""
+
+
+def retired(loc: Loc) -> tuple[str, str] | None:
+    """(what to do instead, a hint) when the setting at a pydantic location is one no longer
+    supported (`RETIRED`), else None."""
+    if not loc:
+        return None
+    parent = _navigate(loc[:-1])
+    return RETIRED.get((parent, str(loc[-1]))) if is_model(parent) else None
 
 
 def _navigate(loc: Loc) -> Any:

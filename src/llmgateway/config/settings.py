@@ -386,7 +386,6 @@ class GatewayPolicy(_Model):
     outlier_detection: OutlierDetection = OutlierDetection()
     retry_budget: RetryBudgetSettings = RetryBudgetSettings()
     egress_rate_limit: EgressRateLimit = EgressRateLimit()
-    max_inflight_per_key: int | None = Field(default=None, ge=1)  # None: unlimited
     key_limits: KeyLimits = KeyLimits()  # fleet-wide; counted where `limits` says
     # routes forwarded besides the provider type's own (`[METHOD ]/path`, `*` = one segment)
     allowed_routes: tuple[str, ...] = ()
