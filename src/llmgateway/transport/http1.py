@@ -4,14 +4,15 @@ Why not aiohttp here: its client costs about 0.25 ms of CPU per call on the benc
 which alone is most of the gateway's 0.3 ms latency budget. This client does only what the hot
 path needs: keep-alive connections pooled per origin under explicit limits, one write per request,
 responses parsed by httptools (the C parser uvicorn uses), bodies handed on chunk by chunk with
-flow control, and the provider's connect and read timeouts. Traffic through outbound proxies
+flow control, and the provider's connect, write and read timeouts. Traffic through outbound proxies
 stays on aiohttp (see `transport.upstream`). The receiving half is in
 `llmgateway.transport.http1_connection` (the bytes an upstream sends, and their bounds) and
 `llmgateway.transport.http1_response` (the answer the caller reads).
 
 Failures raise `InvalidRequest` (the request cannot be written as given; nothing was sent),
 `ConnectError` (never reached the upstream: refused, DNS, TLS, connect or pool timeout),
-`ReadTimeout` (the upstream went silent), `Disconnected` (the connection broke), or its subclass
+`WriteTimeout` (the upstream stopped taking the request), `ReadTimeout` (the upstream went
+silent), `Disconnected` (the connection broke), or its subclass
 `ProtocolError` (the upstream's answer was not valid HTTP/1.1, or broke a bound; its subclass
 `ResponseTooLarge` for a body over the limit of `Response.read`).
 """
@@ -33,6 +34,7 @@ from llmgateway.transport.http1_response import (
     ReadTimeout,
     Response,
     ResponseTooLarge,
+    WriteTimeout,
 )
 
 __all__ = [
@@ -49,6 +51,7 @@ __all__ = [
     "ReadTimeout",
     "Response",
     "ResponseTooLarge",
+    "WriteTimeout",
     "check_request",
 ]
 
@@ -166,6 +169,7 @@ class Client:
         *,
         connect_timeout: float,
         read_timeout: float,
+        write_timeout: float | None = None,
         deadline: float | None = None,
     ) -> Response:
         """Send one request and return once the answer's final status and headers have arrived
@@ -173,8 +177,10 @@ class Client:
 
         `url` is absolute (http or https); `headers` must not hold hop-by-hop headers, Host or
         Content-Length (they are set here). `connect_timeout` bounds waiting for a pooled
-        connection plus opening one; `read_timeout` bounds each silence of the upstream; past
-        `deadline` (loop time), if given, any wait ends in `ReadTimeout`, body reads included.
+        connection plus opening one; `write_timeout` (default: `read_timeout`) bounds each time
+        the upstream takes none of the request's unsent bytes, `WriteTimeout`; once it is all
+        sent, `read_timeout` bounds each silence of the upstream; past `deadline` (loop time),
+        if given, any wait ends in `ReadTimeout`, body reads included.
         A request `check_request` refuses raises `InvalidRequest` before anything is sent."""
         scheme, authority, target = _split(url)
         origin = self._origins.get((scheme, authority))
@@ -184,6 +190,7 @@ class Client:
             _check_authority(authority)
             origin = self._origins[(scheme, authority)] = Origin(self, scheme, authority)
         head = _head(method, target, origin.host_header, headers, len(body))
+        write = read_timeout if write_timeout is None else write_timeout
         data = head + body if len(body) < 65536 else None
         fresh_retry = True
         while True:
@@ -196,7 +203,7 @@ class Client:
                 if deadline is not None and asyncio.get_running_loop().time() >= deadline:
                     raise ReadTimeout("the request's deadline passed") from None
                 raise
-            response = Response(conn, read_timeout, deadline)
+            response = Response(conn, read_timeout, write, deadline)
             if data is None:
                 conn.send(head, response)
                 if conn.transport is not None:

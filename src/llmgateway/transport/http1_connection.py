@@ -49,6 +49,7 @@ class Connection(asyncio.Protocol):
         self.headers: dict[str, str] = {}  # where header fields go: the attached answer's
         self.complete = False  # the answer ended and the connection may carry another
         self.paused = False
+        self.sending = False  # written request bytes the kernel has not taken yet
         self.head = False  # the request was a HEAD: its answer has no body
         self.idle_since = 0.0
         self.received = False  # any byte since the request went out
@@ -64,6 +65,17 @@ class Connection(asyncio.Protocol):
     # asyncio.Protocol
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)  # uvloop's are not subclasses
+        # told of any byte left unsent and of the last one sent (`sending`), for the write
+        # timeout; a request the kernel takes at once, the usual case, costs no call
+        self.transport.set_write_buffer_limits(high=0)
+
+    def pause_writing(self) -> None:
+        self.sending = True
+
+    def resume_writing(self) -> None:
+        self.sending = False
+        if self.response is not None:
+            self.response._sent(asyncio.get_running_loop().time())
 
     def data_received(self, data: bytes) -> None:
         self.received = True
@@ -250,6 +262,10 @@ class Connection(asyncio.Protocol):
         self.tail = self.lead = b""
         self.head = data.startswith(b"HEAD ")
         self.transport.write(data)
+
+    def unsent(self) -> int:
+        """Request bytes written but not yet taken by the kernel."""
+        return self.transport.get_write_buffer_size() if self.transport is not None else 0
 
     def pause(self) -> None:
         if not self.paused and self.transport is not None:

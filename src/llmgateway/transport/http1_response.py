@@ -1,5 +1,6 @@
 """An answer of `transport.http1` as the caller sees it: status, headers and a body read with
-flow control and the read timeout, and the errors an exchange may end in.
+flow control, the waits bounded by the write timeout while the request is not all sent and by
+the read timeout after, and the errors an exchange may end in.
 
 The bytes arrive through its `Connection` (`transport.http1_connection`), which checks them.
 `Response.read(limit)` stops at `limit`.
@@ -24,6 +25,10 @@ PAUSE_ABOVE = 256 * 1024
 
 class ReadTimeout(TimeoutError):
     """The upstream sent nothing for longer than the read timeout."""
+
+
+class WriteTimeout(TimeoutError):
+    """The upstream took none of the request's unsent bytes for longer than the write timeout."""
 
 
 class Disconnected(ConnectionResetError):
@@ -59,13 +64,17 @@ class Response:
         "_limit",
         "_read_timeout",
         "_timer",
+        "_unsent",
         "_waiter",
+        "_write_timeout",
         "content_length",
         "headers",
         "status",
     )
 
-    def __init__(self, conn: Connection, read_timeout: float, deadline: float | None) -> None:
+    def __init__(
+        self, conn: Connection, read_timeout: float, write_timeout: float, deadline: float | None
+    ) -> None:
         self.status = 0
         self.headers: dict[str, str] = {}
         self.content_length: int | None = None
@@ -78,6 +87,8 @@ class Response:
         self._error: BaseException | None = None
         self._waiter: asyncio.Future[None] | None = None
         self._read_timeout = read_timeout
+        self._write_timeout = write_timeout
+        self._unsent = 0  # request bytes the upstream had not taken at the last look
         self._deadline = deadline
         # one timer per answer, not one per wait (`LazyTimer`); `_due`: the current wait's end
         self._due = 0.0
@@ -140,7 +151,12 @@ class Response:
             self._conn.resume()
         loop = asyncio.get_running_loop()
         now = loop.time()
-        due = now + self._read_timeout
+        conn = self._conn
+        if conn is not None and conn.sending:  # part of the request is still to be taken
+            self._unsent = conn.unsent()
+            due = now + self._write_timeout
+        else:
+            due = now + self._read_timeout
         if self._deadline is not None:
             if self._deadline <= now:
                 raise ReadTimeout("the request's deadline passed")
@@ -165,8 +181,23 @@ class Response:
             return None  # nobody waits: the next wait sets the timer
         if now < self._due:
             return self._due
+        conn = self._conn
+        if conn is not None and conn.sending and not self._past_deadline(now):
+            unsent = conn.unsent()
+            if unsent < self._unsent:  # it took some of the request: time for the next part
+                self._unsent = unsent
+                self._due = self._bounded(now + self._write_timeout)
+                return self._due
+            waiter.set_exception(WriteTimeout("the upstream took none of the request in time"))
+            return None
         waiter.set_exception(ReadTimeout("the upstream sent nothing in time"))
         return None
+
+    def _past_deadline(self, now: float) -> bool:
+        return self._deadline is not None and now >= self._deadline
+
+    def _bounded(self, due: float) -> float:
+        return due if self._deadline is None else min(due, self._deadline)
 
     def _wake(self) -> None:
         waiter = self._waiter
@@ -181,6 +212,12 @@ class Response:
         raise error
 
     # fed by the connection
+    def _sent(self, now: float) -> None:
+        """The whole request is sent: the wait in progress, if any, is now for the answer."""
+        if self._timer is not None and self._waiter is not None:
+            self._due = self._bounded(now + self._read_timeout)
+            self._timer.at(self._due)
+
     def _headers_done(self, status: int) -> None:
         self.status = status
         length = self.headers.get("content-length")

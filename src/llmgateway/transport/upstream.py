@@ -177,6 +177,7 @@ class Upstream:
                 body,
                 connect_timeout=timeouts.pool + timeouts.connect,
                 read_timeout=timeouts.read,
+                write_timeout=timeouts.write,
                 deadline=deadline,
             )
         return self._via_proxy(egress, method, url, headers, body, timeouts, deadline)
