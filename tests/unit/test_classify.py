@@ -22,9 +22,9 @@ from llmgateway.config.settings import (
     OpenAILikeProvider,
     ProviderSettings,
 )
+from llmgateway.core.egress import EgressError
 from llmgateway.core.outcomes import (
     Blame,
-    EgressError,
     ErrorReason,
     Outcome,
     classify,

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
+from llmgateway.core.egress import EgressError
 from llmgateway.transport import http1
 
 if TYPE_CHECKING:
@@ -120,14 +121,6 @@ class Outcome:
     @property
     def ok(self) -> bool:
         return self.reason is None
-
-
-class EgressError(Exception):
-    """A fault on our own side of the wire, raised by our upstream code itself.
-
-    For example: no connection slot became free in time, or the configured proxy is unavailable.
-    `classify()` maps it to `EGRESS_ERROR`, which is never blamed on the key.
-    """
 
 
 _BLAME: dict[ErrorReason, Blame] = {

@@ -15,15 +15,16 @@ stay in this process, as in Envoy: a 5xx status read back from the store restric
 
 from __future__ import annotations
 
+import enum
 import heapq
 import math
 import random
 from collections import Counter
 from collections.abc import Collection, Iterable, KeysView
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Literal, Protocol
 
-from llmgateway.config.settings import OutlierDetection, Selection
+from llmgateway.core.egress import DIRECT
 from llmgateway.core.outcomes import ALL_MODELS, Blame, ErrorReason, KeyStatus, Outcome
 
 _SAMPLES = 8  # random draws before falling back to a scan of the scope's bag
@@ -32,6 +33,34 @@ _BLOCKING = frozenset({KeyStatus.NO_QUOTA, KeyStatus.NO_MODEL})
 _NO_SCOPES: frozenset[str] = frozenset()
 
 State = Literal["healthy", "untested", "cooling", "ejected", "invalid", "no_quota", "no_model"]
+
+
+class Selection(enum.StrEnum):
+    """How a key is picked among the eligible ones."""
+
+    LEAST_INFLIGHT = "least_inflight"  # fewest in-flight of two random eligible keys
+    ROUND_ROBIN = "round_robin"
+
+
+class OutlierConfig(Protocol):
+    """Ejections and cooldowns (`config.settings.OutlierDetection` is one, and documents them)."""
+
+    @property
+    def consecutive_failures(self) -> int: ...
+    @property
+    def base_ejection_sec(self) -> float: ...
+    @property
+    def max_ejection_sec(self) -> float: ...
+    @property
+    def max_ejection_percent(self) -> float: ...
+    @property
+    def jitter_percent(self) -> float: ...
+    @property
+    def default_cooldown_sec(self) -> float: ...
+    @property
+    def max_cooldown_sec(self) -> float: ...
+    @property
+    def no_quota_cooldown_sec(self) -> float: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,7 +72,7 @@ class KeyEntry:
     model: str
     status: KeyStatus
     cooldown_until: float | None
-    egress: str = "direct"
+    egress: str = DIRECT
 
 
 @dataclass(frozen=True, slots=True)
@@ -192,7 +221,7 @@ class KeyPool:
         shared: bool,
         models: Iterable[str],
         selection: Selection,
-        outlier: OutlierDetection,
+        outlier: OutlierConfig,
         rng: random.Random,
         max_inflight: int | None = None,
     ) -> None:
