@@ -20,8 +20,9 @@ import orjson
 import pytest
 import trustme
 
-from llmgateway.core.outcomes import ErrorReason, exception_reason
+from llmgateway.core.outcomes import ErrorReason
 from llmgateway.testing import FakeUpstream
+from llmgateway.transport.errors import exception_reason
 from llmgateway.transport.http1 import (
     Client,
     ConnectError,

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from llmgateway.config.settings import Timeouts
-from llmgateway.core.outcomes import ErrorReason, exception_reason
+from llmgateway.core.outcomes import ErrorReason
 from llmgateway.testing.hostile import (
     CLOSE,
     SWITCHING_PROTOCOLS,
@@ -27,6 +27,7 @@ from llmgateway.testing.hostile import (
     endless_headers,
     interim,
 )
+from llmgateway.transport.errors import exception_reason
 from llmgateway.transport.http1 import (
     MAX_HEAD_BYTES,
     Client,
