@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from llmgateway.core.outcomes import ErrorReason, KeyStatus
-from llmgateway.core.pool import StatusChange
+from llmgateway.core.pool_keys import StatusChange
 from llmgateway.store import StatusEvent, Store
 from llmgateway.testing.fake_upstream import FakeUpstream
 from tests.chaos.conftest import chaos_settings, start_gateway, write_keys

@@ -18,7 +18,7 @@ import pytest
 from tests.conftest import REDIS_URL, ManualClock
 
 from llmgateway.config.settings import KeyLimits, LimitsSettings
-from llmgateway.core.pool import Lease
+from llmgateway.core.pool_keys import Lease
 from llmgateway.limits import KeyLimiter, Refusal
 from llmgateway.limits.outage import Outage
 from llmgateway.limits.redis_backend import RedisBackend

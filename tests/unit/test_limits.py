@@ -15,7 +15,7 @@ from tests.conftest import ManualClock
 from llmgateway.cli.main import main
 from llmgateway.config.rules import check
 from llmgateway.config.settings import KeyLimits, LimitsBackend, Settings
-from llmgateway.core.pool import Lease
+from llmgateway.core.pool_keys import Lease
 from llmgateway.limits import (
     KeyLimiter,
     Limits,

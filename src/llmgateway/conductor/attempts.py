@@ -20,7 +20,8 @@ from llmgateway.conductor.status_writer import StatusWriter
 from llmgateway.config.settings import ProviderSettings, RetryStep, StreamingMode
 from llmgateway.core.guard import Closed, Excluded, Guard
 from llmgateway.core.outcomes import Blame, ErrorReason, KeyStatus, Outcome
-from llmgateway.core.pool import KeyPool, Lease, Unavailable
+from llmgateway.core.pool import KeyPool
+from llmgateway.core.pool_keys import Lease, Unavailable
 from llmgateway.core.resilience import RetryBudget, full_jitter_backoff
 from llmgateway.limits import KeyLimiter, Refusal
 from llmgateway.observe import debug, logs

@@ -19,7 +19,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field, replace
 
 from llmgateway.core.outcomes import KeyStatus
-from llmgateway.core.pool import StatusChange
+from llmgateway.core.pool_keys import StatusChange
 from llmgateway.store import StatusEvent
 
 log = logging.getLogger("llmgateway.events")

@@ -21,7 +21,7 @@ from pydantic_core import PydanticCustomError
 
 from llmgateway.core.egress import ProxyMode as ProxyMode
 from llmgateway.core.outcomes import ErrorReason
-from llmgateway.core.pool import Selection as Selection
+from llmgateway.core.pool_keys import Selection as Selection
 from llmgateway.core.resilience import BreakerMode as BreakerMode
 
 
