@@ -20,7 +20,7 @@ from dataclasses import dataclass, field, replace
 
 from llmgateway.core.outcomes import KeyStatus
 from llmgateway.core.pool_keys import StatusChange
-from llmgateway.store import StatusEvent
+from llmgateway.records import StatusEvent
 
 log = logging.getLogger("llmgateway.events")
 
