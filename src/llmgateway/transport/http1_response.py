@@ -15,14 +15,20 @@ import asyncio
 import collections
 import sys
 from collections.abc import AsyncIterator
-from typing import TYPE_CHECKING, cast
+from typing import Protocol, cast
 
 import httptools
 
 from llmgateway.transport.lazy_timer import LazyTimer
 
-if TYPE_CHECKING:
-    from llmgateway.transport.http1 import Origin
+
+class Origin(Protocol):
+    """The pool a connection belongs to (`http1.Origin`): given the connection back when an
+    answer is done with it, told when it is lost."""
+
+    def give_back(self, conn: Connection) -> None: ...
+    def lost(self, conn: Connection) -> None: ...
+
 
 PAUSE_ABOVE = 256 * 1024
 """Buffered body bytes above which the socket stops being read until the consumer catches up."""
