@@ -18,18 +18,11 @@ from pathlib import Path
 import openai
 
 from llmgateway.core.outcomes import KeyStatus
+from llmgateway.testing.configs import write_keys
 from llmgateway.testing.fake_upstream import FakeUpstream
 from llmgateway.testing.faults import Behavior
-from tests.chaos.conftest import (
-    MESSAGES,
-    OPENAI_TOKEN,
-    Load,
-    chaos_settings,
-    eventually,
-    leaks,
-    start_gateway,
-    write_keys,
-)
+from tests.chaos.load import MESSAGES, Load, leaks
+from tests.helpers import OPENAI_TOKEN, chaos_settings, eventually, start_gateway
 
 GOOD = [f"sk-chaos-good-{i:08d}" for i in range(8)]
 INVALID = [f"sk-chaos-invalid-{i:08d}" for i in range(6)]  # 30 % of 20
@@ -63,8 +56,8 @@ async def _leave_mid_stream(url: str, rounds: int) -> int:
 async def test_bad_keys_hangs_drops_and_disconnects(tmp_path: Path) -> None:
     baseline = asyncio.all_tasks()
     async with FakeUpstream(chunks=4, chunk_delay=0.05) as fake:
-        write_keys(tmp_path, "openai", GOOD + INVALID + LIMITED + [HANG, DROP])
-        write_keys(tmp_path, "gemini", GEMINI_GOOD + GEMINI_BAD)
+        write_keys(tmp_path / "keys" / "openai", GOOD + INVALID + LIMITED + [HANG, DROP])
+        write_keys(tmp_path / "keys" / "gemini", GEMINI_GOOD + GEMINI_BAD)
         fake.set_behavior(DROP, Behavior(drop_after_chunks=1))
         settings = chaos_settings(
             tmp_path,

@@ -21,10 +21,10 @@ from llmgateway.conductor.app import create_app
 from llmgateway.conductor.serving import running
 from llmgateway.config.settings import DatabaseSettings, LimitsSettings, Settings
 from llmgateway.limits.fleet import PostgresBackend
+from llmgateway.testing.configs import write_keys
 from llmgateway.testing.fake_upstream import FakeUpstream
 from llmgateway.testing.faults import Behavior
-from tests.conftest import REDIS_URL
-from tests.e2e.conftest import METRICS_AUTH, OPENAI_TOKEN, gateway_settings, write_keys
+from tests.helpers import METRICS_AUTH, OPENAI_TOKEN, REDIS_URL, gateway_settings
 
 KEYS = ["sk-limited-openai-00000000001", "sk-limited-openai-00000000002"]
 CHAT = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}

@@ -19,8 +19,9 @@ from llmgateway.config.settings import Settings
 from llmgateway.keeper.run import run_once
 from llmgateway.store import Store
 from llmgateway.store.tables import provider_models
+from llmgateway.testing.configs import write_keys
 from llmgateway.testing.fake_upstream import FakeUpstream
-from tests.e2e.conftest import GEMINI_TOKEN, OPENAI_TOKEN, write_keys
+from tests.helpers import GEMINI_TOKEN, OPENAI_TOKEN
 
 UPSTREAM = [
     "gpt-4o",

@@ -8,7 +8,6 @@ import json
 import os
 import random
 import signal
-import socket
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -30,15 +29,10 @@ from llmgateway.observe import logs
 from llmgateway.observe.metrics import FLUSH_SEC, Metrics
 from llmgateway.observe.metrics_http import keeper_metrics
 from llmgateway.store import Store
+from llmgateway.testing.configs import write_keys
 from llmgateway.testing.fake_upstream import FakeUpstream
 from llmgateway.testing.faults import Behavior
-from tests.e2e.conftest import (
-    METRICS_AUTH,
-    OPENAI_TOKEN,
-    GatewayFactory,
-    gateway_settings,
-    write_keys,
-)
+from tests.helpers import METRICS_AUTH, OPENAI_TOKEN, GatewayFactory, free_port, gateway_settings
 
 GOOD = "sk-good-openai-000000000001"
 INVALID = "sk-ops-invalid-000000000001"
@@ -274,20 +268,13 @@ async def test_debug_modes_log_exchanges_with_secrets_scrubbed(
         assert any("…" in a.get("body", "") or a["status"] == 200 for a in answers)
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 async def test_two_worker_processes_report_the_sum(tmp_path: Path, fake: FakeUpstream) -> None:
     write_keys(tmp_path / "keys" / "openai", [GOOD])
     write_keys(tmp_path / "keys" / "gemini", ["AIza-good-gemini-00000000001"])
     data = gateway_settings(tmp_path, fake).model_dump(mode="json", exclude_defaults=True)
     config = tmp_path / "providers.yaml"
     config.write_text(yaml.safe_dump(data))
-    port = _free_port()
+    port = free_port()
     env = {**os.environ, "TMPDIR": str(tmp_path)}
     env.pop("PROMETHEUS_MULTIPROC_DIR", None)
     process = await asyncio.create_subprocess_exec(
@@ -352,7 +339,7 @@ async def test_keeper_serves_its_own_metrics_behind_the_token(
     write_keys(tmp_path / "keys" / "openai", [GOOD, INVALID])
     write_keys(tmp_path / "keys" / "gemini", ["AIza-good-gemini-00000000001"])
     fake.set_behavior(INVALID, Behavior(invalid=True))
-    port = _free_port()
+    port = free_port()
     settings = gateway_settings(tmp_path, fake).model_copy(
         update={
             "metrics": MetricsSettings(access_token=METRICS_TOKEN),

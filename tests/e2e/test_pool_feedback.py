@@ -19,9 +19,10 @@ from openai.types.chat import ChatCompletion
 from llmgateway.core.outcomes import KeyStatus
 from llmgateway.keyfiles import run_sync
 from llmgateway.store import KeyRow, Store
+from llmgateway.testing.configs import write_keys
 from llmgateway.testing.fake_upstream import FakeUpstream
 from llmgateway.testing.faults import Behavior
-from tests.e2e.conftest import OPENAI_TOKEN, GatewayFactory, gateway_settings, write_keys
+from tests.helpers import OPENAI_TOKEN, GatewayFactory, gateway_settings
 
 GOOD = "sk-good-openai-000000000001"
 CHAT = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}

@@ -13,7 +13,7 @@ from google.genai import types
 
 from llmgateway.testing.fake_upstream import FakeUpstream
 from llmgateway.testing.faults import Behavior
-from tests.e2e.conftest import GEMINI_TOKEN, OPENAI_TOKEN, GatewayFactory
+from tests.helpers import GEMINI_TOKEN, OPENAI_TOKEN, GatewayFactory
 
 GOOD = "sk-good-openai-000000000001"
 GOOD_GEMINI = "AIza-good-gemini-00000000001"

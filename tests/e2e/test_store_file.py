@@ -19,8 +19,9 @@ from llmgateway.conductor.app import create_app
 from llmgateway.conductor.serving import running
 from llmgateway.config.settings import MetricsSettings
 from llmgateway.store import Store
+from llmgateway.testing.configs import write_keys
 from llmgateway.testing.fake_upstream import FakeUpstream
-from tests.e2e.conftest import OPENAI_TOKEN, gateway_settings, write_keys
+from tests.helpers import OPENAI_TOKEN, gateway_settings
 
 METRICS_TOKEN = "metrics-token-store-file-01"
 CHAT = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}

@@ -19,6 +19,7 @@ from typing import Any
 import orjson
 import pytest
 import trustme
+from tests.helpers import eventually
 
 from llmgateway.core.outcomes import ErrorReason, exception_reason
 from llmgateway.testing import FakeUpstream
@@ -179,12 +180,6 @@ async def fetch(client: Client, url: str, reader: Reader | None = None, **option
         return await (reader or read_whole)(response)
     finally:
         response.close()
-
-
-async def eventually(condition: Callable[[], bool], seconds: float = 2.0) -> None:
-    async with asyncio.timeout(seconds):
-        while not condition():
-            await asyncio.sleep(0.005)
 
 
 async def read_whole(response: Response) -> bytes:

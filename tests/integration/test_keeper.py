@@ -6,8 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
-import sys
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +14,7 @@ import pytest
 import sqlalchemy as sa
 import yaml
 from sqlalchemy.engine import make_url
-from tests.conftest import ManualClock
+from tests.helpers import ManualClock, eventually, run_cli
 
 from llmgateway.config.settings import Settings
 from llmgateway.core.egress import egress_for
@@ -29,6 +28,7 @@ from llmgateway.store import probes as queries
 from llmgateway.store.locks import KeeperRunningError, single_keeper
 from llmgateway.store.tables import key_status, keys, proxy_status
 from llmgateway.testing import Behavior, FakeUpstream
+from llmgateway.testing.configs import write_keys
 from llmgateway.testing.connect_proxy import ConnectProxy
 from llmgateway.transport.upstream import Upstream
 
@@ -40,22 +40,11 @@ MODELS = ("gpt-4o-mini", "gpt-4o", "o3-mini")
 
 
 @pytest.fixture
-async def fake() -> AsyncIterator[FakeUpstream]:
-    async with FakeUpstream() as server:
-        yield server
-
-
-@pytest.fixture
 async def upstream() -> AsyncIterator[Upstream]:
     """The keepers' client sessions, closed after the test."""
     sessions = Upstream()
     yield sessions
     await sessions.close()
-
-
-def write_keys(folder: Path, secrets: list[str]) -> None:
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / "keys.txt").write_text("\n".join(secrets) + "\n")
 
 
 def config(
@@ -101,13 +90,6 @@ async def rows(store: Store) -> dict[tuple[str, str], dict[str, Any]]:
 
 async def row(store: Store, secret: str, model: str = ALL_MODELS) -> dict[str, Any]:
     return (await rows(store))[(secret, model)]
-
-
-async def eventually(condition: Callable[[], bool], seconds: float = 10.0) -> None:
-    """Wait for a condition that real I/O makes true (not a timing assumption)."""
-    async with asyncio.timeout(seconds):
-        while not condition():
-            await asyncio.sleep(0.01)
 
 
 # --- probing and scheduling ------------------------------------------------------------------
@@ -595,19 +577,6 @@ async def test_maintenance_purges_long_removed_keys_and_vacuums_on_schedule(
 
 
 # --- the command line ------------------------------------------------------------------------
-
-
-async def run_cli(*args: str) -> tuple[int, str, str]:
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "llmgateway",
-        *args,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    out, err = await asyncio.wait_for(process.communicate(), 60)
-    return int(process.returncode or 0), out.decode(), err.decode()
 
 
 async def test_worker_once_probes_prints_a_summary_and_refuses_a_second_keeper(

@@ -15,7 +15,7 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import pytest
-from tests.conftest import REDIS_URL, ManualClock
+from tests.helpers import REDIS_URL, ManualClock
 
 from llmgateway.config.settings import KeyLimits, LimitsSettings
 from llmgateway.core.pool import Lease

@@ -14,6 +14,7 @@ import pytest
 
 from llmgateway.conductor.app import create_app
 from llmgateway.conductor.serving import running
+from llmgateway.testing.configs import write_keys
 from llmgateway.testing.hostile import (
     SWITCHING_PROTOCOLS,
     HostileUpstream,
@@ -26,7 +27,7 @@ from llmgateway.testing.hostile import (
     interim,
 )
 from llmgateway.transport.http1 import Client
-from tests.e2e.conftest import OPENAI_TOKEN, gateway_settings, write_keys
+from tests.helpers import OPENAI_TOKEN, gateway_settings
 
 pytestmark = pytest.mark.security
 

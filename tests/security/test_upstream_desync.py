@@ -8,7 +8,7 @@ that the answer it got was made for its own request."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 
 import pytest
 
@@ -21,6 +21,7 @@ from llmgateway.testing.hostile import (
     interim,
 )
 from llmgateway.transport.http1 import Client, Limits
+from tests.helpers import eventually
 
 pytestmark = pytest.mark.security
 
@@ -52,12 +53,6 @@ async def ask(client: Client, url: str, body: bytes) -> bytes:
 def mine(echoed: bytes, body: bytes) -> bool:
     """Whether an echo (request head and body) is of the request that carried `body`."""
     return echoed.endswith(b"\r\n\r\n" + body)
-
-
-async def eventually(condition: Callable[[], bool], seconds: float = 2.0) -> None:
-    async with asyncio.timeout(seconds):
-        while not condition():
-            await asyncio.sleep(0.005)
 
 
 def stale(n: int) -> bytes:
