@@ -110,14 +110,14 @@ async def test_manual_reset_breaker_stays_open_until_reset_through_the_store(
                 assert int(reply.headers["retry-after"]) >= 1
             assert sum(fake.calls_by_key().values()) == calls  # failed fast
             async with await Store.open(settings.database.async_url) as store:
-                reported = []
-                for _ in range(40):  # gateways report at each refresh (every 0.2 s here)
+
+                async def reported_open() -> bool:
                     rows = await store.breakers()
                     reported = [(r.provider, r.state) for r in rows if r.provider == "openai"]
-                    if reported == [("openai", int(BreakerState.OPEN))]:
-                        break
-                    await asyncio.sleep(0.05)
-                assert reported == [("openai", int(BreakerState.OPEN))]
+                    return reported == [("openai", int(BreakerState.OPEN))]
+
+                # gateways report at each refresh (every 0.2 s here)
+                await eventually(reported_open, within=5, step=0.05)
                 await store.request_breaker_reset("openai")
             await eventually(lambda: guard.state is BreakerState.CLOSED, within=2)
             reply = await http.post(url, json=BODY, headers=auth)

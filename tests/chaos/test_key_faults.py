@@ -98,6 +98,6 @@ async def test_bad_keys_hangs_drops_and_disconnects(tmp_path: Path) -> None:
                 lambda: leaks(gateway, fake) == dict.fromkeys(leaks(gateway, fake), 0), within=5
             )
         assert gateway.upstream.open_connections() == 0
-    await asyncio.sleep(0)
+    await asyncio.sleep(0)  # one turn of the loop, for tasks that just ended to be done
     left_over = {t for t in asyncio.all_tasks() - baseline if not t.done()}
     assert left_over == {asyncio.current_task()} or not left_over, left_over

@@ -101,7 +101,7 @@ async def test_concurrent_callers_on_shared_connections_get_their_own_answers(
     # other requests are in flight
     async def script(request: Request, peer: Peer) -> None:
         extra = stale(99) if request.body.endswith((b"0", b"2", b"4", b"6", b"8")) else b""
-        await asyncio.sleep(0.001)
+        await asyncio.sleep(0.001)  # the upstream's pace: requests overlap
         await peer.send(interim(100) + answer(request.head + request.body) + extra)
 
     async with HostileUpstream(script) as upstream:
@@ -122,7 +122,7 @@ async def test_an_answer_sent_ahead_of_the_next_request_is_never_taken_for_it(
     # for a request not yet made: the connection at rest is dropped, never reused
     async def script(request: Request, peer: Peer) -> None:
         await peer.send(answer(request.head + request.body))
-        await asyncio.sleep(0.01)
+        await asyncio.sleep(0.01)  # the upstream's pace: the caller is done by then
         await peer.send(stale(int(request.body.split(b"-")[1]) + 1))
 
     async with HostileUpstream(script) as upstream:

@@ -57,7 +57,7 @@ async def test_the_env_example_placeholders_never_open_a_public_port(tmp_path: P
         waiting = asyncio.create_task(process.communicate())
         while not waiting.done():
             assert not await connects(port), "a port opened behind a placeholder token"
-            await asyncio.sleep(0.05)
+            await asyncio.sleep(0.05)  # paces the look-outs while the process runs
         _, stderr = await asyncio.wait_for(waiting, 30)
     finally:
         if process.returncode is None:
