@@ -8,7 +8,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
-import socket
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -23,7 +22,14 @@ from llmgateway.limits.fleet import PostgresBackend
 from llmgateway.testing.configs import write_keys
 from llmgateway.testing.fake_upstream import FakeUpstream
 from llmgateway.testing.faults import Behavior
-from tests.helpers import METRICS_AUTH, OPENAI_TOKEN, REDIS_URL, eventually, gateway_settings
+from tests.helpers import (
+    METRICS_AUTH,
+    OPENAI_TOKEN,
+    REDIS_URL,
+    eventually,
+    free_port,
+    gateway_settings,
+)
 
 KEYS = ["sk-limited-openai-00000000001", "sk-limited-openai-00000000002"]
 CHAT = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}
@@ -93,17 +99,10 @@ async def test_rpm_holds_across_two_gateways_on_redis(
         assert 50 <= int(after) <= 60  # when the oldest call leaves the minute
 
 
-def closed_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-    return port
-
-
 async def test_an_unreachable_redis_fails_open_and_is_counted(
     tmp_path: Path, fake: FakeUpstream
 ) -> None:
-    url = f"redis://127.0.0.1:{closed_port()}/0"
+    url = f"redis://127.0.0.1:{free_port()}/0"
     settings = limited(tmp_path, fake, {"rpm": 1, "max_concurrent": 1}, redis_url=url)
     async with two_gateways(settings) as (urls, _), aiohttp.ClientSession() as session:
         answers = [await chat(session, urls[0]) for _ in range(5)]

@@ -5,7 +5,6 @@ auth probe, egress faults, static and stealth proxies, leases, two keepers, main
 from __future__ import annotations
 
 import asyncio
-import socket
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -14,7 +13,7 @@ import pytest
 import sqlalchemy as sa
 import yaml
 from sqlalchemy.engine import make_url
-from tests.helpers import ManualClock, eventually, run_cli
+from tests.helpers import ManualClock, eventually, free_port, run_cli
 
 from llmgateway.config.settings import Settings
 from llmgateway.core.egress import egress_for
@@ -302,17 +301,11 @@ async def test_batches_are_spaced_by_batch_delay(
 # --- egress: proxies -------------------------------------------------------------------------
 
 
-def closed_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 async def test_an_egress_failure_never_marks_the_key(
     upstream: Upstream, store: Store, fake: FakeUpstream, clock: ManualClock, tmp_path: Path
 ) -> None:
     write_keys(tmp_path / "keys", GOOD)
-    proxy = {"mode": "static", "static_url": f"http://127.0.0.1:{closed_port()}"}
+    proxy = {"mode": "static", "static_url": f"http://127.0.0.1:{free_port()}"}
     keeper = await keeper_for(config(tmp_path, fake, proxy=proxy), store, clock, upstream)
     await keeper.probe_round()
     clock.advance(1 * HOUR)

@@ -9,13 +9,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import socket
 import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import pytest
-from tests.helpers import REDIS_URL, ManualClock, eventually
+from tests.helpers import REDIS_URL, ManualClock, eventually, free_port
 
 from llmgateway.config.settings import KeyLimits, LimitsSettings
 from llmgateway.core.pool import Lease
@@ -106,18 +105,11 @@ async def test_a_killed_gateways_leases_expire_while_a_live_one_renews_them(
     assert took >= ttl * 0.9  # not before its TTL ran out
 
 
-def closed_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-    return port  # nothing listens on it once the socket is closed
-
-
 async def test_unreachable_redis_fails_open_counted_and_warned_once_a_minute(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     password = "sekret-redis-password-0001"
-    url = f"redis://gw:{password}@127.0.0.1:{closed_port()}/0"
+    url = f"redis://gw:{password}@127.0.0.1:{free_port()}/0"
     conf = LimitsSettings(redis_url=url, retry_unreachable_sec=5)
     clock = ManualClock(T0)
     backend = RedisBackend(conf, Outage(conf.retry_unreachable_sec, clock))

@@ -17,6 +17,8 @@ import pytest
 import yaml
 from tests.helpers import run_cli
 
+from llmgateway.testing.configs import write_keys
+
 PLACEHOLDER = "change-me-openai-token"
 SHORT_METRICS = "metrics-1234"  # 12 characters
 STRONG = "tok-strong-gemini-0123456789"
@@ -30,9 +32,7 @@ OPENAI_PATH = "providers.openai.access_control.gateway_access_token"
 def write_config(tmp_path: Path, **sections: Any) -> Path:
     """Two providers (openai's token a placeholder), a short metrics token, SQLite in tmp."""
     for name in ("openai", "gemini"):
-        folder = tmp_path / "keys" / name
-        folder.mkdir(parents=True, exist_ok=True)
-        (folder / "keys.txt").write_text(f"sk-{name}-key-000000000000001\n")
+        write_keys(tmp_path / "keys" / name, [f"sk-{name}-key-000000000000001"])
 
     def provider(name: str, token: str) -> dict[str, Any]:
         return {

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from llmgateway.testing.configs import write_keys
 from tests.helpers import free_port
 
 pytestmark = pytest.mark.security
@@ -38,8 +39,7 @@ async def connects(port: int) -> bool:
 
 async def test_the_env_example_placeholders_never_open_a_public_port(tmp_path: Path) -> None:
     for name in ("openai", "gemini"):
-        (tmp_path / "keys" / name).mkdir(parents=True)
-        (tmp_path / "keys" / name / "keys.txt").write_text(f"sk-{name}-0000000000000001\n")
+        write_keys(tmp_path / "keys" / name, [f"sk-{name}-0000000000000001"])
     port = free_port()
     env = {
         **os.environ,

@@ -22,7 +22,7 @@ def write_keys(folder: Path, keys: Iterable[str]) -> Path:
 
 def two_providers(
     folder: Path,
-    fake: FakeUpstream,
+    upstream: FakeUpstream | str,
     *,
     openai_token: str,
     gemini_token: str,
@@ -34,11 +34,13 @@ def two_providers(
     **sections: Any,
 ) -> dict[str, Any]:
     """A config document (what `Settings.model_validate` takes, or YAML once dumped): providers
-    `openai` and `gemini` (key status shared across its models) on `fake`, each with its own
-    gateway token and its first model as default. `both` adds provider settings to both (a
+    `openai` and `gemini` (key status shared across its models) on `upstream` (the fake, or the
+    URL of another, `http://127.0.0.1:PORT`), each with its own gateway token and its first
+    model as default. `both` adds provider settings to both (a
     policy, timeouts), `openai` and `gemini` to one (last, so they win). Keyword `sections`
     set whole top-level sections (`gateway`, `metrics`, `logging`, `worker`, `database`; the
     default database is `folder/gw.db`)."""
+    url = upstream if isinstance(upstream, str) else upstream.url
     common = dict(both or {})
     chat = {"endpoint_suffix": "/chat/completions"}
     generate = {"endpoint_suffix": ":generateContent"}
@@ -49,7 +51,7 @@ def two_providers(
             "openai": {
                 "provider_type": "openai_like",
                 "keys_path": str(folder / "keys" / "openai"),
-                "api_base_url": fake.openai_base,
+                "api_base_url": f"{url}/v1",
                 "default_model": openai_models[0],
                 "models": dict.fromkeys(openai_models, chat),
                 "access_control": {"gateway_access_token": openai_token},
@@ -59,7 +61,7 @@ def two_providers(
             "gemini": {
                 "provider_type": "gemini",
                 "keys_path": str(folder / "keys" / "gemini"),
-                "api_base_url": fake.gemini_base,
+                "api_base_url": url,
                 "default_model": gemini_models[0],
                 "shared_key_status": True,
                 "models": dict.fromkeys(gemini_models, generate),
