@@ -154,13 +154,14 @@ def free_port() -> int:
 
 def gateway_settings(
     tmp_path: Path,
-    fake: FakeUpstream,
+    upstream: FakeUpstream | str,
     gateway_section: dict[str, Any] | None = None,
     **provider_extra: Any,
 ) -> Settings:
-    """Two providers on the fake upstream, `openai` (gpt-4o-mini, gpt-4o) and `gemini`, with
-    quick retries on other keys, a 0.2 s refresh and the metrics token `METRICS_TOKEN`.
-    `provider_extra` goes to both providers (a `gateway_policy` there replaces the retries)."""
+    """Two providers on `upstream` (the fake, or another's URL), `openai` (gpt-4o-mini, gpt-4o)
+    and `gemini`, with quick retries on other keys, a 0.2 s refresh and the metrics token
+    `METRICS_TOKEN`. `provider_extra` goes to both providers (a `gateway_policy` there replaces
+    the retries)."""
     retry = {
         "enabled": True,
         "on_key_error": {"attempts": 5, "backoff_sec": 0.0},
@@ -168,7 +169,7 @@ def gateway_settings(
     }
     document = two_providers(
         tmp_path,
-        fake,
+        upstream,
         openai_token=OPENAI_TOKEN,
         gemini_token=GEMINI_TOKEN,
         openai_models=("gpt-4o-mini", "gpt-4o"),
@@ -192,9 +193,9 @@ BREAKER_RECOVERY_SEC = 2.2 + 1.0
 
 
 def chaos_settings(
-    tmp_path: Path, fake: FakeUpstream, database_url: str | None = None, **extra: Any
+    tmp_path: Path, upstream: FakeUpstream | str, database_url: str | None = None, **extra: Any
 ) -> Settings:
-    """Two providers on the fake upstream, `openai` and `gemini` (both sharing key status
+    """Two providers on `upstream`, `openai` and `gemini` (both sharing key status
     across models), with resilience times scaled down: the `BREAKER`, ejections of 2 s, read
     timeouts of 0.5 s. `extra` goes to both providers; its `gateway_policy` is merged into the
     policy."""
@@ -220,7 +221,7 @@ def chaos_settings(
     timeouts = {"connect": 0.5, "read": 0.5, "total": 10}
     document = two_providers(
         tmp_path,
-        fake,
+        upstream,
         openai_token=OPENAI_TOKEN,
         gemini_token=GEMINI_TOKEN,
         both={"gateway_policy": policy, "timeouts": timeouts, **extra},

@@ -6,7 +6,6 @@ from __future__ import annotations
 import random
 from collections.abc import AsyncIterator
 from pathlib import Path
-from types import SimpleNamespace
 
 import orjson
 import pytest
@@ -47,11 +46,10 @@ async def gateway(tmp_path: Path, upstream: HostileUpstream) -> AsyncIterator[st
     read whole and at most 1 MiB)."""
     write_keys(tmp_path / "keys" / "openai", ["sk-hostile-000000000000001"])
     write_keys(tmp_path / "keys" / "gemini", ["AIza-unused-00000000000001"])
-    where = SimpleNamespace(openai_base=f"{upstream.url}/v1", gemini_base=upstream.url)
     policy = {"streaming_mode": "disabled", "retry": {"enabled": False}}
     settings = gateway_settings(
         tmp_path,
-        where,  # type: ignore[arg-type]  # all it reads of the fake upstream: where it is
+        upstream.url,
         {"max_response_bytes": 1 << 20},
         gateway_policy=policy,
     )
