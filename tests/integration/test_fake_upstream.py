@@ -7,6 +7,7 @@ import random
 import subprocess
 import sys
 from collections.abc import AsyncIterator
+from typing import Any
 
 import aiohttp
 import openai
@@ -30,9 +31,9 @@ GEMINI_GOOD = "AIza-good-000000000000001"
 
 
 @pytest.fixture
-async def fake() -> AsyncIterator[FakeUpstream]:
-    async with FakeUpstream(chunks=4) as server:
-        yield server
+def fake_options() -> dict[str, Any]:
+    """Four chunks a stream (the `fake` fixture's upstream)."""
+    return {"chunks": 4}
 
 
 @pytest.fixture

@@ -8,7 +8,7 @@ import uuid
 from collections.abc import AsyncIterator, Callable
 
 import pytest
-from tests.conftest import PG_URL, ManualClock
+from tests.helpers import PG_URL, ManualClock
 
 from llmgateway.config.settings import KeyLimits
 from llmgateway.core.pool_keys import Lease

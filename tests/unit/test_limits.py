@@ -10,7 +10,7 @@ import yaml
 from click.testing import CliRunner
 from hypothesis import given
 from hypothesis import strategies as st
-from tests.conftest import ManualClock
+from tests.helpers import ManualClock
 
 from llmgateway.cli.main import main
 from llmgateway.config.rules import check
