@@ -15,7 +15,8 @@ import time
 
 from llmgateway.config.settings import OutlierDetection, Selection
 from llmgateway.core.outcomes import ALL_MODELS, Blame, ErrorReason, KeyStatus, Outcome
-from llmgateway.core.pool import KeyEntry, KeyPool, Lease
+from llmgateway.core.pool import KeyPool
+from llmgateway.core.pool_keys import KeyEntry, Lease
 
 OK = Outcome(None, Blame.NONE, 200)
 LIMITED = Outcome(ErrorReason.RATE_LIMITED, Blame.KEY, 429, 10_000.0)

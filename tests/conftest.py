@@ -1,11 +1,12 @@
-"""Fixtures and hooks shared by every test: the real SQLite file, PostgreSQL and Redis, and the
-markers given by folder.
+"""Fixtures and hooks shared by every test: the real SQLite file, PostgreSQL and Redis, the fake
+upstream and the real gateway on it, and the markers given by folder. Helpers that are not
+fixtures (waiting, the CLI, settings builders) are in tests/helpers.py.
 
 `store` and `db_url` run each test twice, on `sqlite` (a file in the test's temp folder) and on
 `postgresql` (marked `postgres`; `$LLMGATEWAY_TEST_PG_URL`, default the local server's `test`
-database). Each PostgreSQL test gets a fresh schema (`store`) or a fresh database (`db_url`),
-dropped afterwards, so runs never see each other's data and the server is left clean.
-`redis_prefix` gives a test its own key prefix on `$LLMGATEWAY_TEST_REDIS_URL`.
+database). Each PostgreSQL test gets a fresh schema (`store`) or a fresh database (`db_url`,
+`pg_database`), dropped afterwards, so runs never see each other's data and the server is left
+clean. `redis_prefix` gives a test its own key prefix on `$LLMGATEWAY_TEST_REDIS_URL`.
 
 Whether the servers are there is decided in one place, `require_server()`, for every test marked
 `postgres` or `redis` (tests using `redis_prefix` get `redis` by themselves): a server that
@@ -13,18 +14,20 @@ cannot be reached skips the test with the reason, unless `LLMGATEWAY_REQUIRE_PG=
 `LLMGATEWAY_REQUIRE_REDIS=1` (CI), which makes it fail instead. Tests under tests/e2e,
 tests/chaos, tests/soak and tests/security get the marker of their folder, so `-m "not soak"`
 and the like select by kind.
-"""
+
+`fake` is the fake upstream (`FakeUpstream(**fake_options)`; a module overrides `fake_options`
+to change it); `gateway` starts the real gateway on it (`async with gateway(...) as url:`)."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import os
 import uuid
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import asyncpg
 import pytest
@@ -32,25 +35,19 @@ from sqlalchemy.engine import make_url
 
 from llmgateway.limits import masked_redis_url
 from llmgateway.store import Store
-
-PG_URL = os.environ.get(
-    "LLMGATEWAY_TEST_PG_URL", "postgresql+asyncpg://postgres@127.0.0.1:5432/test"
+from llmgateway.testing.configs import write_keys
+from llmgateway.testing.fake_upstream import FakeUpstream
+from tests.helpers import (
+    PG_URL,
+    REDIS_URL,
+    GatewayFactory,
+    ManualClock,
+    gateway_settings,
+    libpq_dsn,
+    start_gateway,
 )
-REDIS_URL = os.environ.get("LLMGATEWAY_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+
 DATABASES = ["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)]
-
-
-@dataclass(slots=True)
-class ManualClock:
-    """A clock for the store that only moves when a test moves it."""
-
-    now: float = 1_800_000_000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
 
 
 @pytest.fixture
@@ -59,16 +56,9 @@ def clock() -> ManualClock:
     return ManualClock()
 
 
-def _libpq_dsn(url: str, database: str | None = None) -> str:
-    parsed = make_url(url).set(drivername="postgresql")
-    if database is not None:
-        parsed = parsed.set(database=database)
-    return parsed.render_as_string(hide_password=False)
-
-
 async def _pg_problem() -> str | None:
     try:
-        connection = await asyncpg.connect(_libpq_dsn(PG_URL), timeout=3)
+        connection = await asyncpg.connect(libpq_dsn(PG_URL), timeout=3)
     except (OSError, asyncpg.PostgresError, TimeoutError) as exc:
         return f"{type(exc).__name__}: {exc}"
     await connection.close()
@@ -163,7 +153,7 @@ async def store(db_kind: str, tmp_path: Path, clock: ManualClock) -> AsyncIterat
         await store.close()
         return
     schema = f"test_{uuid.uuid4().hex[:12]}"
-    admin = await asyncpg.connect(_libpq_dsn(PG_URL))
+    admin = await asyncpg.connect(libpq_dsn(PG_URL))
     try:
         await admin.execute(f'CREATE SCHEMA "{schema}"')
         store = await Store.open(PG_URL, schema=schema, clock=clock)
@@ -177,6 +167,19 @@ async def store(db_kind: str, tmp_path: Path, clock: ManualClock) -> AsyncIterat
         await admin.close()
 
 
+@contextlib.asynccontextmanager
+async def _fresh_pg_database() -> AsyncIterator[str]:
+    """A new PostgreSQL database on the test server, dropped afterwards; yields its URL."""
+    name = f"llmgateway_test_{uuid.uuid4().hex[:12]}"
+    admin = await asyncpg.connect(libpq_dsn(PG_URL))
+    try:
+        await admin.execute(f'CREATE DATABASE "{name}"')
+        yield make_url(PG_URL).set(database=name).render_as_string(hide_password=False)
+    finally:
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        await admin.close()
+
+
 @pytest.fixture
 async def db_url(db_kind: str, tmp_path: Path) -> AsyncIterator[str]:
     """A URL of an empty database: a SQLite file path (not created yet), or a fresh PostgreSQL
@@ -184,14 +187,17 @@ async def db_url(db_kind: str, tmp_path: Path) -> AsyncIterator[str]:
     if db_kind == "sqlite":
         yield f"sqlite:///{tmp_path / 'data' / 'llmgateway.db'}"
         return
-    name = f"llmgateway_test_{uuid.uuid4().hex[:12]}"
-    admin = await asyncpg.connect(_libpq_dsn(PG_URL))
-    try:
-        await admin.execute(f'CREATE DATABASE "{name}"')
-        yield make_url(PG_URL).set(database=name).render_as_string(hide_password=False)
-    finally:
-        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        await admin.close()
+    async with _fresh_pg_database() as url:
+        yield url
+
+
+@pytest.fixture
+async def pg_database() -> AsyncIterator[str]:
+    """The URL of a fresh PostgreSQL database, dropped after the test (which needs the server:
+    skipped without it, or failed under `LLMGATEWAY_REQUIRE_PG=1`)."""
+    require_server("postgres")
+    async with _fresh_pg_database() as url:
+        yield url
 
 
 @pytest.fixture
@@ -209,3 +215,45 @@ async def redis_prefix() -> AsyncIterator[str]:
     if keys:
         await client.delete(*keys)
     await client.aclose()
+
+
+@pytest.fixture
+def fake_options() -> dict[str, Any]:
+    """Keyword arguments of the `fake` fixture's `FakeUpstream`; a test module overrides this
+    fixture to change them."""
+    return {}
+
+
+@pytest.fixture
+async def fake(fake_options: dict[str, Any]) -> AsyncIterator[FakeUpstream]:
+    """The fake upstream provider, serving on a loopback port for the test."""
+    async with FakeUpstream(**fake_options) as upstream:
+        yield upstream
+
+
+@pytest.fixture
+def started() -> list[Any]:
+    """The apps the `gateway` fixture started, newest last (for looking inside them)."""
+    return []
+
+
+@pytest.fixture
+def gateway(tmp_path: Path, fake: FakeUpstream, started: list[Any]) -> GatewayFactory:
+    """`async with gateway(openai=[keys], gemini=[keys], gateway_section, **provider) as url:`
+    runs the real gateway on `fake` with `gateway_settings` (one good key each by default)."""
+
+    @contextlib.asynccontextmanager
+    async def start(
+        openai: list[str] | None = None,
+        gemini: list[str] | None = None,
+        gateway_section: dict[str, Any] | None = None,
+        **extra: Any,
+    ) -> AsyncIterator[str]:
+        write_keys(tmp_path / "keys" / "openai", openai or ["sk-good-openai-000000000001"])
+        write_keys(tmp_path / "keys" / "gemini", gemini or ["AIza-good-gemini-00000000001"])
+        settings = gateway_settings(tmp_path, fake, gateway_section, **extra)
+        async with start_gateway(settings, seed=7) as running:
+            started.append(running.app)
+            yield running.url
+
+    return start

@@ -35,11 +35,15 @@ import stat
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 from llmgateway.config.settings import ProviderSettings, ProxyMode, Settings
 from llmgateway.observe.masking import mask
-from llmgateway.store import Store, SyncChanges
+from llmgateway.records import SyncChanges
+
+if TYPE_CHECKING:  # reading key files (for log masking too) does not load the store
+    from llmgateway.store import Store
 
 log = logging.getLogger("llmgateway.sync")
 

@@ -9,15 +9,10 @@ import httpx2 as httpx
 
 from llmgateway.core.resilience import BreakerState
 from llmgateway.store import Store
+from llmgateway.testing.configs import write_keys
 from llmgateway.testing.fake_upstream import FakeUpstream
 from llmgateway.testing.faults import Behavior
-from tests.chaos.conftest import (
-    OPENAI_TOKEN,
-    chaos_settings,
-    eventually,
-    start_gateway,
-    write_keys,
-)
+from tests.helpers import OPENAI_TOKEN, chaos_settings, eventually, start_gateway
 
 KEYS = [f"sk-budget-key-{i:08d}" for i in range(10)]
 FAILING = Behavior(error_rate=1.0, error_status=500, delay=0.3)
@@ -45,7 +40,7 @@ async def _burst(url: str, n: int, headers: dict[str, str] | None = None) -> lis
 
 
 async def test_retries_stay_within_the_budget(tmp_path: Path, fake: FakeUpstream) -> None:
-    write_keys(tmp_path, "openai", KEYS)
+    write_keys(tmp_path / "keys" / "openai", KEYS)
     for key in KEYS:
         fake.set_behavior(key, FAILING)
     settings = chaos_settings(tmp_path, fake, gateway_policy=_policy())
@@ -59,7 +54,7 @@ async def test_retries_stay_within_the_budget(tmp_path: Path, fake: FakeUpstream
 
 
 async def test_client_sdk_retries_use_up_the_budget(tmp_path: Path, fake: FakeUpstream) -> None:
-    write_keys(tmp_path, "openai", KEYS)
+    write_keys(tmp_path / "keys" / "openai", KEYS)
     for key in KEYS:
         fake.set_behavior(key, FAILING)
     settings = chaos_settings(tmp_path, fake, gateway_policy=_policy())
@@ -75,7 +70,7 @@ async def test_client_sdk_retries_use_up_the_budget(tmp_path: Path, fake: FakeUp
 async def test_a_retry_that_cannot_finish_in_time_is_not_started(
     tmp_path: Path, fake: FakeUpstream
 ) -> None:
-    write_keys(tmp_path, "openai", KEYS)
+    write_keys(tmp_path / "keys" / "openai", KEYS)
     for key in KEYS:
         fake.set_behavior(key, Behavior(error_rate=1.0, error_status=500, delay=0.6))
     settings = chaos_settings(
@@ -89,7 +84,7 @@ async def test_a_retry_that_cannot_finish_in_time_is_not_started(
 async def test_manual_reset_breaker_stays_open_until_reset_through_the_store(
     tmp_path: Path, fake: FakeUpstream
 ) -> None:
-    write_keys(tmp_path, "openai", KEYS)
+    write_keys(tmp_path / "keys" / "openai", KEYS)
     breaker = {
         "enabled": True,
         "mode": "manual_reset",
@@ -115,14 +110,14 @@ async def test_manual_reset_breaker_stays_open_until_reset_through_the_store(
                 assert int(reply.headers["retry-after"]) >= 1
             assert sum(fake.calls_by_key().values()) == calls  # failed fast
             async with await Store.open(settings.database.async_url) as store:
-                reported = []
-                for _ in range(40):  # gateways report at each refresh (every 0.2 s here)
+
+                async def reported_open() -> bool:
                     rows = await store.breakers()
                     reported = [(r.provider, r.state) for r in rows if r.provider == "openai"]
-                    if reported == [("openai", int(BreakerState.OPEN))]:
-                        break
-                    await asyncio.sleep(0.05)
-                assert reported == [("openai", int(BreakerState.OPEN))]
+                    return reported == [("openai", int(BreakerState.OPEN))]
+
+                # gateways report at each refresh (every 0.2 s here)
+                await eventually(reported_open, within=5, step=0.05)
                 await store.request_breaker_reset("openai")
             await eventually(lambda: guard.state is BreakerState.CLOSED, within=2)
             reply = await http.post(url, json=BODY, headers=auth)

@@ -10,10 +10,12 @@ from __future__ import annotations
 from pathlib import Path
 
 from llmgateway.core.egress import egress_for
+from llmgateway.testing.configs import write_keys
 from llmgateway.testing.connect_proxy import ConnectProxy
 from llmgateway.testing.fake_upstream import FakeUpstream
 from llmgateway.testing.faults import Behavior
-from tests.chaos.conftest import Load, chaos_settings, eventually, start_gateway, write_keys
+from tests.chaos.load import Load
+from tests.helpers import chaos_settings, eventually, start_gateway
 
 # the proxies' ports are random, so which keys hash to which proxy is too: with 32 keys, fewer
 # than 4 on one side happens about once in 400,000 runs (with 16 it was about once in 50)
@@ -28,8 +30,8 @@ async def test_an_ip_wide_429_cools_the_egress_not_the_keys(
         folder = tmp_path / "proxies"
         folder.mkdir()
         (folder / "list.txt").write_text(f"{limited.url}\n{fine.url}\n")
-        write_keys(tmp_path, "openai", KEYS)
-        write_keys(tmp_path, "gemini", GEMINI)
+        write_keys(tmp_path / "keys" / "openai", KEYS)
+        write_keys(tmp_path / "keys" / "gemini", GEMINI)
         proxy_config = {"mode": "stealth", "pool_list_path": str(folder)}
         settings = chaos_settings(tmp_path, fake, proxy_config=proxy_config)
         provider = settings.providers["openai"]

@@ -18,18 +18,11 @@ from pathlib import Path
 import openai
 
 from llmgateway.core.outcomes import KeyStatus
+from llmgateway.testing.configs import write_keys
 from llmgateway.testing.fake_upstream import FakeUpstream
 from llmgateway.testing.faults import Behavior
-from tests.chaos.conftest import (
-    MESSAGES,
-    OPENAI_TOKEN,
-    Load,
-    chaos_settings,
-    eventually,
-    leaks,
-    start_gateway,
-    write_keys,
-)
+from tests.chaos.load import MESSAGES, Load, leaks
+from tests.helpers import OPENAI_TOKEN, chaos_settings, eventually, start_gateway
 
 GOOD = [f"sk-chaos-good-{i:08d}" for i in range(8)]
 INVALID = [f"sk-chaos-invalid-{i:08d}" for i in range(6)]  # 30 % of 20
@@ -63,8 +56,8 @@ async def _leave_mid_stream(url: str, rounds: int) -> int:
 async def test_bad_keys_hangs_drops_and_disconnects(tmp_path: Path) -> None:
     baseline = asyncio.all_tasks()
     async with FakeUpstream(chunks=4, chunk_delay=0.05) as fake:
-        write_keys(tmp_path, "openai", GOOD + INVALID + LIMITED + [HANG, DROP])
-        write_keys(tmp_path, "gemini", GEMINI_GOOD + GEMINI_BAD)
+        write_keys(tmp_path / "keys" / "openai", GOOD + INVALID + LIMITED + [HANG, DROP])
+        write_keys(tmp_path / "keys" / "gemini", GEMINI_GOOD + GEMINI_BAD)
         fake.set_behavior(DROP, Behavior(drop_after_chunks=1))
         settings = chaos_settings(
             tmp_path,
@@ -105,6 +98,6 @@ async def test_bad_keys_hangs_drops_and_disconnects(tmp_path: Path) -> None:
                 lambda: leaks(gateway, fake) == dict.fromkeys(leaks(gateway, fake), 0), within=5
             )
         assert gateway.upstream.open_connections() == 0
-    await asyncio.sleep(0)
+    await asyncio.sleep(0)  # one turn of the loop, for tasks that just ended to be done
     left_over = {t for t in asyncio.all_tasks() - baseline if not t.done()}
     assert left_over == {asyncio.current_task()} or not left_over, left_over

@@ -20,18 +20,11 @@ from pathlib import Path
 
 from llmgateway.core.outcomes import KeyStatus
 from llmgateway.core.resilience import BreakerState
+from llmgateway.testing.configs import write_keys
 from llmgateway.testing.connect_proxy import ConnectProxy
 from llmgateway.testing.fake_upstream import FakeUpstream
-from tests.chaos.conftest import (
-    BREAKER_RECOVERY_SEC,
-    Load,
-    Running,
-    chaos_settings,
-    eventually,
-    leaks,
-    start_gateway,
-    write_keys,
-)
+from tests.chaos.load import Load, leaks
+from tests.helpers import BREAKER_RECOVERY_SEC, Running, chaos_settings, eventually, start_gateway
 
 OPENAI_KEYS = [f"sk-outage-good-{i:08d}" for i in range(10)]
 GEMINI_KEYS = [f"AIza-outage-good-{i:08d}" for i in range(6)]
@@ -61,8 +54,8 @@ async def no_key_marked(gw: Running) -> None:
 async def test_provider_outage_fails_fast_blames_no_key_and_recovers(
     tmp_path: Path, fake: FakeUpstream
 ) -> None:
-    write_keys(tmp_path, "openai", OPENAI_KEYS)
-    write_keys(tmp_path, "gemini", GEMINI_KEYS)
+    write_keys(tmp_path / "keys" / "openai", OPENAI_KEYS)
+    write_keys(tmp_path / "keys" / "gemini", GEMINI_KEYS)
     async with start_gateway(chaos_settings(tmp_path, fake)) as gw:
         guards = [p.guard for p in gw.gateway.providers.values()]
         load = Load(gw.url, clients=12)
@@ -107,8 +100,8 @@ async def test_a_dying_proxy_costs_no_request_and_no_key(
         folder = tmp_path / "proxies"
         folder.mkdir()
         (folder / "list.txt").write_text("\n".join(p.url for p in proxies) + "\n")
-        write_keys(tmp_path, "openai", OPENAI_KEYS)
-        write_keys(tmp_path, "gemini", GEMINI_KEYS)
+        write_keys(tmp_path / "keys" / "openai", OPENAI_KEYS)
+        write_keys(tmp_path / "keys" / "gemini", GEMINI_KEYS)
         proxy_config = {"mode": "stealth", "pool_list_path": str(folder)}
         settings = chaos_settings(tmp_path, fake, proxy_config=proxy_config)
         async with start_gateway(settings) as gw:

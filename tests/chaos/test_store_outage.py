@@ -12,29 +12,20 @@ marked bad by the outage.
 from __future__ import annotations
 
 import time
-import uuid
-from collections.abc import AsyncIterator
 from pathlib import Path
 
-import asyncpg
 import httpx2 as httpx
 import pytest
 from sqlalchemy.engine import make_url
 
 from llmgateway.core.outcomes import KeyStatus
 from llmgateway.store import Store
+from llmgateway.testing.configs import write_keys
 from llmgateway.testing.fake_upstream import FakeUpstream
 from llmgateway.testing.faults import Behavior
 from llmgateway.testing.tcp_relay import TcpRelay
-from tests.chaos.conftest import (
-    Load,
-    chaos_settings,
-    eventually,
-    leaks,
-    start_gateway,
-    write_keys,
-)
-from tests.conftest import PG_URL, _libpq_dsn
+from tests.chaos.load import Load, leaks
+from tests.helpers import chaos_settings, eventually, start_gateway
 
 GOOD = [f"sk-store-good-{i:08d}" for i in range(10)]
 VICTIMS = [f"sk-store-victim-{i:08d}" for i in range(4)]  # turn invalid while the store is down
@@ -43,28 +34,15 @@ STORE_OUTAGE_SEC = 10.0
 pytestmark = pytest.mark.postgres
 
 
-@pytest.fixture
-async def pg_database() -> AsyncIterator[str]:
-    """A fresh PostgreSQL database (dropped afterwards); its name."""
-    name = f"llmgateway_chaos_{uuid.uuid4().hex[:12]}"
-    admin = await asyncpg.connect(_libpq_dsn(PG_URL))
-    try:
-        await admin.execute(f'CREATE DATABASE "{name}"')
-        yield name
-    finally:
-        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        await admin.close()
-
-
 async def test_store_outage_loses_no_event_and_no_request(
     tmp_path: Path, fake: FakeUpstream, pg_database: str
 ) -> None:
-    real = make_url(PG_URL).set(database=pg_database)
+    real = make_url(pg_database)
     assert real.host is not None
     async with TcpRelay(real.host, real.port or 5432) as relay:
         via_relay = real.set(host="127.0.0.1", port=relay.port)
-        write_keys(tmp_path, "openai", GOOD + VICTIMS)
-        write_keys(tmp_path, "gemini", GEMINI)
+        write_keys(tmp_path / "keys" / "openai", GOOD + VICTIMS)
+        write_keys(tmp_path / "keys" / "gemini", GEMINI)
         settings = chaos_settings(
             tmp_path, fake, database_url=via_relay.render_as_string(hide_password=False)
         )

@@ -9,10 +9,11 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from llmgateway.core.outcomes import ErrorReason, KeyStatus
-from llmgateway.core.pool import StatusChange
+from llmgateway.core.pool_keys import StatusChange
 from llmgateway.store import StatusEvent, Store
+from llmgateway.testing.configs import write_keys
 from llmgateway.testing.fake_upstream import FakeUpstream
-from tests.chaos.conftest import chaos_settings, start_gateway, write_keys
+from tests.helpers import chaos_settings, start_gateway
 
 PENDING = 5_000
 OUTAGE_SEC = 0.5
@@ -21,8 +22,10 @@ OUTAGE_SEC = 0.5
 async def test_a_graceful_stop_writes_every_pending_status_change(
     tmp_path: Path, db_url: str
 ) -> None:
-    write_keys(tmp_path, "openai", [f"sk-drain-{i:08d}-abcdefghijkl" for i in range(PENDING)])
-    write_keys(tmp_path, "gemini", ["AIza-drain-00000000-abcdefghijkl"])
+    write_keys(
+        tmp_path / "keys" / "openai", [f"sk-drain-{i:08d}-abcdefghijkl" for i in range(PENDING)]
+    )
+    write_keys(tmp_path / "keys" / "gemini", ["AIza-drain-00000000-abcdefghijkl"])
     async with FakeUpstream() as fake:
         settings = chaos_settings(tmp_path, fake, database_url=db_url)
         async with start_gateway(settings) as running:

@@ -10,9 +10,9 @@ import httpx2 as httpx
 
 from llmgateway.conductor.app import create_app
 from llmgateway.conductor.serving import running
+from llmgateway.testing.configs import write_keys
 from llmgateway.testing.fake_upstream import FakeUpstream
-from tests.e2e.conftest import OPENAI_TOKEN, gateway_settings, write_keys
-from tests.unit.test_keyfiles import kubernetes_mount
+from tests.helpers import OPENAI_TOKEN, gateway_settings, kubernetes_mount
 
 MOUNTED = "sk-good-k8s-secret-000000000001"
 CHAT = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}

@@ -8,8 +8,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
-import socket
-import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -21,10 +19,17 @@ from llmgateway.conductor.app import create_app
 from llmgateway.conductor.serving import running
 from llmgateway.config.settings import DatabaseSettings, LimitsSettings, Settings
 from llmgateway.limits.fleet import PostgresBackend
+from llmgateway.testing.configs import write_keys
 from llmgateway.testing.fake_upstream import FakeUpstream
 from llmgateway.testing.faults import Behavior
-from tests.conftest import REDIS_URL
-from tests.e2e.conftest import METRICS_AUTH, OPENAI_TOKEN, gateway_settings, write_keys
+from tests.helpers import (
+    METRICS_AUTH,
+    OPENAI_TOKEN,
+    REDIS_URL,
+    eventually,
+    free_port,
+    gateway_settings,
+)
 
 KEYS = ["sk-limited-openai-00000000001", "sk-limited-openai-00000000002"]
 CHAT = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}
@@ -94,17 +99,10 @@ async def test_rpm_holds_across_two_gateways_on_redis(
         assert 50 <= int(after) <= 60  # when the oldest call leaves the minute
 
 
-def closed_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-    return port
-
-
 async def test_an_unreachable_redis_fails_open_and_is_counted(
     tmp_path: Path, fake: FakeUpstream
 ) -> None:
-    url = f"redis://127.0.0.1:{closed_port()}/0"
+    url = f"redis://127.0.0.1:{free_port()}/0"
     settings = limited(tmp_path, fake, {"rpm": 1, "max_concurrent": 1}, redis_url=url)
     async with two_gateways(settings) as (urls, _), aiohttp.ClientSession() as session:
         answers = [await chat(session, urls[0]) for _ in range(5)]
@@ -127,10 +125,8 @@ async def test_max_concurrent_holds_across_two_gateways_on_postgres(
     async with two_gateways(settings) as (urls, apps), aiohttp.ClientSession() as session:
         fleets: list[PostgresBackend] = [app.state.gateway.limits.backend for app in apps]
         assert all(isinstance(fleet, PostgresBackend) for fleet in fleets)
-        started = time.monotonic()
-        while {fleet.size for fleet in fleets} != {2}:  # both saw each other (refresh: 0.2 s)
-            assert time.monotonic() - started < 10, "the gateways never counted each other"
-            await asyncio.sleep(0.05)
+        # both saw each other (refresh: 0.2 s)
+        await eventually(lambda: {fleet.size for fleet in fleets} == {2}, within=10)
         answers = await asyncio.gather(*(chat(session, urls[i % 2]) for i in range(6)))
     assert fake.peak_open(KEYS[0]) == 2  # one per gateway: their shares of 2
     statuses = [status for status, _ in answers]

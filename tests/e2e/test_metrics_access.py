@@ -4,9 +4,6 @@ original), the token's holder when one is set, everybody only with `allow_unauth
 
 from __future__ import annotations
 
-import contextlib
-import socket
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -15,42 +12,15 @@ import pytest
 
 from llmgateway.conductor.app import create_app
 from llmgateway.conductor.serving import running
-from llmgateway.config.settings import MetricsSettings, Settings, WorkerSettings
-from llmgateway.observe.metrics import Metrics
-from llmgateway.observe.metrics_http import keeper_metrics
-from llmgateway.store import Store
 from llmgateway.testing.fake_upstream import FakeUpstream
-from tests.e2e.conftest import gateway_settings, write_keys
+from tests.helpers import keeper_listener, settings_with
 
 TOKEN = "metrics-access-token-000001"
 MINIMAL = {"ready": True, "problem": None}
 
 
-def settings_with(tmp_path: Path, fake: FakeUpstream, **metrics: Any) -> Settings:
-    write_keys(tmp_path / "keys" / "openai", ["sk-good-openai-000000000001"])
-    write_keys(tmp_path / "keys" / "gemini", ["AIza-good-gemini-00000000001"])
-    return gateway_settings(tmp_path, fake).model_copy(
-        update={"metrics": MetricsSettings(**metrics)}
-    )
-
-
 def bearer(token: str) -> dict[str, str]:
     return {"authorization": f"Bearer {token}"}
-
-
-@contextlib.asynccontextmanager
-async def keeper_listener(settings: Settings) -> AsyncIterator[str]:
-    """The Keeper's own metrics listener on a free loopback port; yields its base URL."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    settings = settings.model_copy(update={"worker": WorkerSettings(metrics_port=port)})
-    async with (
-        await Store.open(settings.database.async_url) as store,
-        keeper_metrics(settings, Metrics.create(), store),
-    ):
-        await store.upgrade()
-        yield f"http://127.0.0.1:{port}"
 
 
 async def test_no_metrics_token_no_metrics_and_no_readiness_details(

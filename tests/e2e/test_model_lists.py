@@ -3,7 +3,6 @@ names a pattern serves, as the Keeper last fetched them, seen through the offici
 
 from __future__ import annotations
 
-import asyncio
 import random
 from pathlib import Path
 from typing import Any
@@ -19,8 +18,9 @@ from llmgateway.config.settings import Settings
 from llmgateway.keeper.run import run_once
 from llmgateway.store import Store
 from llmgateway.store.tables import provider_models
+from llmgateway.testing.configs import two_providers, write_keys
 from llmgateway.testing.fake_upstream import FakeUpstream
-from tests.e2e.conftest import GEMINI_TOKEN, OPENAI_TOKEN, write_keys
+from tests.helpers import GEMINI_TOKEN, OPENAI_TOKEN, eventually
 
 UPSTREAM = [
     "gpt-4o",
@@ -35,34 +35,18 @@ UPSTREAM = [
 
 
 def settings_for(tmp_path: Path, fake: FakeUpstream) -> Settings:
-    return Settings.model_validate(
-        {
-            "database": {"url": f"sqlite:///{tmp_path / 'gw.db'}"},
-            "gateway": {"refresh_interval_sec": 0.1},
-            "providers": {
-                "openai": {
-                    "provider_type": "openai_like",
-                    "keys_path": str(tmp_path / "keys" / "openai"),
-                    "api_base_url": fake.openai_base,
-                    "default_model": "gpt-4.1-mini",
-                    "models": {
-                        "gpt-4o-mini": {"endpoint_suffix": "/chat/completions"},
-                        "gpt-4.1*": {"endpoint_suffix": "/chat/completions"},
-                    },
-                    "access_control": {"gateway_access_token": OPENAI_TOKEN},
-                },
-                "gemini": {
-                    "provider_type": "gemini",
-                    "keys_path": str(tmp_path / "keys" / "gemini"),
-                    "api_base_url": fake.gemini_base,
-                    "default_model": "gemini-2.5-flash",
-                    "shared_key_status": True,
-                    "models": {"gemini-2.5-*": {"endpoint_suffix": ":generateContent"}},
-                    "access_control": {"gateway_access_token": GEMINI_TOKEN},
-                },
-            },
-        }
+    document = two_providers(
+        tmp_path,
+        fake,
+        openai_token=OPENAI_TOKEN,
+        gemini_token=GEMINI_TOKEN,
+        openai_models=("gpt-4o-mini", "gpt-4.1*"),
+        gemini_models=("gemini-2.5-*",),
+        openai={"default_model": "gpt-4.1-mini"},
+        gemini={"default_model": "gemini-2.5-flash"},
+        gateway={"refresh_interval_sec": 0.1},
     )
+    return Settings.model_validate(document)
 
 
 async def listed(url: str) -> tuple[list[str], list[str | None]]:
@@ -91,10 +75,11 @@ async def test_models_lists_show_the_upstream_names_a_pattern_serves(
             ["gpt-4o-mini", "gpt-4.1", "gpt-4.1-mini"],
             ["models/gemini-2.5-pro", "models/gemini-2.5-flash"],
         )
-        async with asyncio.timeout(10):  # until the gateway's next refresh takes them
-            while (found := await listed(url)) != expected:
-                await asyncio.sleep(0.02)
-        assert found == expected
+
+        async def listed_as_expected() -> bool:
+            return await listed(url) == expected
+
+        await eventually(listed_as_expected)  # until the gateway's next refresh takes them
         gateway = app.state.gateway
         provider = gateway.providers["openai"]
         assert provider.listed == expected[0]
@@ -103,12 +88,8 @@ async def test_models_lists_show_the_upstream_names_a_pattern_serves(
             async with store.engine.begin() as conn:  # behind the revision's back: not seen
                 await conn.execute(sa.update(provider_models).values(names='["gpt-4.1-sneaky"]'))
             seen = gateway.health.last_refresh
-            async with asyncio.timeout(10):
-                while gateway.health.last_refresh == seen:
-                    await asyncio.sleep(0.02)
+            await eventually(lambda: gateway.health.last_refresh != seen)
             assert "gpt-4.1-sneaky" not in provider.listed
             await store.save_model_names("openai", ["gpt-4.1-next"])  # a new revision: seen
-        async with asyncio.timeout(10):
-            while provider.listed != ["gpt-4o-mini", "gpt-4.1-next"]:
-                await asyncio.sleep(0.02)
+        await eventually(lambda: provider.listed == ["gpt-4o-mini", "gpt-4.1-next"])
         assert (await listed(url))[0] == ["gpt-4o-mini", "gpt-4.1-next"]

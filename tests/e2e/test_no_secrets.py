@@ -19,9 +19,10 @@ from llmgateway.config.settings import LoggingSettings, MetricsSettings
 from llmgateway.keeper.run import run_once
 from llmgateway.observe import logs
 from llmgateway.store import Store
+from llmgateway.testing.configs import write_keys
 from llmgateway.testing.fake_upstream import FakeUpstream
 from llmgateway.testing.faults import Behavior
-from tests.e2e.conftest import GEMINI_TOKEN, OPENAI_TOKEN, gateway_settings, write_keys
+from tests.helpers import GEMINI_TOKEN, OPENAI_TOKEN, gateway_settings
 
 METRICS_TOKEN = "metrics-token-never-shown-01"
 OPENAI_KEYS = [

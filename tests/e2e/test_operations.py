@@ -8,7 +8,6 @@ import json
 import os
 import random
 import signal
-import socket
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -30,14 +29,17 @@ from llmgateway.observe import logs
 from llmgateway.observe.metrics import FLUSH_SEC, Metrics
 from llmgateway.observe.metrics_http import keeper_metrics
 from llmgateway.store import Store
+from llmgateway.testing.configs import write_keys
 from llmgateway.testing.fake_upstream import FakeUpstream
 from llmgateway.testing.faults import Behavior
-from tests.e2e.conftest import (
+from tests.helpers import (
     METRICS_AUTH,
     OPENAI_TOKEN,
     GatewayFactory,
+    eventually,
+    free_port,
     gateway_settings,
-    write_keys,
+    wait_ready,
 )
 
 GOOD = "sk-good-openai-000000000001"
@@ -274,20 +276,13 @@ async def test_debug_modes_log_exchanges_with_secrets_scrubbed(
         assert any("…" in a.get("body", "") or a["status"] == 200 for a in answers)
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 async def test_two_worker_processes_report_the_sum(tmp_path: Path, fake: FakeUpstream) -> None:
     write_keys(tmp_path / "keys" / "openai", [GOOD])
     write_keys(tmp_path / "keys" / "gemini", ["AIza-good-gemini-00000000001"])
     data = gateway_settings(tmp_path, fake).model_dump(mode="json", exclude_defaults=True)
     config = tmp_path / "providers.yaml"
     config.write_text(yaml.safe_dump(data))
-    port = _free_port()
+    port = free_port()
     env = {**os.environ, "TMPDIR": str(tmp_path)}
     env.pop("PROMETHEUS_MULTIPROC_DIR", None)
     process = await asyncio.create_subprocess_exec(
@@ -297,45 +292,41 @@ async def test_two_worker_processes_report_the_sum(tmp_path: Path, fake: FakeUps
     )  # fmt: skip
     url = f"http://127.0.0.1:{port}"
     try:
-        async with httpx.AsyncClient() as http:
-            for _ in range(300):
-                try:
-                    if (await http.get(f"{url}/readyz")).status_code == 200:
-                        break
-                except httpx.TransportError:
-                    pass
-                await asyncio.sleep(0.1)
-            total = 20
-            # new connections, so that both processes serve some of the requests and scrapes
-            for _ in range(total):
-                async with httpx.AsyncClient() as fresh:
-                    answer = await fresh.post(
-                        f"{url}/v1/chat/completions",
-                        headers={"authorization": f"Bearer {OPENAI_TOKEN}"},
-                        json={
-                            "model": "gpt-4o-mini",
-                            "messages": [{"role": "user", "content": "hi"}],
-                        },
-                    )
-                    assert answer.status_code == 200
-            await asyncio.sleep(FLUSH_SEC + 0.5)  # each process hands its tallies on that often
-            seen = set()
-            for _ in range(8):
-                async with httpx.AsyncClient() as fresh:
-                    found = samples((await fresh.get(f"{url}/metrics", headers=METRICS_AUTH)).text)
-                key = (
-                    "llmgateway_requests_total",
-                    frozenset(
-                        {"provider": "openai", "model": "gpt-4o-mini", "code": "200"}.items()
-                    ),
+        await wait_ready(url, process)
+        total = 20
+        # new connections, so that both processes serve some of the requests and scrapes
+        for _ in range(total):
+            async with httpx.AsyncClient() as fresh:
+                answer = await fresh.post(
+                    f"{url}/v1/chat/completions",
+                    headers={"authorization": f"Bearer {OPENAI_TOKEN}"},
+                    json={
+                        "model": "gpt-4o-mini",
+                        "messages": [{"role": "user", "content": "hi"}],
+                    },
                 )
-                seen.add(found.get(key))
-                assert (
-                    value(
-                        found, "llmgateway_upstream_attempts_total", provider="openai", reason="ok"
-                    )
-                    == total
-                )
+                assert answer.status_code == 200
+        key = (
+            "llmgateway_requests_total",
+            frozenset({"provider": "openai", "model": "gpt-4o-mini", "code": "200"}.items()),
+        )
+
+        async def summed() -> bool:
+            async with httpx.AsyncClient() as fresh:
+                found = samples((await fresh.get(f"{url}/metrics", headers=METRICS_AUTH)).text)
+            return found.get(key) == total
+
+        # each process hands its tallies on every FLUSH_SEC
+        await eventually(summed, within=FLUSH_SEC + 10, step=0.1)
+        seen = set()
+        for _ in range(8):
+            async with httpx.AsyncClient() as fresh:
+                found = samples((await fresh.get(f"{url}/metrics", headers=METRICS_AUTH)).text)
+            seen.add(found.get(key))
+            assert (
+                value(found, "llmgateway_upstream_attempts_total", provider="openai", reason="ok")
+                == total
+            )
         assert seen == {float(total)}
         assert fake.calls(GOOD) == total
         counters = list(tmp_path.glob("llmgateway-metrics-*/counter_*.db"))
@@ -352,7 +343,7 @@ async def test_keeper_serves_its_own_metrics_behind_the_token(
     write_keys(tmp_path / "keys" / "openai", [GOOD, INVALID])
     write_keys(tmp_path / "keys" / "gemini", ["AIza-good-gemini-00000000001"])
     fake.set_behavior(INVALID, Behavior(invalid=True))
-    port = _free_port()
+    port = free_port()
     settings = gateway_settings(tmp_path, fake).model_copy(
         update={
             "metrics": MetricsSettings(access_token=METRICS_TOKEN),

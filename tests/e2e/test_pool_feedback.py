@@ -19,9 +19,10 @@ from openai.types.chat import ChatCompletion
 from llmgateway.core.outcomes import KeyStatus
 from llmgateway.keyfiles import run_sync
 from llmgateway.store import KeyRow, Store
+from llmgateway.testing.configs import write_keys
 from llmgateway.testing.fake_upstream import FakeUpstream
 from llmgateway.testing.faults import Behavior
-from tests.e2e.conftest import OPENAI_TOKEN, GatewayFactory, gateway_settings, write_keys
+from tests.helpers import OPENAI_TOKEN, GatewayFactory, eventually, gateway_settings, wait_ready
 
 GOOD = "sk-good-openai-000000000001"
 CHAT = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}
@@ -81,11 +82,8 @@ async def test_a_key_removed_from_its_file_leaves_the_pool(
         settings = gateway_settings(tmp_path, fake)
         async with await Store.open(settings.database.async_url) as store:
             await run_sync(settings, store)  # what the Keeper does on its interval
-        for _ in range(200):  # the gateway's delta refresh runs every 0.2 s here
-            if pool.size == 1:
-                break
-            await asyncio.sleep(0.02)
-        assert pool.size == 1
+        # the gateway's delta refresh runs every 0.2 s here
+        await eventually(lambda: pool.size == 1, within=4)
         before = fake.calls(GOOD)
         for _ in range(10):
             await chat(url)
@@ -160,21 +158,11 @@ async def test_serve_runs_gateway_and_keeper_in_one_process(
     )
     url = f"http://127.0.0.1:{port}"
     try:
-        async with httpx.AsyncClient() as http:
-            for _ in range(300):
-                try:
-                    if (await http.get(f"{url}/readyz")).status_code == 200:
-                        break
-                except httpx.TransportError:
-                    pass
-                await asyncio.sleep(0.05)
+        await wait_ready(url, process, within=15)
         reply = await chat(url)
         assert reply.choices[0].message.content
-        for _ in range(300):  # the Keeper in the same process probes the untested keys
-            if fake.calls("AIza-good-gemini-00000000001") >= 1:
-                break
-            await asyncio.sleep(0.05)
-        assert fake.calls("AIza-good-gemini-00000000001") >= 1
+        # the Keeper in the same process probes the untested keys
+        await eventually(lambda: fake.calls("AIza-good-gemini-00000000001") >= 1, within=15)
     finally:
         process.send_signal(signal.SIGINT)
         output, _ = await asyncio.wait_for(process.communicate(), timeout=20)

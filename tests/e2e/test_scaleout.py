@@ -8,53 +8,30 @@ and concurrent requests per key.
 from __future__ import annotations
 
 import asyncio
-import socket
 import sys
 import time
-import uuid
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 import aiohttp
-import asyncpg
 import pytest
 import sqlalchemy as sa
 import yaml
-from sqlalchemy.engine import make_url
 
 from llmgateway.core.outcomes import KeyStatus
 from llmgateway.store import Store
 from llmgateway.store.tables import key_status, keys
+from llmgateway.testing.configs import write_keys
 from llmgateway.testing.fake_upstream import FakeUpstream
 from llmgateway.testing.faults import Behavior
-from tests.conftest import PG_URL, _libpq_dsn
+from tests.helpers import eventually, free_port, wait_ready
 
 TOKEN = "gw-scaleout-token-0001"
 KEYS = [f"sk-good-scale-{i:012d}" for i in range(6)]
 START_TIMEOUT = 30.0
 
 pytestmark = pytest.mark.postgres
-
-
-@pytest.fixture
-async def pg_database() -> AsyncIterator[str]:
-    """A fresh PostgreSQL database for the whole fleet, dropped afterwards."""
-    name = f"llmgateway_scale_{uuid.uuid4().hex[:12]}"
-    admin = await asyncpg.connect(_libpq_dsn(PG_URL))
-    try:
-        await admin.execute(f'CREATE DATABASE "{name}"')
-        yield make_url(PG_URL).set(database=name).render_as_string(hide_password=False)
-    finally:
-        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        await admin.close()
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def write_config(folder: Path, url: str, fake: FakeUpstream, **worker: Any) -> Path:
@@ -95,11 +72,6 @@ def write_config(folder: Path, url: str, fake: FakeUpstream, **worker: Any) -> P
     return path
 
 
-def write_keys(folder: Path, secrets: Iterable[str]) -> None:
-    (folder / "keys").mkdir(exist_ok=True)
-    (folder / "keys" / "keys.txt").write_text("\n".join(secrets) + "\n")
-
-
 class Fleet:
     """The processes of one test; each is SIGKILLed at the end if still running."""
 
@@ -125,7 +97,7 @@ class Fleet:
 
     async def gateway(self, port: int) -> asyncio.subprocess.Process:
         process = await self.spawn("gateway", "--port", str(port))
-        await wait_ready(port, process)
+        await wait_ready(f"http://127.0.0.1:{port}", process, within=START_TIMEOUT)
         return process
 
     async def worker(self) -> asyncio.subprocess.Process:
@@ -136,21 +108,6 @@ class Fleet:
             if process.returncode is None:
                 process.kill()
             await process.wait()
-
-
-async def wait_ready(port: int, process: asyncio.subprocess.Process) -> None:
-    deadline = time.monotonic() + START_TIMEOUT
-    async with aiohttp.ClientSession() as session:
-        while time.monotonic() < deadline:
-            assert process.returncode is None, "the gateway exited during start-up"
-            try:
-                async with session.get(f"http://127.0.0.1:{port}/readyz") as response:
-                    if response.status == 200:
-                        return
-            except aiohttp.ClientConnectionError:
-                pass
-            await asyncio.sleep(0.05)
-    raise AssertionError(f"gateway on port {port} not ready within {START_TIMEOUT} s")
 
 
 async def chat(session: aiohttp.ClientSession, port: int) -> int:
@@ -170,21 +127,11 @@ async def statuses(store: Store) -> dict[str, str]:
         return {str(value): str(status) for value, status in await conn.execute(query)}
 
 
-async def until(check: Any, what: str, timeout: float = START_TIMEOUT) -> None:
-    """Poll an async predicate until it holds (processes report only through the store)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if await check():
-            return
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
 async def test_two_gateways_two_keepers_share_one_postgresql(
     pg_database: str, tmp_path: Path
 ) -> None:
     async with FakeUpstream() as fake:
-        write_keys(tmp_path, KEYS)
+        write_keys(tmp_path / "keys", KEYS)
         fleet = Fleet(write_config(tmp_path, pg_database, fake))
         store = await Store.open(pg_database)
         try:
@@ -209,7 +156,9 @@ async def run_scenario(fleet: Fleet, fake: FakeUpstream, store: Store, folder: P
         found = await statuses(store)
         return all(found.get(k) == KeyStatus.VALID for k in wanted)
 
-    await until(lambda: all_valid(KEYS), "the keepers' first probe round")
+    await eventually(
+        lambda: all_valid(KEYS), START_TIMEOUT, step=0.05, what="the keepers' first probe round"
+    )
     # two keepers, one round: each key probed exactly once (auth probe + generation probe)
     assert {fake.calls(k) for k in KEYS} == {2}
     assert max(fake.peak_open(k) for k in KEYS) == 1
@@ -244,12 +193,14 @@ async def run_scenario(fleet: Fleet, fake: FakeUpstream, store: Store, folder: P
     fresh = [f"sk-good-fresh-{i:012d}" for i in range(8)]
     for secret in fresh:
         fake.set_behavior(secret, Behavior(delay=0.4))  # rounds long enough to kill one mid-way
-    write_keys(folder, KEYS + fresh)
+    write_keys(folder / "keys", KEYS + fresh)
 
     async def probing() -> bool:
         return sum(fake.calls(k) for k in fresh) >= 2
 
-    await until(probing, "the keepers to start probing the new keys")
+    await eventually(
+        probing, START_TIMEOUT, step=0.05, what="the keepers to start probing the new keys"
+    )
     for keeper in keepers:  # both keepers die with probes in flight and leases held
         assert keeper.returncode is None, "a keeper stopped on its own"
         keeper.kill()
@@ -261,7 +212,12 @@ async def run_scenario(fleet: Fleet, fake: FakeUpstream, store: Store, folder: P
     # rows leased by the dead keepers wait for their lease to end (task_timeout_sec + 60 s);
     # ending the leases in the store stands for that wait
     await expire_leases(store, dead)
-    await until(lambda: all_valid(fresh), "the restarted keepers to finish the new keys")
+    await eventually(
+        lambda: all_valid(fresh),
+        START_TIMEOUT,
+        step=0.05,
+        what="the restarted keepers to finish the new keys",
+    )
     assert max(fake.peak_open(k) for k in fresh) == 1
     # gateways never lost a key: the invalid one is still out, everything else serves
     async with aiohttp.ClientSession() as session:

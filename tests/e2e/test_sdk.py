@@ -13,7 +13,7 @@ from google.genai import types
 
 from llmgateway.testing.fake_upstream import FakeUpstream
 from llmgateway.testing.faults import Behavior
-from tests.e2e.conftest import GEMINI_TOKEN, OPENAI_TOKEN, GatewayFactory
+from tests.helpers import GEMINI_TOKEN, OPENAI_TOKEN, GatewayFactory, eventually
 
 GOOD = "sk-good-openai-000000000001"
 GOOD_GEMINI = "AIza-good-gemini-00000000001"
@@ -220,11 +220,7 @@ async def test_client_disconnect_mid_stream_frees_the_key(
         ):
             async for _ in response.aiter_bytes():
                 break
-        for _ in range(100):
-            if fake.open_requests == 0:
-                break
-            await asyncio.sleep(0.02)
-        assert fake.open_requests == 0
+        await eventually(lambda: fake.open_requests == 0, within=2)
 
 
 async def test_client_leaving_before_the_answer_stops_the_request_at_once(
@@ -244,17 +240,10 @@ async def test_client_leaving_before_the_answer_stops_the_request_at_once(
             b"content-type: application/json\r\ncontent-length: %d\r\n\r\n" % len(body) + body
         )
         await writer.drain()
-        for _ in range(100):  # the request reached the upstream
-            if fake.open_requests:
-                break
-            await asyncio.sleep(0.02)
+        await eventually(lambda: fake.open_requests, within=2)  # it reached the upstream
         assert fake.open_requests == 1
         writer.close()
-        for _ in range(100):
-            if fake.open_requests == 0:
-                break
-            await asyncio.sleep(0.02)
-        assert fake.open_requests == 0
+        await eventually(lambda: fake.open_requests == 0, within=2)  # the answer takes 5 s
     messages = [(r.levelno, r.getMessage()) for r in caplog.records]
     assert (logging.INFO, "client disconnected") in messages
     assert not [m for level, m in messages if level >= logging.ERROR]

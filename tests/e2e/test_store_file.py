@@ -4,11 +4,9 @@ databases."""
 
 from __future__ import annotations
 
-import asyncio
 import os
 import random
 import shutil
-import time
 from pathlib import Path
 from typing import Any
 
@@ -19,8 +17,9 @@ from llmgateway.conductor.app import create_app
 from llmgateway.conductor.serving import running
 from llmgateway.config.settings import MetricsSettings
 from llmgateway.store import Store
+from llmgateway.testing.configs import write_keys
 from llmgateway.testing.fake_upstream import FakeUpstream
-from tests.e2e.conftest import OPENAI_TOKEN, gateway_settings, write_keys
+from tests.helpers import OPENAI_TOKEN, eventually, gateway_settings
 
 METRICS_TOKEN = "metrics-token-store-file-01"
 CHAT = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}
@@ -28,14 +27,15 @@ CHAT = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}
 
 async def readyz_until_unready(http: httpx.AsyncClient, url: str) -> httpx.Response:
     """`/readyz` (with the metrics token) polled until it answers 503; fails after 10 s."""
-    deadline = time.monotonic() + 10
-    while True:
-        answer = await http.get(
-            f"{url}/readyz", headers={"authorization": f"Bearer {METRICS_TOKEN}"}
-        )
-        if answer.status_code == 503 or time.monotonic() > deadline:
-            return answer
-        await asyncio.sleep(0.05)
+    answers: list[httpx.Response] = []
+
+    async def unready() -> bool:
+        auth = {"authorization": f"Bearer {METRICS_TOKEN}"}
+        answers.append(await http.get(f"{url}/readyz", headers=auth))
+        return answers[-1].status_code == 503
+
+    await eventually(unready, within=10, step=0.05, what="/readyz answering 503")
+    return answers[-1]
 
 
 def settings_for(tmp_path: Path, fake: FakeUpstream) -> Any:

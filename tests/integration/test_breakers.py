@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import asyncio
 import random
-import sys
 from pathlib import Path
 
 import yaml
-from tests.conftest import ManualClock
+from tests.helpers import ManualClock, run_cli
 
 from llmgateway.conductor.breaker_board import BreakerBoard
 from llmgateway.config.settings import BreakerMode, CircuitBreakerSettings, EgressRateLimit
@@ -66,19 +64,6 @@ async def test_gateways_report_states_and_apply_only_new_resets(
     open_it(guards["a"], clock.now)
     await board.exchange(store, guards, clock.now)  # the same request is not applied twice
     assert state_of(guards["a"]) is BreakerState.OPEN
-
-
-async def run_cli(*args: str) -> tuple[int, str, str]:
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "llmgateway",
-        *args,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    out, err = await asyncio.wait_for(process.communicate(), 60)
-    return int(process.returncode or 0), out.decode(), err.decode()
 
 
 async def test_breaker_reset_command_and_status_table(tmp_path: Path) -> None:

@@ -12,14 +12,14 @@ from pathlib import Path
 import aiohttp
 import pytest
 from sqlalchemy.engine import make_url
-from tests.conftest import PG_URL
-from tests.e2e.conftest import OPENAI_TOKEN, gateway_settings, write_keys
+from tests.helpers import OPENAI_TOKEN, PG_URL, gateway_settings
 
 from llmgateway.conductor.app import create_app
 from llmgateway.conductor.coherence import exclusive_start, start_lock_path
 from llmgateway.conductor.serving import running
 from llmgateway.store import Store
 from llmgateway.store.notify import Kind, Listener, Notice, notify, publish
+from llmgateway.testing.configs import write_keys
 from llmgateway.testing.fake_upstream import FakeUpstream
 
 

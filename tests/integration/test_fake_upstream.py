@@ -7,6 +7,7 @@ import random
 import subprocess
 import sys
 from collections.abc import AsyncIterator
+from typing import Any
 
 import aiohttp
 import openai
@@ -17,20 +18,22 @@ from google.genai import errors as genai_errors
 from google.genai import types as genai_types
 
 from llmgateway.config.settings import GeminiProvider, OpenAILikeProvider, ProviderSettings
-from llmgateway.core.outcomes import Blame, ErrorReason, Outcome, classify
+from llmgateway.core.classify import classify
+from llmgateway.core.outcomes import Blame, ErrorReason, Outcome
 from llmgateway.observe.masking import fingerprint
 from llmgateway.testing import Behavior, FakeUpstream
 from llmgateway.testing.faults import RetryStyle
 from llmgateway.testing.wire import text
+from llmgateway.transport.errors import classify_exchange
 
 GOOD = "sk-good-0000000000000001"
 GEMINI_GOOD = "AIza-good-000000000000001"
 
 
 @pytest.fixture
-async def fake() -> AsyncIterator[FakeUpstream]:
-    async with FakeUpstream(chunks=4) as server:
-        yield server
+def fake_options() -> dict[str, Any]:
+    """Four chunks a stream (the `fake` fixture's upstream)."""
+    return {"chunks": 4}
 
 
 @pytest.fixture
@@ -98,7 +101,7 @@ async def collect_events(response: aiohttp.ClientResponse, events: list[bytes]) 
 
 def classified(provider: ProviderSettings, answer: tuple[int, dict[str, str], bytes]) -> Outcome:
     status, headers, body = answer
-    return classify(provider, status, headers, body, None)
+    return classify(provider, status, headers, body)
 
 
 # --- the official SDKs parse the fake -------------------------------------------------------------
@@ -289,7 +292,7 @@ async def test_deadlines_follow_the_injected_clock(http: aiohttp.ClientSession) 
         fake.set_outage(503, seconds=5)
         status, headers, body = await generate(http, fake, "other")
         assert status == 503
-        assert classify(gemini_provider(fake), status, headers, body, None).blame is Blame.PROVIDER
+        assert classify(gemini_provider(fake), status, headers, body).blame is Blame.PROVIDER
         now[0] = 1015.0
         assert (await generate(http, fake, "other"))[0] == 200
         fake.set_outage(500)
@@ -322,7 +325,7 @@ async def test_dropped_mid_body_is_a_stream_disconnect(
             await collect_events(r, events)
     if stream:
         assert len(events) == 2
-    outcome = classify(openai_provider(fake), 200, {}, b"", broken.value)
+    outcome = classify_exchange(openai_provider(fake), 200, {}, b"", broken.value)
     assert (outcome.reason, outcome.blame) == (ErrorReason.STREAM_DISCONNECT, Blame.PROVIDER)
 
 

@@ -19,9 +19,11 @@ from typing import Any
 import orjson
 import pytest
 import trustme
+from tests.helpers import eventually
 
-from llmgateway.core.outcomes import ErrorReason, exception_reason
+from llmgateway.core.outcomes import ErrorReason
 from llmgateway.testing import FakeUpstream
+from llmgateway.transport.errors import exception_reason
 from llmgateway.transport.http1 import (
     Client,
     ConnectError,
@@ -181,12 +183,6 @@ async def fetch(client: Client, url: str, reader: Reader | None = None, **option
         response.close()
 
 
-async def eventually(condition: Callable[[], bool], seconds: float = 2.0) -> None:
-    async with asyncio.timeout(seconds):
-        while not condition():
-            await asyncio.sleep(0.005)
-
-
 async def read_whole(response: Response) -> bytes:
     return await response.read(WHOLE)
 
@@ -280,7 +276,7 @@ async def test_a_body_ended_by_close_is_read_whole(client: Client) -> None:
     async def script(peer: Peer) -> None:
         await peer.request()
         await peer.send(b"HTTP/1.1 200 OK\r\nconnection: close\r\n\r\npart one, ")
-        await asyncio.sleep(0.01)
+        await asyncio.sleep(0.01)  # the upstream's pace: the body comes in two reads
         await peer.send(b"part two")
 
     async with Server(script) as server:
@@ -421,7 +417,7 @@ async def test_a_waiting_request_gets_the_freed_slot(read_first: bool, connectio
     async with Server(first_then(script)) as server, opened(Limits(total=1)) as client:
         held = await call(client, server.url())
         waiting = asyncio.create_task(fetch(client, server.url()))
-        await asyncio.sleep(0.01)
+        await eventually(lambda: len(client._waiters) == 1)
         assert not waiting.done()
         if read_first:
             release.set()
@@ -434,7 +430,7 @@ async def test_a_waiting_request_gets_the_freed_slot(read_first: bool, connectio
 async def test_an_idle_connection_past_keepalive_is_not_reused() -> None:
     async with Server(answering(OK)) as server, opened(Limits(keepalive_sec=0.05)) as client:
         assert await fetch(client, server.url()) == b"ok"
-        await asyncio.sleep(0.08)
+        await asyncio.sleep(0.08)  # the idle time itself is under test: past the 0.05 s
         assert await fetch(client, server.url()) == b"ok"
         assert server.connections == 2
         await eventually(lambda: server.eofs == 1)
@@ -518,7 +514,7 @@ async def test_closing_the_client_fails_the_answer_being_read(head: bytes) -> No
         client = Client()
         response = await call(client, server.url())
         reading = asyncio.create_task(response.read(WHOLE))
-        await asyncio.sleep(0.01)
+        await asyncio.sleep(0.01)  # a window in which the stalled read must not end
         assert not reading.done()
         await client.close()
         with pytest.raises(Disconnected):
@@ -548,12 +544,12 @@ async def test_a_cancelled_pool_waiter_does_not_swallow_the_freed_slot() -> None
         held = await call(client, server.url())
         assert await held.read(WHOLE) == b"ok"
         gives_up = asyncio.create_task(fetch(client, server.url()))
-        await asyncio.sleep(0.01)
+        await eventually(lambda: len(client._waiters) == 1)
         gives_up.cancel()
         with pytest.raises(asyncio.CancelledError):
             await gives_up
         waiting = asyncio.create_task(fetch(client, server.url()))
-        await asyncio.sleep(0.01)
+        await eventually(lambda: len(client._waiters) == 1)
         held.close()
         assert await asyncio.wait_for(waiting, 1.0) == b"ok"
         assert server.connections == 1

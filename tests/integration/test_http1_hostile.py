@@ -12,9 +12,10 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
 import pytest
+from tests.helpers import eventually
 
 from llmgateway.config.settings import Timeouts
-from llmgateway.core.outcomes import ErrorReason, exception_reason
+from llmgateway.core.outcomes import ErrorReason
 from llmgateway.testing.hostile import (
     CLOSE,
     SWITCHING_PROTOCOLS,
@@ -27,6 +28,7 @@ from llmgateway.testing.hostile import (
     endless_headers,
     interim,
 )
+from llmgateway.transport.errors import exception_reason
 from llmgateway.transport.http1 import (
     MAX_HEAD_BYTES,
     Client,
@@ -73,12 +75,6 @@ async def fetch(client: Client, url: str, body: bytes = b"") -> tuple[int, dict[
         return response.status, response.headers, await response.read(WHOLE)
     finally:
         response.close()
-
-
-async def eventually(condition: Callable[[], bool], seconds: float = 2.0) -> None:
-    async with asyncio.timeout(seconds):
-        while not condition():
-            await asyncio.sleep(0.005)
 
 
 def echoed(body: bytes) -> Callable[[bytes], bool]:

@@ -20,9 +20,11 @@ import pytest
 import uvloop
 
 from llmgateway.config.settings import Timeouts
-from llmgateway.core.outcomes import ErrorReason, exception_reason
+from llmgateway.core.egress import DIRECT
+from llmgateway.core.outcomes import ErrorReason
+from llmgateway.transport.errors import exception_reason
 from llmgateway.transport.http1 import ReadTimeout, WriteTimeout
-from llmgateway.transport.upstream import DIRECT, Upstream
+from llmgateway.transport.upstream import Upstream
 
 BODY = bytes(16 << 20)
 STEP = 1 << 20

@@ -5,9 +5,7 @@ auth probe, egress faults, static and stealth proxies, leases, two keepers, main
 from __future__ import annotations
 
 import asyncio
-import socket
-import sys
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +13,7 @@ import pytest
 import sqlalchemy as sa
 import yaml
 from sqlalchemy.engine import make_url
-from tests.conftest import ManualClock
+from tests.helpers import ManualClock, eventually, free_port, run_cli
 
 from llmgateway.config.settings import Settings
 from llmgateway.core.egress import egress_for
@@ -29,6 +27,7 @@ from llmgateway.store import probes as queries
 from llmgateway.store.locks import KeeperRunningError, single_keeper
 from llmgateway.store.tables import key_status, keys, proxy_status
 from llmgateway.testing import Behavior, FakeUpstream
+from llmgateway.testing.configs import write_keys
 from llmgateway.testing.connect_proxy import ConnectProxy
 from llmgateway.transport.upstream import Upstream
 
@@ -40,22 +39,11 @@ MODELS = ("gpt-4o-mini", "gpt-4o", "o3-mini")
 
 
 @pytest.fixture
-async def fake() -> AsyncIterator[FakeUpstream]:
-    async with FakeUpstream() as server:
-        yield server
-
-
-@pytest.fixture
 async def upstream() -> AsyncIterator[Upstream]:
     """The keepers' client sessions, closed after the test."""
     sessions = Upstream()
     yield sessions
     await sessions.close()
-
-
-def write_keys(folder: Path, secrets: list[str]) -> None:
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / "keys.txt").write_text("\n".join(secrets) + "\n")
 
 
 def config(
@@ -101,13 +89,6 @@ async def rows(store: Store) -> dict[tuple[str, str], dict[str, Any]]:
 
 async def row(store: Store, secret: str, model: str = ALL_MODELS) -> dict[str, Any]:
     return (await rows(store))[(secret, model)]
-
-
-async def eventually(condition: Callable[[], bool], seconds: float = 10.0) -> None:
-    """Wait for a condition that real I/O makes true (not a timing assumption)."""
-    async with asyncio.timeout(seconds):
-        while not condition():
-            await asyncio.sleep(0.01)
 
 
 # --- probing and scheduling ------------------------------------------------------------------
@@ -320,17 +301,11 @@ async def test_batches_are_spaced_by_batch_delay(
 # --- egress: proxies -------------------------------------------------------------------------
 
 
-def closed_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 async def test_an_egress_failure_never_marks_the_key(
     upstream: Upstream, store: Store, fake: FakeUpstream, clock: ManualClock, tmp_path: Path
 ) -> None:
     write_keys(tmp_path / "keys", GOOD)
-    proxy = {"mode": "static", "static_url": f"http://127.0.0.1:{closed_port()}"}
+    proxy = {"mode": "static", "static_url": f"http://127.0.0.1:{free_port()}"}
     keeper = await keeper_for(config(tmp_path, fake, proxy=proxy), store, clock, upstream)
     await keeper.probe_round()
     clock.advance(1 * HOUR)
@@ -595,19 +570,6 @@ async def test_maintenance_purges_long_removed_keys_and_vacuums_on_schedule(
 
 
 # --- the command line ------------------------------------------------------------------------
-
-
-async def run_cli(*args: str) -> tuple[int, str, str]:
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "llmgateway",
-        *args,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    out, err = await asyncio.wait_for(process.communicate(), 60)
-    return int(process.returncode or 0), out.decode(), err.decode()
 
 
 async def test_worker_once_probes_prints_a_summary_and_refuses_a_second_keeper(

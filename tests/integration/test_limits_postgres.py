@@ -8,10 +8,10 @@ import uuid
 from collections.abc import AsyncIterator, Callable
 
 import pytest
-from tests.conftest import PG_URL, ManualClock
+from tests.helpers import PG_URL, ManualClock
 
 from llmgateway.config.settings import KeyLimits
-from llmgateway.core.pool import Lease
+from llmgateway.core.pool_keys import Lease
 from llmgateway.limits import KeyLimiter, Refusal, Unreachable
 from llmgateway.limits.fleet import PostgresBackend, libpq_dsn, namespace_of
 from llmgateway.limits.outage import Outage

@@ -5,12 +5,12 @@ again, which key it uses, and what a failure leaves."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from tests.conftest import ManualClock
+from tests.helpers import ManualClock, eventually
 
 from llmgateway.config.settings import Settings
 from llmgateway.core.outcomes import KeyStatus
@@ -21,6 +21,7 @@ from llmgateway.keyfiles import run_sync
 from llmgateway.store import StatusEvent, Store
 from llmgateway.store.model_lists import MAX_NAMES
 from llmgateway.testing import FakeUpstream
+from llmgateway.testing.configs import write_keys
 from llmgateway.transport.upstream import Upstream
 
 GOOD = "sk-good-0001-abcdefghijkl"
@@ -30,21 +31,10 @@ SYNC_SEC = 300.0
 
 
 @pytest.fixture
-async def fake() -> AsyncIterator[FakeUpstream]:
-    async with FakeUpstream() as server:
-        yield server
-
-
-@pytest.fixture
 async def upstream() -> AsyncIterator[Upstream]:
     sessions = Upstream()
     yield sessions
     await sessions.close()
-
-
-def write_keys(folder: Path, secrets: list[str]) -> None:
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / "keys.txt").write_text("\n".join(secrets) + "\n")
 
 
 def openai_provider(tmp_path: Path, fake: FakeUpstream, **extra: Any) -> dict[str, Any]:
@@ -89,13 +79,6 @@ async def keeper_for(
 async def stored(store: Store, provider: str = "p1") -> list[str] | None:
     found = await store.model_names([provider])
     return found[provider][1] if provider in found else None
-
-
-async def eventually(condition: Callable[[], Any], seconds: float = 10.0) -> None:
-    """Wait for a condition that real I/O makes true (not a timing assumption)."""
-    async with asyncio.timeout(seconds):
-        while not await condition():
-            await asyncio.sleep(0.01)
 
 
 # --- parsing -----------------------------------------------------------------------------------

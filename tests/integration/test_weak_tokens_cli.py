@@ -15,6 +15,9 @@ from typing import Any
 
 import pytest
 import yaml
+from tests.helpers import run_cli
+
+from llmgateway.testing.configs import write_keys
 
 PLACEHOLDER = "change-me-openai-token"
 SHORT_METRICS = "metrics-1234"  # 12 characters
@@ -29,9 +32,7 @@ OPENAI_PATH = "providers.openai.access_control.gateway_access_token"
 def write_config(tmp_path: Path, **sections: Any) -> Path:
     """Two providers (openai's token a placeholder), a short metrics token, SQLite in tmp."""
     for name in ("openai", "gemini"):
-        folder = tmp_path / "keys" / name
-        folder.mkdir(parents=True, exist_ok=True)
-        (folder / "keys.txt").write_text(f"sk-{name}-key-000000000000001\n")
+        write_keys(tmp_path / "keys" / name, [f"sk-{name}-key-000000000000001"])
 
     def provider(name: str, token: str) -> dict[str, Any]:
         return {
@@ -62,18 +63,8 @@ def write_config(tmp_path: Path, **sections: Any) -> Path:
 async def run_to_end(*args: str, timeout: float = 30) -> tuple[int, str, float]:
     """Run `python -m llmgateway ARGS` to its end: (exit code, stderr, seconds)."""
     started = time.monotonic()
-    process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "llmgateway", *args,
-        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
-    )  # fmt: skip
-    try:
-        _, stderr = await asyncio.wait_for(process.communicate(), timeout)
-    except TimeoutError:
-        process.kill()
-        await process.wait()
-        raise
-    assert process.returncode is not None
-    return process.returncode, stderr.decode(), time.monotonic() - started
+    code, _, stderr = await run_cli(*args, timeout=timeout)
+    return code, stderr, time.monotonic() - started
 
 
 async def run_until_ready(*args: str, timeout: float = 60) -> str:

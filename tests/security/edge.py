@@ -29,6 +29,7 @@ from llmgateway.conductor.serving import running
 from llmgateway.config.settings import Settings
 from llmgateway.core.resilience import BreakerState
 from llmgateway.observe.masking import mask
+from llmgateway.testing.configs import two_providers, write_keys
 from llmgateway.testing.hostile import HostileUpstream, Peer, Request, Script, answer
 
 OPENAI_TOKEN = "edge-openai-token-7f3a9c1e55b2"
@@ -223,8 +224,7 @@ def edge_settings(
     retries on (no backoff), the circuit breaker on with a threshold of 3 unless `breaker` is
     False; `*_policy` is merged into each provider's `gateway_policy`."""
     for name, keys in (("openai", OPENAI_KEYS), ("gemini", GEMINI_KEYS)):
-        (folder / "keys" / name).mkdir(parents=True, exist_ok=True)
-        (folder / "keys" / name / "keys.txt").write_text("\n".join(keys) + "\n")
+        write_keys(folder / "keys" / name, keys)
     base: dict[str, Any] = {
         "retry": {
             "enabled": True,
@@ -233,33 +233,21 @@ def edge_settings(
         },
         "circuit_breaker": {"enabled": breaker, "failure_threshold": 3},
     }
-    timeouts = {"connect": 5, "read": 10, "total": 20}
-    data = {
-        "database": {"url": f"sqlite:///{folder / 'gateway.db'}"},
-        "gateway": gateway or {},
-        "providers": {
-            "openai": {
-                "provider_type": "openai_like",
-                "keys_path": str(folder / "keys" / "openai"),
-                "api_base_url": f"{upstream}/v1",
-                "default_model": "gpt-4o-mini",
-                "models": OPENAI_MODELS,
-                "access_control": {"gateway_access_token": OPENAI_TOKEN},
-                "timeouts": timeouts,
-                "gateway_policy": {**base, **(openai_policy or {})},
-            },
-            "gemini": {
-                "provider_type": "gemini",
-                "keys_path": str(folder / "keys" / "gemini"),
-                "api_base_url": upstream,
-                "default_model": "gemini-2.5-flash",
-                "models": GEMINI_MODELS,
-                "access_control": {"gateway_access_token": GEMINI_TOKEN},
-                "timeouts": timeouts,
-                "gateway_policy": {**base, **(gemini_policy or {})},
-            },
+    data = two_providers(
+        folder,
+        upstream,
+        openai_token=OPENAI_TOKEN,
+        gemini_token=GEMINI_TOKEN,
+        both={"timeouts": {"connect": 5, "read": 10, "total": 20}},
+        openai={"models": OPENAI_MODELS, "gateway_policy": {**base, **(openai_policy or {})}},
+        gemini={
+            "models": GEMINI_MODELS,
+            "shared_key_status": False,
+            "gateway_policy": {**base, **(gemini_policy or {})},
         },
-    }
+        database={"url": f"sqlite:///{folder / 'gateway.db'}"},
+        gateway=gateway or {},
+    )
     return Settings.model_validate(data)
 
 

@@ -14,29 +14,11 @@ from pathlib import Path
 
 import pytest
 
+from tests.helpers import PROVIDER_YAML, billion_laughs
+
 pytestmark = pytest.mark.security
 
 TIMEOUT_SEC = 30.0
-TOKEN = "tok-bombs-0123456789abcdef"
-PROVIDER = f"""
-providers:
-  openai:
-    provider_type: openai_like
-    keys_path: keys/openai
-    api_base_url: https://api.openai.com/v1
-    default_model: gpt-4o-mini
-    models:
-      gpt-4o-mini: {{endpoint_suffix: /chat/completions}}
-    access_control: {{gateway_access_token: {TOKEN}}}
-"""
-
-
-def billion_laughs(levels: int = 9) -> str:
-    """The classic: each level lists the previous one nine times (9^levels values)."""
-    lines = ['l0: &l0 ["lol","lol","lol","lol","lol","lol","lol","lol","lol"]']
-    for n in range(1, levels):
-        lines.append(f"l{n}: &l{n} [" + ",".join([f"*l{n - 1}"] * 9) + "]")
-    return "\n".join(lines) + "\n"
 
 
 @dataclass(frozen=True)
@@ -72,9 +54,9 @@ def run_measured(*args: str) -> Finished:
 
 def test_check_config_refuses_a_billion_laughs_at_once(tmp_path: Path) -> None:
     good = tmp_path / "good.yaml"
-    good.write_text(PROVIDER)
+    good.write_text(PROVIDER_YAML)
     bomb = tmp_path / "laughs.yaml"
-    bomb.write_text(PROVIDER + billion_laughs())
+    bomb.write_text(PROVIDER_YAML + billion_laughs())
     baseline = run_measured("check-config", str(good))
     assert baseline.code == 0, baseline.stderr
     refused = run_measured("check-config", str(bomb))
@@ -88,7 +70,7 @@ def test_check_config_refuses_a_billion_laughs_at_once(tmp_path: Path) -> None:
 
 def test_check_config_reads_no_more_than_a_mebibyte_of_an_endless_file(tmp_path: Path) -> None:
     good = tmp_path / "good.yaml"
-    good.write_text(PROVIDER)
+    good.write_text(PROVIDER_YAML)
     # a child's peak RSS may include its parent's pages from before exec: compare, don't bound
     baseline = run_measured("check-config", str(good))
     refused = run_measured("check-config", "/dev/zero")

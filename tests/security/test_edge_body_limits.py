@@ -12,12 +12,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 
 import pytest
 import pytest_asyncio
 
 from llmgateway.conductor.admission import BodyBudget
+from tests.helpers import eventually
 from tests.security.edge import (
     CHAT,
     OPENAI_TOKEN,
@@ -58,12 +59,6 @@ def bodies(rig: Rig) -> BodyBudget:
     return budget
 
 
-async def until(condition: Callable[[], bool], seconds: float = 5.0) -> None:
-    async with asyncio.timeout(seconds):
-        while not condition():
-            await asyncio.sleep(0.005)
-
-
 def head_of(length: int) -> bytes:
     """A chat request's head declaring a `length`-byte body (and nothing of the body)."""
     return build_request("POST", "/v1/chat/completions", [AUTH, ("content-length", str(length))])
@@ -83,7 +78,7 @@ async def test_a_stalled_body_is_a_408_and_the_connection_closed(rig: Rig) -> No
     finally:
         writer.close()
     assert waited >= SILENCE * 0.9
-    await until(lambda: bodies(rig).held == 0)
+    await eventually(lambda: bodies(rig).held == 0)
     rig.assert_untouched()
 
 
@@ -101,7 +96,7 @@ async def test_a_trickling_body_is_a_408_once_it_falls_silent(rig: Rig) -> None:
         assert refused.closes
     finally:
         writer.close()
-    await until(lambda: bodies(rig).held == 0)
+    await eventually(lambda: bodies(rig).held == 0)
     rig.assert_untouched()
 
 
@@ -110,7 +105,7 @@ async def test_bodies_over_the_budget_are_a_503_with_retry_after(rig: Rig) -> No
     try:
         first.write(head_of(UPLOAD) + b" " * (40 * 1024))  # most of it, then it stalls
         await first.drain()
-        await until(lambda: bodies(rig).held >= 40 * 1024)
+        await eventually(lambda: bodies(rig).held >= 40 * 1024)
         second_reader, second = await asyncio.open_connection("127.0.0.1", rig.port)
         try:
             second.write(head_of(UPLOAD) + b" " * 1024)
@@ -126,7 +121,7 @@ async def test_bodies_over_the_budget_are_a_503_with_retry_after(rig: Rig) -> No
         openai_error(timed_out, 408, "request_timeout")
     finally:
         first.close()
-    await until(lambda: bodies(rig).held == 0)
+    await eventually(lambda: bodies(rig).held == 0)
     rig.assert_untouched()
     # and the budget serves again
     answered = await rig.send("POST", "/v1/chat/completions", body=CHAT)
@@ -157,10 +152,10 @@ async def test_a_client_leaving_mid_upload_logs_no_error(
         _, writer = await asyncio.open_connection("127.0.0.1", rig.port)
         writer.write(head_of(UPLOAD) + b" " * 4096)
         await writer.drain()
-        await until(lambda: bodies(rig).held >= 4096)
+        await eventually(lambda: bodies(rig).held >= 4096)
         writer.close()
-        await until(lambda: bodies(rig).held == 0)
-    await until(
+        await eventually(lambda: bodies(rig).held == 0)
+    await eventually(
         lambda: sum("client left mid-upload" in r.getMessage() for r in caplog.records) == 3
     )
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR]

@@ -14,8 +14,9 @@ import pytest
 from llmgateway.conductor.app import create_app
 from llmgateway.conductor.serving import running
 from llmgateway.config.settings import MetricsSettings
+from llmgateway.testing.configs import write_keys
 from llmgateway.testing.fake_upstream import FakeUpstream
-from tests.e2e.conftest import OPENAI_TOKEN, gateway_settings, write_keys
+from tests.helpers import OPENAI_TOKEN, gateway_settings
 
 pytestmark = pytest.mark.security
 

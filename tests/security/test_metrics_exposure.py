@@ -13,7 +13,7 @@ import pytest
 from llmgateway.conductor.app import create_app
 from llmgateway.conductor.serving import running
 from llmgateway.testing.fake_upstream import FakeUpstream
-from tests.e2e.test_metrics_access import keeper_listener, settings_with
+from tests.helpers import keeper_listener, settings_with
 
 pytestmark = pytest.mark.security
 

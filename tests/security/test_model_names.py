@@ -17,8 +17,9 @@ from llmgateway.conductor.app import create_app
 from llmgateway.conductor.serving import running
 from llmgateway.config.settings import Settings
 from llmgateway.store import Store
+from llmgateway.testing.configs import write_keys
 from llmgateway.testing.fake_upstream import FakeUpstream
-from tests.e2e.conftest import METRICS_AUTH, METRICS_TOKEN, OPENAI_TOKEN, write_keys
+from tests.helpers import METRICS_AUTH, METRICS_TOKEN, OPENAI_TOKEN
 
 pytestmark = pytest.mark.security
 

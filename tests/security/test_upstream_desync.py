@@ -8,7 +8,7 @@ that the answer it got was made for its own request."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 
 import pytest
 
@@ -21,6 +21,7 @@ from llmgateway.testing.hostile import (
     interim,
 )
 from llmgateway.transport.http1 import Client, Limits
+from tests.helpers import eventually
 
 pytestmark = pytest.mark.security
 
@@ -52,12 +53,6 @@ async def ask(client: Client, url: str, body: bytes) -> bytes:
 def mine(echoed: bytes, body: bytes) -> bool:
     """Whether an echo (request head and body) is of the request that carried `body`."""
     return echoed.endswith(b"\r\n\r\n" + body)
-
-
-async def eventually(condition: Callable[[], bool], seconds: float = 2.0) -> None:
-    async with asyncio.timeout(seconds):
-        while not condition():
-            await asyncio.sleep(0.005)
 
 
 def stale(n: int) -> bytes:
@@ -106,7 +101,7 @@ async def test_concurrent_callers_on_shared_connections_get_their_own_answers(
     # other requests are in flight
     async def script(request: Request, peer: Peer) -> None:
         extra = stale(99) if request.body.endswith((b"0", b"2", b"4", b"6", b"8")) else b""
-        await asyncio.sleep(0.001)
+        await asyncio.sleep(0.001)  # the upstream's pace: requests overlap
         await peer.send(interim(100) + answer(request.head + request.body) + extra)
 
     async with HostileUpstream(script) as upstream:
@@ -127,7 +122,7 @@ async def test_an_answer_sent_ahead_of_the_next_request_is_never_taken_for_it(
     # for a request not yet made: the connection at rest is dropped, never reused
     async def script(request: Request, peer: Peer) -> None:
         await peer.send(answer(request.head + request.body))
-        await asyncio.sleep(0.01)
+        await asyncio.sleep(0.01)  # the upstream's pace: the caller is done by then
         await peer.send(stale(int(request.body.split(b"-")[1]) + 1))
 
     async with HostileUpstream(script) as upstream:

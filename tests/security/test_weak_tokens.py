@@ -6,11 +6,13 @@ from __future__ import annotations
 
 import asyncio
 import os
-import socket
 import sys
 from pathlib import Path
 
 import pytest
+
+from llmgateway.testing.configs import write_keys
+from tests.helpers import free_port
 
 pytestmark = pytest.mark.security
 
@@ -26,13 +28,6 @@ def env_example() -> dict[str, str]:
     return pairs
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 async def connects(port: int) -> bool:
     try:
         _, writer = await asyncio.open_connection("127.0.0.1", port)
@@ -44,8 +39,7 @@ async def connects(port: int) -> bool:
 
 async def test_the_env_example_placeholders_never_open_a_public_port(tmp_path: Path) -> None:
     for name in ("openai", "gemini"):
-        (tmp_path / "keys" / name).mkdir(parents=True)
-        (tmp_path / "keys" / name / "keys.txt").write_text(f"sk-{name}-0000000000000001\n")
+        write_keys(tmp_path / "keys" / name, [f"sk-{name}-0000000000000001"])
     port = free_port()
     env = {
         **os.environ,
@@ -63,7 +57,7 @@ async def test_the_env_example_placeholders_never_open_a_public_port(tmp_path: P
         waiting = asyncio.create_task(process.communicate())
         while not waiting.done():
             assert not await connects(port), "a port opened behind a placeholder token"
-            await asyncio.sleep(0.05)
+            await asyncio.sleep(0.05)  # paces the look-outs while the process runs
         _, stderr = await asyncio.wait_for(waiting, 30)
     finally:
         if process.returncode is None:

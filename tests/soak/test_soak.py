@@ -9,14 +9,14 @@ from __future__ import annotations
 import asyncio
 import sys
 from pathlib import Path
-from typing import Any
 
 import aiohttp
 import yaml
 
+from llmgateway.testing.configs import two_providers, write_keys
 from llmgateway.testing.fake_upstream import FakeUpstream
 from llmgateway.testing.soak import rss_mib, soak
-from tests.e2e.test_scaleout import free_port, wait_ready
+from tests.helpers import free_port, wait_ready
 
 TOKEN = "gw-soak-token-0001"
 METRICS_TOKEN = "metrics-soak-token-0001"
@@ -30,40 +30,19 @@ WARMUP_SEC = 10.0
 
 def write_config(folder: Path, fake: FakeUpstream) -> Path:
     for name, count in (("openai", OPENAI_KEYS), ("gemini", GEMINI_KEYS)):
-        keys = folder / "keys" / name
-        keys.mkdir(parents=True)
         lines = (f"sk-soak-{name}-{i:08d}-abcdefghijklmnopqrstuv" for i in range(count))
-        (keys / "keys.txt").write_text("\n".join(lines) + "\n")
-    provider: dict[str, Any] = {"shared_key_status": True}
-    config = {
-        "database": {"url": f"sqlite:///{folder / 'soak.db'}"},
-        "logging": {"level": "WARNING"},
-        "metrics": {"access_token": METRICS_TOKEN},
-        "gateway": {"refresh_interval_sec": 1},
-        "providers": {
-            "openai": {
-                **provider,
-                "provider_type": "openai_like",
-                "keys_path": str(folder / "keys" / "openai"),
-                "api_base_url": fake.openai_base,
-                "default_model": "gpt-4o-mini",
-                "models": {
-                    "gpt-4o-mini": {"endpoint_suffix": "/chat/completions"},
-                    "gpt-4o": {"endpoint_suffix": "/chat/completions"},
-                },
-                "access_control": {"gateway_access_token": TOKEN},
-            },
-            "gemini": {
-                **provider,
-                "provider_type": "gemini",
-                "keys_path": str(folder / "keys" / "gemini"),
-                "api_base_url": fake.gemini_base,
-                "default_model": "gemini-2.5-flash",
-                "models": {"gemini-2.5-flash": {"endpoint_suffix": ":generateContent"}},
-                "access_control": {"gateway_access_token": "gw-soak-gemini-0002"},
-            },
-        },
-    }
+        write_keys(folder / "keys" / name, lines)
+    config = two_providers(
+        folder,
+        fake,
+        openai_token=TOKEN,
+        gemini_token="gw-soak-gemini-0002",
+        openai_models=("gpt-4o-mini", "gpt-4o"),
+        both={"shared_key_status": True},
+        logging={"level": "WARNING"},
+        metrics={"access_token": METRICS_TOKEN},
+        gateway={"refresh_interval_sec": 1},
+    )
     path = folder / "providers.yaml"
     path.write_text(yaml.safe_dump(config))
     return path
@@ -75,7 +54,7 @@ async def start_gateway(config: Path) -> tuple[asyncio.subprocess.Process, int]:
         sys.executable, "-m", "llmgateway", "gateway", "--config", str(config),
         "--port", str(port),
     )  # fmt: skip
-    await wait_ready(port, process)
+    await wait_ready(f"http://127.0.0.1:{port}", process)
     return process, port
 
 

@@ -22,16 +22,11 @@ from llmgateway.config.settings import (
     OpenAILikeProvider,
     ProviderSettings,
 )
-from llmgateway.core.outcomes import (
-    Blame,
-    EgressError,
-    ErrorReason,
-    Outcome,
-    classify,
-    json_path,
-    parse_duration,
-    retry_after_of,
-)
+from llmgateway.core.classify import classify, json_path
+from llmgateway.core.egress import EgressError
+from llmgateway.core.outcomes import Blame, ErrorReason, Outcome
+from llmgateway.core.waits import parse_duration, retry_after_of
+from llmgateway.transport.errors import classify_exchange
 
 R = ErrorReason
 
@@ -94,7 +89,7 @@ def run(
     exc: BaseException | None = None,
     **kwargs: Any,
 ) -> Outcome:
-    return classify(provider, status, headers or {}, body, exc, **kwargs)
+    return classify_exchange(provider, status, headers or {}, body, exc, **kwargs)
 
 
 BOTH = pytest.mark.parametrize("provider", [OPENAI, GEMINI], ids=["openai", "gemini"])
@@ -614,7 +609,7 @@ def test_classify_never_raises(
     now: float | None,
     which: ProviderSettings,
 ) -> None:
-    outcome = classify(which, status, headers, body, None, probe=probe, now=now)
+    outcome = classify(which, status, headers, body, probe=probe, now=now)
     assert outcome.retry_after is None or outcome.retry_after >= 0
 
 

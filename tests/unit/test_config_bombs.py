@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 
 import pytest
-from tests.security.test_config_bombs_cli import PROVIDER, TOKEN, billion_laughs
+from tests.helpers import PROVIDER_YAML, PROVIDER_YAML_TOKEN, billion_laughs
 
 from llmgateway.config.load import MAX_CONFIG_BYTES, load_settings
 from llmgateway.config.parse import MAX_ALIAS_NODES
@@ -24,7 +24,7 @@ def only_problem(path: Path) -> Problem:
 
 def test_a_file_over_one_mib_is_refused(tmp_path: Path) -> None:
     path = tmp_path / "big.yaml"
-    path.write_text(PROVIDER + "#" * (MAX_CONFIG_BYTES - len(PROVIDER) + 1))
+    path.write_text(PROVIDER_YAML + "#" * (MAX_CONFIG_BYTES - len(PROVIDER_YAML) + 1))
     assert path.stat().st_size == MAX_CONFIG_BYTES + 1
     problem = only_problem(path)
     assert problem.path == str(path)
@@ -34,7 +34,7 @@ def test_a_file_over_one_mib_is_refused(tmp_path: Path) -> None:
 
 def test_a_file_of_exactly_one_mib_is_read(tmp_path: Path) -> None:
     path = tmp_path / "padded.yaml"
-    path.write_text(PROVIDER + "#" * (MAX_CONFIG_BYTES - len(PROVIDER) - 1) + "\n")
+    path.write_text(PROVIDER_YAML + "#" * (MAX_CONFIG_BYTES - len(PROVIDER_YAML) - 1) + "\n")
     assert path.stat().st_size == MAX_CONFIG_BYTES
     assert list(load_settings(path, environ={}).providers) == ["openai"]
 
@@ -62,7 +62,7 @@ def payload_aliases(copies: int) -> str:
     """A provider whose probe payload repeats one list of 99 values `copies` times by alias."""
     values = ",".join(["x"] * 99)
     refs = "".join(f", r{n}: *many" for n in range(copies))
-    return PROVIDER.replace(
+    return PROVIDER_YAML.replace(
         "{endpoint_suffix: /chat/completions}",
         f"{{endpoint_suffix: /chat/completions, test_payload: {{many: &many [{values}]{refs}}}}}",
     )
@@ -106,13 +106,13 @@ providers:
     models: &models
       gpt-4o-mini: {{endpoint_suffix: /chat/completions}}
     timeouts: {{connect: 3, read: 30}}
-    access_control: {{gateway_access_token: {TOKEN}-a}}
+    access_control: {{gateway_access_token: {PROVIDER_YAML_TOKEN}-a}}
   team-b:
     <<: *common
     keys_path: keys/b
     models: *models
     timeouts: {{connect: 1}}
-    access_control: {{gateway_access_token: {TOKEN}-b}}
+    access_control: {{gateway_access_token: {PROVIDER_YAML_TOKEN}-b}}
 """
     )
     settings = load_settings(path, environ={})
@@ -122,4 +122,4 @@ providers:
     assert b.models == a.models
     assert (a.timeouts.connect, a.timeouts.read) == (3, 30)
     assert (b.timeouts.connect, b.timeouts.read) == (1, 20)  # replaced whole, not merged
-    assert b.access_control.gateway_access_token == f"{TOKEN}-b"
+    assert b.access_control.gateway_access_token == f"{PROVIDER_YAML_TOKEN}-b"

@@ -7,8 +7,7 @@ from typing import Any
 import pytest
 
 from llmgateway.config.settings import OpenAILikeProvider
-from llmgateway.core.egress import NoHealthyProxyError, egress_for
-from llmgateway.transport.upstream import DIRECT
+from llmgateway.core.egress import DIRECT, NoHealthyProxyError, egress_for
 
 PROXIES = [f"http://10.0.0.{i}:3128" for i in range(1, 6)]
 KEYS = [f"sk-key-{i:05d}-abcdefgh" for i in range(2000)]

@@ -8,7 +8,7 @@ from llmgateway.conductor.app import Gateway
 from llmgateway.conductor.status_writer import StatusWriter
 from llmgateway.config.settings import Settings
 from llmgateway.core.outcomes import ALL_MODELS, Blame, ErrorReason, KeyStatus, Outcome
-from llmgateway.core.pool import Lease
+from llmgateway.core.pool_keys import Lease
 from llmgateway.store import KeyRow, StatusEvent
 
 NOW = 1_800_000_000.0

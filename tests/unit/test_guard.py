@@ -18,7 +18,8 @@ from llmgateway.config.settings import (
 )
 from llmgateway.core.guard import Closed, Excluded, Guard, egress_label
 from llmgateway.core.outcomes import ALL_MODELS, Blame, ErrorReason, KeyStatus, Outcome
-from llmgateway.core.pool import KeyEntry, KeyPool, Unavailable
+from llmgateway.core.pool import KeyPool
+from llmgateway.core.pool_keys import KeyEntry, Unavailable
 from llmgateway.core.resilience import BreakerState
 
 T0 = 1_700_000_000.0

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from tests.helpers import kubernetes_mount
 
 from llmgateway.keyfiles import (
     KEY_CHARACTERS,
@@ -216,16 +217,6 @@ def test_a_link_to_a_file_inside_the_folder_is_read(tmp_path: Path) -> None:
     parsed = read_folder(keys, parse_keys)
     assert (parsed.values, parsed.complete) == (frozenset({KEY_1, KEY_2}), True)
     assert [str(p) for p in parsed.problems] == [f"{keys / 'team'}: sub-folder skipped (not read)"]
-
-
-def kubernetes_mount(folder: Path, version: str, keys: str) -> None:
-    """What kubelet writes for a secret volume: the data in a timestamped hidden folder, `..data`
-    linking to it, and each file a link through `..data` (the swap is one rename of `..data`)."""
-    write(folder / f"..{version}" / "keys.txt", keys)
-    (folder / "..data_tmp").symlink_to(f"..{version}")
-    (folder / "..data_tmp").rename(folder / "..data")
-    if not (folder / "keys.txt").is_symlink():
-        (folder / "keys.txt").symlink_to("..data/keys.txt")
 
 
 def test_a_kubernetes_secret_mount_is_read_and_follows_the_swap(tmp_path: Path) -> None:

@@ -10,12 +10,12 @@ import yaml
 from click.testing import CliRunner
 from hypothesis import given
 from hypothesis import strategies as st
-from tests.conftest import ManualClock
+from tests.helpers import ManualClock
 
 from llmgateway.cli.main import main
 from llmgateway.config.rules import check
 from llmgateway.config.settings import KeyLimits, LimitsBackend, Settings
-from llmgateway.core.pool import Lease
+from llmgateway.core.pool_keys import Lease
 from llmgateway.limits import (
     KeyLimiter,
     Limits,

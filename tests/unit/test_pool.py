@@ -9,7 +9,8 @@ import pytest
 
 from llmgateway.config.settings import OutlierDetection, Selection
 from llmgateway.core.outcomes import ALL_MODELS, Blame, ErrorReason, KeyStatus, Outcome
-from llmgateway.core.pool import KeyEntry, KeyPool, Lease, StatusChange, Unavailable
+from llmgateway.core.pool import KeyPool
+from llmgateway.core.pool_keys import KeyEntry, Lease, StatusChange, Unavailable
 
 T0 = 1_000_000.0
 NO_JITTER = OutlierDetection(jitter_percent=0)

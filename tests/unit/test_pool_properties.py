@@ -29,7 +29,8 @@ from llmgateway.config.settings import (
     Selection,
 )
 from llmgateway.core.outcomes import ALL_MODELS, Blame, ErrorReason, KeyStatus, Outcome
-from llmgateway.core.pool import KeyEntry, KeyPool, Lease, StatusChange, Unavailable
+from llmgateway.core.pool import KeyPool
+from llmgateway.core.pool_keys import KeyEntry, Lease, StatusChange, Unavailable
 from llmgateway.core.resilience import BreakerState, CircuitBreaker
 
 T0 = 1_700_000_000.0

@@ -14,7 +14,7 @@ from pydantic import BaseModel
 from sqlalchemy import text
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import create_async_engine
-from tests.conftest import PG_URL
+from tests.helpers import PG_URL
 
 from llmgateway.config.load import config_path, load_settings
 from llmgateway.config.problems import ConfigError, Problem

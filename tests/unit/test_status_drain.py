@@ -12,7 +12,7 @@ import pytest
 
 from llmgateway.conductor.status_writer import StatusWriter
 from llmgateway.core.outcomes import ErrorReason, KeyStatus
-from llmgateway.core.pool import StatusChange
+from llmgateway.core.pool_keys import StatusChange
 from llmgateway.store import StatusEvent
 
 

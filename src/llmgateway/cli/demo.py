@@ -29,6 +29,7 @@ from llmgateway.config.settings import Settings
 from llmgateway.keeper.run import Keeper
 from llmgateway.observe.metrics import Metrics, model_label
 from llmgateway.store import Store
+from llmgateway.testing.configs import two_providers, write_keys
 from llmgateway.testing.fake_upstream import FakeUpstream
 
 OPENAI_KEYS = (
@@ -66,47 +67,28 @@ class DemoTokens:
 def demo_settings(folder: Path, fake: FakeUpstream, port: int, tokens: DemoTokens) -> Settings:
     """The demo config: two providers on the fake, SQLite in `folder`, fast probes."""
     fast_outliers = {"consecutive_failures": 2, "base_ejection_sec": 10, "max_ejection_sec": 20}
-    policy: dict[str, Any] = {"outlier_detection": fast_outliers}
-    return Settings.model_validate(
-        {
-            "database": {"url": f"sqlite:///{folder / 'demo.db'}"},
-            "logging": {"level": "WARNING"},
-            "worker": {"probe_interval_sec": 10, "sync_interval_sec": 30, "metrics_port": 0},
-            "gateway": {"host": "127.0.0.1", "port": port, "refresh_interval_sec": 1},
-            "metrics": {"access_token": tokens.metrics},
-            "providers": {
-                "openai": {
-                    "provider_type": "openai_like",
-                    "keys_path": str(folder / "keys" / "openai"),
-                    "api_base_url": fake.openai_base,
-                    "default_model": "gpt-4o-mini",
-                    "models": {"gpt-4o-mini": {"endpoint_suffix": "/chat/completions"}},
-                    "access_control": {"gateway_access_token": tokens.openai},
-                    "worker_health_policy": {"batch_delay_sec": 0},
-                    "gateway_policy": policy,
-                },
-                "gemini": {
-                    "provider_type": "gemini",
-                    "keys_path": str(folder / "keys" / "gemini"),
-                    "api_base_url": fake.gemini_base,
-                    "default_model": "gemini-2.5-flash",
-                    "shared_key_status": True,
-                    "models": {"gemini-2.5-flash": {"endpoint_suffix": ":generateContent"}},
-                    "access_control": {"gateway_access_token": tokens.gemini},
-                    "worker_health_policy": {"batch_delay_sec": 0},
-                    "gateway_policy": policy,
-                },
-            },
-        }
+    document = two_providers(
+        folder,
+        fake,
+        openai_token=tokens.openai,
+        gemini_token=tokens.gemini,
+        both={
+            "worker_health_policy": {"batch_delay_sec": 0},
+            "gateway_policy": {"outlier_detection": fast_outliers},
+        },
+        database={"url": f"sqlite:///{folder / 'demo.db'}"},
+        logging={"level": "WARNING"},
+        worker={"probe_interval_sec": 10, "sync_interval_sec": 30, "metrics_port": 0},
+        gateway={"host": "127.0.0.1", "port": port, "refresh_interval_sec": 1},
+        metrics={"access_token": tokens.metrics},
     )
+    return Settings.model_validate(document)
 
 
 def write_demo_keys(folder: Path) -> None:
     """The demo's key files, one folder per provider."""
-    for provider, keys in (("openai", OPENAI_KEYS), ("gemini", GEMINI_KEYS)):
-        target = folder / "keys" / provider
-        target.mkdir(parents=True, exist_ok=True)
-        (target / "keys.txt").write_text("\n".join(keys) + "\n", encoding="utf-8")
+    write_keys(folder / "keys" / "openai", OPENAI_KEYS)
+    write_keys(folder / "keys" / "gemini", GEMINI_KEYS)
 
 
 def instructions(url: str, folder: Path, tokens: DemoTokens) -> list[str]:

@@ -72,7 +72,8 @@ def status(config: str | None, as_json: bool) -> None:
 
     `shared` in the model column: one status for all models (shared_key_status).
     """
-    from llmgateway.store.report import proxy_counts, proxy_table
+    from llmgateway.cli.render import breaker_table, proxy_table
+    from llmgateway.store.report import proxy_counts
 
     settings = load(config)
 
@@ -93,8 +94,6 @@ def status(config: str | None, as_json: bool) -> None:
         else:
             click.echo(status_table(counts, time.time()))
         if breakers:
-            from llmgateway.conductor.breaker_board import breaker_table
-
             click.echo("\n" + breaker_table(breakers, time.time()))
         if proxy_rows:
             click.echo("\n" + proxy_table(proxy_rows))

@@ -32,7 +32,8 @@ from llmgateway.config.settings import Settings
 from llmgateway.core.egress import NoHealthyProxyError, egress_for
 from llmgateway.core.guard import Guard
 from llmgateway.core.outcomes import KeyStatus
-from llmgateway.core.pool import KeyEntry, KeyPool
+from llmgateway.core.pool import KeyPool
+from llmgateway.core.pool_keys import KeyEntry
 from llmgateway.core.resilience import RetryBudget
 from llmgateway.keyfiles import run_sync
 from llmgateway.limits import Limits

@@ -19,15 +19,9 @@ from llmgateway import providers
 from llmgateway.conductor.status_writer import StatusWriter
 from llmgateway.config.settings import ProviderSettings, RetryStep, StreamingMode
 from llmgateway.core.guard import Closed, Excluded, Guard
-from llmgateway.core.outcomes import (
-    Blame,
-    ErrorReason,
-    KeyStatus,
-    Outcome,
-    classify,
-    is_transport_error,
-)
-from llmgateway.core.pool import KeyPool, Lease, Unavailable
+from llmgateway.core.outcomes import Blame, ErrorReason, KeyStatus, Outcome
+from llmgateway.core.pool import KeyPool
+from llmgateway.core.pool_keys import Lease, Unavailable
 from llmgateway.core.resilience import RetryBudget, full_jitter_backoff
 from llmgateway.limits import KeyLimiter, Refusal
 from llmgateway.observe import debug, logs
@@ -36,6 +30,7 @@ from llmgateway.observe.provider_metrics import Timing
 from llmgateway.providers import headers as wire_headers
 from llmgateway.providers.catalog import Catalog
 from llmgateway.providers.routes import Route, RouteTable, Surface, tables
+from llmgateway.transport.errors import classify_exchange, is_transport_error
 from llmgateway.transport.upstream import Answer, Upstream
 
 ERROR_PREFIX_BYTES = 64 * 1024
@@ -301,7 +296,7 @@ class Conductor:
             # not forwarded: an error answer, or a body read whole that failed (over the limit)
             if response is not None and (status is None or status >= 300 or exc is not None):
                 response.close()
-        outcome = classify(
+        outcome = classify_exchange(
             settings,
             status,
             response.headers if response is not None else {},

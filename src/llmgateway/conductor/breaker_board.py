@@ -15,7 +15,6 @@ from dataclasses import dataclass, field
 from llmgateway.core.guard import Guard
 from llmgateway.core.resilience import BreakerState
 from llmgateway.store import Store
-from llmgateway.store.breakers import BreakerRow
 
 log = logging.getLogger("llmgateway.breakers")
 
@@ -54,21 +53,3 @@ class BreakerBoard:
 def _state_of(guard: Guard) -> tuple[int, int]:
     egresses = guard.egress_states().values()
     return int(guard.state), sum(state is not BreakerState.CLOSED for state in egresses)
-
-
-_STATE_NAMES = {int(state): state.name.lower().replace("_", "-") for state in BreakerState}
-
-
-def breaker_table(rows: list[BreakerRow], now: float) -> str:
-    """The `llmgateway status` table of breakers: provider, state, egress breakers not closed,
-    and how long ago a gateway reported it."""
-    lines = [("PROVIDER", "BREAKER", "EGRESSES NOT CLOSED", "REPORTED")]
-    for row in rows:
-        ago = "-" if row.updated_at is None else f"{max(0, int(now - row.updated_at))}s ago"
-        state = _STATE_NAMES.get(row.state, str(row.state))
-        lines.append((row.provider, state, str(row.open_egresses), ago))
-    widths = [max(len(line[i]) for line in lines) for i in range(4)]
-    return "\n".join(
-        "  ".join(value.ljust(width) for value, width in zip(line, widths, strict=True)).rstrip()
-        for line in lines
-    )

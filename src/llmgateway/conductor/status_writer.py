@@ -19,8 +19,8 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field, replace
 
 from llmgateway.core.outcomes import KeyStatus
-from llmgateway.core.pool import StatusChange
-from llmgateway.store import StatusEvent
+from llmgateway.core.pool_keys import StatusChange
+from llmgateway.records import StatusEvent
 
 log = logging.getLogger("llmgateway.events")
 

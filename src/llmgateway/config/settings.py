@@ -19,7 +19,10 @@ from urllib.parse import quote, urlsplit
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
 from pydantic_core import PydanticCustomError
 
+from llmgateway.core.egress import ProxyMode as ProxyMode
 from llmgateway.core.outcomes import ErrorReason
+from llmgateway.core.pool_keys import Selection as Selection
+from llmgateway.core.resilience import BreakerMode as BreakerMode
 
 
 class _Model(BaseModel):
@@ -91,27 +94,11 @@ class DebugMode(enum.StrEnum):
     FULL_BODY = "full_body"
 
 
-class ProxyMode(enum.StrEnum):
-    NONE = "none"
-    STATIC = "static"
-    STEALTH = "stealth"
-
-
-class BreakerMode(enum.StrEnum):
-    AUTO_RECOVERY = "auto_recovery"
-    MANUAL_RESET = "manual_reset"
-
-
 class LimitsBackend(enum.StrEnum):
     AUTO = "auto"  # redis when redis_url is set, else postgres on PostgreSQL, else local
     LOCAL = "local"  # counted in this process only
     REDIS = "redis"
     POSTGRES = "postgres"
-
-
-class Selection(enum.StrEnum):
-    LEAST_INFLIGHT = "least_inflight"  # fewest in-flight of two random eligible keys
-    ROUND_ROBIN = "round_robin"
 
 
 class DatabaseSettings(_Model):

@@ -9,19 +9,54 @@ The gateway and the Keeper call the same function, so probes and traffic share t
 
 from __future__ import annotations
 
+import enum
 import hashlib
 from collections.abc import Iterable
+from typing import Protocol
 
-from llmgateway.config.settings import ProviderSettings, ProxyMode
-from llmgateway.core.outcomes import EgressError
-from llmgateway.transport.upstream import DIRECT
+DIRECT = "direct"
+"""The egress of traffic that leaves through no proxy."""
+
+
+class ProxyMode(enum.StrEnum):
+    """How a provider's traffic leaves: directly, through one static proxy, or bound per key to
+    a proxy of a pool (stealth)."""
+
+    NONE = "none"
+    STATIC = "static"
+    STEALTH = "stealth"
+
+
+class ProxyChoice(Protocol):
+    """A provider's proxy settings, as far as choosing an egress goes
+    (`config.settings.ProxyConfig` is one)."""
+
+    @property
+    def mode(self) -> ProxyMode: ...
+    @property
+    def static_url(self) -> str | None: ...
+
+
+class Proxied(Protocol):
+    """A provider with proxy settings (`config.settings.ProviderSettings` is one)."""
+
+    @property
+    def proxy_config(self) -> ProxyChoice: ...
+
+
+class EgressError(Exception):
+    """A fault on our own side of the wire, raised by our own code.
+
+    For example: the configured proxy is unavailable. An exchange that raised it is an
+    `EGRESS_ERROR`, which is never blamed on the key.
+    """
 
 
 class NoHealthyProxyError(EgressError):
     """A stealth provider has no healthy proxy: its traffic must not leave directly."""
 
 
-def egress_for(provider: ProviderSettings, key: str | int, healthy_proxies: Iterable[str]) -> str:
+def egress_for(provider: Proxied, key: str | int, healthy_proxies: Iterable[str]) -> str:
     """The egress id (`"direct"` or a proxy URL) for one key of `provider`.
 
     `key` identifies the key: both sides must pass the same kind (llmgateway passes the

@@ -19,17 +19,38 @@ import math
 import random
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
-from typing import Literal
+from typing import Literal, Protocol
 from urllib.parse import urlsplit
 
-from llmgateway.config.settings import BreakerMode, CircuitBreakerSettings, EgressRateLimit
+from llmgateway.core.egress import DIRECT
 from llmgateway.core.outcomes import Blame, ErrorReason, Outcome
-from llmgateway.core.resilience import BreakerState, CircuitBreaker, EgressLimiter
-from llmgateway.transport.upstream import DIRECT
+from llmgateway.core.resilience import (
+    BreakerConfig,
+    BreakerMode,
+    BreakerState,
+    CircuitBreaker,
+    EgressLimiter,
+)
 
 log = logging.getLogger("llmgateway.guard")
 
 _NOTHING = Outcome(reason=ErrorReason.UNKNOWN, blame=Blame.CLIENT)  # tells a breaker nothing
+
+
+class EgressLimitConfig(Protocol):
+    """When an egress's 429s are its own, not its keys' (`config.settings.EgressRateLimit` is
+    one; see `EgressLimiter`)."""
+
+    @property
+    def enabled(self) -> bool: ...
+    @property
+    def window_sec(self) -> float: ...
+    @property
+    def min_keys(self) -> int: ...
+    @property
+    def ratio(self) -> float: ...
+    @property
+    def cooldown_sec(self) -> float: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,8 +67,8 @@ class Guard:
     def __init__(
         self,
         provider: str,
-        breaker: CircuitBreakerSettings,
-        egress_limit: EgressRateLimit,
+        breaker: BreakerConfig,
+        egress_limit: EgressLimitConfig,
         rng: random.Random,
     ) -> None:
         self.provider = provider

@@ -10,8 +10,8 @@ import enum
 import random
 from collections import deque
 from dataclasses import dataclass, field
+from typing import Protocol
 
-from llmgateway.config.settings import BreakerMode, CircuitBreakerSettings
 from llmgateway.core.outcomes import Blame, Outcome
 
 
@@ -89,6 +89,41 @@ class RetryBudget:
         self.retries -= 1
 
 
+class BreakerMode(enum.StrEnum):
+    """How an open breaker closes again: by itself after its backoff, or only by hand."""
+
+    AUTO_RECOVERY = "auto_recovery"
+    MANUAL_RESET = "manual_reset"
+
+
+class BreakerBackoff(Protocol):
+    """How long a breaker stays open (`config.settings.BreakerBackoff` is one)."""
+
+    @property
+    def base_duration_sec(self) -> float: ...
+    @property
+    def max_duration_sec(self) -> float: ...
+    @property
+    def factor(self) -> float: ...
+
+
+class BreakerConfig(Protocol):
+    """What a breaker reads of its settings (`config.settings.CircuitBreakerSettings` is one)."""
+
+    @property
+    def enabled(self) -> bool: ...
+    @property
+    def mode(self) -> BreakerMode: ...
+    @property
+    def failure_threshold(self) -> int: ...
+    @property
+    def backoff(self) -> BreakerBackoff: ...
+    @property
+    def jitter_sec(self) -> float: ...
+    @property
+    def trial_calls(self) -> int: ...
+
+
 class BreakerState(enum.IntEnum):
     """The values of the `llmgateway_circuit_breaker_state` metric."""
 
@@ -121,7 +156,7 @@ class CircuitBreaker:
     )
 
     def __init__(
-        self, settings: CircuitBreakerSettings, rng: random.Random, *, trial_calls: int = 3
+        self, settings: BreakerConfig, rng: random.Random, *, trial_calls: int = 3
     ) -> None:
         self._settings = settings
         self._rng = rng

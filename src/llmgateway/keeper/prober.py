@@ -1,8 +1,8 @@
 """Sending the Keeper's probes: one HTTP exchange with a key (or through a proxy), classified.
 
-Probes go through the gateway's own `Upstream` sessions, egress by egress, and every answer goes
-through the one `classify()` with `probe=True`. Nothing here decides what a result means for a
-key; that is `llmgateway.keeper.probes`.
+Probes go through the gateway's own `Upstream` sessions, egress by egress, and every exchange goes
+through the one `classify_exchange()` with `probe=True`. Nothing here decides what a result means
+for a key; that is `llmgateway.keeper.probes`.
 """
 
 from __future__ import annotations
@@ -12,9 +12,10 @@ import time
 from dataclasses import dataclass
 
 from llmgateway.config.settings import ProviderSettings, Timeouts
-from llmgateway.core.outcomes import Outcome, classify
+from llmgateway.core.outcomes import Outcome
 from llmgateway.observe.masking import mask
 from llmgateway.providers import ProbeRequest, auth_probe_request
+from llmgateway.transport.errors import classify_exchange
 from llmgateway.transport.upstream import Upstream
 
 BODY_PREFIX = 64 * 1024
@@ -46,9 +47,9 @@ async def send(
     try:
         status, headers, body = await _exchange(upstream, provider, request, egress, None)
     except Exception as exc:  # every failure is an outcome; cancellation is not an Exception
-        outcome = classify(provider, None, {}, b"", exc, probe=True, now=now)
+        outcome = classify_exchange(provider, None, {}, b"", exc, probe=True, now=now)
         return Exchange(outcome, _elapsed_ms(started), describe_exception(exc))
-    outcome = classify(provider, status, headers, body, None, probe=True, now=now)
+    outcome = classify_exchange(provider, status, headers, body, None, probe=True, now=now)
     message = None if outcome.ok else _body_message(status, body, secret)
     return Exchange(outcome, _elapsed_ms(started), message)
 

@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 from llmgateway.config.settings import KeyLimits, LimitsBackend, Settings
-from llmgateway.core.pool import Lease
+from llmgateway.core.pool_keys import Lease
 from llmgateway.limits.counts import LocalCounts, Refusal, share_of
 from llmgateway.limits.outage import Outage, Unreachable
 from llmgateway.observe.metrics import Metrics

@@ -15,9 +15,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from prometheus_client import (
     CollectorRegistry,
@@ -33,10 +33,7 @@ from prometheus_client.registry import Collector
 from llmgateway.core.outcomes import ALL_MODELS
 from llmgateway.core.pool import KeyPool
 from llmgateway.observe.provider_metrics import OTHER_MODEL, ProviderMetrics, Tally
-from llmgateway.store import StatusCount
-
-if TYPE_CHECKING:
-    from llmgateway.keyfiles import SyncReport
+from llmgateway.records import StatusCount, SyncChanges
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 20, 30, 60, 120, 300, 600)
@@ -51,6 +48,24 @@ FLUSH_SEC = 1.0
 """How often each of several worker processes hands its request tallies to the shared files."""
 SHARED_MODEL = "shared"
 NO_PROVIDER = "none"
+
+
+class ProviderSynced(Protocol):
+    """What one provider's file sync changed (`keyfiles.ProviderSync` is one)."""
+
+    @property
+    def provider(self) -> str: ...
+    @property
+    def keys(self) -> SyncChanges | None: ...
+    @property
+    def proxies(self) -> SyncChanges | None: ...
+
+
+class Synced(Protocol):
+    """What one file sync of every provider changed (`keyfiles.SyncReport` is one)."""
+
+    @property
+    def providers(self) -> Sequence[ProviderSynced]: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -237,7 +252,7 @@ class Metrics:
         if count:
             self.sync_changes.labels(provider, kind, change).inc(count)
 
-    def synced(self, report: SyncReport) -> None:
+    def synced(self, report: Synced) -> None:
         """Count what one file sync changed, per provider and kind."""
         for result in report.providers:
             for kind, changes in (("keys", result.keys), ("proxies", result.proxies)):

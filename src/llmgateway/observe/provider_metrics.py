@@ -9,18 +9,36 @@ from __future__ import annotations
 import bisect
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from prometheus_client import Counter, Gauge, Histogram
 
 from llmgateway.core.outcomes import Outcome
 from llmgateway.core.resilience import BreakerState
 
-if TYPE_CHECKING:
-    from llmgateway.observe.metrics import Metrics
-
 OTHER_MODEL = "other"
 """The `model` label of a model the provider does not configure (and of refused requests)."""
+
+
+class Families(Protocol):
+    """The metric families a provider's figures go to (`observe.metrics.Metrics` holds them)."""
+
+    @property
+    def requests(self) -> Counter: ...
+    @property
+    def request_duration(self) -> Histogram: ...
+    @property
+    def time_to_first_byte(self) -> Histogram: ...
+    @property
+    def upstream_attempts(self) -> Counter: ...
+    @property
+    def retries(self) -> Counter: ...
+    @property
+    def key_cooldowns(self) -> Counter: ...
+    @property
+    def limiter_unavailable(self) -> Counter: ...
+    @property
+    def circuit_breaker_state(self) -> Gauge: ...
 
 
 def reason_label(outcome: Outcome) -> str:
@@ -85,7 +103,7 @@ class ProviderMetrics:
     prometheus-client by `flush()` (at every scrape, and every second with several worker
     processes), so a request costs a few dict updates instead of a dozen locked increments."""
 
-    family: Metrics
+    family: Families
     name: str
     models: frozenset[str]
     inflight_gauge: Gauge

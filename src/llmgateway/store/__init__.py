@@ -20,10 +20,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncTransactio
 
 from llmgateway.config.settings import ProviderSettings
 from llmgateway.core.outcomes import ALL_MODELS
-from llmgateway.store import breakers, connect, model_lists, notify, reconcile, status
-from llmgateway.store.connect import DatabaseUrlError, async_url, masked_url
-from llmgateway.store.reconcile import UnknownProviderError
-from llmgateway.store.records import (
+from llmgateway.records import (
     KeyRow,
     ProxyRow,
     Snapshot,
@@ -31,6 +28,9 @@ from llmgateway.store.records import (
     StatusEvent,
     SyncChanges,
 )
+from llmgateway.store import breakers, connect, model_lists, notify, reconcile, status
+from llmgateway.store.connect import DatabaseUrlError, async_url, masked_url
+from llmgateway.store.reconcile import UnknownProviderError
 
 __all__ = [
     "DatabaseUrlError",

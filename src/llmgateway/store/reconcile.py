@@ -14,7 +14,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from llmgateway.core.outcomes import KeyStatus
-from llmgateway.store.records import SyncChanges
+from llmgateway.records import SyncChanges
 from llmgateway.store.tables import key_status, keys, providers, proxies, proxy_status
 
 _BATCH = 5000

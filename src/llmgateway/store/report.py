@@ -1,4 +1,5 @@
-"""The proxies part of `llmgateway status`: active proxies per provider, alive or dead."""
+"""The proxies part of `llmgateway status`: active proxies per provider, alive or dead (the
+CLI renders them with `llmgateway.cli.render.proxy_table`)."""
 
 from __future__ import annotations
 
@@ -35,17 +36,3 @@ async def proxy_counts(store: Store) -> list[ProxyCount]:
     async with store.engine.connect() as conn:
         rows = (await conn.execute(query)).all()
     return [ProxyCount(name, total - int(down or 0), int(down or 0)) for name, total, down in rows]
-
-
-def proxy_table(counts: list[ProxyCount]) -> str:
-    """`PROVIDER  PROXIES  ALIVE  DEAD` as aligned text."""
-    rows = [("PROVIDER", "PROXIES", "ALIVE", "DEAD")]
-    rows += [(c.provider, str(c.alive + c.dead), str(c.alive), str(c.dead)) for c in counts]
-    widths = [max(len(row[i]) for row in rows) for i in range(4)]
-    return "\n".join(
-        "  ".join(
-            v.ljust(w) if i == 0 else v.rjust(w)
-            for i, (v, w) in enumerate(zip(row, widths, strict=True))
-        )
-        for row in rows
-    )

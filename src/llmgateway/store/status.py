@@ -12,7 +12,7 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from llmgateway.core.outcomes import ALL_MODELS, KeyStatus
-from llmgateway.store.records import KeyRow, ProxyRow, Snapshot, StatusCount, StatusEvent
+from llmgateway.records import KeyRow, ProxyRow, Snapshot, StatusCount, StatusEvent
 from llmgateway.store.tables import key_status, keys, meta, providers, proxies, proxy_status
 
 ERROR_MESSAGE_LIMIT = 500

@@ -6,7 +6,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import replace
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import orjson
 import pydantic
@@ -16,11 +16,28 @@ from llmgateway.observe.masking import fingerprint, mask
 from llmgateway.testing.fake_answers import json_object
 from llmgateway.testing.faults import BEHAVIOR_ADAPTER, BEHAVIOR_FIELDS, Behavior
 
-if TYPE_CHECKING:
-    from llmgateway.testing.fake_upstream import FakeUpstream
+
+class Driven(Protocol):
+    """What the admin API drives and reads of the fake (`FakeUpstream` is one)."""
+
+    @property
+    def clock(self) -> Callable[[], float]: ...
+    @property
+    def outage_status(self) -> int | None: ...
+    @property
+    def key_in_url(self) -> int: ...
+    @property
+    def open_requests(self) -> int: ...
+    @property
+    def peak_open_requests(self) -> int: ...
+    def calls_by_key(self) -> dict[str, int]: ...
+    def set_behavior(self, secret: str, behavior: Behavior | None) -> None: ...
+    def set_outage(self, status: int = 503, seconds: float | None = None) -> None: ...
+    def clear_outage(self) -> None: ...
+    def reset(self) -> None: ...
 
 
-def admin_routes(fake: FakeUpstream) -> list[web.RouteDef]:
+def admin_routes(fake: Driven) -> list[web.RouteDef]:
     """The `/_fake/…` routes that drive `fake`."""
 
     async def behaviors(request: web.Request) -> web.Response:

@@ -12,14 +12,20 @@ readable; the connection is closed, never reused).
 from __future__ import annotations
 
 import asyncio
-from typing import TYPE_CHECKING, cast
+from typing import Protocol, cast
 
 import httptools
 
 from llmgateway.transport.http1_response import Disconnected, ProtocolError, Response
 
-if TYPE_CHECKING:
-    from llmgateway.transport.http1 import Origin
+
+class Origin(Protocol):
+    """The pool a connection belongs to (`http1.Origin`): given the connection back when an
+    answer is done with it, told when it is lost."""
+
+    def give_back(self, conn: Connection) -> None: ...
+    def lost(self, conn: Connection) -> None: ...
+
 
 MAX_HEAD_BYTES = 64 * 1024
 """The most the heads of one answer may take in all, interim answers' included (status lines,

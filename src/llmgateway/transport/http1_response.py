@@ -12,12 +12,24 @@ import asyncio
 import collections
 import sys
 from collections.abc import AsyncIterator
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from llmgateway.transport.lazy_timer import LazyTimer
 
-if TYPE_CHECKING:
-    from llmgateway.transport.http1_connection import Connection
+
+class Connection(Protocol):
+    """The connection an answer arrives on (`http1_connection.Connection`), as the answer uses
+    it: read flow control, what of the request is still unsent, and the hand-back."""
+
+    @property
+    def paused(self) -> bool: ...
+    @property
+    def sending(self) -> bool: ...
+    def pause(self) -> None: ...
+    def resume(self) -> None: ...
+    def unsent(self) -> int: ...
+    def finish(self, reusable: bool) -> None: ...
+
 
 PAUSE_ABOVE = 256 * 1024
 """Buffered body bytes above which the socket stops being read until the consumer catches up."""

@@ -19,13 +19,11 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
 from llmgateway.config.settings import Timeouts
+from llmgateway.core.egress import DIRECT
 from llmgateway.transport import http1
 
 if TYPE_CHECKING:  # loaded on the first proxied call: a gateway without proxies never needs it
     import aiohttp
-
-DIRECT = "direct"
-"""The egress id of traffic that leaves without an outbound proxy."""
 
 # What aiohttp may take of a proxied answer's head: it bounds each line and field and their count
 # (100, as http1's MAX_HEADER_FIELDS), not the head's total, which is thus at most about 1.6 MiB

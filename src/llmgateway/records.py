@@ -1,4 +1,8 @@
-"""The values that cross the store's boundary: what goes in, what comes out."""
+"""The values that cross the store's boundary: what goes in, what comes out.
+
+They live outside `llmgateway.store` so that what only names them (the gateway's write-behind
+queue, metrics, the key files' sync report) does not load SQLAlchemy with the store.
+"""
 
 from __future__ import annotations
 

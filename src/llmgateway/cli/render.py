@@ -1,0 +1,38 @@
+"""Tables `llmgateway status` prints: the breakers gateways reported, and the proxies' health."""
+
+from __future__ import annotations
+
+from llmgateway.core.resilience import BreakerState
+from llmgateway.store.breakers import BreakerRow
+from llmgateway.store.report import ProxyCount
+
+_STATE_NAMES = {int(state): state.name.lower().replace("_", "-") for state in BreakerState}
+
+
+def breaker_table(rows: list[BreakerRow], now: float) -> str:
+    """The `llmgateway status` table of breakers: provider, state, egress breakers not closed,
+    and how long ago a gateway reported it."""
+    lines = [("PROVIDER", "BREAKER", "EGRESSES NOT CLOSED", "REPORTED")]
+    for row in rows:
+        ago = "-" if row.updated_at is None else f"{max(0, int(now - row.updated_at))}s ago"
+        state = _STATE_NAMES.get(row.state, str(row.state))
+        lines.append((row.provider, state, str(row.open_egresses), ago))
+    widths = [max(len(line[i]) for line in lines) for i in range(4)]
+    return "\n".join(
+        "  ".join(value.ljust(width) for value, width in zip(line, widths, strict=True)).rstrip()
+        for line in lines
+    )
+
+
+def proxy_table(counts: list[ProxyCount]) -> str:
+    """`PROVIDER  PROXIES  ALIVE  DEAD` as aligned text."""
+    rows = [("PROVIDER", "PROXIES", "ALIVE", "DEAD")]
+    rows += [(c.provider, str(c.alive + c.dead), str(c.alive), str(c.dead)) for c in counts]
+    widths = [max(len(row[i]) for row in rows) for i in range(4)]
+    return "\n".join(
+        "  ".join(
+            v.ljust(w) if i == 0 else v.rjust(w)
+            for i, (v, w) in enumerate(zip(row, widths, strict=True))
+        )
+        for row in rows
+    )

@@ -1,0 +1,30 @@
+"""The tables of `llmgateway status`: breakers and proxies, aligned."""
+
+from __future__ import annotations
+
+from llmgateway.cli.render import breaker_table, proxy_table
+from llmgateway.store.breakers import BreakerRow
+from llmgateway.store.report import ProxyCount
+
+
+def test_breaker_table_names_states_and_ages() -> None:
+    rows = [
+        BreakerRow("openai", 2, 1, 990.0, None),
+        BreakerRow("gemini-long-name", 1, 0, None, 5.0),
+        BreakerRow("odd", 7, 0, 1001.0, None),
+    ]
+    assert breaker_table(rows, now=1000.0).splitlines() == [
+        "PROVIDER          BREAKER    EGRESSES NOT CLOSED  REPORTED",
+        "openai            open       1                    10s ago",
+        "gemini-long-name  half-open  0                    -",
+        "odd               7          0                    0s ago",
+    ]
+
+
+def test_proxy_table_right_aligns_the_counts() -> None:
+    counts = [ProxyCount("openai", 12, 3), ProxyCount("g", 0, 1)]
+    assert proxy_table(counts).splitlines() == [
+        "PROVIDER  PROXIES  ALIVE  DEAD",
+        "openai         15     12     3",
+        "g               1      0     1",
+    ]
