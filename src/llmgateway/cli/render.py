@@ -1,8 +1,10 @@
-"""Tables `llmgateway status` prints: the breakers gateways reported, and the proxies' health."""
+"""Tables `llmgateway status` prints: the keys by status, the breakers gateways reported, and the
+proxies' health."""
 
 from __future__ import annotations
 
 from llmgateway.core.resilience import BreakerState
+from llmgateway.records import StatusCount
 from llmgateway.store.breakers import BreakerRow
 from llmgateway.store.report import ProxyCount
 
@@ -36,3 +38,35 @@ def proxy_table(counts: list[ProxyCount]) -> str:
         )
         for row in rows
     )
+
+
+def status_table(counts: list[StatusCount], now: float) -> str:
+    """The key counts as a table: provider, model, status, count, next check (from `now`)."""
+    rows = [("PROVIDER", "MODEL", "STATUS", "COUNT", "NEXT CHECK")]
+    rows += [
+        (c.provider, c.model, c.status, str(c.count), _humanize(c.next_check_at, now))
+        for c in counts
+    ]
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    return "\n".join(
+        "  ".join(
+            value.rjust(width) if column == 3 else value.ljust(width)
+            for column, (value, width) in enumerate(zip(row, widths, strict=True))
+        ).rstrip()
+        for row in rows
+    )
+
+
+def _humanize(at: float | None, now: float) -> str:
+    """When a check is due, relative to `now`: `now`, `in 5m`, `overdue 2h`, or `-`."""
+    if at is None:
+        return "-"
+    delta = at - now
+    if abs(delta) < 1:
+        return "now"
+    amount = abs(delta)
+    unit, size = next(
+        (u, s) for u, s in (("d", 86400), ("h", 3600), ("m", 60), ("s", 1)) if amount >= s
+    )
+    text = f"{int(amount // size)}{unit}"
+    return f"in {text}" if delta > 0 else f"overdue {text}"

@@ -1,5 +1,5 @@
-"""The commands that work on the store: `db upgrade`, `status` and `breaker reset`, and the
-tables and summaries they print (shared with `worker --once`)."""
+"""The commands that work on the store: `db upgrade`, `status` and `breaker reset`, and the sync
+summary they print (shared with `worker --once`)."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from llmgateway.cli.startup import config_option, load, run_with_store, setup_lo
 
 if TYPE_CHECKING:
     from llmgateway.keyfiles import SyncReport
-    from llmgateway.store import StatusCount, Store
+    from llmgateway.store import Store
 
 
 @click.group()
@@ -72,7 +72,7 @@ def status(config: str | None, as_json: bool) -> None:
 
     `shared` in the model column: one status for all models (shared_key_status).
     """
-    from llmgateway.cli.render import breaker_table, proxy_table
+    from llmgateway.cli.render import breaker_table, proxy_table, status_table
     from llmgateway.store.report import proxy_counts
 
     settings = load(config)
@@ -124,35 +124,3 @@ def breaker_reset(config: str | None, provider: str) -> None:
         click.echo(f"reset of {provider}'s breakers requested; gateways apply it within {wait:g}s")
 
     run_with_store(settings, work)
-
-
-def status_table(counts: list[StatusCount], now: float) -> str:
-    """The key counts as a table: provider, model, status, count, next check (from `now`)."""
-    rows = [("PROVIDER", "MODEL", "STATUS", "COUNT", "NEXT CHECK")]
-    rows += [
-        (c.provider, c.model, c.status, str(c.count), _humanize(c.next_check_at, now))
-        for c in counts
-    ]
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    return "\n".join(
-        "  ".join(
-            value.rjust(width) if column == 3 else value.ljust(width)
-            for column, (value, width) in enumerate(zip(row, widths, strict=True))
-        ).rstrip()
-        for row in rows
-    )
-
-
-def _humanize(at: float | None, now: float) -> str:
-    """When a check is due, relative to `now`: `now`, `in 5m`, `overdue 2h`, or `-`."""
-    if at is None:
-        return "-"
-    delta = at - now
-    if abs(delta) < 1:
-        return "now"
-    amount = abs(delta)
-    unit, size = next(
-        (u, s) for u, s in (("d", 86400), ("h", 3600), ("m", 60), ("s", 1)) if amount >= s
-    )
-    text = f"{int(amount // size)}{unit}"
-    return f"in {text}" if delta > 0 else f"overdue {text}"

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 import click
 
 from llmgateway.cli.startup import config_option, load, run_with_store, setup_logging
-from llmgateway.cli.store import echo_sync, status_table
+from llmgateway.cli.store import echo_sync
 from llmgateway.cli.tokens import guard_tokens, metrics_hosts
 
 if TYPE_CHECKING:
@@ -53,6 +53,8 @@ def worker(config: str | None, once: bool) -> None:
                 _echo_round(proxies, summary)
                 counts = await store.status_counts()
                 if counts:
+                    from llmgateway.cli.render import status_table
+
                     click.echo(status_table(counts, time.time()))
                 return
             stop = asyncio.Event()
