@@ -12,9 +12,9 @@ stays on aiohttp (see `transport.upstream`). The receiving half is in
 Failures raise `InvalidRequest` (the request cannot be written as given; nothing was sent),
 `ConnectError` (never reached the upstream: refused, DNS, TLS, connect or pool timeout),
 `WriteTimeout` (the upstream stopped taking the request), `ReadTimeout` (the upstream went
-silent), `Disconnected` (the connection broke), or its subclass
-`ProtocolError` (the upstream's answer was not valid HTTP/1.1, or broke a bound; its subclass
-`ResponseTooLarge` for a body over the limit of `Response.read`).
+silent), `Disconnected` (the connection broke), or its subclass `ProtocolError` (the upstream's
+answer was not valid HTTP/1.1, or broke a bound; its subclass `ResponseTooLarge` for a body over
+the limit of `Response.read`).
 """
 
 from __future__ import annotations
