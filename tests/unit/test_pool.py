@@ -48,7 +48,6 @@ def make_pool(
     selection: Selection = Selection.LEAST_INFLIGHT,
     outlier: OutlierDetection = NO_JITTER,
     status: KeyStatus = KeyStatus.VALID,
-    max_inflight: int | None = None,
     seed: int = 1,
 ) -> KeyPool:
     pool = KeyPool(
@@ -58,7 +57,6 @@ def make_pool(
         selection=selection,
         outlier=outlier,
         rng=random.Random(seed),
-        max_inflight=max_inflight,
     )
     scopes = (ALL_MODELS,) if shared else models
     pool.load([entry(i, m, status) for i in range(n) for m in scopes], T0)
@@ -149,15 +147,6 @@ def test_round_robin_skips_ineligible_keys() -> None:
     pool = make_pool(3, selection=Selection.ROUND_ROBIN)
     use_key(pool, 1, INVALID)
     assert set(picks(pool, 10)) == {0, 2}
-
-
-def test_per_key_concurrency_cap() -> None:
-    pool = make_pool(2, max_inflight=1)
-    first, second = lease(pool), lease(pool)
-    assert {first.key_id, second.key_id} == {0, 1}
-    assert pool.acquire("a", T0) == Unavailable("no_keys", None)
-    pool.release(first, OK, T0)
-    assert lease(pool).key_id == first.key_id
 
 
 def test_sampling_finds_the_few_eligible_keys_in_a_large_pool() -> None:

@@ -70,11 +70,10 @@ class PoolMachine(RuleBasedStateMachine):
         shared=st.booleans(),
         n=st.integers(1, 6),
         seed=st.integers(0, 2**32 - 1),
-        cap=st.none() | st.integers(1, 3),
         round_robin=st.booleans(),
     )
-    def setup(self, shared: bool, n: int, seed: int, cap: int | None, round_robin: bool) -> None:
-        self.shared, self.cap = shared, cap
+    def setup(self, shared: bool, n: int, seed: int, round_robin: bool) -> None:
+        self.shared = shared
         self.pool = KeyPool(
             "p",
             shared=shared,
@@ -82,7 +81,6 @@ class PoolMachine(RuleBasedStateMachine):
             selection=Selection.ROUND_ROBIN if round_robin else Selection.LEAST_INFLIGHT,
             outlier=OUTLIER,
             rng=random.Random(seed),
-            max_inflight=cap,
         )
         self.next_id = n
         self.pool.load([e for k in range(n) for e in self.entries(k)], self.now)
@@ -108,7 +106,6 @@ class PoolMachine(RuleBasedStateMachine):
             or m.cooldown.get(scope, 0.0) > self.now
             or m.blocked.get(scope, 0.0) > self.now
             or key_id in exclude
-            or (self.cap is not None and self.held(key_id) >= self.cap)
         )
 
     def ejected(self) -> int:

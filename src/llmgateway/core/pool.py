@@ -58,7 +58,6 @@ class KeyPool:
         selection: Selection,
         outlier: OutlierConfig,
         rng: random.Random,
-        max_inflight: int | None = None,
     ) -> None:
         self.provider = provider
         self._shared = shared
@@ -66,7 +65,6 @@ class KeyPool:
         self._selection = selection
         self._outlier = outlier
         self._rng = rng
-        self._max_inflight = max_inflight
         self._keys: dict[int, Key] = {}
         names = (ALL_MODELS,) if shared else self._models
         self._scopes: dict[str, Scope] = {
@@ -153,9 +151,7 @@ class KeyPool:
         return Lease(self._last_lease, key.key_id, key.secret, key.egress, scope.name)
 
     def _fits(self, key: Key, scope: Scope, now: float, exclude: Collection[int]) -> bool:
-        if key.key_id in exclude or (
-            self._max_inflight is not None and key.inflight >= self._max_inflight
-        ):
+        if key.key_id in exclude:
             return False
         if usable(key, scope.name, now):
             return True
@@ -200,13 +196,10 @@ class KeyPool:
 
     def _panic(self, scope: Scope, now: float, exclude: Collection[int]) -> Key | None:
         """Nothing eligible: if ejections alone are why, ignore them rather than fail (Envoy)."""
-        cap = self._max_inflight
         found = [
             key
             for key in self._ejected.items
-            if key.key_id not in exclude
-            and (cap is None or key.inflight < cap)
-            and usable(key, scope.name, now, ejected_ok=True)
+            if key.key_id not in exclude and usable(key, scope.name, now, ejected_ok=True)
         ]
         return better_of_two(found, self._rng)
 
