@@ -151,6 +151,12 @@ async def test_metrics_after_real_traffic(gateway: GatewayFactory, fake: FakeUps
     assert (
         value(found, "llmgateway_keys", provider="gemini", model="shared", status="untested") == 1
     )
+    openai_states = {"provider": "openai", "model": "gpt-4o-mini"}
+    assert value(found, "llmgateway_key_states", **openai_states, state="invalid") == 1
+    assert (
+        value(found, "llmgateway_key_states", provider="gemini", model="shared", state="untested")
+        == 1
+    )
     assert value(found, "llmgateway_circuit_breaker_state", provider="openai") == 0
     buckets = {
         dict(labels).get("le") for name, labels in found if name.endswith("duration_seconds_bucket")
@@ -384,3 +390,10 @@ async def test_keeper_serves_its_own_metrics_behind_the_token(
         == 1
     )
     assert value(found, "llmgateway_keys", provider="gemini", model="shared", status="valid") == 1
+    # the Keeper's stored statuses in the gateway's words
+    keeper_states = {"provider": "openai", "model": "gpt-4o-mini", "state": "invalid"}
+    assert value(found, "llmgateway_key_states", **keeper_states) == 1
+    assert (
+        value(found, "llmgateway_key_states", provider="gemini", model="shared", state="healthy")
+        == 1
+    )

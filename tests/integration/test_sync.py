@@ -223,14 +223,14 @@ def test_cli_upgrade_worker_once_and_status(db_url: str, tmp_path: Path) -> None
     assert table.exit_code == 0, table.output
     lines = [line.split() for line in table.output.splitlines()]
     assert lines == [
-        ["PROVIDER", "MODEL", "STATUS", "COUNT", "NEXT", "CHECK"],
-        ["g1", "shared", "untested", "2", *lines[1][4:]],
-        ["p1", "m1", "untested", "2", *lines[2][4:]],
+        ["PROVIDER", "MODEL", "STATUS", "STATE", "COUNT", "NEXT", "CHECK"],
+        ["g1", "shared", "untested", "untested", "2", *lines[1][5:]],
+        ["p1", "m1", "untested", "untested", "2", *lines[2][5:]],
     ]
     as_json = json.loads(runner.invoke(main, ["status", "--json", "--config", config]).output)
-    assert [(r["provider"], r["model"], r["count"]) for r in as_json["keys"]] == [
-        ("g1", "shared", 2),
-        ("p1", "m1", 2),
+    assert [(r["provider"], r["model"], r["state"], r["count"]) for r in as_json["keys"]] == [
+        ("g1", "shared", "untested", 2),
+        ("p1", "m1", "untested", 2),
     ]
     assert as_json["breakers"] == []
     assert as_json["proxies"] == []

@@ -27,6 +27,7 @@ FAMILIES = {
     "llmgateway_retries": ("counter", {"provider", "reason"}),
     "llmgateway_inflight_requests": ("gauge", {"provider"}),
     "llmgateway_keys": ("gauge", {"provider", "model", "status"}),
+    "llmgateway_key_states": ("gauge", {"provider", "model", "state"}),
     "llmgateway_key_cooldowns": ("counter", {"provider", "reason"}),
     "llmgateway_circuit_breaker_state": ("gauge", {"provider"}),
     "llmgateway_probes": ("counter", {"provider", "result"}),
@@ -69,7 +70,7 @@ def exercised() -> Metrics:
 
 
 def test_every_family_with_its_type_and_labels_and_nothing_about_keys() -> None:
-    found = parsed(exercised(), [KeyCount("openai", "gpt-4o-mini", "healthy", 2)])
+    found = parsed(exercised(), [KeyCount("openai", "gpt-4o-mini", "healthy", 2, "healthy")])
     assert set(found) == set(FAMILIES)
     for name, (kind, labels) in FAMILIES.items():
         family = found[name]

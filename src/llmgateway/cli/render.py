@@ -3,6 +3,7 @@ proxies' health."""
 
 from __future__ import annotations
 
+from llmgateway.core.key_states import state_of_status
 from llmgateway.core.resilience import BreakerState
 from llmgateway.records import StatusCount
 from llmgateway.store.breakers import BreakerRow
@@ -41,16 +42,24 @@ def proxy_table(counts: list[ProxyCount]) -> str:
 
 
 def status_table(counts: list[StatusCount], now: float) -> str:
-    """The key counts as a table: provider, model, status, count, next check (from `now`)."""
-    rows = [("PROVIDER", "MODEL", "STATUS", "COUNT", "NEXT CHECK")]
+    """The key counts as a table: provider, model, status (the stored finding), state (what
+    selection does with such a key), count, next check (from `now`)."""
+    rows = [("PROVIDER", "MODEL", "STATUS", "STATE", "COUNT", "NEXT CHECK")]
     rows += [
-        (c.provider, c.model, c.status, str(c.count), _humanize(c.next_check_at, now))
+        (
+            c.provider,
+            c.model,
+            c.status,
+            state_of_status(c.status),
+            str(c.count),
+            _humanize(c.next_check_at, now),
+        )
         for c in counts
     ]
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     return "\n".join(
         "  ".join(
-            value.rjust(width) if column == 3 else value.ljust(width)
+            value.rjust(width) if column == 4 else value.ljust(width)
             for column, (value, width) in enumerate(zip(row, widths, strict=True))
         ).rstrip()
         for row in rows

@@ -68,11 +68,12 @@ def echo_sync(report: SyncReport) -> None:
     "--json", "as_json", is_flag=True, help="Print JSON (keys, breakers, proxies) instead."
 )
 def status(config: str | None, as_json: bool) -> None:
-    """The pool as a table: provider, model, status, count, next check.
+    """The pool as a table: provider, model, status, state, count, next check.
 
     `shared` in the model column: one status for all models (shared_key_status).
     """
     from llmgateway.cli.render import breaker_table, proxy_table, status_table
+    from llmgateway.core.key_states import state_of_status
     from llmgateway.store.report import proxy_counts
 
     settings = load(config)
@@ -83,7 +84,9 @@ def status(config: str | None, as_json: bool) -> None:
         proxy_rows = await proxy_counts(store)
         if as_json:
             report = {
-                "keys": [dataclasses.asdict(c) for c in counts],
+                "keys": [
+                    dataclasses.asdict(c) | {"state": state_of_status(c.status)} for c in counts
+                ],
                 "breakers": [dataclasses.asdict(b) for b in breakers],
                 "proxies": [dataclasses.asdict(p) for p in proxy_rows],
             }

@@ -21,6 +21,7 @@ import random
 from collections import Counter
 from collections.abc import Collection, Iterable, KeysView
 
+from llmgateway.core.key_states import KeyState
 from llmgateway.core.outcomes import ALL_MODELS, Blame, ErrorReason, KeyStatus, Outcome
 from llmgateway.core.pool_keys import (
     KEY_LEVEL,
@@ -32,7 +33,6 @@ from llmgateway.core.pool_keys import (
     Scope,
     Scoped,
     Selection,
-    State,
     StatusChange,
     Unavailable,
     better_of_two,
@@ -357,14 +357,14 @@ class KeyPool:
         self._expire(now)
         return len(self._ejected)
 
-    def state(self, key_id: int, model: str, now: float) -> State | None:
+    def state(self, key_id: int, model: str, now: float) -> KeyState | None:
         """What one key is for `model` at `now` (None for an unknown key)."""
         key = self._keys.get(key_id)
         return None if key is None else state_of(key, self.scope(model), now)
 
-    def counts(self, now: float) -> dict[tuple[str, str], int]:
+    def counts(self, now: float) -> dict[tuple[str, KeyState], int]:
         """Keys by (scope, state), for metrics and `status`; O(keys × scopes)."""
-        tally: Counter[tuple[str, str]] = Counter()
+        tally: Counter[tuple[str, KeyState]] = Counter()
         for name in self._scopes:
             for key in self._keys.values():
                 tally[(name, state_of(key, name, now))] += 1

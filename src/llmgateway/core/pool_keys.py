@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
 from llmgateway.core.egress import DIRECT
+from llmgateway.core.key_states import KeyState
 from llmgateway.core.outcomes import ErrorReason, KeyStatus
 
 KEY_LEVEL = frozenset({KeyStatus.INVALID_KEY, KeyStatus.NO_ACCESS})
@@ -27,8 +28,6 @@ KEY_LEVEL = frozenset({KeyStatus.INVALID_KEY, KeyStatus.NO_ACCESS})
 BLOCKING = frozenset({KeyStatus.NO_QUOTA, KeyStatus.NO_MODEL})
 """Statuses that block a scope until the store lifts them (or their deadline passes)."""
 NO_SCOPES: frozenset[str] = frozenset()
-
-State = Literal["healthy", "untested", "cooling", "ejected", "invalid", "no_quota", "no_model"]
 
 
 class Selection(enum.StrEnum):
@@ -308,7 +307,7 @@ def usable(key: Key, name: str, now: float, *, ejected_ok: bool = False) -> bool
     return st is None or (st.cooldown_until <= now and st.blocked_until <= now)
 
 
-def state_of(key: Key, name: str, now: float) -> State:
+def state_of(key: Key, name: str, now: float) -> KeyState:
     """What the key is for scope `name` at `now`."""
     if key.invalid_in:
         return "invalid"

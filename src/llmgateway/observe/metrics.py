@@ -13,6 +13,7 @@ computed at scrape time by the answering process (every process holds the same p
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import os
 from collections.abc import Iterable, Sequence
@@ -30,6 +31,7 @@ from prometheus_client import multiprocess as prometheus_multiprocess
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from llmgateway.core.key_states import KeyState, state_of_status
 from llmgateway.core.outcomes import ALL_MODELS
 from llmgateway.core.pool import KeyPool
 from llmgateway.observe.provider_metrics import OTHER_MODEL, ProviderMetrics, Tally
@@ -70,12 +72,14 @@ class Synced(Protocol):
 
 @dataclass(frozen=True, slots=True)
 class KeyCount:
-    """One sample of `llmgateway_keys`: keys of a provider and model in a status."""
+    """Keys of a provider and model in one status (the view's own word: a pool state for a
+    gateway, a stored status for the Keeper) and the state it stands for."""
 
     provider: str
     model: str
     status: str
     count: int
+    state: KeyState
 
 
 def model_label(model: str) -> str:
@@ -292,9 +296,21 @@ class _KeysCollector(Collector):
             "Keys by provider, model (shared: one status for all models) and status.",
             labels=("provider", "model", "status"),
         )
+        states = GaugeMetricFamily(
+            "llmgateway_key_states",
+            "Keys by provider, model (shared: one status for all models) and state: what key "
+            "selection does with them (healthy, untested, cooling, ejected, invalid, no_quota, "
+            "no_model).",
+            labels=("provider", "model", "state"),
+        )
+        by_state: collections.Counter[tuple[str, str, str]] = collections.Counter()
         for row in self._keys:
             family.add_metric((row.provider, row.model, row.status), row.count)
+            by_state[row.provider, row.model, row.state] += row.count
+        for labels, count in sorted(by_state.items()):
+            states.add_metric(labels, count)
         yield family
+        yield states
 
 
 def pool_key_counts(
@@ -303,12 +319,15 @@ def pool_key_counts(
     """`llmgateway_keys` samples of one gateway pool (configured models and `shared` only)."""
     listed = set(models) | {ALL_MODELS}
     return [
-        KeyCount(provider, model_label(scope), state, count)
+        KeyCount(provider, model_label(scope), state, count, state)
         for (scope, state), count in sorted(pool.counts(now).items())
         if scope in listed
     ]
 
 
 def store_key_counts(counts: Iterable[StatusCount]) -> list[KeyCount]:
-    """`llmgateway_keys` samples from the store's status counts (the Keeper's view)."""
-    return [KeyCount(c.provider, c.model, c.status, c.count) for c in counts]
+    """Key counts from the store's status counts (the Keeper's view): `llmgateway_keys` shows
+    the stored statuses, `llmgateway_key_states` the states they stand for."""
+    return [
+        KeyCount(c.provider, c.model, c.status, c.count, state_of_status(c.status)) for c in counts
+    ]
