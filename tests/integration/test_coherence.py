@@ -15,9 +15,9 @@ from sqlalchemy.engine import make_url
 from tests.helpers import OPENAI_TOKEN, PG_URL, gateway_settings
 
 from llmgateway.conductor.app import create_app
-from llmgateway.conductor.coherence import exclusive_start, start_lock_path
 from llmgateway.conductor.serving import running
 from llmgateway.store import Store
+from llmgateway.store.locks import exclusive_start, start_lock_path
 from llmgateway.store.notify import Kind, Listener, Notice, notify, publish
 from llmgateway.testing.configs import write_keys
 from llmgateway.testing.fake_upstream import FakeUpstream

@@ -27,9 +27,9 @@ def db() -> None:
 @click.option("--sync", is_flag=True, help="Then run one sync of the key and proxy files.")
 def db_upgrade(config: str | None, sync: bool) -> None:
     """Apply the database migrations (the gateway and worker also do it at start)."""
-    from llmgateway.conductor.coherence import exclusive_start
     from llmgateway.keyfiles import run_sync
     from llmgateway.store import masked_url
+    from llmgateway.store.locks import exclusive_start
 
     settings = load(config)
     if sync:

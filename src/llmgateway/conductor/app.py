@@ -24,8 +24,9 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from llmgateway.conductor.admission import BodyBudget, BodyLimits
 from llmgateway.conductor.attempts import Conductor, Provider
 from llmgateway.conductor.breaker_board import BreakerBoard
-from llmgateway.conductor.coherence import exclusive_start, follow_store, return_freed_memory
+from llmgateway.conductor.coherence import follow_store
 from llmgateway.conductor.endpoints import Edge, token_digest
+from llmgateway.conductor.memory import return_freed_memory
 from llmgateway.conductor.readiness import provider_report
 from llmgateway.conductor.status_writer import StatusWriter
 from llmgateway.config.settings import Settings
@@ -40,6 +41,7 @@ from llmgateway.limits import Limits
 from llmgateway.observe.metrics import KeyCount, Metrics, pool_key_counts
 from llmgateway.observe.metrics_http import metrics_endpoint, metrics_served, request_authorized
 from llmgateway.store import KeyRow, ProxyRow, Store
+from llmgateway.store.locks import exclusive_start
 from llmgateway.transport.upstream import Upstream
 
 log = logging.getLogger("llmgateway.app")
