@@ -31,7 +31,7 @@ from llmgateway.keeper.run import Keeper
 from llmgateway.keeper.summary import RoundSummary
 from llmgateway.keyfiles import run_sync
 from llmgateway.store import Store
-from llmgateway.transport.upstream import Upstream
+from llmgateway.transport.upstream import HttpUpstream
 
 DEFAULT_PG = "postgresql+asyncpg://postgres@127.0.0.1:5432/test"
 
@@ -127,7 +127,7 @@ async def rounds(
         async with open_store(workdir, clock) as store:
             await store.upgrade()
             await run_sync(config, store)
-            upstream = Upstream()
+            upstream = HttpUpstream()
             keeper = Keeper(config, store, upstream, clock=clock)
             try:
                 results.append((name, "first (untested)", await keeper.probe_round()))

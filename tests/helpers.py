@@ -25,7 +25,7 @@ from typing import Any
 import aiohttp
 from sqlalchemy.engine import make_url
 
-from llmgateway.conductor.app import Gateway, create_app
+from llmgateway.conductor.app import Conductor, create_app
 from llmgateway.conductor.serving import running
 from llmgateway.config.settings import MetricsSettings, Settings, WorkerSettings
 from llmgateway.observe.metrics import Metrics
@@ -237,13 +237,13 @@ class Running:
     """A started gateway: its URL and the process object (pools, guards, writer, upstream)."""
 
     url: str
-    gateway: Gateway
+    gateway: Conductor
     app: Any
 
     def cooldowns(self) -> dict[tuple[str, str], float]:
         """`llmgateway_key_cooldowns_total` by (provider, reason): every key the gateway took
         out of rotation (ejected, cooled, invalidated) since it started."""
-        registry = self.app.state.edge.conductor.metrics.registry
+        registry = self.app.state.edge.attempt_loop.metrics.registry
         found: dict[tuple[str, str], float] = {}
         for family in registry.collect():
             for sample in family.samples:
@@ -264,7 +264,7 @@ async def start_gateway(settings: Settings, seed: int = 11) -> AsyncIterator[Run
     app = create_app(settings, rng=random.Random(seed))
     async with running(app) as url:
         # create_app is typed ASGIApp; the router it returns carries .state
-        yield Running(url, app.state.gateway, app)  # type: ignore[attr-defined]
+        yield Running(url, app.state.conductor, app)  # type: ignore[attr-defined]
 
 
 def settings_with(tmp_path: Path, fake: FakeUpstream, **metrics: Any) -> Settings:

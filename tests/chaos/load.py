@@ -14,7 +14,7 @@ import openai
 from google import genai
 from google.genai import types
 
-from llmgateway.conductor.app import Gateway
+from llmgateway.conductor.app import Conductor
 from llmgateway.testing.fake_upstream import FakeUpstream
 from tests.helpers import GEMINI_TOKEN, OPENAI_TOKEN
 
@@ -109,7 +109,7 @@ async def _one(
     return None, None
 
 
-def leaks(gateway: Gateway, fake: FakeUpstream) -> dict[str, int]:
+def leaks(gateway: Conductor, fake: FakeUpstream) -> dict[str, int]:
     """What must be zero once the load stopped: requests open at the fake, and gateway
     connections still checked out (idle keep-alive connections are pooled, not leaked)."""
     acquired = 0

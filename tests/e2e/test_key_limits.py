@@ -123,7 +123,7 @@ async def test_max_concurrent_holds_across_two_gateways_on_postgres(
     settings = limited(tmp_path, fake, {"max_concurrent": 2})
     settings = settings.model_copy(update={"database": DatabaseSettings(url=db_url)})
     async with two_gateways(settings) as (urls, apps), aiohttp.ClientSession() as session:
-        fleets: list[PostgresBackend] = [app.state.gateway.limits.backend for app in apps]
+        fleets: list[PostgresBackend] = [app.state.conductor.limits.backend for app in apps]
         assert all(isinstance(fleet, PostgresBackend) for fleet in fleets)
         # both saw each other (refresh: 0.2 s)
         await eventually(lambda: {fleet.size for fleet in fleets} == {2}, within=10)

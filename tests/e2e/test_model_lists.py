@@ -80,7 +80,7 @@ async def test_models_lists_show_the_upstream_names_a_pattern_serves(
             return await listed(url) == expected
 
         await eventually(listed_as_expected)  # until the gateway's next refresh takes them
-        gateway = app.state.gateway
+        gateway = app.state.conductor
         provider = gateway.providers["openai"]
         assert provider.listed == expected[0]
 

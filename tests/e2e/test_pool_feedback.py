@@ -55,7 +55,7 @@ async def test_a_key_the_gateway_marks_invalid_is_stored_for_a_prompt_reprobe(
         for _ in range(20):
             await chat(url)
         assert fake.calls(invalid) == 1
-        writer = started[-1].state.gateway.writer
+        writer = started[-1].state.conductor.writer
         await writer.flush()
         assert writer.pending == 0
         rows = await rows_by_secret(tmp_path)
@@ -76,7 +76,7 @@ async def test_a_key_removed_from_its_file_leaves_the_pool(
 ) -> None:
     second = "sk-good-openai-000000000002"
     async with gateway(openai=[GOOD, second]) as url:
-        pool = started[-1].state.gateway.providers["openai"].pool
+        pool = started[-1].state.conductor.providers["openai"].pool
         assert pool.size == 2
         write_keys(tmp_path / "keys" / "openai", [second])
         settings = gateway_settings(tmp_path, fake)

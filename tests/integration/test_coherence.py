@@ -65,7 +65,7 @@ async def test_three_gateways_start_at_once_on_a_fresh_sqlite(tmp_path: Path) ->
                         assert response.status == 200
         for app in apps:
             # create_app is typed ASGIApp; the router it returns carries .state
-            assert app.state.gateway.providers["openai"].pool.size == 5  # type: ignore[attr-defined]
+            assert app.state.conductor.providers["openai"].pool.size == 5  # type: ignore[attr-defined]
 
 
 def test_a_notice_survives_its_payload_round_trip() -> None:

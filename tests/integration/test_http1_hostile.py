@@ -38,7 +38,7 @@ from llmgateway.transport.http1 import (
     ResponseTooLarge,
     check_request,
 )
-from llmgateway.transport.upstream import Answer, Upstream
+from llmgateway.transport.upstream import HttpUpstream, Upstream, UpstreamResponse
 
 WHOLE = 1 << 20
 ONE_READ = 256 * 1024  # the most asyncio hands over in one `data_received`
@@ -446,14 +446,14 @@ TIMEOUTS = Timeouts(connect=2.0, read=2.0, pool=1.0)
 
 @pytest.fixture
 async def proxied() -> AsyncIterator[Upstream]:
-    sessions = Upstream()
+    sessions = HttpUpstream()
     try:
         yield sessions
     finally:
         await sessions.close()
 
 
-async def via_proxy(proxied: Upstream, upstream: HostileUpstream, **kw: Any) -> Answer:
+async def via_proxy(proxied: Upstream, upstream: HostileUpstream, **kw: Any) -> UpstreamResponse:
     """A call through `upstream` as the outbound proxy (it answers in the proxy's place)."""
     headers = kw.get("headers", {})
     url = kw.get("url", "http://provider.invalid/v1/x")

@@ -24,7 +24,7 @@ from llmgateway.core.egress import DIRECT
 from llmgateway.core.outcomes import ErrorReason
 from llmgateway.transport.errors import exception_reason
 from llmgateway.transport.http1 import ReadTimeout, WriteTimeout
-from llmgateway.transport.upstream import Upstream
+from llmgateway.transport.upstream import HttpUpstream
 
 BODY = bytes(16 << 20)
 STEP = 1 << 20
@@ -96,7 +96,7 @@ async def takes_it_then_says_nothing(
 
 
 async def attempt(url: str, timeouts: Timeouts) -> bytes:
-    upstream = Upstream()
+    upstream = HttpUpstream()
     try:
         answer = await upstream.request(DIRECT, "POST", url, {}, BODY, timeouts)
         try:

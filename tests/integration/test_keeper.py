@@ -29,7 +29,7 @@ from llmgateway.store.tables import key_status, keys, proxy_status
 from llmgateway.testing import Behavior, FakeUpstream
 from llmgateway.testing.configs import write_keys
 from llmgateway.testing.connect_proxy import ConnectProxy
-from llmgateway.transport.upstream import Upstream
+from llmgateway.transport.upstream import HttpUpstream, Upstream
 
 GOOD = [f"sk-good-{i:04d}-abcdefghijkl" for i in range(3)]
 INVALID = "sk-invalid-0001-abcdefghijkl"
@@ -41,7 +41,7 @@ MODELS = ("gpt-4o-mini", "gpt-4o", "o3-mini")
 @pytest.fixture
 async def upstream() -> AsyncIterator[Upstream]:
     """The keepers' client sessions, closed after the test."""
-    sessions = Upstream()
+    sessions = HttpUpstream()
     yield sessions
     await sessions.close()
 
@@ -453,7 +453,7 @@ async def test_two_keepers_on_postgresql_never_probe_a_key_twice(
     try:
         await first.upgrade()
         one = await keeper_for(settings, first, clock, upstream, claim_size=25)
-        two = Keeper(settings, second, Upstream(), clock=clock, claim_size=25)
+        two = Keeper(settings, second, HttpUpstream(), clock=clock, claim_size=25)
         a, b = await asyncio.gather(one.probe_round(), two.probe_round())
         assert a.healthy > 0
         assert b.healthy > 0
@@ -483,7 +483,7 @@ async def test_two_keepers_never_probe_two_models_of_a_key_at_once(
     try:
         await first.upgrade()
         one = await keeper_for(settings, first, clock, upstream, claim_size=7)
-        two = Keeper(settings, second, Upstream(), clock=clock, claim_size=7)
+        two = Keeper(settings, second, HttpUpstream(), clock=clock, claim_size=7)
         a, b = await asyncio.gather(one.probe_round(), two.probe_round())
         # every row probed once, and never two models of one key at the same time
         assert a.healthy + b.healthy == 40 * len(MODELS)
@@ -531,7 +531,7 @@ async def test_run_syncs_on_file_change_probes_and_stops_cleanly(
 ) -> None:
     write_keys(tmp_path / "keys", GOOD[:1])
     settings = config(tmp_path, fake, worker={"probe_interval_sec": 0.05})
-    keeper = Keeper(settings, store, Upstream(), clock=clock)
+    keeper = Keeper(settings, store, HttpUpstream(), clock=clock)
     stop = asyncio.Event()
     rounds: list[RoundSummary] = []
     task = asyncio.create_task(keeper.run(stop, on_round=rounds.append))

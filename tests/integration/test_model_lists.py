@@ -22,7 +22,7 @@ from llmgateway.store import StatusEvent, Store
 from llmgateway.store.model_lists import MAX_NAMES
 from llmgateway.testing import FakeUpstream
 from llmgateway.testing.configs import write_keys
-from llmgateway.transport.upstream import Upstream
+from llmgateway.transport.upstream import HttpUpstream, Upstream
 
 GOOD = "sk-good-0001-abcdefghijkl"
 INVALID = "sk-invalid-0001-abcdefghijkl"
@@ -32,7 +32,7 @@ SYNC_SEC = 300.0
 
 @pytest.fixture
 async def upstream() -> AsyncIterator[Upstream]:
-    sessions = Upstream()
+    sessions = HttpUpstream()
     yield sessions
     await sessions.close()
 
@@ -249,7 +249,7 @@ async def test_the_running_keeper_fetches_after_its_first_sync(
     write_keys(tmp_path / "keys", [GOOD])
     fake.set_models(UPSTREAM)
     settings = settings_of(p1=openai_provider(tmp_path, fake), worker={"watch_files": False})
-    keeper = Keeper(settings, store, Upstream(), clock=clock)  # `run` closes its upstream
+    keeper = Keeper(settings, store, HttpUpstream(), clock=clock)  # `run` closes its upstream
     stop = asyncio.Event()
     task = asyncio.create_task(keeper.run(stop))
 

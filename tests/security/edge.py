@@ -23,8 +23,8 @@ from typing import Any
 
 import orjson
 
-from llmgateway.conductor.app import Gateway, create_app
-from llmgateway.conductor.attempts import Provider
+from llmgateway.conductor.app import Conductor, create_app
+from llmgateway.conductor.call import Provider
 from llmgateway.conductor.serving import running
 from llmgateway.config.settings import Settings
 from llmgateway.core.resilience import BreakerState
@@ -262,8 +262,8 @@ class Rig:
     key_ids: dict[str, int]  # pooled secret → its key id (from the store)
 
     @property
-    def gateway(self) -> Gateway:
-        gateway: Gateway = self.app.state.gateway
+    def gateway(self) -> Conductor:
+        gateway: Conductor = self.app.state.conductor
         return gateway
 
     def provider(self, name: str) -> Provider:
@@ -363,7 +363,7 @@ async def running_rig(
         settings = edge_settings(folder, upstream.url, **options)
         app: Any = create_app(settings, rng=random.Random(11))  # the router, with `.state`
         async with running(app) as url:
-            gateway: Gateway = app.state.gateway
+            gateway: Conductor = app.state.conductor
             assert gateway.store is not None
             rows = (await gateway.store.snapshot()).keys
             key_ids = {row.secret: row.key_id for row in rows}

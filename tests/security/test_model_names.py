@@ -69,7 +69,7 @@ async def test_ten_thousand_invented_names_grow_nothing(tmp_path: Path, fake: Fa
     settings = settings_for(tmp_path, fake)
     app: Any = create_app(settings, rng=random.Random(7))
     async with running(app) as url, aiohttp.ClientSession() as http:
-        gateway = app.state.gateway
+        gateway = app.state.conductor
         pool = gateway.providers["openai"].pool
         assert await chat(http, url, "gpt-4.1-mini") == 200
         scopes = dict(pool._scopes)

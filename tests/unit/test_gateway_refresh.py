@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from llmgateway.conductor.app import Gateway
+from llmgateway.conductor.app import Conductor
 from llmgateway.conductor.status_writer import StatusWriter
 from llmgateway.config.settings import Settings
 from llmgateway.core.outcomes import ALL_MODELS, Blame, ErrorReason, KeyStatus, Outcome
@@ -14,7 +14,7 @@ from llmgateway.store import KeyRow, StatusEvent
 NOW = 1_800_000_000.0
 
 
-def gateway() -> Gateway:
+def gateway() -> Conductor:
     provider = {
         "provider_type": "openai_like",
         "keys_path": "keys",
@@ -24,7 +24,7 @@ def gateway() -> Gateway:
         "models": {"m": {"endpoint_suffix": "/chat/completions"}},
         "access_control": {"gateway_access_token": "t-0123456789"},
     }
-    built = Gateway(Settings.model_validate({"providers": {"p": provider}}), clock=lambda: NOW)
+    built = Conductor(Settings.model_validate({"providers": {"p": provider}}), clock=lambda: NOW)
     built.build_providers()
 
     async def write(events: Sequence[StatusEvent]) -> None:

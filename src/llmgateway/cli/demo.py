@@ -149,7 +149,7 @@ async def run_demo(folder: Path, port: int, echo: Callable[[str], None]) -> None
         ):
             for line in instructions(url, folder, tokens):
                 echo(line)
-            gateway = getattr(app, "state").gateway  # noqa: B009 - the ASGI type hides `state`
+            gateway = getattr(app, "state").conductor  # noqa: B009 - the ASGI type hides `state`
             keeper = asyncio.create_task(Keeper(settings, store, metrics=metrics).run(stop))
             helpers = [
                 asyncio.create_task(_summaries(gateway, echo)),

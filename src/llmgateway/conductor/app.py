@@ -16,18 +16,16 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 
 from starlette.applications import Starlette
-from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
-from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from llmgateway.conductor.admin import Health, admin_routes
 from llmgateway.conductor.admission import BodyBudget, BodyLimits
-from llmgateway.conductor.attempts import Conductor, Provider
+from llmgateway.conductor.attempts import AttemptLoop
 from llmgateway.conductor.breaker_board import BreakerBoard
+from llmgateway.conductor.call import Provider
 from llmgateway.conductor.coherence import follow_store
 from llmgateway.conductor.endpoints import Edge, token_digest
 from llmgateway.conductor.memory import return_freed_memory
-from llmgateway.conductor.readiness import provider_report
 from llmgateway.conductor.status_writer import StatusWriter
 from llmgateway.config.settings import Settings
 from llmgateway.core.egress import NoHealthyProxyError, egress_for
@@ -38,11 +36,10 @@ from llmgateway.core.pool_keys import KeyEntry
 from llmgateway.core.resilience import RetryBudget
 from llmgateway.keyfiles import run_sync
 from llmgateway.limits import Limits
-from llmgateway.observe.metrics import KeyCount, Metrics, pool_key_counts
-from llmgateway.observe.metrics_http import metrics_endpoint, metrics_served, request_authorized
+from llmgateway.observe.metrics import Metrics
 from llmgateway.store import KeyRow, ProxyRow, Store
 from llmgateway.store.locks import exclusive_start
-from llmgateway.transport.upstream import Upstream
+from llmgateway.transport.upstream import HttpUpstream
 
 log = logging.getLogger("llmgateway.app")
 
@@ -52,25 +49,15 @@ LOAD_PAGE = 5_000
 
 
 @dataclass(slots=True)
-class Health:
-    """What `/readyz` reports."""
-
-    pool_loaded: bool = False
-    store_ok: bool = False
-    last_refresh: float | None = None
-    revision: int = 0
-    problem: str = "starting"
-
-
-@dataclass(slots=True)
-class Gateway:
-    """One gateway process: its providers, pools and background tasks."""
+class Conductor:
+    """The gateway process (`llmgateway gateway`): its providers, pools and background tasks.
+    Its requests go through the edge (`endpoints.Edge`) and the `AttemptLoop`."""
 
     settings: Settings
     store: Store | None = None
     rng: random.Random = field(default_factory=random.Random)
     clock: Callable[[], float] = time.time
-    upstream: Upstream = field(default_factory=Upstream)
+    upstream: HttpUpstream = field(default_factory=HttpUpstream)
     providers: dict[str, Provider] = field(default_factory=dict)
     health: Health = field(default_factory=Health)
     writer: StatusWriter | None = None
@@ -297,25 +284,25 @@ def create_app(
     process is the gateway's own (the CLI's commands), so once started it may give freed memory
     back to the system and retune the garbage collector (`return_freed_memory`); an app embedded
     elsewhere (tests, another server) leaves its process alone."""
-    gateway = Gateway(settings, rng=rng or random.Random())
+    conductor = Conductor(settings, rng=rng or random.Random())
     metrics = metrics or Metrics.create()
-    gateway.limits = Limits.create(settings, metrics, gateway.clock)
-    gateway.build_providers()
-    for name, built in gateway.providers.items():
+    conductor.limits = Limits.create(settings, metrics, conductor.clock)
+    conductor.build_providers()
+    for name, built in conductor.providers.items():
         metrics.for_provider(name, built.settings.models)
         built.guard.watch(metrics.for_provider(name).breaker)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         store = await Store.open(settings.database.async_url, pool_size=settings.database.pool_size)
-        gateway.store = store
+        conductor.store = store
         writer = StatusWriter(store.apply_events)
-        gateway.writer = writer
-        conductor = Conductor(
-            gateway.upstream,
+        conductor.writer = writer
+        attempt_loop = AttemptLoop(
+            conductor.upstream,
             writer,
-            gateway.rng,
-            gateway.clock,
+            conductor.rng,
+            conductor.clock,
             metrics,
             max_response_bytes=settings.gateway.max_response_bytes,
         )
@@ -324,7 +311,7 @@ def create_app(
             edge_settings.max_body_bytes, edge_settings.client_body_timeout_sec
         )
         bodies = BodyBudget(edge_settings.max_inflight_body_bytes)
-        edge = Edge(conductor, gateway.token_index(), body_limits, bodies)
+        edge = Edge(attempt_loop, conductor.token_index(), body_limits, bodies)
         app.state.edge = edge
         tasks: list[asyncio.Task[None]] = []
         wake = asyncio.Event()
@@ -334,66 +321,35 @@ def create_app(
                 async with exclusive_start(store.engine.url):
                     await store.upgrade()
                     await run_sync(settings, store)
-            await gateway.refresh()
+            await conductor.refresh()
             if tune_process:
                 return_freed_memory()
             tasks = [
                 asyncio.create_task(writer.run(), name="status-writer"),
-                asyncio.create_task(gateway.refresh_forever(wake), name="pool-refresh"),
+                asyncio.create_task(conductor.refresh_forever(wake), name="pool-refresh"),
             ]
             if listener is not None:
                 tasks.append(asyncio.create_task(listener.run(), name="store-notices"))
             if metrics.multiprocess:
                 tasks.append(asyncio.create_task(metrics.flush_every(), name="metrics-flush"))
-            if gateway.limits is not None:
-                await gateway.limits.start()
-                tasks.append(asyncio.create_task(gateway.limits.run(), name="key-limits"))
+            if conductor.limits is not None:
+                await conductor.limits.start()
+                tasks.append(asyncio.create_task(conductor.limits.run(), name="key-limits"))
             yield
         finally:
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
             await writer.drain(settings.gateway.shutdown_drain_timeout_sec)
-            await gateway.upstream.close()
-            if gateway.limits is not None:
-                await gateway.limits.close()
+            await conductor.upstream.close()
+            if conductor.limits is not None:
+                await conductor.limits.close()
             await store.close()
             metrics.process_exited()
 
-    async def healthz(request: Request) -> Response:
-        return JSONResponse({"status": "ok"})
-
-    async def readyz(request: Request) -> Response:
-        health = gateway.health
-        ready = health.pool_loaded and health.store_ok
-        status = 200 if ready else 503
-        if not request_authorized(request.headers.get("authorization"), settings.metrics):
-            # the details (providers, key counts, revision) only with the metrics token
-            return JSONResponse({"ready": ready, "problem": health.problem or None}, status)
-        body: dict[str, object] = {
-            "ready": ready,
-            "pool_loaded": health.pool_loaded,
-            "store_reachable": health.store_ok,
-            "revision": health.revision,
-            "problem": health.problem or None,
-        }
-        body["warnings"], body["providers"] = provider_report(gateway.providers, gateway.clock())
-        return JSONResponse(body, status_code=status)
-
-    async def key_counts() -> list[KeyCount]:
-        now = gateway.clock()
-        counts = []
-        for name, provider in gateway.providers.items():
-            metrics.for_provider(name).breaker(provider.guard.state)
-            counts += pool_key_counts(name, provider.pool, provider.settings.models, now)
-        return counts
-
-    routes = [Route("/healthz", healthz), Route("/readyz", readyz)]
-    if metrics_served(settings.metrics):
-        endpoint = metrics_endpoint(metrics, settings.metrics, key_counts)
-        routes.append(Route("/metrics", endpoint))
+    routes = admin_routes(conductor.health, conductor.providers, conductor.clock, settings, metrics)
     admin = Starlette(routes=routes, lifespan=lifespan)
-    admin.state.gateway = gateway
+    admin.state.conductor = conductor
     return _Router(admin)
 
 

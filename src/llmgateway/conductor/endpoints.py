@@ -1,8 +1,10 @@
 """The HTTP edge: a raw ASGI handler for the proxied routes (`/v1/…`, `/v1beta/…`).
 
-Per request it reads only what it must (the token, `model` and `stream`), forwards the raw body,
-streams the answer back chunk by chunk, and turns every failure into an error in the client's
-API shape. A client disconnect cancels the upstream call at once and frees the key.
+Per request it reads only what it must (the token, `model` and `stream`), hands the raw body to
+the attempt loop, relays the answer back chunk by chunk (`responses.py`), and turns every
+failure into an error in the client's API shape. What the request holds of its provider is its
+`Claim`, ended in one `finally`: a client disconnect cancels the upstream call at once and frees
+the key.
 """
 
 from __future__ import annotations
@@ -14,13 +16,12 @@ import itertools
 import logging
 import secrets
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from starlette.types import Message, Receive, Scope, Send
+from starlette.types import Receive, Scope, Send
 
-from llmgateway import providers
 from llmgateway.conductor.admission import (
     BodyBudget,
     BodyLimits,
@@ -30,25 +31,26 @@ from llmgateway.conductor.admission import (
     read_body,
     resolve,
 )
-from llmgateway.conductor.attempts import CANCELLED, Call, Conductor, Forward, Provider, Reply
+from llmgateway.conductor.attempts import AttemptLoop
+from llmgateway.conductor.call import Call, Provider
+from llmgateway.conductor.claim import CANCELLED, Claim
 from llmgateway.conductor.edge import BODY_ARRIVED, ON_DISCONNECT
-from llmgateway.config.settings import DebugMode
-from llmgateway.core.outcomes import Blame, ErrorReason, Outcome
-from llmgateway.observe import debug, logs
+from llmgateway.conductor.replies import GatewayReply
+from llmgateway.conductor.responses import (
+    INTERNAL,
+    JSON,
+    relay_stream,
+    relay_whole,
+    send_refusal,
+    send_whole,
+)
+from llmgateway.observe import logs
 from llmgateway.observe.provider_metrics import OTHER_MODEL, Timing
 from llmgateway.providers import gemini, openai, target
 from llmgateway.providers import headers as wire_headers
 from llmgateway.providers.routes import Match, Surface
 
 log = logging.getLogger("llmgateway.api")
-
-SUCCESS = Outcome(reason=None, blame=Blame.NONE, status=200)
-STREAM_CUT = Outcome(reason=ErrorReason.STREAM_DISCONNECT, blame=Blame.PROVIDER)
-_INTERNAL = Refused(
-    500,
-    "internal_error",
-    "The gateway failed to serve this request (an internal error, logged with its id).",
-)
 
 
 def token_digest(token: str) -> bytes:
@@ -72,7 +74,7 @@ class Edge:
     `model_required`, 404 `model_not_found`). Only then is the upstream request built, from
     the validated parts alone."""
 
-    conductor: Conductor
+    attempt_loop: AttemptLoop
     tokens: Mapping[bytes, tuple[str, Provider]]  # token digest → (token, provider)
     body_limits: BodyLimits
     bodies: BodyBudget
@@ -88,8 +90,8 @@ class Edge:
         shape: Surface = "gemini" if via_google or raw_path.startswith(b"/v1beta/") else "openai"
         provider = self._provider(token)
         if provider is None:
-            await _send_error(send, shape, Refused(401, "invalid_api_key", _NO_TOKEN), request_id)
-            self.conductor.metrics.unauthorized(401)
+            await send_refusal(send, shape, Refused(401, "invalid_api_key", _NO_TOKEN), request_id)
+            self.attempt_loop.metrics.unauthorized(401)
             return
         api = _surface(provider, raw_path, via_google)
         path = target.checked_path(raw_path)
@@ -152,9 +154,9 @@ class Edge:
         started: float,
     ) -> None:
         """Answer a request refused before a key was taken; counted and logged (INFO)."""
-        await _send_error(send, api, refused, request_id)
+        await send_refusal(send, api, refused, request_id)
         logs.bind_provider(provider.name, OTHER_MODEL)
-        self.conductor.metrics.for_provider(provider.name).refused(refused.status)
+        self.attempt_loop.metrics.for_provider(provider.name).refused(refused.status)
         logs.request_done(refused.status, 0, refused.code, started)
 
     async def _serve(self, call: Call, scope: Scope, send: Send, request_id: str) -> None:
@@ -164,29 +166,30 @@ class Edge:
         watch = _ClientWatch(task)
         scope[ON_DISCONNECT] = watch.client_left
         deadline = loop.time() + call.provider.settings.timeouts.total
-        forward: Forward | None = None
         outcome = CANCELLED
         code, attempts, ended = 499, 0, "client_gone"  # until an answer is known
-        budget = call.provider.budget
-        budget.request_started()
         logs.bind_provider(call.provider.name, call.model)
-        bound = self.conductor.metrics.for_provider(call.provider.name)
+        bound = self.attempt_loop.metrics.for_provider(call.provider.name)
         bound.started()
+        claim = Claim(call, self.attempt_loop)  # ended below, whatever happens
         try:
             try:
-                result = await self.conductor.run(call, deadline)
+                result = await self.attempt_loop.run(call, claim, deadline)
             except Exception:  # our own bug: logged, answered, blamed on nobody
                 log.exception("internal error while serving the request")
                 code, ended = 500, "internal_error"
-                await _send_error(send, call.api, _INTERNAL, request_id)
+                await send_refusal(send, call.api, INTERNAL, request_id)
                 return
-            if isinstance(result, Reply):
+            if isinstance(result, GatewayReply):
                 code, attempts, ended = result.status, result.attempts, result.reason
-                await _send(send, result.status, result.headers, result.body, request_id)
+                await send_whole(send, result.status, result.headers, result.body, request_id)
                 return
-            forward = result
-            code, attempts = forward.response.status, forward.attempts
-            outcome = await _relay(call, forward, send, request_id, deadline - loop.time())
+            code, attempts = result.response.status, result.attempts
+            if result.body is not None:
+                outcome = await relay_whole(call, result, send, request_id)
+            else:
+                remaining = deadline - loop.time()
+                outcome = await relay_stream(call, result, send, request_id, remaining)
             ended = outcome.reason.value if outcome.reason else "ok"
         except asyncio.CancelledError:
             if not watch.gone:
@@ -194,11 +197,8 @@ class Edge:
             task.uncancel()
             log.info("client disconnected", extra={"request_id": request_id})
         finally:
-            budget.request_finished()
             scope[ON_DISCONNECT] = None  # from here on nothing may cancel the task
-            if forward is not None:
-                forward.response.close()
-                self.conductor.finish(call, forward, outcome)
+            claim.end(outcome)
             bound.finished(call.model, code, call.timing)
             logs.request_done(code, attempts, ended, call.timing.started)
 
@@ -215,68 +215,6 @@ class _ClientWatch:
     def client_left(self) -> None:
         self.gone = True
         self.task.cancel()
-
-
-async def _relay(
-    call: Call, forward: Forward, send: Send, request_id: str, remaining: float
-) -> Outcome:
-    """Send the upstream answer to the client: a stream event by event as it arrives, a plain
-    answer already read whole (see `proxy.WHOLE_BODY_LIMIT`) in one piece. Reports how it
-    ended."""
-    response = forward.response
-    policy = call.provider.settings.gateway_policy
-    if forward.body is not None:
-        if policy.debug_mode is DebugMode.FULL_BODY:
-            debug.whole_body(forward.body, forward.lease.secret)
-        await _send(send, response.status, response.headers, forward.body, request_id)
-        return SUCCESS
-    sse = "text/event-stream" in response.headers.get("content-type", "")
-    chunks: AsyncIterator[bytes] = response.chunks()
-    if policy.debug_mode is DebugMode.FULL_BODY:
-        chunks = debug.tee(chunks, forward.lease.secret)
-    timing = call.timing
-    started = False
-    try:
-        async with asyncio.timeout(max(remaining, 0.001)):
-            length = response.content_length
-            await send(_start(response.status, response.headers, request_id, length))
-            started = True
-            while True:
-                asked = time.perf_counter()
-                try:
-                    chunk = await anext(chunks)
-                except StopAsyncIteration:
-                    timing.waited(asked)
-                    break
-                now = time.perf_counter()
-                timing.upstream += now - asked
-                if timing.first_byte is None:
-                    timing.first_byte = now
-                await send({"type": "http.response.body", "body": chunk, "more_body": True})
-    except OSError as error:  # timeouts included; both transports raise OSErrors only
-        timed_out = isinstance(error, TimeoutError)
-        log.warning("upstream failed mid-response: %s", type(error).__name__)
-        status = 504 if timed_out else 502
-        message = "The upstream timed out mid-answer." if timed_out else "The upstream broke off."
-        if not started:  # nothing reached the client yet: a clean error response
-            body = providers.error_body(call.api, status, message, code="upstream_broke_off")
-            await _send(send, status, {"content-type": "application/json"}, body, request_id)
-        elif sse:  # the stream has begun: the error goes in-band
-            event = providers.sse_error_event(call.api, status, message)
-            await send({"type": "http.response.body", "body": event, "more_body": True})
-            await send({"type": "http.response.body", "body": b"", "more_body": False})
-        # else: a large plain body cut mid-way; returning without ending it makes the server
-        # close the connection, so the client sees a truncated answer rather than a short one
-        return (
-            Outcome(reason=ErrorReason.TIMEOUT, blame=Blame.PROVIDER) if timed_out else STREAM_CUT
-        )
-    except Exception:  # our own bug mid-relay: logged, and blamed on nobody
-        log.exception("internal error while relaying the answer")
-        if not started:
-            await _send_error(send, call.api, _INTERNAL, request_id)
-        return CANCELLED  # returning unfinished makes the server close the connection
-    await send({"type": "http.response.body", "body": b"", "more_body": False})
-    return SUCCESS
 
 
 def _headers(scope: Scope) -> dict[str, str]:
@@ -382,51 +320,11 @@ async def _answer_locally(
             )
         else:
             body = openai.models_list(names, provider.name)
-        await _send(send, 200, _JSON, body, request_id)
+        await send_whole(send, 200, JSON, body, request_id)
         return
     wanted = match.path_model or ""
     if provider.catalog.resolve(wanted) is None:
         message = f"The model {wanted[:80]!r} is not served here."
-        await _send_error(send, api, Refused(404, "model_not_found", message), request_id)
+        await send_refusal(send, api, Refused(404, "model_not_found", message), request_id)
         return
-    await _send(send, 200, _JSON, openai.model_object(wanted, provider.name), request_id)
-
-
-_JSON = {"content-type": "application/json"}
-
-
-def _start(
-    status: int,
-    headers: Mapping[str, str],
-    request_id: str,
-    length: int | None,
-    *,
-    close: bool = False,
-) -> Message:
-    """The response start: what may be relayed of `headers` (lower-case names), then ours
-    (`length`, None when streaming; `close`: the connection ends with this answer) and the
-    request id."""
-    raw = wire_headers.relayed(headers)
-    if length is not None:
-        raw.append((b"content-length", b"%d" % length))
-    if close:
-        raw.append((b"connection", b"close"))
-    raw.append((b"x-request-id", request_id.encode()))
-    return {"type": "http.response.start", "status": status, "headers": raw}
-
-
-async def _send(
-    send: Send, status: int, headers: Mapping[str, str], body: bytes, request_id: str
-) -> None:
-    await send(_start(status, headers, request_id, len(body)))
-    await send({"type": "http.response.body", "body": body, "more_body": False})
-
-
-async def _send_error(send: Send, api: Surface, refused: Refused, request_id: str) -> None:
-    """A refusal in the client's API shape (`connection: close` when the body was not read)."""
-    body = providers.error_body(api, refused.status, refused.message, code=refused.code)
-    headers = _JSON
-    if refused.retry_after is not None:
-        headers = {**_JSON, "retry-after": str(max(1, int(refused.retry_after + 0.999)))}
-    await send(_start(refused.status, headers, request_id, len(body), close=refused.close))
-    await send({"type": "http.response.body", "body": body, "more_body": False})
+    await send_whole(send, 200, JSON, openai.model_object(wanted, provider.name), request_id)

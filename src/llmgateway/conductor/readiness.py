@@ -6,7 +6,7 @@ from collections import Counter
 from collections.abc import Mapping
 from typing import Any
 
-from llmgateway.conductor.attempts import Provider
+from llmgateway.conductor.call import Provider
 from llmgateway.core.resilience import BreakerState
 from llmgateway.observe.metrics import model_label
 

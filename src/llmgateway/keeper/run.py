@@ -41,7 +41,7 @@ from llmgateway.store import Store, maintenance, proxy_checks
 from llmgateway.store import probes as queries
 from llmgateway.store.locks import single_keeper
 from llmgateway.store.proxy_checks import ProxyCheck, ProxyResult
-from llmgateway.transport.upstream import Upstream
+from llmgateway.transport.upstream import HttpUpstream, Upstream
 
 log = logging.getLogger("llmgateway.keeper")
 
@@ -68,7 +68,7 @@ class Keeper:
 
     settings: Settings
     store: Store
-    upstream: Upstream = field(default_factory=Upstream)
+    upstream: Upstream = field(default_factory=HttpUpstream)
     owner: str = field(default_factory=default_owner)
     clock: Callable[[], float] = time.time
     sleep: Callable[[float], Awaitable[None]] = asyncio.sleep
@@ -291,7 +291,7 @@ async def run_once(
 ) -> tuple[SyncReport, ProxySummary, RoundSummary]:
     """`worker --once`: one sync, one proxy round and one probe round of everything due."""
     with single_keeper(store.engine.url):
-        keeper = Keeper(settings, store, upstream or Upstream(), on_progress=on_progress)
+        keeper = Keeper(settings, store, upstream or HttpUpstream(), on_progress=on_progress)
         try:
             report = await run_sync(settings, store)
             proxies = await keeper.probe_proxies()

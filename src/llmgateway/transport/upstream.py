@@ -1,13 +1,15 @@
 """The upstream HTTP seam: every call to a provider (the gateway's and the Keeper's) goes here.
 
-Direct traffic uses the small keep-alive client of `transport.http1` (the hot path: about a
+`Upstream` is the seam as its callers see it: `request()` answers with an `UpstreamResponse`
+(status and headers arrived, the body still to read). `HttpUpstream` is the one on the network:
+direct traffic uses the small keep-alive client of `transport.http1` (the hot path: about a
 quarter of aiohttp's CPU per call); traffic through an outbound proxy (static or stealth) uses one
-aiohttp session per proxy. Both are HTTP/1.1 only (HTTP/2
-multiplexing froze the original project under load), with explicit connection limits and the
-provider's `timeouts`, and both answer with an `Answer`. Both refuse a request HTTP/1.1 cannot
-carry (`http1.InvalidRequest`, before anything is sent) and turn an answer that is not valid
-HTTP/1.1, or breaks a bound, into `http1.ProtocolError`. Tests point it at the fake upstream in
-`llmgateway.testing`, over real loopback HTTP, and at its `HostileUpstream`.
+aiohttp session per proxy. Both are HTTP/1.1 only (HTTP/2 multiplexing froze the original project
+under load), with explicit connection limits and the provider's `timeouts`. Both refuse a request
+HTTP/1.1 cannot carry (`http1.InvalidRequest`, before anything is sent) and turn an answer that is
+not valid HTTP/1.1, or breaks a bound, into `http1.ProtocolError`. Tests point it at the fake
+upstream in `llmgateway.testing`, over real loopback HTTP, and at its `HostileUpstream`; unit
+tests of the attempt loop use `llmgateway.testing.memory_upstream.MemoryUpstream` instead.
 """
 
 from __future__ import annotations
@@ -32,8 +34,8 @@ PROXIED_MAX_LINE = 8190
 PROXIED_MAX_FIELD = 16384
 
 
-class Answer(Protocol):
-    """An upstream answer whose status and headers have arrived (header names lower-case).
+class UpstreamResponse(Protocol):
+    """An upstream's response whose status and headers have arrived (header names lower-case).
 
     Read the body once (`read`, `read_prefix` or `chunks`), then `close()`: a connection read to
     its end is reused, any other is dropped. `read(limit)` raises `http1.ResponseTooLarge` as
@@ -53,7 +55,8 @@ class Answer(Protocol):
 
 @dataclass(slots=True)
 class _ViaProxy:
-    """An aiohttp response as an `Answer` (body reads bounded by the request's deadline)."""
+    """An aiohttp response as an `UpstreamResponse` (body reads bounded by the request's
+    deadline)."""
 
     response: aiohttp.ClientResponse
     deadline: float | None
@@ -143,9 +146,41 @@ def client_timeout(timeouts: Timeouts) -> aiohttp.ClientTimeout:
     )
 
 
+class Upstream(Protocol):
+    """Where calls to a provider go: `HttpUpstream` on the network, `MemoryUpstream`
+    (`llmgateway.testing.memory_upstream`) in memory, for tests."""
+
+    def request(
+        self,
+        egress: str,
+        method: str,
+        url: str,
+        headers: Mapping[str, str],
+        body: bytes,
+        timeouts: Timeouts,
+        deadline: float | None = None,
+    ) -> Awaitable[UpstreamResponse]:
+        """Send one request via `egress` (`direct` or a proxy URL); returns once the status and
+        headers arrived. Past `deadline` (loop time), if given, waiting for the answer or reading
+        its body (not `chunks()`) raises a TimeoutError. The caller closes the response.
+        `headers` must not hold hop-by-hop headers, Host or Content-Length. A transport failure
+        is an OSError (`http1.ConnectError`, `http1.ReadTimeout`, `http1.Disconnected`…) or,
+        through a proxy, one of aiohttp's `ClientError`s."""
+        ...
+
+    def open_connections(self) -> int:
+        """Connections (in memory: responses) currently held, for leak checks and metrics."""
+        ...
+
+    async def close(self) -> None:
+        """Close every connection; in-flight requests on them fail."""
+        ...
+
+
 @dataclass(slots=True)
-class Upstream:
-    """The direct client and one aiohttp session per proxy, opened lazily, closed together."""
+class HttpUpstream:
+    """The `Upstream` on the network: the direct client and one aiohttp session per proxy,
+    opened lazily, closed together."""
 
     limits: http1.Limits = field(default_factory=http1.Limits)
     _direct: http1.Client | None = None
@@ -160,11 +195,8 @@ class Upstream:
         body: bytes,
         timeouts: Timeouts,
         deadline: float | None = None,
-    ) -> Awaitable[Answer]:
-        """Send one request via `egress` (`direct` or a proxy URL); returns once the status and
-        headers arrived. Past `deadline` (loop time), if given, waiting for the answer or reading
-        its body (not `chunks()`) raises a TimeoutError. The caller closes the answer. `headers`
-        must not hold hop-by-hop headers, Host or Content-Length."""
+    ) -> Awaitable[UpstreamResponse]:
+        """See `Upstream.request`."""
         if egress == DIRECT:  # the client's own coroutine: no extra layer on the hot path
             if self._direct is None:
                 self._direct = http1.Client(self.limits)
@@ -189,7 +221,7 @@ class Upstream:
         body: bytes,
         timeouts: Timeouts,
         deadline: float | None,
-    ) -> Answer:
+    ) -> UpstreamResponse:
         http1.check_request(method, url, headers)
         session = self._session(egress)
         import aiohttp

@@ -1,0 +1,72 @@
+"""The gateway's own routes beside the proxied ones: `/healthz` (alive), `/readyz` (pool loaded,
+store reachable at the last refresh; details only with the metrics token) and `/metrics`."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from llmgateway.conductor.call import Provider
+from llmgateway.conductor.readiness import provider_report
+from llmgateway.config.settings import Settings
+from llmgateway.observe.metrics import KeyCount, Metrics, pool_key_counts
+from llmgateway.observe.metrics_http import metrics_endpoint, metrics_served, request_authorized
+
+
+@dataclass(slots=True)
+class Health:
+    """What `/readyz` reports."""
+
+    pool_loaded: bool = False
+    store_ok: bool = False
+    last_refresh: float | None = None
+    revision: int = 0
+    problem: str = "starting"
+
+
+def admin_routes(
+    health: Health,
+    providers: Mapping[str, Provider],
+    clock: Callable[[], float],
+    settings: Settings,
+    metrics: Metrics,
+) -> list[Route]:
+    """`/healthz`, `/readyz` (from `health` and `providers`, kept current by the Conductor),
+    and `/metrics` unless the metrics settings turn it off."""
+
+    async def healthz(request: Request) -> Response:
+        return JSONResponse({"status": "ok"})
+
+    async def readyz(request: Request) -> Response:
+        ready = health.pool_loaded and health.store_ok
+        status = 200 if ready else 503
+        if not request_authorized(request.headers.get("authorization"), settings.metrics):
+            # the details (providers, key counts, revision) only with the metrics token
+            return JSONResponse({"ready": ready, "problem": health.problem or None}, status)
+        body: dict[str, object] = {
+            "ready": ready,
+            "pool_loaded": health.pool_loaded,
+            "store_reachable": health.store_ok,
+            "revision": health.revision,
+            "problem": health.problem or None,
+        }
+        body["warnings"], body["providers"] = provider_report(providers, clock())
+        return JSONResponse(body, status_code=status)
+
+    async def key_counts() -> list[KeyCount]:
+        now = clock()
+        counts = []
+        for name, provider in providers.items():
+            metrics.for_provider(name).breaker(provider.guard.state)
+            counts += pool_key_counts(name, provider.pool, provider.settings.models, now)
+        return counts
+
+    routes = [Route("/healthz", healthz), Route("/readyz", readyz)]
+    if metrics_served(settings.metrics):
+        endpoint = metrics_endpoint(metrics, settings.metrics, key_counts)
+        routes.append(Route("/metrics", endpoint))
+    return routes
