@@ -45,7 +45,7 @@ async def test_an_ip_wide_429_cools_the_egress_not_the_keys(
             load = Load(gw.url, clients=10, kinds=("openai", "openai-stream"))
             load.start()
             await eventually(
-                lambda: guard.egress_closed(limited.url, gw.gateway.clock()) is not None, 10
+                lambda: guard.egress_blocked(limited.url, gw.gateway.clock()) is not None, 10
             )
             await eventually(lambda: len(load.ok()) >= 300, within=30)
             await load.stop()

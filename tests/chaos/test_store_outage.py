@@ -58,7 +58,7 @@ async def test_store_outage_loses_no_event_and_no_request(
             await eventually(lambda: writer.pending == 0, within=5)
             assert gateway.store is not None
             revision = await gateway.store.revision()  # and the pool has read all of it back
-            await eventually(lambda: gateway.health.revision >= revision, within=5)
+            await eventually(lambda: gateway.readiness.revision >= revision, within=5)
             written_before = writer.written
 
             cut = time.monotonic()
@@ -67,7 +67,7 @@ async def test_store_outage_loses_no_event_and_no_request(
                 fake.set_behavior(secret, Behavior(invalid=True))
             await eventually(lambda: pool.counts(0).get(("__ALL_MODELS__", "invalid")) == 4, 10)
             assert writer.pending == len(VICTIMS)  # queued, not lost, not yet written
-            await eventually(lambda: not gateway.health.store_ok, within=5)
+            await eventually(lambda: not gateway.readiness.store_ok, within=5)
             async with httpx.AsyncClient() as http:
                 ready = await http.get(f"{gw.url}/readyz")
             assert ready.status_code == 503
@@ -78,7 +78,7 @@ async def test_store_outage_loses_no_event_and_no_request(
             await relay.restore()
             restored = time.monotonic()
 
-            await eventually(lambda: gateway.health.store_ok, within=3)
+            await eventually(lambda: gateway.readiness.store_ok, within=3)
             await eventually(lambda: writer.pending == 0, within=12)  # its backoff is ≤ 10 s
             await eventually(lambda: len(load.ok(since=restored)) >= 50, within=20)
             await load.stop()

@@ -16,6 +16,6 @@ async def test_an_embedded_gateway_does_not_retune_the_garbage_collector(tmp_pat
     write_keys(tmp_path / "keys" / "gemini", ["AIza-embedded-00000000-abcdefghij"])
     thresholds, frozen = gc.get_threshold(), gc.get_freeze_count()
     async with FakeUpstream() as fake, start_gateway(chaos_settings(tmp_path, fake)) as running:
-        assert running.gateway.health.pool_loaded
+        assert running.gateway.readiness.pool_loaded
         assert gc.get_threshold() == thresholds
         assert gc.get_freeze_count() == frozen

@@ -87,8 +87,8 @@ async def test_models_lists_show_the_upstream_names_a_pattern_serves(
         async with await Store.open(settings.database.async_url) as store:
             async with store.engine.begin() as conn:  # behind the revision's back: not seen
                 await conn.execute(sa.update(provider_models).values(names='["gpt-4.1-sneaky"]'))
-            seen = gateway.health.last_refresh
-            await eventually(lambda: gateway.health.last_refresh != seen)
+            seen = gateway.readiness.last_refresh
+            await eventually(lambda: gateway.readiness.last_refresh != seen)
             assert "gpt-4.1-sneaky" not in provider.listed
             await store.save_model_names("openai", ["gpt-4.1-next"])  # a new revision: seen
         await eventually(lambda: provider.listed == ["gpt-4o-mini", "gpt-4.1-next"])

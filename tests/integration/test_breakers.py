@@ -33,7 +33,7 @@ def state_of(guard: Guard) -> BreakerState:
 
 def open_it(guard: Guard, now: float) -> None:
     assert guard.admit(now) is None
-    assert guard.egress_closed("direct", now) is None
+    assert guard.egress_blocked("direct", now) is None
     guard.judge("direct", 1, DOWN, now)
     assert state_of(guard) is BreakerState.OPEN
 

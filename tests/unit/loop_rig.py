@@ -206,7 +206,7 @@ def trials_held(rig: Rig) -> int:
     guard, now = rig.provider.guard, rig.clock()
     if guard.admit(now) is not None:
         return 1
-    if guard.egress_closed(DIRECT, now) is not None:
+    if guard.egress_blocked(DIRECT, now) is not None:
         guard.forget(None, now)
         return 1
     guard.forget(DIRECT, now)
@@ -222,11 +222,11 @@ def half_open(rig: Rig, egress: str = DIRECT) -> None:
     pass: the next admission of each takes its one trial slot."""
     guard, now = rig.provider.guard, rig.clock()
     assert guard.admit(now) is None
-    assert guard.egress_closed(egress, now) is None
+    assert guard.egress_blocked(egress, now) is None
     guard.judge(egress, 0, EGRESS_DOWN, now)
     assert guard.admit(now) is None
     guard.forget(None, now)
-    assert guard.egress_closed(egress, now) is not None  # open
+    assert guard.egress_blocked(egress, now) is not None  # open
     guard.judge(egress, 0, PROVIDER_DOWN, now)  # the provider: open too
     assert guard.state is BreakerState.OPEN
     rig.clock.advance(60.0)

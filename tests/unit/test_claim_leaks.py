@@ -81,7 +81,7 @@ class Ledger:
 
     def watch(self, rig: Rig, monkeypatch: pytest.MonkeyPatch) -> None:
         guard, pool = rig.provider.guard, rig.provider.pool
-        admit, egress_closed = guard.admit, guard.egress_closed
+        admit, egress_blocked = guard.admit, guard.egress_blocked
         judge, forget = guard.judge, guard.forget
         acquire, release = pool.acquire, pool.release
 
@@ -91,7 +91,7 @@ class Ledger:
             return closed
 
         def egress_admitted(egress: str, now: float) -> Any:
-            closed = egress_closed(egress, now)
+            closed = egress_blocked(egress, now)
             self.egress += closed is None
             return closed
 
@@ -115,7 +115,7 @@ class Ledger:
             return release(*args)
 
         monkeypatch.setattr(guard, "admit", admitted)
-        monkeypatch.setattr(guard, "egress_closed", egress_admitted)
+        monkeypatch.setattr(guard, "egress_blocked", egress_admitted)
         monkeypatch.setattr(guard, "judge", judged)
         monkeypatch.setattr(guard, "forget", forgotten)
         monkeypatch.setattr(pool, "acquire", leased)
@@ -192,7 +192,7 @@ def _plain(length: int, *parts: bytes | BaseException) -> ScriptedResponse:
 STEPS: dict[str, tuple[ScriptedResponse, Install]] = {
     # the key taken, then the guard told which egress it leaves through
     "lease taken": (WHOLE, _on(None, "note")),
-    "guard noted": (WHOLE, _on(None, "egress_closed")),
+    "guard noted": (WHOLE, _on(None, "egress_blocked")),
     "key limiter": (WHOLE, _on_limiter),
     "request built": (WHOLE, _on(logs, "bind_attempt")),
     "upstream send": (WHOLE, _in_upstream(lambda error: error)),

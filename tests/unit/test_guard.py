@@ -16,7 +16,7 @@ from llmgateway.config.settings import (
     OutlierDetection,
     Selection,
 )
-from llmgateway.core.guard import Closed, Excluded, Guard, egress_label
+from llmgateway.core.guard import Blocked, Excluded, Guard, egress_label
 from llmgateway.core.outcomes import ALL_MODELS, Blame, ErrorReason, KeyStatus, Outcome
 from llmgateway.core.pool import KeyPool
 from llmgateway.core.pool_keys import KeyEntry, Unavailable
@@ -58,7 +58,7 @@ def state_of(guard: Guard) -> BreakerState:
 def call(guard: Guard, egress: str, key_id: int, outcome: Outcome, now: float) -> Outcome:
     """One admitted call through `egress`, as the attempt loop makes it."""
     assert guard.admit(now) is None
-    assert guard.egress_closed(egress, now) is None
+    assert guard.egress_blocked(egress, now) is None
     return guard.judge(egress, key_id, outcome, now)
 
 
@@ -66,7 +66,7 @@ def test_a_provider_wide_outage_blames_at_most_the_first_key() -> None:
     guard = make(breaker(enabled=False))
     learnt = [call(guard, "direct", key, DOWN, T0) for key in range(10)]
     assert learnt[0].blame is Blame.PROVIDER
-    assert all(o.blame is Blame.CLIENT for o in learnt[1:])
+    assert all(o.blame is Blame.NOBODY for o in learnt[1:])
     assert all(o.reason is ErrorReason.SERVICE_UNAVAILABLE for o in learnt)
 
 
@@ -86,12 +86,12 @@ def test_breaker_opens_fails_fast_then_half_open_trial_closes_it() -> None:
         call(guard, "direct", key, DOWN, T0)
     assert state_of(guard) is BreakerState.OPEN
     closed = guard.admit(T0 + 1)
-    assert closed == Closed("circuit_open", 9.0)
+    assert closed == Blocked("circuit_open", 9.0)
     assert guard.admit(T0 + 9.9) is not None
     assert guard.admit(T0 + 10) is None  # the one trial call
     assert state_of(guard) is BreakerState.HALF_OPEN
     assert guard.admit(T0 + 10) is not None  # trial_calls = 1
-    assert guard.judge("direct", 5, DOWN, T0 + 10).blame is Blame.CLIENT  # not the key's
+    assert guard.judge("direct", 5, DOWN, T0 + 10).blame is Blame.NOBODY  # not the key's
     assert state_of(guard) is BreakerState.OPEN
     assert guard.admit(T0 + 29) is not None  # 20 s now (10 × 2)
     assert guard.admit(T0 + 30) is None
@@ -125,16 +125,16 @@ def test_a_dead_proxy_opens_its_egress_breaker_only() -> None:
         guard.note(key, PROXY_A)
         assert call(guard, PROXY_A, key, REFUSED, T0).blame is Blame.EGRESS
     assert state_of(guard) is BreakerState.CLOSED  # the provider is fine
-    assert guard.egress_closed(PROXY_A, T0 + 1) == Closed("egress_open", 9.0)
+    assert guard.egress_blocked(PROXY_A, T0 + 1) == Blocked("egress_open", 9.0)
     assert guard.skips(0, T0 + 1)
     assert guard.skips(2, T0 + 1)
-    assert guard.egress_closed(PROXY_B, T0 + 1) is None
+    assert guard.egress_blocked(PROXY_B, T0 + 1) is None
     guard.judge(PROXY_B, 9, OK, T0 + 1)
     guard.note(9, PROXY_B)
     assert not guard.skips(9, T0 + 1)
     # after the backoff a trial goes through the proxy; its success closes the breaker
     assert not guard.skips(0, T0 + 10)
-    assert guard.egress_closed(PROXY_A, T0 + 10) is None
+    assert guard.egress_blocked(PROXY_A, T0 + 10) is None
     guard.judge(PROXY_A, 0, OK, T0 + 10)
     assert guard.egress_states()[PROXY_A] is BreakerState.CLOSED
     assert not guard.skips(0, T0 + 10)
@@ -144,17 +144,17 @@ def test_egress_wide_429s_cool_the_egress_not_the_keys() -> None:
     guard = make()
     first = call(guard, PROXY_A, 1, LIMITED, T0)
     assert first.blame is Blame.KEY  # one key's 429 is that key's, as far as we know
-    assert call(guard, PROXY_A, 2, LIMITED, T0 + 0.1).blame is Blame.CLIENT  # suspect already
-    assert call(guard, PROXY_A, 3, LIMITED, T0 + 0.2).blame is Blame.CLIENT  # egress-wide
+    assert call(guard, PROXY_A, 2, LIMITED, T0 + 0.1).blame is Blame.NOBODY  # suspect already
+    assert call(guard, PROXY_A, 3, LIMITED, T0 + 0.2).blame is Blame.NOBODY  # egress-wide
     for key in (1, 2, 3):
         guard.note(key, PROXY_A)
         assert guard.skips(key, T0 + 1)
-    closed = guard.egress_closed(PROXY_A, T0 + 1)
+    closed = guard.egress_blocked(PROXY_A, T0 + 1)
     assert closed is not None
     assert closed.reason == "egress_rate_limited"
     assert closed.retry_after == pytest.approx(19.2)
-    assert guard.egress_closed(PROXY_B, T0 + 1) is None
-    assert guard.egress_closed(PROXY_A, T0 + 20.2) is None  # cooled down
+    assert guard.egress_blocked(PROXY_B, T0 + 1) is None
+    assert guard.egress_blocked(PROXY_A, T0 + 20.2) is None  # cooled down
 
 
 def test_scattered_429s_among_successes_stay_the_keys() -> None:
@@ -165,14 +165,14 @@ def test_scattered_429s_among_successes_stay_the_keys() -> None:
         call(guard, "direct", 200 + step, OK, now)
         call(guard, "direct", 300 + step, OK, now)
         assert call(guard, "direct", step % 5, LIMITED, now).blame is Blame.KEY
-    assert guard.egress_closed("direct", T0 + 3) is None
+    assert guard.egress_blocked("direct", T0 + 3) is None
 
 
 def test_egress_limit_can_be_turned_off() -> None:
     guard = make(limit=EgressRateLimit(enabled=False))
     learnt = [call(guard, "direct", key, LIMITED, T0) for key in range(10)]
     assert all(o.blame is Blame.KEY for o in learnt)
-    assert guard.egress_closed("direct", T0) is None
+    assert guard.egress_blocked("direct", T0) is None
 
 
 def test_excluded_holds_tried_skipped_and_keys_behind_closed_egresses() -> None:
@@ -231,7 +231,7 @@ def test_an_outage_in_any_order_ejects_and_marks_no_key(
             continue
         lease = pool.acquire("m", now, exclude=[k for k in range(10) if k != key_id])
         assert not isinstance(lease, Unavailable)
-        assert guard.egress_closed(lease.egress, now) is None
+        assert guard.egress_blocked(lease.egress, now) is None
         learnt = guard.judge(lease.egress, lease.key_id, DOWN, now)
         assert pool.release(lease, learnt, now) is None
     assert pool.ejected_count(now) == 0

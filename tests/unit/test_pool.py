@@ -391,7 +391,7 @@ def test_per_model_429_does_not_block_other_models() -> None:
     assert change is not None
     assert change.model == "a"
     assert pool.acquire("a", T0 + 1) == Unavailable("rate_limited", 29)
-    assert lease(pool, "b", T0 + 1).model == "b"
+    assert lease(pool, "b", T0 + 1).scope == "b"
 
 
 def test_shared_429_blocks_every_model() -> None:

@@ -127,7 +127,7 @@ class PoolMachine(RuleBasedStateMachine):
             assert not panic, (got, panic)
             assert got.retry_after is None or got.retry_after > 0
             return
-        assert got.model == scope
+        assert got.scope == scope
         assert got.key_id in (normal or panic), (got.key_id, normal, panic)
         self.leases.append(got)
 
@@ -151,7 +151,7 @@ class PoolMachine(RuleBasedStateMachine):
         if m is None:
             assert change is None
             return
-        self.learn(m, lease.model, kind, outcome, change)
+        self.learn(m, lease.scope, kind, outcome, change)
 
     @precondition(lambda self: self.keys)
     @rule(data=st.data(), times=st.integers(1, 3))

@@ -13,6 +13,7 @@ from llmgateway.core.resilience import (
     CircuitBreaker,
     EgressLimiter,
     RetryBudget,
+    Verdict,
     full_jitter_backoff,
 )
 
@@ -143,7 +144,7 @@ def test_consecutive_provider_failures_open_it() -> None:
     breaker.record(OK, T0)  # a success resets the run
     breaker.record(FAIL, T0)
     breaker.record(KEY, T0)  # key faults are neutral: neither count nor reset
-    breaker.record(True, T0)
+    breaker.record(Verdict.FAILURE, T0)
     assert state_of(breaker) is BreakerState.CLOSED
     breaker.record(EGRESS, T0)
     assert state_of(breaker) is BreakerState.OPEN
@@ -166,6 +167,24 @@ def test_open_until_backoff_plus_jitter_then_half_open_trials() -> None:
     breaker.record(OK, reopen)
     assert state_of(breaker) is BreakerState.CLOSED
     assert breaker.allow(reopen)
+
+
+def test_verdicts_a_caller_reached_count_like_the_outcomes_they_stand_for() -> None:
+    breaker = CircuitBreaker(breaker_settings(), random.Random(9))
+    for verdict in (Verdict.FAILURE, Verdict.FAILURE, Verdict.SUCCESS, Verdict.FAILURE):
+        breaker.record(verdict, T0)  # the success reset the run: one failure counted
+    breaker.record(Verdict.NEUTRAL, T0)
+    breaker.record(Verdict.FAILURE, T0)
+    assert state_of(breaker) is BreakerState.CLOSED
+    breaker.record(Verdict.FAILURE, T0)
+    assert state_of(breaker) is BreakerState.OPEN
+    reopen = T0 + breaker.retry_after(T0)
+    assert [breaker.allow(reopen) for _ in range(4)] == [True, True, True, False]
+    breaker.record(Verdict.NEUTRAL, reopen)  # frees its trial slot, decides nothing
+    assert state_of(breaker) is BreakerState.HALF_OPEN
+    assert breaker.allow(reopen)
+    breaker.record(Verdict.SUCCESS, reopen)
+    assert state_of(breaker) is BreakerState.CLOSED
 
 
 def test_half_open_failure_reopens_longer_up_to_the_cap() -> None:

@@ -18,8 +18,8 @@ from llmgateway.observe.metrics_http import metrics_endpoint, metrics_served, re
 
 
 @dataclass(slots=True)
-class Health:
-    """What `/readyz` reports."""
+class Readiness:
+    """What `/readyz` reports: is the pool loaded, did the store answer the last refresh."""
 
     pool_loaded: bool = False
     store_ok: bool = False
@@ -29,30 +29,30 @@ class Health:
 
 
 def admin_routes(
-    health: Health,
+    readiness: Readiness,
     providers: Mapping[str, Provider],
     clock: Callable[[], float],
     settings: Settings,
     metrics: Metrics,
 ) -> list[Route]:
-    """`/healthz`, `/readyz` (from `health` and `providers`, kept current by the Conductor),
+    """`/healthz`, `/readyz` (from `readiness` and `providers`, kept current by the Conductor),
     and `/metrics` unless the metrics settings turn it off."""
 
     async def healthz(request: Request) -> Response:
         return JSONResponse({"status": "ok"})
 
     async def readyz(request: Request) -> Response:
-        ready = health.pool_loaded and health.store_ok
+        ready = readiness.pool_loaded and readiness.store_ok
         status = 200 if ready else 503
         if not request_authorized(request.headers.get("authorization"), settings.metrics):
             # the details (providers, key counts, revision) only with the metrics token
-            return JSONResponse({"ready": ready, "problem": health.problem or None}, status)
+            return JSONResponse({"ready": ready, "problem": readiness.problem or None}, status)
         body: dict[str, object] = {
             "ready": ready,
-            "pool_loaded": health.pool_loaded,
-            "store_reachable": health.store_ok,
-            "revision": health.revision,
-            "problem": health.problem or None,
+            "pool_loaded": readiness.pool_loaded,
+            "store_reachable": readiness.store_ok,
+            "revision": readiness.revision,
+            "problem": readiness.problem or None,
         }
         body["warnings"], body["providers"] = provider_report(providers, clock())
         return JSONResponse(body, status_code=status)

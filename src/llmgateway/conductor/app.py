@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from starlette.applications import Starlette
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from llmgateway.conductor.admin import Health, admin_routes
+from llmgateway.conductor.admin import Readiness, admin_routes
 from llmgateway.conductor.admission import BodyBudget, BodyLimits
 from llmgateway.conductor.attempts import AttemptLoop
 from llmgateway.conductor.breaker_board import BreakerBoard
@@ -59,7 +59,7 @@ class Conductor:
     clock: Callable[[], float] = time.time
     upstream: HttpUpstream = field(default_factory=HttpUpstream)
     providers: dict[str, Provider] = field(default_factory=dict)
-    health: Health = field(default_factory=Health)
+    readiness: Readiness = field(default_factory=Readiness)
     writer: StatusWriter | None = None
     _proxies: dict[int, ProxyRow] = field(default_factory=dict)
     _healthy_proxies: dict[str, list[str]] = field(default_factory=dict)
@@ -158,21 +158,23 @@ class Conductor:
         if self._store_file_lost():
             return  # keep serving from the snapshot; reading the wrong file would undo it
         try:
-            if self.health.revision == 0:
+            if self.readiness.revision == 0:
                 revision = await self._load_everything()
             else:
                 revision = await self._load_delta()
             await self._load_model_lists()
         except Exception as error:  # keep serving from the snapshot we have
-            self.health.store_ok = False
-            self.health.problem = f"store unreachable at the last refresh: {type(error).__name__}"
+            self.readiness.store_ok = False
+            self.readiness.problem = (
+                f"store unreachable at the last refresh: {type(error).__name__}"
+            )
             log.warning("pool refresh failed: %s", type(error).__name__)
             return
-        self.health.revision = revision
-        self.health.store_ok = True
-        self.health.pool_loaded = True
-        self.health.last_refresh = self.clock()
-        self.health.problem = ""
+        self.readiness.revision = revision
+        self.readiness.store_ok = True
+        self.readiness.pool_loaded = True
+        self.readiness.last_refresh = self.clock()
+        self.readiness.problem = ""
         guards = {name: provider.guard for name, provider in self.providers.items()}
         await self.board.exchange(self.store, guards, self.clock())
 
@@ -207,8 +209,8 @@ class Conductor:
                 log.warning("store: %s", problem)
         if problem is None:
             return False
-        self.health.store_ok = False
-        self.health.problem = problem
+        self.readiness.store_ok = False
+        self.readiness.problem = problem
         return True
 
     async def _load_delta(self) -> int:
@@ -216,8 +218,8 @@ class Conductor:
         status writes come back here: 100,000 of them must not sit in memory at once);
         returns the revision it is current as of."""
         assert self.store is not None
-        pages = self.store.snapshot_pages(since_revision=self.health.revision)
-        revision, reload = self.health.revision, False
+        pages = self.store.snapshot_pages(since_revision=self.readiness.revision)
+        revision, reload = self.readiness.revision, False
         async with contextlib.aclosing(pages):
             async for page in pages:
                 if page.proxies and self._note_proxies(page.proxies):
@@ -347,7 +349,9 @@ def create_app(
             await store.close()
             metrics.process_exited()
 
-    routes = admin_routes(conductor.health, conductor.providers, conductor.clock, settings, metrics)
+    routes = admin_routes(
+        conductor.readiness, conductor.providers, conductor.clock, settings, metrics
+    )
     admin = Starlette(routes=routes, lifespan=lifespan)
     admin.state.conductor = conductor
     return _Router(admin)

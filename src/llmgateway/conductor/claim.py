@@ -30,7 +30,7 @@ from typing import Protocol
 
 from llmgateway.conductor.call import Call
 from llmgateway.conductor.status_writer import StatusWriter
-from llmgateway.core.guard import Closed, Excluded
+from llmgateway.core.guard import Blocked, Excluded
 from llmgateway.core.outcomes import Blame, ErrorReason, KeyStatus, Outcome
 from llmgateway.core.pool_keys import Lease, Unavailable
 from llmgateway.observe import debug, logs
@@ -38,7 +38,7 @@ from llmgateway.observe.metrics import Metrics
 from llmgateway.transport.upstream import UpstreamResponse
 
 # A lease given up because the client went away or the gateway cancelled: nobody is to blame.
-CANCELLED = Outcome(reason=ErrorReason.UNKNOWN, blame=Blame.CLIENT)
+CANCELLED = Outcome(reason=ErrorReason.UNKNOWN, blame=Blame.NOBODY)
 
 
 class Reporting(Protocol):
@@ -90,7 +90,7 @@ class Claim:
 
     # -- an attempt -------------------------------------------------------------------------------
 
-    def take(self, excluded: Excluded) -> Lease | Unavailable | Closed:
+    def take(self, excluded: Excluded) -> Lease | Unavailable | Blocked:
         """A key whose provider and egress are open, leased and admitted; or why there is
         none (then nothing is held)."""
         provider = self.call.provider
@@ -100,7 +100,7 @@ class Claim:
         if closed is not None:
             return closed
         self._admitted = True
-        blocked: Closed | None = None
+        blocked: Blocked | None = None
         while True:
             got = pool.acquire(self.call.model, now, excluded)
             if isinstance(got, Unavailable):
@@ -110,9 +110,9 @@ class Claim:
             self.lease = got
             guard.note(got.key_id, got.egress)
             if got.egress in excluded.egresses:
-                shut: Closed | None = Closed("egress_open", 1.0)
+                shut: Blocked | None = Blocked("egress_open", 1.0)
             else:
-                shut = guard.egress_closed(got.egress, now)
+                shut = guard.egress_blocked(got.egress, now)
             if shut is None:
                 self._egress = got.egress
                 return got

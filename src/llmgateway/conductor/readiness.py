@@ -7,11 +7,9 @@ from collections.abc import Mapping
 from typing import Any
 
 from llmgateway.conductor.call import Provider
+from llmgateway.core.key_states import USABLE
 from llmgateway.core.resilience import BreakerState
 from llmgateway.observe.metrics import model_label
-
-USABLE = frozenset({"healthy", "untested"})
-"""Pool states that may serve a request now."""
 
 
 def provider_report(

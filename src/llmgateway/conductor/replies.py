@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 from llmgateway import providers
 from llmgateway.conductor.call import Call
-from llmgateway.core.guard import Closed
+from llmgateway.core.guard import Blocked
 from llmgateway.core.outcomes import Blame, ErrorReason, Outcome
 from llmgateway.core.pool_keys import Unavailable
 from llmgateway.limits import Refusal
@@ -70,7 +70,7 @@ def failed_attempt(
 
 def no_key(
     call: Call,
-    why: Unavailable | Closed,
+    why: Unavailable | Blocked,
     last: GatewayReply | None,
     limited: Refusal | None,
     attempts: int,
@@ -78,9 +78,9 @@ def no_key(
     """The reply of a request the pool or the guard has no (further) key for: an open breaker
     fails fast; otherwise the last failed attempt's reply stands, unless a key could serve once
     its per-key limit allows (`limited`, the soonest such refusal)."""
-    if isinstance(why, Closed):
+    if isinstance(why, Blocked):
         if why.reason == "circuit_open" or last is None:
-            return _closed(call, why, attempts)
+            return _blocked(call, why, attempts)
         return last
     if limited is not None:  # a key could serve, but not before then
         return _limited(call, limited, attempts)
@@ -101,7 +101,7 @@ def _passed(
     return GatewayReply(status, headers, call.provider.secrets.scrub(body), attempts, reason)
 
 
-def _closed(call: Call, why: Closed, attempts: int) -> GatewayReply:
+def _blocked(call: Call, why: Blocked, attempts: int) -> GatewayReply:
     """Fail fast: the provider's breaker is open, or every way out is closed."""
     if why.reason == "egress_rate_limited":
         message = "This provider rate-limits the gateway's address; retry after the indicated time."

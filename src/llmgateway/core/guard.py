@@ -2,7 +2,7 @@
 
 The attempt loop asks it whether a call may go out to this provider now (`admit`), which egress
 a key leaves through and whether that egress is open (`note`, `egress_of`, `skips`,
-`egress_closed`), and what the key pool should learn from an outcome (`judge`, `judge_end`;
+`egress_blocked`), and what the key pool should learn from an outcome (`judge`, `judge_end`;
 `forget` ends an admission that had no outcome). Judging is where healthy keys are
 protected: a failure that looks
 provider-wide (the breaker is not closed, or another key failed the same way since the
@@ -30,11 +30,10 @@ from llmgateway.core.resilience import (
     BreakerState,
     CircuitBreaker,
     EgressLimiter,
+    Verdict,
 )
 
 log = logging.getLogger("llmgateway.guard")
-
-_NOTHING = Outcome(reason=ErrorReason.UNKNOWN, blame=Blame.CLIENT)  # tells a breaker nothing
 
 
 class EgressLimitConfig(Protocol):
@@ -54,7 +53,7 @@ class EgressLimitConfig(Protocol):
 
 
 @dataclass(frozen=True, slots=True)
-class Closed:
+class Blocked:
     """Why a call may not go out now, and when to try again (seconds)."""
 
     reason: Literal["circuit_open", "egress_open", "egress_rate_limited"]
@@ -98,14 +97,14 @@ class Guard:
         """The provider breaker's state (the `llmgateway_circuit_breaker_state` value)."""
         return self._breaker.state
 
-    def admit(self, now: float) -> Closed | None:
+    def admit(self, now: float) -> Blocked | None:
         """None when a call may go to the provider now; pair it with `judge()` or `forget()`."""
         before = self._breaker.state
         allowed = self._breaker.allow(now)
         self._transition(before, now)
         if allowed:
             return None
-        return Closed("circuit_open", max(1.0, self._breaker.retry_after(now)))
+        return Blocked("circuit_open", max(1.0, self._breaker.retry_after(now)))
 
     def watch(self, watcher: Callable[[BreakerState], None]) -> None:
         """Call `watcher` with the provider breaker's state now and on every change (metrics)."""
@@ -143,18 +142,18 @@ class Guard:
         closed = self._closed_until
         return bool(closed) and closed.get(self._egress_of.get(key_id, DIRECT), 0.0) > now
 
-    def egress_closed(self, egress: str, now: float) -> Closed | None:
+    def egress_blocked(self, egress: str, now: float) -> Blocked | None:
         """None when a call may leave through `egress` now; pair it with `judge()`/`forget()`."""
         limited = self._limiter.blocked_until(egress, now) if self._limit.enabled else None
         if limited is not None:
-            return Closed("egress_rate_limited", max(1.0, limited - now))
+            return Blocked("egress_rate_limited", max(1.0, limited - now))
         breaker = self._egress_breaker(egress)
         before = breaker.state
         allowed = breaker.allow(now)
         self._egress_transition(egress, breaker, before, now)
         if allowed:
             return None
-        return Closed("egress_open", max(1.0, breaker.retry_after(now)))
+        return Blocked("egress_open", max(1.0, breaker.retry_after(now)))
 
     def egress_states(self) -> dict[str, BreakerState]:
         """The state of every egress breaker seen so far, by egress id (may hold a password)."""
@@ -172,23 +171,23 @@ class Guard:
         if outcome.ok:
             self._streak.clear()
             self._cut.discard(egress)
-            self._breaker.record(False, now)
-            breaker.record(False, now)
+            self._breaker.record(Verdict.SUCCESS, now)
+            breaker.record(Verdict.SUCCESS, now)
             self._limited(egress, key_id, False, now)
         elif outcome.blame is Blame.PROVIDER:
             wide = provider_before is not BreakerState.CLOSED or bool(self._streak - {key_id})
             if len(self._streak) < 2:
                 self._streak.add(key_id)
-            self._breaker.record(True, now)
-            breaker.record(_NOTHING, now)
+            self._breaker.record(Verdict.FAILURE, now)
+            breaker.record(Verdict.NEUTRAL, now)
             if wide or self._breaker.state is not BreakerState.CLOSED:
                 learnt = _spared(outcome)
         elif outcome.blame is Blame.EGRESS:
-            self._breaker.record(_NOTHING, now)
-            breaker.record(True, now)
+            self._breaker.record(Verdict.NEUTRAL, now)
+            breaker.record(Verdict.FAILURE, now)
         else:  # the key's fault or the client's: the far side answered, so the egress works
-            self._breaker.record(_NOTHING, now)
-            breaker.record(False, now)
+            self._breaker.record(Verdict.NEUTRAL, now)
+            breaker.record(Verdict.SUCCESS, now)
             is_429 = outcome.reason is ErrorReason.RATE_LIMITED
             if self._limited(egress, key_id, is_429, now) and is_429:
                 learnt = _spared(outcome)
@@ -216,9 +215,9 @@ class Guard:
 
     def forget(self, egress: str | None, now: float) -> None:
         """An admitted call ended without an outcome (cancelled, or no key was found)."""
-        self._breaker.record(_NOTHING, now)
+        self._breaker.record(Verdict.NEUTRAL, now)
         if egress is not None:
-            self._egress_breaker(egress).record(_NOTHING, now)
+            self._egress_breaker(egress).record(Verdict.NEUTRAL, now)
 
     # -- internals --------------------------------------------------------------------------------
 
@@ -303,8 +302,8 @@ class Guard:
 
 
 def _spared(outcome: Outcome) -> Outcome:
-    """The same outcome, blamed on nobody the key pool would penalise."""
-    return replace(outcome, blame=Blame.CLIENT)
+    """The same outcome, blamed on nobody: the key pool learns nothing from it."""
+    return replace(outcome, blame=Blame.NOBODY)
 
 
 def egress_label(egress: str) -> str:

@@ -78,7 +78,8 @@ class Blame(enum.StrEnum):
     """Whose fault an outcome is; it decides which state changes."""
 
     NONE = "none"  # success
-    CLIENT = "client"  # pass through, nobody penalised
+    CLIENT = "client"  # the client's request: passed through, no key or breaker penalised
+    NOBODY = "nobody"  # a failure no key is to blame for: cancelled, or judged provider-wide
     KEY = "key"  # the key is bad, limited or out of quota
     PROVIDER = "provider"  # 5xx / timeouts: statistically the key, surely the provider
     EGRESS = "egress"  # our side of the wire: never the key

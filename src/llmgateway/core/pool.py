@@ -218,12 +218,12 @@ class KeyPool:
             return None
         self._expire(now)
         if outcome.ok:
-            return self._succeeded(key, lease.model, outcome, now)
+            return self._succeeded(key, lease.scope, outcome, now)
         if outcome.blame is Blame.KEY and outcome.reason in _KEY_FAULTS:
-            return self._key_fault(key, lease.model, outcome, now)
+            return self._key_fault(key, lease.scope, outcome, now)
         if outcome.blame in (Blame.KEY, Blame.PROVIDER):
-            return self._provider_fault(key, lease.model, outcome, now)
-        return None  # CLIENT and EGRESS: never the key's doing
+            return self._provider_fault(key, lease.scope, outcome, now)
+        return None  # CLIENT, NOBODY and EGRESS: never the key's doing
 
     def _succeeded(self, key: Key, name: str, outcome: Outcome, now: float) -> StatusChange | None:
         key.failures = 0

@@ -78,7 +78,7 @@ class Lease:
     key_id: int
     secret: str = field(repr=False)
     egress: str
-    model: str  # the status scope: the request's model, or ALL_MODELS when shared
+    scope: str  # the status scope: the request's model, or ALL_MODELS when shared
 
 
 @dataclass(frozen=True, slots=True)

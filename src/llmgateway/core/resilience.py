@@ -132,12 +132,21 @@ class BreakerState(enum.IntEnum):
     OPEN = 2
 
 
+class Verdict(enum.Enum):
+    """What one call tells a breaker, when the caller has judged it already."""
+
+    SUCCESS = "success"  # the far side works: resets the run of failures, closes half-open
+    FAILURE = "failure"  # a failure of the far side: counts, re-opens half-open
+    NEUTRAL = "neutral"  # says nothing of the far side: only frees a half-open trial slot
+
+
 class CircuitBreaker:
     """A breaker for one provider or one egress: stops calls while the far side is down.
 
-    CLOSED counts provider-side failures (PROVIDER and EGRESS blame) in a row; KEY and CLIENT
-    outcomes are neutral (they neither count nor reset). `failure_threshold` in a row opens it
-    for `backoff.base_duration_sec` plus a uniform jitter up to `jitter_sec`. Once that ends,
+    CLOSED counts provider-side failures (PROVIDER and EGRESS blame) in a row; KEY, CLIENT and
+    NOBODY outcomes are neutral (they neither count nor reset). `failure_threshold` in a row
+    opens it for `backoff.base_duration_sec` plus a uniform jitter up to `jitter_sec`. Once that
+    ends,
     HALF_OPEN admits up to `trial_calls` calls at once: the first success closes it, a failure
     re-opens it for the previous duration × `backoff.factor` (capped at `max_duration_sec`).
     In `manual_reset` mode an open breaker stays open until `reset()`. Disabled: always allows.
@@ -186,8 +195,8 @@ class CircuitBreaker:
         self._trials += 1
         return True
 
-    def record(self, outcome: Outcome | bool, now: float) -> None:
-        """Learn from a call: an Outcome, or a bool (True = provider-side failure)."""
+    def record(self, outcome: Outcome | Verdict, now: float) -> None:
+        """Learn from a call: its Outcome, or the Verdict the caller reached about it."""
         if not self._settings.enabled:
             return
         failed = _provider_side(outcome)
@@ -232,10 +241,10 @@ class CircuitBreaker:
         return max(0.0, self._open_until - now)
 
 
-def _provider_side(outcome: Outcome | bool) -> bool | None:
+def _provider_side(outcome: Outcome | Verdict) -> bool | None:
     """True: a provider-side failure; False: a success; None: says nothing about the provider."""
-    if isinstance(outcome, bool):
-        return outcome
+    if isinstance(outcome, Verdict):
+        return None if outcome is Verdict.NEUTRAL else outcome is Verdict.FAILURE
     if outcome.ok:
         return False
     if outcome.blame in (Blame.PROVIDER, Blame.EGRESS):

@@ -102,7 +102,7 @@ class KeyLimiter:
     async def acquire(self, lease: Lease) -> Refusal | None:
         """None: the key may serve this request (pair it with `release`); else why not."""
         now = self.clock()
-        slot = (lease.key_id, lease.model)
+        slot = (lease.key_id, lease.scope)
         until = self._rate_until.get(slot)
         if until is not None:
             if now < until:  # its window cannot have freed yet: no need to ask the backend
@@ -114,7 +114,7 @@ class KeyLimiter:
             return None
         try:
             refusal = await backend.take(
-                (self.provider, lease.key_id, lease.model), lease.lease_id, self.limits, now
+                (self.provider, lease.key_id, lease.scope), lease.lease_id, self.limits, now
             )
         except Unreachable as error:
             backend.outage.failed(backend.name, error)
