@@ -72,6 +72,16 @@ def loop_settings(gateway: dict[str, Any] | None = None, **policy: Any) -> Setti
     return Settings.model_validate({"gateway": gateway or {}, "providers": {"openai": provider}})
 
 
+NOTHING_HELD = {  # what `Rig.leaks()` is once no request is in flight
+    "leased": 0,
+    "budget_active": 0,
+    "budget_retries": 0,
+    "limiter": 0,
+    "responses_open": 0,
+    "trials_held": 0,
+}
+
+
 @dataclass(slots=True)
 class Exchange:
     """What the client got: the ASGI messages the edge sent, read back."""

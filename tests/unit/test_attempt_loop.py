@@ -15,6 +15,7 @@ from tests.unit.loop_rig import (
     HALF_OPEN_BREAKER,
     JSON,
     KEYS,
+    NOTHING_HELD,
     SSE,
     half_open,
     make_rig,
@@ -30,14 +31,6 @@ from llmgateway.testing.memory_upstream import (
     reset,
 )
 
-NOTHING_HELD = {
-    "leased": 0,
-    "budget_active": 0,
-    "budget_retries": 0,
-    "limiter": 0,
-    "responses_open": 0,
-    "trials_held": 0,
-}
 PROXY_A = "http://10.0.0.1:3128"
 PROXY_B = "http://10.0.0.2:3128"
 

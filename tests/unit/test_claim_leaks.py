@@ -23,6 +23,7 @@ from tests.unit.loop_rig import (
     EVENTS,
     HALF_OPEN_BREAKER,
     JSON,
+    NOTHING_HELD,
     SSE,
     Rig,
     half_open,
@@ -35,14 +36,6 @@ from llmgateway.limits import KeyLimiter
 from llmgateway.observe import logs
 from llmgateway.testing.memory_upstream import MemoryUpstream, ScriptedResponse
 
-NOTHING_HELD = {
-    "leased": 0,
-    "budget_active": 0,
-    "budget_retries": 0,
-    "limiter": 0,
-    "responses_open": 0,
-    "trials_held": 0,
-}
 BUSY = ScriptedResponse(503, JSON, b'{"error":{"message":"overloaded"}}')
 # the key's fault: the half-open breakers let the request retry on another key
 LIMITED = ScriptedResponse(
