@@ -17,10 +17,12 @@ from pydantic_core import PydanticUndefined
 from llmgateway.config.schema import choose_member, is_model, step, unwrap
 from llmgateway.config.settings import (
     BreakerBackoff,
+    DatabaseSettings,
     GeminiProvider,
     HealthPolicy,
     LimitsBackend,
     OpenAILikeProvider,
+    Pooler,
     ProviderSettings,
     ProxyConfig,
     ProxyMode,
@@ -155,6 +157,29 @@ def _limits_rules(settings: Settings) -> Iterator[Finding]:
         )
 
 
+def _database_rules(database: DatabaseSettings) -> Iterator[Finding]:
+    sqlite = database.backend == "sqlite"
+    direct = database.direct_url
+    if direct is not None and not direct.startswith(("postgresql", "postgres:")):
+        yield (
+            "direct_url",
+            "must be a postgresql:// URL (PostgreSQL itself, for notices, locks and migrations)",
+            "e.g. direct_url: postgresql://user:pass@db-host:5432/llmgateway",
+        )
+    elif direct is not None and sqlite:
+        yield (
+            "direct_url",
+            "only applies when database.url is PostgreSQL, but database.url is SQLite",
+            "remove direct_url, or point database.url at PostgreSQL (or its pooler)",
+        )
+    if database.pooler not in (Pooler.AUTO, Pooler.NONE) and sqlite:
+        yield (
+            "pooler",
+            f"{database.pooler.value} describes a PostgreSQL pooler, but database.url is SQLite",
+            "remove pooler, or point database.url at the pooler",
+        )
+
+
 _Rule = Callable[[Any], Iterator[Finding]]
 _RULES: tuple[tuple[tuple[type[BaseModel], ...], tuple[str, ...], _Rule], ...] = (
     # (the sections a rule applies to, the settings it reads, the rule)
@@ -174,6 +199,7 @@ _RULES: tuple[tuple[tuple[type[BaseModel], ...], tuple[str, ...], _Rule], ...] =
     ((ProxyConfig,), ("mode", "static_url", "pool_list_path"), _proxy_rules),
     ((BreakerBackoff,), ("base_duration_sec", "max_duration_sec"), _backoff_rules),
     ((Settings,), ("limits", "database"), _limits_rules),
+    ((DatabaseSettings,), ("url", "direct_url", "pooler"), _database_rules),
 )
 
 

@@ -101,6 +101,15 @@ class LimitsBackend(enum.StrEnum):
     POSTGRES = "postgres"
 
 
+class Pooler(enum.StrEnum):
+    """What stands between llmgateway and PostgreSQL at `database.url`."""
+
+    AUTO = "auto"  # found from the server's answers: a pooler is taken for transaction pooling
+    NONE = "none"  # PostgreSQL itself (or a plain TCP proxy)
+    PGBOUNCER_TRANSACTION = "pgbouncer_transaction"  # or any pooler that pools transactions
+    PGBOUNCER_SESSION = "pgbouncer_session"  # a pooler that keeps one server per client
+
+
 class DatabaseSettings(_Model):
     """Where state lives. `url` wins; else host/port/user/password/dbname build a PostgreSQL
     URL when any of them is given; else the embedded SQLite default."""
@@ -114,11 +123,24 @@ class DatabaseSettings(_Model):
     password: str = Field(default="", repr=False)
     dbname: str = "llmgateway"
     pool_size: int = Field(default=5, ge=1, le=100)
+    # PostgreSQL itself, for the session features only (notices, advisory locks, migrations)
+    direct_url: Annotated[str, AfterValidator(_check_database_url)] | None = Field(
+        default=None, repr=False
+    )
+    pooler: Pooler = Pooler.AUTO
 
-    @field_validator("url", mode="before")
+    @field_validator("url", "direct_url", mode="before")
     @classmethod
     def _empty_url_is_none(cls, value: object) -> object:
         return None if value == "" else value  # so `url: ${DATABASE_URL:-}` can mean unset
+
+    @property
+    def direct_async_url(self) -> str | None:
+        """`direct_url` with its async driver, or None when not set."""
+        if self.direct_url is None:
+            return None
+        scheme, sep, rest = self.direct_url.partition("://")
+        return _ASYNC_DRIVERS.get(scheme, scheme) + sep + rest
 
     @property
     def async_url(self) -> str:
