@@ -284,7 +284,7 @@ async def keeper_listener(settings: Settings) -> AsyncIterator[str]:
     port = free_port()
     settings = settings.model_copy(update={"worker": WorkerSettings(metrics_port=port)})
     async with (
-        await Store.open(settings.database.async_url) as store,
+        await Store.configured(settings.database) as store,
         keeper_metrics(settings, Metrics.create(), store),
     ):
         await store.upgrade()

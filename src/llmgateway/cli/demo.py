@@ -145,7 +145,7 @@ async def run_demo(folder: Path, port: int, echo: Callable[[str], None]) -> None
             running(
                 app, "127.0.0.1", port, EdgeLimits.of(settings.gateway), handle_signals=False
             ) as url,
-            await Store.open(settings.database.async_url) as store,
+            await Store.configured(settings.database) as store,
         ):
             for line in instructions(url, folder, tokens):
                 echo(line)

@@ -99,7 +99,7 @@ async def _serve_both(settings: Settings, host: str, port: int) -> None:
     app = create_app(settings, prepare=False, metrics=metrics, tune_process=True)
     server = gateway_server(app, settings, host, port)
     stop = asyncio.Event()
-    async with await Store.open(settings.database.async_url, settings.database.pool_size) as store:
+    async with await Store.configured(settings.database) as store:
         run = Keeper(settings, store, metrics=metrics).run(stop)
         keeper = asyncio.create_task(run, name="keeper")
         try:

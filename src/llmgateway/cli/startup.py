@@ -45,7 +45,7 @@ def run_with_store(settings: Settings, work: Callable[[Store], Awaitable[None]])
     url = settings.database.async_url
 
     async def run() -> None:
-        async with await Store.open(url, settings.database.pool_size) as store:
+        async with await Store.configured(settings.database) as store:
             await store.upgrade()
             await work(store)
 

@@ -18,7 +18,7 @@ from typing import Self
 from sqlalchemy.engine import URL
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncTransaction
 
-from llmgateway.config.settings import ProviderSettings
+from llmgateway.config.settings import DatabaseSettings, Pooler, ProviderSettings
 from llmgateway.core.outcomes import ALL_MODELS
 from llmgateway.records import (
     KeyRow,
@@ -29,12 +29,15 @@ from llmgateway.records import (
     SyncChanges,
 )
 from llmgateway.store import breakers, connect, model_lists, notify, reconcile, status
+from llmgateway.store import pooler as pooler_mode
 from llmgateway.store.connect import DatabaseUrlError, async_url, masked_url
+from llmgateway.store.pooler import Plan
 from llmgateway.store.reconcile import UnknownProviderError
 
 __all__ = [
     "DatabaseUrlError",
     "KeyRow",
+    "Plan",
     "ProxyRow",
     "Snapshot",
     "StatusCount",
@@ -56,9 +59,11 @@ class Store:
         engine: AsyncEngine,
         clock: Callable[[], float] = time.time,
         sqlite_file: Path | None = None,
+        plan: Plan | None = None,
     ) -> None:
         self.engine = engine
         self.clock = clock
+        self.plan = plan
         self._file = None if sqlite_file is None else sqlite_file.absolute()
         self._identity = None if self._file is None else _identity(self._file)
 
@@ -70,11 +75,38 @@ class Store:
         *,
         schema: str | None = None,
         clock: Callable[[], float] = time.time,
+        pooler: Pooler = Pooler.AUTO,
+        direct_url: str | URL | None = None,
     ) -> Store:
         """A store on `url` (`sqlite:///file.db` or `postgresql://…`; the async driver is chosen
-        here). `schema` sets PostgreSQL's search path. Connections are made on first use."""
-        engine = connect.create_engine(async_url(url), pool_size, schema)
-        return cls(engine, clock, connect.sqlite_file(engine.url))
+        here). `schema` sets PostgreSQL's search path. On PostgreSQL, what serves `url` is
+        `pooler` as declared, else asked of the server on one short connection (`Plan`);
+        `direct_url` is PostgreSQL itself, for migrations and the session features. The
+        pooled connections are made on first use."""
+        parsed = async_url(url)
+        if parsed.get_backend_name() != "postgresql":
+            engine = connect.create_engine(parsed, pool_size, schema)
+            return cls(engine, clock, connect.sqlite_file(engine.url))
+        found = await pooler_mode.find_mode(parsed, pooler)
+        mode = found or pooler_mode.Mode.TRANSACTION
+        direct = None if direct_url is None else async_url(direct_url)
+        plan = Plan(parsed, mode, found is not None, pooler, direct)
+        named = mode.keeps_sessions
+        engine = connect.create_engine(parsed, pool_size, schema, named_statements=named)
+        return cls(engine, clock, None, plan)
+
+    @classmethod
+    async def configured(
+        cls, database: DatabaseSettings, *, clock: Callable[[], float] = time.time
+    ) -> Store:
+        """The store the `database` settings describe."""
+        return await cls.open(
+            database.async_url,
+            database.pool_size,
+            clock=clock,
+            pooler=database.pooler,
+            direct_url=database.direct_async_url,
+        )
 
     def file_problem(self) -> str | None:
         """Why the SQLite file this store opened is no longer at its path (deleted, or replaced
@@ -117,7 +149,8 @@ class Store:
     async def upgrade(self) -> str:
         """Apply the migrations up to head (safe to run from several processes at once);
         returns the schema revision."""
-        return await connect.upgrade(self.engine)
+        direct = None if self.plan is None else self.plan.direct
+        return await connect.upgrade(self.engine, direct)
 
     async def sync_providers(self, settings: Mapping[str, ProviderSettings]) -> int:
         """Make the providers table match the config: upsert each (active when `enabled`), and

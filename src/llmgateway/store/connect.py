@@ -9,6 +9,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+from sqlalchemy.pool import NullPool
 
 from llmgateway.observe.masking import mask
 from llmgateway.private_files import create_private_file
@@ -66,10 +67,13 @@ def masked_url(url: str | URL) -> str:
         return mask(str(url))
 
 
-def create_engine(url: URL, pool_size: int, schema: str | None) -> AsyncEngine:
+def create_engine(
+    url: URL, pool_size: int, schema: str | None, *, named_statements: bool = True
+) -> AsyncEngine:
     """An async engine for `url` (already `async_url`): SQLite in WAL mode with a busy timeout and
     foreign keys (its file created 0600 and its folders 0700 when missing), PostgreSQL with a
-    bounded pool and optional search path."""
+    bounded pool and optional search path. Without `named_statements` (through a transaction
+    pooler) every statement is unnamed and prepared anew: nothing outlives its transaction."""
     if url.get_backend_name() == "sqlite":
         if schema is not None:
             raise DatabaseUrlError("a schema can only be chosen on PostgreSQL")
@@ -81,12 +85,22 @@ def create_engine(url: URL, pool_size: int, schema: str | None) -> AsyncEngine:
         return engine
     connect_args: dict[str, Any] = {}
     if schema is not None:
+        if not named_statements:
+            raise DatabaseUrlError(
+                f"{masked_url(url)}: a schema cannot be chosen through a connection pooler "
+                "(it would be session state); give the role a default search_path instead"
+            )
         connect_args["server_settings"] = {"search_path": schema}
+    if not named_statements:
+        # asyncpg's statement cache and SQLAlchemy's both name their statements: off, so each
+        # statement is the unnamed one, parsed again with its parameters (asyncpg re-sends the
+        # Parse when its cache is off, so even a statement outside a transaction is safe)
+        connect_args |= {"statement_cache_size": 0, "prepared_statement_cache_size": 0}
     return create_async_engine(
         url,
         pool_size=pool_size,
         max_overflow=0,
-        pool_pre_ping=True,
+        pool_pre_ping=True,  # in a transaction of its own: safe through a pooler
         hide_parameters=True,  # errors and logs never carry a key
         connect_args=connect_args,
     )
@@ -111,8 +125,22 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor.close()
 
 
-async def upgrade(engine: AsyncEngine) -> str:
-    """Apply the migrations up to head in one transaction; returns the schema revision."""
+async def upgrade(engine: AsyncEngine, direct: URL | None = None) -> str:
+    """Apply the migrations up to head in one transaction; returns the schema revision. On
+    PostgreSQL a transaction-scoped advisory lock keeps two processes from migrating at once
+    (it ends with the transaction: correct through a transaction pooler too). With `direct`
+    (`database.direct_url`) they run on one connection of their own to it."""
+    if direct is not None:
+        engine = create_async_engine(
+            direct,
+            poolclass=NullPool,
+            hide_parameters=True,
+            connect_args={"statement_cache_size": 0, "prepared_statement_cache_size": 0},
+        )
+        try:
+            return await upgrade(engine)
+        finally:
+            await engine.dispose()
     async with engine.begin() as conn:
         if conn.dialect.name == "postgresql":
             await conn.execute(sa.select(sa.func.pg_advisory_xact_lock(_MIGRATION_LOCK)))
