@@ -1,8 +1,10 @@
 """The gateway's own routes beside the proxied ones: `/healthz` (alive), `/readyz` (pool loaded,
-store reachable at the last refresh; details only with the metrics token) and `/metrics`."""
+store reachable at the last refresh; details only with the metrics token, among them how the
+pool follows the store: `store_updates` is `notices` or `polling`) and `/metrics`."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
@@ -19,13 +21,23 @@ from llmgateway.observe.metrics_http import metrics_endpoint, metrics_served, re
 
 @dataclass(slots=True)
 class Readiness:
-    """What `/readyz` reports: is the pool loaded, did the store answer the last refresh."""
+    """What `/readyz` reports: is the pool loaded, did the store answer the last refresh, and
+    how the pool follows the store: `listening` is the store listener's (None: no listener),
+    `database` what serves the store's connections (`Plan.describe()`; empty on SQLite)."""
 
     pool_loaded: bool = False
     store_ok: bool = False
     last_refresh: float | None = None
     revision: int = 0
     problem: str = "starting"
+    listening: asyncio.Event | None = None
+    database: str = ""
+
+    def store_updates(self) -> str:
+        """How the pool follows the store now: `notices` (and the interval refresh behind
+        them) or `polling` (the interval refresh alone)."""
+        listening = self.listening
+        return "notices" if listening is not None and listening.is_set() else "polling"
 
 
 def admin_routes(
@@ -53,6 +65,9 @@ def admin_routes(
             "store_reachable": readiness.store_ok,
             "revision": readiness.revision,
             "problem": readiness.problem or None,
+            "store_updates": readiness.store_updates(),
+            "refresh_interval_sec": settings.gateway.refresh_interval_sec,
+            "database": readiness.database or "SQLite",
         }
         body["warnings"], body["providers"] = provider_report(providers, clock())
         return JSONResponse(body, status_code=status)

@@ -296,8 +296,11 @@ def create_app(
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        store = await Store.open(settings.database.async_url, pool_size=settings.database.pool_size)
+        store = await Store.configured(settings.database)
         conductor.store = store
+        if store.plan is not None:
+            conductor.readiness.database = store.plan.describe()
+            log.info("store: %s", conductor.readiness.database)
         writer = StatusWriter(store.apply_events)
         conductor.writer = writer
         attempt_loop = AttemptLoop(
@@ -317,7 +320,10 @@ def create_app(
         app.state.edge = edge
         tasks: list[asyncio.Task[None]] = []
         wake = asyncio.Event()
-        app.state.listener = listener = follow_store(store, wake)
+        interval = settings.gateway.refresh_interval_sec
+        app.state.listener = listener = follow_store(store, wake, interval)
+        if listener is not None:
+            conductor.readiness.listening = listener.listening
         try:
             if prepare:
                 async with exclusive_start(store.engine.url):

@@ -16,14 +16,22 @@ import asyncio
 import contextlib
 import enum
 import logging
+import secrets
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import sqlalchemy as sa
-from sqlalchemy.engine import URL, make_url
+from sqlalchemy.engine import URL
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from llmgateway.config.settings import Pooler
 from llmgateway.core.outcomes import KeyStatus
+from llmgateway.store import pooler
+from llmgateway.store.connect import masked_url
+
+if TYPE_CHECKING:
+    import asyncpg
 
 log = logging.getLogger("llmgateway.notify")
 
@@ -52,6 +60,7 @@ class Kind(enum.StrEnum):
     BREAKER = "breaker"  # a circuit breaker opened (detail: which one)
     MODELS = "models"  # the Keeper stored a provider's new upstream model names (detail: which)
     RECONNECTED = "reconnected"  # local only: the listener (re)connected, earlier ones missed
+    PING = "ping"  # a listener checking its own registration (detail: its token); ignored
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,11 +100,6 @@ async def notify(engine: AsyncEngine, kind: Kind, detail: str = "") -> None:
         await publish(conn, kind, 0, detail)
 
 
-def libpq_dsn(url: str | URL) -> str:
-    """The plain `postgresql://` DSN asyncpg takes, from a SQLAlchemy URL."""
-    return make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
-
-
 @dataclass(slots=True)
 class Listener:
     """Receives notices on one dedicated connection and hands each to `on_notice`.
@@ -103,15 +107,29 @@ class Listener:
     `run()` listens until cancelled, reconnecting after `retry_sec` when the connection fails;
     `listening` is set while it listens. `on_notice` runs in the event loop and must be quick
     (e.g. set an `asyncio.Event`).
+
+    A registration that is lost without the connection dropping (a pooler that moved the
+    session, an `UNLISTEN`) is found by echoes: after `LISTEN`, and every `keepalive_sec`, the
+    listener sends itself a `ping` notice and expects it back within `echo_timeout_sec`;
+    without it, it connects and listens again (announcing `reconnected`, so the receiver
+    catches up). A connection that goes through a transaction pooler is refused (`pooler`
+    says how to take it, see `store.pooler.connect`): `run()` then logs why and returns, and
+    the receiver's delta refresh is the only way (`unavailable` says why).
     """
 
     url: str | URL = field(repr=False)
     on_notice: Callable[[Notice], None]
+    pooler: Pooler = Pooler.AUTO
     retry_sec: float = 1.0
     keepalive_sec: float = 30.0
+    echo_timeout_sec: float = 5.0
     listening: asyncio.Event = field(default_factory=asyncio.Event)
     received: int = 0
     reconnects: int = 0
+    unavailable: str = ""
+    connection: asyncpg.Connection | None = field(default=None, repr=False)
+    _token: str = field(default_factory=lambda: secrets.token_hex(8), repr=False)
+    _echo: asyncio.Event = field(default_factory=asyncio.Event, repr=False)
 
     async def run(self) -> None:
         import asyncpg  # PostgreSQL only: a SQLite gateway never loads the driver
@@ -120,6 +138,12 @@ class Listener:
         while True:
             try:
                 await self._listen_once(first)
+            except _NoSession as error:
+                self.unavailable = str(error)
+                log.warning(
+                    "store notices off: %s; the delta refresh alone follows the store", error
+                )
+                return
             except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as error:
                 log.warning(
                     "store notices unavailable (%s); retrying in %.0f s, delta refresh continues",
@@ -131,32 +155,66 @@ class Listener:
             await asyncio.sleep(self.retry_sec)
 
     async def _listen_once(self, first: bool) -> None:
-        import asyncpg
-
-        connection = await asyncpg.connect(
-            libpq_dsn(self.url),
-            timeout=10,
+        connection, mode = await pooler.connect(
+            self.url,
+            self.pooler,
+            connect_timeout=10,
             server_settings={"application_name": "llmgateway-listener"},
         )
         lost = asyncio.Event()
+        self.connection = connection
         try:
+            if not mode.keeps_sessions:
+                raise _NoSession(
+                    f"{masked_url(self.url)} goes through a transaction pooler, where LISTEN "
+                    "does not last; set database.direct_url to PostgreSQL itself (or "
+                    "database.pooler: pgbouncer_session if that pooler keeps sessions)"
+                )
             connection.add_termination_listener(lambda _conn: lost.set())
             await connection.add_listener(CHANNEL, self._received)
+            if not await self._echoed(connection):
+                return
             self.listening.set()
             self.reconnects += not first
             # notices sent before this moment were missed: the receiver catches up now
             self.on_notice(Notice(Kind.RECONNECTED.value))
             while not lost.is_set():
-                # a silently dead link shows up here, since no notice would ever come
+                # a silently dead link or a lost registration shows up here
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(lost.wait(), timeout=self.keepalive_sec)
-                if not lost.is_set():
-                    await connection.execute("SELECT 1", timeout=10)
+                if not lost.is_set() and not await self._echoed(connection):
+                    return
             log.warning("store notice connection lost; reconnecting")
         finally:
+            self.connection = None
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(connection.close(), timeout=2)
 
+    async def _echoed(self, connection: asyncpg.Connection) -> bool:
+        """Send this listener's own ping and wait for it: False (logged) when it never came."""
+        self._echo.clear()
+        ping = Notice(Kind.PING.value, 0, self._token).payload()
+        await connection.execute("SELECT pg_notify($1, $2)", CHANNEL, ping, timeout=10)
+        try:
+            await asyncio.wait_for(self._echo.wait(), timeout=self.echo_timeout_sec)
+        except TimeoutError:
+            log.warning(
+                "store notices: the listener's own ping did not come back within %.0f s "
+                "(registration lost); listening again",
+                self.echo_timeout_sec,
+            )
+            return False
+        return True
+
     def _received(self, _conn: object, _pid: int, _channel: str, payload: str) -> None:
+        notice = Notice.parse(payload)
+        if notice.kind == Kind.PING:  # a listener's check of itself: this one's, or ignored
+            if notice.detail == self._token:
+                self._echo.set()
+            return
         self.received += 1
-        self.on_notice(Notice.parse(payload))
+        self.on_notice(notice)
+
+
+class _NoSession(Exception):
+    """The listener's connection cannot keep a LISTEN (a transaction pooler)."""
