@@ -11,8 +11,8 @@ Where the counting happens is `limits.backend` (`backend_of()`):
 - `redis` (recommended): exact across processes and machines; one round trip per acquire, one
   fire-and-forget call per release (`redis_backend.py`).
 - `postgres`: each gateway counts in memory against its share of each limit, the fleet being
-  counted through advisory locks (`fleet.py`): no round trip per request, approximate while
-  gateways join or leave.
+  counted through advisory locks, or lease rows through a transaction pooler (`fleet.py`): no
+  round trip per request, approximate while gateways join or leave.
 - `local`: counted in this process only (exact for a single gateway process).
 - `auto` (the default): redis when `limits.redis_url` is set, else postgres when the store is
   PostgreSQL, else local.
@@ -171,16 +171,19 @@ class Limits:
             backend = RedisBackend(conf, outage)
             description = f"redis at {masked_redis_url(conf.redis_url or '')}"
         elif chosen is LimitsBackend.POSTGRES:
-            from llmgateway.limits.fleet import PostgresBackend, libpq_dsn, namespace_of
+            from llmgateway.limits.fleet import PostgresBackend, namespace_of
 
             interval = settings.gateway.refresh_interval_sec
+            database = settings.database
             backend = PostgresBackend(
-                libpq_dsn(settings.database.async_url),
+                database.async_url,
                 namespace_of(conf.key_prefix),
                 interval,
                 max(conf.lease_ttl_sec, 3 * interval),
                 outage,
                 clock,
+                database.direct_async_url,
+                database.pooler,
             )
             description = "postgres (each gateway counts its share of each limit)"
         else:

@@ -151,3 +151,14 @@ provider_models = sa.Table(
 )
 """The upstream's model names as the Keeper last fetched them, one row per provider: see
 `llmgateway.store.model_lists`. `revision` is that of the last change of `names`."""
+
+limit_members = sa.Table(
+    "limit_members",
+    metadata,
+    sa.Column("namespace", sa.BigInteger, primary_key=True, autoincrement=False),
+    sa.Column("member", sa.Text, primary_key=True),
+    sa.Column("seen_until", sa.Double, nullable=False),
+)
+"""The gateways counting per-key limits in the store through a transaction pooler: one row per
+live gateway of a `limits.key_prefix` namespace, renewed every refresh until `seen_until`
+(epoch seconds of the database's clock); see `llmgateway.limits.fleet`."""
