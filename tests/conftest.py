@@ -25,7 +25,7 @@ import contextlib
 import functools
 import os
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any, Literal
 
@@ -46,6 +46,7 @@ from tests.helpers import (
     libpq_dsn,
     start_gateway,
 )
+from tests.pgbouncer import PgBouncer, Route, require_pgbouncer, start_pgbouncer
 
 DATABASES = ["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)]
 
@@ -127,10 +128,35 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 
 @pytest.hookimpl(tryfirst=True)
 def pytest_runtest_setup(item: pytest.Item) -> None:
-    """Before any fixture is set up: a test marked `postgres` or `redis` needs that server."""
+    """Before any fixture is set up: a test marked `postgres` or `redis` needs that server, and
+    one marked `pgbouncer` PostgreSQL and the pgbouncer program."""
+    pooled = item.get_closest_marker("pgbouncer") is not None
     for server in ("postgres", "redis"):
-        if item.get_closest_marker(server) is not None:
+        if item.get_closest_marker(server) is not None or (pooled and server == "postgres"):
             require_server(server)
+    if pooled:
+        require_pgbouncer()
+
+
+@pytest.fixture(scope="session")
+def pgbouncer() -> Iterator[PgBouncer]:
+    """A real PgBouncer in transaction mode in front of the test PostgreSQL, one per session
+    (skipped without the pgbouncer program, or failed under LLMGATEWAY_REQUIRE_PGBOUNCER=1)."""
+    require_server("postgres")
+    require_pgbouncer()
+    bouncer = start_pgbouncer()
+    yield bouncer
+    bouncer.stop()
+
+
+@pytest.fixture
+def route(request: pytest.FixtureRequest) -> Route:
+    """How the test reaches PostgreSQL, from `@pytest.mark.parametrize("route", routes(),
+    indirect=True)` (tests/pgbouncer.py): directly, or through the session's PgBouncer."""
+    name: str = getattr(request, "param", "direct")
+    if name == "direct":
+        return Route(name, None)
+    return Route(name, request.getfixturevalue("pgbouncer"))
 
 
 @pytest.fixture(params=DATABASES)
