@@ -1,4 +1,6 @@
-"""Start-up of many processes at once, and store notices on the real PostgreSQL."""
+"""Start-up of many processes at once, and store notices on the real PostgreSQL: where the
+listener connects (never through a transaction pooler), how it finds a lost registration, and
+what `/readyz` says of it."""
 
 from __future__ import annotations
 
@@ -12,10 +14,19 @@ from pathlib import Path
 import aiohttp
 import pytest
 from sqlalchemy.engine import make_url
-from tests.helpers import OPENAI_TOKEN, PG_URL, gateway_settings
+from tests.helpers import (
+    METRICS_AUTH,
+    OPENAI_TOKEN,
+    PG_URL,
+    eventually,
+    gateway_settings,
+    start_gateway,
+)
+from tests.pgbouncer import Route, routes
 
 from llmgateway.conductor.app import create_app
 from llmgateway.conductor.serving import running
+from llmgateway.config.settings import DatabaseSettings
 from llmgateway.store import Store
 from llmgateway.store.locks import exclusive_start, start_lock_path
 from llmgateway.store.notify import Kind, Listener, Notice, notify, publish
@@ -114,3 +125,86 @@ async def test_sqlite_has_no_notices(tmp_path: Path) -> None:
         await notify(store.engine, Kind.BREAKER, "x")  # a no-op, not an error
         async with store.engine.begin() as conn:
             await publish(conn, Kind.KEYS, 1)
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("route", routes("pgbouncer"), indirect=True)
+async def test_a_listener_refuses_a_transaction_pooler(route: Route) -> None:
+    heard: list[Notice] = []
+    listener = Listener(route.url(PG_URL), heard.append)
+    # it returns (the caller polls) instead of listening where the registration cannot last
+    await asyncio.wait_for(listener.run(), 15)
+    assert "goes through a transaction pooler, where LISTEN does not last" in listener.unavailable
+    assert "set database.direct_url" in listener.unavailable
+    assert heard == []
+    assert not listener.listening.is_set()
+
+
+@pytest.mark.postgres
+async def test_a_lost_registration_is_found_by_its_echo_and_listened_again() -> None:
+    heard: list[Notice] = []
+    store = await Store.open(PG_URL)
+    listener = Listener(store.engine.url, heard.append, keepalive_sec=1.0, echo_timeout_sec=1.0)
+    task = asyncio.create_task(listener.run())
+    try:
+        await eventually(listener.listening.is_set, what="the listener listening")
+        assert listener.connection is not None
+        # the registration goes while the connection stays: no termination to notice
+        await listener.connection.execute("UNLISTEN *")
+        await eventually(lambda: listener.reconnects == 1, within=10, what="listening again")
+        await eventually(listener.listening.is_set, what="the listener listening again")
+        await notify(store.engine, Kind.BREAKER, "after")
+        await eventually(lambda: Notice("breaker", 0, "after") in heard, what="the next notice")
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        await store.close()
+    # each time it listens the receiver is told to catch up; pings never reach it
+    assert heard == [Notice("reconnected"), Notice("reconnected"), Notice("breaker", 0, "after")]
+
+
+FOLLOWING = {
+    "direct": ("notices", "PostgreSQL directly (detected)"),
+    "pgbouncer": ("polling", "a transaction pooler (detected)"),
+    "pgbouncer+direct": (
+        "notices",
+        "a transaction pooler (detected, direct_url for session features)",
+    ),
+}
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("route", routes(), indirect=True)
+async def test_readyz_says_how_the_pool_follows_the_store(
+    route: Route,
+    pg_database: str,
+    tmp_path: Path,
+    fake: FakeUpstream,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    write_keys(tmp_path / "keys" / "openai", ["sk-good-openai-000000000001"])
+    write_keys(tmp_path / "keys" / "gemini", ["AIza-good-gemini-00000000001"])
+    database = DatabaseSettings.model_validate(route.database(pg_database))
+    settings = gateway_settings(tmp_path, fake).model_copy(update={"database": database})
+    updates, described = FOLLOWING[route.name]
+    async with start_gateway(settings) as gateway, aiohttp.ClientSession() as session:
+        if updates == "notices":
+            listening = gateway.gateway.health.listening
+            assert listening is not None
+            await eventually(listening.is_set, what="the store listener listening")
+        async with session.get(f"{gateway.url}/readyz", headers=METRICS_AUTH) as response:
+            assert response.status == 200
+            body = await response.json()
+    assert body["store_updates"] == updates
+    assert body["database"] == described
+    assert body["refresh_interval_sec"] == 0.2
+    polling = [r.getMessage() for r in caplog.records if "no store notices" in r.getMessage()]
+    if updates == "polling":  # said once, at start, with the interval
+        assert polling == [
+            "database.url reaches a transaction pooler (detected) and no database.direct_url "
+            "is set: no store notices; the pool follows the store by polling every 0.2 s "
+            "(gateway.refresh_interval_sec)"
+        ]
+    else:
+        assert polling == []

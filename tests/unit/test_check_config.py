@@ -177,6 +177,39 @@ def test_postgres_summary_and_singular(runner: CliRunner, tmp_path: Path) -> Non
     assert result.stdout == "ok: 1 provider (gemini), database: postgresql\n"
 
 
+def test_pooler_settings_are_summed_up_and_checked(runner: CliRunner, tmp_path: Path) -> None:
+    one = GOOD.split("  openai:")[0]
+    pooled = one + (
+        "database:\n  url: postgresql://gw@pgbouncer:6432/llm\n"
+        f"  direct_url: postgresql://gw:{SECRET_PASSWORD}@db:5432/llm\n"
+        "  pooler: pgbouncer_transaction\n"
+    )
+    result = runner.invoke(main, ["check-config", str(write(tmp_path, pooled))])
+    assert (result.exit_code, result.stderr) == (0, "")
+    assert result.stdout == (
+        "ok: 1 provider (gemini), database: postgresql "
+        "(pooler: pgbouncer_transaction, direct_url set)\n"
+    )
+    wrong = one + (
+        "database:\n  url: sqlite:///data/x.db\n"
+        f"  direct_url: postgresql://gw:{SECRET_PASSWORD}@db:5432/llm\n"
+        "  pooler: pgbouncer_session\n"
+    )
+    result = runner.invoke(main, ["check-config", str(write(tmp_path, wrong))])
+    assert result.exit_code == 2
+    assert SECRET_PASSWORD not in result.output
+    assert result.stderr.splitlines() == [
+        "database.direct_url: only applies when database.url is PostgreSQL, but database.url "
+        "is SQLite (remove direct_url, or point database.url at PostgreSQL (or its pooler))",
+        "database.pooler: pgbouncer_session describes a PostgreSQL pooler, but database.url is "
+        "SQLite (remove pooler, or point database.url at the pooler)",
+    ]
+    odd = one + "database:\n  url: postgresql://db/llm\n  direct_url: sqlite:///x.db\n"
+    result = runner.invoke(main, ["check-config", str(write(tmp_path, odd))])
+    assert result.exit_code == 2
+    assert result.stderr.startswith("database.direct_url: must be a postgresql:// URL")
+
+
 def test_every_problem_goes_to_stderr_and_exit_2(runner: CliRunner, tmp_path: Path) -> None:
     result = runner.invoke(main, ["check-config", str(write(tmp_path, BAD))])
     assert result.exit_code == 2

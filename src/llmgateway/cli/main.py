@@ -41,7 +41,11 @@ def check_config(path: str | None) -> None:
         raise SystemExit(2) from None
     count, names = len(settings.providers), ", ".join(settings.providers)
     noun = "provider" if count == 1 else "providers"
-    summary = f"ok: {count} {noun} ({names}), database: {settings.database.backend}"
+    database = settings.database
+    summary = f"ok: {count} {noun} ({names}), database: {database.backend}"
+    if database.backend == "postgresql" and (database.direct_url or database.pooler != "auto"):
+        summary += f" (pooler: {database.pooler.value}"
+        summary += ", direct_url set)" if database.direct_url else ")"
     if any(p.gateway_policy.key_limits.enabled for p in settings.providers.values()):
         from llmgateway.limits import backend_of
 

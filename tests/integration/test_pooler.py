@@ -1,0 +1,156 @@
+"""llmgateway behind a real PgBouncer in transaction mode (tests/pgbouncer.py): what serves the
+store is found from the server's answers, statements are unnamed where named ones would collide,
+and every command works through the pooler, with and without `database.direct_url`."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import sys
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+import sqlalchemy as sa
+import yaml
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.ext.asyncio import AsyncEngine
+from tests.helpers import OPENAI_TOKEN, eventually, free_port, gateway_settings, run_cli, wait_ready
+from tests.pgbouncer import SERVER_POOL_SIZE, Route, routes
+
+from llmgateway.config.settings import Pooler
+from llmgateway.store import Store, connect
+from llmgateway.store.pooler import Mode, find_mode
+from llmgateway.testing.configs import write_keys
+from llmgateway.testing.fake_upstream import FakeUpstream
+
+pytestmark = pytest.mark.postgres
+CLIENTS = 3 * SERVER_POOL_SIZE  # client connections sharing the pooler's server connections
+COLLISION = r"prepared statement \S+ (already exists|does not exist)"
+
+
+@pytest.mark.parametrize("route", routes(), indirect=True)
+async def test_what_serves_the_store_is_found_from_the_servers_answers(
+    route: Route, pg_database: str
+) -> None:
+    url = connect.async_url(route.url(pg_database))
+    found = await find_mode(url, Pooler.AUTO)
+    assert found is (Mode.TRANSACTION if route.pooled else Mode.DIRECT)
+    # what the operator declares wins (pgbouncer_session: named statements through it)
+    assert await find_mode(url, Pooler.PGBOUNCER_SESSION) is Mode.SESSION
+    async with await Store.open(route.url(pg_database)) as store:
+        assert store.plan is not None
+        assert store.plan.mode is found
+        assert store.plan.found
+
+
+async def test_an_unreachable_server_is_taken_for_a_transaction_pooler(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    url = connect.async_url(f"postgresql://postgres:pw-never-logged@127.0.0.1:{free_port()}/x")
+    with caplog.at_level(logging.WARNING):
+        assert await find_mode(url, Pooler.AUTO) is None
+        store = await Store.open(url)
+    async with store:
+        assert store.plan is not None
+        assert (store.plan.mode, store.plan.found) == (Mode.TRANSACTION, False)
+        assert store.plan.describe() == "a transaction pooler (assumed)"
+    assert "assuming a transaction pooler" in caplog.text
+    assert "pw-never-logged" not in caplog.text
+
+
+async def _load(engine: AsyncEngine) -> None:
+    """`CLIENTS` connections at once, each reading in transactions and outside them."""
+
+    async def one(n: int) -> None:
+        for i in range(10):
+            async with engine.connect() as conn:
+                assert await conn.scalar(sa.select(sa.literal(n) + i)) == n + i
+                streamed = await conn.stream(sa.select(sa.func.generate_series(1, 30)))
+                assert len([row async for row in streamed]) == 30
+            async with engine.connect() as conn:
+                auto = await conn.execution_options(isolation_level="AUTOCOMMIT")
+                assert await auto.scalar(sa.select(sa.literal(i) * 2)) == 2 * i
+
+    await asyncio.gather(*(one(n) for n in range(CLIENTS)))
+
+
+@pytest.mark.parametrize("route", routes("pgbouncer"), indirect=True)
+async def test_statements_through_a_transaction_pooler_are_unnamed(
+    route: Route, pg_database: str
+) -> None:
+    url = route.url(pg_database)
+    async with await Store.open(url, pool_size=CLIENTS) as store:
+        assert store.plan is not None
+        assert store.plan.mode is Mode.TRANSACTION
+        await _load(store.engine)
+        await store.upgrade()  # migrations too: one transaction, a transaction-scoped lock
+        assert await store.revision() == 0
+    # the control: named statements (asyncpg's and SQLAlchemy's caches) collide there
+    named = connect.create_engine(connect.async_url(url), CLIENTS, None, named_statements=True)
+    try:
+        with pytest.raises(DBAPIError, match=COLLISION):
+            await _load(named)
+    finally:
+        await named.dispose()
+
+
+def _config(folder: Path, fake: FakeUpstream, database: dict[str, Any]) -> Path:
+    write_keys(folder / "keys" / "openai", ["sk-good-openai-000000000001"])
+    write_keys(folder / "keys" / "gemini", ["AIza-good-gemini-00000000001"])
+    settings = gateway_settings(folder, fake).model_dump(mode="json", exclude_defaults=True)
+    settings["database"] = database
+    settings["worker"] = {"metrics_port": 0, "watch_files": False}
+    path = folder / "providers.yaml"
+    path.write_text(yaml.safe_dump(settings))
+    return path
+
+
+@pytest.mark.parametrize("route", routes("pgbouncer", "pgbouncer+direct"), indirect=True)
+async def test_every_command_works_through_the_pooler(
+    route: Route, pg_database: str, tmp_path: Path, fake: FakeUpstream
+) -> None:
+    config = str(_config(tmp_path, fake, route.database(pg_database)))
+    for command in (
+        ["db", "upgrade", "--sync"],
+        ["worker", "--once"],
+        ["status", "--json"],
+        ["breaker", "reset", "openai"],
+    ):
+        code, out, err = await run_cli(*command, "--config", config)
+        assert code == 0, f"{command}: {out}\n{err}"
+        assert "Traceback" not in err
+    code, out, _ = await run_cli("status", "--config", config)
+    assert "valid" in out
+    port = free_port()
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "llmgateway", "serve", "--port", str(port), "--config", config,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+    )  # fmt: skip
+    try:
+        url = f"http://127.0.0.1:{port}"
+        await wait_ready(url, process, within=30)
+        assert await _chat(url) == 200
+        await eventually(lambda: fake.calls("AIza-good-gemini-00000000001") >= 1, within=15)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            process.send_signal(signal.SIGINT)
+        output, _ = await asyncio.wait_for(process.communicate(), timeout=20)
+    text = output.decode()
+    assert process.returncode == 0, text
+    assert "Traceback" not in text
+    assert ("no store notices" in text) is (route.name == "pgbouncer")
+
+
+async def _chat(url: str) -> int:
+    body = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}
+    headers = {"authorization": f"Bearer {OPENAI_TOKEN}"}
+    async with (
+        aiohttp.ClientSession() as session,
+        session.post(f"{url}/v1/chat/completions", json=body, headers=headers) as response,
+    ):
+        await response.read()
+        return response.status
