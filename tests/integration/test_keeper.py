@@ -14,6 +14,7 @@ import sqlalchemy as sa
 import yaml
 from sqlalchemy.engine import make_url
 from tests.helpers import ManualClock, eventually, free_port, run_cli
+from tests.pgbouncer import Route, routes
 
 from llmgateway.config.settings import Settings
 from llmgateway.core.egress import egress_for
@@ -442,15 +443,23 @@ async def test_stop_lets_the_running_batch_finish_and_leaves_the_rest_due(
 @pytest.mark.parametrize(
     "db_kind", [pytest.param("postgresql", marks=pytest.mark.postgres)], indirect=True
 )
+@pytest.mark.parametrize("route", routes("direct", "pgbouncer"), indirect=True)
 async def test_two_keepers_on_postgresql_never_probe_a_key_twice(
-    upstream: Upstream, db_url: str, fake: FakeUpstream, clock: ManualClock, tmp_path: Path
+    upstream: Upstream,
+    db_url: str,
+    route: Route,
+    fake: FakeUpstream,
+    clock: ManualClock,
+    tmp_path: Path,
 ) -> None:
     secrets = [f"sk-good-pair-{i:04d}-abcdefgh" for i in range(300)]
     write_keys(tmp_path / "keys", secrets)
     settings = config(tmp_path, fake, policy={"batch_size": 10})
-    first = await Store.open(db_url, clock=clock)
-    second = await Store.open(db_url, clock=clock)
+    first = await Store.open(route.url(db_url), clock=clock)
+    second = await Store.open(route.url(db_url), clock=clock)
     try:
+        assert first.plan is not None
+        assert first.plan.mode.keeps_sessions is not route.pooled  # transaction pooling
         await first.upgrade()
         one = await keeper_for(settings, first, clock, upstream, claim_size=25)
         two = Keeper(settings, second, HttpUpstream(), clock=clock, claim_size=25)
@@ -470,17 +479,25 @@ async def test_two_keepers_on_postgresql_never_probe_a_key_twice(
 @pytest.mark.parametrize(
     "db_kind", [pytest.param("postgresql", marks=pytest.mark.postgres)], indirect=True
 )
+@pytest.mark.parametrize("route", routes("direct", "pgbouncer"), indirect=True)
 async def test_two_keepers_never_probe_two_models_of_a_key_at_once(
-    upstream: Upstream, db_url: str, fake: FakeUpstream, clock: ManualClock, tmp_path: Path
+    upstream: Upstream,
+    db_url: str,
+    route: Route,
+    fake: FakeUpstream,
+    clock: ManualClock,
+    tmp_path: Path,
 ) -> None:
     secrets = [f"sk-slow-pair-{i:04d}-abcdefgh" for i in range(40)]
     for secret in secrets:  # slow answers, so that overlapping probes would show
         fake.set_behavior(secret, Behavior(delay=0.05))
     write_keys(tmp_path / "keys", secrets)
     settings = config(tmp_path, fake, shared=False, models=MODELS, policy={"batch_size": 10})
-    first = await Store.open(db_url, clock=clock)
-    second = await Store.open(db_url, clock=clock)
+    first = await Store.open(route.url(db_url), clock=clock)
+    second = await Store.open(route.url(db_url), clock=clock)
     try:
+        assert first.plan is not None
+        assert first.plan.mode.keeps_sessions is not route.pooled  # transaction pooling
         await first.upgrade()
         one = await keeper_for(settings, first, clock, upstream, claim_size=7)
         two = Keeper(settings, second, HttpUpstream(), clock=clock, claim_size=7)
@@ -551,6 +568,28 @@ async def test_run_syncs_on_file_change_probes_and_stops_cleanly(
 async def test_maintenance_purges_long_removed_keys_and_vacuums_on_schedule(
     upstream: Upstream, store: Store, fake: FakeUpstream, clock: ManualClock, tmp_path: Path
 ) -> None:
+    await check_maintenance(upstream, store, fake, clock, tmp_path)
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("route", routes("pgbouncer"), indirect=True)
+async def test_maintenance_through_a_transaction_pooler(
+    upstream: Upstream,
+    route: Route,
+    pg_database: str,
+    fake: FakeUpstream,
+    clock: ManualClock,
+    tmp_path: Path,
+) -> None:
+    async with await Store.open(route.url(pg_database), clock=clock) as store:
+        await store.upgrade()
+        await check_maintenance(upstream, store, fake, clock, tmp_path)  # VACUUM: autocommit
+
+
+async def check_maintenance(
+    upstream: Upstream, store: Store, fake: FakeUpstream, clock: ManualClock, tmp_path: Path
+) -> None:
+    """Purges after `purge_removed_after_days`, VACUUMs after `vacuum_interval_hours`."""
     write_keys(tmp_path / "keys", GOOD)
     settings = config(tmp_path, fake)
     keeper = await keeper_for(settings, store, clock, upstream)
