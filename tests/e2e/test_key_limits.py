@@ -1,7 +1,8 @@
 """Per-key limits across gateway instances, end to end: two gateway apps on one store, each
 served over real HTTP, in front of the fake upstream, counting in the real Redis (or in the
-real PostgreSQL), prove that `max_concurrent` and `rpm` hold across both, and that an
-unreachable Redis fails open, counted in /metrics."""
+real PostgreSQL, directly or through PgBouncer in transaction mode), prove that
+`max_concurrent` and `rpm` hold across both, and that an unreachable Redis fails open, counted
+in /metrics."""
 
 from __future__ import annotations
 
@@ -30,6 +31,7 @@ from tests.helpers import (
     free_port,
     gateway_settings,
 )
+from tests.pgbouncer import Route, routes
 
 KEYS = ["sk-limited-openai-00000000001", "sk-limited-openai-00000000002"]
 CHAT = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}
@@ -115,16 +117,20 @@ async def test_an_unreachable_redis_fails_open_and_is_counted(
 
 @pytest.mark.postgres
 @pytest.mark.parametrize("db_kind", ["postgresql"], indirect=True)
+@pytest.mark.parametrize("route", routes(), indirect=True)
 async def test_max_concurrent_holds_across_two_gateways_on_postgres(
-    tmp_path: Path, fake: FakeUpstream, db_url: str
+    tmp_path: Path, fake: FakeUpstream, db_url: str, route: Route
 ) -> None:
     fake.set_behavior(KEYS[0], Behavior(delay=1.0))
     fake.set_behavior(KEYS[1], Behavior(invalid=True))  # invalid: a 503 unless limits say 429
     settings = limited(tmp_path, fake, {"max_concurrent": 2})
-    settings = settings.model_copy(update={"database": DatabaseSettings(url=db_url)})
+    database = DatabaseSettings.model_validate(route.database(db_url))
+    settings = settings.model_copy(update={"database": database})
     async with two_gateways(settings) as (urls, apps), aiohttp.ClientSession() as session:
         fleets: list[PostgresBackend] = [app.state.conductor.limits.backend for app in apps]
         assert all(isinstance(fleet, PostgresBackend) for fleet in fleets)
+        # lease rows through the pooler alone, advisory locks where a session lasts
+        assert {fleet.leases for fleet in fleets} == {route.name == "pgbouncer"}
         # both saw each other (refresh: 0.2 s)
         await eventually(lambda: {fleet.size for fleet in fleets} == {2}, within=10)
         answers = await asyncio.gather(*(chat(session, urls[i % 2]) for i in range(6)))
