@@ -74,9 +74,14 @@ class PgBouncer:
         shutil.rmtree(self.folder, ignore_errors=True)
 
 
+def pgbouncer_program() -> str | None:
+    """The pgbouncer program (on PATH, else where Debian puts it), or None."""
+    return shutil.which("pgbouncer") or shutil.which("pgbouncer", path="/usr/sbin:/usr/local/sbin")
+
+
 def pgbouncer_problem() -> str | None:
     """None when the pgbouncer program is installed, else why it cannot run."""
-    if shutil.which("pgbouncer") is None:
+    if pgbouncer_program() is None:
         return "pgbouncer is not installed (apt-get install pgbouncer)"
     return None
 
@@ -117,7 +122,7 @@ def start_pgbouncer(mode: str = "transaction", within: float = 15.0) -> PgBounce
     )
     for path in (users, config):
         path.chmod(0o644)
-    command = [shutil.which("pgbouncer") or "pgbouncer", str(config)]
+    command = [pgbouncer_program() or "pgbouncer", str(config)]
     if os.geteuid() == 0:
         command[1:1] = ["-u", _unprivileged_user()]
     log = (folder / "pgbouncer.log").open("wb")
