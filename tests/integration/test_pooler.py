@@ -1,6 +1,7 @@
 """llmgateway behind a real PgBouncer in transaction mode (tests/pgbouncer.py): what serves the
 store is found from the server's answers, statements are unnamed where named ones would collide,
-and every command works through the pooler, with and without `database.direct_url`."""
+and every command works through the pooler, with and without `database.direct_url`; a session
+pooler, once declared, keeps named statements and notices."""
 
 from __future__ import annotations
 
@@ -19,10 +20,11 @@ import yaml
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine
 from tests.helpers import OPENAI_TOKEN, eventually, free_port, gateway_settings, run_cli, wait_ready
-from tests.pgbouncer import SERVER_POOL_SIZE, Route, routes
+from tests.pgbouncer import SERVER_POOL_SIZE, Route, routes, start_pgbouncer
 
 from llmgateway.config.settings import Pooler
 from llmgateway.store import Store, connect
+from llmgateway.store.notify import Kind, Listener, Notice, notify
 from llmgateway.store.pooler import Mode, find_mode
 from llmgateway.testing.configs import write_keys
 from llmgateway.testing.fake_upstream import FakeUpstream
@@ -154,3 +156,52 @@ async def _chat(url: str) -> int:
     ):
         await response.read()
         return response.status
+
+
+@pytest.mark.pgbouncer
+async def test_a_declared_session_pooler_keeps_named_statements_and_notices(
+    pg_database: str,
+) -> None:
+    bouncer = await asyncio.to_thread(start_pgbouncer, "session")
+    try:
+        url = bouncer.url(pg_database)
+        # not declared: a pooler is taken for transaction pooling, which is safe here too
+        async with await Store.open(url) as store:
+            assert store.plan is not None
+            assert store.plan.mode is Mode.TRANSACTION
+            assert store.plan.session_target() is None  # no notices: the gateway would poll
+        async with await Store.open(url, pooler=Pooler.PGBOUNCER_SESSION) as store:
+            await store.upgrade()
+            assert store.plan is not None
+            assert store.plan.mode is Mode.SESSION
+            await _load(store.engine)  # named statements: each client keeps its server
+            target = store.plan.session_target()
+            assert target is not None
+            heard: list[Notice] = []
+            listener = Listener(target[0], heard.append, target[1])
+            task = asyncio.create_task(listener.run())
+            try:
+                await eventually(listener.listening.is_set, what="listening through the pooler")
+                await notify(store.engine, Kind.KEYS, "through")
+                await eventually(lambda: Notice("keys", 0, "through") in heard)
+            finally:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+    finally:
+        await asyncio.to_thread(bouncer.stop)
+
+
+@pytest.mark.parametrize("route", routes("pgbouncer"), indirect=True)
+async def test_an_unreachable_direct_url_is_named_masked(
+    route: Route, pg_database: str, tmp_path: Path, fake: FakeUpstream
+) -> None:
+    direct = f"postgresql://gw:pw-never-shown@127.0.0.1:{free_port()}/llm"
+    database = {"url": route.url(pg_database), "direct_url": direct}
+    code, out, err = await run_cli(
+        "db", "upgrade", "--config", str(_config(tmp_path, fake, database))
+    )
+    assert code == 1, out + err
+    assert "pw-never-shown" not in out + err
+    assert "(direct_url postgresql+asyncpg://gw:***@127.0.0.1:" in err
+    assert "Traceback" not in err

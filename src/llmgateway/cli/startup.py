@@ -57,10 +57,11 @@ def run_with_store(settings: Settings, work: Callable[[Store], Awaitable[None]])
     except (SQLAlchemyError, OSError) as exc:
         cause = getattr(exc, "orig", None) or exc
         why = (getattr(cause, "strerror", None) or str(cause)).splitlines()[0][:200]
-        click.echo(
-            f"cannot use the database at {masked_url(url)}: {type(cause).__name__}: {why}",
-            err=True,
-        )
+        where = masked_url(url)
+        direct = settings.database.direct_async_url
+        if direct is not None:  # migrations and session features go there
+            where += f" (direct_url {masked_url(direct)})"
+        click.echo(f"cannot use the database at {where}: {type(cause).__name__}: {why}", err=True)
         raise SystemExit(1) from None
 
 
