@@ -190,7 +190,7 @@ async def test_readyz_says_how_the_pool_follows_the_store(
     updates, described = FOLLOWING[route.name]
     async with start_gateway(settings) as gateway, aiohttp.ClientSession() as session:
         if updates == "notices":
-            listening = gateway.gateway.health.listening
+            listening = gateway.gateway.readiness.listening
             assert listening is not None
             await eventually(listening.is_set, what="the store listener listening")
         async with session.get(f"{gateway.url}/readyz", headers=METRICS_AUTH) as response:
