@@ -14,15 +14,25 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import asyncpg
 import pytest
 import sqlalchemy as sa
 import yaml
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine
-from tests.helpers import OPENAI_TOKEN, eventually, free_port, gateway_settings, run_cli, wait_ready
+from tests.helpers import (
+    OPENAI_TOKEN,
+    eventually,
+    free_port,
+    gateway_settings,
+    libpq_dsn,
+    run_cli,
+    start_gateway,
+    wait_ready,
+)
 from tests.pgbouncer import SERVER_POOL_SIZE, Route, routes, start_pgbouncer
 
-from llmgateway.config.settings import Pooler
+from llmgateway.config.settings import DatabaseSettings, Pooler
 from llmgateway.store import Store, connect
 from llmgateway.store.notify import Kind, Listener, Notice, notify
 from llmgateway.store.pooler import Mode, find_mode
@@ -205,3 +215,38 @@ async def test_an_unreachable_direct_url_is_named_masked(
     assert "pw-never-shown" not in out + err
     assert "(direct_url postgresql+asyncpg://gw:***@127.0.0.1:" in err
     assert "Traceback" not in err
+
+
+@pytest.mark.parametrize("route", routes("direct", "pgbouncer+direct"), indirect=True)
+async def test_a_gateway_holds_its_pool_one_listener_and_one_limits_connection(
+    route: Route, pg_database: str, tmp_path: Path, fake: FakeUpstream
+) -> None:
+    write_keys(tmp_path / "keys" / "openai", [f"sk-good-openai-{i:012d}" for i in range(4)])
+    write_keys(tmp_path / "keys" / "gemini", ["AIza-good-gemini-00000000001"])
+    policy = {"key_limits": {"max_concurrent": 50}}  # the postgres limits backend
+    settings = gateway_settings(tmp_path, fake, gateway_policy=policy)
+    database = DatabaseSettings.model_validate(route.database(pg_database, pool_size=2))
+    settings = settings.model_copy(update={"database": database})
+    observer = await asyncpg.connect(libpq_dsn(pg_database))
+    query = """
+        SELECT coalesce(application_name, ''), count(*) FROM pg_stat_activity
+        WHERE datname = current_database() AND pid <> pg_backend_pid() GROUP BY 1
+    """
+    seen: list[dict[str, int]] = []
+    try:
+        async with start_gateway(settings) as gateway:
+            listening = gateway.gateway.readiness.listening
+            assert listening is not None
+            await eventually(listening.is_set, what="the store listener listening")
+            for _ in range(5):  # load, findings to write, refreshes woken by their notices
+                answers = await asyncio.gather(*(_chat(gateway.url) for _ in range(20)))
+                assert set(answers) == {200}
+                seen.append(dict(await observer.fetch(query)))
+    finally:
+        await observer.close()
+    direct = {"llmgateway-listener": 1, "llmgateway-limits": 1}
+    for counts in seen:
+        assert {name: counts.get(name) for name in direct} == direct
+        others = sum(n for name, n in counts.items() if name not in direct)
+        # PostgreSQL itself: the pool; through PgBouncer: its server connections for the pool
+        assert others <= (2 if not route.pooled else SERVER_POOL_SIZE), counts

@@ -141,7 +141,12 @@ class PostgresBackend:
             url, check = self.direct_url, pooler.direct_check(self.pooler)
         else:
             url, check = self.url, self.pooler
-        connection, mode = await pooler.connect(url, check, connect_timeout=_CONNECT_TIMEOUT_SEC)
+        connection, mode = await pooler.connect(
+            url,
+            check,
+            connect_timeout=_CONNECT_TIMEOUT_SEC,
+            server_settings={"application_name": "llmgateway-limits"},
+        )
         leases = not mode.keeps_sessions
         if leases != self.leases:
             way = "lease rows (through a transaction pooler)" if leases else "advisory locks"
