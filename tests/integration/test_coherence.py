@@ -208,3 +208,18 @@ async def test_readyz_says_how_the_pool_follows_the_store(
         ]
     else:
         assert polling == []
+
+
+@pytest.mark.postgres
+async def test_a_listener_that_never_hears_its_echo_gives_up_for_polling(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    heard: list[Notice] = []
+    # no time at all for the echo: each fresh registration counts as deaf
+    listener = Listener(PG_URL, heard.append, retry_sec=0.05, echo_timeout_sec=0)
+    await asyncio.wait_for(listener.run(), 15)
+    assert "took LISTEN 3 times in a row, but the listener's own notices never came back" in (
+        listener.unavailable
+    )
+    assert heard == []
+    assert caplog.text.count("did not come back") == 3

@@ -113,8 +113,9 @@ class Listener:
     listener sends itself a `ping` notice and expects it back within `echo_timeout_sec`;
     without it, it connects and listens again (announcing `reconnected`, so the receiver
     catches up). A connection that goes through a transaction pooler is refused (`pooler`
-    says how to take it, see `store.pooler.connect`): `run()` then logs why and returns, and
-    the receiver's delta refresh is the only way (`unavailable` says why).
+    says how to take it, see `store.pooler.connect`), and so is one where three fresh
+    registrations in a row heard no echo: `run()` then logs why and returns, and the
+    receiver's delta refresh is the only way (`unavailable` says why).
     """
 
     url: str | URL = field(repr=False)
@@ -130,6 +131,7 @@ class Listener:
     connection: asyncpg.Connection | None = field(default=None, repr=False)
     _token: str = field(default_factory=lambda: secrets.token_hex(8), repr=False)
     _echo: asyncio.Event = field(default_factory=asyncio.Event, repr=False)
+    _deaf: int = 0  # fresh connections in a row whose first echo never came
 
     async def run(self) -> None:
         import asyncpg  # PostgreSQL only: a SQLite gateway never loads the driver
@@ -173,7 +175,15 @@ class Listener:
             connection.add_termination_listener(lambda _conn: lost.set())
             await connection.add_listener(CHANNEL, self._received)
             if not await self._echoed(connection):
+                self._deaf += 1
+                if self._deaf >= _DEAF_LIMIT:
+                    raise _NoSession(
+                        f"{masked_url(self.url)} took LISTEN {self._deaf} times in a row, but "
+                        "the listener's own notices never came back; set database.direct_url "
+                        "to PostgreSQL itself"
+                    )
                 return
+            self._deaf = 0
             self.listening.set()
             self.reconnects += not first
             # notices sent before this moment were missed: the receiver catches up now
@@ -214,6 +224,10 @@ class Listener:
             return
         self.received += 1
         self.on_notice(notice)
+
+
+_DEAF_LIMIT = 3
+"""Fresh connections in a row without an echo before the listener gives up (and polls)."""
 
 
 class _NoSession(Exception):
