@@ -74,8 +74,17 @@ class PgBouncer:
         shutil.rmtree(self.folder, ignore_errors=True)
 
 
+PROGRAM_VARIABLE = "LLMGATEWAY_TEST_PGBOUNCER"
+"""A pgbouncer program to use instead of the installed one (e.g. a newer build, to run the
+pooled tests against PgBouncer's own prepared-statement support of 1.21 and later)."""
+
+
 def pgbouncer_program() -> str | None:
-    """The pgbouncer program (on PATH, else where Debian puts it), or None."""
+    """The pgbouncer program: `LLMGATEWAY_TEST_PGBOUNCER`, else on PATH, else where Debian
+    puts it; None when there is none."""
+    chosen = os.environ.get(PROGRAM_VARIABLE)
+    if chosen:
+        return shutil.which(chosen)
     return shutil.which("pgbouncer") or shutil.which("pgbouncer", path="/usr/sbin:/usr/local/sbin")
 
 
@@ -94,6 +103,13 @@ def require_pgbouncer() -> None:
     if os.environ.get(REQUIRE_VARIABLE) == "1":
         pytest.fail(f"{problem}; {REQUIRE_VARIABLE}=1 requires it", pytrace=False)
     pytest.skip(problem)
+
+
+_PREPARED = os.environ.get("LLMGATEWAY_TEST_PGBOUNCER_PREPARED", "")
+PREPARED_STATEMENTS = int(_PREPARED) if _PREPARED else None
+"""`max_prepared_statements` for a PgBouncer of 1.21 or later (0 turns its tracking of
+protocol-level prepared statements off); None leaves the setting out, as 1.18 does not know it
+(set it for a newer build: from 1.22 on the tracking is on by default)."""
 
 
 def start_pgbouncer(mode: str = "transaction", within: float = 15.0) -> PgBouncer:
@@ -119,6 +135,13 @@ def start_pgbouncer(mode: str = "transaction", within: float = 15.0) -> PgBounce
         f"default_pool_size = {SERVER_POOL_SIZE}\n"
         "max_client_conn = 1000\n"
         f"admin_users = {user}\n"
+        # 1.21 and later track protocol-level prepared statements (the default from 1.22 on);
+        # ours are unnamed through a transaction pooler, so either setting must work
+        + (
+            ""
+            if PREPARED_STATEMENTS is None
+            else f"max_prepared_statements = {PREPARED_STATEMENTS}\n"
+        )
     )
     for path in (users, config):
         path.chmod(0o644)
