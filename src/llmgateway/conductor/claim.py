@@ -220,17 +220,20 @@ class Claim:
         response, self.response = self.response, None
         if response is not None:
             response.close()
+        if self.lease is None and not self._admitted:
+            return
         provider, loop = self.call.provider, self._loop
+        now = loop.clock()
         if self._admitted:
             egress, self._admitted, self._egress = self._egress, False, None
-            provider.guard.forget(egress, loop.clock())
+            provider.guard.forget(egress, now)
         lease, self.lease = self.lease, None
         if lease is not None:
             if provider.limiter is not None:  # a slot it never got is ignored
                 provider.limiter.release(lease)
-            change = provider.pool.release(lease, outcome, loop.clock())
+            change = provider.pool.release(lease, outcome, now)
             if change is not None:
                 if change.status is not KeyStatus.VALID:
                     reason = change.reason.value if change.reason else change.status.value
                     loop.metrics.for_provider(provider.name).cooldown(reason)
-                loop.writer.offer(provider.name, change, loop.clock())
+                loop.writer.offer(provider.name, change, now)
