@@ -57,6 +57,11 @@ STATE_OF_STATUS: dict[KeyStatus, KeyState] = {
 }
 """The state a stored status leads to in a gateway's pool (the pool's own knowledge aside)."""
 
+KEY_LEVEL = frozenset(s for s, state in STATE_OF_STATUS.items() if state == "invalid")
+"""Statuses that take a key out of every scope of the pool."""
+BLOCKING = frozenset(s for s, state in STATE_OF_STATUS.items() if state in ("no_quota", "no_model"))
+"""Statuses that block a scope until the store lifts them (or their deadline passes)."""
+
 
 def state_of_status(status: str) -> KeyState:
     """The state a stored status stands for; a status this version does not know (written by

@@ -21,10 +21,9 @@ import random
 from collections import Counter
 from collections.abc import Collection, Iterable, KeysView
 
-from llmgateway.core.key_states import KeyState
+from llmgateway.core.key_states import KEY_LEVEL, KeyState
 from llmgateway.core.outcomes import ALL_MODELS, Blame, ErrorReason, KeyStatus, Outcome
 from llmgateway.core.pool_keys import (
-    KEY_LEVEL,
     Bag,
     Key,
     KeyEntry,

@@ -20,13 +20,9 @@ from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
 from llmgateway.core.egress import DIRECT
-from llmgateway.core.key_states import KeyState
+from llmgateway.core.key_states import BLOCKING, KEY_LEVEL, KeyState
 from llmgateway.core.outcomes import ErrorReason, KeyStatus
 
-KEY_LEVEL = frozenset({KeyStatus.INVALID_KEY, KeyStatus.NO_ACCESS})
-"""Statuses that take a key out of every scope."""
-BLOCKING = frozenset({KeyStatus.NO_QUOTA, KeyStatus.NO_MODEL})
-"""Statuses that block a scope until the store lifts them (or their deadline passes)."""
 NO_SCOPES: frozenset[str] = frozenset()
 
 
