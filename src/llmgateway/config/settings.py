@@ -110,6 +110,12 @@ class Pooler(enum.StrEnum):
     PGBOUNCER_SESSION = "pgbouncer_session"  # a pooler that keeps one server per client
 
 
+def _with_async_driver(url: str) -> str:
+    """`url` with the async driver of its scheme (an explicit driver is kept)."""
+    scheme, sep, rest = url.partition("://")
+    return _ASYNC_DRIVERS.get(scheme, scheme) + sep + rest
+
+
 class DatabaseSettings(_Model):
     """Where state lives. `url` wins; else host/port/user/password/dbname build a PostgreSQL
     URL when any of them is given; else the embedded SQLite default."""
@@ -137,10 +143,7 @@ class DatabaseSettings(_Model):
     @property
     def direct_async_url(self) -> str | None:
         """`direct_url` with its async driver, or None when not set."""
-        if self.direct_url is None:
-            return None
-        scheme, sep, rest = self.direct_url.partition("://")
-        return _ASYNC_DRIVERS.get(scheme, scheme) + sep + rest
+        return None if self.direct_url is None else _with_async_driver(self.direct_url)
 
     @property
     def async_url(self) -> str:
@@ -148,8 +151,7 @@ class DatabaseSettings(_Model):
         `postgresql+asyncpg`; an explicit driver is kept), else a PostgreSQL URL from
         host/port/user/password/dbname when any of them was set, else the SQLite default."""
         if self.url is not None:
-            scheme, sep, rest = self.url.partition("://")
-            return _ASYNC_DRIVERS.get(scheme, scheme) + sep + rest
+            return _with_async_driver(self.url)
         if self.model_fields_set & {"host", "port", "user", "password", "dbname"}:
             auth = quote(self.user, safe="")
             if self.password:
