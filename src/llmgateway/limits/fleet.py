@@ -137,10 +137,7 @@ class PostgresBackend:
         self.seen_at = self.clock()
 
     async def _connect(self) -> asyncpg.Connection:
-        if self.direct_url is not None:
-            url, check = self.direct_url, pooler.direct_check(self.pooler)
-        else:
-            url, check = self.url, self.pooler
+        url, check = pooler.session_place(self.url, self.direct_url, self.pooler)
         connection, mode = await pooler.connect(
             url,
             check,

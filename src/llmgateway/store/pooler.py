@@ -26,7 +26,7 @@ from __future__ import annotations
 import enum
 import logging
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from sqlalchemy.engine import URL, make_url
 
@@ -66,10 +66,16 @@ def declared(pooler: Pooler) -> Mode | None:
     return _DECLARED.get(pooler)
 
 
-def direct_check(pooler: Pooler) -> Pooler:
-    """How to take a connection to `database.direct_url`: checked from the server's answers,
-    unless the operator declared session poolers (then a pooler there is trusted to be one)."""
-    return Pooler.PGBOUNCER_SESSION if pooler is Pooler.PGBOUNCER_SESSION else Pooler.AUTO
+_Url = TypeVar("_Url", str, URL)
+
+
+def session_place(url: _Url, direct: _Url | None, pooler: Pooler) -> tuple[_Url, Pooler]:
+    """Where a session connection goes and how to take it (`connect`'s `pooler`): to `direct`
+    (`database.direct_url`) when given, checked from the server's answers unless the operator
+    declared session poolers (then a pooler there is trusted to be one); else to `url`."""
+    if direct is None:
+        return url, pooler
+    return direct, Pooler.PGBOUNCER_SESSION if pooler is Pooler.PGBOUNCER_SESSION else Pooler.AUTO
 
 
 def libpq_dsn(url: str | URL) -> str:
@@ -135,16 +141,15 @@ class Plan:
     found: bool
     pooler: Pooler
     direct: URL | None = field(default=None, repr=False)
+    schema: str | None = None  # the search path of every connection, `direct`'s included
 
     def session_target(self) -> tuple[URL, Pooler] | None:
         """Where a session feature (the notice listener) connects, with how to take that
         connection (`connect`'s `pooler`: a pooler found there is refused unless declared as
         session pooling); None when there is no such place: poll instead."""
-        if self.direct is not None:
-            return self.direct, direct_check(self.pooler)
-        if self.found and not self.mode.keeps_sessions:
+        if self.direct is None and self.found and not self.mode.keeps_sessions:
             return None
-        return self.url, self.pooler
+        return session_place(self.url, self.direct, self.pooler)
 
     def describe(self) -> str:
         """One phrase for logs and `/readyz`: what serves the pooled connections."""
