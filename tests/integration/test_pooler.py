@@ -255,3 +255,18 @@ async def test_a_gateway_holds_its_pool_one_listener_and_one_limits_connection(
         others = sum(n for name, n in counts.items() if name not in direct)
         # PostgreSQL itself: the pool; through PgBouncer: its server connections for the pool
         assert others <= (2 if not route.pooled else SERVER_POOL_SIZE), counts
+
+
+async def test_migrations_on_direct_url_go_to_the_stores_schema(pg_database: str) -> None:
+    schema = "gateway_state"
+    admin = await asyncpg.connect(libpq_dsn(pg_database))
+    try:
+        await admin.execute(f'CREATE SCHEMA "{schema}"')
+        async with await Store.open(pg_database, schema=schema, direct_url=pg_database) as store:
+            await store.upgrade()  # on its own connection to direct_url
+            assert await store.revision() == 0  # read through the pooled connections
+        found = await admin.fetchval("SELECT to_regclass($1)", f'"{schema}".alembic_version')
+        assert found is not None
+        assert await admin.fetchval("SELECT to_regclass('public.alembic_version')") is None
+    finally:
+        await admin.close()

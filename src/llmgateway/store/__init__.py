@@ -90,7 +90,7 @@ class Store:
         found = await pooler_mode.find_mode(parsed, pooler)
         mode = found or pooler_mode.Mode.TRANSACTION
         direct = None if direct_url is None else async_url(direct_url)
-        plan = Plan(parsed, mode, found is not None, pooler, direct)
+        plan = Plan(parsed, mode, found is not None, pooler, direct, schema)
         named = mode.keeps_sessions
         engine = connect.create_engine(parsed, pool_size, schema, named_statements=named)
         return cls(engine, clock, None, plan)
@@ -149,8 +149,9 @@ class Store:
     async def upgrade(self) -> str:
         """Apply the migrations up to head (safe to run from several processes at once);
         returns the schema revision."""
-        direct = None if self.plan is None else self.plan.direct
-        return await connect.upgrade(self.engine, direct)
+        if self.plan is None:
+            return await connect.upgrade(self.engine)
+        return await connect.upgrade(self.engine, self.plan.direct, self.plan.schema)
 
     async def sync_providers(self, settings: Mapping[str, ProviderSettings]) -> int:
         """Make the providers table match the config: upsert each (active when `enabled`), and

@@ -67,6 +67,10 @@ def masked_url(url: str | URL) -> str:
         return mask(str(url))
 
 
+_UNNAMED_STATEMENTS = {"statement_cache_size": 0, "prepared_statement_cache_size": 0}
+"""asyncpg's and SQLAlchemy's statement caches off: every statement is the unnamed one."""
+
+
 def create_engine(
     url: URL, pool_size: int, schema: str | None, *, named_statements: bool = True
 ) -> AsyncEngine:
@@ -95,7 +99,7 @@ def create_engine(
         # asyncpg's statement cache and SQLAlchemy's both name their statements: off, so each
         # statement is the unnamed one, parsed again with its parameters (asyncpg re-sends the
         # Parse when its cache is off, so even a statement outside a transaction is safe)
-        connect_args |= {"statement_cache_size": 0, "prepared_statement_cache_size": 0}
+        connect_args |= _UNNAMED_STATEMENTS
     return create_async_engine(
         url,
         pool_size=pool_size,
@@ -125,17 +129,18 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor.close()
 
 
-async def upgrade(engine: AsyncEngine, direct: URL | None = None) -> str:
+async def upgrade(engine: AsyncEngine, direct: URL | None = None, schema: str | None = None) -> str:
     """Apply the migrations up to head in one transaction; returns the schema revision. On
     PostgreSQL a transaction-scoped advisory lock keeps two processes from migrating at once
     (it ends with the transaction: correct through a transaction pooler too). With `direct`
-    (`database.direct_url`) they run on one connection of their own to it."""
+    (`database.direct_url`) they run on one connection of their own to it, in `schema` (the
+    search path `engine`'s connections have) when given."""
     if direct is not None:
+        connect_args: dict[str, Any] = dict(_UNNAMED_STATEMENTS)
+        if schema is not None:
+            connect_args["server_settings"] = {"search_path": schema}
         engine = create_async_engine(
-            direct,
-            poolclass=NullPool,
-            hide_parameters=True,
-            connect_args={"statement_cache_size": 0, "prepared_statement_cache_size": 0},
+            direct, poolclass=NullPool, hide_parameters=True, connect_args=connect_args
         )
         try:
             return await upgrade(engine)
