@@ -9,7 +9,9 @@ import asyncio
 import contextlib
 import logging
 import signal
+import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +20,7 @@ import asyncpg
 import pytest
 import sqlalchemy as sa
 import yaml
+from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine
 from tests.helpers import (
@@ -30,10 +33,17 @@ from tests.helpers import (
     start_gateway,
     wait_ready,
 )
-from tests.pgbouncer import PREPARED_STATEMENTS, SERVER_POOL_SIZE, Route, routes, start_pgbouncer
+from tests.pgbouncer import (
+    PREPARED_STATEMENTS,
+    SERVER_POOL_SIZE,
+    Route,
+    require_pgbouncer,
+    routes,
+    start_pgbouncer,
+)
 
 from llmgateway.config.settings import DatabaseSettings, Pooler
-from llmgateway.store import Store, connect
+from llmgateway.store import Store, connect, pooler
 from llmgateway.store.notify import Kind, Listener, Notice, notify
 from llmgateway.store.pooler import Mode, find_mode
 from llmgateway.testing.configs import write_keys
@@ -270,3 +280,26 @@ async def test_migrations_on_direct_url_go_to_the_stores_schema(pg_database: str
         assert await admin.fetchval("SELECT to_regclass('public.alembic_version')") is None
     finally:
         await admin.close()
+
+
+async def test_a_server_that_logs_in_but_never_answers_is_waited_for_a_bounded_time(
+    pg_database: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    require_pgbouncer()
+    bouncer = await asyncio.to_thread(start_pgbouncer)
+    name = make_url(pg_database).database
+    admin = ["psql", "-h", "127.0.0.1", "-p", str(bouncer.port), "-U", "postgres", "pgbouncer"]
+    try:
+        warm = await asyncpg.connect(libpq_dsn(bouncer.url(pg_database)), statement_cache_size=0)
+        await warm.close()  # PgBouncer now knows the server's parameters: logins need no server
+        # paused, PgBouncer still takes logins but holds every query: a server gone silent
+        subprocess.run([*admin, "-c", f"PAUSE {name}"], check=True, capture_output=True)
+        monkeypatch.setattr(pooler, "DETECT_TIMEOUT_SEC", 0.5)
+        started = time.monotonic()
+        with caplog.at_level(logging.WARNING):
+            assert await find_mode(make_url(bouncer.url(pg_database)), Pooler.AUTO) is None
+        assert time.monotonic() - started < 5
+        assert "assuming a transaction pooler (unnamed statements)" in caplog.text
+    finally:
+        subprocess.run([*admin, "-c", f"RESUME {name}"], check=False, capture_output=True)
+        await asyncio.to_thread(bouncer.stop)

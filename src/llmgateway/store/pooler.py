@@ -23,6 +23,7 @@ connection opened anyway, or one short connection when a store opens.
 
 from __future__ import annotations
 
+import asyncio
 import enum
 import logging
 from dataclasses import dataclass, field
@@ -95,14 +96,16 @@ async def connect(
     url: str | URL, pooler: Pooler, *, connect_timeout: float, **options: Any
 ) -> tuple[asyncpg.Connection, Mode]:
     """A raw asyncpg connection that names no prepared statement (safe whatever is in
-    between), and the mode of what it goes through (declared, else detected on it)."""
+    between), and the mode of what it goes through (declared, else detected on it); opening
+    it and detecting take at most `connect_timeout` each (TimeoutError)."""
     import asyncpg
 
     connection = await asyncpg.connect(
         libpq_dsn(url), timeout=connect_timeout, statement_cache_size=0, **options
     )
     try:
-        mode = declared(pooler) or await detect(connection)
+        async with asyncio.timeout(connect_timeout):  # a server that logs in but never answers
+            mode = declared(pooler) or await detect(connection)
     except BaseException:
         connection.terminate()
         raise
