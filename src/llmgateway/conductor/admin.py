@@ -17,6 +17,7 @@ from llmgateway.conductor.readiness import provider_report
 from llmgateway.config.settings import Settings
 from llmgateway.observe.metrics import KeyCount, Metrics, pool_key_counts
 from llmgateway.observe.metrics_http import metrics_endpoint, metrics_served, request_authorized
+from llmgateway.observe.store_counts import StoreCounts
 
 
 @dataclass(slots=True)
@@ -46,9 +47,11 @@ def admin_routes(
     clock: Callable[[], float],
     settings: Settings,
     metrics: Metrics,
+    stored: StoreCounts | None = None,
 ) -> list[Route]:
     """`/healthz`, `/readyz` (from `readiness` and `providers`, kept current by the Conductor),
-    and `/metrics` unless the metrics settings turn it off."""
+    and `/metrics` unless the metrics settings turn it off (its key counts from the pools, and
+    `llm_gateway_keys_total` from the store's counts in `stored`)."""
 
     async def healthz(request: Request) -> Response:
         return JSONResponse({"status": "ok"})
@@ -82,6 +85,6 @@ def admin_routes(
 
     routes = [Route("/healthz", healthz), Route("/readyz", readyz)]
     if metrics_served(settings.metrics):
-        endpoint = metrics_endpoint(metrics, settings.metrics, key_counts)
+        endpoint = metrics_endpoint(metrics, settings.metrics, key_counts, stored)
         routes.append(Route("/metrics", endpoint))
     return routes

@@ -37,6 +37,9 @@ from llmgateway.core.resilience import RetryBudget
 from llmgateway.keyfiles import run_sync
 from llmgateway.limits import Limits
 from llmgateway.observe.metrics import Metrics
+from llmgateway.observe.metrics_http import metrics_served
+from llmgateway.observe.store_counts import StoreCounts
+from llmgateway.records import StatusCount
 from llmgateway.store import KeyRow, ProxyRow, Store
 from llmgateway.store.locks import exclusive_start
 from llmgateway.transport.upstream import HttpUpstream
@@ -262,6 +265,12 @@ class Conductor:
                 provider.pool.apply((), gone, now)
         return revision
 
+    async def stored_counts(self) -> list[StatusCount]:
+        """The store's key counts by provider, model and status (for `llm_gateway_keys_total`,
+        read by a background task: see `observe.store_counts`)."""
+        assert self.store is not None
+        return await self.store.status_counts()
+
     async def refresh_forever(self, wake: asyncio.Event | None = None) -> None:
         """Refresh every `refresh_interval_sec`, and at once when `wake` is set (store notices)."""
         wake = wake or asyncio.Event()
@@ -293,6 +302,8 @@ def create_app(
     for name, built in conductor.providers.items():
         metrics.for_provider(name, built.settings.models)
         built.guard.watch(metrics.for_provider(name).breaker)
+    # the store's counts for `llm_gateway_keys_total`, read only where /metrics is served
+    stored = StoreCounts(conductor.stored_counts) if metrics_served(settings.metrics) else None
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -330,12 +341,16 @@ def create_app(
                     await store.upgrade()
                     await run_sync(settings, store)
             await conductor.refresh()
+            if stored is not None:
+                await stored.refresh()
             if tune_process:
                 return_freed_memory()
             tasks = [
                 asyncio.create_task(writer.run(), name="status-writer"),
                 asyncio.create_task(conductor.refresh_forever(wake), name="pool-refresh"),
             ]
+            if stored is not None:
+                tasks.append(asyncio.create_task(stored.follow(), name="store-key-counts"))
             if listener is not None:
                 tasks.append(asyncio.create_task(listener.run(), name="store-notices"))
             if metrics.multiprocess:
@@ -356,10 +371,11 @@ def create_app(
             metrics.process_exited()
 
     routes = admin_routes(
-        conductor.readiness, conductor.providers, conductor.clock, settings, metrics
+        conductor.readiness, conductor.providers, conductor.clock, settings, metrics, stored
     )
     admin = Starlette(routes=routes, lifespan=lifespan)
     admin.state.conductor = conductor
+    admin.state.store_counts = stored
     return _Router(admin)
 
 

@@ -6,8 +6,10 @@ No label ever carries a key, a key id or a token; `model` is bounded to the conf
 One `Metrics` per process holds the families on its own registry. With several gateway worker
 processes (`gateway --workers N`), `PROMETHEUS_MULTIPROC_DIR` is set before the workers start:
 prometheus-client then keeps every process's values in files there, and a scrape, whichever
-process answers it, adds them up (`multiprocess_mode` says how for each gauge). `keys` is
-computed at scrape time by the answering process (every process holds the same pool snapshot).
+process answers it, adds them up (`multiprocess_mode` says how for each gauge). The key counts
+(`llmgateway_keys`, `llmgateway_key_states`, and the original llmGateway's
+`llm_gateway_keys_total`) are added by the process answering: from its pool (a gateway's own
+families) or from the store's counts it last read (`observe.store_counts`).
 """
 
 from __future__ import annotations
@@ -50,6 +52,9 @@ FLUSH_SEC = 1.0
 """How often each of several worker processes hands its request tallies to the shared files."""
 SHARED_MODEL = "shared"
 NO_PROVIDER = "none"
+LEGACY_KEYS = "llm_gateway_keys_total"
+"""The original llmGateway's one gauge: the store's keys by provider, model and status.
+Deprecated: exported for existing dashboards until 0.3.0 (as `llmgateway_keys`)."""
 
 
 class ProviderSynced(Protocol):
@@ -265,8 +270,12 @@ class Metrics:
                 for change in ("added", "removed", "restored"):
                     self.sync_change(result.provider, kind, change, getattr(changes, change))
 
-    def exposition(self, keys: Iterable[KeyCount] = ()) -> bytes:
-        """The Prometheus text of every family, plus `llmgateway_keys` from `keys`."""
+    def exposition(
+        self, keys: Iterable[KeyCount] = (), stored: Iterable[StatusCount] | None = None
+    ) -> bytes:
+        """The Prometheus text of every family, plus `llmgateway_keys` and
+        `llmgateway_key_states` from `keys`, and `llm_gateway_keys_total` from `stored` (the
+        store's counts; None: a process that does not read them, and no such family)."""
         self.flush()
         if self.multiprocess:
             merged = CollectorRegistry()
@@ -276,6 +285,8 @@ class Metrics:
             text = generate_latest(self.registry)
         snapshot = CollectorRegistry()
         snapshot.register(_KeysCollector(tuple(keys)))
+        if stored is not None:
+            snapshot.register(_LegacyKeysCollector(tuple(stored)))
         return text + generate_latest(snapshot)
 
     def process_exited(self) -> None:
@@ -311,6 +322,23 @@ class _KeysCollector(Collector):
             states.add_metric(labels, count)
         yield family
         yield states
+
+
+class _LegacyKeysCollector(Collector):
+    def __init__(self, counts: tuple[StatusCount, ...]) -> None:
+        self._counts = counts
+
+    def collect(self) -> Iterable[GaugeMetricFamily]:
+        family = GaugeMetricFamily(
+            LEGACY_KEYS,
+            "Deprecated (the original llmGateway's gauge, removed in 0.3.0): keys in the store "
+            "by provider, model (shared: one status for all models) and stored status. Every "
+            "process exports the same counts: aggregate with max(), not sum().",
+            labels=("provider", "model", "status"),
+        )
+        for row in self._counts:
+            family.add_metric((row.provider, row.model, row.status), row.count)
+        yield family
 
 
 def pool_key_counts(

@@ -3,6 +3,7 @@ Keeper's own metrics port, and the multiprocess folder of `gateway --workers N`.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import hmac
 import os
@@ -17,6 +18,7 @@ from starlette.responses import JSONResponse, Response
 
 from llmgateway.config.settings import MetricsSettings, Settings
 from llmgateway.observe.metrics import MULTIPROC_ENV, KeyCount, Metrics, store_key_counts
+from llmgateway.observe.store_counts import StoreCounts
 from llmgateway.store import Store
 
 if TYPE_CHECKING:
@@ -48,9 +50,13 @@ def request_authorized(header: str | None, access: MetricsSettings) -> bool:
 
 
 def metrics_endpoint(
-    metrics: Metrics, access: MetricsSettings, keys: Callable[[], Awaitable[Iterable[KeyCount]]]
+    metrics: Metrics,
+    access: MetricsSettings,
+    keys: Callable[[], Awaitable[Iterable[KeyCount]]],
+    stored: StoreCounts | None = None,
 ) -> Callable[[Request], Awaitable[Response]]:
-    """A Starlette endpoint for `/metrics`, behind the metrics token (see `authorized`)."""
+    """A Starlette endpoint for `/metrics`, behind the metrics token (see `authorized`), with
+    the key counts of `keys` and, from `stored`, `llm_gateway_keys_total`."""
 
     async def endpoint(request: Request) -> Response:
         if not request_authorized(request.headers.get("authorization"), access):
@@ -59,7 +65,7 @@ def metrics_endpoint(
                 status_code=401,
                 headers={"www-authenticate": "Bearer"},
             )
-        body = metrics.exposition(await keys())
+        body = metrics.exposition(await keys(), None if stored is None else stored.counts)
         return Response(body, media_type=CONTENT_TYPE_LATEST)
 
     return endpoint
@@ -86,13 +92,13 @@ def multiprocess_dir() -> Iterator[str]:
 async def serving(
     metrics: Metrics,
     access: MetricsSettings,
-    keys: Callable[[], Awaitable[Iterable[KeyCount]]],
+    stored: StoreCounts,
     host: str,
     port: int,
 ) -> AsyncIterator[str]:
     """Serve `/healthz`, and `/metrics` when `metrics_served(access)`, on host:port in this loop
-    (aiohttp: no signal handling of its own, so it fits inside the Keeper's process); yields
-    the URL."""
+    (aiohttp: no signal handling of its own, so it fits inside the Keeper's process), every key
+    count taken from `stored`; yields the URL."""
     from aiohttp import web  # the Keeper's only: a gateway process never loads aiohttp's server
 
     async def handle(request: web.Request) -> web.Response:
@@ -102,7 +108,8 @@ async def serving(
                 status=401,
                 headers={"www-authenticate": "Bearer"},
             )
-        body = metrics.exposition(await keys())
+        counts = stored.counts
+        body = metrics.exposition(store_key_counts(counts), counts)
         return web.Response(body=body, headers={"content-type": CONTENT_TYPE_LATEST})
 
     async def alive(request: web.Request) -> web.Response:
@@ -123,17 +130,34 @@ async def serving(
 
 
 @contextlib.asynccontextmanager
-async def keeper_metrics(settings: Settings, metrics: Metrics, store: Store) -> AsyncIterator[None]:
+async def keeper_metrics(
+    settings: Settings, metrics: Metrics, store: Store
+) -> AsyncIterator[StoreCounts | None]:
     """The Keeper's `/healthz` and `/metrics` on `worker.metrics_host:metrics_port` (off when
     the port is 0 or `metrics.enabled` is false; `/metrics` is 404 without a metrics token
-    unless `allow_unauthenticated`), with `llmgateway_keys` read from the store per scrape."""
+    unless `allow_unauthenticated`). Its key counts (`llmgateway_keys`, `llmgateway_key_states`,
+    `llm_gateway_keys_total`) are the store's, read once at start and then in the background
+    (`StoreCounts`, yielded; None when the port is off)."""
     worker = settings.worker
     if not settings.metrics.enabled or worker.metrics_port == 0:
-        yield
+        yield None
         return
+    stored = StoreCounts(store.status_counts)
+    async with (
+        reading(stored),
+        serving(metrics, settings.metrics, stored, worker.metrics_host, worker.metrics_port),
+    ):
+        yield stored
 
-    async def keys() -> list[KeyCount]:
-        return store_key_counts(await store.status_counts())
 
-    async with serving(metrics, settings.metrics, keys, worker.metrics_host, worker.metrics_port):
+@contextlib.asynccontextmanager
+async def reading(stored: StoreCounts) -> AsyncIterator[None]:
+    """Read `stored` once, then keep it current in a background task until the block ends."""
+    await stored.refresh()
+    task = asyncio.create_task(stored.follow(), name="store-key-counts")
+    try:
         yield
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
