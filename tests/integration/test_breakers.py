@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import random
 from pathlib import Path
 
@@ -49,11 +50,11 @@ async def test_gateways_report_states_and_apply_only_new_resets(
     assert state_of(guards["a"]) is BreakerState.OPEN
     rows = {row.provider: row for row in await store.breakers()}
     assert (rows["a"].state, rows["b"].state) == (2, 0)
-    assert rows["a"].updated_at == clock.now
+    assert rows["a"].changed_at == clock.now
 
     clock.advance(5)
     await board.exchange(store, guards, clock.now)
-    assert (await store.breakers())[0].updated_at == clock.now - 5  # unchanged: not rewritten
+    assert (await store.breakers())[0].changed_at == clock.now - 5  # unchanged: not rewritten
 
     await store.request_breaker_reset("a")
     await board.exchange(store, guards, clock.now)
@@ -64,6 +65,29 @@ async def test_gateways_report_states_and_apply_only_new_resets(
     open_it(guards["a"], clock.now)
     await board.exchange(store, guards, clock.now)  # the same request is not applied twice
     assert state_of(guards["a"]) is BreakerState.OPEN
+
+
+async def test_the_change_time_moves_only_when_the_stored_state_changes(
+    store: Store, clock: ManualClock
+) -> None:
+    guards = {"a": manual_guard("a")}
+    await BreakerBoard().exchange(store, guards, clock.now)
+    started = clock.now
+    clock.advance(60)  # a gateway restarts, or another starts, and reports the same state
+    await BreakerBoard().exchange(store, guards, clock.now)
+    assert (await store.breakers())[0].changed_at == started
+
+    clock.advance(10)
+    open_it(guards["a"], clock.now)
+    await BreakerBoard().exchange(store, guards, clock.now)
+    row = (await store.breakers())[0]
+    assert (row.state, row.changed_at) == (2, clock.now)
+    clock.advance(5)
+    await store.save_breakers({"a": (2, 1)})  # an egress breaker opened too: a change
+    assert (await store.breakers())[0].changed_at == clock.now
+    clock.advance(5)
+    await store.save_breakers({"a": (2, 1)})
+    assert (await store.breakers())[0].changed_at == clock.now - 5
 
 
 async def test_breaker_reset_command_and_status_table(tmp_path: Path) -> None:
@@ -102,4 +126,10 @@ async def test_breaker_reset_command_and_status_table(tmp_path: Path) -> None:
     assert code == 0, err
     lines = out.splitlines()
     header = next(i for i, line in enumerate(lines) if line.startswith("PROVIDER  BREAKER"))
+    assert lines[header].split()[-1] == "CHANGED"
     assert lines[header + 1].split()[:3] == ["p1", "open", "1"]
+    code, out, err = await run_cli("status", "--json", "--config", str(path))
+    assert code == 0, err
+    (row,) = json.loads(out)["breakers"]
+    assert row["provider"] == "p1"
+    assert row["changed_at"] is not None  # when it opened, the save above

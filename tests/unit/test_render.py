@@ -8,14 +8,14 @@ from llmgateway.store.breakers import BreakerRow
 from llmgateway.store.report import ProxyCount
 
 
-def test_breaker_table_names_states_and_ages() -> None:
+def test_breaker_table_names_states_and_how_long_ago_they_changed() -> None:
     rows = [
         BreakerRow("openai", 2, 1, 990.0, None),
         BreakerRow("gemini-long-name", 1, 0, None, 5.0),
         BreakerRow("odd", 7, 0, 1001.0, None),
     ]
     assert breaker_table(rows, now=1000.0).splitlines() == [
-        "PROVIDER          BREAKER    EGRESSES NOT CLOSED  REPORTED",
+        "PROVIDER          BREAKER    EGRESSES NOT CLOSED  CHANGED",
         "openai            open       1                    10s ago",
         "gemini-long-name  half-open  0                    -",
         "odd               7          0                    0s ago",

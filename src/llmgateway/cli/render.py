@@ -1,5 +1,5 @@
-"""Tables `llmgateway status` prints: the keys by status, the breakers gateways reported, and the
-proxies' health."""
+"""Tables `llmgateway status` prints: the keys by status, the breakers gateways reported (and when
+each last changed), and the proxies' health."""
 
 from __future__ import annotations
 
@@ -14,10 +14,10 @@ _STATE_NAMES = {int(state): state.name.lower().replace("_", "-") for state in Br
 
 def breaker_table(rows: list[BreakerRow], now: float) -> str:
     """The `llmgateway status` table of breakers: provider, state, egress breakers not closed,
-    and how long ago a gateway reported it."""
-    lines = [("PROVIDER", "BREAKER", "EGRESSES NOT CLOSED", "REPORTED")]
+    and how long ago that stored state last changed (gateways report changes only)."""
+    lines = [("PROVIDER", "BREAKER", "EGRESSES NOT CLOSED", "CHANGED")]
     for row in rows:
-        ago = "-" if row.updated_at is None else f"{max(0, int(now - row.updated_at))}s ago"
+        ago = "-" if row.changed_at is None else f"{max(0, int(now - row.changed_at))}s ago"
         state = _STATE_NAMES.get(row.state, str(row.state))
         lines.append((row.provider, state, str(row.open_egresses), ago))
     widths = [max(len(line[i]) for line in lines) for i in range(4)]
