@@ -48,6 +48,11 @@ from tests.helpers import (
 )
 from tests.pgbouncer import PgBouncer, Route, require_pgbouncer, start_pgbouncer
 
+# The suite reads no environment file of its working directory (a developer's own .env would
+# change what it tests): set at import, so every CLI run in a test, in this process or a child
+# process, reads none unless the test names one with --env-file.
+os.environ["LLMGATEWAY_DOTENV"] = "0"
+
 DATABASES = ["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)]
 
 

@@ -249,7 +249,7 @@ def test_unset_variable_is_named(runner: CliRunner, tmp_path: Path) -> None:
     assert result.exit_code == 2
     assert result.stderr.splitlines() == [
         "providers.openai.access_control.gateway_access_token: environment variable "
-        "OPENAI_TOKEN is not set (export OPENAI_TOKEN=..., or give a default: "
+        "OPENAI_TOKEN is not set (export OPENAI_TOKEN=..., set it in .env, or give a default: "
         "${OPENAI_TOKEN:-value})"
     ]
 

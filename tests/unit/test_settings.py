@@ -217,7 +217,7 @@ def test_missing_variables_are_named_with_their_paths(tmp_path: Path) -> None:
     assert set(found) == {"database.port", "providers.g.access_control.gateway_access_token"}
     assert str(found["database.port"]) == (
         "database.port: environment variable DB_PORT is not set "
-        "(export DB_PORT=..., or give a default: ${DB_PORT:-value})"
+        "(export DB_PORT=..., set it in .env, or give a default: ${DB_PORT:-value})"
     )
     assert "TOKEN" in found["providers.g.access_control.gateway_access_token"].message
 

@@ -24,7 +24,8 @@ def _prepare_store(config: str | None) -> None:
 
     from llmgateway.config.load import config_path
 
-    command = [sys.executable, "-m", "llmgateway", "db", "upgrade", "--sync"]
+    # the environment file was read here already, into the environment the child inherits
+    command = [sys.executable, "-m", "llmgateway", "--env-file", "none", "db", "upgrade", "--sync"]
     done = subprocess.run([*command, "--config", str(config_path(config))], check=False)  # noqa: S603
     if done.returncode != 0:
         raise SystemExit(done.returncode)
@@ -53,7 +54,7 @@ def gateway(config: str | None, host: str | None, port: int | None, workers: int
     """
     from llmgateway.conductor.serving import gateway_server, serve_workers
 
-    settings = load(config)
+    settings = load(config, logs=True)
     setup_logging(settings, "gateway")
     host = host or settings.gateway.host
     port = settings.gateway.port if port is None else port
@@ -77,7 +78,7 @@ def serve(config: str | None, host: str | None, port: int | None) -> None:
     """The gateway and the Keeper in one process: the embedded, single-machine setup."""
     import uvloop
 
-    settings = load(config)
+    settings = load(config, logs=True)
     setup_logging(settings, "serve")
     host = host or settings.gateway.host
     port = settings.gateway.port if port is None else port

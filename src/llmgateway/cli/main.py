@@ -8,6 +8,7 @@ import click
 
 from llmgateway import __version__
 from llmgateway.cli.gateway import gateway, serve
+from llmgateway.cli.startup import echo_env_file, env_file_option, group_env_file_option
 from llmgateway.cli.store import breaker, db, status
 from llmgateway.cli.tokens import WAY_OUT
 from llmgateway.cli.worker import worker
@@ -15,20 +16,26 @@ from llmgateway.cli.worker import worker
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="llmgateway")
+@group_env_file_option
 def main() -> None:
     """llmgateway: one reliable endpoint in front of many unstable LLM provider keys.
 
-    The config file is --config, else $LLMGATEWAY_CONFIG, else config/providers.yaml.
+    Every command first reads .env from the working directory (or --env-file PATH, before or
+    after the command; --env-file none or $LLMGATEWAY_DOTENV=0: none), never overriding
+    variables already set. The config file is --config, else $LLMGATEWAY_CONFIG, else
+    config/providers.yaml.
     """
 
 
 @main.command("check-config")
+@env_file_option
 @click.argument("path", required=False)
 def check_config(path: str | None) -> None:
     """Validate the config file; exit 0, or exit 2 listing every problem (secrets masked)."""
     from llmgateway.config.load import config_path, load_settings
     from llmgateway.config.problems import ConfigError
 
+    echo_env_file()
     target = config_path(path)
     try:
         settings = load_settings(target)
@@ -62,6 +69,7 @@ def check_config(path: str | None) -> None:
 
 
 @main.command("fake-upstream")
+@env_file_option
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
 @click.option(
     "--port", default=8900, show_default=True, type=click.IntRange(0, 65535), help="0: any free."
@@ -82,6 +90,7 @@ def fake_upstream(host: str, port: int, chunks: int, chunk_delay_ms: float) -> N
 
     from llmgateway.testing.fake_upstream import serve
 
+    echo_env_file()
     try:
         asyncio.run(serve(host, port, chunks, chunk_delay_ms / 1000, announce=click.echo))
     except KeyboardInterrupt:
@@ -95,6 +104,7 @@ def fake_upstream(host: str, port: int, chunks: int, chunk_delay_ms: float) -> N
 
 
 @main.command()
+@env_file_option
 @click.option(
     "--port",
     default=55300,
@@ -115,6 +125,7 @@ def demo(port: int) -> None:
     from llmgateway.config.settings import LoggingSettings
     from llmgateway.observe.logs import configure
 
+    echo_env_file()
     configure(LoggingSettings(level="WARNING"), name="demo")
     folder = Path(tempfile.mkdtemp(prefix="llmgateway-demo-"))
     try:

@@ -1,20 +1,73 @@
-"""What the commands share: the `--config` option, loading the settings (exit 2 listing every
-problem), logging, and running work against the store (exit 1 with one line when the database
-fails)."""
+"""What the commands share: the `--env-file` and `--config` options, reading the environment
+file, loading the settings (exit 2 listing every problem), logging, and running work against
+the store (exit 1 with one line when the database fails)."""
 
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
 if TYPE_CHECKING:
+    from llmgateway.config.env_file import EnvFileRead
     from llmgateway.config.settings import Settings
     from llmgateway.store import Store
 
-config_option = click.option(
+_F = TypeVar("_F", bound=Callable[..., Any])
+_GROUP_CHOICE = "llmgateway.env_file.option"
+_READ = "llmgateway.env_file.read"
+_REPORTED = "llmgateway.env_file.reported"
+_ENV_FILE_HELP = (
+    "Environment file to read first, never overriding variables already set; 'none': read "
+    "none (default: .env in the working directory, unless $LLMGATEWAY_DOTENV=0)."
+)
+
+
+def _note_group_env_file(ctx: click.Context, _: click.Parameter, value: str | None) -> None:
+    """`llmgateway --env-file X COMMAND`: kept for the command, which reads it."""
+    if value is not None:
+        ctx.meta[_GROUP_CHOICE] = value
+
+
+def _read_env_file(ctx: click.Context, _: click.Parameter, value: str | None) -> None:
+    """Read the environment file before the command runs (exit 2 naming the file and line
+    when it cannot be read or parsed)."""
+    from llmgateway.config.env_file import load_env_file
+    from llmgateway.config.problems import ConfigError
+
+    before = ctx.meta.get(_GROUP_CHOICE)
+    if value is not None and before is not None and value != before:
+        raise click.UsageError("--env-file is given twice, before and after the command")
+    try:
+        ctx.meta[_READ] = load_env_file(value if value is not None else before)
+    except ConfigError as exc:
+        for problem in exc.problems:
+            click.echo(str(problem), err=True)
+        raise SystemExit(2) from None
+
+
+group_env_file_option = click.option(
+    "--env-file",
+    metavar="PATH",
+    expose_value=False,
+    is_eager=True,
+    callback=_note_group_env_file,
+    help=_ENV_FILE_HELP,
+)
+env_file_option = click.option(
+    "--env-file",
+    metavar="PATH",
+    expose_value=False,
+    is_eager=True,
+    callback=_read_env_file,
+    help=_ENV_FILE_HELP,
+)
+"""Every command has it: the environment file is read first, before the config is."""
+
+_config = click.option(
     "--config",
     "config",
     metavar="PATH",
@@ -22,15 +75,40 @@ config_option = click.option(
 )
 
 
-def load(config: str | None) -> Settings:
-    """The settings, or exit 2 listing every problem (no traceback)."""
+def config_option(command: _F) -> _F:
+    """The `--config` option, and `--env-file` (read before the config)."""
+    return env_file_option(_config(command))
+
+
+def env_file_read() -> EnvFileRead | None:
+    """What the command's environment file set (names only), or None when none was read."""
+    ctx = click.get_current_context(silent=True)
+    read: EnvFileRead | None = None if ctx is None else ctx.meta.get(_READ)
+    return read
+
+
+def echo_env_file() -> None:
+    """Say on stderr which environment file was read and the names it set (once)."""
+    ctx = click.get_current_context(silent=True)
+    read = env_file_read()
+    if ctx is not None and read is not None and not ctx.meta.get(_REPORTED):
+        ctx.meta[_REPORTED] = True
+        click.echo(read.describe(), err=True)
+
+
+def load(config: str | None, *, logs: bool = False) -> Settings:
+    """The settings, or exit 2 listing every problem (no traceback). Which environment file
+    was read is said first on stderr, or, when the command `logs`, in its log."""
     from llmgateway.config.load import config_path, load_settings
     from llmgateway.config.problems import ConfigError
 
+    if not logs:
+        echo_env_file()
     target = config_path(config)
     try:
         return load_settings(target)
     except ConfigError as exc:
+        echo_env_file()  # the log is not set up yet: say it beside the problems
         for problem in exc.problems:
             click.echo(str(problem), err=True)
         raise SystemExit(2) from None
@@ -70,3 +148,6 @@ def setup_logging(settings: Settings, name: str, level: str | None = None) -> No
     from llmgateway.observe.logs import setup
 
     setup(settings, name, level)
+    read = env_file_read()
+    if read is not None:
+        logging.getLogger("llmgateway.env").info("%s", read.describe())

@@ -31,7 +31,7 @@ def db_upgrade(config: str | None, sync: bool) -> None:
     from llmgateway.store import masked_url
     from llmgateway.store.locks import exclusive_start
 
-    settings = load(config)
+    settings = load(config, logs=sync)
     if sync:
         setup_logging(settings, "prepare")
 

@@ -33,7 +33,7 @@ def worker(config: str | None, once: bool) -> None:
     from llmgateway.keeper.run import Keeper, run_once
     from llmgateway.store.locks import KeeperRunningError
 
-    settings = load(config)
+    settings = load(config, logs=not once)
     # --once prints its own summary, problems included; the loop reports through the logs
     setup_logging(settings, "worker", "ERROR" if once else None)
     gateway_host = settings.gateway.host  # the listener this config's gateway tokens guard

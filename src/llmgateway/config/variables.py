@@ -77,7 +77,7 @@ def _expand(template: Template, env: Mapping[str, str], path: str, out: list[Pro
 
 
 def _unset(path: str, name: str) -> Problem:
-    hint = f"export {name}=..., or give a default: ${{{name}:-value}}"
+    hint = f"export {name}=..., set it in .env, or give a default: ${{{name}:-value}}"
     return Problem(path, f"environment variable {name} is not set", hint)
 
 
