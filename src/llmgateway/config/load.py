@@ -2,14 +2,18 @@
 substituted (`config.variables`), validated by the settings model and the cross-field rules
 (`config.rules`), and every problem found reported at once, each with the dotted path of the
 setting, what is wrong and a hint (`config.problems`), secrets masked.
+
+A mapping, list or section given no value (`fast_status_mapping:` with only comments under it)
+is empty, as the original project's loader took it (`nulls_as_empty`).
 """
 
 from __future__ import annotations
 
 import os
+import types
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Union, get_args, get_origin
 
 from pydantic import ValidationError
 
@@ -23,6 +27,7 @@ from llmgateway.config.problems import (
     scrub,
     secrets_in,
 )
+from llmgateway.config.schema import choose_member, is_model, step
 from llmgateway.config.settings import Settings
 from llmgateway.config.variables import substitute
 
@@ -67,6 +72,7 @@ def validate(data: dict[str, Any]) -> tuple[Settings | None, tuple[Problem, ...]
     """Validate parsed, substituted config data: the settings, or every problem found."""
     settings: Settings | None = None
     problems: list[Problem] = []
+    data = nulls_as_empty(Settings, data)
     try:
         settings = Settings.model_validate(data)
     except ValidationError as exc:
@@ -74,6 +80,44 @@ def validate(data: dict[str, Any]) -> tuple[Settings | None, tuple[Problem, ...]
     problems.extend(Problem(*finding) for finding in config_rules.check(data, settings))
     secrets = sorted(set(secrets_in(data)), key=len, reverse=True)
     return (None if problems else settings), tuple(scrub(p, secrets) for p in problems)
+
+
+def nulls_as_empty(tp: Any, raw: Any) -> Any:
+    """`raw` (data for the setting type `tp`) with every empty value given to a mapping, a list
+    or a section made empty: `{}`, `[]`, so its defaults apply. The original project deep-merged
+    the file over its defaults and took `key:` with nothing (or only comments) under it as
+    empty; a setting that may be null, a scalar, and a provider (whose type is not known
+    without its provider_type) keep the empty value and are judged as before."""
+    if raw is None:
+        return _empty(tp)
+    if isinstance(raw, dict):
+        parent = choose_member(_bare(tp), raw)
+        return {k: _below(parent, k, v) for k, v in raw.items()}
+    if isinstance(raw, list):
+        parent = _bare(tp)
+        return [_below(parent, i, v) for i, v in enumerate(raw)]
+    return raw
+
+
+def _below(parent: Any, key: Any, raw: Any) -> Any:
+    child = step(parent, key) if parent is not None and isinstance(key, str | int) else None
+    return raw if child is None else nulls_as_empty(child, raw)
+
+
+def _empty(tp: Any) -> Any:
+    tp = _bare(tp)
+    if is_model(tp) or get_origin(tp) is dict:
+        return {}
+    return [] if get_origin(tp) in (list, tuple) else None
+
+
+def _bare(tp: Any) -> Any:
+    """`tp` without `Annotated`; a union (an optional setting, a provider) stays a union."""
+    while get_origin(tp) is Annotated:
+        tp = get_args(tp)[0]
+    if get_origin(tp) in (Union, types.UnionType) and type(None) in get_args(tp):
+        return None  # the setting may be null: an empty value means null
+    return tp
 
 
 def _under(path: str, prefixes: set[str]) -> bool:

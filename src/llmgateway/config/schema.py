@@ -24,6 +24,10 @@ RETIRED: Mapping[tuple[type[BaseModel], str], tuple[str, str]] = {
         "it counts per key, or per key × model unless shared_key_status; with limits.backend: "
         "local it counts in each gateway process, as max_inflight_per_key did",
     ),
+    (GatewayPolicy, "unsafe_status_mapping"): (
+        "use gateway_policy.fast_status_mapping",
+        "the original renamed it; the same {status: reason} mapping",
+    ),
 }
 """Settings once accepted and now refused, by section and name: (what to do instead, a hint).
 What to do starts with `use …`, or is `remove it` when nothing replaces the setting."""
