@@ -52,10 +52,13 @@ class PgBouncer:
     port: int
     process: subprocess.Popen[bytes]
     folder: Path
+    password: str | None = None  # the one clients must give (None: any, trust)
 
     def url(self, database_url: str) -> str:
         """`database_url` (a database of the test server) reached through this PgBouncer."""
         parsed = make_url(database_url).set(host="127.0.0.1", port=self.port)
+        if self.password is not None:
+            parsed = parsed.set(password=self.password)
         return parsed.render_as_string(hide_password=False)
 
     def log(self) -> str:
@@ -112,14 +115,19 @@ protocol-level prepared statements off); None leaves the setting out, as 1.18 do
 (set it for a newer build: from 1.22 on the tracking is on by default)."""
 
 
-def start_pgbouncer(mode: str = "transaction", within: float = 15.0) -> PgBouncer:
-    """A PgBouncer in `mode` in front of the test server (`PG_URL`), answering queries."""
+def start_pgbouncer(
+    mode: str = "transaction", within: float = 15.0, password: str | None = None
+) -> PgBouncer:
+    """A PgBouncer in `mode` in front of the test server (`PG_URL`), answering queries; with
+    `password`, clients must log in with it (SCRAM), whatever the server itself asks."""
     server = make_url(PG_URL)
     user = server.username or "postgres"
     folder = Path(tempfile.mkdtemp(prefix="llmgw-pgbouncer-"))
     folder.chmod(0o755)  # PgBouncer refuses to run as root: it reads these as another user
     users = folder / "users.txt"
-    users.write_text(f'"{user}" "{server.password or ""}"\n')
+    secret = (server.password or "") if password is None else password
+    quoted = secret.replace('"', '""')
+    users.write_text(f'"{user}" "{quoted}"\n')
     port = free_port()
     config = folder / "pgbouncer.ini"
     config.write_text(
@@ -129,7 +137,7 @@ def start_pgbouncer(mode: str = "transaction", within: float = 15.0) -> PgBounce
         "listen_addr = 127.0.0.1\n"
         f"listen_port = {port}\n"
         "unix_socket_dir =\n"
-        "auth_type = trust\n"
+        f"auth_type = {'trust' if password is None else 'scram-sha-256'}\n"
         f"auth_file = {users}\n"
         f"pool_mode = {mode}\n"
         f"default_pool_size = {SERVER_POOL_SIZE}\n"
@@ -151,7 +159,7 @@ def start_pgbouncer(mode: str = "transaction", within: float = 15.0) -> PgBounce
     log = (folder / "pgbouncer.log").open("wb")
     with log:
         process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
-    bouncer = PgBouncer(port, process, folder)
+    bouncer = PgBouncer(port, process, folder, password)
     try:
         _wait_answering(bouncer, within)
     except BaseException:
