@@ -21,7 +21,7 @@ from llmgateway.core.egress import egress_for
 from llmgateway.core.outcomes import ALL_MODELS, ErrorReason, KeyStatus
 from llmgateway.keeper.probes import DAY, HOUR, MINUTE
 from llmgateway.keeper.run import Keeper
-from llmgateway.keeper.summary import RoundSummary
+from llmgateway.keeper.summary import MaintenanceSummary, RoundSummary
 from llmgateway.keyfiles import run_sync
 from llmgateway.store import StatusEvent, Store, proxy_checks
 from llmgateway.store import probes as queries
@@ -589,19 +589,20 @@ async def test_maintenance_through_a_transaction_pooler(
 async def check_maintenance(
     upstream: Upstream, store: Store, fake: FakeUpstream, clock: ManualClock, tmp_path: Path
 ) -> None:
-    """Purges after `purge_removed_after_days`, VACUUMs after `vacuum_interval_hours`."""
+    """Purges after `purge_removed_after_days` (checked daily), VACUUMs after
+    `vacuum_interval_hours`; both run at once on a store where they never ran."""
     write_keys(tmp_path / "keys", GOOD)
     settings = config(tmp_path, fake)
     keeper = await keeper_for(settings, store, clock, upstream)
     write_keys(tmp_path / "keys", GOOD[:2])
     await run_sync(settings, store)  # GOOD[2] removed now
-    assert await keeper.maintain() == type(await keeper.maintain())(0, 0, False)
+    assert await keeper.maintain() == MaintenanceSummary(purged=True, vacuumed=True)
+    assert await keeper.maintain() == MaintenanceSummary()  # nothing due any more
     clock.advance(29 * DAY)
-    assert (await keeper.maintain()).purged_keys == 0
+    assert await keeper.maintain() == MaintenanceSummary(purged=True, vacuumed=True)
     clock.advance(2 * DAY)
     summary = await keeper.maintain()
-    assert summary.purged_keys == 1
-    assert not summary.vacuumed
+    assert summary == MaintenanceSummary(purged=True, purged_keys=1, vacuumed=False)
     assert {s for s, _ in await rows(store)} == set(GOOD[:2])
     clock.advance(settings.worker.vacuum_interval_hours * HOUR)
     assert (await keeper.maintain()).vacuumed

@@ -15,14 +15,21 @@ from llmgateway.cli.store import echo_sync
 from llmgateway.cli.tokens import guard_tokens, metrics_hosts
 
 if TYPE_CHECKING:
-    from llmgateway.keeper.summary import Progress, ProxySummary, RoundSummary
+    from llmgateway.keeper.summary import (
+        MaintenanceSummary,
+        Progress,
+        ProxySummary,
+        RoundSummary,
+    )
     from llmgateway.store import Store
 
 
 @click.command()
 @config_option
 @click.option(
-    "--once", is_flag=True, help="One sync and one probe round of everything due, then exit."
+    "--once",
+    is_flag=True,
+    help="One sync, one probe round and the maintenance of everything due, then exit.",
 )
 def worker(config: str | None, once: bool) -> None:
     """The Keeper: sync the key and proxy files, probe keys and proxies, maintain the store.
@@ -46,11 +53,10 @@ def worker(config: str | None, once: bool) -> None:
         try:
             if once:
                 click.echo("syncing the key files, then one probe round…", err=True)
-                report, proxies, summary = await run_once(
-                    settings, store, on_progress=_progress_printer()
-                )
-                echo_sync(report)
-                _echo_round(proxies, summary)
+                done = await run_once(settings, store, on_progress=_progress_printer())
+                echo_sync(done.sync)
+                _echo_round(done.proxies, done.round)
+                _echo_maintenance(done.maintenance)
                 counts = await store.status_counts()
                 if counts:
                     from llmgateway.cli.render import status_table
@@ -104,3 +110,12 @@ def _echo_round(proxies: ProxySummary, summary: RoundSummary) -> None:
     line += f", {summary.verifying} verifying, {summary.egress} egress faults"
     line += f" ({summary.requests} requests, {summary.seconds:.1f} s)"
     click.echo(line)
+
+
+def _echo_maintenance(done: MaintenanceSummary) -> None:
+    ran = []
+    if done.purged:
+        ran.append(f"purge ({done.purged_keys} keys, {done.purged_proxies} proxies deleted)")
+    if done.vacuumed:
+        ran.append("vacuum")
+    click.echo(f"maintenance: {', '.join(ran) if ran else 'nothing due'}")

@@ -1,9 +1,11 @@
 """The Keeper: file sync, key and proxy probing, the upstream's model lists, and maintenance,
 under one task group, each step also callable on its own.
 
-A key probe round is `keeper.key_round.KeyRound`. Whatever a step does not finish is left for the
-next one: a failed step is logged and retried in the next round. Time comes from the injected
-`clock` and `sleep`.
+A key probe round is `keeper.key_round.KeyRound`. Proxies are checked in their own loop, woken
+when the next proxy check is due (`worker.proxy_check_interval_sec` after a live finding,
+`proxy_retry_sec` after a dead one), never held up by a long key round. Maintenance is
+`keeper.upkeep`. Whatever a step does not finish is left for the next one: a failed step is
+logged and retried in the next round. Time comes from the injected `clock` and `sleep`.
 """
 
 from __future__ import annotations
@@ -22,22 +24,25 @@ from pathlib import Path
 
 from llmgateway.config.settings import ProviderSettings, ProxyMode, Settings
 from llmgateway.core.egress import NoHealthyProxyError, egress_for
+from llmgateway.core.guard import egress_label
+from llmgateway.keeper import upkeep
 from llmgateway.keeper.key_round import KeyRound
 from llmgateway.keeper.model_lists import FetchError, fetch_names
 from llmgateway.keeper.prober import proxy_alive
-from llmgateway.keeper.probes import DAY, HOUR
+from llmgateway.keeper.probes import HOUR
 from llmgateway.keeper.summary import (
     MaintenanceSummary,
     ModelListSummary,
+    OnceSummary,
     Progress,
     ProxySummary,
     RoundSummary,
 )
-from llmgateway.keyfiles import SyncReport, run_sync
+from llmgateway.keyfiles import run_sync
 from llmgateway.observe.masking import mask
 from llmgateway.observe.metrics import Metrics
 from llmgateway.providers.catalog import is_pattern
-from llmgateway.store import Store, maintenance, proxy_checks
+from llmgateway.store import Store, proxy_checks
 from llmgateway.store import probes as queries
 from llmgateway.store.locks import single_keeper
 from llmgateway.store.proxy_checks import ProxyCheck, ProxyResult
@@ -50,6 +55,9 @@ CLAIM_SIZE = 1000
 PROXY_HOLD_SEC = 120.0
 """How long a claimed proxy is held before another keeper may probe it."""
 _PROXY_CONCURRENCY = 20
+_LEAST_WAIT_SEC = 0.1
+"""The shortest wait between two passes of a loop woken by due times (no busy loop when a
+due row cannot be taken)."""
 
 
 def default_owner() -> str:
@@ -74,7 +82,6 @@ class Keeper:
     sleep: Callable[[float], Awaitable[None]] = asyncio.sleep
     on_progress: Callable[[Progress], None] = _ignore
     claim_size: int = CLAIM_SIZE
-    last_vacuum: float | None = None
     metrics: Metrics = field(default_factory=Metrics.create)
     # when each provider's upstream model list is next fetched (absent: at the next chance)
     models_due: dict[str, float] = field(default_factory=dict)
@@ -167,6 +174,7 @@ class Keeper:
             async with gate:
                 alive, why = await proxy_alive(self.upstream, provider, check.url)
             delay = worker.proxy_check_interval_sec if alive else worker.proxy_retry_sec
+            _log_change(check, alive, why)
             return ProxyResult(check.proxy_id, alive, self.clock(), self.clock() + delay, why)
 
         found = await asyncio.gather(*(probe(check) for check in checks))
@@ -176,24 +184,19 @@ class Keeper:
         return ProxySummary(alive=alive, dead=len(results) - alive)
 
     async def maintain(self) -> MaintenanceSummary:
-        """Purge keys and proxies removed `purge_removed_after_days` ago; VACUUM when
-        `vacuum_interval_hours` passed since the last one (or since the keeper started)."""
-        now = self.clock()
+        """Run the maintenance tasks that are due (`keeper.upkeep`): the purge of long-removed
+        keys and proxies, VACUUM. When each last ran is kept in the store."""
+        return await upkeep.maintain(self.settings, self.store, self.owner, self.clock)
+
+    async def until_proxy_check(self) -> float:
+        """Seconds until the next proxy check is due (0: now), at most
+        `proxy_check_interval_sec`; `sync_interval_sec` when there is no proxy (the sync
+        that adds some wakes the proxy loop)."""
         worker = self.settings.worker
-        keys, proxies = await maintenance.purge_removed(
-            self.store, now - worker.purge_removed_after_days * DAY
-        )
-        if self.last_vacuum is None:
-            self.last_vacuum = now
-        vacuumed = now - self.last_vacuum >= worker.vacuum_interval_hours * HOUR
-        if vacuumed:
-            await maintenance.vacuum(self.store)
-            self.last_vacuum = now
-        if keys or proxies or vacuumed:
-            log.info(
-                "maintenance: %d keys and %d proxies purged, vacuum: %s", keys, proxies, vacuumed
-            )
-        return MaintenanceSummary(keys, proxies, vacuumed)
+        due = await proxy_checks.next_check_at(self.store)
+        if due is None:
+            return worker.sync_interval_sec
+        return min(max(due - self.clock(), 0.0), worker.proxy_check_interval_sec)
 
     # --- the long run -------------------------------------------------------------------------
 
@@ -206,12 +209,15 @@ class Keeper:
             wake = asyncio.Event()
             synced = asyncio.Event()  # a sync may have brought keys that are due at once
             listing = asyncio.Event()  # the same, for the model lists
+            proxied = asyncio.Event()  # the same, for proxies
             try:
                 async with asyncio.TaskGroup() as group:
-                    group.create_task(self._sync_loop(stop, wake, (synced, listing)))
+                    group.create_task(self._sync_loop(stop, wake, (synced, listing, proxied)))
                     if self.settings.worker.watch_files:
                         group.create_task(self._watch_loop(stop, wake))
                     group.create_task(self._probe_loop(stop, synced, on_round))
+                    if _pooled_providers(self.settings):
+                        group.create_task(self._proxy_loop(stop, proxied))
                     if _listing_providers(self.settings):
                         group.create_task(self._model_list_loop(stop, listing))
                     group.create_task(self._maintenance_loop(stop))
@@ -262,7 +268,6 @@ class Keeper:
         while not stop.is_set():
             synced.clear()
             with _survive("probe round"):
-                await self.probe_proxies()
                 summary = await self.probe_round(stop)
                 log.info(
                     "probe round: %d due, %d healthy, %d failed, %d verifying, %d egress faults",
@@ -275,11 +280,27 @@ class Keeper:
                 on_round(summary)
             await _first(stop, synced, self.settings.worker.probe_interval_sec)
 
-    async def _maintenance_loop(self, stop: asyncio.Event) -> None:
+    async def _proxy_loop(self, stop: asyncio.Event, synced: asyncio.Event) -> None:
+        """Check the proxies that are due, then sleep until the next one is (or a sync)."""
         while not stop.is_set():
+            synced.clear()
+            wait = self.settings.worker.proxy_retry_sec  # when the store cannot say
+            with _survive("proxy check"):
+                await self.probe_proxies()
+                wait = await self.until_proxy_check()
+            await _first(stop, synced, max(wait, _LEAST_WAIT_SEC))
+
+    async def _maintenance_loop(self, stop: asyncio.Event) -> None:
+        """Run the due maintenance, then sleep until the next task is due (at most an hour:
+        another keeper may have run it, or the settings changed)."""
+        while not stop.is_set():
+            wait = HOUR
             with _survive("maintenance"):
                 await self.maintain()
-            await _first(stop, None, HOUR)
+                due = await upkeep.next_due(self.settings, self.store)
+                if due is not None:
+                    wait = min(max(due - self.clock(), 0.0), HOUR)
+            await _first(stop, None, max(wait, _LEAST_WAIT_SEC))
 
 
 async def run_once(
@@ -288,18 +309,23 @@ async def run_once(
     *,
     upstream: Upstream | None = None,
     on_progress: Callable[[Progress], None] = _ignore,
-) -> tuple[SyncReport, ProxySummary, RoundSummary]:
-    """`worker --once`: one sync, one proxy round and one probe round of everything due."""
+    clock: Callable[[], float] = time.time,
+) -> OnceSummary:
+    """`worker --once`: one sync, one proxy round and one probe round of everything due, the
+    model lists that are due, then the maintenance that is due."""
     with single_keeper(store.engine.url):
-        keeper = Keeper(settings, store, upstream or HttpUpstream(), on_progress=on_progress)
+        keeper = Keeper(
+            settings, store, upstream or HttpUpstream(), clock=clock, on_progress=on_progress
+        )
         try:
             report = await run_sync(settings, store)
             proxies = await keeper.probe_proxies()
             summary = await keeper.probe_round()
             await keeper.fetch_model_lists()  # after the probes: with a key proven valid
+            upkept = await keeper.maintain()
         finally:
             await keeper.upstream.close()
-        return report, proxies, summary
+        return OnceSummary(report, proxies, summary, upkept)
 
 
 async def _first(stop: asyncio.Event, wake: asyncio.Event | None, seconds: float) -> None:
@@ -338,6 +364,32 @@ def _listing_providers(settings: Settings) -> list[tuple[str, ProviderSettings]]
         (name, provider)
         for name, provider in settings.providers.items()
         if provider.enabled and any(is_pattern(model) for model in provider.models)
+    ]
+
+
+def _log_change(check: ProxyCheck, alive: bool, why: str | None) -> None:
+    """Log a proxy found dead, or alive again (its URL without credentials)."""
+    was_dead = check.status is proxy_checks.DEAD_PROXY
+    if alive == was_dead:
+        label = egress_label(check.url)
+        if alive:
+            log.info("proxy %s of provider %s is alive again", label, check.provider)
+        else:
+            log.warning(
+                "proxy %s of provider %s found dead (%s); its keys go through the provider's "
+                "other proxies until it answers again",
+                label,
+                check.provider,
+                why,
+            )
+
+
+def _pooled_providers(settings: Settings) -> list[str]:
+    """The enabled providers with a proxy pool (stealth mode): those whose proxies are checked."""
+    return [
+        name
+        for name, provider in settings.providers.items()
+        if provider.enabled and provider.proxy_config.mode is ProxyMode.STEALTH
     ]
 
 

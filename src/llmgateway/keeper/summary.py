@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from llmgateway.keeper.probes import Kind
+from llmgateway.keyfiles import SyncReport
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,11 +62,13 @@ class ProxySummary:
 
 @dataclass(frozen=True, slots=True)
 class MaintenanceSummary:
-    """What one maintenance pass did."""
+    """What one maintenance pass did: whether the purge ran and what it deleted, whether
+    VACUUM ran (each runs only when due)."""
 
-    purged_keys: int
-    purged_proxies: int
-    vacuumed: bool
+    purged: bool = False
+    purged_keys: int = 0
+    purged_proxies: int = 0
+    vacuumed: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,3 +81,14 @@ class ModelListSummary:
     unchanged: int = 0
     failed: int = 0
     without_key: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class OnceSummary:
+    """What `worker --once` did: the sync, the proxy round, the key probe round, and the
+    maintenance that was due."""
+
+    sync: SyncReport
+    proxies: ProxySummary
+    round: RoundSummary
+    maintenance: MaintenanceSummary

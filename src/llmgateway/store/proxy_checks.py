@@ -3,7 +3,8 @@ healthy proxies of each provider (what probes and gateways route through).
 
 A claim pushes a proxy's next check past the probe (`hold_until`), so another keeper leaves it
 alone and a killed keeper's proxies come back then. A result that changes a proxy's health
-takes the next revision, so gateways see it in their next delta refresh.
+takes the next revision, so gateways see it in their next delta refresh, and on PostgreSQL it
+is announced (`notify`) so that they refresh at once.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from dataclasses import dataclass, field
 import sqlalchemy as sa
 
 from llmgateway.core.outcomes import KeyStatus
-from llmgateway.store import Store
+from llmgateway.store import Store, notify
 from llmgateway.store.status import bump_revision, cut_message
 from llmgateway.store.tables import providers, proxies, proxy_status
 
@@ -84,7 +85,8 @@ async def claim_due_proxies(
 
 
 async def write_proxy_results(store: Store, results: Sequence[ProxyResult]) -> None:
-    """Write proxy probe results; a proxy whose health changed is stamped for gateways."""
+    """Write proxy probe results; a proxy whose health changed is stamped for gateways, and
+    announced to them on PostgreSQL."""
     if not results:
         return
     ps = proxy_status.c
@@ -92,6 +94,11 @@ async def write_proxy_results(store: Store, results: Sequence[ProxyResult]) -> N
     observed = sa.bindparam("p_observed_at", type_=sa.Double)
     async with store.engine.begin() as conn:
         revision = await bump_revision(conn)
+        ids = [r.proxy_id for r in results]
+        was = sa.select(ps.proxy_id, ps.status).where(ps.proxy_id.in_(ids))
+        before = {int(pid): str(status) for pid, status in await conn.execute(was)}
+        if any(before.get(r.proxy_id) != _status_of(r).value for r in results):
+            await notify.publish(conn, notify.Kind.PROXIES, revision)
         statement = (
             sa.update(proxy_status)
             .where(ps.proxy_id == sa.bindparam("p_proxy_id", type_=sa.Integer))
@@ -112,7 +119,7 @@ async def write_proxy_results(store: Store, results: Sequence[ProxyResult]) -> N
             [
                 {
                     "p_proxy_id": r.proxy_id,
-                    "p_status": (KeyStatus.VALID if r.alive else DEAD_PROXY).value,
+                    "p_status": _status_of(r).value,
                     "p_observed_at": r.observed_at,
                     "p_next_check_at": r.next_check_at,
                     "p_error_message": cut_message(r.error_message),
@@ -120,6 +127,27 @@ async def write_proxy_results(store: Store, results: Sequence[ProxyResult]) -> N
                 for r in results
             ],
         )
+
+
+async def next_check_at(store: Store) -> float | None:
+    """When the next proxy check is due (epoch seconds), or None without a proxy to check."""
+    ps = proxy_status.c
+    query = (
+        sa.select(sa.func.min(ps.next_check_at))
+        .select_from(
+            proxy_status.join(proxies, proxies.c.id == ps.proxy_id).join(
+                providers, providers.c.id == proxies.c.provider_id
+            )
+        )
+        .where(proxies.c.active, providers.c.active)
+    )
+    async with store.engine.connect() as conn:
+        found = await conn.scalar(query)
+    return None if found is None else float(found)
+
+
+def _status_of(result: ProxyResult) -> KeyStatus:
+    return KeyStatus.VALID if result.alive else DEAD_PROXY
 
 
 async def healthy_proxies(store: Store) -> dict[str, list[str]]:

@@ -162,3 +162,15 @@ limit_members = sa.Table(
 """The gateways counting per-key limits in the store through a transaction pooler: one row per
 live gateway of a `limits.key_prefix` namespace, renewed every refresh until `seen_until`
 (epoch seconds of the database's clock); see `llmgateway.limits.fleet`."""
+
+keeper_tasks = sa.Table(
+    "keeper_tasks",
+    metadata,
+    sa.Column("name", sa.Text, primary_key=True),
+    sa.Column("last_run_at", sa.Double, nullable=True),
+    sa.Column("lease_owner", sa.Text, nullable=True),
+    sa.Column("lease_until", sa.Double, nullable=True),
+)
+"""The Keeper's periodic tasks (`vacuum`, `purge`), one row per task: when it last finished
+(None: never) and the keeper running it now, until when (see `llmgateway.store.keeper_tasks`).
+Kept in the store so that a schedule survives restarts and several keepers run a task once."""
