@@ -389,6 +389,8 @@ class RetryBudgetSettings(_Model):
 
 class GatewayPolicy(_Model):
     streaming_mode: StreamingMode = StreamingMode.AUTO
+    # false: a key still `untested` (no probe or request has classified it) is not served
+    serve_untested_keys: bool = True
     debug_mode: DebugMode = DebugMode.DISABLED
     fast_status_mapping: dict[StatusCode, ErrorReason] = Field(default_factory=dict)
     error_parsing: ErrorParsing = ErrorParsing()
