@@ -84,6 +84,9 @@ StatusCode = Annotated[int, Field(ge=100, le=599)]
 
 
 class StreamingMode(enum.StrEnum):
+    """The original's `streaming_mode`, accepted as it is: both values relay answers as they
+    come (the original's `disabled` only made it read the request body, as we always do)."""
+
     AUTO = "auto"
     DISABLED = "disabled"
 
