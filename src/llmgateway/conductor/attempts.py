@@ -126,7 +126,9 @@ class AttemptLoop:
         """How long to wait before retrying after a failed attempt, or None: no retry (the
         client's fault, the policy's attempts used up, the deadline too near, or no room in
         the retry budget). Of the `attempts` failed so far, `key_errors` were the key's fault
-        (`on_key_error`); the others count against `on_server_error`."""
+        (`on_key_error`); the others count against `on_server_error`. A step's `attempts`
+        counts tries, as the original's did: `attempts: 3` is at most 3 tries that fail in
+        that class (so 2 retries); 0 and 1 both mean the first such failure is answered."""
         if outcome.blame is Blame.CLIENT:
             return None
         policy = call.provider.settings.gateway_policy.retry
@@ -134,7 +136,7 @@ class AttemptLoop:
             step, used = policy.on_key_error, key_errors
         else:
             step, used = policy.on_server_error, attempts - key_errors
-        if not policy.enabled or used > step.attempts:
+        if not policy.enabled or used >= step.attempts:
             return None
         pause = _backoff(step, used, self.rng)
         connect = call.provider.settings.timeouts.connect

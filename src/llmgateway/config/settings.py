@@ -321,6 +321,7 @@ class ErrorParsing(_Model):
 
 
 class RetryStep(_Model):
+    # tries that may fail in this class, each on another key (0 or 1: no retry after one)
     attempts: int = Field(default=0, ge=0)
     backoff_sec: float = Field(default=0.1, ge=0)
     backoff_factor: float = Field(default=1.5, ge=1)
@@ -331,8 +332,8 @@ class RetryPolicy(_Model):
     is the gateway's promise, and a key's fault costs the client nothing."""
 
     enabled: bool = True
-    on_key_error: RetryStep = RetryStep(attempts=5, backoff_sec=0.0)
-    on_server_error: RetryStep = RetryStep(attempts=2, backoff_sec=0.1)
+    on_key_error: RetryStep = RetryStep(attempts=6, backoff_sec=0.0)
+    on_server_error: RetryStep = RetryStep(attempts=3, backoff_sec=0.1)
 
 
 class BreakerBackoff(_Model):
