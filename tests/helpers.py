@@ -202,8 +202,8 @@ def chaos_settings(
     policy: dict[str, Any] = {
         "retry": {
             "enabled": True,
-            "on_key_error": {"attempts": 10, "backoff_sec": 0.0},
-            "on_server_error": {"attempts": 3, "backoff_sec": 0.01},
+            "on_key_error": {"attempts": 11, "backoff_sec": 0.0},
+            "on_server_error": {"attempts": 4, "backoff_sec": 0.01},
         },
         "circuit_breaker": BREAKER,
         "outlier_detection": {

@@ -21,7 +21,7 @@ BODY = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}
 
 def _policy(**extra: object) -> dict[str, object]:
     policy: dict[str, object] = {
-        "retry": {"on_server_error": {"attempts": 3, "backoff_sec": 0.0}},
+        "retry": {"on_server_error": {"attempts": 4, "backoff_sec": 0.0}},  # 3 retries
         "circuit_breaker": {"enabled": False},
         "retry_budget": {"percent": 20, "min_concurrent": 3},
         "outlier_detection": {"consecutive_failures": 100},
@@ -63,7 +63,7 @@ async def test_client_sdk_retries_use_up_the_budget(tmp_path: Path, fake: FakeUp
         assert statuses == [500] * 30
         calls = sum(fake.calls(key) for key in KEYS)
         # 30 client retries fill the budget; only the last few requests, once fewer than
-        # min_concurrent (3) are left, may retry (≤ 3 attempts each): 120 calls without it
+        # min_concurrent (3) are left, may retry (≤ 3 retries each): 120 calls without it
         assert 30 <= calls <= 30 + 3 * 3, calls
 
 

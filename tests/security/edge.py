@@ -228,8 +228,8 @@ def edge_settings(
     base: dict[str, Any] = {
         "retry": {
             "enabled": True,
-            "on_key_error": {"attempts": 5, "backoff_sec": 0.0},
-            "on_server_error": {"attempts": 2, "backoff_sec": 0.0},
+            "on_key_error": {"attempts": 6, "backoff_sec": 0.0},
+            "on_server_error": {"attempts": 3, "backoff_sec": 0.0},
         },
         "circuit_breaker": {"enabled": breaker, "failure_threshold": 3},
     }

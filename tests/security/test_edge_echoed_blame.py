@@ -5,7 +5,7 @@ body ("Invalid JSON payload received. Unknown name \\"…\\": Cannot find field.
 moderation 403 carries the flagged input. `outcomes.classify` looks for its key-fault phrases
 (`API key not valid`, `API_KEY_INVALID`, `does not have access`, `billing`…) anywhere in the
 body, so a client who writes such a phrase into its request gets every key it is retried on
-marked invalid: one request, a whole pool (up to `on_key_error.attempts` + 1 keys) out until
+marked invalid: one request, a whole pool (up to `on_key_error.attempts` keys) out until
 the Keeper's probes restore them, in every gateway sharing the store.
 
 The verdicts that blame a key read only the error's own fields at fixed places

@@ -87,7 +87,7 @@ async def test_a_key_echoed_in_an_error_is_masked(
     used = key_of(rig.upstream.seen[-1].head, keys)
     assert mask(used).encode() in passed.body
     assert b"HTTP/1.1\\r\\n" in passed.body if wrap else b" HTTP/1.1\r\n" in passed.body
-    expected = 1 if status < 500 else 3  # on_server_error.attempts: 2 retries
+    expected = 1 if status < 500 else 3  # on_server_error.attempts: 3 tries
     assert len(rig.upstream.seen) == expected
     rig.assert_tokens_stayed()
     rig.assert_intact()

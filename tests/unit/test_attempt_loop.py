@@ -272,7 +272,7 @@ async def test_a_second_end_of_a_claim_gives_nothing_back_twice(
     streamed = ScriptedResponse(200, SSE, list(EVENTS))
     rig = make_rig(
         in_turn(busy(), streamed, ScriptedResponse(200, JSON, COMPLETION), busy(), busy()),
-        retry={"on_server_error": {"attempts": 1, "backoff_sec": 0.0}},
+        retry={"on_server_error": {"attempts": 2, "backoff_sec": 0.0}},
     )
     assert (await rig.send(headers=[("x-stainless-retry-count", "1")])).status == 200
     assert (await rig.send()).status == 200

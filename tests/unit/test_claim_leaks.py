@@ -227,8 +227,8 @@ async def test_nothing_leaks_whatever_step_fails(
         circuit_breaker=HALF_OPEN_BREAKER,
         key_limits={"max_concurrent": 5},
         retry={
-            "on_key_error": {"attempts": 2, "backoff_sec": 0.01},
-            "on_server_error": {"attempts": 2, "backoff_sec": 0.01},
+            "on_key_error": {"attempts": 3, "backoff_sec": 0.01},
+            "on_server_error": {"attempts": 3, "backoff_sec": 0.01},
         },
         retry_budget={"percent": 0, "min_concurrent": 2},
     )

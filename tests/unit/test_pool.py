@@ -49,6 +49,7 @@ def make_pool(
     outlier: OutlierDetection = NO_JITTER,
     status: KeyStatus = KeyStatus.VALID,
     seed: int = 1,
+    serve_untested: bool = True,
 ) -> KeyPool:
     pool = KeyPool(
         "p",
@@ -57,6 +58,7 @@ def make_pool(
         selection=selection,
         outlier=outlier,
         rng=random.Random(seed),
+        serve_untested=serve_untested,
     )
     scopes = (ALL_MODELS,) if shared else models
     pool.load([entry(i, m, status) for i in range(n) for m in scopes], T0)
@@ -104,6 +106,42 @@ def test_untested_keys_serve_at_once_and_first_success_reports_valid() -> None:
     assert change == StatusChange(0, ALL_MODELS, KeyStatus.VALID, None, None, 200)
     assert pool.state(0, "a", T0) == "healthy"
     assert use(pool, OK) is None  # already known valid: nothing to write
+
+
+@pytest.mark.parametrize("selection", list(Selection))
+def test_with_serve_untested_off_only_keys_found_healthy_serve(selection: Selection) -> None:
+    pool = make_pool(3, status=KeyStatus.UNTESTED, selection=selection, serve_untested=False)
+    assert pool.state(0, "a", T0) == "untested"
+    assert pool.acquire("a", T0) == Unavailable("no_keys", None)
+    # a probe finds key 1 valid (the store's row changes): it alone serves
+    pool.apply([entry(1)], [], T0 + 1)
+    assert picks(pool, 20, T0 + 1) == {1: 20}
+    # a probe finding another key rate-limited: after its cooldown it serves too (it has been
+    # classified; only "nothing known yet" is held back)
+    pool.apply([entry(2, status=KeyStatus.RATE_LIMITED, cooldown_until=T0 + 10)], [], T0 + 1)
+    assert set(picks(pool, 40, T0 + 2)) == {1}
+    assert set(picks(pool, 40, T0 + 10)) == {1, 2}
+    assert pool.state(0, "a", T0 + 10) == "untested"
+
+
+def test_with_serve_untested_off_panic_never_picks_an_untested_key() -> None:
+    pool = make_pool(2, status=KeyStatus.UNTESTED, serve_untested=False)
+    pool.apply([entry(0)], [], T0)
+    for _ in range(5):
+        use_key(pool, 0, SERVER)
+    assert pool.state(0, "a", T0) == "ejected"
+    assert lease(pool, now=T0 + 1).key_id == 0  # ejected, but the one key found healthy
+    assert pool.acquire("a", T0 + 1, {0}) == Unavailable("no_keys", 29)
+
+
+def test_with_serve_untested_off_a_key_serves_only_the_models_it_was_found_healthy_for() -> None:
+    pool = make_pool(1, shared=False, status=KeyStatus.UNTESTED, serve_untested=False)
+    pool.apply([entry(0, "a")], [], T0)
+    assert lease(pool, "a").key_id == 0
+    assert pool.acquire("b", T0) == Unavailable("no_keys", None)
+    assert make_pool(1, shared=False, status=KeyStatus.UNTESTED).acquire("b", T0) != (
+        Unavailable("no_keys", None)
+    )  # served at once with the setting on (the default)
 
 
 def test_least_inflight_of_two_with_two_keys_alternates() -> None:

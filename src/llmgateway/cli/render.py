@@ -79,3 +79,20 @@ def _humanize(at: float | None, now: float) -> str:
     )
     text = f"{int(amount // size)}{unit}"
     return f"in {text}" if delta > 0 else f"overdue {text}"
+
+
+def untested_notes(counts: list[StatusCount], tested_only: set[str]) -> list[str]:
+    """A line for each provider in `tested_only` (`serve_untested_keys: false`) that has
+    untested keys: they are not served before their first probe, as the table cannot say."""
+    waiting = sorted(
+        {
+            c.provider
+            for c in counts
+            if c.provider in tested_only and state_of_status(c.status) == "untested"
+        }
+    )
+    return [
+        f"{provider}: untested keys are not served before their first probe"
+        " (gateway_policy.serve_untested_keys: false)"
+        for provider in waiting
+    ]

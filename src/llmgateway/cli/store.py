@@ -72,7 +72,7 @@ def status(config: str | None, as_json: bool) -> None:
 
     `shared` in the model column: one status for all models (shared_key_status).
     """
-    from llmgateway.cli.render import breaker_table, proxy_table, status_table
+    from llmgateway.cli.render import breaker_table, proxy_table, status_table, untested_notes
     from llmgateway.core.key_states import state_of_status
     from llmgateway.store.report import proxy_counts
 
@@ -96,6 +96,13 @@ def status(config: str | None, as_json: bool) -> None:
             click.echo("no keys in the store yet (`llmgateway worker --once` syncs the files)")
         else:
             click.echo(status_table(counts, time.time()))
+            tested_only = {
+                name
+                for name, provider in settings.providers.items()
+                if not provider.gateway_policy.serve_untested_keys
+            }
+            for note in untested_notes(counts, tested_only):
+                click.echo(note)
         if breakers:
             click.echo("\n" + breaker_table(breakers, time.time()))
         if proxy_rows:

@@ -82,6 +82,7 @@ class Conductor:
                 selection=self.settings.gateway.selection,
                 outlier=provider.gateway_policy.outlier_detection,
                 rng=self.rng,
+                serve_untested=provider.gateway_policy.serve_untested_keys,
             )
             policy = provider.gateway_policy
             budget = policy.retry_budget

@@ -22,7 +22,7 @@ from llmgateway.conductor.call import Call
 from llmgateway.conductor.claim import Claim
 from llmgateway.conductor.replies import GatewayReply, failed_attempt, no_key
 from llmgateway.conductor.status_writer import StatusWriter
-from llmgateway.config.settings import RetryStep, StreamingMode
+from llmgateway.config.settings import RetryStep
 from llmgateway.core.guard import Excluded
 from llmgateway.core.outcomes import Blame, Outcome
 from llmgateway.core.pool_keys import Lease
@@ -54,9 +54,10 @@ WHOLE_BODY_LIMIT = 1024 * 1024
 byte: one send instead of a stream, and an answer cut short is retried on another key."""
 
 
-def _read_whole(call: Call, response: UpstreamResponse) -> bool:
-    if call.provider.settings.gateway_policy.streaming_mode is StreamingMode.DISABLED:
-        return True
+def _read_whole(response: UpstreamResponse) -> bool:
+    """Is the answer small and plain? Streams and larger answers are relayed as they come,
+    whatever `streaming_mode` says: the original streamed every answer too (`disabled` only
+    made it read the request body, which this gateway always does)."""
     length = response.content_length
     if length is None or length > WHOLE_BODY_LIMIT:
         return False
@@ -125,7 +126,9 @@ class AttemptLoop:
         """How long to wait before retrying after a failed attempt, or None: no retry (the
         client's fault, the policy's attempts used up, the deadline too near, or no room in
         the retry budget). Of the `attempts` failed so far, `key_errors` were the key's fault
-        (`on_key_error`); the others count against `on_server_error`."""
+        (`on_key_error`); the others count against `on_server_error`. A step's `attempts`
+        counts tries, as the original's did: `attempts: 3` is at most 3 tries that fail in
+        that class (so 2 retries); 0 and 1 both mean the first such failure is answered."""
         if outcome.blame is Blame.CLIENT:
             return None
         policy = call.provider.settings.gateway_policy.retry
@@ -133,7 +136,7 @@ class AttemptLoop:
             step, used = policy.on_key_error, key_errors
         else:
             step, used = policy.on_server_error, attempts - key_errors
-        if not policy.enabled or used > step.attempts:
+        if not policy.enabled or used >= step.attempts:
             return None
         pause = _backoff(step, used, self.rng)
         connect = call.provider.settings.timeouts.connect
@@ -176,7 +179,7 @@ class AttemptLoop:
             status = response.status
             if status < 300:
                 ok = _success(status)
-                if _read_whole(call, response):  # judged once the client has it
+                if _read_whole(response):  # judged once the client has it
                     whole = await response.read(self.max_response_bytes)
                     claim.relay(ok, whole=True)
                     return Relay(response, attempt, lease.secret, whole)

@@ -7,7 +7,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from llmgateway.conductor.call import Provider
-from llmgateway.core.key_states import USABLE
+from llmgateway.core.key_states import usable_states
 from llmgateway.core.resilience import BreakerState
 from llmgateway.observe.metrics import model_label
 
@@ -32,9 +32,14 @@ def provider_report(
             folder = provider.settings.keys_path
             warnings.append(f"provider {name}: no keys; put key files in {folder}")
             continue
+        serve_untested = provider.settings.gateway_policy.serve_untested_keys
+        usable = usable_states(serve_untested)
         for model, states in sorted(by_scope.items()):
-            if not any(states[s] for s in USABLE):
+            if not any(states[s] for s in usable):
                 found = ", ".join(f"{n} {s}" for s, n in sorted(states.items()))
+                if states["untested"] and not serve_untested:
+                    found += "; untested keys wait for their first probe: serve_untested_keys"
+                    found += " is false"
                 warnings.append(f"provider {name} model {model}: no usable key ({found})")
         if breaker is not BreakerState.CLOSED:
             warnings.append(f"provider {name}: circuit breaker {breaker.name.lower()}")

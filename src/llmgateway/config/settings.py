@@ -84,6 +84,9 @@ StatusCode = Annotated[int, Field(ge=100, le=599)]
 
 
 class StreamingMode(enum.StrEnum):
+    """The original's `streaming_mode`, accepted as it is: both values relay answers as they
+    come (the original's `disabled` only made it read the request body, as we always do)."""
+
     AUTO = "auto"
     DISABLED = "disabled"
 
@@ -318,6 +321,7 @@ class ErrorParsing(_Model):
 
 
 class RetryStep(_Model):
+    # tries that may fail in this class, each on another key (0 or 1: no retry after one)
     attempts: int = Field(default=0, ge=0)
     backoff_sec: float = Field(default=0.1, ge=0)
     backoff_factor: float = Field(default=1.5, ge=1)
@@ -328,8 +332,8 @@ class RetryPolicy(_Model):
     is the gateway's promise, and a key's fault costs the client nothing."""
 
     enabled: bool = True
-    on_key_error: RetryStep = RetryStep(attempts=5, backoff_sec=0.0)
-    on_server_error: RetryStep = RetryStep(attempts=2, backoff_sec=0.1)
+    on_key_error: RetryStep = RetryStep(attempts=6, backoff_sec=0.0)
+    on_server_error: RetryStep = RetryStep(attempts=3, backoff_sec=0.1)
 
 
 class BreakerBackoff(_Model):
@@ -389,6 +393,8 @@ class RetryBudgetSettings(_Model):
 
 class GatewayPolicy(_Model):
     streaming_mode: StreamingMode = StreamingMode.AUTO
+    # false: a key still `untested` (no probe or request has classified it) is not served
+    serve_untested_keys: bool = True
     debug_mode: DebugMode = DebugMode.DISABLED
     fast_status_mapping: dict[StatusCode, ErrorReason] = Field(default_factory=dict)
     error_parsing: ErrorParsing = ErrorParsing()

@@ -19,9 +19,10 @@ from typing import Literal
 from llmgateway.core.outcomes import KeyStatus
 
 KeyState = Literal["healthy", "untested", "cooling", "ejected", "invalid", "no_quota", "no_model"]
-"""What selection does with a key: `healthy` and `untested` keys serve; `cooling` waits out a
-429's cooldown, `ejected` an outlier ejection; `invalid` is out until a probe or sync restores
-it; `no_quota` and `no_model` are out for the model until their block ends."""
+"""What selection does with a key: `healthy` keys serve, and `untested` ones unless their
+provider sets `serve_untested_keys: false` (then they wait for a probe's finding); `cooling`
+waits out a 429's cooldown, `ejected` an outlier ejection; `invalid` is out until a probe or
+sync restores it; `no_quota` and `no_model` are out for the model until their block ends."""
 
 KEY_STATES: tuple[KeyState, ...] = (
     "healthy",
@@ -34,7 +35,17 @@ KEY_STATES: tuple[KeyState, ...] = (
 )
 
 USABLE: frozenset[KeyState] = frozenset({"healthy", "untested"})
-"""States that may serve a request now."""
+"""States that may serve a request now (`untested` only where the provider serves untested
+keys, the default: see `usable_states`)."""
+
+_TESTED_USABLE: frozenset[KeyState] = frozenset({"healthy"})
+
+
+def usable_states(serve_untested: bool) -> frozenset[KeyState]:
+    """The states that may serve for a provider with `gateway_policy.serve_untested_keys` set
+    to `serve_untested`."""
+    return USABLE if serve_untested else _TESTED_USABLE
+
 
 STATE_OF_STATUS: dict[KeyStatus, KeyState] = {
     KeyStatus.VALID: "healthy",

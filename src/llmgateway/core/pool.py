@@ -4,9 +4,10 @@ Pure: no I/O, no clock, no asyncio. Every method that needs the time takes `now`
 seconds) and randomness comes from the `random.Random` given at construction.
 
 Selection is O(1) amortised. Each model scope keeps a bag of the keys believed eligible. A key
-leaves it as soon as its state says so (invalid, cooling, out of quota, ejected) and comes back
-when a deadline heap says its time is up or the store restores it. A request samples two keys
-from the bag and takes the one with fewer requests in flight ("power of two choices").
+leaves it as soon as its state says so (invalid, cooling, out of quota, ejected; untested, when
+the provider serves only keys found healthy) and comes back when a deadline heap says its time
+is up or the store restores it. A request samples two keys from the bag and takes the one
+with fewer requests in flight ("power of two choices").
 
 Facts (invalid key, rate limit, no quota, no model) come from outcomes and from the store; the
 store's cooldowns only ever move a local deadline later. Statistical ejections (5xx, timeouts)
@@ -57,7 +58,10 @@ class KeyPool:
         selection: Selection,
         outlier: OutlierConfig,
         rng: random.Random,
+        serve_untested: bool = True,
     ) -> None:
+        """`serve_untested`: may a key serve a scope before anything is known about it there
+        (False: only once a probe or a request found it, `serve_untested_keys: false`)."""
         self.provider = provider
         self._shared = shared
         self._models = tuple(models)
@@ -67,7 +71,7 @@ class KeyPool:
         self._keys: dict[int, Key] = {}
         names = (ALL_MODELS,) if shared else self._models
         self._scopes: dict[str, Scope] = {
-            name: Scope(name, Bag("ready_at" if index == 0 else None))
+            name: Scope(name, Bag("ready_at" if index == 0 else None), untested_ok=serve_untested)
             for index, name in enumerate(names)
         }
         self._ejected = Bag("ejected_at")
@@ -152,7 +156,7 @@ class KeyPool:
     def _fits(self, key: Key, scope: Scope, now: float, exclude: Collection[int]) -> bool:
         if key.key_id in exclude:
             return False
-        if usable(key, scope.name, now):
+        if usable(key, scope.name, now, untested_ok=scope.untested_ok):
             return True
         place(key, scope, now)  # its state changed since it joined the bag
         return False
@@ -198,7 +202,8 @@ class KeyPool:
         found = [
             key
             for key in self._ejected.items
-            if key.key_id not in exclude and usable(key, scope.name, now, ejected_ok=True)
+            if key.key_id not in exclude
+            and usable(key, scope.name, now, ejected_ok=True, untested_ok=scope.untested_ok)
         ]
         return better_of_two(found, self._rng)
 

@@ -226,14 +226,15 @@ class Scope:
     ready: Bag = field(default_factory=Bag)  # the first configured scope's: Bag("ready_at")
     waiting: list[tuple[float, int]] = field(default_factory=list)  # (deadline, key_id) heap
     cursor: int = 0  # round-robin position
+    untested_ok: bool = True  # may a key still untested here serve (serve_untested_keys)?
 
 
 def place(key: Key, scope: Scope, now: float) -> None:
     """Put the key where it belongs for `scope`: in the bag, waiting for a deadline, or out."""
-    if key.invalid_in or key.ejected_until > now:
-        scope.ready.discard(key)  # the store or the ejection heap brings it back
-        return
     st = key.scoped(scope.name)
+    if key.invalid_in or key.ejected_until > now or (not scope.untested_ok and untested(st)):
+        scope.ready.discard(key)  # back when the store (a probe) or the ejection heap says
+        return
     until = max(st.cooldown_until, st.blocked_until) if st is not None else 0.0
     if st is None or until <= now:
         scope.ready.add(key)
@@ -295,12 +296,22 @@ def unavailable(
     return Unavailable("no_keys", None)
 
 
-def usable(key: Key, name: str, now: float, *, ejected_ok: bool = False) -> bool:
-    """May the key serve scope `name` at `now` (an ejected one too when `ejected_ok`)?"""
+def usable(
+    key: Key, name: str, now: float, *, ejected_ok: bool = False, untested_ok: bool = True
+) -> bool:
+    """May the key serve scope `name` at `now` (an ejected one too when `ejected_ok`, one
+    still untested there only when `untested_ok`)?"""
     if key.invalid_in or (key.ejected_until > now and not ejected_ok):
         return False
     st = key.scoped(name)
+    if not untested_ok and untested(st):
+        return False
     return st is None or (st.cooldown_until <= now and st.blocked_until <= now)
+
+
+def untested(st: Scoped | None) -> bool:
+    """Is nothing known yet about a key in a scope (its state there, None for none)?"""
+    return st is None or st.status is KeyStatus.UNTESTED
 
 
 def state_of(key: Key, name: str, now: float) -> KeyState:
@@ -314,6 +325,4 @@ def state_of(key: Key, name: str, now: float) -> KeyState:
         return "cooling"
     if key.ejected_until > now:
         return "ejected"
-    if st is None or st.status is KeyStatus.UNTESTED:
-        return "untested"
-    return "healthy"
+    return "untested" if untested(st) else "healthy"
