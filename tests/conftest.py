@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import logging
 import os
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -52,6 +53,24 @@ from tests.pgbouncer import PgBouncer, Route, require_pgbouncer, start_pgbouncer
 # change what it tests): set at import, so every CLI run in a test, in this process or a child
 # process, reads none unless the test names one with --env-file.
 os.environ["LLMGATEWAY_DOTENV"] = "0"
+
+
+@pytest.fixture(autouse=True)
+def _logging_restored() -> Iterator[None]:
+    """Put the root logger back as it was after each test: a command run in-process
+    (`CliRunner`) configures logging for real, and its level (ERROR for `status`) would
+    otherwise hide the warnings that later tests read through `caplog`."""
+    root = logging.getLogger()
+    level, handlers = root.level, list(root.handlers)
+    yield
+    root.setLevel(level)
+    for handler in list(root.handlers):
+        if handler not in handlers:
+            root.removeHandler(handler)
+    for handler in handlers:
+        if handler not in root.handlers:
+            root.addHandler(handler)
+
 
 DATABASES = ["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)]
 
