@@ -80,3 +80,4 @@ def test_the_composed_environment_logs_in_with_the_password(
     assert last.startswith("cannot use the database at "), wrong.stderr
     assert last.endswith("authentication failed"), wrong.stderr
     assert "not-it" not in wrong.stderr
+    assert "could not ask the database" not in wrong.stderr, "a refused login is no pooler question"

@@ -123,14 +123,25 @@ async def find_mode(url: URL, pooler: Pooler) -> Mode | None:
     try:
         connection, mode = await connect(url, pooler, connect_timeout=DETECT_TIMEOUT_SEC)
     except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as error:
-        log.warning(
-            "could not ask the database what serves it (%s): assuming a transaction pooler "
-            "(unnamed statements) until restart; set database.pooler to say which",
-            type(error).__name__,
-        )
+        if not _login_refused(error):  # a refused login is reported by the caller's own connect
+            log.warning(
+                "could not ask the database what serves it (%s): assuming a transaction "
+                "pooler (unnamed statements) until restart; set database.pooler to say which",
+                type(error).__name__,
+            )
         return None
     await connection.close(timeout=DETECT_TIMEOUT_SEC)
     return mode
+
+
+def _login_refused(error: BaseException) -> bool:
+    """Whether `error` is the server refusing the login: PostgreSQL says so with SQLSTATE
+    class 28, PgBouncer with 08P01 and an "authentication failed" message."""
+    import asyncpg
+
+    if isinstance(error, asyncpg.InvalidAuthorizationSpecificationError):
+        return True
+    return "authentication failed" in str(error)
 
 
 @dataclass(frozen=True, slots=True)
