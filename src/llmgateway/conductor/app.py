@@ -40,7 +40,7 @@ from llmgateway.observe.metrics import Metrics
 from llmgateway.observe.metrics_http import metrics_served
 from llmgateway.observe.store_counts import StoreCounts
 from llmgateway.records import StatusCount
-from llmgateway.store import KeyRow, ProxyRow, Store
+from llmgateway.store import Adoption, KeyRow, ProxyRow, Store
 from llmgateway.store.locks import exclusive_start
 from llmgateway.transport.upstream import HttpUpstream
 
@@ -339,7 +339,7 @@ def create_app(
         try:
             if prepare:
                 async with exclusive_start(store.engine.url):
-                    await store.upgrade()
+                    await store.migrate(Adoption.of(settings.providers))
                     await run_sync(settings, store)
             await conductor.refresh()
             if stored is not None:

@@ -30,13 +30,17 @@ from llmgateway.records import (
 )
 from llmgateway.store import breakers, connect, model_lists, notify, reconcile, status
 from llmgateway.store import pooler as pooler_mode
-from llmgateway.store.connect import DatabaseUrlError, async_url, masked_url
+from llmgateway.store.connect import DatabaseUrlError, Migration, async_url, masked_url
+from llmgateway.store.original import Adoption, OriginalDatabaseError
 from llmgateway.store.pooler import Plan
 from llmgateway.store.reconcile import UnknownProviderError
 
 __all__ = [
+    "Adoption",
     "DatabaseUrlError",
     "KeyRow",
+    "Migration",
+    "OriginalDatabaseError",
     "Plan",
     "ProxyRow",
     "Snapshot",
@@ -148,10 +152,18 @@ class Store:
 
     async def upgrade(self) -> str:
         """Apply the migrations up to head (safe to run from several processes at once);
-        returns the schema revision."""
+        returns the schema revision. The original llmGateway's tables, if found, are refused
+        (`OriginalDatabaseError`): importing them takes the config, see `migrate`."""
+        return (await self.migrate()).revision
+
+    async def migrate(self, adoption: Adoption | None = None) -> Migration:
+        """`upgrade`, importing the original llmGateway's tables when there are (with the
+        providers' types of `adoption`; see `llmgateway.store.original`)."""
+        now = self.clock()
         if self.plan is None:
-            return await connect.upgrade(self.engine)
-        return await connect.upgrade(self.engine, self.plan.direct, self.plan.schema)
+            return await connect.upgrade(self.engine, adoption=adoption, now=now)
+        plan = self.plan
+        return await connect.upgrade(self.engine, plan.direct, plan.schema, adoption, now)
 
     async def sync_providers(self, settings: Mapping[str, ProviderSettings]) -> int:
         """Make the providers table match the config: upsert each (active when `enabled`), and

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -13,6 +14,7 @@ from sqlalchemy.pool import NullPool
 
 from llmgateway.observe.masking import mask
 from llmgateway.private_files import create_private_file
+from llmgateway.store import original
 
 if TYPE_CHECKING:
     from alembic.config import Config
@@ -129,12 +131,32 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor.close()
 
 
-async def upgrade(engine: AsyncEngine, direct: URL | None = None, schema: str | None = None) -> str:
-    """Apply the migrations up to head in one transaction; returns the schema revision. On
-    PostgreSQL a transaction-scoped advisory lock keeps two processes from migrating at once
+@dataclass(frozen=True, slots=True)
+class Migration:
+    """What `upgrade` did: the schema revision the database is at (with `dry_run`: the one it
+    was at, as everything was rolled back), and what became of the original llmGateway's
+    tables (None: there were none)."""
+
+    revision: str
+    original: original.Report | None = None
+    dry_run: bool = False
+
+
+async def upgrade(
+    engine: AsyncEngine,
+    direct: URL | None = None,
+    schema: str | None = None,
+    adoption: original.Adoption | None = None,
+    now: float = 0.0,
+) -> Migration:
+    """Apply the migrations up to head in one transaction, importing the original llmGateway's
+    tables when there are, as `adoption` says (`now`: the epoch time their last check is
+    judged by; see `llmgateway.store.original`).
+    On PostgreSQL a transaction-scoped advisory lock keeps two processes from migrating at once
     (it ends with the transaction: correct through a transaction pooler too). With `direct`
     (`database.direct_url`) they run on one connection of their own to it, in `schema` (the
-    search path `engine`'s connections have) when given."""
+    search path `engine`'s connections have) when given. An `adoption` with `dry_run` does it
+    all and rolls it back."""
     if direct is not None:
         connect_args: dict[str, Any] = dict(_UNNAMED_STATEMENTS)
         if schema is not None:
@@ -143,14 +165,29 @@ async def upgrade(engine: AsyncEngine, direct: URL | None = None, schema: str | 
             direct, poolclass=NullPool, hide_parameters=True, connect_args=connect_args
         )
         try:
-            return await upgrade(engine)
+            return await upgrade(engine, adoption=adoption, now=now)
         finally:
             await engine.dispose()
-    async with engine.begin() as conn:
+    dry_run = adoption is not None and adoption.dry_run
+    async with engine.connect() as conn, conn.begin() as transaction:
+        before = await current_revision(conn) if dry_run else ""
+        prepared = None
         if conn.dialect.name == "postgresql":
             await conn.execute(sa.select(sa.func.pg_advisory_xact_lock(_MIGRATION_LOCK)))
+            prepared = await original.prepare(conn, adoption, now)
+        report = None if prepared is None else prepared.report
+        if dry_run and not (prepared is not None and prepared.pending):
+            await transaction.rollback()
+            return Migration(before, report, dry_run=True)
         await conn.run_sync(_upgrade)
-        return await current_revision(conn)
+        if prepared is not None and prepared.pending and adoption is not None:
+            from llmgateway.store.original_copy import copy
+
+            report = await copy(conn, adoption, prepared.report, now)
+        if dry_run:
+            await transaction.rollback()
+            return Migration(before, report, dry_run=True)
+        return Migration(await current_revision(conn), report)
 
 
 def _upgrade(connection: sa.Connection) -> None:
