@@ -14,7 +14,7 @@ import click
 if TYPE_CHECKING:
     from llmgateway.config.env_file import EnvFileRead
     from llmgateway.config.settings import Settings
-    from llmgateway.store import Store
+    from llmgateway.store import Adoption, Migration, Store
 
 _F = TypeVar("_F", bound=Callable[..., Any])
 _GROUP_CHOICE = "llmgateway.env_file.option"
@@ -114,24 +114,45 @@ def load(config: str | None, *, logs: bool = False) -> Settings:
         raise SystemExit(2) from None
 
 
-def run_with_store(settings: Settings, work: Callable[[Store], Awaitable[None]]) -> None:
-    """Open the store, migrate it, run `work`; a database failure exits 1 with one line."""
+def run_with_store(
+    settings: Settings,
+    work: Callable[[Store], Awaitable[None]],
+    *,
+    adoption: Adoption | None = None,
+    show: Callable[[Migration], None] | None = None,
+) -> None:
+    """Open the store, migrate it (importing the original llmGateway's tables when found, as
+    `adoption` says: by default without force), run `work` (not after a dry run); a database
+    failure exits 1 with one line. `show` prints what the migration did (by default: an
+    import, on stderr)."""
     from sqlalchemy.exc import SQLAlchemyError
 
-    from llmgateway.store import DatabaseUrlError, Store, masked_url
+    from llmgateway.store import (
+        Adoption,
+        DatabaseUrlError,
+        OriginalDatabaseError,
+        Store,
+        masked_url,
+    )
 
     url = settings.database.async_url
+    chosen = adoption or Adoption.of(settings.providers)
 
     async def run() -> None:
         async with await Store.configured(settings.database) as store:
-            await store.upgrade()
-            await work(store)
+            migration = await store.migrate(chosen)
+            (show or _show_import(masked_url(url)))(migration)
+            if not migration.dry_run:
+                await work(store)
 
     try:
         asyncio.run(run())
     except DatabaseUrlError as exc:
         click.echo(str(exc), err=True)
         raise SystemExit(2) from None
+    except OriginalDatabaseError as exc:
+        click.echo(f"{masked_url(url)}: {exc}", err=True)
+        raise SystemExit(1) from None
     except (SQLAlchemyError, OSError) as exc:
         cause = getattr(exc, "orig", None) or exc
         why = (getattr(cause, "strerror", None) or str(cause)).splitlines()[0][:200]
@@ -141,6 +162,21 @@ def run_with_store(settings: Settings, work: Callable[[Store], Awaitable[None]])
             where += f" (direct_url {masked_url(direct)})"
         click.echo(f"cannot use the database at {where}: {type(cause).__name__}: {why}", err=True)
         raise SystemExit(1) from None
+
+
+def _show_import(where: str) -> Callable[[Migration], None]:
+    """What a start says about the original's tables: only an import, on stderr."""
+
+    def show(migration: Migration) -> None:
+        from llmgateway.cli.original import describe
+        from llmgateway.store.original import State
+
+        report = migration.original
+        if report is not None and report.state is State.IMPORTED:
+            for line in describe(migration, where):
+                click.echo(line, err=True)
+
+    return show
 
 
 def setup_logging(settings: Settings, name: str, level: str | None = None) -> None:

@@ -25,23 +25,54 @@ def db() -> None:
 @db.command("upgrade")
 @config_option
 @click.option("--sync", is_flag=True, help="Then run one sync of the key and proxy files.")
-def db_upgrade(config: str | None, sync: bool) -> None:
-    """Apply the database migrations (the gateway and worker also do it at start)."""
+@click.option(
+    "--dry-run",
+    is_flag=True,
+    help="Print what would be done (migrations, the original llmGateway's tables); change nothing.",
+)
+@click.option(
+    "--force",
+    is_flag=True,
+    help="Import the original llmGateway's tables although it checked a key minutes ago.",
+)
+def db_upgrade(config: str | None, sync: bool, dry_run: bool, force: bool) -> None:
+    """Apply the database migrations (the gateway and worker also do it at start), importing
+    the original llmGateway's tables if the database has them."""
+    from llmgateway.cli.original import describe
     from llmgateway.keyfiles import run_sync
-    from llmgateway.store import masked_url
+    from llmgateway.store import Adoption, Migration, async_url, masked_url
+    from llmgateway.store.connect import head_revision, sqlite_file
     from llmgateway.store.locks import exclusive_start
 
+    if dry_run and sync:
+        raise click.UsageError("--dry-run changes nothing, so it cannot --sync")
     settings = load(config, logs=sync)
     if sync:
         setup_logging(settings, "prepare")
+    where = masked_url(settings.database.async_url)
+    file = sqlite_file(async_url(settings.database.async_url))
+    if dry_run and file is not None and not file.exists():
+        click.echo(f"{where}: dry run: would create {file} and migrate it to {head_revision()}")
+        return
+
+    def show(migration: Migration) -> None:
+        for line in describe(migration, where):
+            click.echo(line)
+        if not migration.dry_run:
+            click.echo(f"{where}: schema up to date ({migration.revision})")
+        elif migration.revision == (head := head_revision()):
+            click.echo(f"{where}: dry run: schema up to date ({head}); nothing changed")
+        else:
+            before = migration.revision or "empty"
+            click.echo(f"{where}: dry run: would migrate {before} → {head}; nothing changed")
 
     async def work(store: Store) -> None:
-        click.echo(f"{masked_url(settings.database.async_url)}: schema up to date")
         if sync:
             async with exclusive_start(store.engine.url):
                 echo_sync(await run_sync(settings, store))
 
-    run_with_store(settings, work)
+    adoption = Adoption.of(settings.providers, force=force, dry_run=dry_run)
+    run_with_store(settings, work, adoption=adoption, show=show)
 
 
 def echo_sync(report: SyncReport) -> None:
