@@ -26,6 +26,7 @@ from sqlalchemy.engine import make_url
 from llmgateway.config.settings import Settings
 from llmgateway.keeper.run import Keeper
 from llmgateway.store import Adoption, OriginalDatabaseError, Store
+from llmgateway.store.connect import head_revision
 from llmgateway.store.original import PREFIX, STILL_WRITING_SEC, State, StillWritingError
 from llmgateway.testing.configs import write_keys
 from llmgateway.testing.fake_upstream import FakeUpstream
@@ -60,6 +61,7 @@ PROVIDERS = (
 )
 """2350 keys: `openai` per model, `gemini` shared, `retired` no longer in the config."""
 CONFIGURED = ("openai", "gemini")
+HEAD = head_revision()
 
 
 @pytest.fixture
@@ -149,7 +151,7 @@ async def test_upgrade_imports_every_key_and_status_and_can_be_undone(
     assert "retired: 150 keys, 150 status rows" in out
     assert "imported inactive" in out
     assert "proxies not imported (1 in its tables)" in out
-    assert "schema up to date (0006)" in out.splitlines()[-1]
+    assert f"schema up to date ({HEAD})" in out.splitlines()[-1]
 
     # every table of the original, its indexes, constraints and sequences, renamed
     after = await catalog(dsn)
@@ -242,7 +244,7 @@ async def test_dry_run_prints_what_it_would_do_and_changes_nothing(
     assert "openai: 1200 keys, 2400 status rows" in out
     assert "its tables would be renamed to llmgw_original_<name>" in out
     assert "ALTER TABLE public.llmgw_original_providers RENAME TO providers;" in out
-    assert "dry run: would migrate empty → 0006; nothing changed" in out
+    assert f"dry run: would migrate empty → {HEAD}; nothing changed" in out
     assert await catalog(dsn) == before
     code, out, err = await cli("db", "upgrade", "--dry-run", "--sync", "--config", config)
     assert code == 2
@@ -304,7 +306,7 @@ async def test_a_failure_anywhere_leaves_the_original_untouched(
         await fetch(dsn, "ALTER TABLE api_keys DROP CONSTRAINT api_keys_provider_id_key_value_key")
         await fetch(dsn, "INSERT INTO api_keys (provider_id, key_value) "
                          "SELECT provider_id, key_value FROM api_keys WHERE id = 5")  # fmt: skip
-    else:  # the last migration's table cannot be created
+    else:  # a migration's table (0006's) cannot be created
         await fetch(dsn, _REFUSE_LIMIT_MEMBERS)
         await fetch(dsn, "CREATE EVENT TRIGGER refuse ON ddl_command_end "
                          "WHEN TAG IN ('CREATE TABLE') EXECUTE FUNCTION refuse()")  # fmt: skip
@@ -429,15 +431,15 @@ async def test_databases_without_the_original_are_unaffected(
         assert "dry run: would create" in out
         assert not Path(make_url(db_url).database or "").exists()
     else:
-        assert "dry run: would migrate empty → 0006; nothing changed" in out
+        assert f"dry run: would migrate empty → {HEAD}; nothing changed" in out
         assert await fetch(libpq_dsn(db_url), _PUBLIC_TABLES) == []
     code, out, err = await cli("db", "upgrade", "--config", config)
     assert code == 0, err
     assert len(out.splitlines()) == 1
-    assert out.rstrip().endswith("schema up to date (0006)")
+    assert out.rstrip().endswith(f"schema up to date ({HEAD})")
     code, out, err = await cli("db", "upgrade", "--dry-run", "--config", config)
     assert code == 0, err
-    assert "dry run: schema up to date (0006); nothing changed" in out
+    assert f"dry run: schema up to date ({HEAD}); nothing changed" in out
 
 
 _PUBLIC_TABLES = "SELECT tablename FROM pg_tables WHERE schemaname = 'public'"
