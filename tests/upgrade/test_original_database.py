@@ -296,6 +296,28 @@ async def test_still_writing_means_a_check_within_ten_minutes(dsn: str, pg_datab
     assert [p.keys for p in migration.original.providers] == [3]
 
 
+async def test_a_forced_import_waits_only_so_long_for_tables_the_original_uses(
+    dsn: str, pg_database: str
+) -> None:
+    await fill(dsn, [Provider("openai", "sk-orig-openai-", 3, ("gpt-4o-mini",))], _now())
+    adoption = Adoption({"openai": ("openai_like", True)}, force=True, lock_wait_sec=0.3)
+    before = await catalog(dsn)
+    original = await asyncpg.connect(dsn)  # the original, in the middle of a query
+    try:
+        await original.execute("BEGIN; LOCK TABLE key_model_status IN ACCESS SHARE MODE")
+        async with await Store.open(pg_database) as store:
+            with pytest.raises(OriginalDatabaseError, match=r"in use .*waited 0.3 s.*stop the"):
+                await asyncio.wait_for(store.migrate(adoption), timeout=30)
+        await original.execute("ROLLBACK")
+    finally:
+        await original.close()
+    assert await catalog(dsn) == before
+    async with await Store.open(pg_database) as store:  # once the original let go
+        migration = await store.migrate(adoption)
+    assert migration.original is not None
+    assert migration.original.state is State.IMPORTED
+
+
 @pytest.mark.parametrize("fault", ["duplicate key", "migration fails"])
 async def test_a_failure_anywhere_leaves_the_original_untouched(
     fault: str, tmp_path: Path, fake: FakeUpstream, original_url: str, dsn: str

@@ -64,6 +64,7 @@ class Adoption:
     providers: Mapping[str, tuple[str, bool]]
     force: bool = False
     dry_run: bool = False
+    lock_wait_sec: float = 30.0  # how long a rename waits for a table the original still uses
 
     @classmethod
     def of(
@@ -188,9 +189,27 @@ async def prepare(conn: AsyncConnection, adoption: Adoption | None, now: float) 
         proxies = int(await conn.scalar(sa.text("SELECT count(*) FROM proxies")) or 0)
     else:  # not the original's (nor ours: the migrations will say it clashes)
         tables = [table for table in tables if table != "proxies"]
-    for statement in await _renames(conn, found.schema, tables, _with_prefix):
-        await conn.execute(sa.text(statement))
+    await _rename(conn, await _renames(conn, found.schema, tables, _with_prefix), adoption)
     return Prepared(Report(State.IMPORTED, found.schema, age, proxies=proxies), pending=True)
+
+
+async def _rename(conn: AsyncConnection, statements: Sequence[str], adoption: Adoption) -> None:
+    """Run the renames, each waiting at most `adoption.lock_wait_sec` for a table in use (a
+    forced import while the original still runs would otherwise wait for it forever)."""
+    wait_ms = max(1, round(adoption.lock_wait_sec * 1000))
+    await conn.execute(sa.text(f"SET LOCAL lock_timeout = {wait_ms}"))
+    try:
+        for statement in statements:
+            await conn.execute(sa.text(statement))
+    except sa.exc.DBAPIError as error:
+        if getattr(error.orig, "sqlstate", None) != "55P03":  # lock_not_available
+            raise
+        raise OriginalDatabaseError(
+            f"the original llmGateway's tables are in use (a rename waited "
+            f"{adoption.lock_wait_sec:g} s for a lock): stop the original's gateway and worker "
+            "first, then run again; nothing was changed"
+        ) from None
+    await conn.execute(sa.text("SET LOCAL lock_timeout = 0"))
 
 
 def still_writing(age: float) -> str:
