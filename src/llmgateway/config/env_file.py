@@ -22,7 +22,7 @@ from pathlib import Path
 from dotenv.parser import parse_stream
 from dotenv.variables import parse_variables
 
-from llmgateway.config.problems import ConfigError, Problem
+from llmgateway.config.problems import ConfigError, Problem, read_small_text
 
 DEFAULT_ENV_FILE = Path(".env")
 """Read from the working directory when it is there (and not switched off)."""
@@ -107,22 +107,10 @@ def parse_env_file(text: str, name: str, environ: Mapping[str, str]) -> dict[str
 
 
 def _read(path: Path) -> str:
-    hint = f"give an existing file to --env-file, or --env-file {NO_FILE} to read none"
-    try:
-        with path.open("rb") as file:
-            data = file.read(MAX_ENV_FILE_BYTES + 1)
-        if len(data) > MAX_ENV_FILE_BYTES:
-            message = f"larger than {MAX_ENV_FILE_BYTES // 1024 // 1024} MiB: refused unread"
-            raise ConfigError((Problem(str(path), message, "an environment file is small"),))
-        return data.decode("utf-8-sig")
-    except FileNotFoundError:
-        problem = Problem(str(path), "environment file not found", hint)
-    except IsADirectoryError:
-        problem = Problem(str(path), "is a folder, not an environment file", hint)
-    except PermissionError:
-        problem = Problem(str(path), "cannot read the environment file: permission denied", "")
-    except UnicodeDecodeError as exc:
-        problem = Problem(str(path), f"not UTF-8 text (byte {exc.start})", "save it as UTF-8")
-    except OSError as exc:
-        problem = Problem(str(path), f"cannot read the environment file: {exc.strerror}", "")
-    raise ConfigError((problem,))
+    return read_small_text(
+        path,
+        "environment file",
+        MAX_ENV_FILE_BYTES,
+        f"give an existing file to --env-file, or --env-file {NO_FILE} to read none",
+        "an environment file is small",
+    )

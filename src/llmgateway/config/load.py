@@ -24,6 +24,7 @@ from llmgateway.config.problems import (
     Problem,
     from_pydantic,
     kind_of,
+    read_small_text,
     scrub,
     secrets_in,
 )
@@ -138,29 +139,10 @@ def _not_a_mapping(name: str, data: Any) -> Problem:
 
 
 def _read(path: Path) -> str:
-    hint = f"pass the path, set ${CONFIG_ENV}, or copy examples/minimal_config.yaml there"
-    try:
-        with path.open("rb") as file:
-            data = file.read(MAX_CONFIG_BYTES + 1)  # never more, whatever the file is
-        if len(data) > MAX_CONFIG_BYTES:
-            raise ConfigError((_too_large(path),))
-        return data.decode("utf-8-sig")
-    except FileNotFoundError:
-        problem = Problem(str(path), "config file not found", hint)
-    except IsADirectoryError:
-        problem = Problem(str(path), "is a folder, not a config file", hint)
-    except PermissionError:
-        problem = Problem(str(path), "cannot read the config file: permission denied", "")
-    except UnicodeDecodeError as exc:
-        problem = Problem(str(path), f"not UTF-8 text (byte {exc.start})", "save it as UTF-8")
-    except OSError as exc:
-        problem = Problem(str(path), f"cannot read the config file: {exc.strerror}", "")
-    raise ConfigError((problem,))
-
-
-def _too_large(path: Path) -> Problem:
-    return Problem(
-        str(path),
-        f"the config file is larger than {MAX_CONFIG_BYTES // 1024 // 1024} MiB: refused unread",
+    return read_small_text(
+        path,
+        "config file",
+        MAX_CONFIG_BYTES,
+        f"pass the path, set ${CONFIG_ENV}, or copy examples/minimal_config.yaml there",
         "a config file is a few kilobytes; check that the path names the config file",
     )

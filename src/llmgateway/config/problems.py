@@ -12,6 +12,7 @@ import difflib
 import re
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from pydantic_core import ErrorDetails
@@ -165,3 +166,27 @@ def scrub(problem: Problem, secrets: Sequence[str]) -> Problem:
         message = message.replace(secret, mask(secret))
         hint = hint.replace(secret, mask(secret))
     return Problem(path, message, hint)
+
+
+def read_small_text(path: Path, what: str, limit: int, hint: str, size_hint: str) -> str:
+    """The UTF-8 text of `path` (a `what`: "config file", "environment file"), reading at most
+    `limit` bytes whatever the file is; ConfigError with one problem (`hint` says how to name
+    another file, `size_hint` what such a file looks like) when it cannot be used."""
+    try:
+        with path.open("rb") as file:
+            data = file.read(limit + 1)
+        if len(data) > limit:
+            message = f"the {what} is larger than {limit // 1024 // 1024} MiB: refused unread"
+            raise ConfigError((Problem(str(path), message, size_hint),))
+        return data.decode("utf-8-sig")
+    except FileNotFoundError:
+        problem = Problem(str(path), f"{what} not found", hint)
+    except IsADirectoryError:
+        problem = Problem(str(path), f"is a folder, not a {what}", hint)
+    except PermissionError:
+        problem = Problem(str(path), f"cannot read the {what}: permission denied", "")
+    except UnicodeDecodeError as exc:
+        problem = Problem(str(path), f"not UTF-8 text (byte {exc.start})", "save it as UTF-8")
+    except OSError as exc:
+        problem = Problem(str(path), f"cannot read the {what}: {exc.strerror}", "")
+    raise ConfigError((problem,))
