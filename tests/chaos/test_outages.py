@@ -108,8 +108,11 @@ async def test_a_dying_proxy_costs_no_request_and_no_key(
             guard = gw.gateway.providers["openai"].guard
             load = Load(gw.url, clients=12)
             load.start()
-            await eventually(lambda: len(load.ok()) >= 40, within=20)
-            assert all(p.requests > 0 for p in proxies)  # every proxy carries keys
+            # every proxy carries keys: each has tunnelled a request once the load is going
+            # (40 answers alone may all have come through two of the three, rarely)
+            await eventually(
+                lambda: len(load.ok()) >= 40 and all(p.requests > 0 for p in proxies), within=20
+            )
             dead = proxies[0]
             died = time.monotonic()
             await dead.stop()
