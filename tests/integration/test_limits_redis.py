@@ -34,6 +34,9 @@ async def backends(redis_prefix: str) -> AsyncIterator[Callable[..., RedisBacken
     made: list[RedisBackend] = []
 
     def make(**settings: Any) -> RedisBackend:
+        # the default 0.25 s per call is about serving; a first connect on a busy CI machine
+        # may take longer, which these tests (about counting, not latency) must not mind
+        settings.setdefault("timeout_sec", 5.0)
         conf = LimitsSettings(redis_url=REDIS_URL, key_prefix=redis_prefix, **settings)
         backend = RedisBackend(conf, Outage(conf.retry_unreachable_sec, time.time))
         made.append(backend)
