@@ -282,6 +282,11 @@ async def test_debug_modes_log_exchanges_with_secrets_scrubbed(
         assert any("…" in a.get("body", "") or a["status"] == 200 for a in answers)
 
 
+def counters(folder: Path) -> list[Path]:
+    """The counter files of the gateway's processes that have counted something."""
+    return list(folder.glob("llmgateway-metrics-*/counter_*.db"))
+
+
 async def test_two_worker_processes_report_the_sum(tmp_path: Path, fake: FakeUpstream) -> None:
     write_keys(tmp_path / "keys" / "openai", [GOOD])
     write_keys(tmp_path / "keys" / "gemini", ["AIza-good-gemini-00000000001"])
@@ -299,9 +304,11 @@ async def test_two_worker_processes_report_the_sum(tmp_path: Path, fake: FakeUps
     url = f"http://127.0.0.1:{port}"
     try:
         await wait_ready(url, process)
-        total = 20
-        # new connections, so that both processes serve some of the requests and scrapes
-        for _ in range(total):
+        # new connections, so that both processes serve some of the requests and scrapes: at
+        # least 20, and more until both have (the kernel hands a shared socket's connections
+        # to whichever process accepts first, which on a busy machine can be one for a while)
+        total = 0
+        while total < 20 or (len(counters(tmp_path)) < 2 and total < 400):
             async with httpx.AsyncClient() as fresh:
                 answer = await fresh.post(
                     f"{url}/v1/chat/completions",
@@ -312,6 +319,7 @@ async def test_two_worker_processes_report_the_sum(tmp_path: Path, fake: FakeUps
                     },
                 )
                 assert answer.status_code == 200
+            total += 1
         key = (
             "llmgateway_requests_total",
             frozenset({"provider": "openai", "model": "gpt-4o-mini", "code": "200"}.items()),
@@ -335,8 +343,7 @@ async def test_two_worker_processes_report_the_sum(tmp_path: Path, fake: FakeUps
             )
         assert seen == {float(total)}
         assert fake.calls(GOOD) == total
-        counters = list(tmp_path.glob("llmgateway-metrics-*/counter_*.db"))
-        assert len(counters) == 2, "both processes served requests, and the scrapes added them up"
+        assert len(counters(tmp_path)) == 2, "both processes served, and the scrapes add up"
     finally:
         process.send_signal(signal.SIGINT)
         _, stderr = await asyncio.wait_for(process.communicate(), 30)
