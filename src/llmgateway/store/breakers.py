@@ -6,10 +6,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 import sqlalchemy as sa
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from llmgateway.store.tables import breakers
+from llmgateway.store.tables import breakers, insert_into
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,7 +45,7 @@ async def save(conn: AsyncConnection, states: Mapping[str, tuple[int, int]], now
     and reports the state already stored (or two gateways in the same state) leaves it."""
     for provider, (state, open_egresses) in states.items():
         values = {"state": state, "open_egresses": open_egresses, "updated_at": now}
-        insert = _insert(conn).values(provider=provider, **values)
+        insert = insert_into(conn, breakers).values(provider=provider, **values)
         moved = sa.or_(
             breakers.c.updated_at.is_(None),
             breakers.c.state != insert.excluded.state,
@@ -62,13 +61,7 @@ async def save(conn: AsyncConnection, states: Mapping[str, tuple[int, int]], now
 
 async def request_reset(conn: AsyncConnection, provider: str, now: float) -> None:
     """Ask every gateway to close `provider`'s breakers at its next refresh."""
-    insert = _insert(conn).values(provider=provider, reset_at=now)
+    insert = insert_into(conn, breakers).values(provider=provider, reset_at=now)
     await conn.execute(
         insert.on_conflict_do_update(index_elements=["provider"], set_={"reset_at": now})
     )
-
-
-def _insert(conn: AsyncConnection) -> postgresql.Insert | sqlite.Insert:
-    if conn.dialect.name == "postgresql":
-        return postgresql.insert(breakers)
-    return sqlite.insert(breakers)

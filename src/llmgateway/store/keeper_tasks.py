@@ -12,11 +12,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import sqlalchemy as sa
-from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.ext.asyncio import AsyncConnection
 
 from llmgateway.store import Store
-from llmgateway.store.tables import keeper_tasks
+from llmgateway.store.tables import insert_into, keeper_tasks
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,7 +42,9 @@ async def claim(store: Store, name: str, owner: str, now: float, every: float, h
         .returning(kt.name)
     )
     async with store.engine.begin() as conn:
-        await conn.execute(_insert(conn).values(name=name).on_conflict_do_nothing())
+        await conn.execute(
+            insert_into(conn, keeper_tasks).values(name=name).on_conflict_do_nothing()
+        )
         return (await conn.execute(take)).first() is not None
 
 
@@ -74,9 +74,3 @@ async def _end(store: Store, name: str, owner: str, values: dict[str, float]) ->
     )
     async with store.engine.begin() as conn:
         await conn.execute(statement)
-
-
-def _insert(conn: AsyncConnection) -> postgresql.Insert | sqlite.Insert:
-    if conn.dialect.name == "postgresql":
-        return postgresql.insert(keeper_tasks)
-    return sqlite.insert(keeper_tasks)

@@ -17,10 +17,9 @@ from collections.abc import Collection, Sequence
 
 import orjson
 import sqlalchemy as sa
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from llmgateway.store.tables import provider_models, providers
+from llmgateway.store.tables import insert_into, provider_models, providers
 
 MAX_NAMES = 10_000
 """The most names kept per provider (the Keeper cuts a longer list)."""
@@ -40,7 +39,7 @@ async def save(
 ) -> None:
     """Store a provider's names, stamped with `revision` (insert or replace)."""
     values = {"names": orjson.dumps(list(names)).decode(), "fetched_at": now, "revision": revision}
-    insert = _insert(conn).values(provider_id=provider_id, **values)
+    insert = insert_into(conn, provider_models).values(provider_id=provider_id, **values)
     await conn.execute(insert.on_conflict_do_update(index_elements=["provider_id"], set_=values))
 
 
@@ -84,9 +83,3 @@ def _decode(stored: str) -> list[str]:
     if not isinstance(found, list):
         return []
     return [name for name in found[:MAX_NAMES] if isinstance(name, str)]
-
-
-def _insert(conn: AsyncConnection) -> postgresql.Insert | sqlite.Insert:
-    if conn.dialect.name == "postgresql":
-        return postgresql.insert(provider_models)
-    return sqlite.insert(provider_models)

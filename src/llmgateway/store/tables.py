@@ -13,6 +13,8 @@ definitions must match them (a test compares the two).
 from __future__ import annotations
 
 import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 metadata = sa.MetaData(
     naming_convention={
@@ -174,3 +176,10 @@ keeper_tasks = sa.Table(
 """The Keeper's periodic tasks (`vacuum`, `purge`), one row per task: when it last finished
 (None: never) and the keeper running it now, until when (see `llmgateway.store.keeper_tasks`).
 Kept in the store so that a schedule survives restarts and several keepers run a task once."""
+
+
+def insert_into(conn: AsyncConnection, table: sa.Table) -> postgresql.Insert | sqlite.Insert:
+    """An INSERT into `table` in `conn`'s dialect, which has `on_conflict_do_…` (upserts)."""
+    if conn.dialect.name == "postgresql":
+        return postgresql.insert(table)
+    return sqlite.insert(table)
