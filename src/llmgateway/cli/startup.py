@@ -49,22 +49,22 @@ def _read_env_file(ctx: click.Context, _: click.Parameter, value: str | None) ->
         raise SystemExit(2) from None
 
 
-group_env_file_option = click.option(
-    "--env-file",
-    metavar="PATH",
-    expose_value=False,
-    is_eager=True,
-    callback=_note_group_env_file,
-    help=_ENV_FILE_HELP,
-)
-env_file_option = click.option(
-    "--env-file",
-    metavar="PATH",
-    expose_value=False,
-    is_eager=True,
-    callback=_read_env_file,
-    help=_ENV_FILE_HELP,
-)
+def _env_file(
+    callback: Callable[[click.Context, click.Parameter, str | None], None],
+) -> Callable[[_F], _F]:
+    return click.option(
+        "--env-file",
+        metavar="PATH",
+        expose_value=False,
+        is_eager=True,
+        callback=callback,
+        help=_ENV_FILE_HELP,
+    )
+
+
+group_env_file_option = _env_file(_note_group_env_file)
+"""The group's: `llmgateway --env-file X COMMAND` (the command reads X)."""
+env_file_option = _env_file(_read_env_file)
 """Every command has it: the environment file is read first, before the config is."""
 
 _config = click.option(
