@@ -80,3 +80,27 @@ def test_check_config_reads_no_more_than_a_mebibyte_of_an_endless_file(tmp_path:
         "(a config file is a few kilobytes; check that the path names the config file)\n"
     )
     assert refused.peak_rss_mib < baseline.peak_rss_mib + 20, (refused, baseline)
+
+
+def test_an_endless_environment_file_is_refused_unread(tmp_path: Path) -> None:
+    good = tmp_path / "good.yaml"
+    good.write_text(PROVIDER_YAML)
+    baseline = run_measured("check-config", str(good))
+    refused = run_measured("--env-file", "/dev/zero", "check-config", str(good))
+    assert refused.code == 2, refused.stderr
+    assert refused.stderr == (
+        "/dev/zero: the environment file is larger than 1 MiB: refused unread "
+        "(an environment file is small)\n"
+    )
+    assert refused.peak_rss_mib < baseline.peak_rss_mib + 20, (refused, baseline)
+
+
+def test_an_environment_file_of_one_endless_line_is_refused_unread(tmp_path: Path) -> None:
+    good = tmp_path / "good.yaml"
+    good.write_text(PROVIDER_YAML)
+    bomb = tmp_path / "bomb.env"
+    bomb.write_bytes(b"SECRET_TOKEN=" + b"x" * (2 * 1024 * 1024))  # one 2 MiB line, no newline
+    refused = run_measured("--env-file", str(bomb), "check-config", str(good))
+    assert refused.code == 2, refused.stderr
+    assert refused.stderr.startswith(f"{bomb}: the environment file is larger than 1 MiB")
+    assert "xxxx" not in refused.stderr
