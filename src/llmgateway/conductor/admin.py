@@ -1,6 +1,7 @@
 """The gateway's own routes beside the proxied ones: `/healthz` (alive), `/readyz` (pool loaded,
-store reachable at the last refresh; details only with the metrics token, among them how the
-pool follows the store: `store_updates` is `notices` or `polling`) and `/metrics`."""
+store reachable at the last refresh, and under `gateway.ready_requires_keys` some provider with
+a usable key; details only with the metrics token, among them how the pool follows the store:
+`store_updates` is `notices` or `polling`) and `/metrics`."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from llmgateway.conductor.call import Provider
-from llmgateway.conductor.readiness import provider_report
+from llmgateway.conductor.readiness import NO_USABLE_KEY, any_usable_key, provider_report
 from llmgateway.config.settings import Settings
 from llmgateway.observe.metrics import KeyCount, Metrics, pool_key_counts
 from llmgateway.observe.metrics_http import metrics_endpoint, metrics_served, request_authorized
@@ -58,16 +59,20 @@ def admin_routes(
 
     async def readyz(request: Request) -> Response:
         ready = readiness.pool_loaded and readiness.store_ok
+        problem = readiness.problem or None
+        requires_keys = ready and settings.gateway.ready_requires_keys
+        if requires_keys and not any_usable_key(providers, clock()):
+            ready, problem = False, NO_USABLE_KEY
         status = 200 if ready else 503
         if not request_authorized(request.headers.get("authorization"), settings.metrics):
             # the details (providers, key counts, revision) only with the metrics token
-            return JSONResponse({"ready": ready, "problem": readiness.problem or None}, status)
+            return JSONResponse({"ready": ready, "problem": problem}, status)
         body: dict[str, object] = {
             "ready": ready,
             "pool_loaded": readiness.pool_loaded,
             "store_reachable": readiness.store_ok,
             "revision": readiness.revision,
-            "problem": readiness.problem or None,
+            "problem": problem,
             "store_updates": readiness.store_updates(),
             "refresh_interval_sec": settings.gateway.refresh_interval_sec,
             "database": readiness.database or "SQLite",

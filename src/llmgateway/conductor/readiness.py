@@ -1,4 +1,5 @@
-"""What `/readyz` says about each provider: its keys by state, its breaker, what is wrong."""
+"""What `/readyz` says about each provider: its keys by state, its breaker, what is wrong; and,
+under `gateway.ready_requires_keys`, whether any provider has a key to serve with at all."""
 
 from __future__ import annotations
 
@@ -7,9 +8,28 @@ from collections.abc import Mapping
 from typing import Any
 
 from llmgateway.conductor.call import Provider
-from llmgateway.core.key_states import usable_states
+from llmgateway.core.key_states import KeyState, usable_states
 from llmgateway.core.resilience import BreakerState
 from llmgateway.observe.metrics import model_label
+
+WAITING_OR_SERVING: frozenset[KeyState] = frozenset({"healthy", "untested", "cooling", "ejected"})
+"""States of a key that serves, or will serve again without anyone acting: a 429's cooldown
+and an outlier ejection end by themselves, an untested key is served or probed. The others
+(`invalid`, `no_quota`, `no_model`) wait for a probe's finding hours away or for new keys."""
+NO_USABLE_KEY = "no provider has a usable key (gateway.ready_requires_keys)"
+"""The `/readyz` problem when `ready_requires_keys` finds no usable key (no provider names:
+the details, which need the metrics token, list them in `warnings`)."""
+
+
+def any_usable_key(providers: Mapping[str, Provider], now: float) -> bool:
+    """Whether some provider has a key in a `WAITING_OR_SERVING` state for one of its models;
+    stops at the first one found (a provider without keys, e.g. no keys folder, has none)."""
+    for provider in providers.values():
+        for key_id in provider.pool.key_ids():
+            for model in provider.settings.models:
+                if provider.pool.state(key_id, model, now) in WAITING_OR_SERVING:
+                    return True
+    return False
 
 
 def provider_report(

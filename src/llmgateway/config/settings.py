@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 from urllib.parse import quote, urlsplit
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictBool, field_validator
 from pydantic_core import PydanticCustomError
 
 from llmgateway.core.egress import ProxyMode as ProxyMode
@@ -222,6 +222,8 @@ class GatewaySettings(_Model):
     # what one upstream answer may cost: a body read whole (not a stream) beyond it is a 502
     max_response_bytes: int = Field(default=64 * 1024 * 1024, ge=1024)
     allow_weak_tokens: bool = False  # accept placeholder or short tokens on a public listener
+    # /readyz is 503 while no provider has a usable key (healthy, untested, cooling, ejected)
+    ready_requires_keys: StrictBool = False
 
 
 class LimitsSettings(_Model):
