@@ -1,6 +1,8 @@
 # llmgateway image: `llmgateway` is the entrypoint, so the command is any of its subcommands
 # (gateway, worker, serve, status, db upgrade...). Built from uv.lock, runs as a non-root user.
 #   docker build -t llmgateway .        (or: podman build -t llmgateway .)
+#   docker run -d -p 55300:55300 --env-file .env -v llmgateway_data:/app/data \
+#       -v "$PWD/keys:/app/keys:ro" llmgateway      (serve: gateway and Keeper, SQLite in the volume)
 
 # --- build: resolve the locked dependencies into /app/.venv ---------------------------------
 FROM docker.io/library/python:3.11-slim AS build
@@ -21,6 +23,9 @@ WORKDIR /app
 COPY --from=build /app/.venv /app/.venv
 COPY config ./config
 RUN mkdir -p data keys logs && chown llmgateway:llmgateway data logs
+# the embedded store (SQLite, `serve`'s default) lives here: mount a named volume on it
+# (`-v llmgateway_data:/app/data`) so it outlives the container
+VOLUME ["/app/data"]
 ENV PATH=/app/.venv/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     LLMGATEWAY_CONFIG=/app/config/providers.yaml
