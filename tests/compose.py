@@ -112,11 +112,26 @@ def resolve(data: Any, env: Mapping[str, str], unset: set[str]) -> Any:
     return data
 
 
-def resolved_compose(env: Mapping[str, str], unset: set[str] | None = None) -> dict[str, Any]:
-    """docker-compose.yml resolved against `env` (the variables of the project's `.env`)."""
-    data: dict[str, Any] = yaml.safe_load(COMPOSE.read_text())
+def resolved_compose(
+    env: Mapping[str, str], unset: set[str] | None = None, path: Path = COMPOSE
+) -> dict[str, Any]:
+    """A compose file (default docker-compose.yml) resolved against `env` (the variables of
+    the project's `.env`)."""
+    data: dict[str, Any] = yaml.safe_load(path.read_text())
     result: dict[str, Any] = resolve(data, env, set() if unset is None else unset)
     return result
+
+
+def merged(base: Any, override: Any) -> Any:
+    """`override` laid over `base` as `docker compose -f base -f override` does for mappings
+    and single values (what our override files hold): a mapping merges key by key, anything
+    else is replaced."""
+    if isinstance(base, dict) and isinstance(override, dict):
+        result = dict(base)
+        for key, value in override.items():
+            result[key] = merged(base[key], value) if key in base else value
+        return result
+    return override
 
 
 def container_env(service: dict[str, Any], dotenv: Mapping[str, str]) -> dict[str, str]:

@@ -37,8 +37,10 @@ def guarded() -> Iterator[PgBouncer]:
     bouncer.stop()
 
 
-def composed_gateway_env(bouncer: PgBouncer, database: str, password: str) -> dict[str, str]:
-    """The gateway container's environment for the original-shaped .env, its DB_* pointing
+def composed_env(
+    bouncer: PgBouncer, database: str, password: str, service: str = "gateway"
+) -> dict[str, str]:
+    """The `service` container's environment for the original-shaped .env, its DB_* pointing
     at `bouncer` (where the compose file's database would be)."""
     dotenv = read_env(ORIGINAL / "original.env") | {
         "DB_HOST": "127.0.0.1",
@@ -47,7 +49,7 @@ def composed_gateway_env(bouncer: PgBouncer, database: str, password: str) -> di
         "DB_PASSWORD": password,
         "DB_NAME": database,
     }
-    return container_env(resolved_compose(dotenv)["services"]["gateway"], dotenv)
+    return container_env(resolved_compose(dotenv)["services"][service], dotenv)
 
 
 def db_upgrade(config: Path, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
@@ -63,18 +65,20 @@ def db_upgrade(config: Path, env: dict[str, str]) -> subprocess.CompletedProcess
     )
 
 
+@pytest.mark.parametrize("service", ["gateway", "worker"])
 @pytest.mark.parametrize("which", sorted(CONFIGS))
 def test_the_composed_environment_logs_in_with_the_password(
-    which: str, guarded: PgBouncer, pg_database: str
+    which: str, service: str, guarded: PgBouncer, pg_database: str
 ) -> None:
     database = make_url(pg_database).database
     assert database is not None
-    done = db_upgrade(CONFIGS[which], composed_gateway_env(guarded, database, PASSWORD))
+    assert set("@/#:%") <= set(PASSWORD)
+    done = db_upgrade(CONFIGS[which], composed_env(guarded, database, PASSWORD, service))
     assert done.returncode == 0, done.stderr
     assert f"@127.0.0.1:{guarded.port}/{database}: schema up to date" in done.stdout
     assert PASSWORD not in done.stdout + done.stderr
 
-    wrong = db_upgrade(CONFIGS[which], composed_gateway_env(guarded, database, "not-it"))
+    wrong = db_upgrade(CONFIGS[which], composed_env(guarded, database, "not-it", service))
     assert wrong.returncode == 1
     last = wrong.stderr.splitlines()[-1]
     assert last.startswith("cannot use the database at "), wrong.stderr
