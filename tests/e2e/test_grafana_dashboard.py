@@ -109,7 +109,8 @@ def test_the_dashboard_is_one_grafana_can_load() -> None:
         refs = [t["refId"] for t in panel["targets"]]
         assert len(set(refs)) == len(refs), panel["title"]
         grid = panel["gridPos"]
-        assert grid["x"] >= 0 and grid["x"] + grid["w"] <= 24, panel["title"]
+        assert grid["x"] >= 0, panel["title"]
+        assert grid["x"] + grid["w"] <= 24, panel["title"]
         mine = {
             (x, y)
             for x in range(grid["x"], grid["x"] + grid["w"])
