@@ -13,18 +13,32 @@ from typing import Any
 
 import httpx2 as httpx
 import pytest
+from starlette.applications import Starlette
 
+from llmgateway.conductor.admin import KEYLESS_HOLD_SEC, admin_routes
+from llmgateway.conductor.app import Conductor
 from llmgateway.conductor.readiness import NO_USABLE_KEY
+from llmgateway.conductor.serving import running
 from llmgateway.config.settings import Settings
+from llmgateway.core.outcomes import ALL_MODELS, KeyStatus
+from llmgateway.core.pool_keys import KeyEntry
+from llmgateway.observe.metrics import Metrics
 from llmgateway.testing.configs import write_keys
 from llmgateway.testing.fake_upstream import FakeUpstream
 from llmgateway.testing.faults import Behavior
-from tests.helpers import METRICS_AUTH, OPENAI_TOKEN, gateway_settings, start_gateway
+from tests.helpers import (
+    METRICS_AUTH,
+    OPENAI_TOKEN,
+    ManualClock,
+    gateway_settings,
+    start_gateway,
+)
 
 pytestmark = pytest.mark.e2e
 
 INVALID = ("sk-ready-invalid-00000000001", "sk-ready-invalid-00000000002")
 LIMITED = ("sk-ready-limited-00000000001",)
+GOOD = "AIza-ready-good-000000000001"
 
 Started = Callable[..., AbstractAsyncContextManager[str]]
 
@@ -112,3 +126,26 @@ async def test_off_by_default_no_key_is_still_ready(
         ready = await http.get(f"{url}/readyz")
     assert ready.status_code == 200
     assert ready.json() == {"ready": True, "problem": None}
+
+
+async def test_a_finding_of_no_key_holds_one_second(tmp_path: Path, fake: FakeUpstream) -> None:
+    """Finding no usable key looks at every key, so it is kept for `KEYLESS_HOLD_SEC` (a load
+    balancer probing often does not redo it); a key that arrives meanwhile counts after it.
+    The gateway's own routes, served over HTTP, on a clock moved by hand."""
+    settings = gateway_settings(tmp_path, fake, {"ready_requires_keys": True})
+    clock = ManualClock()
+    conductor = Conductor(settings, clock=clock)
+    conductor.build_providers()
+    conductor.readiness.pool_loaded = conductor.readiness.store_ok = True
+    routes = admin_routes(
+        conductor.readiness, conductor.providers, clock, settings, Metrics.create()
+    )
+    app = Starlette(routes=routes)
+    async with running(app, handle_signals=False) as url, httpx.AsyncClient() as http:
+        assert (await http.get(f"{url}/readyz")).status_code == 503
+        entry = KeyEntry(1, GOOD, ALL_MODELS, KeyStatus.VALID, None)
+        conductor.providers["gemini"].pool.load([entry], clock.now)
+        clock.advance(KEYLESS_HOLD_SEC - 0.001)
+        assert (await http.get(f"{url}/readyz")).status_code == 503, "still held"
+        clock.advance(0.001)
+        assert (await http.get(f"{url}/readyz")).status_code == 200

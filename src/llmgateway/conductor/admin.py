@@ -20,6 +20,9 @@ from llmgateway.observe.metrics import KeyCount, Metrics, pool_key_counts
 from llmgateway.observe.metrics_http import metrics_endpoint, metrics_served, request_authorized
 from llmgateway.observe.store_counts import StoreCounts
 
+KEYLESS_HOLD_SEC = 1.0
+"""How long `/readyz` keeps a finding of no usable key before looking at the keys again."""
+
 
 @dataclass(slots=True)
 class Readiness:
@@ -34,6 +37,7 @@ class Readiness:
     problem: str = "starting"
     listening: asyncio.Event | None = None
     database: str = ""
+    keyless_until: float = 0.0  # `ready_requires_keys` found no usable key: so until then
 
     def store_updates(self) -> str:
         """How the pool follows the store now: `notices` (and the interval refresh behind
@@ -57,11 +61,21 @@ def admin_routes(
     async def healthz(request: Request) -> Response:
         return JSONResponse({"status": "ok"})
 
+    def keyless() -> bool:
+        # A finding of "no usable key" looked at every key (O(keys × models), ~65 ms for 100k
+        # keys): it holds for a second, so a load balancer probing often does not redo it.
+        now = clock()
+        if now < readiness.keyless_until:
+            return True
+        if any_usable_key(providers, now):
+            return False
+        readiness.keyless_until = now + KEYLESS_HOLD_SEC
+        return True
+
     async def readyz(request: Request) -> Response:
         ready = readiness.pool_loaded and readiness.store_ok
         problem = readiness.problem or None
-        requires_keys = ready and settings.gateway.ready_requires_keys
-        if requires_keys and not any_usable_key(providers, clock()):
+        if ready and settings.gateway.ready_requires_keys and keyless():
             ready, problem = False, NO_USABLE_KEY
         status = 200 if ready else 503
         if not request_authorized(request.headers.get("authorization"), settings.metrics):
