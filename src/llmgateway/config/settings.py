@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 from urllib.parse import quote, urlsplit
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictBool, field_validator
 from pydantic_core import PydanticCustomError
 
 from llmgateway.core.egress import ProxyMode as ProxyMode
@@ -182,6 +182,7 @@ class LoggingSettings(_Model):
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     format: Literal["console", "json"] = "console"
     dir: Path | None = None  # write rotated files under this folder too
+    access: StrictBool = False  # one `request done` line per proxied request, at INFO
 
 
 class WorkerSettings(_Model):
