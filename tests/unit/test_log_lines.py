@@ -29,7 +29,7 @@ def configure(tmp_path: Path) -> Iterator[Configure]:
 
     def at(level: str) -> Path:
         folder = tmp_path / "logs"
-        logs.configure(LoggingSettings(level=level, format="json", dir=folder), name="test")  # type: ignore[arg-type]
+        logs.configure(LoggingSettings(level=level, format="json", dir=folder), name="test")
         return folder / "test.log"
 
     yield at
