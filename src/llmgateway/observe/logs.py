@@ -48,6 +48,14 @@ _SHAPES = re.compile(
 _TOKENS = re.compile(r"[A-Za-z0-9._~+/=:-]{8,}")
 _ESCAPES = re.compile(r"\x1b(?:\[[0-?]*[ -/]*[@-~]|\][^\x07\x1b]*(?:\x07|\x1b\\)?|[@-_]?)")
 """Terminal escape sequences (CSI like colours, OSC like titles, and lone ESCs): never written."""
+_OWN_FIELDS = frozenset(
+    {"level", "logger", "timestamp", "attempt", "attempts", "status", "duration_ms", "outcome"}
+    | {"provider", "method", "client"}
+)
+"""Fields whose values the gateway makes itself and that never hold a secret or an escape
+(names, numbers, an address): not scrubbed, a third of the cost of a request line. Whatever a
+client or an upstream sends (the path, the request id, the model, messages) is, and so is `key`
+whatever it holds."""
 _DEMOTED = {"watchfiles.main": logging.INFO}
 """Loggers whose lines at this level (and below) are DEBUG lines for us: watchfiles' "1 change
 detected" (the sync that follows logs what changed)."""
@@ -107,7 +115,8 @@ class Redactor:
         self, logger: object, method: str, event: MutableMapping[str, Any]
     ) -> MutableMapping[str, Any]:
         for name, value in event.items():
-            event[name] = self.clean(value)
+            if name not in _OWN_FIELDS:
+                event[name] = self.clean(value)
         return event
 
     def clean(self, value: object) -> object:
