@@ -8,8 +8,10 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import pty
 import signal
 import sys
+import threading
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -211,3 +213,67 @@ async def test_each_worker_process_writes_its_own_access_lines(
     assert all(line["path"] == "/v1/chat/completions" for v in per_process.values() for line in v)
     assert len([line for line in ran.stderr.splitlines() if "request done" in line]) == sent
     assert "uvicorn.access" not in ran.everything()
+
+
+def drain(fd: int, into: bytearray) -> threading.Thread:
+    """Read a pty's main end into `into` until the other end is gone (a thread: a pty's
+    buffer is small, and a writer blocks when it is full)."""
+
+    def read() -> None:
+        while True:
+            try:
+                chunk = os.read(fd, 65536)
+            except OSError:  # EIO: every copy of the other end closed
+                return
+            if not chunk:
+                return
+            into.extend(chunk)
+
+    thread = threading.Thread(target=read, daemon=True)
+    thread.start()
+    return thread
+
+
+@pytest.mark.parametrize(
+    ("form", "no_color", "coloured"),
+    [("console", False, True), ("console", True, False), ("json", False, False)],
+)
+async def test_only_console_lines_on_a_terminal_are_coloured(
+    form: str, no_color: bool, coloured: bool, tmp_path: Path, fake: FakeUpstream
+) -> None:
+    write_keys(tmp_path / "keys" / "openai", [GOOD])
+    write_keys(tmp_path / "keys" / "gemini", [GEMINI])
+    data = gateway_settings(tmp_path, fake).model_dump(mode="json", exclude_defaults=True)
+    data["logging"] = {"format": form, "dir": str(tmp_path / "logs")}
+    config = tmp_path / "providers.yaml"
+    config.write_text(yaml.safe_dump(data))
+    port = free_port()
+    env = {**os.environ, "TERM": "xterm-256color"}
+    env.pop("NO_COLOR", None)
+    if no_color:
+        env["NO_COLOR"] = "1"
+    main, terminal = pty.openpty()
+    written = bytearray()
+    reader = drain(main, written)
+    try:
+        process = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "llmgateway", "gateway", "--config", str(config),
+            "--port", str(port),
+            env=env, stdout=asyncio.subprocess.DEVNULL, stderr=terminal,
+        )  # fmt: skip
+        os.close(terminal)
+        try:
+            await wait_ready(f"http://127.0.0.1:{port}", process)
+        finally:
+            process.send_signal(signal.SIGTERM)
+            await asyncio.wait_for(process.wait(), 30)
+        await asyncio.to_thread(reader.join, 10)
+    finally:
+        os.close(main)
+    text = written.decode()
+    assert "Application startup complete." in text
+    assert ("\x1b[" in text) is coloured
+    files = "".join(p.read_text() for p in (tmp_path / "logs").glob("*.log"))
+    assert "Application startup complete." in files
+    assert "\x1b" not in files
+    assert "\\u001b" not in files + text

@@ -74,8 +74,8 @@ class Edge:
     API shape: its token (401, counted and logged by `TokenRefusals`), its raw path and query
     (400 `invalid_path`/`invalid_query`), the provider's route allow-list (404), its body (413,
     408, 503) and its model (400 `model_required`, 404 `model_not_found`). Only then is the
-    upstream request built, from the validated parts alone. Each request ends with its
-    `request done` line (`AccessLog`)."""
+    upstream request built, from the validated parts alone. `AccessLog` writes the requests'
+    `request done` lines."""
 
     attempt_loop: AttemptLoop
     tokens: Mapping[bytes, tuple[str, Provider]]  # token digest → (token, provider)
