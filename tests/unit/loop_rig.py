@@ -30,6 +30,7 @@ from llmgateway.core.outcomes import ALL_MODELS, Blame, ErrorReason, KeyStatus, 
 from llmgateway.core.pool_keys import KeyEntry
 from llmgateway.core.resilience import BreakerState
 from llmgateway.limits import Limits
+from llmgateway.observe.access import AccessLog, TokenRefusals
 from llmgateway.observe.metrics import Metrics
 from llmgateway.testing.memory_upstream import Handler, MemoryUpstream
 
@@ -295,6 +296,8 @@ def make_rig(
         conductor.token_index(),
         BodyLimits(1024 * 1024, 5.0),
         BodyBudget(64 * 1024 * 1024),
+        AccessLog(),
+        TokenRefusals(metrics.auth_failed),
     )
     rig = Rig(conductor, provider, upstream, attempt_loop, edge, clock, key_ids)
     attempt_loop.sleep = rig.pause  # recorded, not slept

@@ -35,6 +35,7 @@ FAMILIES = {
     "llmgateway_sync_changes": ("counter", {"provider", "kind", "change"}),
     "llmgateway_limiter_unavailable": ("counter", {"provider"}),
     "llmgateway_event_loop_tasks": ("gauge", set()),
+    "llmgateway_auth_failures": ("counter", {"surface", "reason"}),
 }
 RATE_LIMITED = Outcome(ErrorReason.RATE_LIMITED, Blame.KEY, status=429)
 OK = Outcome(None, Blame.NONE, status=200)
@@ -66,6 +67,7 @@ def exercised() -> Metrics:
     bound.limiter_unavailable()
     metrics.probe("openai", "healthy", 0.2)
     metrics.sync_change("openai", "keys", "added", 3)
+    metrics.auth_failed("openai", "wrong")
     return metrics
 
 

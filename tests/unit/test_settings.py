@@ -346,6 +346,14 @@ def test_config_path_precedence() -> None:
             {"gateway": []},
             "gateway: expected a mapping, got a list (indent 'name: value' lines under it)",
         ),
+        (  # strict: no "yes", "on" or 1 for the access log
+            {"logging": {"access": "yes"}},
+            "logging.access: expected true or false, got 'yes' (write true or false)",
+        ),
+        (
+            {"logging": {"access": 1}},
+            "logging.access: expected true or false, got 1 (write true or false)",
+        ),
     ],
 )
 def test_pydantic_errors_in_plain_words(
@@ -725,3 +733,11 @@ def test_settings_are_frozen_and_typed(tmp_path: Path) -> None:
     assert settings.providers["g"].gateway_policy.streaming_mode is StreamingMode.AUTO
     with pytest.raises(ValueError, match="frozen"):
         settings.gateway.port = 1  # type: ignore[misc]
+
+
+def test_access_log_is_off_by_default_and_takes_true(tmp_path: Path) -> None:
+    plain = write(tmp_path, "logging:\n  level: INFO\n")
+    assert load_settings(plain, environ={}).logging.access is False
+    path = write(tmp_path, "logging:\n  access: ${ACCESS_LOG:-false}\n")
+    assert load_settings(path, environ={"ACCESS_LOG": "true"}).logging.access is True
+    assert load_settings(path, environ={}).logging.access is False

@@ -36,6 +36,7 @@ from llmgateway.core.pool_keys import KeyEntry
 from llmgateway.core.resilience import RetryBudget
 from llmgateway.keyfiles import run_sync
 from llmgateway.limits import Limits
+from llmgateway.observe.access import AccessLog, TokenRefusals
 from llmgateway.observe.metrics import Metrics
 from llmgateway.observe.metrics_http import metrics_served
 from llmgateway.observe.store_counts import StoreCounts
@@ -328,7 +329,9 @@ def create_app(
             edge_settings.max_body_bytes, edge_settings.client_body_timeout_sec
         )
         bodies = BodyBudget(edge_settings.max_inflight_body_bytes)
-        edge = Edge(attempt_loop, conductor.token_index(), body_limits, bodies)
+        refusals = TokenRefusals(metrics.auth_failed)
+        access = AccessLog(settings.logging.access)
+        edge = Edge(attempt_loop, conductor.token_index(), body_limits, bodies, access, refusals)
         app.state.edge = edge
         tasks: list[asyncio.Task[None]] = []
         wake = asyncio.Event()
@@ -364,6 +367,7 @@ def create_app(
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
+            refusals.close()
             await writer.drain(settings.gateway.shutdown_drain_timeout_sec)
             await conductor.upstream.close()
             if conductor.limits is not None:

@@ -18,7 +18,7 @@ import secrets
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 from starlette.types import Receive, Scope, Send
 
@@ -45,6 +45,8 @@ from llmgateway.conductor.responses import (
     send_whole,
 )
 from llmgateway.observe import logs
+from llmgateway.observe.access import AccessLog, Refusal, TokenRefusals, client_address, shown_path
+from llmgateway.observe.metrics import NO_PROVIDER
 from llmgateway.observe.provider_metrics import OTHER_MODEL, Timing
 from llmgateway.providers import gemini, openai, target
 from llmgateway.providers import headers as wire_headers
@@ -69,15 +71,18 @@ class Edge:
     """The proxied routes of one gateway process.
 
     Before a key is taken, every request passes the same checks, each answered in the client's
-    API shape: its token (401), its raw path and query (400 `invalid_path`/`invalid_query`),
-    the provider's route allow-list (404), its body (413, 408, 503) and its model (400
-    `model_required`, 404 `model_not_found`). Only then is the upstream request built, from
-    the validated parts alone."""
+    API shape: its token (401, counted and logged by `TokenRefusals`), its raw path and query
+    (400 `invalid_path`/`invalid_query`), the provider's route allow-list (404), its body (413,
+    408, 503) and its model (400 `model_required`, 404 `model_not_found`). Only then is the
+    upstream request built, from the validated parts alone. `AccessLog` writes the requests'
+    `request done` lines."""
 
     attempt_loop: AttemptLoop
     tokens: Mapping[bytes, tuple[str, Provider]]  # token digest → (token, provider)
     body_limits: BodyLimits
     bodies: BodyBudget
+    access: AccessLog
+    refusals: TokenRefusals
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         headers = _headers(scope)
@@ -92,23 +97,27 @@ class Edge:
         if provider is None:
             await send_refusal(send, shape, Refused(401, "invalid_api_key", _NO_TOKEN), request_id)
             self.attempt_loop.metrics.unauthorized(401)
+            self._unauthorized(scope, headers, raw_query, token, shape, started)
             return
         api = _surface(provider, raw_path, via_google)
         path = target.checked_path(raw_path)
         query = target.checked_query(raw_query)
         if api is None or path is None or query is None:
             refused = _target_refusal(api, path, query)
-            await self._refuse(send, provider, api or shape, refused, request_id, started)
+            await self._refuse(send, provider, api or shape, refused, request_id, scope, started)
             return
         method: str = scope["method"]
         match = provider.routes[api].match(method, path)
         if match is None:
             message = f"This provider does not serve {method} {path}; check the base URL."
             refused = Refused(404, "not_found", message)
-            await self._refuse(send, provider, api, refused, request_id, started)
+            await self._refuse(send, provider, api, refused, request_id, scope, started)
             return
         if match.route.answer != "forward":
             await _answer_locally(send, provider, api, match, request_id)
+            if self.access.enabled:
+                logs.bind_provider(provider.name, OTHER_MODEL)
+                self.access.done(scope, 200, 0, "local", started)
             return
         try:
             body = await read_body(
@@ -120,16 +129,19 @@ class Edge:
             )
         except ClientGone:
             log.info("client left mid-upload", extra={"request_id": request_id})
+            if self.access.enabled:
+                logs.bind_provider(provider.name, OTHER_MODEL)
+                self.access.done(scope, 499, 0, "client_gone", started)
             return
         if isinstance(body, Refused):
-            await self._refuse(send, provider, api, body, request_id, started)
+            await self._refuse(send, provider, api, body, request_id, scope, started)
             return
         try:
             call = _call(
                 provider, api, match, method, path, query, scope, headers, body, request_id
             )
             if isinstance(call, Refused):
-                await self._refuse(send, provider, api, call, request_id, started)
+                await self._refuse(send, provider, api, call, request_id, scope, started)
                 return
             call.timing = Timing(started)
             await self._serve(call, scope, send, request_id)
@@ -151,13 +163,40 @@ class Edge:
         api: Surface,
         refused: Refused,
         request_id: str,
+        scope: Scope,
         started: float,
     ) -> None:
         """Answer a request refused before a key was taken; counted and logged (INFO)."""
         await send_refusal(send, api, refused, request_id)
         logs.bind_provider(provider.name, OTHER_MODEL)
         self.attempt_loop.metrics.for_provider(provider.name).refused(refused.status)
-        logs.request_done(refused.status, 0, refused.code, started)
+        self.access.done(scope, refused.status, 0, refused.code, started)
+
+    def _unauthorized(
+        self,
+        scope: Scope,
+        headers: Mapping[str, str],
+        query: bytes,
+        token: str | None,
+        shape: Surface,
+        started: float,
+    ) -> None:
+        """Count and log (`TokenRefusals`) a request refused 401; never the token, only how it
+        was sent and its length."""
+        reason: Literal["missing", "wrong"] = "wrong" if token else "missing"
+        refusal = Refusal(
+            client=client_address(scope),
+            method=scope["method"],
+            path=shown_path(scope["raw_path"]),
+            surface=shape,
+            reason=reason,
+            sent_as=_sent_as(headers, query),
+            token_length=len(token or ""),
+        )
+        self.refusals.refused(refusal)
+        if self.access.enabled:
+            logs.bind_provider(NO_PROVIDER, OTHER_MODEL)
+            self.access.done(scope, 401, 0, f"{reason}_token", started)
 
     async def _serve(self, call: Call, scope: Scope, send: Send, request_id: str) -> None:
         task = asyncio.current_task()
@@ -200,7 +239,7 @@ class Edge:
             scope[ON_DISCONNECT] = None  # from here on nothing may cancel the task
             claim.end(outcome)
             bound.finished(call.model, code, call.timing)
-            logs.request_done(code, attempts, ended, call.timing.started)
+            self.access.done(scope, code, attempts, ended, call.timing.started)
 
 
 @dataclass(slots=True)
@@ -246,6 +285,22 @@ def _client_token(headers: Mapping[str, str], query: bytes) -> tuple[str | None,
         if found is not None:
             return found, True
     return headers.get("api-key"), False
+
+
+def _sent_as(headers: Mapping[str, str], query: bytes) -> str:
+    """How the client sent its gateway token, read in `_client_token`'s order: `bearer`,
+    `x-goog-api-key`, `key-query`, `api-key`, `other-authorization` (a scheme other than
+    Bearer) or `none`."""
+    if headers.get("x-goog-api-key"):
+        return "x-goog-api-key"
+    auth = headers.get("authorization", "")
+    if auth[:7].lower() == "bearer ":
+        return "bearer"
+    if b"key=" in query and target.query_parameter(query, b"key") is not None:
+        return "key-query"
+    if headers.get("api-key") is not None:
+        return "api-key"
+    return "other-authorization" if auth else "none"
 
 
 def _surface(provider: Provider, path: bytes, via_google: bool) -> Surface | None:

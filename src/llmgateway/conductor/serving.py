@@ -33,7 +33,8 @@ def uvicorn_config(
     app: ASGIApp | Callable[[], ASGIApp], host: str, port: int, limits: EdgeLimits, **extra: object
 ) -> uvicorn.Config:
     """The uvicorn settings the gateway always uses: uvloop, httptools with the edge's limits,
-    no access log, `GRACEFUL_SHUTDOWN_SEC`. `extra` are more uvicorn settings."""
+    neither uvicorn's access log nor its colours, `GRACEFUL_SHUTDOWN_SEC`. `extra` are more
+    uvicorn settings."""
     return uvicorn.Config(
         app,
         host=host,
@@ -42,8 +43,9 @@ def uvicorn_config(
         http=protocol_factory(limits),
         lifespan="on",
         ws="none",  # no WebSocket routes: leaves the websockets library unloaded
-        access_log=False,
+        access_log=False,  # the gateway's own (`observe.access`), without the query string
         log_config=None,
+        use_colors=False,
         server_header=False,
         proxy_headers=False,  # the gateway never looks at the client's address
         timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_SEC,

@@ -182,6 +182,7 @@ class LoggingSettings(_Model):
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     format: Literal["console", "json"] = "console"
     dir: Path | None = None  # write rotated files under this folder too
+    access: StrictBool = False  # one `request done` line per proxied request, at INFO
 
 
 class WorkerSettings(_Model):

@@ -7,7 +7,9 @@ line), on stderr and, with `logging.dir`, also in rotated files there (`<name>.l
 A request binds its context once (`bind_request`, `bind_attempt`, `bind_outcome`); every line
 logged while it runs carries `request_id`, `provider`, `model`, `key` (a fingerprint, never the
 key), `attempt` and `outcome`. As a last line of defence, `Redactor` masks anything that looks
-like a key or token (`sk-…`, `AIza…`, `Bearer …`, `key=…`) or equals a configured secret.
+like a key or token (`sk-…`, `AIza…`, `Bearer …`, `key=…`) or equals a configured secret,
+and removes terminal escape sequences: a line is plain text (console lines are coloured only on
+a terminal, `coloured`). The request lines themselves are `observe.access`'s.
 """
 
 from __future__ import annotations
@@ -16,11 +18,11 @@ import bisect
 import contextvars
 import logging
 import logging.handlers
+import os
 import re
 import sys
-import time
 from array import array
-from collections.abc import Iterable, MutableMapping
+from collections.abc import Iterable, Mapping, MutableMapping
 from io import TextIOWrapper
 from pathlib import Path
 from typing import Any
@@ -44,7 +46,19 @@ _SHAPES = re.compile(
     r"|\bAIza[0-9A-Za-z_-]{20,}"
 )
 _TOKENS = re.compile(r"[A-Za-z0-9._~+/=:-]{8,}")
-_requests = logging.getLogger("llmgateway.request")
+_ESCAPES = re.compile(r"\x1b(?:\[[0-?]*[ -/]*[@-~]|\][^\x07\x1b]*(?:\x07|\x1b\\)?|[@-_]?)")
+"""Terminal escape sequences (CSI like colours, OSC like titles, and lone ESCs): never written."""
+_OWN_FIELDS = frozenset(
+    {"level", "logger", "timestamp", "attempt", "attempts", "status", "duration_ms", "outcome"}
+    | {"provider", "method", "client"}
+)
+"""Fields whose values the gateway makes itself and that never hold a secret or an escape
+(names, numbers, an address): not scrubbed, a third of the cost of a request line. Whatever a
+client or an upstream sends (the path, the request id, the model, messages) is, and so is `key`
+whatever it holds."""
+_DEMOTED = {"watchfiles.main": logging.INFO}
+"""Loggers whose lines at this level (and below) are DEBUG lines for us: watchfiles' "1 change
+detected" (the sync that follows logs what changed)."""
 
 
 class Digests:
@@ -101,21 +115,29 @@ class Redactor:
         self, logger: object, method: str, event: MutableMapping[str, Any]
     ) -> MutableMapping[str, Any]:
         for name, value in event.items():
-            event[name] = self.clean(value)
+            if name not in _OWN_FIELDS:
+                event[name] = self.clean(value)
         return event
 
     def clean(self, value: object) -> object:
-        """`value` with secrets masked: strings, and strings inside dicts, lists and tuples;
-        numbers and None kept; anything else turned into masked text."""
+        """`value` with secrets masked and terminal escapes removed: strings, and strings
+        inside dicts, lists and tuples; numbers and None kept; anything else turned into
+        masked text."""
         if isinstance(value, str):
-            return self.redact(value)
+            return _plain(self.redact(value))
         if value is None or isinstance(value, int | float | bool):
             return value
         if isinstance(value, dict):
             return {self.clean(k): self.clean(v) for k, v in value.items()}
         if isinstance(value, list | tuple):
             return [self.clean(v) for v in value]
-        return self.redact(str(value))
+        return _plain(self.redact(str(value)))
+
+
+def _plain(text: str) -> str:
+    """`text` without terminal escape sequences (a log line never colours or retitles a
+    terminal, whatever a library or an upstream put in a message)."""
+    return _ESCAPES.sub("", text) if "\x1b" in text else text
 
 
 def _mask_match(match: re.Match[str]) -> str:
@@ -186,7 +208,8 @@ def configure(
     )
     console = settings.format == "console"
     stderr = logging.StreamHandler(sys.stderr)
-    stderr.setFormatter(_formatter(shared, redactor, console=console))
+    colours = console and coloured(sys.stderr, os.environ)
+    stderr.setFormatter(_formatter(shared, redactor, console=console, colours=colours))
     handlers: list[logging.Handler] = [stderr]
     if settings.dir is not None:
         handlers.append(_file_handler(settings.dir, name, _formatter(shared, redactor)))
@@ -199,25 +222,65 @@ def configure(
     root.setLevel(level or settings.level)
     for logger_name, quiet in _QUIET.items():
         logging.getLogger(logger_name).setLevel(max(quiet, root.level))
+    for logger_name, demoted in _DEMOTED.items():
+        demoting = logging.getLogger(logger_name)
+        for old_filter in [f for f in demoting.filters if isinstance(f, _Demote)]:
+            demoting.removeFilter(old_filter)
+        demoting.addFilter(_Demote(demoted))
     for logger_name in ("uvicorn", "uvicorn.error", "uvicorn.access"):
         uvicorn_logger = logging.getLogger(logger_name)
         uvicorn_logger.handlers.clear()
-        uvicorn_logger.propagate = True
+        # uvicorn writes its access line when its logger has a handler, also by propagation
+        # (a worker process sets logging up after uvicorn did): never, as the gateway writes
+        # its own (`observe.access`), without the query string
+        uvicorn_logger.propagate = logger_name != "uvicorn.access"
     return redactor
 
 
+def coloured(stream: object, environ: Mapping[str, str]) -> bool:
+    """Whether console lines on `stream` are coloured: only on a terminal, and not when
+    `NO_COLOR` is set (to anything) or `TERM` is `dumb`. Files and JSON never are."""
+    isatty = getattr(stream, "isatty", None)
+    try:
+        terminal = bool(isatty()) if callable(isatty) else False
+    except ValueError:  # a closed stream
+        terminal = False
+    return terminal and "NO_COLOR" not in environ and environ.get("TERM") != "dumb"
+
+
+class _Demote(logging.Filter):
+    """Turns a logger's lines at `level` and below into DEBUG lines (dropped unless the
+    process logs at DEBUG)."""
+
+    def __init__(self, level: int) -> None:
+        super().__init__()
+        self.level = level
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno > self.level:
+            return True
+        record.levelno, record.levelname = logging.DEBUG, "DEBUG"
+        return logging.getLogger().isEnabledFor(logging.DEBUG)
+
+
+def _drop_colour_message(_logger: Any, _name: str, event: EventDict) -> EventDict:
+    """uvicorn passes a copy of some messages with terminal colours as `color_message`."""
+    event.pop("color_message", None)
+    return event
+
+
 def _formatter(
-    shared: list[Processor], redactor: Redactor, *, console: bool = False
+    shared: list[Processor], redactor: Redactor, *, console: bool = False, colours: bool = False
 ) -> logging.Formatter:
     renderer: Processor = (
         structlog.dev.ConsoleRenderer(
-            colors=False, exception_formatter=structlog.dev.plain_traceback
+            colors=colours, exception_formatter=structlog.dev.plain_traceback
         )
         if console
         else structlog.processors.JSONRenderer()
     )
     return structlog.stdlib.ProcessorFormatter(
-        foreign_pre_chain=[*shared, structlog.stdlib.ExtraAdder()],
+        foreign_pre_chain=[*shared, structlog.stdlib.ExtraAdder(), _drop_colour_message],
         processors=[
             structlog.stdlib.ProcessorFormatter.remove_processors_meta,
             structlog.processors.format_exc_info,
@@ -300,18 +363,3 @@ def _merge_request(_logger: Any, _name: str, event: EventDict) -> EventDict:
             else:
                 event.setdefault(name, value)
     return event
-
-
-def request_done(code: int, attempts: int, outcome: str, started: float) -> None:
-    """The one line per request: code, attempts, outcome, duration. DEBUG for a success (a
-    line costs ~40 µs, too much for every request by default), INFO for a client error or a
-    disconnect, WARNING for a 5xx."""
-    bind_outcome(outcome)
-    level = logging.DEBUG if code < 400 else logging.WARNING if code >= 500 else logging.INFO
-    if _requests.isEnabledFor(level):
-        elapsed_ms = round((time.perf_counter() - started) * 1000, 1)
-        _requests.log(
-            level,
-            "request done",
-            extra={"status": code, "attempts": attempts, "duration_ms": elapsed_ms},
-        )

@@ -112,6 +112,7 @@ class Metrics:
     sync_changes: Counter
     limiter_unavailable: Counter
     event_loop_tasks: Gauge
+    auth_failures: Counter
     _providers: dict[str, ProviderMetrics] = field(default_factory=dict)
 
     @classmethod
@@ -217,6 +218,13 @@ class Metrics:
                 registry=registry,
                 multiprocess_mode="livesum",
             ),
+            auth_failures=Counter(
+                "llmgateway_auth_failures",
+                "Requests refused 401 for their gateway token, by the API shape of the answer "
+                "(openai, gemini) and reason (missing, wrong).",
+                ("surface", "reason"),
+                registry=registry,
+            ),
         )
 
     def for_provider(self, name: str, models: Iterable[str] = ()) -> ProviderMetrics:
@@ -250,6 +258,11 @@ class Metrics:
     def unauthorized(self, code: int) -> None:
         """Count a request refused before a provider was known (no or a wrong token)."""
         self.requests.labels(NO_PROVIDER, OTHER_MODEL, str(code)).inc()
+
+    def auth_failed(self, surface: str, reason: str) -> None:
+        """Count a request refused for its gateway token: `surface` openai or gemini,
+        `reason` missing or wrong (bounded labels; never the token)."""
+        self.auth_failures.labels(surface, reason).inc()
 
     def probe(self, provider: str, result: str, seconds: float) -> None:
         """Count one key probe of the Keeper and its duration."""
