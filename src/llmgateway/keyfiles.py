@@ -32,8 +32,8 @@ import logging
 import os
 import re
 import stat
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
@@ -71,11 +71,13 @@ class Problem:
 @dataclass(frozen=True, slots=True)
 class Parsed:
     """Values read from a file or folder. `complete` is False when something could not be
-    read, so values missing here must not be taken as removed."""
+    read, so values missing here must not be taken as removed. `sources` gives each value's
+    first place, `file:line` (files in name order)."""
 
     values: frozenset[str]
     problems: tuple[Problem, ...] = ()
     complete: bool = True
+    sources: Mapping[str, str] = field(default_factory=dict, compare=False)
 
 
 Parser = Callable[[str, str], Parsed]
@@ -147,7 +149,7 @@ def _parse(
     show: Callable[[str], str],
     kind: str,
 ) -> Parsed:
-    values: set[str] = set()
+    sources: dict[str, str] = {}
     problems: list[Problem] = []
     skipped = 0
     for number, line in enumerate(text.removeprefix("\ufeff").split("\n"), start=1):
@@ -156,7 +158,7 @@ def _parse(
                 continue
             why = check(token)
             if why is None:
-                values.add(token)
+                sources.setdefault(token, f"{source}:{number}")
             elif len(problems) < PROBLEMS_PER_FILE:
                 problems.append(
                     Problem(f"{source}:{number}", f"{show(token)} is not {kind} ({why})")
@@ -165,7 +167,7 @@ def _parse(
                 skipped += 1
     if skipped:
         problems.append(Problem(source, f"{skipped} more tokens that are not {kind} skipped"))
-    return Parsed(frozenset(values), tuple(problems))
+    return Parsed(frozenset(sources), tuple(problems), sources=sources)
 
 
 def _printable(text: str) -> str:
@@ -183,17 +185,18 @@ def read_folder(folder: Path, parse: Parser) -> Parsed:
     except OSError as exc:
         return _unread(folder, f"cannot list the folder: {exc.strerror}")
     root = Path(os.path.realpath(folder))
-    values: set[str] = set()
+    sources: dict[str, str] = {}
     problems: list[Problem] = []
     complete = True
     for entry in entries:
         if _ignored(entry.name):
             continue
         parsed = _read_entry(entry, root, parse)
-        values |= parsed.values
+        for value, where in parsed.sources.items():
+            sources.setdefault(value, where)
         problems.extend(parsed.problems)
         complete = complete and parsed.complete
-    return Parsed(frozenset(values), tuple(problems), complete)
+    return Parsed(frozenset(sources), tuple(problems), complete, sources)
 
 
 def _ignored(name: str) -> bool:
@@ -329,6 +332,7 @@ async def _sync_provider(name: str, provider: ProviderSettings, store: Store) ->
         list(provider.models),
         provider.shared_key_status,
         prune=keys.complete,
+        sources=keys.sources,
     )
     problems, complete = keys.problems, keys.complete
     proxy_changes = None
@@ -358,4 +362,11 @@ def _log(result: ProviderSync) -> None:
                 changes.removed,
                 changes.restored,
                 changes.active,
+            )
+        if changes is not None and changes.moved:
+            log.info(
+                "provider %s: %d %s found at another file:line than before (recorded)",
+                result.provider,
+                changes.moved,
+                kind,
             )

@@ -13,12 +13,14 @@ from llmgateway.core.outcomes import ErrorReason, KeyStatus
 
 @dataclass(frozen=True, slots=True)
 class SyncChanges:
-    """What one sync of a provider's keys (or proxies) changed; `active` is the count after it."""
+    """What one sync of a provider's keys (or proxies) changed; `active` is the count after it.
+    `moved` counts active keys now found at another `file:line` (no change to the pool)."""
 
     added: int = 0
     removed: int = 0
     restored: int = 0
     active: int = 0
+    moved: int = 0
 
     @property
     def changed(self) -> bool:
@@ -91,3 +93,41 @@ class StatusCount:
     status: str
     count: int
     next_check_at: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class KeyTurn:
+    """A key whose stored status has just turned to one that takes it out of service
+    (`invalid_key`, `no_access`, `no_quota`), as the write that made it so found it: the key
+    masked and by fingerprint, never in full, and where the files hold it (`source`, None
+    until a sync has recorded it). `models` are the status rows that turned (`shared` under
+    `shared_key_status`)."""
+
+    provider: str
+    masked: str
+    fingerprint: str
+    source: str | None
+    status: str
+    models: tuple[str, ...]
+    status_code: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class KeyFilter:
+    """Which keys a `llmgateway keys` command is about: every field set narrows it (None: any).
+    `statuses` are stored statuses (`invalid_key`, …); empty: any status. The filter never
+    looks at the secret itself."""
+
+    provider: str | None = None
+    model: str | None = None
+    statuses: frozenset[KeyStatus] = frozenset()
+
+    def describe(self) -> str:
+        """The filter in words, as the commands' options spell it (`` when it is empty)."""
+        parts = []
+        if self.provider is not None:
+            parts.append(f"--provider {self.provider}")
+        if self.model is not None:
+            parts.append(f"--model {self.model}")
+        parts += [f"--status {s.value}" for s in sorted(self.statuses)]
+        return " ".join(parts)

@@ -16,6 +16,18 @@ def mask(secret: str) -> str:
     return f"{head}…{secret[-4:]}"
 
 
+FINGERPRINT_DIGITS = 12
+"""Hex digits of a fingerprint: 48 bits, so 100,000 keys share one by chance with odds of about
+1 in 56,000 (8 digits gave about 1 in 1)."""
+
+
+def digest(secret: str) -> str:
+    """The SHA-256 of a key as 64 hex digits: the store keeps it, so a key can be found by its
+    fingerprint (any prefix of this) without reading every key."""
+    return hashlib.sha256(secret.encode()).hexdigest()
+
+
 def fingerprint(secret: str) -> str:
-    """A stable, non-reversible id for a key (8 hex digits of its SHA-256), safe for logs."""
-    return hashlib.sha256(secret.encode()).hexdigest()[:8]
+    """A stable, non-reversible id for a key (the first 12 hex digits of its SHA-256), safe for
+    logs; `llmgateway keys show FINGERPRINT` finds the key's file and line from it."""
+    return digest(secret)[:FINGERPRINT_DIGITS]

@@ -20,6 +20,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncTransactio
 
 from llmgateway.config.settings import DatabaseSettings, Pooler, ProviderSettings
 from llmgateway.core.outcomes import ALL_MODELS
+from llmgateway.observe.key_turns import TurnLog
 from llmgateway.records import (
     KeyRow,
     ProxyRow,
@@ -28,7 +29,7 @@ from llmgateway.records import (
     StatusEvent,
     SyncChanges,
 )
-from llmgateway.store import breakers, connect, model_lists, notify, reconcile, status
+from llmgateway.store import breakers, connect, model_lists, notify, reconcile, status, turns
 from llmgateway.store import pooler as pooler_mode
 from llmgateway.store.connect import DatabaseUrlError, Migration, async_url, masked_url
 from llmgateway.store.original import Adoption, OriginalDatabaseError
@@ -56,7 +57,8 @@ __all__ = [
 
 class Store:
     """The database behind llmgateway. Build it with `Store.open(url)`; close it with `close()`
-    (or use `async with`). `clock` gives the current epoch time for every stamp it writes."""
+    (or use `async with`). `clock` gives the current epoch time for every stamp it writes.
+    `turns` logs the keys that this process's status writes take out of service."""
 
     def __init__(
         self,
@@ -68,6 +70,7 @@ class Store:
         self.engine = engine
         self.clock = clock
         self.plan = plan
+        self.turns = TurnLog(clock)
         self._file = None if sqlite_file is None else sqlite_file.absolute()
         self._identity = None if self._file is None else _identity(self._file)
 
@@ -185,20 +188,22 @@ class Store:
         shared: bool,
         *,
         prune: bool = True,
+        sources: Mapping[str, str] | None = None,
     ) -> SyncChanges:
         """Make the provider's active keys equal `keys`: a new key gets `untested` rows due for a
         check now, a missing one is deactivated (history kept), one that comes back is restored.
         Status rows follow `models` (one `ALL_MODELS` row when `shared`). With `prune=False`
-        nothing is removed (the key files could not all be read)."""
+        nothing is removed (the key files could not all be read). `sources` gives where each
+        key was found (`file:line`), recorded for `llmgateway keys` and the key-change logs."""
         row_models = [ALL_MODELS] if shared else list(models)
         async with self._write() as (conn, revision, transaction):
             pid = await reconcile.provider_id(conn, provider)
-            changes, touched = await reconcile.sync_keys(
-                conn, pid, keys, row_models, revision, self.clock(), prune=prune
+            changes, touched, recorded = await reconcile.sync_keys(
+                conn, pid, keys, row_models, revision, self.clock(), prune=prune, sources=sources
             )
             if touched:
                 await notify.publish(conn, notify.Kind.KEYS, revision, provider)
-            await _keep_if(transaction, touched)
+            await _keep_if(transaction, touched + recorded)
             return changes
 
     async def sync_proxies(
@@ -241,14 +246,19 @@ class Store:
             return await status.max_key_id(conn)
 
     async def apply_events(self, events: Sequence[StatusEvent]) -> None:
-        """Write a batch of status events in one transaction (see `StatusEvent`)."""
+        """Write a batch of status events in one transaction (see `StatusEvent`); a key this
+        takes out of service is logged once (`turns`)."""
         if not events:
             return
         async with self.engine.begin() as conn:
             revision = await status.bump_revision(conn)
+            watched = turns.watched([(event.key_id, event.status) for event in events])
+            before = await turns.statuses_of(conn, watched)
             await status.apply_events(conn, events, revision)
+            found = await turns.turned(conn, before)
             if any(event.status in notify.URGENT for event in events):
                 await notify.publish(conn, notify.Kind.STATUS, revision)
+        self.turns.report(found)
 
     async def status_counts(self) -> list[StatusCount]:
         """Active (key, model) rows grouped by provider, model and status."""

@@ -124,6 +124,9 @@ async def _copy_keys(conn: AsyncConnection, revision: int, now: float) -> None:
     )
     columns = ["id", "provider_id", "value", "active", "added_at", "revision"]
     await conn.execute(sa.insert(keys).from_select(columns, select))
+    # their file:line (`source`) is not known until the next sync; the digest is, at once
+    hashed = sa.func.encode(sa.func.sha256(sa.func.convert_to(keys.c.value, "UTF8")), "hex")
+    await conn.execute(sa.update(keys).where(keys.c.digest.is_(None)).values(digest=hashed))
     # keys added later take ids after the original's
     next_id = sa.select(sa.func.coalesce(sa.func.max(keys.c.id), 0) + 1).scalar_subquery()
     sequence = sa.func.pg_get_serial_sequence(keys.name, "id")

@@ -21,7 +21,8 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from llmgateway.core.outcomes import ErrorReason, KeyStatus
-from llmgateway.store import Store, notify
+from llmgateway.records import KeyTurn
+from llmgateway.store import Store, notify, turns
 from llmgateway.store.status import bump_revision, cut_message
 from llmgateway.store.tables import key_status, keys, providers
 
@@ -153,14 +154,20 @@ async def _key_names(conn: AsyncConnection, key_ids: Collection[int]) -> dict[in
 
 
 async def write_results(store: Store, owner: str, results: Sequence[ProbeResult]) -> None:
-    """Write a batch of results in one transaction and release their leases."""
+    """Write a batch of results in one transaction and release their leases; a key this takes
+    out of service is logged once (`Store.turns`)."""
     if not results:
         return
     marks = [r for r in results if r.marks]
+    found: list[KeyTurn] = []
     async with store.engine.begin() as conn:
         if marks:
             revision = await bump_revision(conn)
+            before = await turns.statuses_of(
+                conn, turns.watched([(r.key_id, r.status) for r in marks])
+            )
             await conn.execute(_mark_statement(owner, revision), [_mark_params(r) for r in marks])
+            found = await turns.turned(conn, before)
             await notify.publish(conn, notify.Kind.PROBES, revision)
         rest = [r for r in results if not r.marks]
         if rest:
@@ -172,6 +179,7 @@ async def write_results(store: Store, owner: str, results: Sequence[ProbeResult]
             .where(ks.lease_owner == owner, sa.tuple_(ks.key_id, ks.model).in_(pairs))
             .values(lease_owner=None, lease_until=None)
         )
+    store.turns.report(found)
 
 
 def _mine(owner: str) -> sa.ColumnElement[bool]:

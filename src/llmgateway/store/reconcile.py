@@ -14,6 +14,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from llmgateway.core.outcomes import KeyStatus
+from llmgateway.observe.masking import digest
 from llmgateway.records import SyncChanges
 from llmgateway.store.tables import key_status, keys, providers, proxies, proxy_status
 
@@ -85,15 +86,18 @@ async def sync_keys(
     now: float,
     *,
     prune: bool,
-) -> tuple[SyncChanges, int]:
+    sources: Mapping[str, str] | None = None,
+) -> tuple[SyncChanges, int, int]:
     """Make the provider's active keys equal `wanted` (only add and restore when not `prune`),
-    and its status rows equal `models` for every active key. Returns the changes and a count of
-    every row changed, status rows included."""
-    changes, touched = await _sync_members(
-        conn, keys, "value", provider, wanted, revision, now, prune
+    and its status rows equal `models` for every active key. Returns the changes, a count of
+    every row changed that the pool sees (status rows included), and a count of keys whose
+    `file:line` in `sources` (or missing digest) was recorded: that is not stamped with
+    `revision`, as the pool does not use it."""
+    changes, touched, recorded = await _sync_members(
+        conn, keys, "value", provider, wanted, revision, now, prune, sources or {}
     )
     rows = await _sync_key_models(conn, provider, models, revision, now)
-    return changes, rows + touched
+    return changes, rows + touched, recorded
 
 
 async def sync_proxies(
@@ -106,7 +110,7 @@ async def sync_proxies(
     prune: bool,
 ) -> tuple[SyncChanges, int]:
     """Make the provider's active proxies equal `wanted`; a new proxy gets an `untested` status."""
-    changes, touched = await _sync_members(
+    changes, touched, _ = await _sync_members(
         conn, proxies, "url", provider, wanted, revision, now, prune
     )
     missing = (
@@ -135,15 +139,28 @@ async def _sync_members(
     revision: int,
     now: float,
     prune: bool,
-) -> tuple[SyncChanges, int]:
+    sources: Mapping[str, str] | None = None,
+) -> tuple[SyncChanges, int, int]:
+    """Add, remove and restore members; with `sources` (keys), also record where each wanted
+    key was found and fill in a missing digest. Returns the changes, the members changed and
+    the keys whose place was recorded."""
     value = table.c[column]
+    details = (keys.c.source, keys.c.digest) if sources is not None else ()
     rows = await conn.execute(
-        sa.select(table.c.id, value, table.c.active).where(table.c.provider_id == provider)
+        sa.select(table.c.id, value, table.c.active, *details).where(
+            table.c.provider_id == provider
+        )
     )
     active: dict[str, int] = {}
     inactive: dict[str, int] = {}
-    for row_id, row_value, is_active in rows:
+    stale: list[tuple[int, str, bool]] = []  # (id, value, moved): source or digest to write
+    for row_id, row_value, is_active, *known in rows:
         (active if is_active else inactive)[row_value] = row_id
+        if sources is not None and row_value in sources:
+            source, hashed = known
+            if source != sources[row_value] or hashed is None:
+                moved = bool(is_active) and source is not None and source != sources[row_value]
+                stale.append((row_id, row_value, moved))
     wanted_set = set(wanted)
     added = sorted(wanted_set - active.keys() - inactive.keys())
     restored = [inactive[v] for v in wanted_set & inactive.keys()]
@@ -158,19 +175,46 @@ async def _sync_members(
                     "active": True,
                     "added_at": now,
                     "revision": revision,
+                    **({} if sources is None else _found(v, sources)),
                 }
                 for v in batch
             ],
         )
     await _set_active(conn, table, removed, False, revision, now)
     await _set_active(conn, table, restored, True, revision, now)
+    if sources is not None:
+        await _record_sources(conn, stale, sources)
     changes = SyncChanges(
         added=len(added),
         removed=len(removed),
         restored=len(restored),
         active=len(active) - len(removed) + len(added) + len(restored),
+        moved=sum(1 for _, _, moved in stale if moved),
     )
-    return changes, len(added) + len(removed) + len(restored)
+    return changes, len(added) + len(removed) + len(restored), len(stale)
+
+
+def _found(value: str, sources: Mapping[str, str]) -> dict[str, str | None]:
+    return {"source": sources.get(value), "digest": digest(value)}
+
+
+async def _record_sources(
+    conn: AsyncConnection, stale: Sequence[tuple[int, str, bool]], sources: Mapping[str, str]
+) -> None:
+    """Write the `file:line` (and digest) of keys found elsewhere than recorded."""
+    update = (
+        sa.update(keys)
+        .where(keys.c.id == sa.bindparam("p_id"))
+        .values(source=sa.bindparam("p_source"), digest=sa.bindparam("p_digest"))
+    )
+    for batch in _batches(stale):
+        await conn.execute(
+            update,
+            [
+                {"p_id": row_id, "p_source": sources[v], "p_digest": digest(v)}
+                for row_id, v, _ in batch
+            ],
+        )
 
 
 async def _set_active(

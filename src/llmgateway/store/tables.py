@@ -63,6 +63,11 @@ keys = sa.Table(
     # the keeper probing this key (any of its models) and until when: see store/probes.py
     sa.Column("lease_owner", sa.Text, nullable=True),
     sa.Column("lease_until", sa.Double, nullable=True),
+    # where the sync last found the key, `file:line` (None: not synced from files since the
+    # original llmGateway's database was imported)
+    sa.Column("source", sa.Text, nullable=True),
+    # SHA-256 of `value` as 64 hex digits, for finding a key by its fingerprint (a prefix)
+    sa.Column("digest", sa.Text, nullable=True, index=True),
     sa.UniqueConstraint("provider_id", "value"),
 )
 
