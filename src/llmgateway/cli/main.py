@@ -8,6 +8,7 @@ import click
 
 from llmgateway import __version__
 from llmgateway.cli.gateway import gateway, serve
+from llmgateway.cli.keys import keys
 from llmgateway.cli.startup import echo_env_file, env_file_option, group_env_file_option
 from llmgateway.cli.store import breaker, db, status
 from llmgateway.cli.tokens import WAY_OUT
@@ -141,6 +142,7 @@ def demo(port: int) -> None:
 
 main.add_command(db)
 main.add_command(status)
+main.add_command(keys)
 main.add_command(breaker)
 main.add_command(worker)
 main.add_command(gateway)

@@ -52,7 +52,7 @@ def status_table(counts: list[StatusCount], now: float) -> str:
             c.status,
             state_of_status(c.status),
             str(c.count),
-            _humanize(c.next_check_at, now),
+            humanize(c.next_check_at, now),
         )
         for c in counts
     ]
@@ -66,7 +66,7 @@ def status_table(counts: list[StatusCount], now: float) -> str:
     )
 
 
-def _humanize(at: float | None, now: float) -> str:
+def humanize(at: float | None, now: float) -> str:
     """When a check is due, relative to `now`: `now`, `in 5m`, `overdue 2h`, or `-`."""
     if at is None:
         return "-"

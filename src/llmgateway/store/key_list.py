@@ -1,0 +1,211 @@
+"""The keys one by one, for `llmgateway keys list|show`: read in pages, never all at once.
+
+`listing_pages` walks the active (key, model) rows a `KeyFilter` selects in key order, one
+short query per page resuming after the last row seen (keyset pagination: no OFFSET, no cursor
+held open, so it works the same through a transaction pooler and costs the same on the last
+page of 100,000 keys as on the first). `by_fingerprint` finds keys by a prefix of their SHA-256
+on the indexed `keys.digest`, with every row they have, active or not. Rows carry the key masked
+and by fingerprint; the secret never leaves this module.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import sqlalchemy as sa
+
+from llmgateway.core.outcomes import ALL_MODELS
+from llmgateway.observe.masking import fingerprint, mask
+from llmgateway.records import KeyFilter
+from llmgateway.store import Store
+from llmgateway.store.status import SHARED_MODEL_LABEL
+from llmgateway.store.tables import key_status, keys, providers
+
+PAGE = 500
+"""Rows per query."""
+
+
+@dataclass(frozen=True, slots=True)
+class KeyListing:
+    """One (key, model) row as the commands show it. `model` is `shared` under
+    `shared_key_status`; `serving` is False when the key left its files, the model left the
+    config or the provider was disabled. `error` is the last error as stored (masked when it
+    was written, and the key masked again here), `source` where the files hold the key."""
+
+    key_id: int
+    provider: str
+    fingerprint: str
+    masked: str
+    source: str | None
+    model: str
+    status: str
+    reason: str | None
+    status_code: int | None
+    error: str | None
+    failing_since: float | None
+    cooldown_until: float | None
+    next_check_at: float | None
+    last_checked_at: float | None
+    latency_ms: float | None
+    serving: bool
+    in_files: bool
+    provider_enabled: bool
+    added_at: float
+    removed_at: float | None
+
+
+_ks = key_status.c
+_pool = key_status.join(keys, keys.c.id == _ks.key_id).join(
+    providers, providers.c.id == keys.c.provider_id
+)
+_COLUMNS = (
+    _ks.key_id,
+    _ks.model,
+    providers.c.name,
+    keys.c.value,
+    keys.c.source,
+    _ks.status,
+    _ks.reason,
+    _ks.status_code,
+    _ks.error_message,
+    _ks.failing_since,
+    _ks.cooldown_until,
+    _ks.next_check_at,
+    _ks.last_checked_at,
+    _ks.latency_ms,
+    _ks.active,
+    keys.c.active,
+    providers.c.active,
+    keys.c.added_at,
+    keys.c.removed_at,
+)
+
+
+def _where(chosen: KeyFilter) -> list[sa.ColumnElement[bool]]:
+    conditions: list[sa.ColumnElement[bool]] = [_ks.active, keys.c.active, providers.c.active]
+    if chosen.provider is not None:
+        conditions.append(providers.c.name == chosen.provider)
+    if chosen.model is not None:
+        model = ALL_MODELS if chosen.model == SHARED_MODEL_LABEL else chosen.model
+        conditions.append(_ks.model == model)
+    if chosen.statuses:
+        conditions.append(_ks.status.in_(sorted(s.value for s in chosen.statuses)))
+    return conditions
+
+
+async def listing_pages(
+    store: Store, chosen: KeyFilter, limit: int | None = None, page: int = PAGE
+) -> AsyncIterator[list[KeyListing]]:
+    """The active rows `chosen` selects, in key order, `page` at a time, `limit` in all
+    (None: every one). Each page is one short query of its own."""
+    after: tuple[int, str] | None = None
+    left = limit
+    while left is None or left > 0:
+        size = page if left is None else min(page, left)
+        query = sa.select(*_COLUMNS).select_from(_pool).where(*_where(chosen))
+        if after is not None:
+            key_id, model = after
+            query = query.where(
+                sa.or_(_ks.key_id > key_id, sa.and_(_ks.key_id == key_id, _ks.model > model))
+            )
+        query = query.order_by(_ks.key_id, _ks.model).limit(size)
+        async with store.engine.connect() as conn:
+            rows = (await conn.execute(query)).all()
+        if rows:
+            yield [_listing(row) for row in rows]
+        if len(rows) < size:
+            return
+        after = (rows[-1][0], rows[-1][1])
+        if left is not None:
+            left -= len(rows)
+
+
+async def count_matching(store: Store, chosen: KeyFilter) -> int:
+    """How many active rows `chosen` selects."""
+    query = sa.select(sa.func.count()).select_from(_pool).where(*_where(chosen))
+    async with store.engine.connect() as conn:
+        return int(await conn.scalar(query) or 0)
+
+
+async def by_fingerprint(
+    store: Store, prefix: str, most: int = 20
+) -> tuple[list[list[KeyListing]], int]:
+    """The keys whose SHA-256 starts with `prefix` (lower-case hex), at most `most` of them
+    by id, each with all its rows (active or not); and how many keys match in all."""
+    prefix = prefix.lower()
+    # A range on the indexed column: every hex string with the prefix sorts in [prefix,
+    # prefix + "g"), as "g" comes after every hex digit.
+    matches = sa.and_(keys.c.digest >= prefix, keys.c.digest < prefix + "g")
+    ids_query = sa.select(keys.c.id, keys.c.digest).where(matches).order_by(keys.c.id)
+    count_query = sa.select(sa.func.count()).select_from(keys).where(matches)
+    async with store.engine.connect() as conn:
+        total = int(await conn.scalar(count_query) or 0)
+        ids = [
+            key_id
+            for key_id, hashed in (await conn.execute(ids_query.limit(most))).all()
+            if hashed.startswith(prefix)
+        ]
+        rows: Sequence[Sequence[Any]] = []
+        if ids:
+            query = (
+                sa.select(*_COLUMNS)
+                .select_from(_pool)
+                .where(_ks.key_id.in_(ids))
+                .order_by(_ks.key_id, _ks.model)
+            )
+            rows = (await conn.execute(query)).all()
+    found: dict[int, list[KeyListing]] = {key_id: [] for key_id in ids}
+    for row in rows:
+        found[row[0]].append(_listing(row))
+    return [listing for listing in found.values() if listing], total
+
+
+def _listing(row: Sequence[Any]) -> KeyListing:
+    (
+        key_id,
+        model,
+        provider,
+        secret,
+        source,
+        status,
+        reason,
+        status_code,
+        error,
+        failing_since,
+        cooldown_until,
+        next_check_at,
+        last_checked_at,
+        latency_ms,
+        row_active,
+        key_active,
+        provider_active,
+        added_at,
+        removed_at,
+    ) = row
+    masked = mask(secret)
+    if error is not None and secret:
+        error = error.replace(secret, masked)
+    return KeyListing(
+        key_id=key_id,
+        provider=provider,
+        fingerprint=fingerprint(secret),
+        masked=masked,
+        source=source,
+        model=SHARED_MODEL_LABEL if model == ALL_MODELS else model,
+        status=status,
+        reason=reason,
+        status_code=status_code,
+        error=error,
+        failing_since=failing_since,
+        cooldown_until=cooldown_until,
+        next_check_at=next_check_at,
+        last_checked_at=last_checked_at,
+        latency_ms=latency_ms,
+        serving=bool(row_active and key_active and provider_active),
+        in_files=bool(key_active),
+        provider_enabled=bool(provider_active),
+        added_at=added_at,
+        removed_at=removed_at,
+    )
