@@ -72,8 +72,8 @@ async def test_files_add_remove_and_restore_keys(store: Store, tmp_path: Path) -
     assert await active_keys(store) == {*KEYS[:3], KEYS[4]}
 
     write(folder / "b.txt", f"{KEYS[3]}\n{KEYS[4]}\n")
-    report = await run_sync(config, store)
-    assert report.providers[0].keys == SyncChanges(restored=1, active=5)
+    report = await run_sync(config, store)  # KEYS[4] moved from b.txt:1 to b.txt:2
+    assert report.providers[0].keys == SyncChanges(restored=1, active=5, moved=1)
 
 
 async def test_garbage_is_reported_and_skipped(store: Store, tmp_path: Path) -> None:
