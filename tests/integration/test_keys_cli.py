@@ -236,7 +236,7 @@ async def test_json_shapes(db_url: str, tmp_path: Path, fake: FakeUpstream) -> N
     )  # fmt: skip
     assert row["source"] == f"{tmp_path / 'keys' / 'openai' / 'a.txt'}:4"
     assert isinstance(row["failing_since"], float)
-    assert row["last_error"] and len(row["last_error"]) <= 500
+    assert 0 < len(row["last_error"]) <= 500
 
     shown = json.loads(
         await ainvoke("keys", "show", "--config", config, "--json", fingerprint(NOQUOTA))
@@ -284,9 +284,11 @@ async def test_show_lists_every_key_sharing_a_prefix_and_removed_ones(
     assert shown.splitlines()[0] == f"2 keys have a fingerprint starting with {prefix}:"
     heads = [line.split()[0] for line in shown.splitlines() if line[:1] not in ("", " ")]
     assert heads[1:3] == [fingerprint(pair[0]), fingerprint(pair[1])]
-    assert f"{folder / 'k.txt'}:1" in shown and f"{folder / 'k.txt'}:2" in shown
+    assert f"{folder / 'k.txt'}:1" in shown
+    assert f"{folder / 'k.txt'}:2" in shown
     assert "give more digits to tell them apart" in shown
-    assert pair[0] not in shown and pair[1] not in shown
+    assert pair[0] not in shown
+    assert pair[1] not in shown
 
     one = await ainvoke("keys", "show", "--config", config, fingerprint(pair[1]).upper())
     assert one.splitlines()[0].split()[0] == fingerprint(pair[1])
@@ -391,14 +393,17 @@ async def test_pages_walk_every_row_once_in_key_order(store: Store) -> None:
     pages = [page async for page in listing_pages(store, KeyFilter(), page=250)]
     assert [len(p) for p in pages] == [250] * 7 + [50]  # 700 keys × 2 models + 400 × 1
     seen = [(r.key_id, r.model) for page in pages for r in page]
-    assert seen == sorted(set(seen)) and len(seen) == 1800
+    assert seen == sorted(set(seen))
+    assert len(seen) == 1800
     assert await count_matching(store, KeyFilter()) == 1800
 
     only = KeyFilter(provider="p1", model="m2")
     rows = [r async for page in listing_pages(store, only, limit=333, page=100) for r in page]
-    assert len(rows) == 333 and {(r.provider, r.model) for r in rows} == {("p1", "m2")}
+    assert len(rows) == 333
+    assert {(r.provider, r.model) for r in rows} == {("p1", "m2")}
     assert await count_matching(store, only) == 700
     assert all(keys[0] not in repr(r) for r in rows)
 
     found, total = await by_fingerprint(store, fingerprint(keys[1000])[:12])
-    assert total == 1 and [r.model for r in found[0]] == ["m1"]
+    assert total == 1
+    assert [r.model for r in found[0]] == ["m1"]

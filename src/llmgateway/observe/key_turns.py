@@ -92,6 +92,11 @@ class TurnLog:
                 self._one(turn)
         self._arm(now)
 
+    @property
+    def pending_summary(self) -> asyncio.TimerHandle | None:
+        """The timer set to write the summary of the current window, if one is held."""
+        return self._timer
+
     def flush(self) -> None:
         """Write the summary of a window that has ended, if any."""
         self._timer = None
