@@ -6,6 +6,7 @@ and returns how much it changed (the caller rolls back a transaction that change
 
 from __future__ import annotations
 
+import json
 from collections.abc import Collection, Mapping, Sequence
 from typing import Any, TypeVar
 
@@ -16,6 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from llmgateway.core.outcomes import KeyStatus
 from llmgateway.observe.masking import digest
 from llmgateway.records import SyncChanges
+from llmgateway.store.status import SQLITE_BULK
 from llmgateway.store.tables import key_status, keys, providers, proxies, proxy_status
 
 _BATCH = 5000
@@ -201,20 +203,50 @@ def _found(value: str, sources: Mapping[str, str]) -> dict[str, str | None]:
 async def _record_sources(
     conn: AsyncConnection, stale: Sequence[tuple[int, str, bool]], sources: Mapping[str, str]
 ) -> None:
-    """Write the `file:line` (and digest) of keys found elsewhere than recorded."""
-    update = (
-        sa.update(keys)
-        .where(keys.c.id == sa.bindparam("p_id"))
-        .values(source=sa.bindparam("p_source"), digest=sa.bindparam("p_digest"))
-    )
-    for batch in _batches(stale):
-        await conn.execute(
-            update,
-            [
-                {"p_id": row_id, "p_source": sources[v], "p_digest": digest(v)}
-                for row_id, v, _ in batch
-            ],
+    """Write the `file:line` (and digest) of keys found elsewhere than recorded. A line added
+    at the top of a file moves every key below it, so the rows travel as one JSON parameter
+    per batch into one `UPDATE … FROM` (as status events do), not a statement per key."""
+    rows = [{"id": i, "source": sources[v], "digest": digest(v)} for i, v, _ in stale]
+    if conn.dialect.name == "sqlite" and not SQLITE_BULK:
+        update = (
+            sa.update(keys)
+            .where(keys.c.id == sa.bindparam("p_id"))
+            .values(source=sa.bindparam("p_source"), digest=sa.bindparam("p_digest"))
         )
+        for batch in _batches(rows):
+            params = [{f"p_{name}": value for name, value in row.items()} for row in batch]
+            await conn.execute(update, params)
+        return
+    statement = _bulk_sources(conn.dialect.name)
+    for batch in _batches(rows):
+        await conn.execute(statement, {"p_rows": json.dumps(batch)})
+
+
+def _bulk_sources(dialect: str) -> sa.Update:
+    rows = sa.bindparam("p_rows", type_=sa.Text)
+    fields: dict[str, sa.ColumnElement[Any]]
+    if dialect == "postgresql":
+        found = (
+            sa.func.json_to_recordset(sa.cast(rows, sa.JSON))
+            .table_valued(
+                sa.column("id", sa.Integer),
+                sa.column("source", sa.Text),
+                sa.column("digest", sa.Text),
+            )
+            .render_derived(name="found", with_types=True)
+        )
+        fields = {name: found.c[name] for name in ("id", "source", "digest")}
+    else:
+        items = sa.func.json_each(rows).table_valued("value").alias("found")
+        fields = {
+            name: sa.func.json_extract(items.c.value, f"$.{name}", type_=kind)
+            for name, kind in (("id", sa.Integer), ("source", sa.Text), ("digest", sa.Text))
+        }
+    return (
+        sa.update(keys)
+        .where(keys.c.id == fields["id"])
+        .values(source=fields["source"], digest=fields["digest"])
+    )
 
 
 async def _set_active(
