@@ -155,14 +155,18 @@ async def _sync_members(
     )
     active: dict[str, int] = {}
     inactive: dict[str, int] = {}
-    stale: list[tuple[int, str, bool]] = []  # (id, value, moved): source or digest to write
+    placed: list[tuple[int, str]] = []  # (id, file:line) to write
+    hashed: list[tuple[int, str]] = []  # (id, digest) to write
+    moved = 0
     for row_id, row_value, is_active, *known in rows:
         (active if is_active else inactive)[row_value] = row_id
         if sources is not None and row_value in sources:
-            source, hashed = known
-            if source != sources[row_value] or hashed is None:
-                moved = bool(is_active) and source is not None and source != sources[row_value]
-                stale.append((row_id, row_value, moved))
+            source, known_digest = known
+            if source != sources[row_value]:
+                placed.append((row_id, sources[row_value]))
+                moved += bool(is_active) and source is not None
+            if known_digest is None:
+                hashed.append((row_id, digest(row_value)))
     wanted_set = set(wanted)
     added = sorted(wanted_set - active.keys() - inactive.keys())
     restored = [inactive[v] for v in wanted_set & inactive.keys()]
@@ -184,69 +188,60 @@ async def _sync_members(
         )
     await _set_active(conn, table, removed, False, revision, now)
     await _set_active(conn, table, restored, True, revision, now)
-    if sources is not None:
-        await _record_sources(conn, stale, sources)
+    await _set_text(conn, keys.c.source, placed)
+    await _set_text(conn, keys.c.digest, hashed)
     changes = SyncChanges(
         added=len(added),
         removed=len(removed),
         restored=len(restored),
         active=len(active) - len(removed) + len(added) + len(restored),
-        moved=sum(1 for _, _, moved in stale if moved),
+        moved=moved,
     )
-    return changes, len(added) + len(removed) + len(restored), len(stale)
+    return changes, len(added) + len(removed) + len(restored), len(placed) + len(hashed)
 
 
 def _found(value: str, sources: Mapping[str, str]) -> dict[str, str | None]:
     return {"source": sources.get(value), "digest": digest(value)}
 
 
-async def _record_sources(
-    conn: AsyncConnection, stale: Sequence[tuple[int, str, bool]], sources: Mapping[str, str]
+async def _set_text(
+    conn: AsyncConnection, column: sa.Column[str | None], values: Sequence[tuple[int, str]]
 ) -> None:
-    """Write the `file:line` (and digest) of keys found elsewhere than recorded. A line added
-    at the top of a file moves every key below it, so the rows travel as one JSON parameter
-    per batch into one `UPDATE … FROM` (as status events do), not a statement per key."""
-    rows = [{"id": i, "source": sources[v], "digest": digest(v)} for i, v, _ in stale]
+    """Set `column` of the keys by id, (id, value) pairs. A line added at the top of a file
+    moves every key below it, so the pairs travel as one JSON parameter per batch into one
+    `UPDATE … FROM` (as status events do), not a statement per key."""
+    if not values:
+        return
     if conn.dialect.name == "sqlite" and not SQLITE_BULK:
         update = (
             sa.update(keys)
             .where(keys.c.id == sa.bindparam("p_id"))
-            .values(source=sa.bindparam("p_source"), digest=sa.bindparam("p_digest"))
+            .values({column: sa.bindparam("p_value")})
         )
-        for batch in _batches(rows):
-            params = [{f"p_{name}": value for name, value in row.items()} for row in batch]
-            await conn.execute(update, params)
+        for batch in _batches(values):
+            await conn.execute(update, [{"p_id": i, "p_value": v} for i, v in batch])
         return
-    statement = _bulk_sources(conn.dialect.name)
-    for batch in _batches(rows):
+    statement = _bulk_text(conn.dialect.name, column)
+    for batch in _batches(values):
         await conn.execute(statement, {"p_rows": json.dumps(batch)})
 
 
-def _bulk_sources(dialect: str) -> sa.Update:
+def _bulk_text(dialect: str, column: sa.Column[str | None]) -> sa.Update:
+    """`UPDATE keys SET column = …` from a JSON array of [id, value] bound as `p_rows`."""
     rows = sa.bindparam("p_rows", type_=sa.Text)
-    fields: dict[str, sa.ColumnElement[Any]]
-    if dialect == "postgresql":
-        found = (
-            sa.func.json_to_recordset(sa.cast(rows, sa.JSON))
-            .table_valued(
-                sa.column("id", sa.Integer),
-                sa.column("source", sa.Text),
-                sa.column("digest", sa.Text),
-            )
-            .render_derived(name="found", with_types=True)
-        )
-        fields = {name: found.c[name] for name in ("id", "source", "digest")}
-    else:
-        items = sa.func.json_each(rows).table_valued("value").alias("found")
-        fields = {
-            name: sa.func.json_extract(items.c.value, f"$.{name}", type_=kind)
-            for name, kind in (("id", sa.Integer), ("source", sa.Text), ("digest", sa.Text))
-        }
-    return (
-        sa.update(keys)
-        .where(keys.c.id == fields["id"])
-        .values(source=fields["source"], digest=fields["digest"])
+    items = (
+        sa.func.json_array_elements(sa.cast(rows, sa.JSON))
+        if dialect == "postgresql"
+        else sa.func.json_each(rows)
     )
+    found = items.table_valued("value").alias("found")
+    if dialect == "postgresql":
+        key_id: sa.ColumnElement[int] = sa.cast(found.c.value.op("->>")(0), sa.Integer)
+        value: sa.ColumnElement[Any] = found.c.value.op("->>")(1)
+    else:
+        key_id = sa.func.json_extract(found.c.value, "$[0]", type_=sa.Integer)
+        value = sa.func.json_extract(found.c.value, "$[1]", type_=sa.Text)
+    return sa.update(keys).where(keys.c.id == key_id).values({column: value})
 
 
 async def _set_active(
