@@ -107,8 +107,10 @@ async def listing_pages(
         query = sa.select(*_COLUMNS).select_from(_pool).where(*_where(chosen))
         if after is not None:
             key_id, model = after
+            # `key_id >=` first: a range on the primary key's first column, which every
+            # planner turns into an index seek (the OR alone may make it scan from the start)
             query = query.where(
-                sa.or_(_ks.key_id > key_id, sa.and_(_ks.key_id == key_id, _ks.model > model))
+                _ks.key_id >= key_id, sa.or_(_ks.key_id > key_id, _ks.model > model)
             )
         query = query.order_by(_ks.key_id, _ks.model).limit(size)
         async with store.engine.connect() as conn:
