@@ -7,6 +7,7 @@ import asyncio
 import json
 import os
 import random
+import re
 import signal
 import sys
 from collections.abc import Iterator
@@ -235,7 +236,7 @@ async def test_every_line_of_a_request_carries_its_context(
         assert line["request_id"].startswith("req-")
         assert line["provider"] == "openai"
         assert line["model"] == "gpt-4o-mini"
-        assert len(line["key"]) == 8
+        assert re.fullmatch(r"[0-9a-f]{12}", line["key"])
         assert line["attempt"] >= 1
     done = [line for line in of_requests if line["event"] == "request done"]
     assert [line["request_id"] for line in done] == ["req-0", "req-1", "req-2"]
