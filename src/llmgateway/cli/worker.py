@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import signal
 import time
-from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import click
@@ -35,7 +34,8 @@ def worker(config: str | None, once: bool) -> None:
     """The Keeper: sync the key and proxy files, probe keys and proxies, maintain the store.
 
     Runs until Ctrl-C or SIGTERM (a second signal abandons in-flight probes at once; leases
-    are released either way). On SQLite only one keeper may run.
+    are released either way). With --once, Ctrl-C ends the probe round early, prints what was
+    done so far and exits 130. On SQLite only one keeper may run.
     """
     from llmgateway.keeper.run import Keeper, run_once
     from llmgateway.store.locks import KeeperRunningError
@@ -51,11 +51,20 @@ def worker(config: str | None, once: bool) -> None:
         from llmgateway.observe.metrics_http import keeper_metrics
 
         try:
+            stop = asyncio.Event()
+            _stop_on_signals(stop, notice=once)
             if once:
                 click.echo("syncing the key files, then one probe round…", err=True)
-                done = await run_once(settings, store, on_progress=_progress_printer())
-                echo_sync(done.sync)
+                done = await run_once(
+                    settings,
+                    store,
+                    on_progress=_echo_progress,
+                    on_sync=echo_sync,
+                    stop=stop,
+                )
                 _echo_round(done.proxies, done.round)
+                if done.stopped:
+                    raise SystemExit(INTERRUPTED)
                 _echo_maintenance(done.maintenance)
                 counts = await store.status_counts()
                 if counts:
@@ -63,17 +72,6 @@ def worker(config: str | None, once: bool) -> None:
 
                     click.echo(status_table(counts, time.time()))
                 return
-            stop = asyncio.Event()
-            main_task = asyncio.current_task()
-            loop = asyncio.get_running_loop()
-
-            def on_signal() -> None:
-                if stop.is_set() and main_task is not None:
-                    main_task.cancel()  # a second signal: abandon in-flight probes now
-                stop.set()
-
-            for signum in (signal.SIGINT, signal.SIGTERM):
-                loop.add_signal_handler(signum, on_signal)
             metrics = Metrics.create()
             async with keeper_metrics(settings, metrics, store):
                 await Keeper(settings, store, metrics=metrics).run(stop)
@@ -86,30 +84,44 @@ def worker(config: str | None, once: bool) -> None:
         run_with_store(settings, work)
     except asyncio.CancelledError:
         click.echo("worker stopped (in-flight probes abandoned, leases released)")
+        if once:
+            raise SystemExit(INTERRUPTED) from None
 
 
-def _progress_printer() -> Callable[[Progress], None]:
-    """Prints a long round's progress every 10% (rounds of 500 rows or more)."""
-    shown = [0]
+INTERRUPTED = 130
+"""`worker --once`'s exit status after Ctrl-C (128 + SIGINT), as shells report it."""
 
-    def show(progress: Progress) -> None:
-        if progress.due < 500:
-            return
-        step = progress.done * 10 // progress.due
-        if step > shown[0]:
-            shown[0] = step
-            click.echo(f"  probed {progress.done}/{progress.due}", err=True)
 
-    return show
+def _stop_on_signals(stop: asyncio.Event, *, notice: bool) -> None:
+    """SIGINT and SIGTERM set `stop`; a second one abandons the probes in flight at once."""
+    main_task = asyncio.current_task()
+    loop = asyncio.get_running_loop()
+
+    def on_signal() -> None:
+        if stop.is_set() and main_task is not None:
+            main_task.cancel()  # a second signal: abandon in-flight probes now
+        elif notice:
+            click.echo(
+                "stopping: finishing the probes in flight (Ctrl-C again: abandon them)…", err=True
+            )
+        stop.set()
+
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, on_signal)
+
+
+def _echo_progress(progress: Progress) -> None:
+    from llmgateway.keeper.reporting import describe_progress
+
+    click.echo(f"  {describe_progress(progress)}", err=True)
 
 
 def _echo_round(proxies: ProxySummary, summary: RoundSummary) -> None:
+    from llmgateway.keeper.reporting import describe_round
+
     if proxies.alive or proxies.dead:
         click.echo(f"proxies: {proxies.alive} alive, {proxies.dead} dead")
-    line = f"probe round: {summary.due} due, {summary.healthy} healthy, {summary.failed} failed"
-    line += f", {summary.verifying} verifying, {summary.egress} egress faults"
-    line += f" ({summary.requests} requests, {summary.seconds:.1f} s)"
-    click.echo(line)
+    click.echo(describe_round(summary))
 
 
 def _echo_maintenance(done: MaintenanceSummary) -> None:

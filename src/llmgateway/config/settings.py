@@ -13,10 +13,18 @@ from __future__ import annotations
 import enum
 import re
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, Self
 from urllib.parse import quote, urlsplit
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictBool, field_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictBool,
+    field_validator,
+    model_validator,
+)
 from pydantic_core import PydanticCustomError
 
 from llmgateway.core.egress import ProxyMode as ProxyMode
@@ -197,6 +205,8 @@ class WorkerSettings(_Model):
     proxy_retry_sec: float = Field(default=60.0, gt=0)  # re-probe a dead proxy
     purge_removed_after_days: float = Field(default=30.0, gt=0)
     vacuum_interval_hours: float = Field(default=168.0, gt=0)
+    # a long probe round reports its progress at least this often (and at every 10 %)
+    progress_interval_sec: float = Field(default=10.0, gt=0, le=3600)
 
 
 class MetricsSettings(_Model):
@@ -288,6 +298,27 @@ class Timeouts(_Model):
     total: float = Field(default=600.0, gt=0)
 
 
+class FirstCheckPolicy(_Model):
+    """How fast untested keys get their first check (the models-list call, which spends no
+    tokens): up to `concurrency` calls at once, at an adaptive rate per provider that starts at
+    `start_rate` calls/s, grows by `rate_step` calls/s per second while answers are fine, is cut
+    by `decrease_factor` on a 429 or 503 (and paused until its Retry-After), and stays within
+    [`min_rate`, `max_rate`]."""
+
+    concurrency: int = Field(default=50, ge=1, le=1000)
+    start_rate: float = Field(default=20.0, gt=0)
+    min_rate: float = Field(default=1.0, gt=0)
+    max_rate: float = Field(default=500.0, gt=0, le=100_000)
+    rate_step: float = Field(default=25.0, ge=0)
+    decrease_factor: float = Field(default=0.5, gt=0, lt=1)
+
+    @model_validator(mode="after")
+    def _rates_ordered(self) -> Self:
+        if not self.min_rate <= self.start_rate <= self.max_rate:
+            raise ValueError("first_check needs min_rate <= start_rate <= max_rate")
+        return self
+
+
 class HealthPolicy(_Model):
     on_server_error_min: int = Field(default=30, ge=1)
     on_overload_min: int = Field(default=60, ge=1)
@@ -307,6 +338,7 @@ class HealthPolicy(_Model):
     verification_attempts: int = Field(default=3, ge=0)
     verification_delay_sec: int = Field(default=65, ge=60)
     fast_status_mapping: dict[StatusCode, ErrorReason] = Field(default_factory=dict)
+    first_check: FirstCheckPolicy = FirstCheckPolicy()
 
 
 class ErrorParsingRule(_Model):

@@ -30,6 +30,7 @@ from llmgateway.keeper.key_round import KeyRound
 from llmgateway.keeper.model_lists import FetchError, fetch_names
 from llmgateway.keeper.prober import proxy_alive
 from llmgateway.keeper.probes import HOUR
+from llmgateway.keeper.reporting import RoundLog, describe_progress
 from llmgateway.keeper.summary import (
     MaintenanceSummary,
     ModelListSummary,
@@ -38,7 +39,7 @@ from llmgateway.keeper.summary import (
     ProxySummary,
     RoundSummary,
 )
-from llmgateway.keyfiles import run_sync
+from llmgateway.keyfiles import SyncReport, run_sync
 from llmgateway.observe.masking import mask
 from llmgateway.observe.metrics import Metrics
 from llmgateway.providers.catalog import is_pattern
@@ -65,8 +66,9 @@ def default_owner() -> str:
     return f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
 
 
-def _ignore(_: Progress) -> None:
-    pass
+def log_progress(progress: Progress) -> None:
+    """The long run's progress report: one INFO line."""
+    log.info("probe round: %s", describe_progress(progress))
 
 
 @dataclass(slots=True)
@@ -80,8 +82,9 @@ class Keeper:
     owner: str = field(default_factory=default_owner)
     clock: Callable[[], float] = time.time
     sleep: Callable[[float], Awaitable[None]] = asyncio.sleep
-    on_progress: Callable[[Progress], None] = _ignore
+    on_progress: Callable[[Progress], None] = log_progress
     claim_size: int = CLAIM_SIZE
+    ticker: Callable[[], float] = time.monotonic  # the first checks' pace
     metrics: Metrics = field(default_factory=Metrics.create)
     # when each provider's upstream model list is next fetched (absent: at the next chance)
     models_due: dict[str, float] = field(default_factory=dict)
@@ -101,6 +104,7 @@ class Keeper:
             self.sleep,
             self.on_progress,
             self.claim_size,
+            self.ticker,
         )
         return await keys.run(stop)
 
@@ -265,18 +269,13 @@ class Keeper:
         synced: asyncio.Event,
         on_round: Callable[[RoundSummary], None],
     ) -> None:
+        rounds = RoundLog()
         while not stop.is_set():
             synced.clear()
             with _survive("probe round"):
                 summary = await self.probe_round(stop)
-                log.info(
-                    "probe round: %d due, %d healthy, %d failed, %d verifying, %d egress faults",
-                    summary.due,
-                    summary.healthy,
-                    summary.failed,
-                    summary.verifying,
-                    summary.egress,
-                )
+                level, line = rounds.entry(summary, self.ticker())
+                log.log(level, "%s", line)
                 on_round(summary)
             await _first(stop, synced, self.settings.worker.probe_interval_sec)
 
@@ -308,21 +307,27 @@ async def run_once(
     store: Store,
     *,
     upstream: Upstream | None = None,
-    on_progress: Callable[[Progress], None] = _ignore,
+    on_progress: Callable[[Progress], None] = log_progress,
+    on_sync: Callable[[SyncReport], None] = lambda _: None,
     clock: Callable[[], float] = time.time,
+    stop: asyncio.Event | None = None,
 ) -> OnceSummary:
-    """`worker --once`: one sync, one proxy round and one probe round of everything due, the
-    model lists that are due, then the maintenance that is due."""
+    """`worker --once`: one sync (`on_sync` is told at once), one proxy round and one probe
+    round of everything due, the model lists that are due, then the maintenance that is due.
+    With `stop` set, the probe round ends early (its summary so far) and the rest is skipped."""
     with single_keeper(store.engine.url):
         keeper = Keeper(
             settings, store, upstream or HttpUpstream(), clock=clock, on_progress=on_progress
         )
+        upkept = MaintenanceSummary()
         try:
             report = await run_sync(settings, store)
+            on_sync(report)
             proxies = await keeper.probe_proxies()
-            summary = await keeper.probe_round()
-            await keeper.fetch_model_lists()  # after the probes: with a key proven valid
-            upkept = await keeper.maintain()
+            summary = await keeper.probe_round(stop)
+            if not summary.stopped:
+                await keeper.fetch_model_lists()  # after the probes: with a key proven valid
+                upkept = await keeper.maintain()
         finally:
             await keeper.upstream.close()
         return OnceSummary(report, proxies, summary, upkept)

@@ -10,10 +10,27 @@ from llmgateway.keyfiles import SyncReport
 
 @dataclass(frozen=True, slots=True)
 class Progress:
-    """A round's progress after each batch: rows judged so far out of the rows due at start."""
+    """A round's progress: rows judged so far out of the rows due at its start, by outcome,
+    after `seconds`."""
 
     done: int
     due: int
+    healthy: int = 0
+    failed: int = 0
+    verifying: int = 0
+    egress: int = 0
+    seconds: float = 0.0
+
+    @property
+    def rate(self) -> float:
+        """Rows judged per second so far (0 before the first)."""
+        return self.done / self.seconds if self.seconds > 0 else 0.0
+
+    @property
+    def eta(self) -> float | None:
+        """Seconds until every due row is judged at the rate so far (None: no rate yet)."""
+        rate = self.rate
+        return max(self.due - self.done, 0) / rate if rate > 0 else None
 
 
 @dataclass(slots=True)
@@ -30,12 +47,26 @@ class Tally:
     def done(self) -> int:
         return sum(self.kinds.values())
 
+    def progress(self, seconds: float) -> Progress:
+        """The counts so far, `seconds` into the round."""
+        k = self.kinds
+        return Progress(
+            self.done,
+            self.due,
+            k[Kind.HEALTHY],
+            k[Kind.FAILED],
+            k[Kind.VERIFYING],
+            k[Kind.EGRESS],
+            seconds,
+        )
+
 
 @dataclass(frozen=True, slots=True)
 class RoundSummary:
     """What one probe round did: rows marked healthy or failed, rows awaiting verification,
     rows whose probe failed on our side, HTTP requests sent, store write transactions, and
-    provider rounds cut by `task_timeout_sec`."""
+    providers whose round was cut by `task_timeout_sec`; `stopped` when a stop (Ctrl-C,
+    SIGTERM) ended it early. What a round did not probe stays due."""
 
     due: int
     healthy: int
@@ -46,6 +77,7 @@ class RoundSummary:
     writes: int
     timed_out: int
     seconds: float
+    stopped: bool = False
 
     @property
     def probed(self) -> int:
@@ -86,9 +118,13 @@ class ModelListSummary:
 @dataclass(frozen=True, slots=True)
 class OnceSummary:
     """What `worker --once` did: the sync, the proxy round, the key probe round, and the
-    maintenance that was due."""
+    maintenance that was due (skipped, like the model lists, after a stop)."""
 
     sync: SyncReport
     proxies: ProxySummary
     round: RoundSummary
     maintenance: MaintenanceSummary
+
+    @property
+    def stopped(self) -> bool:
+        return self.round.stopped

@@ -87,9 +87,15 @@ async def count_due(store: Store, now: float) -> int:
 
 
 async def claim_due(
-    store: Store, owner: str, now: float, lease_until: float, limit: int
+    store: Store,
+    owner: str,
+    now: float,
+    lease_until: float,
+    limit: int,
+    skip: Collection[str] = (),
 ) -> list[DueCheck]:
-    """Lease up to `limit` due rows (soonest first) to `owner` until `lease_until`.
+    """Lease up to `limit` due rows (soonest first) to `owner` until `lease_until`, none of
+    the providers named in `skip` (those a round has run out of time for).
 
     A key is probed by one keeper at a time, whatever its models: the claim leases the key
     itself too (`keys.lease_*`), and rows of a key another keeper holds are not taken. On
@@ -103,7 +109,7 @@ async def claim_due(
     chosen = (
         sa.select(ks.key_id, ks.model)
         .select_from(_pool)
-        .where(_due(now), free_key)
+        .where(_due(now), free_key, *([providers.c.name.not_in(list(skip))] if skip else []))
         .order_by(ks.next_check_at)
         .limit(limit)
         .with_for_update(skip_locked=True, of=[key_status, keys])
