@@ -1,18 +1,20 @@
-"""Keeper probe throughput: 10,000 keys against the fake upstream running in its own process.
+"""Keeper probe throughput against the fake upstream running in its own process.
 
     .venv/bin/python bench/probe.py [--keys N] [--batch-size N] [--once-keys N] [--pg-url URL]
+                                    [--skip-rounds]
 
-Then the operator's first day: `llmgateway worker --once` as its own process, with the shipped
-defaults (only the keys folder, the fake's URL and the database set), over `--once-keys`
-(100,000) untested keys: the wall time of the whole command (sync, the first full probe round,
-maintenance) and the round's own rate, on each database. The old code paced untested keys like
-tested ones (`batch_size` 30 every `batch_delay_sec` 15 s: 2 keys/s, about 14 h for 100k).
+Per database (SQLite, then PostgreSQL when reachable):
 
-Per database (SQLite, then PostgreSQL when reachable): a first round over untested keys (the
-auth probe, then one generation probe each) and a steady round over valid keys (one generation
-probe each), at `batch_size` concurrent probes, no batch delay. Printed per round: keys/s, HTTP
-requests/s, store write transactions/s and rows written/s, and the process's peak RSS so far.
-The clock is moved by hand between rounds, so the rounds are exact.
+- rounds in this process over `--keys` (10,000) keys: a first round over untested keys (the auth
+  probe, then one generation probe each; `batch_size` at once, no rate cap) and a steady round
+  over valid keys (one generation probe each), `batch_size` at once, no batch delay. Printed per
+  round: keys/s, HTTP requests/s, store write transactions/s, rows written/s, and the process's
+  peak RSS so far. The clock is moved by hand between rounds, so the rounds are exact.
+- the operator's first day: `llmgateway worker --once` as its own process with the shipped
+  defaults (only the keys folder, the fake's URL and the database set) over `--once-keys`
+  (100,000) untested keys: the wall time of the whole command (sync, the first full probe round,
+  maintenance) and its round's summary. The old code paced untested keys like tested ones
+  (`batch_size` 30 every `batch_delay_sec` 15 s: 2 keys/s, about 14 h for 100k).
 """
 
 from __future__ import annotations
@@ -85,7 +87,16 @@ def settings(folder: Path, base: str, batch_size: int) -> Settings:
                     "shared_key_status": True,
                     "models": {"gpt-4o-mini": {"endpoint_suffix": "/chat/completions"}},
                     "access_control": {"gateway_access_token": "bench-token-0001"},
-                    "worker_health_policy": {"batch_size": batch_size, "batch_delay_sec": 0},
+                    "worker_health_policy": {
+                        "batch_size": batch_size,
+                        "batch_delay_sec": 0,
+                        # the raw throughput: untested keys `batch_size` at once, no rate cap
+                        "first_check": {
+                            "concurrency": batch_size,
+                            "start_rate": 100_000,
+                            "max_rate": 100_000,
+                        },
+                    },
                 }
             }
         }

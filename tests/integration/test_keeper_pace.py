@@ -85,6 +85,9 @@ class Recording:
         self.sent.append((self.pace.now, url, secret))
         return await self.inner.request(egress, method, url, headers, body, timeouts, deadline)
 
+    def open_connections(self) -> int:
+        return self.inner.open_connections()
+
     async def close(self) -> None:
         await self.inner.close()
 

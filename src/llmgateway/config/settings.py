@@ -308,8 +308,8 @@ class FirstCheckPolicy(_Model):
     concurrency: int = Field(default=50, ge=1, le=1000)
     start_rate: float = Field(default=20.0, gt=0)
     min_rate: float = Field(default=1.0, gt=0)
-    max_rate: float = Field(default=500.0, gt=0, le=100_000)
-    rate_step: float = Field(default=25.0, ge=0)
+    max_rate: float = Field(default=1000.0, gt=0, le=100_000)
+    rate_step: float = Field(default=50.0, ge=0)
     decrease_factor: float = Field(default=0.5, gt=0, lt=1)
 
     @model_validator(mode="after")
