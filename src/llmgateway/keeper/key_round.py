@@ -1,10 +1,11 @@
 """One probe round of the keys: claim the due (key, model) rows with leases, probe them by
 provider and by key, write the results in batches, release what is left.
 
-At most `worker.max_concurrent_providers` providers are probed at once. A provider's untested keys
-get their first check (the models-list call, which spends no tokens) from up to
-`first_check.concurrency` calls at once, at the adaptive rate of `keeper.pacing` (a 429 cuts it
-and its Retry-After pauses the provider); their results are written `WRITE_ROWS` at a time.
+At most `worker.max_concurrent_providers` providers are probed at once. A provider's untested
+keys get their first check (the models-list call, which spends no tokens and settles an invalid
+key, then a generation probe when it passes) `first_check.concurrency` keys at once, at the
+adaptive rate of `keeper.pacing` (a 429 cuts it and its Retry-After pauses the provider); their
+results are written `WRITE_ROWS` at a time.
 Keys already tested keep the original's pace: batches of `batch_size`, `batch_delay_sec` apart,
 each batch written in one transaction. Running gateways see every write at their next refresh.
 
@@ -216,7 +217,8 @@ class KeyRound:
         shared: _Shared,
         pending: list[ProbeResult],
     ) -> None:
-        """Untested keys: the models-list call each, `first_check.concurrency` at once at the
+        """Untested keys: each its first check (`_probe_key`: the models-list call, then a
+        generation probe when that passes), `first_check.concurrency` keys at once at the
         provider's adaptive rate; results written WRITE_ROWS at a time."""
         policy = provider.worker_health_policy.first_check
         rate = shared.rates.get(name)
