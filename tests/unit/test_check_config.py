@@ -323,3 +323,79 @@ def test_as_a_real_process(tmp_path: Path) -> None:
     assert (bad.returncode, bad.stdout) == (2, "")
     assert bad.stderr.splitlines() == BAD_LINES
     assert SECRET_PASSWORD not in bad.stderr
+
+
+SIX_PROBLEMS = f"""
+gateway:
+  port: 70000
+providers:
+  openai:
+    provder_type: openai_like
+    keys_path: keys/openai
+    api_base_url: https://api.openai.com/v1
+    default_model: gpt-4o
+    models:
+      gpt-4o-mini: {{endpoint_suffix: /chat/completions}}
+    worker_health_policy: {{batch_size: 0}}
+    access_control: {{gateway_access_token: {TOKEN}-openai}}
+  gemini:
+    provider_type: gemini
+    keys_pth: keys/gemini
+    api_base_url: https://generativelanguage.googleapis.com
+    default_model: gemini-2.5-flash
+    models:
+      gemini-2.5-flash: {{endpoint_suffix: /generateContent}}
+    access_control: {{gateway_access_token: {TOKEN}}}
+"""
+SIX_LINES = [
+    "gateway.port: must be at most 65535, got 70000 (default: 55300)",
+    "providers.openai.worker_health_policy.batch_size: must be at least 1, got 0 (default: 30)",
+    "providers.openai.provder_type: unknown setting (did you mean 'provider_type'?)",
+    "providers.gemini.keys_pth: unknown setting (did you mean 'keys_path'?)",
+    "providers.openai.default_model: 'gpt-4o' is not one of the provider's models "
+    "(use one of: gpt-4o-mini)",
+    "providers.gemini.models.gemini-2.5-flash.endpoint_suffix: a Gemini endpoint suffix starts "
+    "with ':' (e.g. ':generateContent' or ':predict')",
+]
+
+
+def test_a_provider_type_typo_hides_no_other_problem(runner: CliRunner, tmp_path: Path) -> None:
+    """Six problems, one run: the misspelt provider_type is named with the setting it means
+    (not as a missing provider_type), and the rest of its provider and the other provider are
+    still checked; the misspelt keys_path is not also reported as missing."""
+    result = runner.invoke(main, ["check-config", "--config", str(write(tmp_path, SIX_PROBLEMS))])
+    assert result.exit_code == 2
+    assert result.stderr.splitlines() == SIX_LINES
+
+
+def test_an_unknown_provider_type_hides_no_other_problem(runner: CliRunner, tmp_path: Path) -> None:
+    """The value misspelt: the provider is checked as the type it most likely means (the
+    Gemini-only rule on endpoint_suffix applies), and the type is one problem of its own."""
+    text = SIX_PROBLEMS.replace("provider_type: gemini", "provider_type: gemni")
+    result = runner.invoke(main, ["check-config", str(write(tmp_path, text))])
+    assert result.exit_code == 2
+    assert result.stderr.splitlines() == [
+        *SIX_LINES[:3],
+        "providers.gemini.provider_type: unknown provider_type 'gemni' (did you mean 'gemini'?)",
+        *SIX_LINES[3:],
+    ]
+    unknown = text.replace("provider_type: gemni", "provider_type: claude")
+    result = runner.invoke(main, ["check-config", str(write(tmp_path, unknown))])
+    assert "providers.gemini.provider_type: unknown provider_type 'claude' (use one of: " in (
+        result.stderr
+    )
+    assert "providers.gemini.keys_pth: unknown setting" in result.stderr
+
+
+def test_config_option_like_every_command(runner: CliRunner, tmp_path: Path) -> None:
+    path = write(tmp_path, GOOD)
+    env = {"OPENAI_TOKEN": "tok-o-0123456789abcdef"}
+    for args in (["--config", str(path)], [f"--config={path}"], [str(path)]):
+        result = runner.invoke(main, ["check-config", *args], env=env)
+        assert (result.exit_code, result.stdout) == (
+            0,
+            "ok: 2 providers (gemini, openai), database: sqlite\n",
+        ), args
+    both = runner.invoke(main, ["check-config", "--config", str(path), str(tmp_path / "x.yaml")])
+    assert both.exit_code == 2
+    assert "two config files given" in both.stderr

@@ -329,9 +329,13 @@ def test_config_path_precedence() -> None:
             "(use one of: 'openai_like', 'gemini')",
         ),
         (
-            {"providers": {"g": {"keys_path": "k"}}},
+            {"providers": {"g": {k: v for k, v in gemini().items() if k != "provider_type"}}},
             "providers.g.provider_type: provider_type is missing "
             "(use one of: 'openai_like', 'gemini')",
+        ),
+        (
+            {"providers": {"g": gemini(provider_type="gemni")}},
+            "providers.g.provider_type: unknown provider_type 'gemni' (did you mean 'gemini'?)",
         ),
         (
             {"providers": {"g": gemini(keys_path=None)}},

@@ -9,7 +9,12 @@ import click
 from llmgateway import __version__
 from llmgateway.cli.gateway import gateway, serve
 from llmgateway.cli.keys import keys
-from llmgateway.cli.startup import echo_env_file, env_file_option, group_env_file_option
+from llmgateway.cli.startup import (
+    config_option,
+    echo_env_file,
+    env_file_option,
+    group_env_file_option,
+)
 from llmgateway.cli.store import breaker, db, status
 from llmgateway.cli.tokens import WAY_OUT
 from llmgateway.cli.worker import worker
@@ -29,15 +34,18 @@ def main() -> None:
 
 
 @main.command("check-config")
-@env_file_option
-@click.argument("path", required=False)
-def check_config(path: str | None) -> None:
-    """Validate the config file; exit 0, or exit 2 listing every problem (secrets masked)."""
+@config_option
+@click.argument("path", required=False, metavar="[PATH]")
+def check_config(config: str | None, path: str | None) -> None:
+    """Validate the config file (--config PATH, or PATH as the argument); exit 0, or exit 2
+    listing every problem (secrets masked)."""
     from llmgateway.config.load import config_path, load_settings
     from llmgateway.config.problems import ConfigError
 
+    if config and path and config != path:
+        raise click.UsageError(f"two config files given: --config {config} and {path}")
     echo_env_file()
-    target = config_path(path)
+    target = config_path(config or path)
     try:
         settings = load_settings(target)
     except ConfigError as exc:

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Annotated, Any, Union, get_args, get_origin
 
 from pydantic import ValidationError
+from pydantic_core import ErrorDetails
 
 from llmgateway.config import rules as config_rules
 from llmgateway.config.parse import parse
@@ -24,10 +25,12 @@ from llmgateway.config.problems import (
     Problem,
     from_pydantic,
     kind_of,
+    meant_instead,
     read_small_text,
     scrub,
     secrets_in,
 )
+from llmgateway.config.provider_types import with_stand_in_types
 from llmgateway.config.schema import choose_member, is_model, step
 from llmgateway.config.settings import Settings
 from llmgateway.config.variables import substitute
@@ -72,12 +75,15 @@ def load_settings(path: Path, environ: Mapping[str, str] | None = None) -> Setti
 def validate(data: dict[str, Any]) -> tuple[Settings | None, tuple[Problem, ...]]:
     """Validate parsed, substituted config data: the settings, or every problem found."""
     settings: Settings | None = None
-    problems: list[Problem] = []
+    data, problems = with_stand_in_types(data)
     data = nulls_as_empty(Settings, data)
     try:
         settings = Settings.model_validate(data)
     except ValidationError as exc:
-        problems.extend(from_pydantic(e) for e in exc.errors())
+        errors = exc.errors()
+        meant = {m for m in map(meant_instead, errors) if m is not None}
+        found = [from_pydantic(e) for e in errors if not _explained(e, meant)]
+        problems = _merged(problems, found)
     problems.extend(Problem(*finding) for finding in config_rules.check(data, settings))
     secrets = sorted(set(secrets_in(data)), key=len, reverse=True)
     return (None if problems else settings), tuple(scrub(p, secrets) for p in problems)
@@ -119,6 +125,23 @@ def _bare(tp: Any) -> Any:
     if get_origin(tp) in (Union, types.UnionType) and type(None) in get_args(tp):
         return None  # the setting may be null: an empty value means null
     return tp
+
+
+def _merged(first: list[Problem], others: list[Problem]) -> list[Problem]:
+    """`others` with each of `first` put before the first of them in the same provider (a
+    provider's type before its other problems), or after them all."""
+    merged = list(others)
+    for problem in first:
+        provider = problem.path.rpartition(".")[0] + "."
+        at = next((i for i, p in enumerate(merged) if p.path.startswith(provider)), len(merged))
+        merged.insert(at, problem)
+    return merged
+
+
+def _explained(error: ErrorDetails, meant: set[tuple[str | int, ...]]) -> bool:
+    """Is `error` a required setting missing where a misspelt one (reported as an unknown
+    setting, with this name as its closest) was given instead?"""
+    return error["type"] == "missing" and tuple(error["loc"]) in meant
 
 
 def _under(path: str, prefixes: set[str]) -> bool:

@@ -59,8 +59,8 @@ def from_pydantic(error: ErrorDetails) -> Problem:
         if instead is not None:
             return Problem(_dotted(loc), f"no longer supported, {instead[0]}", instead[1])
         valid = schema.fields_at(raw_loc[:-1])
-        close = difflib.get_close_matches(field, valid, n=1, cutoff=0.6)
-        hint = f"did you mean '{close[0]}'?" if close else f"valid here: {', '.join(valid)}"
+        close = _closest(field, valid)
+        hint = f"did you mean '{close}'?" if close else f"valid here: {', '.join(valid)}"
         return Problem(_dotted(loc), "unknown setting", hint)
     if kind in ("union_tag_invalid", "union_tag_not_found"):
         expected = ctx.get("expected_tags", "'openai_like', 'gemini'")
@@ -74,6 +74,21 @@ def from_pydantic(error: ErrorDetails) -> Problem:
         if "fast_status_mapping" in loc:
             default_hint = "an HTTP status code from 100 to 599"
     return Problem(_dotted(loc), message, hint or default_hint or schema.default_hint(raw_loc))
+
+
+def meant_instead(error: ErrorDetails) -> tuple[str | int, ...] | None:
+    """For an unknown setting, the pydantic location of the valid setting closest to its name
+    (what it most likely means), else None."""
+    raw_loc = error["loc"]
+    if error["type"] != "extra_forbidden" or not raw_loc or schema.retired(raw_loc) is not None:
+        return None
+    close = _closest(str(raw_loc[-1]), schema.fields_at(raw_loc[:-1]))
+    return None if close is None else (*raw_loc[:-1], close)
+
+
+def _closest(name: str, valid: Sequence[str]) -> str | None:
+    close = difflib.get_close_matches(name, valid, n=1, cutoff=0.6)
+    return close[0] if close else None
 
 
 def _describe(kind: str, ctx: Mapping[str, Any], shown: str, msg: str) -> tuple[str, str]:

@@ -79,7 +79,8 @@ def _check_database_url(value: str) -> str:
     return value
 
 
-HttpUrl = Annotated[str, _url_checker(("http", "https"), "https://api.openai.com/v1")]
+# the example is no real provider's: a hint showing a URL of the config would be masked
+HttpUrl = Annotated[str, _url_checker(("http", "https"), "https://llm.example/v1")]
 RedisUrl = Annotated[str, _url_checker(("redis", "rediss"), "redis://127.0.0.1:6379/0")]
 """A redis:// or rediss:// (TLS) URL, optionally with user:pass@ and a /db number."""
 """An http:// or https:// URL, kept as text."""
