@@ -39,6 +39,7 @@ from llmgateway.keeper.summary import (
     ProxySummary,
     RoundSummary,
 )
+from llmgateway.keeper.watch import watch_folders
 from llmgateway.keyfiles import SyncReport, run_sync
 from llmgateway.observe.masking import mask
 from llmgateway.observe.metrics import Metrics
@@ -252,16 +253,7 @@ class Keeper:
                 await self.fetch_model_lists()
 
     async def _watch_loop(self, stop: asyncio.Event, wake: asyncio.Event) -> None:
-        folders = [f for f in _watched(self.settings) if f.is_dir()]
-        if not folders:
-            return
-        try:
-            import watchfiles
-        except ImportError:  # pragma: no cover - a declared dependency; interval sync remains
-            return
-        with _survive("file watching"):
-            async for _ in watchfiles.awatch(*folders, stop_event=stop, recursive=False):
-                wake.set()
+        await watch_folders(_watched(self.settings), stop, wake)
 
     async def _probe_loop(
         self,
