@@ -5,12 +5,17 @@ from __future__ import annotations
 import asyncio
 import os
 import re
+import shutil
 import signal
 import sys
 from pathlib import Path
 
 import httpx2 as httpx
 import openai
+
+from llmgateway.cli.demo import python_command
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 async def read_until(stream: asyncio.StreamReader, pattern: str, timeout: float = 30) -> str:
@@ -25,11 +30,22 @@ async def read_until(stream: asyncio.StreamReader, pattern: str, timeout: float 
                 return "".join(seen)
 
 
+async def run_as_printed(line: str) -> str:
+    """Run a line the demo printed, as a user pasting it into a shell in the repo would; its
+    output (it must succeed)."""
+    shell = await asyncio.create_subprocess_shell(
+        line, cwd=ROOT, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT
+    )
+    output = (await asyncio.wait_for(shell.communicate(), 60))[0].decode()
+    assert shell.returncode == 0, f"{line}\n{output}"
+    return output
+
+
 async def test_demo_serves_requests_and_cleans_up_on_ctrl_c(tmp_path: Path) -> None:
     env = {**os.environ, "TMPDIR": str(tmp_path)}
     process = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "llmgateway", "demo", "--port", "0",
-        env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+        env=env, cwd=ROOT, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
     )  # fmt: skip
     assert process.stdout is not None
     try:
@@ -52,6 +68,15 @@ async def test_demo_serves_requests_and_cleans_up_on_ctrl_c(tmp_path: Path) -> N
         assert all(len(token) >= 32 for token in distinct), "random, from secrets.token_urlsafe"
         assert not {"demo-openai-token", "demo-gemini-token"} & distinct
         assert f'api_key="{openai_token}"' in intro
+        # the SDK line works as printed: this Python, which has the openai SDK
+        sdk_line = re.search(r"^  (\S+ -c 'from openai import .*')$", intro, re.MULTILINE)
+        assert sdk_line, intro
+        assert "needs the openai SDK" not in intro
+        assert (await run_as_printed(sdk_line.group(1))).strip()
+        curl = re.search(r"^  (curl \S+/v1/chat/completions .*)$", intro, re.MULTILINE)
+        assert curl, intro
+        if shutil.which("curl"):
+            assert '"choices"' in await run_as_printed(curl.group(1) + " --silent --fail")
         client = openai.AsyncOpenAI(base_url=f"{url}/v1", api_key=openai_token, max_retries=0)
         reply = await client.chat.completions.create(
             model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}]
@@ -80,3 +105,11 @@ async def test_demo_serves_requests_and_cleans_up_on_ctrl_c(tmp_path: Path) -> N
     assert "Traceback" not in rest.decode()
     assert not folder.exists()
     assert list(tmp_path.iterdir()) == []
+
+
+def test_the_python_of_the_printed_lines_runs_from_where_the_demo_was_started() -> None:
+    repo = Path("/src/repo")
+    assert python_command("/src/repo/.venv/bin/python3", repo) == ".venv/bin/python3"
+    assert python_command("/usr/bin/python3", repo) == "/usr/bin/python3"
+    assert python_command("/src/repo/python3", repo) == "./python3"
+    assert python_command("/opt/my env/bin/python", repo) == "'/opt/my env/bin/python'"

@@ -13,8 +13,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib.util
 import secrets
+import shlex
 import signal
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -91,9 +94,24 @@ def write_demo_keys(folder: Path) -> None:
     write_keys(folder / "keys" / "gemini", GEMINI_KEYS)
 
 
+def python_command(executable: str, cwd: Path) -> str:
+    """How to run `executable` (this Python) from `cwd`, for a line to paste: relative to
+    `cwd` when inside it (`.venv/bin/python3` from the repo), else its full path."""
+    path = Path(executable)
+    try:
+        shown = str(path.relative_to(cwd))
+    except ValueError:
+        shown = str(path)
+    if "/" not in shown:
+        shown = "./" + shown
+    return shlex.quote(shown)
+
+
 def instructions(url: str, folder: Path, tokens: DemoTokens) -> list[str]:
-    """What to try, with the demo's tokens."""
+    """What to try, with the demo's tokens. The SDK line runs this Python, which has the
+    openai package after `./dev demo` (or says how to add it)."""
     body = '{"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}'
+    python = python_command(sys.executable, Path.cwd())
     sdk = (
         "from openai import OpenAI; "
         f'c = OpenAI(base_url="{url}/v1", api_key="{tokens.openai}"); '
@@ -108,7 +126,12 @@ def instructions(url: str, folder: Path, tokens: DemoTokens) -> list[str]:
         "try:",
         f"  curl {url}/v1/chat/completions -H 'Authorization: Bearer {tokens.openai}' "
         f"-H 'content-type: application/json' -d '{body}'",
-        f"  python -c '{sdk}'",
+        f"  {python} -c '{sdk}'",
+        *(
+            []
+            if importlib.util.find_spec("openai")
+            else [f"  (the line above needs the openai SDK: {python} -m pip install openai)"]
+        ),
         f"  curl {url}/v1beta/models/gemini-2.5-flash:generateContent "
         f"-H 'x-goog-api-key: {tokens.gemini}' -H 'content-type: application/json' "
         f"-d '{GEMINI_BODY}'",
