@@ -77,10 +77,12 @@ async def test_demo_serves_requests_and_cleans_up_on_ctrl_c(tmp_path: Path) -> N
         assert curl, intro
         if shutil.which("curl"):
             assert '"choices"' in await run_as_printed(curl.group(1) + " --silent --fail")
-        client = openai.AsyncOpenAI(base_url=f"{url}/v1", api_key=openai_token, max_retries=0)
-        reply = await client.chat.completions.create(
-            model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}]
-        )
+        async with openai.AsyncOpenAI(
+            base_url=f"{url}/v1", api_key=openai_token, max_retries=0
+        ) as client:
+            reply = await client.chat.completions.create(
+                model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}]
+            )
         assert reply.choices[0].message.content
         async with httpx.AsyncClient() as http:
             refused = await http.get(f"{url}/metrics")

@@ -13,7 +13,7 @@ from google.genai import types
 
 from llmgateway.testing.fake_upstream import FakeUpstream
 from llmgateway.testing.faults import Behavior
-from tests.helpers import GEMINI_TOKEN, OPENAI_TOKEN, GatewayFactory, eventually
+from tests.helpers import GEMINI_TOKEN, OPENAI_TOKEN, GatewayFactory, eventually, forget_leftovers
 
 GOOD = "sk-good-openai-000000000001"
 GOOD_GEMINI = "AIza-good-gemini-00000000001"
@@ -228,6 +228,7 @@ async def test_client_leaving_before_the_answer_stops_the_request_at_once(
 ) -> None:
     """The edge's protocol tells the handler the client is gone: the upstream call ends well
     before its answer would have come, logged as a disconnect (INFO), not an error."""
+    await forget_leftovers(caplog)
     fake.set_behavior(GOOD, Behavior(delay=5.0))
     caplog.set_level(logging.INFO)
     async with gateway() as url:

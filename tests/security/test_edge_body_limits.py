@@ -18,7 +18,7 @@ import pytest
 import pytest_asyncio
 
 from llmgateway.conductor.admission import BodyBudget
-from tests.helpers import eventually
+from tests.helpers import eventually, forget_leftovers
 from tests.security.edge import (
     CHAT,
     OPENAI_TOKEN,
@@ -147,6 +147,7 @@ async def test_a_body_declared_over_the_limit_is_a_413_unread(rig: Rig) -> None:
 async def test_a_client_leaving_mid_upload_logs_no_error(
     rig: Rig, caplog: pytest.LogCaptureFixture
 ) -> None:
+    await forget_leftovers(caplog)
     caplog.set_level(logging.INFO)
     for _ in range(3):
         _, writer = await asyncio.open_connection("127.0.0.1", rig.port)

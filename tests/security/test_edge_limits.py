@@ -21,7 +21,7 @@ from llmgateway.conductor.edge import EdgeLimits
 from llmgateway.conductor.serving import running
 from llmgateway.testing.configs import write_keys
 from llmgateway.testing.fake_upstream import FakeUpstream
-from tests.helpers import OPENAI_TOKEN, eventually, gateway_settings
+from tests.helpers import OPENAI_TOKEN, eventually, forget_leftovers, gateway_settings
 
 pytestmark = pytest.mark.security
 
@@ -195,6 +195,7 @@ async def test_a_large_head_pipelined_behind_a_small_request_closes_the_connecti
     """Both in one write: the second head begins mid-data, yet its size is counted. The
     connection ends; no 431 is sent where the first request's answer belongs (it would be
     read as that answer), and nothing is logged as an error."""
+    await forget_leftovers(caplog)
     url, port = gateway
     reader, writer = await connect(port)
     big = b"POST /v1/chat/completions HTTP/1.1\r\nhost: gw\r\n" + b"x-h: " + b"a" * 70_000
