@@ -21,6 +21,7 @@ to change it); `gateway` starts the real gateway on it (`async with gateway(...)
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import functools
 import logging
@@ -108,9 +109,12 @@ Server = Literal["postgres", "redis"]
 
 @functools.cache
 def server_problem(server: Server) -> str | None:
-    """None when the test server answers, else why not (checked once per session)."""
+    """None when the test server answers, else why not (checked once per session, from a
+    hook or from a fixture, whose event loop may be running: the check has a thread and a
+    loop of its own)."""
     if server == "postgres":
-        return asyncio.run(_pg_problem())
+        with concurrent.futures.ThreadPoolExecutor(1) as thread:
+            return thread.submit(asyncio.run, _pg_problem()).result()
     return _redis_problem()
 
 
@@ -134,9 +138,19 @@ FOLDER_MARKERS = {"e2e": "e2e", "chaos": "chaos", "soak": "soak", "security": "s
 TESTS = Path(__file__).parent
 
 
+SERVER_FIXTURES: dict[str, tuple[str, ...]] = {
+    "redis_prefix": ("redis",),
+    "pg_database": ("postgres",),
+    "pgbouncer": ("postgres", "pgbouncer"),
+}
+"""The fixtures that reach a server, and the markers a test using one gets by itself."""
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Marks each test by its folder (tests/soak -> `soak`, ...) and marks `redis` the tests
-    that use `redis_prefix`, so `-m` can select them."""
+    """Marks each test by its folder (tests/soak -> `soak`, ...), and by the servers its
+    fixtures reach (`redis_prefix` -> `redis`, `pg_database` -> `postgres`, `pgbouncer` ->
+    both `postgres` and `pgbouncer`), so `-m` can select them and a missing server skips them
+    before any fixture is set up."""
     for item in items:
         try:
             folder = item.path.relative_to(TESTS).parts[0]
@@ -146,8 +160,10 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
         if marker is not None and item.get_closest_marker(marker) is None:
             item.add_marker(marker)
         uses = getattr(item, "fixturenames", ())
-        if "redis_prefix" in uses and item.get_closest_marker("redis") is None:
-            item.add_marker("redis")
+        for fixture, markers in SERVER_FIXTURES.items():
+            for server in markers if fixture in uses else ():
+                if item.get_closest_marker(server) is None:
+                    item.add_marker(server)
 
 
 @pytest.hookimpl(tryfirst=True)
