@@ -4,6 +4,7 @@ the admin API drives it, and classify() reads its errors the way it reads the re
 from __future__ import annotations
 
 import random
+import signal
 import subprocess
 import sys
 from collections.abc import AsyncIterator
@@ -416,12 +417,19 @@ async def test_admin_api(fake: FakeUpstream, http: aiohttp.ClientSession) -> Non
 # --- as its own process ---------------------------------------------------------------------------
 
 
+def _interruptible() -> None:
+    # Ctrl-C's default, whatever this process inherited: a shell starting the suite in the
+    # background (`pytest &`) ignores SIGINT in it, and an ignored SIGINT is inherited
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def test_cli_runs_it_until_interrupted() -> None:
     process = subprocess.Popen(
         [sys.executable, "-m", "llmgateway", "fake-upstream", "--port", "0", "--chunks", "2"],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        preexec_fn=_interruptible,
     )
     try:
         assert process.stdout is not None
