@@ -268,3 +268,13 @@ def test_redactor_learns_secrets_later_and_keeps_the_rest() -> None:
     assert "plain-secret-001000" in out  # never told: kept
     assert "short" in out
     assert len(redactor.secrets) == 1001
+
+
+def test_redactor_learns_secrets_page_by_page_as_a_pool_loads() -> None:
+    redactor = Redactor()
+    pages = [[f"paged-secret-{i:06d}" for i in range(start, start + 500)] for start in (0, 300)]
+    for page in (*pages, pages[0]):  # pages overlap, and one comes twice
+        redactor.add(page)
+    assert len(redactor.secrets) == 800
+    out = redactor.redact("paged-secret-000000 paged-secret-000799 paged-secret-000800")
+    assert out.count("paged-secret-") == 1 and "paged-secret-000800" in out

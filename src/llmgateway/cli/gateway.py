@@ -9,26 +9,14 @@ from typing import TYPE_CHECKING
 
 import click
 
+from llmgateway.cli.prepare import prepare_store, sync_beside, sync_in_child, sync_in_process
 from llmgateway.cli.startup import config_option, load, setup_logging
 from llmgateway.cli.tokens import guard_tokens, metrics_hosts
 
 if TYPE_CHECKING:
     from llmgateway.config.settings import Settings
-
-
-def _prepare_store(config: str | None) -> None:
-    """Migrations and one file sync in a child process, so that the gateway never loads what
-    only they need (Alembic, the parsed key files): its resident memory stays small."""
-    import subprocess
-    import sys
-
-    from llmgateway.config.load import config_path
-
-    # the environment file was read here already, into the environment the child inherits
-    command = [sys.executable, "-m", "llmgateway", "--env-file", "none", "db", "upgrade", "--sync"]
-    done = subprocess.run([*command, "--config", str(config_path(config))], check=False)  # noqa: S603
-    if done.returncode != 0:
-        raise SystemExit(done.returncode)
+    from llmgateway.observe.metrics import Metrics
+    from llmgateway.store import Store
 
 
 _host_option = click.option(
@@ -49,8 +37,9 @@ _port_option = click.option(
 def gateway(config: str | None, host: str | None, port: int | None, workers: int | None) -> None:
     """The Conductor: serve the OpenAI and Gemini routes from the healthy key pool.
 
-    It applies migrations and runs one key-file sync at start, then leaves syncing and probing
-    to the Keeper (`llmgateway worker`). Stops on Ctrl-C or SIGTERM.
+    At start it applies pending migrations and runs one key-file sync (in the background when
+    the store is up to date: it serves the store's keys meanwhile), then leaves syncing and
+    probing to the Keeper (`llmgateway worker`). Stops on Ctrl-C or SIGTERM.
     """
     from llmgateway.conductor.serving import gateway_server, serve_workers
 
@@ -59,14 +48,18 @@ def gateway(config: str | None, host: str | None, port: int | None, workers: int
     host = host or settings.gateway.host
     port = settings.gateway.port if port is None else port
     guard_tokens(settings, host, metrics_hosts(settings, host, keeper=False))
-    _prepare_store(config)  # migrations and a file sync, with a one-line error if the store fails
+    sync_later = prepare_store(settings, config)  # a one-line error if the store fails
     workers = workers or settings.gateway.workers
     if workers > 1:
-        serve_workers(settings, host, port, workers)
+        with sync_beside(config) if sync_later else contextlib.nullcontext():
+            serve_workers(settings, host, port, workers)
         return
     from llmgateway.conductor.app import create_app
 
-    app = create_app(settings, prepare=False, tune_process=True)
+    after_load = sync_in_child(config) if sync_later else None
+    app = create_app(
+        settings, prepare=False, tune_process=True, serve_early=True, after_load=after_load
+    )
     gateway_server(app, settings, host, port).run()
 
 
@@ -83,28 +76,60 @@ def serve(config: str | None, host: str | None, port: int | None) -> None:
     host = host or settings.gateway.host
     port = settings.gateway.port if port is None else port
     guard_tokens(settings, host, metrics_hosts(settings, host, keeper=True))
-    _prepare_store(config)  # as `gateway` does: migrations and a file sync, once, before serving
+    sync_later = prepare_store(settings, config)  # as `gateway` does
     with contextlib.suppress(KeyboardInterrupt):
-        uvloop.run(_serve_both(settings, host, port))
+        uvloop.run(_serve_both(settings, host, port, sync_later))
     click.echo("stopped")
 
 
-async def _serve_both(settings: Settings, host: str, port: int) -> None:
+async def _serve_both(settings: Settings, host: str, port: int, sync_later: bool) -> None:
+    """The gateway, and the Keeper once the pool is loaded and the start-up sync (if still to
+    run) is done: neither competes with the pool's load."""
     from llmgateway.conductor.app import create_app
     from llmgateway.conductor.serving import gateway_server
-    from llmgateway.keeper.run import Keeper
     from llmgateway.observe.metrics import Metrics
     from llmgateway.store import Store
 
     metrics = Metrics.create()  # one set: the gateway's /metrics shows the Keeper's too
-    app = create_app(settings, prepare=False, metrics=metrics, tune_process=True)
+    started = asyncio.Event()
+    sync = sync_in_process(settings) if sync_later else None
+
+    async def after_load(store: Store) -> None:
+        try:
+            if sync is not None:
+                await sync(store)
+        finally:
+            started.set()
+
+    app = create_app(
+        settings,
+        prepare=False,
+        metrics=metrics,
+        tune_process=True,
+        serve_early=True,
+        after_load=after_load,
+    )
     server = gateway_server(app, settings, host, port)
     stop = asyncio.Event()
     async with await Store.configured(settings.database) as store:
-        run = Keeper(settings, store, metrics=metrics).run(stop)
-        keeper = asyncio.create_task(run, name="keeper")
+        keeper = asyncio.create_task(_keeper(settings, store, metrics, started, stop))
         try:
             await server.serve()
         finally:
             stop.set()
             await keeper
+
+
+async def _keeper(
+    settings: Settings, store: Store, metrics: Metrics, start: asyncio.Event, stop: asyncio.Event
+) -> None:
+    """The Keeper of `serve`, from when `start` is set until `stop` is."""
+    waits = [asyncio.ensure_future(start.wait()), asyncio.ensure_future(stop.wait())]
+    await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+    for wait in waits:
+        wait.cancel()
+    if stop.is_set():
+        return
+    from llmgateway.keeper.run import Keeper
+
+    await Keeper(settings, store, metrics=metrics).run(stop)

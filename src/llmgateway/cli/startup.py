@@ -120,11 +120,12 @@ def run_with_store(
     *,
     adoption: Adoption | None = None,
     show: Callable[[Migration], None] | None = None,
+    migrate: bool = True,
 ) -> None:
     """Open the store, migrate it (importing the original llmGateway's tables when found, as
     `adoption` says: by default without force), run `work` (not after a dry run); a database
     failure exits 1 with one line. `show` prints what the migration did (by default: an
-    import, on stderr)."""
+    import, on stderr). Without `migrate`, `work` runs on the store as it is."""
     from sqlalchemy.exc import SQLAlchemyError
 
     from llmgateway.store import (
@@ -140,6 +141,9 @@ def run_with_store(
 
     async def run() -> None:
         async with await Store.configured(settings.database) as store:
+            if not migrate:
+                await work(store)
+                return
             migration = await store.migrate(chosen)
             (show or _show_import(masked_url(url)))(migration)
             if not migration.dry_run:

@@ -1,5 +1,5 @@
-"""The commands that work on the store: `db upgrade`, `status` and `breaker reset`, and the sync
-summary they print (shared with `worker --once`)."""
+"""The commands that work on the store: `db upgrade`, `db sync`, `status` and `breaker reset`,
+and the sync summary they print (shared with `worker --once`)."""
 
 from __future__ import annotations
 
@@ -73,6 +73,30 @@ def db_upgrade(config: str | None, sync: bool, dry_run: bool, force: bool) -> No
 
     adoption = Adoption.of(settings.providers, force=force, dry_run=dry_run)
     run_with_store(settings, work, adoption=adoption, show=show)
+
+
+@db.command("sync")
+@config_option
+def db_sync(config: str | None) -> None:
+    """Run one sync of the key and proxy files into the store, which must be migrated already
+    (`db upgrade`). The gateway runs it in the background at start."""
+    from llmgateway.keyfiles import run_sync
+    from llmgateway.store import masked_url
+    from llmgateway.store.locks import exclusive_start
+
+    settings = load(config, logs=True)
+    setup_logging(settings, "sync")
+
+    async def work(store: Store) -> None:
+        why = (await store.schema_state()).why_migrate()
+        if why is not None:
+            where = masked_url(settings.database.async_url)
+            click.echo(f"{where}: {why}: run `llmgateway db upgrade` first", err=True)
+            raise SystemExit(1)
+        async with exclusive_start(store.engine.url):
+            echo_sync(await run_sync(settings, store))
+
+    run_with_store(settings, work, migrate=False)
 
 
 def echo_sync(report: SyncReport) -> None:

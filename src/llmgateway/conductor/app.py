@@ -1,8 +1,10 @@
 """`create_app(settings)`: the gateway as an ASGI application, with its lifespan wiring.
 
-At start it applies migrations, runs one file sync (cheap and idempotent, so a fresh store serves
-at once), loads the pool snapshot, and starts two background tasks: the delta refresh from the
-store and the write-behind of status changes. The request path never touches the store.
+At start it loads the pool snapshot from the store (with `serve_early`, while the server already
+listens), then starts the background tasks: the delta refresh from the store, the write-behind
+of status changes, and the start-up work it is handed (`after_load`: the sync of the key files).
+Embedded (tests) it may also apply migrations and sync the files first (`prepare`). The request
+path never touches the store.
 """
 
 from __future__ import annotations
@@ -12,11 +14,11 @@ import contextlib
 import logging
 import random
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 
 from starlette.applications import Starlette
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import ASGIApp
 
 from llmgateway.conductor.admin import Readiness, admin_routes
 from llmgateway.conductor.admission import BodyBudget, BodyLimits
@@ -26,6 +28,7 @@ from llmgateway.conductor.call import Provider
 from llmgateway.conductor.coherence import follow_store
 from llmgateway.conductor.endpoints import Edge, token_digest
 from llmgateway.conductor.memory import return_freed_memory
+from llmgateway.conductor.router import Router
 from llmgateway.conductor.status_writer import StatusWriter
 from llmgateway.config.settings import Settings
 from llmgateway.core.egress import NoHealthyProxyError, egress_for
@@ -47,6 +50,9 @@ from llmgateway.transport.upstream import HttpUpstream
 
 log = logging.getLogger("llmgateway.app")
 
+
+AfterLoad = Callable[[Store], Awaitable[object]]
+"""Work that runs once the pool is loaded (see `create_app`), handed the gateway's store."""
 
 LOAD_PAGE = 5_000
 """Keys per page when the whole pool is (re)loaded from the store."""
@@ -290,13 +296,21 @@ def create_app(
     prepare: bool = True,
     metrics: Metrics | None = None,
     tune_process: bool = False,
+    serve_early: bool = False,
+    after_load: AfterLoad | None = None,
 ) -> ASGIApp:
     """The gateway application. `prepare` applies migrations and runs one key-file sync at start
-    (the `gateway` command does both in a child process before, and turns it off);
+    (the `gateway` command sees to both before, and turns it off);
     `metrics` may be shared with a Keeper in the same process (`serve`). `tune_process`: the
     process is the gateway's own (the CLI's commands), so once started it may give freed memory
     back to the system and retune the garbage collector (`return_freed_memory`); an app embedded
-    elsewhere (tests, another server) leaves its process alone."""
+    elsewhere (tests, another server) leaves its process alone.
+
+    With `serve_early` the server listens while the pool loads from the store (`/healthz`
+    answers, `/readyz` is 503 until the pool is loaded, a proxied request waits for it: see
+    `router`); without it the pool is loaded before the server listens. `after_load` runs in
+    the background once the pool is loaded (the start-up sync of the key files, while the pool
+    serves the store's keys); when it returns, the pool is refreshed from the store at once."""
     conductor = Conductor(settings, rng=rng or random.Random())
     metrics = metrics or Metrics.create()
     conductor.limits = Limits.create(settings, metrics, conductor.clock)
@@ -332,36 +346,61 @@ def create_app(
         refusals = TokenRefusals(metrics.auth_failed)
         access = AccessLog(settings.logging.access)
         edge = Edge(attempt_loop, conductor.token_index(), body_limits, bodies, access, refusals)
-        app.state.edge = edge
         tasks: list[asyncio.Task[None]] = []
         wake = asyncio.Event()
         interval = settings.gateway.refresh_interval_sec
         app.state.listener = listener = follow_store(store, wake, interval)
         if listener is not None:
             conductor.readiness.listening = listener.listening
+
+        def background(work: Coroutine[None, None, None], name: str) -> None:
+            tasks.append(asyncio.create_task(work, name=name))
+
+        async def load() -> None:
+            """The pool from the store, then the edge in place and the background tasks."""
+            await conductor.refresh()
+            if tune_process:
+                return_freed_memory()
+            app.state.edge = edge
+            router.open(edge)
+            background(writer.run(), "status-writer")
+            background(conductor.refresh_forever(wake), "pool-refresh")
+            if listener is not None:
+                background(listener.run(), "store-notices")
+            if metrics.multiprocess:
+                background(metrics.flush_every(), "metrics-flush")
+            if conductor.limits is not None:
+                background(conductor.limits.run(), "key-limits")
+            if stored is not None:
+                await stored.refresh()
+                background(stored.follow(), "store-key-counts")
+
+        async def then_refresh(work: AfterLoad) -> None:
+            await work(store)
+            wake.set()  # what it changed in the store reaches the pool now
+
+        async def begin() -> None:
+            try:
+                await load()
+                if after_load is not None:
+                    await then_refresh(after_load)
+            except Exception:  # a bug: said, not left for the shutdown to find
+                log.exception("gateway start-up failed")
+
         try:
             if prepare:
                 async with exclusive_start(store.engine.url):
                     await store.migrate(Adoption.of(settings.providers))
                     await run_sync(settings, store)
-            await conductor.refresh()
-            if stored is not None:
-                await stored.refresh()
-            if tune_process:
-                return_freed_memory()
-            tasks = [
-                asyncio.create_task(writer.run(), name="status-writer"),
-                asyncio.create_task(conductor.refresh_forever(wake), name="pool-refresh"),
-            ]
-            if stored is not None:
-                tasks.append(asyncio.create_task(stored.follow(), name="store-key-counts"))
-            if listener is not None:
-                tasks.append(asyncio.create_task(listener.run(), name="store-notices"))
-            if metrics.multiprocess:
-                tasks.append(asyncio.create_task(metrics.flush_every(), name="metrics-flush"))
             if conductor.limits is not None:
                 await conductor.limits.start()
-                tasks.append(asyncio.create_task(conductor.limits.run(), name="key-limits"))
+            if serve_early:
+                conductor.readiness.problem = "loading the key pool from the store"
+                background(begin(), "start")
+            else:
+                await load()
+                if after_load is not None:
+                    background(then_refresh(after_load), "after-load")
             yield
         finally:
             for task in tasks:
@@ -381,24 +420,5 @@ def create_app(
     admin = Starlette(routes=routes, lifespan=lifespan)
     admin.state.conductor = conductor
     admin.state.store_counts = stored
-    return _Router(admin)
-
-
-class _Router:
-    """Proxied paths go straight to the edge; everything else to the Starlette admin app."""
-
-    def __init__(self, admin: Starlette) -> None:
-        self.admin = admin
-        self.state = admin.state
-        self.edge: Edge | None = None  # taken from the state once the lifespan has set it
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http":
-            path: bytes = scope["raw_path"]  # the edge forwards the raw path, never the decoded
-            if path.startswith((b"/v1/", b"/v1beta/")):
-                edge = self.edge
-                if edge is None:
-                    edge = self.edge = self.admin.state.edge
-                await edge(scope, receive, send)
-                return
-        await self.admin(scope, receive, send)
+    router = Router(admin)
+    return router

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import bisect
 import contextvars
+import itertools
 import logging
 import logging.handlers
 import os
@@ -74,11 +75,17 @@ class Digests:
         self._hashes = array("q", sorted({hash(item) for item in items}))
 
     def update(self, items: Iterable[str]) -> None:
-        """Add `items` (rare: a sort of everything)."""
-        self._hashes = array("q", sorted({*self._hashes, *(hash(item) for item in items)}))
+        """Add `items`: the new hashes sorted, then merged in (a pool loaded page by page adds
+        100,000 keys in 20 steps: sorting everything again at each one took seconds)."""
+        fresh = [found for found in sorted({hash(item) for item in items}) if not self._has(found)]
+        if fresh:
+            # two sorted runs: the sort merges them in one linear pass
+            self._hashes = array("q", sorted(itertools.chain(self._hashes, fresh)))
 
     def __contains__(self, item: object) -> bool:
-        found = hash(item)
+        return self._has(hash(item))
+
+    def _has(self, found: int) -> bool:
         at = bisect.bisect_left(self._hashes, found)
         return at < len(self._hashes) and self._hashes[at] == found
 

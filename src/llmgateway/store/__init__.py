@@ -29,12 +29,22 @@ from llmgateway.records import (
     StatusEvent,
     SyncChanges,
 )
-from llmgateway.store import breakers, connect, model_lists, notify, reconcile, status, turns
+from llmgateway.store import (
+    breakers,
+    connect,
+    model_lists,
+    notify,
+    reconcile,
+    schema,
+    status,
+    turns,
+)
 from llmgateway.store import pooler as pooler_mode
 from llmgateway.store.connect import DatabaseUrlError, Migration, async_url, masked_url
 from llmgateway.store.original import Adoption, OriginalDatabaseError
 from llmgateway.store.pooler import Plan
 from llmgateway.store.reconcile import UnknownProviderError
+from llmgateway.store.schema import SchemaState
 
 __all__ = [
     "Adoption",
@@ -44,6 +54,7 @@ __all__ = [
     "OriginalDatabaseError",
     "Plan",
     "ProxyRow",
+    "SchemaState",
     "Snapshot",
     "StatusCount",
     "StatusEvent",
@@ -167,6 +178,12 @@ class Store:
             return await connect.upgrade(self.engine, adoption=adoption, now=now)
         plan = self.plan
         return await connect.upgrade(self.engine, plan.direct, plan.schema, adoption, now)
+
+    async def schema_state(self) -> SchemaState:
+        """Whether the store can serve as it is (`SchemaState`): a few small queries, no
+        Alembic. A SQLite file that does not exist yet is created, empty."""
+        async with self.engine.connect() as conn:
+            return await schema.schema_state(conn)
 
     async def sync_providers(self, settings: Mapping[str, ProviderSettings]) -> int:
         """Make the providers table match the config: upsert each (active when `enabled`), and

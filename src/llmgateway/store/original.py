@@ -243,6 +243,16 @@ async def sql(conn: AsyncConnection, schema: str) -> tuple[tuple[str, ...], tupl
     return (drop,), restore
 
 
+async def present(conn: AsyncConnection) -> bool:
+    """Whether the current schema holds tables `prepare` has to act on or refuse: the
+    original's own, not yet imported (its renamed tables, kept after an import, are not)."""
+    try:
+        found = await _find(conn)
+    except OriginalDatabaseError:
+        return True  # `prepare` explains it
+    return found is not None and found.original
+
+
 async def _find(conn: AsyncConnection) -> _Found | None:
     schema = await conn.scalar(sa.text("SELECT current_schema()"))
     if schema is None:

@@ -11,14 +11,13 @@ from collections.abc import Collection, Mapping, Sequence
 from typing import Any, TypeVar
 
 import sqlalchemy as sa
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from llmgateway.core.outcomes import KeyStatus
 from llmgateway.observe.masking import digest
 from llmgateway.records import SyncChanges
 from llmgateway.store.status import SQLITE_BULK
-from llmgateway.store.tables import key_status, keys, providers, proxies, proxy_status
+from llmgateway.store.tables import insert_into, key_status, keys, providers, proxies, proxy_status
 
 _BATCH = 5000
 _T = TypeVar("_T")
@@ -37,7 +36,7 @@ async def sync_providers(
     """
     changed_ids: list[int] = []
     for name, (provider_type, enabled) in sorted(wanted.items()):
-        insert = _insert(conn, providers).values(
+        insert = insert_into(conn, providers).values(
             name=name,
             provider_type=provider_type,
             active=enabled,
@@ -329,12 +328,6 @@ async def _stamp_members(conn: AsyncConnection, provider_ids: list[int], revisio
     await conn.execute(
         sa.update(proxies).where(proxies.c.provider_id.in_(provider_ids)).values(revision=revision)
     )
-
-
-def _insert(conn: AsyncConnection, table: sa.Table) -> postgresql.Insert | sqlite.Insert:
-    if conn.dialect.name == "postgresql":
-        return postgresql.insert(table)
-    return sqlite.insert(table)
 
 
 def _batches(items: Sequence[_T]) -> list[Sequence[_T]]:
