@@ -19,6 +19,7 @@ import httpx2 as httpx
 import pytest
 import sqlalchemy as sa
 import yaml
+from starlette.types import Message
 
 from llmgateway.cli.prepare import sync_in_process
 from llmgateway.conductor import router as router_module
@@ -163,13 +164,13 @@ class _Edge:
         await send({"type": "http.response.body", "body": b"served"})
 
 
-async def call(router: Router, path: bytes) -> list[dict[str, Any]]:
-    sent: list[dict[str, Any]] = []
+async def call(router: Router, path: bytes) -> list[Message]:
+    sent: list[Message] = []
 
-    async def receive() -> dict[str, Any]:
+    async def receive() -> Message:
         return {"type": "http.request", "body": b"", "more_body": False}
 
-    async def send(message: dict[str, Any]) -> None:
+    async def send(message: Message) -> None:
         sent.append(message)
 
     scope = {"type": "http", "raw_path": path, "path": path.decode(), "method": "POST"}
@@ -186,7 +187,8 @@ async def test_a_proxied_request_during_the_load_waits_for_the_pool() -> None:
     assert not waiting.done()
     router.open(_Edge())  # type: ignore[arg-type]
     sent = await asyncio.wait_for(waiting, 5)
-    assert sent[0]["status"] == 200 and sent[1]["body"] == b"served"
+    assert sent[0]["status"] == 200
+    assert sent[1]["body"] == b"served"
 
 
 async def test_a_pool_that_does_not_load_in_time_answers_starting(
@@ -198,7 +200,8 @@ async def test_a_pool_that_does_not_load_in_time_answers_starting(
     sent = await call(Router(Starlette()), b"/v1beta/models/gemini-2.5-flash:generateContent")
     assert sent[0]["status"] == 503
     assert (b"retry-after", b"1") in sent[0]["headers"]
-    assert b"starting" in sent[1]["body"] and b'"status"' in sent[1]["body"]  # Gemini's shape
+    assert b"starting" in sent[1]["body"]
+    assert b'"status"' in sent[1]["body"]  # Gemini's shape
 
 
 # --- the commands, as real processes ----------------------------------------------------------
@@ -238,14 +241,16 @@ async def test_an_up_to_date_store_serves_with_no_migration_process(
     await stored_from_an_earlier_run(settings, tmp_path)
     log = tmp_path / f"{command}.log"
     try:
-        async with start(command, write_config(settings, tmp_path), log) as url:
-            async with httpx.AsyncClient() as http:
-                done = "start-up sync of the key files: done"
-                await eventually(lambda: done in log.read_text(), within=30, step=0.05, what=done)
-                await eventually(
-                    lambda: _served_by(http, url, fake, NEW), within=10, step=0.05, what="NEW"
-                )
-                assert await chat_calls(http, url, fake, 10) == {NEW}  # OLD left with the sync
+        async with (
+            start(command, write_config(settings, tmp_path), log) as url,
+            httpx.AsyncClient() as http,
+        ):
+            done = "start-up sync of the key files: done"
+            await eventually(lambda: done in log.read_text(), within=30, step=0.05, what=done)
+            await eventually(
+                lambda: _served_by(http, url, fake, NEW), within=10, step=0.05, what="NEW"
+            )
+            assert await chat_calls(http, url, fake, 10) == {NEW}  # OLD left with the sync
         text = log.read_text()
         assert f"schema at {SCHEMA_HEAD}, keys present: serving them at once" in text
         assert "running in the background" in text
@@ -267,9 +272,11 @@ async def test_a_pending_migration_is_said_and_applied_before_serving(
         await migrate_to(store, "0006")
     log = tmp_path / "gateway.log"
     try:
-        async with start("gateway", write_config(settings, tmp_path), log) as url:
-            async with httpx.AsyncClient() as http:
-                assert await chat_calls(http, url, fake, 3) == {NEW}  # synced before serving
+        async with (
+            start("gateway", write_config(settings, tmp_path), log) as url,
+            httpx.AsyncClient() as http,
+        ):
+            assert await chat_calls(http, url, fake, 3) == {NEW}  # synced before serving
         text = log.read_text()
         said = f"store: its schema is at 0006, this version needs {SCHEMA_HEAD}: migrating"
         assert said in text

@@ -277,4 +277,5 @@ def test_redactor_learns_secrets_page_by_page_as_a_pool_loads() -> None:
         redactor.add(page)
     assert len(redactor.secrets) == 800
     out = redactor.redact("paged-secret-000000 paged-secret-000799 paged-secret-000800")
-    assert out.count("paged-secret-") == 1 and "paged-secret-000800" in out
+    assert out.count("paged-secret-") == 1
+    assert "paged-secret-000800" in out
