@@ -1,6 +1,7 @@
 """Start-up time of `llmgateway gateway` and `llmgateway serve` on a store already up to date.
 
     .venv/bin/python bench/startup.py [--runs 5] [--keys 10000,100000] [--pg-url URL] [--no-pg]
+                                      [--src OTHER_CHECKOUT/src]
 
 Per database (SQLite; PostgreSQL when reachable: $LLMGATEWAY_TEST_PG_URL or the local `test`
 database, a fresh schema per key count, dropped afterwards) and key count, the store is
@@ -86,12 +87,18 @@ def write_config(folder: Path, name: str, keys: Path, base: str, database: str) 
 PYCACHE = Path(tempfile.gettempdir()) / "llmgateway-bench-pycache"
 
 
+SOURCE: list[Path] = []
+"""The checkout's src folder the processes import llmgateway from (`--src`); none: as installed."""
+
+
 def environment() -> dict[str, str]:
     """The processes' environment: bytecode cached (in a folder of the bench's own, leaving the
     venv alone), as an installed image has it (`UV_COMPILE_BYTECODE=1`); without it every
-    start compiles every module again."""
+    start compiles every module again. With `--src`, llmgateway comes from there."""
     env = {**os.environ, "LLMGATEWAY_DOTENV": "0", "PYTHONPYCACHEPREFIX": str(PYCACHE)}
     env.pop("PYTHONDONTWRITEBYTECODE", None)
+    if SOURCE:
+        env |= {"PYTHONPATH": str(SOURCE[0]), "PYTHONSAFEPATH": "1"}
     return env
 
 
@@ -255,7 +262,12 @@ def main() -> None:
     parser.add_argument("--keys", default="10000,100000", help="key counts, comma-separated")
     parser.add_argument("--pg-url", default=os.environ.get("LLMGATEWAY_TEST_PG_URL", DEFAULT_PG))
     parser.add_argument("--no-pg", action="store_true", help="SQLite only")
+    parser.add_argument(
+        "--src", type=Path, help="import llmgateway from this src folder (another checkout's)"
+    )
     args = parser.parse_args()
+    if args.src is not None:
+        SOURCE.append(args.src.resolve())
     with workdir() as folder, fake_upstream() as base:
         rows = asyncio.run(main_async(args, base, folder))
     header = ["command", "store", "keys", "healthz", "readyz", "proxied", "proxied max", "CPU"]

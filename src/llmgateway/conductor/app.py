@@ -37,7 +37,6 @@ from llmgateway.core.outcomes import KeyStatus
 from llmgateway.core.pool import KeyPool
 from llmgateway.core.pool_keys import KeyEntry
 from llmgateway.core.resilience import RetryBudget
-from llmgateway.keyfiles import run_sync
 from llmgateway.limits import Limits
 from llmgateway.observe.access import AccessLog, TokenRefusals
 from llmgateway.observe.metrics import Metrics
@@ -389,6 +388,8 @@ def create_app(
 
         try:
             if prepare:
+                from llmgateway.keyfiles import run_sync  # only an embedded app syncs itself
+
                 async with exclusive_start(store.engine.url):
                     await store.migrate(Adoption.of(settings.providers))
                     await run_sync(settings, store)

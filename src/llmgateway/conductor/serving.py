@@ -76,14 +76,15 @@ def serve_workers(settings: Settings, host: str, port: int, workers: int) -> Non
 
 def worker_app(settings: Settings) -> ASGIApp:
     """The app of one process of `serve_workers`, built in that process from the settings the
-    parent handed over (the parent applied migrations and synced the files before)."""
+    parent handed over (the parent applied pending migrations before, and syncs the files
+    beside them); it listens while its pool loads."""
     import os
 
     from llmgateway.conductor.app import create_app
     from llmgateway.observe.logs import setup
 
     setup(settings, f"gateway-{os.getpid()}")  # a spawned process starts with no logging set up
-    return create_app(settings, prepare=False, tune_process=True)
+    return create_app(settings, prepare=False, tune_process=True, serve_early=True)
 
 
 def listening_socket(host: str, port: int) -> socket.socket:
