@@ -55,6 +55,9 @@ AfterLoad = Callable[[Store], Awaitable[object]]
 
 LOAD_PAGE = 5_000
 """Keys per page when the whole pool is (re)loaded from the store."""
+APPLY_CHUNK = 500
+"""Keys applied to the pools at a time during a load, the event loop free in between (a
+gateway that listens while its pool loads answers `/healthz` meanwhile)."""
 
 
 @dataclass(slots=True)
@@ -258,7 +261,9 @@ class Conductor:
                 seen = present.get(row.provider)
                 if seen is not None and row.key_id <= top:
                     seen[row.key_id >> 3] |= 1 << (row.key_id & 7)
-            self.apply_rows(page.keys)
+            for start in range(0, len(page.keys), APPLY_CHUNK):
+                self.apply_rows(page.keys[start : start + APPLY_CHUNK])
+                await asyncio.sleep(0)  # requests (`/healthz`) get through between chunks
             low += LOAD_PAGE
         now = self.clock()
         for name, provider in self.providers.items():
