@@ -28,6 +28,7 @@ from llmgateway.conductor.router import Router
 from llmgateway.conductor.serving import running
 from llmgateway.config.settings import Settings
 from llmgateway.keyfiles import run_sync
+from llmgateway.observe.logs import Redactor
 from llmgateway.store import Store
 from llmgateway.store.connect import head_revision
 from llmgateway.store.schema import SCHEMA_HEAD
@@ -128,8 +129,14 @@ async def test_the_store_keys_serve_until_the_background_sync_ends(
         await go.wait()
         await sync(store)
 
+    log_secrets = Redactor()  # the log lines' redactor, taught the pool's keys as they load
     app = create_app(
-        settings, rng=random.Random(3), prepare=False, serve_early=True, after_load=slow_sync
+        settings,
+        rng=random.Random(3),
+        prepare=False,
+        serve_early=True,
+        after_load=slow_sync,
+        log_secrets=log_secrets,
     )
     async with running(app) as url, httpx.AsyncClient() as http:
         await eventually(
@@ -137,12 +144,15 @@ async def test_the_store_keys_serve_until_the_background_sync_ends(
         )
         # the sync has not run: the pool is the store's, OLD included, NEW not yet
         assert await chat_calls(http, url, fake, 5) == {OLD}
+        assert OLD in log_secrets.secrets
+        assert NEW not in log_secrets.secrets
         go.set()
         # its end refreshes the pool at once (the refresh interval is 600 s)
         await eventually(
             lambda: _served_by(http, url, fake, NEW), within=10, step=0.02, what="NEW served"
         )
         assert await chat_calls(http, url, fake, 10) == {NEW}
+        assert NEW in log_secrets.secrets
 
 
 async def _ready(http: httpx.AsyncClient, url: str) -> bool:

@@ -15,6 +15,7 @@ from llmgateway.cli.tokens import guard_tokens, metrics_hosts
 
 if TYPE_CHECKING:
     from llmgateway.config.settings import Settings
+    from llmgateway.observe.logs import Redactor
     from llmgateway.observe.metrics import Metrics
     from llmgateway.store import Store
 
@@ -44,7 +45,8 @@ def gateway(config: str | None, host: str | None, port: int | None, workers: int
     from llmgateway.conductor.serving import gateway_server, serve_workers
 
     settings = load(config, logs=True)
-    setup_logging(settings, "gateway")
+    # the keys come from the store, teaching the log redactor as they load (`create_app`)
+    redactor = setup_logging(settings, "gateway", key_files=False)
     host = host or settings.gateway.host
     port = settings.gateway.port if port is None else port
     guard_tokens(settings, host, metrics_hosts(settings, host, keeper=False))
@@ -58,7 +60,12 @@ def gateway(config: str | None, host: str | None, port: int | None, workers: int
 
     after_load = sync_in_child(config) if sync_later else None
     app = create_app(
-        settings, prepare=False, tune_process=True, serve_early=True, after_load=after_load
+        settings,
+        prepare=False,
+        tune_process=True,
+        serve_early=True,
+        after_load=after_load,
+        log_secrets=redactor,
     )
     gateway_server(app, settings, host, port).run()
 
@@ -72,17 +79,19 @@ def serve(config: str | None, host: str | None, port: int | None) -> None:
     import uvloop
 
     settings = load(config, logs=True)
-    setup_logging(settings, "serve")
+    redactor = setup_logging(settings, "serve", key_files=False)  # as `gateway` does
     host = host or settings.gateway.host
     port = settings.gateway.port if port is None else port
     guard_tokens(settings, host, metrics_hosts(settings, host, keeper=True))
     sync_later = prepare_store(settings, config)  # as `gateway` does
     with contextlib.suppress(KeyboardInterrupt):
-        uvloop.run(_serve_both(settings, host, port, sync_later))
+        uvloop.run(_serve_both(settings, host, port, sync_later, redactor))
     click.echo("stopped")
 
 
-async def _serve_both(settings: Settings, host: str, port: int, sync_later: bool) -> None:
+async def _serve_both(
+    settings: Settings, host: str, port: int, sync_later: bool, redactor: Redactor
+) -> None:
     """The gateway, and the Keeper once the pool is loaded and the start-up sync (if still to
     run) is done: neither competes with the pool's load."""
     from llmgateway.conductor.app import create_app
@@ -108,6 +117,7 @@ async def _serve_both(settings: Settings, host: str, port: int, sync_later: bool
         tune_process=True,
         serve_early=True,
         after_load=after_load,
+        log_secrets=redactor,
     )
     server = gateway_server(app, settings, host, port)
     stop = asyncio.Event()

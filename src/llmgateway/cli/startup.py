@@ -14,6 +14,7 @@ import click
 if TYPE_CHECKING:
     from llmgateway.config.env_file import EnvFileRead
     from llmgateway.config.settings import Settings
+    from llmgateway.observe.logs import Redactor
     from llmgateway.store import Adoption, Migration, Store
 
 _F = TypeVar("_F", bound=Callable[..., Any])
@@ -183,11 +184,15 @@ def _show_import(where: str) -> Callable[[Migration], None]:
     return show
 
 
-def setup_logging(settings: Settings, name: str, level: str | None = None) -> None:
-    """Logging as the settings say, for the process `name` (`level` overrides theirs)."""
+def setup_logging(
+    settings: Settings, name: str, level: str | None = None, *, key_files: bool = True
+) -> Redactor:
+    """Logging as the settings say, for the process `name` (`level` overrides theirs); the
+    redactor of its lines is returned (`key_files`: see `observe.logs.setup`)."""
     from llmgateway.observe.logs import setup
 
-    setup(settings, name, level)
+    redactor = setup(settings, name, level, key_files=key_files)
     read = env_file_read()
     if read is not None:
         logging.getLogger("llmgateway.env").info("%s", read.describe())
+    return redactor

@@ -27,7 +27,7 @@ from llmgateway.conductor.breaker_board import BreakerBoard
 from llmgateway.conductor.call import Provider
 from llmgateway.conductor.coherence import follow_store
 from llmgateway.conductor.endpoints import Edge, token_digest
-from llmgateway.conductor.memory import return_freed_memory
+from llmgateway.conductor.memory import collector_paused, return_freed_memory
 from llmgateway.conductor.router import Router
 from llmgateway.conductor.status_writer import StatusWriter
 from llmgateway.config.settings import Settings
@@ -39,6 +39,7 @@ from llmgateway.core.pool_keys import KeyEntry
 from llmgateway.core.resilience import RetryBudget
 from llmgateway.limits import Limits
 from llmgateway.observe.access import AccessLog, TokenRefusals
+from llmgateway.observe.logs import Redactor
 from llmgateway.observe.metrics import Metrics
 from llmgateway.observe.metrics_http import metrics_served
 from llmgateway.observe.store_counts import StoreCounts
@@ -79,6 +80,7 @@ class Conductor:
     limits: Limits | None = None  # per-key limits across gateways, when a provider sets any
     _file_problem: str | None = None  # what the store's file check said last (logged on change)
     _model_revisions: dict[str, int] = field(default_factory=dict)  # of the names in use
+    log_secrets: Redactor | None = None  # the log lines' redactor, taught the keys that join
 
     def build_providers(self) -> None:
         for name, provider in self.settings.providers.items():
@@ -136,6 +138,8 @@ class Conductor:
                 joining = {e.secret for e in entries if e.key_id not in known}
                 if joining:  # so that no upstream error body hands one of them to a client
                     provider.secrets.add(joining)
+                    if self.log_secrets is not None:  # nor a log line
+                        self.log_secrets.add(joining)
                 provider.pool.apply(entries, removed, now)
 
     def _entry(self, row: KeyRow) -> KeyEntry | None:
@@ -302,6 +306,7 @@ def create_app(
     tune_process: bool = False,
     serve_early: bool = False,
     after_load: AfterLoad | None = None,
+    log_secrets: Redactor | None = None,
 ) -> ASGIApp:
     """The gateway application. `prepare` applies migrations and runs one key-file sync at start
     (the `gateway` command sees to both before, and turns it off);
@@ -314,8 +319,10 @@ def create_app(
     answers, `/readyz` is 503 until the pool is loaded, a proxied request waits for it: see
     `router`); without it the pool is loaded before the server listens. `after_load` runs in
     the background once the pool is loaded (the start-up sync of the key files, while the pool
-    serves the store's keys); when it returns, the pool is refreshed from the store at once."""
-    conductor = Conductor(settings, rng=rng or random.Random())
+    serves the store's keys); when it returns, the pool is refreshed from the store at once.
+    `log_secrets`: the redactor of the process's log lines, taught every key that joins the
+    pool (when logging was set up without reading the key files)."""
+    conductor = Conductor(settings, rng=rng or random.Random(), log_secrets=log_secrets)
     metrics = metrics or Metrics.create()
     conductor.limits = Limits.create(settings, metrics, conductor.clock)
     conductor.build_providers()
@@ -362,7 +369,8 @@ def create_app(
 
         async def load() -> None:
             """The pool from the store, then the edge in place and the background tasks."""
-            await conductor.refresh()
+            with collector_paused() if tune_process else contextlib.nullcontext():
+                await conductor.refresh()
             if tune_process:
                 return_freed_memory()
             app.state.edge = edge

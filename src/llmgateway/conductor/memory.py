@@ -3,9 +3,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import ctypes.util
 import gc
+from collections.abc import Iterator
 
 
 def return_freed_memory() -> None:
@@ -25,3 +27,17 @@ def return_freed_memory() -> None:
         libc.malloc_trim(0)
     except (OSError, AttributeError):
         pass
+
+
+@contextlib.contextmanager
+def collector_paused() -> Iterator[None]:
+    """The garbage collector off for the block (the pool's first load): loading 100,000 keys
+    makes no cyclic garbage, but its allocations would trigger full collections over every
+    object of the process again and again, each stalling the event loop (and `/healthz`)."""
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()

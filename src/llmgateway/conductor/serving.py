@@ -83,8 +83,11 @@ def worker_app(settings: Settings) -> ASGIApp:
     from llmgateway.conductor.app import create_app
     from llmgateway.observe.logs import setup
 
-    setup(settings, f"gateway-{os.getpid()}")  # a spawned process starts with no logging set up
-    return create_app(settings, prepare=False, tune_process=True, serve_early=True)
+    # a spawned process starts with no logging set up
+    redactor = setup(settings, f"gateway-{os.getpid()}", key_files=False)
+    return create_app(
+        settings, prepare=False, tune_process=True, serve_early=True, log_secrets=redactor
+    )
 
 
 def listening_socket(host: str, port: int) -> socket.socket:

@@ -159,9 +159,9 @@ def _mask_known(token: str, secrets: Digests) -> str:
     return mask(token) if token in secrets else token
 
 
-def known_secrets(settings: Settings) -> set[str]:
+def known_secrets(settings: Settings, *, key_files: bool = True) -> set[str]:
     """Every secret the config names: gateway and metrics tokens, the database password,
-    static proxy URLs, and the keys in the key files as they are now."""
+    static proxy URLs, and (with `key_files`) the keys in the key files as they are now."""
     from llmgateway.keyfiles import parse_keys, read_folder
 
     found = {settings.metrics.access_token, settings.database.password}
@@ -174,13 +174,20 @@ def known_secrets(settings: Settings) -> set[str]:
         proxy = provider.proxy_config
         if proxy.mode is ProxyMode.STATIC and proxy.static_url:
             found.add(proxy.static_url)
-        found.update(read_folder(provider.keys_path, parse_keys).values)
+        if key_files:
+            found.update(read_folder(provider.keys_path, parse_keys).values)
     return {s for s in found if s}
 
 
-def setup(settings: Settings, name: str, level: str | None = None) -> Redactor:
-    """`configure()` for a command: the config's logging section and every secret it names."""
-    return configure(settings.logging, secrets=known_secrets(settings), name=name, level=level)
+def setup(
+    settings: Settings, name: str, level: str | None = None, *, key_files: bool = True
+) -> Redactor:
+    """`configure()` for a command: the config's logging section and every secret it names.
+    Without `key_files` the keys are not read from their files: a gateway teaches the returned
+    redactor its pool's keys as they load from the store (parsing 100,000 keys from the files
+    would hold its start up)."""
+    secrets = known_secrets(settings, key_files=key_files)
+    return configure(settings.logging, secrets=secrets, name=name, level=level)
 
 
 def configure(
