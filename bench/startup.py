@@ -4,16 +4,16 @@
                                       [--src OTHER_CHECKOUT/src]
 
 Per database (SQLite; PostgreSQL when reachable: $LLMGATEWAY_TEST_PG_URL or the local `test`
-database, a fresh schema per key count, dropped afterwards) and key count, the store is
+database, a fresh database per key count, dropped afterwards) and key count, the store is
 prepared once (`llmgateway db upgrade --sync`), then each command is started `--runs` times.
 The clock starts just before the process is spawned; three clients poll it side by side every
-10 ms (each poll costs the gateway some CPU too): `/healthz` until it answers 200, `/readyz` until 200, and a proxied chat
-completion (to the fake upstream, `llmgateway fake-upstream` in its own process) until 200.
-Each cell is the median of the runs (after one warm-up start, not counted), in milliseconds
-from exec; bytecode is cached, as in the image. CPU is the CPU time the process (and the children
-it waited for) had used when `/readyz` first answered 200: on a busy machine the wall times
-stretch, the CPU time much less. The machine's cores are shared with the pollers
-and the fake upstream, so compare rows of one sitting only.
+10 ms (each poll costs the gateway some CPU too): `/healthz` until it answers 200, `/readyz`
+until 200, and a proxied chat completion (to the fake upstream, `llmgateway fake-upstream` in
+its own process) until 200. Each cell is the median of the runs (after one warm-up start, not
+counted), in milliseconds from exec; bytecode is cached, as in the image. CPU is the CPU time
+the process (and the children it waited for) had used when `/readyz` first answered 200: on a
+busy machine the wall times stretch, the CPU time much less. The machine's cores are shared
+with the pollers and the fake upstream, so compare rows of one sitting only.
 """
 
 from __future__ import annotations
