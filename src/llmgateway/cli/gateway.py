@@ -67,7 +67,10 @@ def gateway(config: str | None, host: str | None, port: int | None, workers: int
         after_load=after_load,
         log_secrets=redactor,
     )
-    gateway_server(app, settings, host, port).run()
+    # uvicorn stops on Ctrl-C, then raises the signal again: a stop asked for, not an error
+    with contextlib.suppress(KeyboardInterrupt):
+        gateway_server(app, settings, host, port).run()
+    click.echo("stopped")
 
 
 @click.command()
