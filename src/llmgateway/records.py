@@ -115,12 +115,14 @@ class KeyTurn:
 @dataclass(frozen=True, slots=True)
 class KeyFilter:
     """Which keys a `llmgateway keys` command is about: every field set narrows it (None: any).
-    `statuses` are stored statuses (`invalid_key`, …); empty: any status. The filter never
-    looks at the secret itself."""
+    `statuses` are stored statuses (`invalid_key`, …); empty: any status. `disabled` (asked
+    for by `--status disabled`) adds the rows of disabled keys to those `statuses` select
+    (with no `statuses`: only those). The filter never looks at the secret itself."""
 
     provider: str | None = None
     model: str | None = None
     statuses: frozenset[KeyStatus] = frozenset()
+    disabled: bool = False
 
     def describe(self) -> str:
         """The filter in words, as the commands' options spell it (`` when it is empty)."""
@@ -130,4 +132,6 @@ class KeyFilter:
         if self.model is not None:
             parts.append(f"--model {self.model}")
         parts += [f"--status {s.value}" for s in sorted(self.statuses)]
+        if self.disabled:
+            parts.append("--status disabled")
         return " ".join(parts)

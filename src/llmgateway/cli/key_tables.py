@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from llmgateway.cli.render import humanize
-from llmgateway.core.key_states import state_of_status
+from llmgateway.core.key_states import DISABLED, state_of_status
 from llmgateway.store.key_list import KeyListing
 
 ERROR_WIDTH = 60
@@ -49,6 +49,8 @@ def state_of(row: KeyListing) -> str:
         return "removed"
     if not row.serving:
         return "retired"  # its model left the config (or shared_key_status changed)
+    if row.disabled_at is not None:
+        return DISABLED
     return state_of_status(row.status)
 
 
@@ -162,6 +164,7 @@ def key_json(key_rows: Sequence[KeyListing]) -> dict[str, Any]:
         "in_files": first.in_files,
         "added_at": first.added_at,
         "removed_at": first.removed_at,
+        "disabled_at": first.disabled_at,
         "models": models,
     }
 

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import click
 
 from llmgateway.cli.startup import config_option, load, run_with_store
-from llmgateway.core.key_states import KEY_STATES, STATE_OF_STATUS
+from llmgateway.core.key_states import DISABLED, KEY_STATES, STATE_OF_STATUS
 from llmgateway.core.outcomes import KeyStatus
 from llmgateway.records import KeyFilter
 
@@ -36,7 +36,7 @@ _STATES: dict[str, frozenset[KeyStatus]] = {
     for state in KEY_STATES
     if any(of == state for of in STATE_OF_STATUS.values())
 }
-_STATUS_CHOICES = sorted({s.value for s in KeyStatus} | set(_STATES))
+_STATUS_CHOICES = sorted({s.value for s in KeyStatus} | set(_STATES) | {DISABLED})
 _HEX = re.compile(r"[0-9a-fA-F]+")
 
 
@@ -44,6 +44,8 @@ def statuses_named(names: tuple[str, ...]) -> frozenset[KeyStatus]:
     """The stored statuses `--status` names stand for (a state stands for all of its)."""
     chosen: set[KeyStatus] = set()
     for name in names:
+        if name == DISABLED:
+            continue  # not a stored status: the key's flag (`KeyFilter.disabled`)
         chosen |= _STATES.get(name, frozenset()) or {KeyStatus(name)}
     return frozenset(chosen)
 
@@ -55,7 +57,7 @@ def key_filter_options(command: _F) -> _F:
     def wrapper(
         *args: Any, provider: str | None, model: str | None, status: tuple[str, ...], **kw: Any
     ) -> Any:
-        chosen = KeyFilter(provider, model, statuses_named(status))
+        chosen = KeyFilter(provider, model, statuses_named(status), DISABLED in status)
         return command(*args, key_filter=chosen, **kw)
 
     options = (
@@ -72,7 +74,8 @@ def key_filter_options(command: _F) -> _F:
             type=click.Choice(_STATUS_CHOICES),
             metavar="STATUS",
             help="Only rows with this status (invalid_key, no_quota, …) or state (invalid: "
-            "invalid_key and no_access; healthy; cooling; …). Repeat for several.",
+            "invalid_key and no_access; healthy; cooling; …; disabled: the keys `keys "
+            "disable` took out). Repeat for several.",
         ),
     )
     decorated: Any = wrapper

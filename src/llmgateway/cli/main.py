@@ -8,6 +8,7 @@ import click
 
 from llmgateway import __version__
 from llmgateway.cli.gateway import gateway, serve
+from llmgateway.cli.key_actions import ACTIONS as KEY_ACTIONS
 from llmgateway.cli.keys import keys
 from llmgateway.cli.startup import (
     config_option,
@@ -150,6 +151,8 @@ def demo(port: int) -> None:
 
 main.add_command(db)
 main.add_command(status)
+for _action in KEY_ACTIONS:
+    keys.add_command(_action)
 main.add_command(keys)
 main.add_command(breaker)
 main.add_command(worker)

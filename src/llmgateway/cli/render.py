@@ -3,7 +3,7 @@ each last changed), and the proxies' health."""
 
 from __future__ import annotations
 
-from llmgateway.core.key_states import state_of_status
+from llmgateway.core.key_states import shown_state
 from llmgateway.core.resilience import BreakerState
 from llmgateway.records import StatusCount
 from llmgateway.store.breakers import BreakerRow
@@ -50,7 +50,7 @@ def status_table(counts: list[StatusCount], now: float) -> str:
             c.provider,
             c.model,
             c.status,
-            state_of_status(c.status),
+            shown_state(c.status),
             str(c.count),
             humanize(c.next_check_at, now),
         )
@@ -88,7 +88,7 @@ def untested_notes(counts: list[StatusCount], tested_only: set[str]) -> list[str
         {
             c.provider
             for c in counts
-            if c.provider in tested_only and state_of_status(c.status) == "untested"
+            if c.provider in tested_only and shown_state(c.status) == "untested"
         }
     )
     return [

@@ -128,7 +128,7 @@ def status(config: str | None, as_json: bool) -> None:
     `shared` in the model column: one status for all models (shared_key_status).
     """
     from llmgateway.cli.render import breaker_table, proxy_table, status_table, untested_notes
-    from llmgateway.core.key_states import state_of_status
+    from llmgateway.core.key_states import shown_state
     from llmgateway.store.report import proxy_counts
 
     settings = load(config)
@@ -139,9 +139,7 @@ def status(config: str | None, as_json: bool) -> None:
         proxy_rows = await proxy_counts(store)
         if as_json:
             report = {
-                "keys": [
-                    dataclasses.asdict(c) | {"state": state_of_status(c.status)} for c in counts
-                ],
+                "keys": [dataclasses.asdict(c) | {"state": shown_state(c.status)} for c in counts],
                 "breakers": [dataclasses.asdict(b) for b in breakers],
                 "proxies": [dataclasses.asdict(p) for p in proxy_rows],
             }

@@ -81,3 +81,15 @@ def state_of_status(status: str) -> KeyState:
         return STATE_OF_STATUS[KeyStatus(status)]
     except ValueError:
         return "untested"
+
+
+DISABLED = "disabled"
+"""What the commands show for a key `llmgateway keys disable` took out of service, whatever its
+status: neither gateways nor the Keeper use it until `llmgateway keys enable`. No gateway's
+pool holds such a key, so it is no `KeyState`."""
+
+
+def shown_state(status: str) -> str:
+    """The state the commands show for a stored status, or for `DISABLED` (which
+    `llmgateway status` counts in place of the disabled keys' own statuses)."""
+    return DISABLED if status == DISABLED else state_of_status(status)

@@ -31,7 +31,8 @@ PAGE = 500
 class KeyListing:
     """One (key, model) row as the commands show it. `model` is `shared` under
     `shared_key_status`; `serving` is False when the key left its files, the model left the
-    config or the provider was disabled. `error` is the last error as stored (masked when it
+    config or the provider was disabled; `disabled_at` when `llmgateway keys disable` took the
+    key out (None: it is not). `error` is the last error as stored (masked when it
     was written, and the key masked again here), `source` where the files hold the key."""
 
     key_id: int
@@ -54,6 +55,7 @@ class KeyListing:
     provider_enabled: bool
     added_at: float
     removed_at: float | None
+    disabled_at: float | None = None
 
 
 _ks = key_status.c
@@ -80,6 +82,7 @@ _COLUMNS = (
     providers.c.active,
     keys.c.added_at,
     keys.c.removed_at,
+    keys.c.disabled_at,
 )
 
 
@@ -90,9 +93,23 @@ def _where(chosen: KeyFilter) -> list[sa.ColumnElement[bool]]:
     if chosen.model is not None:
         model = ALL_MODELS if chosen.model == SHARED_MODEL_LABEL else chosen.model
         conditions.append(_ks.model == model)
+    by_status: list[sa.ColumnElement[bool]] = []
     if chosen.statuses:
-        conditions.append(_ks.status.in_(sorted(s.value for s in chosen.statuses)))
+        by_status.append(_ks.status.in_(sorted(s.value for s in chosen.statuses)))
+    if chosen.disabled:
+        by_status.append(keys.c.disabled_at.is_not(None))
+    if by_status:
+        conditions.append(sa.or_(*by_status))
     return conditions
+
+
+key_pool = _pool
+"""The (key, model) rows joined with their key and provider, as the filters read them."""
+
+
+def key_conditions(chosen: KeyFilter) -> list[sa.ColumnElement[bool]]:
+    """The conditions selecting the active rows `chosen` selects (from `key_pool`)."""
+    return _where(chosen)
 
 
 async def listing_pages(
@@ -185,6 +202,7 @@ def _listing(row: Sequence[Any]) -> KeyListing:
         provider_active,
         added_at,
         removed_at,
+        disabled_at,
     ) = row
     masked = mask(secret)
     if error is not None and secret:
@@ -210,4 +228,5 @@ def _listing(row: Sequence[Any]) -> KeyListing:
         provider_enabled=bool(provider_active),
         added_at=added_at,
         removed_at=removed_at,
+        disabled_at=disabled_at,
     )

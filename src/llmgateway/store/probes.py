@@ -73,6 +73,7 @@ def _due(now: float) -> sa.ColumnElement[bool]:
     return sa.and_(
         ks.active,
         keys.c.active,
+        keys.c.disabled_at.is_(None),
         providers.c.active,
         ks.next_check_at <= now,
         sa.or_(ks.lease_until.is_(None), ks.lease_until < now),
@@ -312,6 +313,7 @@ async def usable_key(store: Store, provider: str) -> str | None:
             providers.c.name == provider,
             providers.c.active,
             keys.c.active,
+            keys.c.disabled_at.is_(None),
             ks.active,
             ks.status.in_((KeyStatus.VALID.value, KeyStatus.UNTESTED.value)),
             ~found_bad,

@@ -11,6 +11,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from llmgateway.core.key_states import DISABLED
 from llmgateway.core.outcomes import ALL_MODELS, KeyStatus
 from llmgateway.records import KeyRow, ProxyRow, Snapshot, StatusCount, StatusEvent
 from llmgateway.store.tables import key_status, keys, meta, providers, proxies, proxy_status
@@ -69,6 +70,7 @@ async def snapshot_pages(
         key_status.c.active,
         keys.c.active,
         providers.c.active,
+        keys.c.disabled_at,
     ).select_from(
         key_status.join(keys, keys.c.id == key_status.c.key_id).join(
             providers, providers.c.id == keys.c.provider_id
@@ -87,7 +89,9 @@ async def snapshot_pages(
         )
     )
     if since_revision <= 0:
-        key_query = key_query.where(key_status.c.active, keys.c.active, providers.c.active)
+        key_query = key_query.where(
+            key_status.c.active, keys.c.active, providers.c.active, keys.c.disabled_at.is_(None)
+        )
         proxy_query = proxy_query.where(proxies.c.active, providers.c.active)
     else:
         key_query = key_query.where(key_status.c.revision > since_revision)
@@ -121,7 +125,8 @@ async def snapshot_pages(
                 model=names.setdefault(model, model),
                 status=KeyStatus(status),
                 cooldown_until=cooldown_until,
-                active=bool(status_active and key_active and provider_active),
+                active=bool(status_active and key_active and provider_active)
+                and disabled_at is None,
             )
             for (
                 key_id,
@@ -133,6 +138,7 @@ async def snapshot_pages(
                 status_active,
                 key_active,
                 provider_active,
+                disabled_at,
             ) in part
         ]
         yield Snapshot(revision=revision, keys=key_rows, proxies=pending)
@@ -282,12 +288,16 @@ def _event_params(event: StatusEvent) -> dict[str, object]:
 
 
 async def status_counts(conn: AsyncConnection) -> list[StatusCount]:
-    """Active (key, model) rows per provider, model and status, with the soonest next check."""
+    """Active (key, model) rows per provider, model and status, with the soonest next check;
+    the rows of a disabled key count under the status `disabled`, whatever their own."""
+    shown_status = sa.case(
+        (keys.c.disabled_at.is_not(None), sa.literal(DISABLED)), else_=key_status.c.status
+    ).label("shown_status")
     query = (
         sa.select(
             providers.c.name,
             key_status.c.model,
-            key_status.c.status,
+            shown_status,
             sa.func.count(),
             sa.func.min(key_status.c.next_check_at),
         )
@@ -297,8 +307,8 @@ async def status_counts(conn: AsyncConnection) -> list[StatusCount]:
             )
         )
         .where(key_status.c.active, keys.c.active, providers.c.active)
-        .group_by(providers.c.name, key_status.c.model, key_status.c.status)
-        .order_by(providers.c.name, key_status.c.model, key_status.c.status)
+        .group_by(providers.c.name, key_status.c.model, shown_status)
+        .order_by(providers.c.name, key_status.c.model, shown_status)
     )
     return [
         StatusCount(

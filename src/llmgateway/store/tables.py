@@ -72,6 +72,9 @@ keys = sa.Table(
     sa.Column("source", sa.Text, nullable=True),
     # SHA-256 of `value` as 64 hex digits, for finding a key by its fingerprint (a prefix)
     sa.Column("digest", sa.Text, nullable=True, index=True),
+    # when `llmgateway keys disable` took the key out of service (None: it is not); no sync
+    # touches it, and neither gateways nor the Keeper use a disabled key
+    sa.Column("disabled_at", sa.Double, nullable=True),
     sa.UniqueConstraint("provider_id", "value"),
 )
 
