@@ -242,7 +242,7 @@ async def test_migration_0008_on_an_existing_database(db_url: str, tmp_path: Pat
                     ),
                     {"id": n, "value": key},
                 )
-        assert await store.upgrade() == "0008"
+        assert await store.upgrade() == "0009"
         assert await sources(store) == dict.fromkeys(KEYS)
         found, total = await by_fingerprint(store, fingerprint(KEYS[2])[:6])
         assert total == 1

@@ -245,7 +245,7 @@ async def test_json_shapes(db_url: str, tmp_path: Path, fake: FakeUpstream) -> N
     (key,) = shown["keys"]
     assert set(key) == {
         "fingerprint", "key", "provider", "provider_enabled", "source", "in_files",
-        "added_at", "removed_at", "models",
+        "added_at", "removed_at", "disabled_at", "models",
     }  # fmt: skip
     assert (key["fingerprint"], key["key"], key["in_files"]) == (
         fingerprint(NOQUOTA), mask(NOQUOTA), True,

@@ -69,8 +69,8 @@ async def key_id(store: Store, secret: str) -> int:
 
 
 async def test_upgrade_is_idempotent_and_matches_the_tables(store: Store) -> None:
-    assert await store.upgrade() == head_revision() == "0008"
-    assert await store.upgrade() == "0008"
+    assert await store.upgrade() == head_revision() == "0009"
+    assert await store.upgrade() == "0009"
 
     def diff(sync: sa.Connection) -> list[Any]:
         return list(compare_metadata(MigrationContext.configure(sync), metadata))
