@@ -47,6 +47,7 @@ from llmgateway.store.key_list import KeyListing, listing_pages
 from llmgateway.store.probes import claim_due, count_due
 from llmgateway.testing import FakeUpstream
 from llmgateway.testing.configs import write_keys
+from llmgateway.testing.faults import Behavior
 
 MODELS = ("gpt-4o", "gpt-4o-mini")
 
@@ -328,3 +329,43 @@ async def test_a_gateway_stops_using_a_disabled_key_and_uses_it_again_once_enabl
         answers = await asyncio.gather(*(_chat(session, gateway.url) for _ in range(40)))
         assert set(answers) == {200}
         assert fake.calls(first) > 0
+
+
+async def test_a_gateway_uses_a_cooled_key_again_once_reset(
+    tmp_path: Path, fake: FakeUpstream
+) -> None:
+    cooled, other = "sk-good-openai-000000000001", "sk-good-openai-000000000002"
+    write_keys(tmp_path / "keys" / "openai", [cooled, other])
+    write_keys(tmp_path / "keys" / "gemini", ["AIza-good-gemini-00000000001"])
+    # its first call is answered 429 "retry in an hour", every later one is fine
+    fake.set_behavior(cooled, Behavior(rate_limited=True, retry_after=3600, rate_limit_calls=1))
+    settings = gateway_settings(tmp_path, fake)
+    async with (
+        start_gateway(settings) as gateway,
+        aiohttp.ClientSession() as session,
+        await Store.configured(settings.database) as store,
+    ):
+        answers = [await _chat(session, gateway.url) for _ in range(20)]  # one at a time
+        assert set(answers) == {200}
+        assert fake.calls(cooled) == 1
+
+        async def stored_status() -> set[str]:
+            found = [row async for page in _pages(store) for row in page]
+            return {r.status for r in found if r.fingerprint == fp(cooled)}
+
+        async def written() -> bool:
+            return "rate_limited" in await stored_status()
+
+        await eventually(written, what="the gateway's 429 written to the store")
+        fake.reset()
+        answers = await asyncio.gather(*(_chat(session, gateway.url) for _ in range(20)))
+        assert fake.calls(cooled) == 0  # cooling for an hour
+
+        done = await run_action(store, Action.RESET, Chosen(KeyFilter(), (fp(cooled)[:6],)))
+        assert done.changed == 1
+        assert await stored_status() == {"untested"}
+        revision = await store.revision()
+        await eventually(lambda: gateway.gateway.readiness.revision >= revision)
+        answers = await asyncio.gather(*(_chat(session, gateway.url) for _ in range(40)))
+        assert set(answers) == {200}
+        assert fake.calls(cooled) > 0

@@ -157,6 +157,10 @@ class Key:
         changed = st is None or st.status != status
         if st is None:
             st = self.put(name, Scoped(status))
+        if changed and status is KeyStatus.UNTESTED:
+            # a row goes back to `untested` only by `llmgateway keys reset`: its cooldown goes
+            # too (a cooldown otherwise only moves later)
+            st.cooldown_until, st.rate_limits = 0.0, 0
         st.status = status
         if status in KEY_LEVEL:
             if name not in self.invalid_in:
