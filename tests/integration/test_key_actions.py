@@ -12,6 +12,7 @@ from pathlib import Path
 
 import aiohttp
 import pytest
+import sqlalchemy as sa
 from click.testing import CliRunner
 from tests.helpers import (
     OPENAI_TOKEN,
@@ -45,6 +46,7 @@ from llmgateway.store import Store
 from llmgateway.store.key_actions import Action, Chosen, Progress, run_action
 from llmgateway.store.key_list import KeyListing, listing_pages
 from llmgateway.store.probes import claim_due, count_due
+from llmgateway.store.tables import key_status
 from llmgateway.testing import FakeUpstream
 from llmgateway.testing.configs import write_keys
 from llmgateway.testing.faults import Behavior
@@ -216,13 +218,16 @@ async def test_recheck_makes_a_key_due_first(
         out = await ainvoke("keys", "recheck", "--config", config, fp(NOQUOTA)[:10])
         assert "due now: 1 of 1 matching keys" in out
         assert await count_due(store, store.clock()) == 2
-        # with every other row overdue too, the rechecked key is claimed first
-        later = now + 10 * 86400
+        # a backlog: every row overdue by an hour; a recheck still goes before all of them
+        async with store.engine.begin() as conn:
+            await conn.execute(sa.update(key_status).values(next_check_at=now - 3600))
+        await ainvoke("keys", "recheck", "--config", config, fp(NOQUOTA)[:10])
+        later = store.clock()
         claimed = await claim_due(store, "test-keeper", later, later + 60, 2)
-        assert {(c.key_id, c.model) for c in claimed} == {
-            (c.key_id, c.model) for c in claimed if fp(c.secret) == fp(NOQUOTA)
-        }
-        assert len(claimed) == 2
+        assert [(fp(c.secret), c.model) for c in claimed] == [
+            (fp(NOQUOTA), "gpt-4o"),
+            (fp(NOQUOTA), "gpt-4o-mini"),
+        ]
         assert_no_secret(out)
     finally:
         await store.close()
