@@ -41,6 +41,7 @@ from llmgateway.config.load import load_settings
 from llmgateway.core.outcomes import KeyStatus
 from llmgateway.keyfiles import run_sync
 from llmgateway.observe.masking import fingerprint
+from llmgateway.observe.metrics import store_key_counts
 from llmgateway.records import KeyFilter, StatusEvent
 from llmgateway.store import Store
 from llmgateway.store.key_actions import Action, Chosen, Progress, run_action
@@ -105,6 +106,8 @@ async def test_disable_and_enable_through_the_cli(db_url: str, tmp_path: Path) -
         assert sum(row["count"] for row in disabled) == 3
         assert {row["state"] for row in disabled} == {"disabled"}
         assert "disabled" in await ainvoke("status", "--config", config)
+        states = {(c.provider, c.state) for c in store_key_counts(await store.status_counts())}
+        assert ("gemini", "disabled") in states
 
         # again: nothing more to do
         report = json.loads(

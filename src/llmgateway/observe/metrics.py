@@ -33,7 +33,7 @@ from prometheus_client import multiprocess as prometheus_multiprocess
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from llmgateway.core.key_states import KeyState, state_of_status
+from llmgateway.core.key_states import shown_state
 from llmgateway.core.outcomes import ALL_MODELS
 from llmgateway.core.pool import KeyPool
 from llmgateway.observe.provider_metrics import OTHER_MODEL, ProviderMetrics, Tally
@@ -84,7 +84,7 @@ class KeyCount:
     model: str
     status: str
     count: int
-    state: KeyState
+    state: str  # a KeyState, or `disabled` in the Keeper's view (`llmgateway keys disable`)
 
 
 def model_label(model: str) -> str:
@@ -324,7 +324,7 @@ class _KeysCollector(Collector):
             "llmgateway_key_states",
             "Keys by provider, model (shared: one status for all models) and state: what key "
             "selection does with them (healthy, untested, cooling, ejected, invalid, no_quota, "
-            "no_model).",
+            "no_model; the Keeper's view: disabled too).",
             labels=("provider", "model", "state"),
         )
         by_state: collections.Counter[tuple[str, str, str]] = collections.Counter()
@@ -370,5 +370,5 @@ def store_key_counts(counts: Iterable[StatusCount]) -> list[KeyCount]:
     """Key counts from the store's status counts (the Keeper's view): `llmgateway_keys` shows
     the stored statuses, `llmgateway_key_states` the states they stand for."""
     return [
-        KeyCount(c.provider, c.model, c.status, c.count, state_of_status(c.status)) for c in counts
+        KeyCount(c.provider, c.model, c.status, c.count, shown_state(c.status)) for c in counts
     ]
