@@ -38,6 +38,7 @@ from tests.pgbouncer import Route, routes
 
 from llmgateway.cli.main import main
 from llmgateway.config.load import load_settings
+from llmgateway.config.settings import DatabaseSettings
 from llmgateway.core.outcomes import KeyStatus
 from llmgateway.keyfiles import run_sync
 from llmgateway.observe.masking import fingerprint
@@ -304,12 +305,15 @@ async def _chat(session: aiohttp.ClientSession, url: str) -> int:
 
 
 async def test_a_gateway_stops_using_a_disabled_key_and_uses_it_again_once_enabled(
-    tmp_path: Path, fake: FakeUpstream
+    db_url: str, tmp_path: Path, fake: FakeUpstream
 ) -> None:
     first, second = "sk-good-openai-000000000001", "sk-good-openai-000000000002"
     write_keys(tmp_path / "keys" / "openai", [first, second])
     write_keys(tmp_path / "keys" / "gemini", ["AIza-good-gemini-00000000001"])
-    settings = gateway_settings(tmp_path, fake)
+    database = DatabaseSettings.model_validate({"url": db_url})
+    # a long poll: on PostgreSQL the store notice of the change wakes the refresh at once
+    slow = {"refresh_interval_sec": 30.0} if db_url.startswith("postgresql") else None
+    settings = gateway_settings(tmp_path, fake, slow).model_copy(update={"database": database})
     async with (
         start_gateway(settings) as gateway,
         aiohttp.ClientSession() as session,
@@ -320,6 +324,10 @@ async def test_a_gateway_stops_using_a_disabled_key_and_uses_it_again_once_enabl
         assert fake.calls(first) > 0
         assert fake.calls(second) > 0
 
+        if slow is not None:
+            listening = gateway.gateway.readiness.listening
+            assert listening is not None
+            await eventually(listening.is_set, what="the store listener listening")
         chosen = Chosen(KeyFilter(), (fp(first),))
         assert (await run_action(store, Action.DISABLE, chosen)).changed == 1
         revision = await store.revision()
