@@ -107,8 +107,8 @@ async def test_disable_and_enable_through_the_cli(db_url: str, tmp_path: Path) -
         assert sum(row["count"] for row in disabled) == 3
         assert {row["state"] for row in disabled} == {"disabled"}
         assert "disabled" in await ainvoke("status", "--config", config)
-        states = {(c.provider, c.state) for c in store_key_counts(await store.status_counts())}
-        assert ("gemini", "disabled") in states
+        gauged = {(c.provider, c.state) for c in store_key_counts(await store.status_counts())}
+        assert ("gemini", "disabled") in gauged
 
         # again: nothing more to do
         report = json.loads(
