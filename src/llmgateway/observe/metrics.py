@@ -369,6 +369,4 @@ def pool_key_counts(
 def store_key_counts(counts: Iterable[StatusCount]) -> list[KeyCount]:
     """Key counts from the store's status counts (the Keeper's view): `llmgateway_keys` shows
     the stored statuses, `llmgateway_key_states` the states they stand for."""
-    return [
-        KeyCount(c.provider, c.model, c.status, c.count, shown_state(c.status)) for c in counts
-    ]
+    return [KeyCount(c.provider, c.model, c.status, c.count, shown_state(c.status)) for c in counts]
