@@ -281,6 +281,29 @@ def test_through_pgbouncer_in_transaction_mode(
     assert "due now: 7 of 7" in invoke("keys", "recheck", "--config", config, "--all")
     assert "enabled: 7 of 7" in invoke("keys", "enable", "--config", config, "--all")
 
+    async def in_chunks_of_two() -> Progress:  # 4 transactions, each on its own server link
+        async with await Store.configured(load_settings(Path(config)).database) as store:
+            return await run_action(store, Action.DISABLE, Chosen(KeyFilter(), ()), chunk=2)
+
+    assert asyncio.run(in_chunks_of_two()) == Progress(7, 7, 12)
+
+
+def test_a_large_set_prints_its_progress(tmp_path: Path) -> None:
+    write_files(tmp_path)
+    many = [f"sk-many-{i:05d}-abcdefghijklmnop" for i in range(2500)]
+    write_keys(tmp_path / "keys" / "openai", many)  # keys.txt, beside a.txt and b.txt
+    config = str(write_config(tmp_path, f"sqlite:///{tmp_path / 'gw.db'}"))
+    invoke("db", "upgrade", "--sync", "--config", config)
+    result = CliRunner().invoke(main, ["keys", "disable", "--config", config, "--all"])
+    assert result.exit_code == 0, result.output
+    assert result.stderr.splitlines() == [
+        "… 2000 keys so far, 2000 changed",
+        "… 2507 keys so far, 2507 changed",
+    ]
+    assert "disabled: 2507 of 2507 matching keys" in result.stdout
+    assert_no_secret(result.output)
+    assert all(key not in result.output for key in many)
+
 
 async def test_the_real_command_in_a_subprocess(tmp_path: Path) -> None:
     write_files(tmp_path)
