@@ -86,6 +86,11 @@ async def test_disable_and_enable_through_the_cli(db_url: str, tmp_path: Path) -
         only = rows_of(await ainvoke("keys", "list", "--config", config, "--status", "disabled"))
         assert set(only) == {(fp(GOOD[0]), m) for m in MODELS} | {(fp(GEMINI[0]), "shared")}
 
+        shown = await ainvoke("keys", "show", "--config", config, fp(GOOD[0])[:6])
+        assert "disabled " in shown
+        assert "by `llmgateway keys disable`" in shown
+        assert_no_secret(out + shown)
+
         # the pool a gateway loads leaves them out; a delta takes them out of a loaded pool
         snapshot = await store.snapshot()
         assert fp(GOOD[0]) not in {fp(row.secret) for row in snapshot.keys}

@@ -109,6 +109,11 @@ def show_lines(key_rows: Sequence[KeyListing], now: float) -> list[str]:
         f"  {found}",
         f"  added {ago(first.added_at, now)}",
     ]
+    if first.disabled_at is not None:
+        lines.append(
+            f"  disabled {ago(first.disabled_at, now)} by `llmgateway keys disable`: no gateway "
+            "serves it, the Keeper does not probe it (`llmgateway keys enable` puts it back)"
+        )
     table: list[tuple[str, ...]] = [SHOW_HEADER]
     table += [
         (
