@@ -72,12 +72,14 @@ class Problem:
 class Parsed:
     """Values read from a file or folder. `complete` is False when something could not be
     read, so values missing here must not be taken as removed. `sources` gives each value's
-    first place, `file:line` (files in name order)."""
+    first place, `file:line` (files in name order). `rejected` counts the tokens that were not
+    values (each one reported in `problems`, past the first few per file only counted)."""
 
     values: frozenset[str]
     problems: tuple[Problem, ...] = ()
     complete: bool = True
     sources: Mapping[str, str] = field(default_factory=dict, compare=False)
+    rejected: int = field(default=0, compare=False)
 
 
 Parser = Callable[[str, str], Parsed]
@@ -167,7 +169,8 @@ def _parse(
                 skipped += 1
     if skipped:
         problems.append(Problem(source, f"{skipped} more tokens that are not {kind} skipped"))
-    return Parsed(frozenset(sources), tuple(problems), sources=sources)
+    rejected = len(problems) + skipped
+    return Parsed(frozenset(sources), tuple(problems), sources=sources, rejected=rejected)
 
 
 def _printable(text: str) -> str:
@@ -322,6 +325,16 @@ async def run_sync(settings: Settings, store: Store) -> SyncReport:
             continue
         reports.append(await _sync_provider(name, provider, store))
     return SyncReport(tuple(reports))
+
+
+async def sync_provider(settings: Settings, store: Store, name: str) -> ProviderSync:
+    """Sync the providers, then the keys and proxies of provider `name` only (as `run_sync`
+    does for each): what `llmgateway keys import` runs once it has written a new key file."""
+    await store.sync_providers(settings.providers)
+    provider = settings.providers[name]
+    if not provider.enabled:
+        return ProviderSync(name, None, None, (), True)
+    return await _sync_provider(name, provider, store)
 
 
 async def _sync_provider(name: str, provider: ProviderSettings, store: Store) -> ProviderSync:

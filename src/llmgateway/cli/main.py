@@ -9,6 +9,7 @@ import click
 from llmgateway import __version__
 from llmgateway.cli.gateway import gateway, serve
 from llmgateway.cli.key_actions import ACTIONS as KEY_ACTIONS
+from llmgateway.cli.key_transfer import keys_export, keys_import
 from llmgateway.cli.keys import keys
 from llmgateway.cli.startup import (
     config_option,
@@ -154,6 +155,8 @@ main.add_command(status)
 for _action in KEY_ACTIONS:
     keys.add_command(_action)
 main.add_command(keys)
+keys.add_command(keys_export)
+keys.add_command(keys_import)
 main.add_command(breaker)
 main.add_command(worker)
 main.add_command(gateway)
