@@ -40,7 +40,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("", "core"),  # "": the package itself (its __version__)
     ("records", "private_files", "observe.masking"),  # values and leaf helpers
     ("config", "transport", "providers", "testing"),
-    ("observe", "limits", "store", "keyfiles"),
+    ("observe", "limits", "store", "keyfiles", "key_import"),
     ("conductor", "keeper"),
     ("cli", "__main__"),
 )
