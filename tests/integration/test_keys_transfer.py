@@ -269,7 +269,7 @@ def _read_only_problem(folder: Path) -> str | None:
     except OSError:
         return None
     probe.unlink()
-    return "running as root: a 0555 folder still takes files (covered by the ..data test)"
+    return "as root a 0555 folder still takes files (read-only mount, ..data tests cover it)"
 
 
 async def test_import_refuses_a_read_only_folder(tmp_path: Path) -> None:

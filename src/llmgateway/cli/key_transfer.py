@@ -157,7 +157,10 @@ def keys_import(config: str | None, provider: str, source: str, as_json: bool) -
         except FolderNotWritableError as exc:
             _fail(f"nothing imported: {exc}")
         header = f"{len(new)} keys imported by `llmgateway keys import` from {name}"
-        written = write_key_file(folder, new, header, time.time())
+        try:
+            written = write_key_file(folder, new, header, time.time())
+        except OSError as exc:
+            _fail(f"nothing imported: cannot write a file in {folder}: {exc.strerror}")
     synced: ProviderSync | None = None
 
     async def work(store: Store) -> None:
@@ -187,7 +190,9 @@ def keys_import(config: str | None, provider: str, source: str, as_json: bool) -
         "tokens skipped"
     )
     click.echo(line)
-    if written is not None:
+    if synced is not None and synced.keys is None:
+        click.echo(f"wrote {written}; {provider} is disabled: not synced (enable it to use them)")
+    elif written is not None:
         click.echo(f"wrote {written}; synced: {summary['active_in_store']} active keys in store")
 
 
