@@ -81,14 +81,15 @@ async def main() -> None:
     parser.add_argument("--pg-url", default=os.environ.get("LLMGATEWAY_TEST_PG_URL", DEFAULT_PG))
     args = parser.parse_args()
     keys = make_keys(args.keys, random.Random(42))
-    rows = await scenarios("sqlite", sqlite_store, keys)
-    try:
-        rows += await scenarios("postgresql", pg_store(args.pg_url), keys)
-    except OSError as exc:
-        print(f"postgresql skipped: {type(exc).__name__}: {exc}")
-    print(f"{'database':<11} {'command':<28} {'seconds':>8}  result")
-    for database, label, seconds, note in rows:
-        print(f"{database:<11} {label:<28} {seconds:>8.3f}  {note}")
+    print(f"{'database':<11} {'command':<28} {'seconds':>8}  result", flush=True)
+    for name, open_store in (("sqlite", sqlite_store), ("postgresql", pg_store(args.pg_url))):
+        try:
+            rows = await scenarios(name, open_store, keys)
+        except OSError as exc:
+            print(f"{name} skipped: {type(exc).__name__}: {exc}")
+            continue
+        for database, label, seconds, note in rows:
+            print(f"{database:<11} {label:<28} {seconds:>8.3f}  {note}", flush=True)
 
 
 if __name__ == "__main__":

@@ -153,12 +153,21 @@ async def test_export_pages_through_pgbouncer(
     config = write_config(tmp_path, route.url(pg_database))
     await synced(config)
     settings = load_settings(config)
+    invalid_only = KeyFilter(statuses=frozenset({KeyStatus.INVALID_KEY}))
     async with await Store.configured(settings.database) as store:
-        pages = [page async for page in export_pages(store, KeyFilter(), page=2)]
-    assert [len(p) for p in pages] == [2, 2, 2, 1]
-    ids = [k.key_id for p in pages for k in p]
-    assert ids == sorted(ids)
-    assert sorted(k.secret for p in pages for k in p) == sorted(ALL_KEYS)
+        walks = {
+            size: [k async for page in export_pages(store, KeyFilter(), page=size) for k in page]
+            for size in (1, 2, 3, 1000)  # pages cut keys of two rows (two models) anywhere
+        }
+        one_page = [page async for page in export_pages(store, KeyFilter(), page=1000)]
+        invalid = [k async for page in export_pages(store, invalid_only, page=1) for k in page]
+    assert len(one_page) == 1
+    for walk in walks.values():
+        assert walk == walks[1000]
+    ids = [k.key_id for k in walks[1000]]
+    assert ids == sorted(set(ids))
+    assert sorted(k.secret for k in walks[1000]) == sorted(ALL_KEYS)
+    assert [(k.secret, k.status) for k in invalid] == [(INVALID, "invalid_key")]
 
 
 def test_export_refuses_a_terminal(tmp_path: Path) -> None:

@@ -1,7 +1,7 @@
 """The keys with their secrets, for `llmgateway keys export`: read in pages, never all at once.
 
 `export_pages` walks the active keys of enabled providers that have at least one active status
-row the `KeyFilter` selects, in key order, resuming after the last key seen (keyset
+row the `KeyFilter` selects, in key order, resuming after the last (key, model) row seen (keyset
 pagination, as `key_list` does: no OFFSET, no cursor held open, so it holds through a
 transaction pooler and costs the same on the last page of 100,000 keys as on the first). The
 secret comes from the store, which keeps it for the gateways' pools (`keys.value`).
@@ -9,9 +9,9 @@ secret comes from the store, which keeps it for the gateways' pools (`keys.value
 
 from __future__ import annotations
 
-from collections import defaultdict
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import sqlalchemy as sa
 
@@ -23,7 +23,7 @@ from llmgateway.store.status import SHARED_MODEL_LABEL
 from llmgateway.store.tables import key_status, keys, providers
 
 PAGE = 1000
-"""Keys per query."""
+"""(key, model) rows per query."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,10 +41,16 @@ class ExportedKey:
 
 
 _ks = key_status.c
+_pool = key_status.join(keys, keys.c.id == _ks.key_id).join(
+    providers, providers.c.id == keys.c.provider_id
+)
+_COLUMNS = (_ks.key_id, _ks.model, providers.c.name, keys.c.value, keys.c.source, _ks.status)
 
 
-def _row_matches(chosen: KeyFilter) -> list[sa.ColumnElement[bool]]:
-    conditions: list[sa.ColumnElement[bool]] = [_ks.key_id == keys.c.id, _ks.active]
+def _where(chosen: KeyFilter) -> list[sa.ColumnElement[bool]]:
+    conditions: list[sa.ColumnElement[bool]] = [_ks.active, keys.c.active, providers.c.active]
+    if chosen.provider is not None:
+        conditions.append(providers.c.name == chosen.provider)
     if chosen.model is not None:
         model = ALL_MODELS if chosen.model == SHARED_MODEL_LABEL else chosen.model
         conditions.append(_ks.model == model)
@@ -56,43 +62,47 @@ def _row_matches(chosen: KeyFilter) -> list[sa.ColumnElement[bool]]:
 async def export_pages(
     store: Store, chosen: KeyFilter, page: int = PAGE
 ) -> AsyncIterator[list[ExportedKey]]:
-    """The active keys `chosen` selects, in key order, `page` at a time; each page is one
-    short transaction of its own (two queries: the keys, then their selected statuses)."""
-    base = (
-        sa.select(keys.c.id, providers.c.name, keys.c.value, keys.c.source)
-        .select_from(keys.join(providers, providers.c.id == keys.c.provider_id))
-        .where(keys.c.active, providers.c.active)
-        .where(sa.exists().where(*_row_matches(chosen)))
-    )
-    if chosen.provider is not None:
-        base = base.where(providers.c.name == chosen.provider)
-    after: int | None = None
+    """The active keys `chosen` selects, in key order, about `page` rows' worth at a time.
+
+    Each query reads the next `page` selected (key, model) rows after the last one seen, as
+    `key_list.listing_pages` does; rows are gathered by key, and a key whose rows a page cut
+    is held back until the next page completes it."""
+    after: tuple[int, str] | None = None
+    held: list[Sequence[Any]] = []
     while True:
-        query = base if after is None else base.where(keys.c.id > after)
+        query = sa.select(*_COLUMNS).select_from(_pool).where(*_where(chosen))
+        if after is not None:
+            key_id, model = after
+            query = query.where(
+                _ks.key_id >= key_id, sa.or_(_ks.key_id > key_id, _ks.model > model)
+            )
+        query = query.order_by(_ks.key_id, _ks.model).limit(page)
         async with store.engine.connect() as conn:
-            rows = (await conn.execute(query.order_by(keys.c.id).limit(page))).all()
-            ids = [row[0] for row in rows]
-            statuses: dict[int, set[str]] = defaultdict(set)
-            if ids:
-                status_query = (
-                    sa.select(_ks.key_id, _ks.status)
-                    .where(*_row_matches(chosen)[1:], _ks.key_id.in_(ids))
-                    .distinct()
-                )
-                for key_id, status in (await conn.execute(status_query)).all():
-                    statuses[key_id].add(status)
-        if rows:
-            yield [
-                ExportedKey(
-                    key_id=key_id,
-                    provider=provider,
-                    fingerprint=fingerprint(secret),
-                    status="+".join(sorted(statuses[key_id])),
-                    source=source,
-                    secret=secret,
-                )
-                for key_id, provider, secret, source in rows
-            ]
+            rows = (await conn.execute(query)).all()
+        done: list[ExportedKey] = []
+        for row in rows:
+            if held and held[0][0] != row[0]:
+                done.append(_exported(held))
+                held = []
+            held.append(row)
         if len(rows) < page:
+            if held:
+                done.append(_exported(held))
+            if done:
+                yield done
             return
-        after = rows[-1][0]
+        if done:
+            yield done
+        after = (rows[-1][0], rows[-1][1])
+
+
+def _exported(rows: Sequence[Sequence[Any]]) -> ExportedKey:
+    key_id, _, provider, secret, source, _ = rows[0]
+    return ExportedKey(
+        key_id=key_id,
+        provider=provider,
+        fingerprint=fingerprint(secret),
+        status="+".join(sorted({row[5] for row in rows})),
+        source=source,
+        secret=secret,
+    )
