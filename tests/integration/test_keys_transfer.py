@@ -110,6 +110,16 @@ async def test_export_txt_and_csv_with_filters(db_url: str, tmp_path: Path) -> N
     assert by_key[GEMINI[0]][:3] == ["gemini", fingerprint(GEMINI[0]), "untested"]
 
     logged = [err]
+
+    code, out, err = await arun("keys", "disable", fingerprint(GOOD[0])[:8], "--config", config)
+    assert code == 0, err
+    code, out, err = await arun(
+        "keys", "export", "--config", config, "--status", "disabled", "--format", "csv"
+    )
+    assert code == 0, err
+    assert [row[2:] for row in csv.reader(io.StringIO(out))][1:] == [
+        ["disabled", f"{folder}/a.txt:2", GOOD[0]]
+    ]
     code, out, err = await arun(
         "keys", "export", "--config", config, "--provider", "openai", "--status", "invalid"
     )

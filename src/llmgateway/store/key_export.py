@@ -1,10 +1,11 @@
 """The keys with their secrets, for `llmgateway keys export`: read in pages, never all at once.
 
 `export_pages` walks the active keys of enabled providers that have at least one active status
-row the `KeyFilter` selects, in key order, resuming after the last (key, model) row seen (keyset
-pagination, as `key_list` does: no OFFSET, no cursor held open, so it holds through a
-transaction pooler and costs the same on the last page of 100,000 keys as on the first). The
-secret comes from the store, which keeps it for the gateways' pools (`keys.value`).
+row the `KeyFilter` selects, in key order. It reads the rows `keys list` reads, by the same
+conditions (`key_list.key_conditions`) and the same keyset pagination, resuming after the last
+(key, model) row seen: no OFFSET, no cursor held open, so it holds through a transaction pooler
+and costs the same on the last page of 100,000 keys as on the first. The secret comes from the
+store, which keeps it for the gateways' pools (`keys.value`).
 """
 
 from __future__ import annotations
@@ -15,11 +16,10 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from llmgateway.core.outcomes import ALL_MODELS
 from llmgateway.observe.masking import fingerprint
 from llmgateway.records import KeyFilter
 from llmgateway.store import Store
-from llmgateway.store.status import SHARED_MODEL_LABEL
+from llmgateway.store.key_list import key_conditions, key_pool
 from llmgateway.store.tables import key_status, keys, providers
 
 PAGE = 1000
@@ -28,9 +28,10 @@ PAGE = 1000
 
 @dataclass(frozen=True, slots=True)
 class ExportedKey:
-    """One key as `keys export` writes it. `status` is the status of its selected rows (several
-    joined by `+` when its models differ), `source` where the files hold it (None until a sync
-    recorded it). The secret is left out of repr."""
+    """One key as `keys export` writes it. `status` is the status of its selected rows
+    (several joined by `+` when its models differ; `disabled` for a key `keys disable` took
+    out), `source` where the files hold it (None until a sync recorded it). The secret is left
+    out of repr."""
 
     key_id: int
     provider: str
@@ -41,22 +42,15 @@ class ExportedKey:
 
 
 _ks = key_status.c
-_pool = key_status.join(keys, keys.c.id == _ks.key_id).join(
-    providers, providers.c.id == keys.c.provider_id
+_COLUMNS = (
+    _ks.key_id,
+    _ks.model,
+    providers.c.name,
+    keys.c.value,
+    keys.c.source,
+    _ks.status,
+    keys.c.disabled_at,
 )
-_COLUMNS = (_ks.key_id, _ks.model, providers.c.name, keys.c.value, keys.c.source, _ks.status)
-
-
-def _where(chosen: KeyFilter) -> list[sa.ColumnElement[bool]]:
-    conditions: list[sa.ColumnElement[bool]] = [_ks.active, keys.c.active, providers.c.active]
-    if chosen.provider is not None:
-        conditions.append(providers.c.name == chosen.provider)
-    if chosen.model is not None:
-        model = ALL_MODELS if chosen.model == SHARED_MODEL_LABEL else chosen.model
-        conditions.append(_ks.model == model)
-    if chosen.statuses:
-        conditions.append(_ks.status.in_(sorted(s.value for s in chosen.statuses)))
-    return conditions
 
 
 async def export_pages(
@@ -70,7 +64,7 @@ async def export_pages(
     after: tuple[int, str] | None = None
     held: list[Sequence[Any]] = []
     while True:
-        query = sa.select(*_COLUMNS).select_from(_pool).where(*_where(chosen))
+        query = sa.select(*_COLUMNS).select_from(key_pool).where(*key_conditions(chosen))
         if after is not None:
             key_id, model = after
             query = query.where(
@@ -97,12 +91,13 @@ async def export_pages(
 
 
 def _exported(rows: Sequence[Sequence[Any]]) -> ExportedKey:
-    key_id, _, provider, secret, source, _ = rows[0]
+    key_id, _, provider, secret, source, _, disabled_at = rows[0]
+    status = "+".join(sorted({row[5] for row in rows}))
     return ExportedKey(
         key_id=key_id,
         provider=provider,
         fingerprint=fingerprint(secret),
-        status="+".join(sorted({row[5] for row in rows})),
+        status="disabled" if disabled_at is not None else status,
         source=source,
         secret=secret,
     )
