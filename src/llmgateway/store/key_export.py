@@ -14,12 +14,10 @@ from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import sqlalchemy as sa
-
 from llmgateway.observe.masking import fingerprint
 from llmgateway.records import KeyFilter
 from llmgateway.store import Store
-from llmgateway.store.key_list import key_conditions, key_pool
+from llmgateway.store.key_list import row_pages
 from llmgateway.store.tables import key_status, keys, providers
 
 PAGE = 1000
@@ -61,33 +59,18 @@ async def export_pages(
     Each query reads the next `page` selected (key, model) rows after the last one seen, as
     `key_list.listing_pages` does; rows are gathered by key, and a key whose rows a page cut
     is held back until the next page completes it."""
-    after: tuple[int, str] | None = None
     held: list[Sequence[Any]] = []
-    while True:
-        query = sa.select(*_COLUMNS).select_from(key_pool).where(*key_conditions(chosen))
-        if after is not None:
-            key_id, model = after
-            query = query.where(
-                _ks.key_id >= key_id, sa.or_(_ks.key_id > key_id, _ks.model > model)
-            )
-        query = query.order_by(_ks.key_id, _ks.model).limit(page)
-        async with store.engine.connect() as conn:
-            rows = (await conn.execute(query)).all()
+    async for rows in row_pages(store, _COLUMNS, chosen, page=page):
         done: list[ExportedKey] = []
         for row in rows:
             if held and held[0][0] != row[0]:
                 done.append(_exported(held))
                 held = []
             held.append(row)
-        if len(rows) < page:
-            if held:
-                done.append(_exported(held))
-            if done:
-                yield done
-            return
+        if len(rows) < page and held:
+            done.append(_exported(held))
         if done:
             yield done
-        after = (rows[-1][0], rows[-1][1])
 
 
 def _exported(rows: Sequence[Sequence[Any]]) -> ExportedKey:

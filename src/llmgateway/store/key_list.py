@@ -112,16 +112,21 @@ def key_conditions(chosen: KeyFilter) -> list[sa.ColumnElement[bool]]:
     return _where(chosen)
 
 
-async def listing_pages(
-    store: Store, chosen: KeyFilter, limit: int | None = None, page: int = PAGE
-) -> AsyncIterator[list[KeyListing]]:
-    """The active rows `chosen` selects, in key order, `page` at a time, `limit` in all
-    (None: every one). Each page is one short query of its own."""
+async def row_pages(
+    store: Store,
+    columns: Sequence[sa.ColumnElement[Any]],
+    chosen: KeyFilter,
+    limit: int | None = None,
+    page: int = PAGE,
+) -> AsyncIterator[Sequence[sa.Row[Any]]]:
+    """`columns` (the first two: key id and model) of the active rows `chosen` selects, in key
+    order, `page` at a time, `limit` in all (None: every one). Each page is one short query of
+    its own, resuming after the last row seen (keyset, no OFFSET, no cursor held)."""
     after: tuple[int, str] | None = None
     left = limit
     while left is None or left > 0:
         size = page if left is None else min(page, left)
-        query = sa.select(*_COLUMNS).select_from(_pool).where(*_where(chosen))
+        query = sa.select(*columns).select_from(_pool).where(*_where(chosen))
         if after is not None:
             key_id, model = after
             # `key_id >=` first: a range on the primary key's first column, which every
@@ -132,13 +137,22 @@ async def listing_pages(
         query = query.order_by(_ks.key_id, _ks.model).limit(size)
         async with store.engine.connect() as conn:
             rows = (await conn.execute(query)).all()
-        if rows:
-            yield [_listing(row) for row in rows]
+        yield rows
         if len(rows) < size:
             return
         after = (rows[-1][0], rows[-1][1])
         if left is not None:
             left -= len(rows)
+
+
+async def listing_pages(
+    store: Store, chosen: KeyFilter, limit: int | None = None, page: int = PAGE
+) -> AsyncIterator[list[KeyListing]]:
+    """The active rows `chosen` selects, in key order, `page` at a time, `limit` in all
+    (None: every one). Each page is one short query of its own."""
+    async for rows in row_pages(store, _COLUMNS, chosen, limit, page):
+        if rows:
+            yield [_listing(row) for row in rows]
 
 
 async def count_matching(store: Store, chosen: KeyFilter) -> int:
