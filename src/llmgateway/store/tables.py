@@ -190,6 +190,45 @@ keeper_tasks = sa.Table(
 Kept in the store so that a schedule survives restarts and several keepers run a task once."""
 
 
+jobs = sa.Table(
+    "jobs",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True),
+    sa.Column("action", sa.Text, nullable=False),  # disable, enable, reset, recheck
+    sa.Column("chosen", sa.Text, nullable=False),  # the filter as JSON (see store.jobs)
+    sa.Column("state", sa.Text, nullable=False, index=True),  # queued, running, done, ...
+    sa.Column("total", sa.Integer, nullable=False),  # keys fixed at submission
+    sa.Column("done", sa.Integer, nullable=False, server_default="0"),  # keys done so far
+    sa.Column("changed", sa.Integer, nullable=False, server_default="0"),  # keys changed
+    sa.Column("row_count", sa.Integer, nullable=False, server_default="0"),  # rows changed
+    sa.Column("after_key", sa.Integer, nullable=False, server_default="0"),  # last key done
+    sa.Column("recheck_at", sa.Double, nullable=True),  # a recheck's due time, fixed
+    sa.Column("submitted_at", sa.Double, nullable=False),
+    sa.Column("started_at", sa.Double, nullable=True),
+    sa.Column("finished_at", sa.Double, nullable=True),
+    sa.Column("actor_session", sa.Text, nullable=False),
+    sa.Column("actor_address", sa.Text, nullable=False),
+    sa.Column("actor_user_agent", sa.Text, nullable=False),
+    sa.Column("lease_owner", sa.Text, nullable=True),  # the runner running it, until when
+    sa.Column("lease_until", sa.Double, nullable=True),
+    sa.Column("error", sa.Text, nullable=True),  # why it failed
+)
+"""Bulk jobs (`llmgateway keys disable|enable|reset|recheck` and the console's bulk actions):
+what is done to which keys, by whom, how far it got, and the runner holding it (see
+`llmgateway.store.jobs`)."""
+
+job_keys = sa.Table(
+    "job_keys",
+    metadata,
+    sa.Column(
+        "job_id", sa.Integer, sa.ForeignKey("jobs.id", ondelete="CASCADE"), primary_key=True
+    ),
+    sa.Column("key_id", sa.Integer, primary_key=True),
+)
+"""The keys an unfinished job has left to do, fixed when it was submitted (a key added later
+is never in it); each chunk deletes the rows it did, in its own transaction."""
+
+
 def insert_into(conn: AsyncConnection, table: sa.Table) -> postgresql.Insert | sqlite.Insert:
     """An INSERT into `table` in `conn`'s dialect, which has `on_conflict_do_…` (upserts)."""
     if conn.dialect.name == "postgresql":
