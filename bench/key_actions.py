@@ -30,7 +30,8 @@ from llmgateway.keyfiles import run_sync
 from llmgateway.observe.masking import fingerprint
 from llmgateway.records import KeyFilter
 from llmgateway.store import Store
-from llmgateway.store.key_actions import Action, Chosen, Progress, run_action
+from llmgateway.store.job_runs import run_action
+from llmgateway.store.key_actions import Action, Chosen, Progress
 from llmgateway.store.tables import key_status
 from sync import DEFAULT_PG, make_keys, pg_store, sqlite_store, write_files
 

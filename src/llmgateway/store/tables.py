@@ -238,9 +238,7 @@ what is done to which keys, by whom, how far it got, and the runner holding it (
 job_keys = sa.Table(
     "job_keys",
     metadata,
-    sa.Column(
-        "job_id", sa.Integer, sa.ForeignKey("jobs.id", ondelete="CASCADE"), primary_key=True
-    ),
+    sa.Column("job_id", sa.Integer, sa.ForeignKey("jobs.id", ondelete="CASCADE"), primary_key=True),
     sa.Column("key_id", sa.Integer, primary_key=True),
 )
 """The keys an unfinished job has left to do, fixed when it was submitted (a key added later
