@@ -8,6 +8,7 @@ Several keepers on one PostgreSQL database share the jobs; none runs a job anoth
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -46,7 +47,9 @@ class JobRunner:
         return finished
 
     async def _run(self, job_id: int, stop: asyncio.Event) -> int:
-        found = await job(self.store, job_id)
+        found = None
+        with contextlib.suppress(ValueError, KeyError, TypeError):  # unreadable: run_job says
+            found = await job(self.store, job_id)
         if found is not None:
             log.info(
                 "bulk job %d: %s of %s (%d keys, %d done), submitted by %s",
