@@ -17,6 +17,8 @@ from typing import TYPE_CHECKING
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from llmgateway.observe.masking import MASKED_MIN
+
 if TYPE_CHECKING:  # each dialect's module loads only where it is used (PostgreSQL's: ~40 ms)
     from sqlalchemy.dialects import postgresql, sqlite
 
@@ -75,7 +77,13 @@ keys = sa.Table(
     # when `llmgateway keys disable` took the key out of service (None: it is not); no sync
     # touches it, and neither gateways nor the Keeper use a disabled key
     sa.Column("disabled_at", sa.Double, nullable=True),
+    # the last four characters the masked key shows (None for a key too short to show any),
+    # so the console finds `sk-…a1b2` by an index, never by a substring of the secret
+    sa.Column("suffix", sa.Text, nullable=True, index=True),
     sa.UniqueConstraint("provider_id", "value"),
+    # the console's keys page: a provider's keys in key order, the disabled ones
+    sa.Index("ix_keys_provider_id_id", "provider_id", "id"),
+    sa.Index("ix_keys_disabled_at", "disabled_at"),
 )
 
 key_status = sa.Table(
@@ -100,6 +108,12 @@ key_status = sa.Table(
     sa.Column("lease_until", sa.Double, nullable=True),
     # Re-probes so far confirming a retryable failure (the Keeper's verification loop).
     sa.Column("probe_attempts", sa.Integer, nullable=False, server_default="0"),
+    # the console's keys page: each filter and sort column, then the page order (key, model)
+    sa.Index("ix_key_status_model_key_id", "model", "key_id"),
+    sa.Index("ix_key_status_status_key_id_model", "status", "key_id", "model"),
+    sa.Index("ix_key_status_status_code_key_id_model", "status_code", "key_id", "model"),
+    sa.Index("ix_key_status_failing_since_key_id_model", "failing_since", "key_id", "model"),
+    sa.Index("ix_key_status_next_check_at_key_id_model", "next_check_at", "key_id", "model"),
 )
 
 proxies = sa.Table(
@@ -243,6 +257,12 @@ job_keys = sa.Table(
 )
 """The keys an unfinished job has left to do, fixed when it was submitted (a key added later
 is never in it); each chunk deletes the rows it did, in its own transaction."""
+
+
+def suffix_of(value: sa.ColumnElement[str]) -> sa.ColumnElement[str | None]:
+    """`keys.suffix` computed in SQL from `value` (`observe.masking.suffix` in Python)."""
+    length = sa.func.length(value)
+    return sa.case((length >= MASKED_MIN, sa.func.substr(value, length - 3)), else_=None)
 
 
 def insert_into(conn: AsyncConnection, table: sa.Table) -> postgresql.Insert | sqlite.Insert:
