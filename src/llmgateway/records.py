@@ -115,9 +115,10 @@ class KeyTurn:
 @dataclass(frozen=True, slots=True)
 class KeyFilter:
     """Which keys a `llmgateway keys` command is about: every field set narrows it (None: any).
-    `statuses` are stored statuses (`invalid_key`, …); empty: any status. `disabled` (asked
-    for by `--status disabled`) adds the rows of disabled keys to those `statuses` select
-    (with no `statuses`: only those). The filter never looks at the secret itself."""
+    `statuses` are stored statuses (`invalid_key`, …) of keys that are not disabled; empty:
+    any status. `disabled` (asked for by `--status disabled`) adds the rows of disabled keys,
+    whatever their stored status, to those `statuses` select (with no `statuses`: only those),
+    so the states never overlap. The filter never looks at the secret itself."""
 
     provider: str | None = None
     model: str | None = None
