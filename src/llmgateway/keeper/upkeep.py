@@ -3,11 +3,11 @@
 Two tasks: `purge` deletes keys and proxies removed from their files more than
 `worker.purge_removed_after_days` ago and the hourly usage counts older than
 `worker.usage_retention_days`, and runs daily (or every `purge_removed_after_days` or
-`usage_retention_days` when that is shorter); `vacuum` runs VACUUM (SQLite) or VACUUM ANALYZE (PostgreSQL) every
-`worker.vacuum_interval_hours`. When each last ran is in the store (`store.keeper_tasks`), so a
-restart does not start the count again, a keeper started after a task came due runs it at once,
-`worker --once` runs what is due, and of several keepers on one PostgreSQL one runs each due
-task. A task that never ran is due at once.
+`usage_retention_days` when that is shorter); `vacuum` runs VACUUM (SQLite) or VACUUM
+ANALYZE (PostgreSQL) every `worker.vacuum_interval_hours`. When each last ran is in the store
+(`store.keeper_tasks`), so a restart does not start the count again, a keeper started after
+a task came due runs it at once, `worker --once` runs what is due, and of several keepers on
+one PostgreSQL one runs each due task. A task that never ran is due at once.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from llmgateway.config.settings import Settings
 from llmgateway.keeper.probes import DAY, HOUR
 from llmgateway.keeper.summary import MaintenanceSummary
-from llmgateway.store import Store, keeper_tasks, maintenance, usage
+from llmgateway.store import Store, audit, keeper_tasks, maintenance, usage
 
 log = logging.getLogger("llmgateway.keeper")
 
@@ -61,6 +61,14 @@ async def maintain(
             after_days = settings.worker.purge_removed_after_days
             keys, proxies = await maintenance.purge_removed(store, clock() - after_days * DAY)
             await _purge_usage(settings, store, clock)
+            kept_days = settings.worker.audit_retention_days
+            actions = await audit.purge_before(store, clock() - kept_days * DAY)
+            if actions:
+                log.info(
+                    "maintenance: purge deleted %d audit log entries older than %g days",
+                    actions,
+                    kept_days,
+                )
             log.info(
                 "maintenance: purge deleted %d keys and %d proxies removed from their files "
                 "more than %g days ago; next purge in %.0f h",
