@@ -9,7 +9,7 @@ from pathlib import Path
 
 import aiohttp
 import sqlalchemy as sa
-from tests.helpers import OPENAI_TOKEN, ManualClock, gateway_settings, start_gateway
+from tests.helpers import OPENAI_TOKEN, ManualClock, eventually, gateway_settings, start_gateway
 
 from llmgateway.config.settings import DatabaseSettings, Settings
 from llmgateway.keeper import upkeep
@@ -227,3 +227,28 @@ async def test_the_overview_reads_states_backlog_rates_and_the_last_sync(
     assert since == hour - 23 * USAGE_HOUR
     assert per_minute == 180 / ((30 * 60 + 23 * USAGE_HOUR) / 60)
     assert [a.key_id for a in found.attention] == [ids[0]]
+
+
+async def test_the_pool_counts_are_read_again_in_the_background_once_stale(
+    store: Store, clock: ManualClock
+) -> None:
+    ids = await _provider_keys(store, 2)
+    pool = overview.PoolCounts(store, clock, max_age=5.0)
+    first = await pool.get()
+    assert {(s.status, s.count) for s in first.states} == {("untested", 2)}
+    async with store.engine.begin() as conn:
+        await conn.execute(
+            sa.update(key_status).where(key_status.c.key_id == ids[0]).values(status="valid")
+        )
+    clock.advance(4.0)
+    assert await pool.get() is first  # fresh enough: not read again
+    clock.advance(2.0)
+    assert await pool.get() is first  # stale: served while it is read again
+
+    async def refreshed() -> bool:
+        return (await pool.get()) is not first
+
+    await eventually(refreshed, what="the counts read again")
+    again = await pool.get()
+    assert {(s.status, s.count) for s in again.states} == {("untested", 1), ("valid", 1)}
+    assert again.at == clock()
