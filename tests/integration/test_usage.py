@@ -8,10 +8,13 @@ from __future__ import annotations
 from pathlib import Path
 
 import aiohttp
+import jinja2
 import sqlalchemy as sa
 from tests.helpers import OPENAI_TOKEN, ManualClock, eventually, gateway_settings, start_gateway
 
 from llmgateway.config.settings import DatabaseSettings, Settings
+from llmgateway.console import chart
+from llmgateway.console.overview_view import context
 from llmgateway.keeper import upkeep
 from llmgateway.observe.masking import fingerprint, mask
 from llmgateway.records import USAGE_HOUR, UsageCount
@@ -252,3 +255,45 @@ async def test_the_pool_counts_are_read_again_in_the_background_once_stale(
     again = await pool.get()
     assert {(s.status, s.count) for s in again.states} == {("untested", 1), ("valid", 1)}
     assert again.at == clock()
+
+
+async def test_the_overview_fragment_shows_the_counts_masked_keys_and_the_chart(
+    store: Store, clock: ManualClock
+) -> None:
+    ids = await _provider_keys(store)
+    now = clock()
+    await keeper_tasks.mark(store, keeper_tasks.SYNC, now - 120)
+    counts = [_count(ids[2], now, 40, 7), _count(ids[4], now - 3 * USAGE_HOUR, 9, 3)]
+    await usage.record(store, counts, now)
+    view = await overview.read(store, now + 90)
+    shown = fragment(context(view, [], None))
+    assert shown.index(fingerprint(SECRETS[2])) < shown.index(fingerprint(SECRETS[4]))
+    assert mask(SECRETS[2]) in shown
+    assert all(secret not in shown for secret in SECRETS)
+    assert 'hx-trigger="every 5s"' in shown
+    assert "only as precise as the gateways' write-behind" in shown
+    assert '<dd data-field="last-sync">3 min ago</dd>' in shown
+    assert '<dd data-field="backlog">6 rows due now</dd>' in shown
+    assert '<span class="state" data-state="untested">untested 6</span>' in shown
+    assert "<svg" in shown
+    assert "49 requests" not in shown
+    assert "40 requests, 7 failed" in shown
+    assert "<script" not in shown
+    assert "style=" not in shown
+
+
+async def test_the_overview_fragment_without_usage_data_says_so(store: Store) -> None:
+    await _provider_keys(store, 1)
+    view = await overview.read(store, 1_800_000_000.0)
+    shown = fragment(context(view, [], None))
+    assert "No usage data yet" in shown
+    assert "<svg" not in shown
+    assert "No key failed in the last 24 h." in shown
+    assert '<dd data-field="last-sync">never</dd>' in shown
+
+
+def fragment(values: dict[str, object]) -> str:
+    """The overview's fragment template rendered as the console renders it (autoescaped)."""
+    folder = Path(chart.__file__).parent / "templates"
+    env = jinja2.Environment(loader=jinja2.FileSystemLoader(folder), autoescape=True)
+    return env.get_template("_overview.html").render(**values)
