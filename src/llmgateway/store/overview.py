@@ -236,11 +236,17 @@ async def attention(conn: AsyncConnection, now: float, limit: int = ATTENTION) -
     before), most first (ties: the lower key id), with their requests in the same hours."""
     since = _hour(now) - (DAY_HOURS - 1) * USAGE_HOUR
     failures = sa.func.sum(key_usage.c.failures).label("failures")
+    # `key_id + 0`: not the primary key's column, or SQLite (without ANALYZE statistics) walks
+    # the primary key for the GROUP BY, every row of the retention (~200 ms at 240,000 rows),
+    # instead of the failing rows of the day through the partial index (~7 ms); the literal 0
+    # (not a parameter) lets the planners match that index's `failures > 0`
+    zero = sa.literal_column("0", sa.Integer)
+    some_key = (key_usage.c.key_id + zero).label("key_id")
     top = (
-        sa.select(key_usage.c.key_id, failures)
-        .where(key_usage.c.failures > 0, key_usage.c.hour >= since)
-        .group_by(key_usage.c.key_id)
-        .order_by(failures.desc(), key_usage.c.key_id)
+        sa.select(some_key, failures)
+        .where(key_usage.c.failures > zero, key_usage.c.hour >= since)
+        .group_by(some_key)
+        .order_by(failures.desc(), some_key)
         .limit(limit)
     )
     ranked = [(int(key_id), int(count)) for key_id, count in await conn.execute(top)]
