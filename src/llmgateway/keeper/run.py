@@ -315,6 +315,7 @@ async def run_once(
         upkept = MaintenanceSummary()
         try:
             report = await run_sync(settings, store)
+            await keeper_tasks.mark(store, keeper_tasks.SYNC, clock())
             on_sync(report)
             proxies = await keeper.probe_proxies()
             summary = await keeper.probe_round(stop)
