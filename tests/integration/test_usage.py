@@ -274,7 +274,7 @@ async def test_the_overview_fragment_shows_the_counts_masked_keys_and_the_chart(
     assert "only as precise as the gateways' write-behind" in shown
     assert '<dd data-field="last-sync">3 min ago</dd>' in shown
     assert '<dd data-field="backlog">6 rows due now</dd>' in shown
-    assert '<span class="state" data-state="untested">untested 6</span>' in shown
+    assert '<span class="state state-untested" data-state="untested">untested 6</span>' in shown
     assert "<svg" in shown
     assert "49 requests" not in shown
     assert "40 requests, 7 failed" in shown
