@@ -5,15 +5,15 @@ sync), on SQLite and PostgreSQL."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import aiohttp
-import jinja2
 import sqlalchemy as sa
 from tests.helpers import OPENAI_TOKEN, ManualClock, eventually, gateway_settings, start_gateway
 
 from llmgateway.config.settings import DatabaseSettings, Settings
-from llmgateway.console import chart
+from llmgateway.console import templating
 from llmgateway.console.overview_view import context
 from llmgateway.keeper import upkeep
 from llmgateway.observe.masking import fingerprint, mask
@@ -293,7 +293,30 @@ async def test_the_overview_fragment_without_usage_data_says_so(store: Store) ->
 
 
 def fragment(values: dict[str, object]) -> str:
-    """The overview's fragment template rendered as the console renders it (autoescaped)."""
-    folder = Path(chart.__file__).parent / "templates"
-    env = jinja2.Environment(loader=jinja2.FileSystemLoader(folder), autoescape=True)
-    return env.get_template("_overview.html").render(**values)
+    """The overview's fragment template rendered in the console's environment."""
+    return templating.environment().get_template("_overview.html").render(**values)
+
+
+@dataclass(frozen=True)
+class ShownJob:
+    """The fields of a bulk job (`llmgateway.store.jobs.Job`, branch console-jobs) the
+    overview shows."""
+
+    id: int
+    action: str
+    state: str
+    total: int
+    done: int
+    percent: int
+    submitted_at: float
+
+
+async def test_the_overview_fragment_lists_bulk_jobs_with_their_progress(store: Store) -> None:
+    view = await overview.read(store, 1_800_000_000.0)
+    none = fragment(context(view, [], None))
+    assert "Bulk jobs are listed here once this version keeps them." in none
+    assert "No bulk jobs yet." in fragment(context(view, [], []))
+    job = ShownJob(7, "disable", "running", 100_000, 25_000, 25, 1_800_000_000.0)
+    shown = fragment(context(view, [], [job]))
+    assert '<a href="/admin/jobs/7">#7</a>' in shown
+    assert '<progress max="100" value="25">25 %</progress> 25000 of 100000' in shown
