@@ -40,10 +40,13 @@ async def test_a_gateway_counts_each_attempt_per_key_and_hour(
     db_url: str, tmp_path: Path, fake: FakeUpstream
 ) -> None:
     limited, good = "sk-good-openai-000000000001", "sk-good-openai-000000000002"
-    write_keys(tmp_path / "keys" / "openai", [limited, good])
+    refused = "sk-good-openai-000000000003"
+    write_keys(tmp_path / "keys" / "openai", [limited, good, refused])
     write_keys(tmp_path / "keys" / "gemini", ["AIza-good-gemini-00000000001"])
     # its first call is answered 429 (the key's failure: retried on the other key)
     fake.set_behavior(limited, Behavior(rate_limited=True, retry_after=3600, rate_limit_calls=1))
+    # every call is answered 400 (the client's fault, relayed: a request, not a failure)
+    fake.set_behavior(refused, Behavior(error_rate=1.0, error_status=400))
     database = DatabaseSettings.model_validate({"url": db_url})
     settings = gateway_settings(tmp_path, fake).model_copy(update={"database": database})
     async with (
@@ -51,8 +54,8 @@ async def test_a_gateway_counts_each_attempt_per_key_and_hour(
         aiohttp.ClientSession() as session,
         await Store.configured(settings.database) as store,
     ):
-        answers = [await _chat(session, gateway.url) for _ in range(12)]
-        assert set(answers) == {200}
+        answers = [await _chat(session, gateway.url) for _ in range(30)]
+        assert answers.count(400) == fake.calls(refused) > 0
         writer = gateway.app.state.edge.attempt_loop.usage
         assert writer.pending >= 1  # counted on the request path, not written yet
         assert await writer.flush()
@@ -76,14 +79,15 @@ async def test_a_gateway_counts_each_attempt_per_key_and_hour(
     counted = {value: (requests, failures) for value, _, _, requests, failures in rows}
     assert counted[limited] == (fake.calls(limited), 1)
     assert counted[good] == (fake.calls(good), 0)
-    assert sum(r for r, _ in counted.values()) == 13  # 12 answers and the one retried
+    assert counted[refused] == (fake.calls(refused), 0)
+    assert sum(r for r, _ in counted.values()) == 31  # 30 answers and the one retried
     assert {hour for _, _, hour, _, _ in rows} == {usage.hour_of(now)}
     assert {model for _, model, _, _, _ in rows} == {"gpt-4o-mini"}
-    for value in (limited, good):
+    for value in (limited, good, refused):
         assert used[value] is not None
         assert now - 60 < used[value] <= now + 1
     assert used["AIza-good-gemini-00000000001"] is None
-    assert [(t.provider, t.requests, t.failures) for t in totals] == [("openai", 13, 1)]
+    assert [(t.provider, t.requests, t.failures) for t in totals] == [("openai", 31, 1)]
 
 
 async def _provider_keys(store: Store, count: int = len(SECRETS)) -> list[int]:
