@@ -324,3 +324,19 @@ async def test_the_overview_fragment_lists_bulk_jobs_with_their_progress(store: 
     shown = fragment(context(view, [], [job]))
     assert '<a href="/admin/jobs/7">#7</a>' in shown
     assert '<progress max="100" value="25">25 %</progress> 25000 of 100000' in shown
+
+
+async def test_a_gateway_writes_its_counts_when_it_stops(
+    db_url: str, tmp_path: Path, fake: FakeUpstream
+) -> None:
+    write_keys(tmp_path / "keys" / "openai", ["sk-good-openai-000000000001"])
+    write_keys(tmp_path / "keys" / "gemini", ["AIza-good-gemini-00000000001"])
+    database = DatabaseSettings.model_validate({"url": db_url})
+    settings = gateway_settings(tmp_path, fake).model_copy(update={"database": database})
+    async with start_gateway(settings) as gateway, aiohttp.ClientSession() as session:
+        answers = [await _chat(session, gateway.url) for _ in range(5)]
+        assert answers == [200] * 5
+        assert gateway.app.state.edge.attempt_loop.usage.pending == 1  # not written yet
+    async with await Store.configured(settings.database) as store, store.engine.connect() as conn:
+        written = (await conn.execute(sa.select(key_usage.c.requests))).scalars().all()
+    assert written == [5]
