@@ -340,3 +340,18 @@ async def test_a_gateway_writes_its_counts_when_it_stops(
     async with await Store.configured(settings.database) as store, store.engine.connect() as conn:
         written = (await conn.execute(sa.select(key_usage.c.requests))).scalars().all()
     assert written == [5]
+
+
+async def test_the_counts_of_a_purged_key_go_with_it(store: Store, clock: ManualClock) -> None:
+    ids = await _provider_keys(store, 2)
+    await usage.record(
+        store, [_count(ids[0], clock(), 3, 1), _count(ids[1], clock(), 2, 0)], clock()
+    )
+    await store.sync_keys("p", SECRETS[1:2], ["m"], False)  # the first key left its files
+    clock.advance(31 * DAY)
+    settings = Settings.model_validate({"worker": {"usage_retention_days": 60}})
+    summary = await upkeep.maintain(settings, store, "keeper-a", clock)
+    assert summary.purged_keys == 1
+    async with store.engine.connect() as conn:
+        left = (await conn.execute(sa.select(key_usage.c.key_id))).scalars().all()
+    assert left == [ids[1]]
