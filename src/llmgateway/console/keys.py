@@ -13,7 +13,8 @@ from aiohttp import web
 
 from llmgateway.console.auth import actor
 from llmgateway.console.context import Console
-from llmgateway.console.key_query import STATES, Asked, parse
+from llmgateway.console.key_query import FILTER_FIELDS, STATES, Asked, known, parse
+from llmgateway.console.key_transfer import import_refusals
 from llmgateway.console.render import is_partial, render
 from llmgateway.core.egress import NoHealthyProxyError, egress_for
 from llmgateway.core.guard import egress_label
@@ -43,14 +44,26 @@ def routes(console: Console) -> list[web.RouteDef]:
     """The keys page and the row actions."""
 
     async def page(request: web.Request) -> web.Response:
-        asked = parse(request.query, console.settings.providers)
+        asked = parse(request.query, *known(console.settings.providers))
         return await _page(request, console, asked)
 
     async def act(request: web.Request) -> web.Response:
         return await _act(request, console)
 
+    async def bulk(request: web.Request) -> web.Response:
+        form = await request.post()
+        asked = parse(
+            {k: str(form.get(k, "")) for k in FILTER_FIELDS}, *known(console.settings.providers)
+        )
+        if asked.problems:
+            return web.Response(status=400, text="; ".join(asked.problems))
+        # TODO(lead): submit Action(form["action"]) for asked.query.key_filter through the
+        # console-jobs job API (store-backed, chunked, resumable) and show its progress.
+        return web.Response(status=501, text="bulk actions wait for the background jobs")
+
     return [
         web.get("/keys", page, name="keys"),
+        web.post("/keys/bulk", bulk, name="keys-bulk"),
         web.post("/keys/{key_id}/{action}", act, name="key-action"),
     ]
 
@@ -86,6 +99,7 @@ async def _page(request: web.Request, console: Console, asked: Asked) -> web.Res
     }
     if is_partial(request):  # htmx swaps a 200 only: the problems are in the fragment
         return render(request, "_keys_table.html", **context)
+    context["refused"] = import_refusals(console)
     return render(request, "keys.html", status=400 if asked.problems else 200, **context)
 
 
