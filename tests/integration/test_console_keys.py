@@ -143,6 +143,17 @@ async def test_the_page_filters_and_pages_by_the_links_it_gives(site: Site) -> N
     assert mask(OPENAI[2]) in invalid  # the error, with its key masked
 
 
+async def test_the_bulk_form_submits_the_filter_as_a_job(site: Site) -> None:
+    _, html = await site.get("/keys?state=invalid_key&provider=openai")
+    bulk = html[html.index('action="/admin/jobs"') :].split("</form>")[0]
+    assert 'name="state" value="invalid_key"' in bulk
+    assert 'name="provider" value="openai"' in bulk
+    assert 'name="all"' not in bulk  # the filter narrows: no need to say "every key"
+    _, everything = await site.get("/keys")
+    every = everything[everything.index('action="/admin/jobs"') :].split("</form>")[0]
+    assert '<input type="hidden" name="all" value="1">' in every
+
+
 async def test_sorting_reverses_by_the_heading_link(site: Site) -> None:
     _, html = await site.get("/keys?sort=key&size=200")
     _, down = await site.get(link(html, "Added"))

@@ -13,7 +13,7 @@ from aiohttp import web
 
 from llmgateway.console.auth import actor
 from llmgateway.console.context import Console
-from llmgateway.console.key_query import FILTER_FIELDS, STATES, Asked, known, parse
+from llmgateway.console.key_query import STATES, Asked, known, parse
 from llmgateway.console.key_transfer import import_refusals
 from llmgateway.console.render import is_partial, render
 from llmgateway.core.egress import NoHealthyProxyError, egress_for
@@ -50,20 +50,8 @@ def routes(console: Console) -> list[web.RouteDef]:
     async def act(request: web.Request) -> web.Response:
         return await _act(request, console)
 
-    async def bulk(request: web.Request) -> web.Response:
-        form = await request.post()
-        asked = parse(
-            {k: str(form.get(k, "")) for k in FILTER_FIELDS}, *known(console.settings.providers)
-        )
-        if asked.problems:
-            return web.Response(status=400, text="; ".join(asked.problems))
-        # TODO(lead): submit Action(form["action"]) for asked.query.key_filter through the
-        # console-jobs job API (store-backed, chunked, resumable) and show its progress.
-        return web.Response(status=501, text="bulk actions wait for the background jobs")
-
     return [
         web.get("/keys", page, name="keys"),
-        web.post("/keys/bulk", bulk, name="keys-bulk"),
         web.post("/keys/{key_id}/{action}", act, name="key-action"),
     ]
 
