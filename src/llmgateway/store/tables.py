@@ -222,6 +222,43 @@ action, its detail (a filter in words, a fingerprint: never a secret) and how ma
 concerned. See `llmgateway.store.audit`."""
 
 
+jobs = sa.Table(
+    "jobs",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True),
+    sa.Column("action", sa.Text, nullable=False),  # disable, enable, reset, recheck
+    sa.Column("chosen", sa.Text, nullable=False),  # the filter as JSON (see store.jobs)
+    sa.Column("state", sa.Text, nullable=False, index=True),  # queued, running, done, ...
+    sa.Column("total", sa.Integer, nullable=False),  # keys fixed at submission
+    sa.Column("done", sa.Integer, nullable=False, server_default="0"),  # keys done so far
+    sa.Column("changed", sa.Integer, nullable=False, server_default="0"),  # keys changed
+    sa.Column("row_count", sa.Integer, nullable=False, server_default="0"),  # rows changed
+    sa.Column("after_key", sa.Integer, nullable=False, server_default="0"),  # last key done
+    sa.Column("recheck_at", sa.Double, nullable=True),  # a recheck's due time, fixed
+    sa.Column("submitted_at", sa.Double, nullable=False),
+    sa.Column("started_at", sa.Double, nullable=True),
+    sa.Column("finished_at", sa.Double, nullable=True),
+    sa.Column("actor_session", sa.Text, nullable=False),
+    sa.Column("actor_address", sa.Text, nullable=False),
+    sa.Column("actor_user_agent", sa.Text, nullable=False),
+    sa.Column("lease_owner", sa.Text, nullable=True),  # the runner running it, until when
+    sa.Column("lease_until", sa.Double, nullable=True),
+    sa.Column("error", sa.Text, nullable=True),  # why it failed
+)
+"""Bulk jobs (`llmgateway keys disable|enable|reset|recheck` and the console's bulk actions):
+what is done to which keys, by whom, how far it got, and the runner holding it (see
+`llmgateway.store.jobs`)."""
+
+job_keys = sa.Table(
+    "job_keys",
+    metadata,
+    sa.Column("job_id", sa.Integer, sa.ForeignKey("jobs.id", ondelete="CASCADE"), primary_key=True),
+    sa.Column("key_id", sa.Integer, primary_key=True),
+)
+"""The keys an unfinished job has left to do, fixed when it was submitted (a key added later
+is never in it); each chunk deletes the rows it did, in its own transaction."""
+
+
 def suffix_of(value: sa.ColumnElement[str]) -> sa.ColumnElement[str | None]:
     """`keys.suffix` computed in SQL from `value` (`observe.masking.suffix` in Python)."""
     length = sa.func.length(value)
