@@ -152,6 +152,11 @@ async def test_the_bulk_form_submits_the_filter_as_a_job(site: Site) -> None:
     _, everything = await site.get("/keys")
     every = everything[everything.index('action="/admin/jobs"') :].split("</form>")[0]
     assert '<input type="hidden" name="all" value="1">' in every
+    fields = dict(re.findall(r'name="(\w+)" value="([^"]*)"', bulk))
+    fields.pop("csrf")
+    status, progress = await site.post("/jobs", {**fields, "action": "disable"})
+    assert status == 201
+    assert_no_secret(progress)
 
 
 async def test_sorting_reverses_by_the_heading_link(site: Site) -> None:

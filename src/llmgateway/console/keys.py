@@ -1,7 +1,8 @@
 """The keys page: the (key, model) rows a filter selects, sorted, a page at a time by keyset
 cursor (`store.key_page`), with the filter in the URL; and the row actions (disable, enable,
-re-check, reset) on one key, by key id, recorded in the audit log. htmx swaps the table on a
-filter or page change, and the row after an action; without JavaScript each is a plain page."""
+re-check, reset) on one key, by key id, each a job run at once (so in the audit log). htmx
+swaps the table on a filter or page change, and the row after an action; without JavaScript
+each is a plain page."""
 
 from __future__ import annotations
 
@@ -19,8 +20,9 @@ from llmgateway.console.render import is_partial, render
 from llmgateway.core.egress import NoHealthyProxyError, egress_for
 from llmgateway.core.guard import egress_label
 from llmgateway.records import KeyFilter
-from llmgateway.store import audit, proxy_checks
-from llmgateway.store.key_actions import Action, Chosen, run_action
+from llmgateway.store import proxy_checks
+from llmgateway.store.job_runs import run_action
+from llmgateway.store.key_actions import Action, Chosen
 from llmgateway.store.key_page import SIZES, KeyPage, PageQuery, Sort, key_page
 from llmgateway.store.tables import keys
 
@@ -101,10 +103,8 @@ async def _act(request: web.Request, console: Console) -> web.Response:
         digest = await conn.scalar(sa.select(keys.c.digest).where(keys.c.id == key_id))
     if digest is None:
         raise web.HTTPNotFound(text=f"no key {key_id}")
-    done = await run_action(console.store, action, Chosen(KeyFilter(), (digest,)))
-    await audit.record(
-        console.store, actor(request), action.value, f"key {digest[:12]}", done.changed
-    )
+    # a job run here at once, audited as this request's actor (as the CLI does its own)
+    await run_action(console.store, action, Chosen(KeyFilter(), (digest,)), actor(request))
     form = await request.post()
     model = str(form.get("model", ""))[:200] or None
     if not is_partial(request):
