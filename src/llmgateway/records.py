@@ -95,6 +95,26 @@ class StatusCount:
     next_check_at: float | None
 
 
+USAGE_HOUR = 3600
+"""Seconds in one period of the usage counts (`UsageCount.hour` starts one)."""
+
+USAGE_FLUSH_SEC = 5.0
+"""How often a gateway writes its usage counts, and so how precise a key's "last used" is."""
+
+
+@dataclass(frozen=True, slots=True)
+class UsageCount:
+    """Attempts a gateway sent upstream with one key × model (its status scope) in the hour
+    starting at `hour` (epoch seconds), and how many of them failed."""
+
+    provider: str
+    key_id: int
+    model: str
+    hour: int
+    requests: int
+    failures: int
+
+
 @dataclass(frozen=True, slots=True)
 class KeyTurn:
     """A key whose stored status has just turned to one that takes it out of service
@@ -115,10 +135,11 @@ class KeyTurn:
 @dataclass(frozen=True, slots=True)
 class KeyFilter:
     """Which keys a `llmgateway keys` command is about: every field set narrows it (None: any).
-    `statuses` are stored statuses (`invalid_key`, …); empty: any status. `disabled` (asked
-    for by `--status disabled`) adds the rows of disabled keys to those `statuses` select
-    (with no `statuses`: only those). `status_code` is the last HTTP status stored; `search`
-    a fingerprint prefix or the last four characters the masked key shows (see
+    `statuses` are stored statuses (`invalid_key`, …) of keys that are not disabled; empty:
+    any status. `disabled` (asked for by `--status disabled`) adds the rows of disabled keys,
+    whatever their stored status, to those `statuses` select (with no `statuses`: only those),
+    so the states never overlap. `status_code` is the last HTTP status stored; `search` a
+    fingerprint prefix or the last four characters the masked key shows (see
     `store.key_list.search_terms`). The filter never looks at the secret itself."""
 
     provider: str | None = None
