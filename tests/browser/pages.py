@@ -1,0 +1,39 @@
+"""What the browser tests do on the console's pages: log in, and watch a page for problems."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from playwright.async_api import ConsoleMessage, Error, Page
+
+    from tests.browser.console_server import ConsoleServer
+
+
+@dataclass(slots=True)
+class Problems:
+    """Console errors and uncaught exceptions of the pages watched. Chromium reports every
+    Content-Security-Policy violation as a console error (`Refused to …`), so an empty list
+    means no violation either."""
+
+    seen: list[str] = field(default_factory=list)
+
+    def watch(self, page: Page) -> None:
+        """Record `page`'s problems from now on."""
+        page.on("console", self._console)
+        page.on("pageerror", self._exception)
+
+    def _console(self, message: ConsoleMessage) -> None:
+        if message.type in ("error", "assert"):
+            self.seen.append(f"console {message.type}: {message.text} ({message.location})")
+
+    def _exception(self, error: Error) -> None:
+        self.seen.append(f"uncaught: {error.message}")
+
+
+async def log_in(page: Page, console: ConsoleServer, token: str | None = None) -> None:
+    """Fill the login form with `token` (default: the right one) and send it."""
+    await page.goto(f"{console.url}/login")
+    await page.locator("input[name=token]").fill(console.token if token is None else token)
+    await page.locator("form button[type=submit], form input[type=submit]").first.click()
