@@ -55,9 +55,11 @@ def problems() -> Problems:
 
 @pytest.fixture
 async def page(browser: Browser, problems: Problems) -> AsyncIterator[Page]:
-    """A page in a fresh context (no cookies), its problems recorded in `problems`."""
+    """A page in a fresh context (no cookies); the test fails when its pages logged a console
+    error, an uncaught exception or a CSP violation (`problems`)."""
     context = await browser.new_context(viewport={"width": 1280, "height": 800})
     tab = await context.new_page()
     problems.watch(tab)
     yield tab
     await context.close()
+    assert problems.seen == [], "the console's pages had problems"

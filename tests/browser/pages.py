@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from playwright.async_api import ConsoleMessage, Error, Page
+    from playwright.async_api import ConsoleMessage, Cookie, Error, Page
 
     from tests.browser.console_server import ConsoleServer
 
@@ -21,15 +21,19 @@ class Problems:
 
     def watch(self, page: Page) -> None:
         """Record `page`'s problems from now on."""
-        page.on("console", self._console)
-        page.on("pageerror", self._exception)
+        # plain functions: playwright marks a handler with attributes, which a slotted
+        # object's bound method cannot take
+        seen = self.seen
 
-    def _console(self, message: ConsoleMessage) -> None:
-        if message.type in ("error", "assert"):
-            self.seen.append(f"console {message.type}: {message.text} ({message.location})")
+        def console(message: ConsoleMessage) -> None:
+            if message.type in ("error", "assert"):
+                seen.append(f"console {message.type}: {message.text} ({message.location})")
 
-    def _exception(self, error: Error) -> None:
-        self.seen.append(f"uncaught: {error.message}")
+        def exception(error: Error) -> None:
+            seen.append(f"uncaught: {error.message}")
+
+        page.on("console", console)
+        page.on("pageerror", exception)
 
 
 async def log_in(page: Page, console: ConsoleServer, token: str | None = None) -> None:
@@ -37,3 +41,8 @@ async def log_in(page: Page, console: ConsoleServer, token: str | None = None) -
     await page.goto(f"{console.url}/login")
     await page.locator("input[name=token]").fill(console.token if token is None else token)
     await page.locator("form button[type=submit], form input[type=submit]").first.click()
+
+
+async def session_cookies(page: Page) -> list[Cookie]:
+    """The cookies the browser holds for the console."""
+    return await page.context.cookies()
