@@ -25,6 +25,7 @@ from llmgateway.keyfiles import run_sync
 from llmgateway.store import Store
 from llmgateway.testing.configs import two_providers, write_keys
 from llmgateway.testing.fake_upstream import FakeUpstream
+from llmgateway.testing.faults import Behavior
 from llmgateway.transport.upstream import HttpUpstream
 from tests.helpers import eventually, free_port, wait_ready
 
@@ -92,9 +93,15 @@ async def _opened(settings: Settings) -> AsyncIterator[Store]:
         yield store
 
 
+GEMINI_BREAKER = {"enabled": True, "mode": "manual_reset", "failure_threshold": 3}
+"""gemini's breaker: open after 3 provider failures in a row, closed only by a reset."""
+GEMINI_BODY = {"contents": [{"parts": [{"text": "hi"}]}]}
+
+
 def console_document(folder: Path, fake: FakeUpstream, token: str, admin_port: int) -> Any:
     """The config: two providers on the fake, SQLite in `folder`, the console on
-    `admin_port`, probes on their own only after a minute (the pages stay as seeded)."""
+    `admin_port`, probes on their own only after a minute (the pages stay as seeded), gemini's
+    breaker reset by hand only."""
     return two_providers(
         folder,
         fake,
@@ -102,7 +109,9 @@ def console_document(folder: Path, fake: FakeUpstream, token: str, admin_port: i
         gemini_token=GEMINI_TOKEN,
         openai_models=("gpt-4o-mini", "gpt-4o"),
         openai={"shared_key_status": True},
+        gemini={"gateway_policy": {"circuit_breaker": GEMINI_BREAKER}},
         both={"worker_health_policy": {"batch_delay_sec": 0, "verification_attempts": 0}},
+        gateway={"refresh_interval_sec": 0.5},
         worker={"probe_interval_sec": 60, "metrics_port": free_port()},
         admin={"token": token, "host": "127.0.0.1", "port": admin_port},
         logging={"level": "INFO"},
@@ -190,3 +199,24 @@ async def _console_answers(url: str, process: asyncio.subprocess.Process) -> Non
                 return False
 
         await eventually(answers, 60, step=0.05, what=f"{url}/login answering 200")
+
+
+async def open_gemini_breaker(server: ConsoleServer, fake: FakeUpstream) -> None:
+    """Make every gemini key answer 500 and send requests through the gateway until the store
+    holds gemini's breaker as open (as the gateway reports it at its next refresh)."""
+    for key in server.keys.gemini_good:
+        fake.set_behavior(key, Behavior(error_rate=1.0, error_status=500))
+    url = f"{server.gateway_url}/v1beta/models/gemini-2.5-flash:generateContent"
+    headers = {"x-goog-api-key": GEMINI_TOKEN}
+    async with aiohttp.ClientSession() as http, server.store() as store:
+
+        async def reported_open() -> bool:
+            async with http.post(url, json=GEMINI_BODY, headers=headers) as answer:
+                await answer.read()
+            return any(
+                row.provider == "gemini" and row.state == 2 for row in await store.breakers()
+            )
+
+        await eventually(reported_open, 30, step=0.1, what="gemini's breaker stored as open")
+    for key in server.keys.gemini_good:
+        fake.set_behavior(key, None)
