@@ -135,3 +135,19 @@ class KeyFilter:
         if self.disabled:
             parts.append("--status disabled")
         return " ".join(parts)
+
+
+@dataclass(frozen=True, slots=True)
+class Actor:
+    """Who asked for an action, as the audit log records it: `session` is a console session's
+    id (`bearer` for a request authorised by the admin token itself, `cli` for a command),
+    `address` the client's address and `user_agent` what its browser or tool calls itself."""
+
+    session: str
+    address: str
+    user_agent: str
+
+    @classmethod
+    def cli(cls) -> Actor:
+        """The actor of a `llmgateway` command run on this machine."""
+        return cls(session="cli", address="local", user_agent="llmgateway-cli")

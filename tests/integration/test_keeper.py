@@ -23,7 +23,8 @@ from llmgateway.keeper.probes import DAY, HOUR, MINUTE
 from llmgateway.keeper.run import Keeper
 from llmgateway.keeper.summary import MaintenanceSummary, RoundSummary
 from llmgateway.keyfiles import run_sync
-from llmgateway.store import StatusEvent, Store, proxy_checks
+from llmgateway.records import Actor
+from llmgateway.store import StatusEvent, Store, audit, proxy_checks
 from llmgateway.store import probes as queries
 from llmgateway.store.locks import KeeperRunningError, single_keeper
 from llmgateway.store.tables import key_status, keys, proxy_status
@@ -594,6 +595,7 @@ async def check_maintenance(
     keeper = await keeper_for(settings, store, clock, upstream)
     write_keys(tmp_path / "keys", GOOD[:2])
     await run_sync(settings, store)  # GOOD[2] removed now
+    await audit.record(store, Actor.cli(), "disable", "--provider p1", 2)
     assert await keeper.maintain() == MaintenanceSummary(purged=True, vacuumed=True)
     assert await keeper.maintain() == MaintenanceSummary()  # nothing due any more
     clock.advance(29 * DAY)
@@ -605,6 +607,10 @@ async def check_maintenance(
     clock.advance(settings.worker.vacuum_interval_hours * HOUR)
     assert (await keeper.maintain()).vacuumed
     assert {c.count for c in await store.status_counts()} == {2}
+    assert len(await audit.recent(store)) == 1  # the audit log is kept 90 days
+    clock.advance((settings.worker.audit_retention_days - 31) * DAY)
+    assert (await keeper.maintain()).purged
+    assert await audit.recent(store) == []
 
 
 # --- the command line ------------------------------------------------------------------------

@@ -25,6 +25,7 @@ from llmgateway.store import probes as queries
 from llmgateway.store.connect import _alembic_config
 from llmgateway.store.key_list import by_fingerprint
 from llmgateway.store.probes import ProbeResult
+from llmgateway.store.schema import SCHEMA_HEAD
 from llmgateway.store.tables import keys
 
 KEYS = [f"sk-src-{i:04d}-abcdefghijklmnop" for i in range(4)]
@@ -242,7 +243,7 @@ async def test_migration_0008_on_an_existing_database(db_url: str, tmp_path: Pat
                     ),
                     {"id": n, "value": key},
                 )
-        assert await store.upgrade() == "0009"
+        assert await store.upgrade() == SCHEMA_HEAD
         assert await sources(store) == dict.fromkeys(KEYS)
         found, total = await by_fingerprint(store, fingerprint(KEYS[2])[:6])
         assert total == 1

@@ -25,6 +25,7 @@ from llmgateway.store import (
     status,
 )
 from llmgateway.store.connect import head_revision
+from llmgateway.store.schema import SCHEMA_HEAD
 from llmgateway.store.status import ERROR_MESSAGE_LIMIT
 from llmgateway.store.tables import key_status, keys, metadata, provider_models, providers
 
@@ -69,8 +70,8 @@ async def key_id(store: Store, secret: str) -> int:
 
 
 async def test_upgrade_is_idempotent_and_matches_the_tables(store: Store) -> None:
-    assert await store.upgrade() == head_revision() == "0009"
-    assert await store.upgrade() == "0009"
+    assert await store.upgrade() == head_revision() == SCHEMA_HEAD
+    assert await store.upgrade() == SCHEMA_HEAD
 
     def diff(sync: sa.Connection) -> list[Any]:
         return list(compare_metadata(MigrationContext.configure(sync), metadata))

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from llmgateway.config.settings import Settings
 from llmgateway.keeper.probes import DAY, HOUR
 from llmgateway.keeper.summary import MaintenanceSummary
-from llmgateway.store import Store, keeper_tasks, maintenance
+from llmgateway.store import Store, audit, keeper_tasks, maintenance
 
 log = logging.getLogger("llmgateway.keeper")
 
@@ -59,6 +59,14 @@ async def maintain(
         if purged:
             after_days = settings.worker.purge_removed_after_days
             keys, proxies = await maintenance.purge_removed(store, clock() - after_days * DAY)
+            kept_days = settings.worker.audit_retention_days
+            actions = await audit.purge_before(store, clock() - kept_days * DAY)
+            if actions:
+                log.info(
+                    "maintenance: purge deleted %d audit log entries older than %g days",
+                    actions,
+                    kept_days,
+                )
             log.info(
                 "maintenance: purge deleted %d keys and %d proxies removed from their files "
                 "more than %g days ago; next purge in %.0f h",

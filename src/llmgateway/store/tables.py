@@ -190,6 +190,24 @@ keeper_tasks = sa.Table(
 Kept in the store so that a schedule survives restarts and several keepers run a task once."""
 
 
+audit_log = sa.Table(
+    "audit_log",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True),
+    sa.Column("at", sa.Double, nullable=False, index=True),
+    sa.Column("session", sa.Text, nullable=False),
+    sa.Column("address", sa.Text, nullable=False),
+    sa.Column("user_agent", sa.Text, nullable=False),
+    sa.Column("action", sa.Text, nullable=False),
+    sa.Column("detail", sa.Text, nullable=False),
+    sa.Column("keys", sa.Integer, nullable=False),
+)
+"""What was done from the console or the CLI, newest last: who (the console session's id,
+`bearer` for a script's Bearer request, `cli`), from where (client address, user agent), the
+action, its detail (a filter in words, a fingerprint: never a secret) and how many keys it
+concerned. See `llmgateway.store.audit`."""
+
+
 def insert_into(conn: AsyncConnection, table: sa.Table) -> postgresql.Insert | sqlite.Insert:
     """An INSERT into `table` in `conn`'s dialect, which has `on_conflict_do_…` (upserts)."""
     if conn.dialect.name == "postgresql":
