@@ -5,6 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from llmgateway.records import KeyFilter
+from llmgateway.store.key_list import listing_pages
+
 if TYPE_CHECKING:
     from playwright.async_api import ConsoleMessage, Cookie, Error, Page
 
@@ -46,3 +49,12 @@ async def log_in(page: Page, console: ConsoleServer, token: str | None = None) -
 async def session_cookies(page: Page) -> list[Cookie]:
     """The cookies the browser holds for the console."""
     return await page.context.cookies()
+
+
+async def disabled_fingerprints(console: ConsoleServer) -> set[str]:
+    """The fingerprints of the keys the store holds as disabled."""
+    async with console.store() as store:
+        found: set[str] = set()
+        async for page in listing_pages(store, KeyFilter(disabled=True)):
+            found |= {row.fingerprint for row in page if row.disabled_at is not None}
+        return found
