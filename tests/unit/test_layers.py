@@ -41,7 +41,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("records", "private_files", "observe.masking"),  # values and leaf helpers
     ("config", "transport", "providers", "testing"),
     ("observe", "limits", "store", "keyfiles", "key_import"),
-    ("conductor", "keeper"),
+    ("conductor", "keeper", "console"),
     ("cli", "__main__"),
 )
 """Bottom layer first, names below `llmgateway`. A module is placed by the longest name that is

@@ -29,6 +29,7 @@ from llmgateway.conductor.app import create_app
 from llmgateway.conductor.edge import EdgeLimits
 from llmgateway.conductor.serving import running
 from llmgateway.config.settings import Settings
+from llmgateway.console.listener import keeper_http
 from llmgateway.keeper.run import Keeper
 from llmgateway.observe.metrics import Metrics, model_label
 from llmgateway.store import Store
@@ -55,16 +56,18 @@ TRAFFIC_EVERY_SEC = 0.5
 
 @dataclass(frozen=True, slots=True)
 class DemoTokens:
-    """The demo's tokens: two gateway tokens and the metrics token, printed to be tried."""
+    """The demo's tokens: two gateway tokens, the metrics token and the console's admin token,
+    printed to be tried."""
 
     openai: str
     gemini: str
     metrics: str
+    admin: str
 
     @classmethod
     def generate(cls) -> DemoTokens:
         """Fresh random tokens (`secrets.token_urlsafe`, 32 characters each)."""
-        return cls(*(secrets.token_urlsafe(24) for _ in range(3)))
+        return cls(*(secrets.token_urlsafe(24) for _ in range(4)))
 
 
 def demo_settings(folder: Path, fake: FakeUpstream, port: int, tokens: DemoTokens) -> Settings:
@@ -84,6 +87,7 @@ def demo_settings(folder: Path, fake: FakeUpstream, port: int, tokens: DemoToken
         worker={"probe_interval_sec": 10, "sync_interval_sec": 30, "metrics_port": 0},
         gateway={"host": "127.0.0.1", "port": port, "refresh_interval_sec": 1},
         metrics={"access_token": tokens.metrics},
+        admin={"token": tokens.admin, "host": "127.0.0.1", "port": 0},  # any free port
     )
     return Settings.model_validate(document)
 
@@ -107,9 +111,9 @@ def python_command(executable: str, cwd: Path) -> str:
     return shlex.quote(shown)
 
 
-def instructions(url: str, folder: Path, tokens: DemoTokens) -> list[str]:
-    """What to try, with the demo's tokens. The SDK line runs this Python, which has the
-    openai package after `./dev demo` (or says how to add it)."""
+def instructions(url: str, folder: Path, tokens: DemoTokens, console: str) -> list[str]:
+    """What to try, with the demo's tokens (`console`: the web console's URL). The SDK line
+    runs this Python, which has the openai package after `./dev demo` (or says how to add it)."""
     body = '{"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}'
     python = python_command(sys.executable, Path.cwd())
     sdk = (
@@ -137,6 +141,7 @@ def instructions(url: str, folder: Path, tokens: DemoTokens) -> list[str]:
         f"-d '{GEMINI_BODY}'",
         f"  curl {metrics} {url}/metrics",
         f"  curl {metrics} {url}/readyz",
+        f"  the web console: {console} (token: {tokens.admin})",
         "Ctrl-C stops the demo and removes its folder.",
     ]
 
@@ -169,8 +174,9 @@ async def run_demo(folder: Path, port: int, echo: Callable[[str], None]) -> None
                 app, "127.0.0.1", port, EdgeLimits.of(settings.gateway), handle_signals=False
             ) as url,
             await Store.configured(settings.database) as store,
+            keeper_http(settings, metrics, store) as console,
         ):
-            for line in instructions(url, folder, tokens):
+            for line in instructions(url, folder, tokens, console or ""):
                 echo(line)
             gateway = getattr(app, "state").conductor  # noqa: B009 - the ASGI type hides `state`
             keeper = asyncio.create_task(Keeper(settings, store, metrics=metrics).run(stop))

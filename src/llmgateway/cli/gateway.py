@@ -11,7 +11,7 @@ import click
 
 from llmgateway.cli.prepare import prepare_store, sync_beside, sync_in_child, sync_in_process
 from llmgateway.cli.startup import config_option, load, setup_logging
-from llmgateway.cli.tokens import guard_tokens, metrics_hosts
+from llmgateway.cli.tokens import admin_hosts, guard_tokens, metrics_hosts
 
 if TYPE_CHECKING:
     from llmgateway.config.settings import Settings
@@ -85,7 +85,7 @@ def serve(config: str | None, host: str | None, port: int | None) -> None:
     redactor = setup_logging(settings, "serve", key_files=False)  # as `gateway` does
     host = host or settings.gateway.host
     port = settings.gateway.port if port is None else port
-    guard_tokens(settings, host, metrics_hosts(settings, host, keeper=True))
+    guard_tokens(settings, host, metrics_hosts(settings, host, keeper=True), admin_hosts(settings))
     sync_later = prepare_store(settings, config)  # as `gateway` does
     with contextlib.suppress(KeyboardInterrupt):
         uvloop.run(_serve_both(settings, host, port, sync_later, redactor))
@@ -143,6 +143,9 @@ async def _keeper(
         wait.cancel()
     if stop.is_set():
         return
+    from llmgateway.console.listener import keeper_http
     from llmgateway.keeper.run import Keeper
 
-    await Keeper(settings, store, metrics=metrics).run(stop)
+    # the gateway serves /metrics (one set for both); the Keeper's listener has the console
+    async with keeper_http(settings, metrics, store, serve_metrics=False):
+        await Keeper(settings, store, metrics=metrics).run(stop)

@@ -16,15 +16,23 @@ WAY_OUT = (
 )
 
 
-def guard_tokens(settings: Settings, gateway_host: str, metrics_hosts: tuple[str, ...]) -> None:
+def guard_tokens(
+    settings: Settings,
+    gateway_host: str,
+    metrics_hosts: tuple[str, ...],
+    admin_hosts: tuple[str, ...] = (),
+) -> None:
     """Refuse to start (exit 2, one line per token) when a placeholder or short token guards a
     listener off loopback; on loopback warn and go on. Gateway tokens guard `gateway_host`, the
-    metrics token each of `metrics_hosts`. Token values are never shown."""
+    metrics token each of `metrics_hosts`, the admin token each of `admin_hosts` (none: this
+    command serves no console, so its token is not judged). Token values are never shown."""
     import logging
 
     from llmgateway.config.weak_tokens import is_loopback, weak_tokens
 
     weak = weak_tokens(settings)
+    if not admin_hosts:
+        weak = [(where, why) for where, why in weak if not where.startswith("admin.")]
     log = logging.getLogger("llmgateway.tokens")
     if not weak:
         return
@@ -34,7 +42,7 @@ def guard_tokens(settings: Settings, gateway_host: str, metrics_hosts: tuple[str
         return
     refused = []
     for where, why in weak:
-        hosts = metrics_hosts if where.startswith("metrics.") else (gateway_host,)
+        hosts = _guarded(where, gateway_host, metrics_hosts, admin_hosts)
         public = [host for host in hosts if not is_loopback(host)]
         if public:
             listener = f"it guards {public[0]}, which is not loopback"
@@ -54,3 +62,23 @@ def metrics_hosts(settings: Settings, gateway_host: str, keeper: bool) -> tuple[
     if keeper and settings.metrics.enabled and worker.metrics_port != 0:
         return (gateway_host, worker.metrics_host)
     return (gateway_host,)
+
+
+def _guarded(
+    where: str, gateway_host: str, metrics: tuple[str, ...], admin: tuple[str, ...]
+) -> tuple[str, ...]:
+    """The listeners the token at setting `where` guards."""
+    if where.startswith("metrics."):
+        return metrics
+    if where.startswith("admin."):
+        return admin
+    return (gateway_host,)
+
+
+def admin_hosts(settings: Settings) -> tuple[str, ...]:
+    """Where a command running the Keeper serves the console (guarded by `admin.token`): its
+    own listener's host with `admin.port`, else the Keeper's metrics host; none when off."""
+    admin = settings.admin
+    if not admin.enabled:
+        return ()
+    return (admin.listen_host,) if admin.port is not None else (settings.worker.metrics_host,)

@@ -11,7 +11,7 @@ import click
 
 from llmgateway.cli.startup import config_option, load, run_with_store, setup_logging
 from llmgateway.cli.store import echo_sync
-from llmgateway.cli.tokens import guard_tokens, metrics_hosts
+from llmgateway.cli.tokens import admin_hosts, guard_tokens, metrics_hosts
 
 if TYPE_CHECKING:
     from llmgateway.keeper.summary import (
@@ -44,11 +44,12 @@ def worker(config: str | None, once: bool) -> None:
     # --once prints its own summary, problems included; the loop reports through the logs
     setup_logging(settings, "worker", "ERROR" if once else None)
     gateway_host = settings.gateway.host  # the listener this config's gateway tokens guard
-    guard_tokens(settings, gateway_host, metrics_hosts(settings, gateway_host, keeper=True))
+    keeper_hosts = metrics_hosts(settings, gateway_host, keeper=True)
+    guard_tokens(settings, gateway_host, keeper_hosts, () if once else admin_hosts(settings))
 
     async def work(store: Store) -> None:
+        from llmgateway.console.listener import keeper_http
         from llmgateway.observe.metrics import Metrics
-        from llmgateway.observe.metrics_http import keeper_metrics
 
         try:
             stop = asyncio.Event()
@@ -73,7 +74,7 @@ def worker(config: str | None, once: bool) -> None:
                     click.echo(status_table(counts, time.time()))
                 return
             metrics = Metrics.create()
-            async with keeper_metrics(settings, metrics, store):
+            async with keeper_http(settings, metrics, store):
                 await Keeper(settings, store, metrics=metrics).run(stop)
             click.echo("worker stopped")
         except KeeperRunningError as exc:

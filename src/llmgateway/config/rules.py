@@ -16,6 +16,7 @@ from pydantic_core import PydanticUndefined
 
 from llmgateway.config.schema import choose_member, is_model, step, unwrap
 from llmgateway.config.settings import (
+    AdminSettings,
     BreakerBackoff,
     DatabaseSettings,
     GeminiProvider,
@@ -180,6 +181,27 @@ def _database_rules(database: DatabaseSettings) -> Iterator[Finding]:
         )
 
 
+def _admin_rules(settings: Settings) -> Iterator[Finding]:
+    admin: AdminSettings = settings.admin
+    if admin.token and not admin.token.strip():
+        yield ("admin.token", "a blank token", "set a long random token, or remove it")
+    if admin.port is None and admin.host is not None:
+        yield (
+            "admin.host",
+            "only applies with admin.port (the console's own listener)",
+            "set admin.port, or remove admin.host: the console is then served on "
+            "worker.metrics_host",
+        )
+    if admin.enabled and admin.port is None and settings.worker.metrics_port == 0:
+        yield (
+            "admin.port",
+            "the console is served on the Keeper's metrics listener, but worker.metrics_port "
+            "is 0 (off)",
+            "set admin.port to give the console a listener of its own (e.g. 9465), or set "
+            "worker.metrics_port",
+        )
+
+
 _Rule = Callable[[Any], Iterator[Finding]]
 _RULES: tuple[tuple[tuple[type[BaseModel], ...], tuple[str, ...], _Rule], ...] = (
     # (the sections a rule applies to, the settings it reads, the rule)
@@ -199,6 +221,7 @@ _RULES: tuple[tuple[tuple[type[BaseModel], ...], tuple[str, ...], _Rule], ...] =
     ((ProxyConfig,), ("mode", "static_url", "pool_list_path"), _proxy_rules),
     ((BreakerBackoff,), ("base_duration_sec", "max_duration_sec"), _backoff_rules),
     ((Settings,), ("limits", "database"), _limits_rules),
+    ((Settings,), ("admin", "worker"), _admin_rules),
     ((DatabaseSettings,), ("url", "direct_url", "pooler"), _database_rules),
 )
 

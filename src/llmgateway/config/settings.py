@@ -218,6 +218,31 @@ class MetricsSettings(_Model):
     allow_unauthenticated: bool = False
 
 
+class AdminSettings(_Model):
+    """The web console (`/admin`): off unless `token` is set. It is served by the Keeper: on
+    its metrics listener (`worker.metrics_host:metrics_port`) unless `port` gives it a listener
+    of its own on `host` (default 127.0.0.1; `port: 0` takes any free port, logged)."""
+
+    token: str = Field(default="", repr=False)
+    host: str | None = None
+    port: int | None = Field(default=None, ge=0, le=65535)
+
+    @field_validator("host", "port", mode="before")
+    @classmethod
+    def _empty_is_none(cls, value: object) -> object:
+        return None if value == "" else value  # so `port: ${ADMIN_PORT:-}` can mean unset
+
+    @property
+    def enabled(self) -> bool:
+        """Whether the console is served (a token is set)."""
+        return bool(self.token)
+
+    @property
+    def listen_host(self) -> str:
+        """The address of the console's own listener (when `port` is set)."""
+        return self.host or "127.0.0.1"
+
+
 class GatewaySettings(_Model):
     host: str = "127.0.0.1"
     port: int = Field(default=55300, ge=0, le=65535)
@@ -486,4 +511,5 @@ class Settings(_Model):
     metrics: MetricsSettings = MetricsSettings()
     gateway: GatewaySettings = GatewaySettings()
     limits: LimitsSettings = LimitsSettings()
+    admin: AdminSettings = AdminSettings()
     providers: dict[str, ProviderSettings] = Field(default_factory=dict)

@@ -40,8 +40,9 @@ def token_weakness(token: str) -> str | None:
 
 def weak_tokens(settings: Settings) -> list[tuple[str, str]]:
     """Every inbound token that is weak, as (dotted path of its setting, why): the gateway
-    tokens of each enabled provider, then the metrics token. An empty metrics token is not weak
-    (it turns /metrics off), nor is an empty `gateway_access_token` beside a list of tokens."""
+    tokens of each enabled provider, then the metrics token, then the console's `admin.token`.
+    An empty metrics or admin token is not weak (it turns /metrics or the console off), nor is
+    an empty `gateway_access_token` beside a list of tokens."""
     found: list[tuple[str, str]] = []
     for name, provider in settings.providers.items():
         if not provider.enabled:
@@ -54,6 +55,8 @@ def weak_tokens(settings: Settings) -> list[tuple[str, str]]:
             found.append((f"{where}.gateway_access_tokens.{i}", token))
     if settings.metrics.access_token:
         found.append(("metrics.access_token", settings.metrics.access_token))
+    if settings.admin.token:
+        found.append(("admin.token", settings.admin.token))
     weak = [(path, token_weakness(token)) for path, token in found]
     return [(path, why) for path, why in weak if why is not None]
 

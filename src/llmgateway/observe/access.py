@@ -112,6 +112,7 @@ class TokenRefusals:
 
     count: Callable[[str, Reason], None]
     clock: Callable[[], float] = time.monotonic
+    what: str = "gateway token"  # what was refused, as the lines name it
     throttle: Throttle = field(default_factory=lambda: Throttle(TOKEN_REFUSAL_EVERY_SEC))
     last: Refusal | None = None
     _timer: asyncio.TimerHandle | None = None
@@ -125,7 +126,7 @@ class TokenRefusals:
             fields = refusal.fields()
             if earlier:
                 fields["not_logged_before"] = earlier
-            _refusals.info("refused a request: %s gateway token", refusal.reason, extra=fields)
+            _refusals.info("refused a request: %s %s", refusal.reason, self.what, extra=fields)
             return
         due = self.throttle.summary_due()
         if due is not None and self._timer is None:
@@ -140,8 +141,9 @@ class TokenRefusals:
         held = self.throttle.summary(now)
         if held and self.last is not None:
             _refusals.info(
-                "refused %d more request(s) without a valid gateway token in the last %g s",
+                "refused %d more request(s) without a valid %s in the last %g s",
                 held,
+                self.what,
                 self.throttle.every_sec,
                 extra={"count": held, "latest": self.last.fields()},
             )

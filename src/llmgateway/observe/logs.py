@@ -170,11 +170,11 @@ def _mask_known(token: str, secrets: Digests) -> str:
 
 
 def known_secrets(settings: Settings, *, key_files: bool = True) -> set[str]:
-    """Every secret the config names: gateway and metrics tokens, the database password,
+    """Every secret the config names: gateway, metrics and admin tokens, the database password,
     static proxy URLs, and (with `key_files`) the keys in the key files as they are now."""
     from llmgateway.keyfiles import parse_keys, read_folder
 
-    found = {settings.metrics.access_token, settings.database.password}
+    found = {settings.metrics.access_token, settings.database.password, settings.admin.token}
     if settings.database.url:
         found.add(settings.database.url)
     if settings.limits.redis_url:

@@ -31,3 +31,16 @@ def fingerprint(secret: str) -> str:
     """A stable, non-reversible id for a key (the first 12 hex digits of its SHA-256), safe for
     logs; `llmgateway keys show FINGERPRINT` finds the key's file and line from it."""
     return digest(secret)[:FINGERPRINT_DIGITS]
+
+
+def shown_proxy(url: str) -> str:
+    """A proxy URL fit for a page or a log line: its user and password hidden
+    (`http://user:pass@10.0.0.1:3128` → `http://***@10.0.0.1:3128`), the rest as written; a URL
+    that does not parse is masked whole."""
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        return mask(url)
+    authority, slash, path = rest.partition("/")
+    if "@" in authority:
+        authority = "***@" + authority.rpartition("@")[2]
+    return f"{scheme}://{authority}{slash}{path}"

@@ -92,13 +92,15 @@ def multiprocess_dir() -> Iterator[str]:
 async def serving(
     metrics: Metrics,
     access: MetricsSettings,
-    stored: StoreCounts,
+    stored: StoreCounts | None,
     host: str,
     port: int,
+    admin: web.Application | None = None,
 ) -> AsyncIterator[str]:
-    """Serve `/healthz`, and `/metrics` when `metrics_served(access)`, on host:port in this loop
-    (aiohttp: no signal handling of its own, so it fits inside the Keeper's process), every key
-    count taken from `stored`; yields the URL."""
+    """Serve `/healthz`, `/metrics` when `metrics_served(access)` (every key count taken from
+    `stored`), and the console's sub-application `admin` at `/admin` when given, on host:port in
+    this loop (aiohttp: no signal handling of its own, so it fits inside the Keeper's
+    process); yields the URL."""
     from aiohttp import web  # the Keeper's only: a gateway process never loads aiohttp's server
 
     async def handle(request: web.Request) -> web.Response:
@@ -108,7 +110,7 @@ async def serving(
                 status=401,
                 headers={"www-authenticate": "Bearer"},
             )
-        counts = stored.counts
+        counts = [] if stored is None else stored.counts
         body = metrics.exposition(store_key_counts(counts), counts)
         return web.Response(body=body, headers={"content-type": CONTENT_TYPE_LATEST})
 
@@ -116,37 +118,60 @@ async def serving(
         return web.json_response({"status": "ok"})
 
     app = web.Application()
-    if metrics_served(access):
+    if metrics_served(access) and stored is not None:
         app.router.add_get("/metrics", handle)
     app.router.add_get("/healthz", alive)
+    if admin is not None:
+        app.add_subapp("/admin", admin)
+    async with listening(app, host, port) as url:
+        yield url
+
+
+@contextlib.asynccontextmanager
+async def listening(app: web.Application, host: str, port: int) -> AsyncIterator[str]:
+    """Serve `app` on host:port in this loop until the block ends; yields its URL (with the
+    port the system chose, for port 0)."""
+    from aiohttp import web
+
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     try:
         site = web.TCPSite(runner, host, port)
         await site.start()
-        yield f"http://{host}:{port}"
+        bound = runner.addresses[0][1] if runner.addresses else port
+        shown = f"[{host}]" if ":" in host else host
+        yield f"http://{shown}:{bound}"
     finally:
         await runner.cleanup()
 
 
 @contextlib.asynccontextmanager
 async def keeper_metrics(
-    settings: Settings, metrics: Metrics, store: Store
+    settings: Settings,
+    metrics: Metrics,
+    store: Store,
+    admin: web.Application | None = None,
+    *,
+    serve_metrics: bool = True,
 ) -> AsyncIterator[StoreCounts | None]:
     """The Keeper's `/healthz` and `/metrics` on `worker.metrics_host:metrics_port` (off when
-    the port is 0 or `metrics.enabled` is false; `/metrics` is 404 without a metrics token
-    unless `allow_unauthenticated`). Its key counts (`llmgateway_keys`, `llmgateway_key_states`,
-    `llm_gateway_keys_total`) are the store's, read once at start and then in the background
-    (`StoreCounts`, yielded; None when the port is off)."""
+    the port is 0, or when `metrics.enabled` is false and no console `admin` is mounted there;
+    `/metrics` is 404 without a metrics token unless `allow_unauthenticated`, and not served
+    without `serve_metrics`: `serve` has the gateway's). Its key counts (`llmgateway_keys`,
+    `llmgateway_key_states`, `llm_gateway_keys_total`) are the store's, read once at start and
+    then in the background (`StoreCounts`, yielded; None when /metrics is not served)."""
     worker = settings.worker
-    if not settings.metrics.enabled or worker.metrics_port == 0:
+    shown = settings.metrics.enabled and serve_metrics
+    if worker.metrics_port == 0 or not (shown or admin is not None):
         yield None
         return
+    host, port = worker.metrics_host, worker.metrics_port
+    if not shown:
+        async with serving(metrics, settings.metrics, None, host, port, admin):
+            yield None
+        return
     stored = StoreCounts(store.status_counts)
-    async with (
-        reading(stored),
-        serving(metrics, settings.metrics, stored, worker.metrics_host, worker.metrics_port),
-    ):
+    async with reading(stored), serving(metrics, settings.metrics, stored, host, port, admin):
         yield stored
 
 
