@@ -58,3 +58,8 @@ async def disabled_fingerprints(console: ConsoleServer) -> set[str]:
         async for page in listing_pages(store, KeyFilter(disabled=True)):
             found |= {row.fingerprint for row in page if row.disabled_at is not None}
         return found
+
+
+async def go_to(page: Page, name: str) -> None:
+    """Follow the link `name` ("Keys", ...) of the console's navigation."""
+    await page.get_by_role("navigation", name="Pages").get_by_role("link", name=name).click()
