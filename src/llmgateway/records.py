@@ -95,6 +95,26 @@ class StatusCount:
     next_check_at: float | None
 
 
+USAGE_HOUR = 3600
+"""Seconds in one period of the usage counts (`UsageCount.hour` starts one)."""
+
+USAGE_FLUSH_SEC = 5.0
+"""How often a gateway writes its usage counts, and so how precise a key's "last used" is."""
+
+
+@dataclass(frozen=True, slots=True)
+class UsageCount:
+    """Attempts a gateway sent upstream with one key × model (its status scope) in the hour
+    starting at `hour` (epoch seconds), and how many of them failed."""
+
+    provider: str
+    key_id: int
+    model: str
+    hour: int
+    requests: int
+    failures: int
+
+
 @dataclass(frozen=True, slots=True)
 class KeyTurn:
     """A key whose stored status has just turned to one that takes it out of service

@@ -53,6 +53,7 @@ HOT_PATH = (
     "conductor.edge",
     "conductor.admission",
     "conductor.status_writer",
+    "conductor.usage_writer",
     "core",
     "transport",
     "providers",

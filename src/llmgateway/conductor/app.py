@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import random
 import time
@@ -30,6 +31,7 @@ from llmgateway.conductor.endpoints import Edge, token_digest
 from llmgateway.conductor.memory import collector_paused, return_freed_memory
 from llmgateway.conductor.router import Router
 from llmgateway.conductor.status_writer import StatusWriter
+from llmgateway.conductor.usage_writer import UsageWriter
 from llmgateway.config.settings import Settings
 from llmgateway.core.egress import NoHealthyProxyError, egress_for
 from llmgateway.core.guard import Guard
@@ -45,6 +47,7 @@ from llmgateway.observe.metrics_http import metrics_served
 from llmgateway.observe.store_counts import StoreCounts
 from llmgateway.records import StatusCount
 from llmgateway.store import Adoption, KeyRow, ProxyRow, Store
+from llmgateway.store import usage as usage_counts
 from llmgateway.store.locks import exclusive_start
 from llmgateway.transport.upstream import HttpUpstream
 
@@ -341,6 +344,7 @@ def create_app(
             log.info("store: %s", conductor.readiness.database)
         writer = StatusWriter(store.apply_events)
         conductor.writer = writer
+        usage = UsageWriter(functools.partial(usage_counts.record, store), conductor.clock)
         attempt_loop = AttemptLoop(
             conductor.upstream,
             writer,
@@ -348,6 +352,7 @@ def create_app(
             conductor.clock,
             metrics,
             max_response_bytes=settings.gateway.max_response_bytes,
+            usage=usage,
         )
         edge_settings = settings.gateway
         body_limits = BodyLimits(
@@ -376,6 +381,7 @@ def create_app(
             app.state.edge = edge
             router.open(edge)
             background(writer.run(), "status-writer")
+            background(usage.run(), "usage-writer")
             background(conductor.refresh_forever(wake), "pool-refresh")
             if listener is not None:
                 background(listener.run(), "store-notices")
@@ -421,7 +427,8 @@ def create_app(
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
             refusals.close()
-            await writer.drain(settings.gateway.shutdown_drain_timeout_sec)
+            within = settings.gateway.shutdown_drain_timeout_sec
+            await asyncio.gather(writer.drain(within), usage.drain(within))
             await conductor.upstream.close()
             if conductor.limits is not None:
                 await conductor.limits.close()

@@ -22,6 +22,7 @@ from llmgateway.conductor.call import Call
 from llmgateway.conductor.claim import Claim
 from llmgateway.conductor.replies import GatewayReply, failed_attempt, no_key
 from llmgateway.conductor.status_writer import StatusWriter
+from llmgateway.conductor.usage_writer import UsageWriter
 from llmgateway.config.settings import RetryStep
 from llmgateway.core.guard import Excluded
 from llmgateway.core.outcomes import Blame, Outcome
@@ -76,6 +77,7 @@ class AttemptLoop:
     metrics: Metrics = field(default_factory=Metrics.create)
     max_response_bytes: int = 64 * 1024 * 1024  # a body read whole beyond it: ResponseTooLarge
     sleep: Callable[[float], Awaitable[None]] = asyncio.sleep  # the pause before a retry
+    usage: UsageWriter | None = None  # the hourly counts per key (None: not counted)
 
     async def run(self, call: Call, claim: Claim, deadline: float) -> Relay | GatewayReply:
         """Serve `call` from the pool, retrying on other keys; `deadline` is loop time. What

@@ -30,6 +30,7 @@ from typing import Protocol
 
 from llmgateway.conductor.call import Call
 from llmgateway.conductor.status_writer import StatusWriter
+from llmgateway.conductor.usage_writer import UsageWriter
 from llmgateway.core.guard import Blocked, Excluded
 from llmgateway.core.outcomes import Blame, ErrorReason, KeyStatus, Outcome
 from llmgateway.core.pool_keys import Lease, Unavailable
@@ -42,8 +43,8 @@ CANCELLED = Outcome(reason=ErrorReason.UNKNOWN, blame=Blame.NOBODY)
 
 
 class Reporting(Protocol):
-    """Where a claim reports what its request learnt: the clock it reads, the metrics and the
-    status write-behind (the `AttemptLoop` is one)."""
+    """Where a claim reports what its request learnt: the clock it reads, the metrics, the
+    status write-behind and the usage counts (the `AttemptLoop` is one)."""
 
     @property
     def clock(self) -> Callable[[], float]: ...
@@ -51,6 +52,8 @@ class Reporting(Protocol):
     def metrics(self) -> Metrics: ...
     @property
     def writer(self) -> StatusWriter: ...
+    @property
+    def usage(self) -> UsageWriter | None: ...
 
 
 class Claim:
@@ -231,6 +234,10 @@ class Claim:
         if lease is not None:
             if provider.limiter is not None:  # a slot it never got is ignored
                 provider.limiter.release(lease)
+            usage = loop.usage
+            if usage is not None and outcome is not CANCELLED:
+                failed = not outcome.ok and outcome.blame is not Blame.CLIENT
+                usage.count(provider.name, lease.key_id, lease.scope, failed, now)
             change = provider.pool.release(lease, outcome, now)
             if change is not None:
                 if change.status is not KeyStatus.VALID:

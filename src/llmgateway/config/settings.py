@@ -207,6 +207,7 @@ class WorkerSettings(_Model):
     purge_removed_after_days: float = Field(default=30.0, gt=0)
     audit_retention_days: float = Field(default=90.0, gt=0)  # the audit log's rows, then purged
     vacuum_interval_hours: float = Field(default=168.0, gt=0)
+    usage_retention_days: float = Field(default=7.0, gt=0)  # the hourly usage counts, then purged
     # a long probe round reports its progress at least this often (and at every 10 %)
     progress_interval_sec: float = Field(default=10.0, gt=0, le=3600)
 

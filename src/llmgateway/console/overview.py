@@ -1,19 +1,29 @@
-"""The overview page at `/admin/` (a placeholder until the overview's own work lands: login
-needs somewhere to land)."""
+"""The overview page at `/admin/`, and its fragment (asked for by htmx every 5 s), both from one
+read of the store (`store.overview.read`; the pool-wide counts from the console's `PoolCounts`,
+read in the background once they are 5 s old)."""
 
 from __future__ import annotations
 
 from aiohttp import web
 
 from llmgateway.console.context import Console
-from llmgateway.console.render import render
+from llmgateway.console.overview_view import context
+from llmgateway.console.render import is_partial, render
+from llmgateway.store import audit, overview
+
+RECENT_ACTIONS = 10
+"""Audit log entries shown."""
 
 
 def routes(console: Console) -> list[web.RouteDef]:
-    """The overview's route."""
+    """The overview's route: the page, or its fragment for an htmx request."""
+    pool = overview.PoolCounts(console.store, console.clock)
 
     async def page(request: web.Request) -> web.Response:
-        providers = sorted(console.settings.providers)
-        return render(request, "overview.html", providers=providers)
+        view = await overview.read(console.store, console.clock(), pool)
+        recent = await audit.recent(console.store, RECENT_ACTIONS)
+        values = context(view, recent, None)
+        name = "_overview.html" if is_partial(request) else "overview.html"
+        return render(request, name, **values)
 
     return [web.get("/", page, name="overview")]

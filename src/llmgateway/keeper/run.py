@@ -44,7 +44,7 @@ from llmgateway.keyfiles import SyncReport, run_sync
 from llmgateway.observe.masking import mask
 from llmgateway.observe.metrics import Metrics
 from llmgateway.providers.catalog import is_pattern
-from llmgateway.store import Store, proxy_checks
+from llmgateway.store import Store, keeper_tasks, proxy_checks
 from llmgateway.store import probes as queries
 from llmgateway.store.locks import single_keeper
 from llmgateway.store.proxy_checks import ProxyCheck, ProxyResult
@@ -237,6 +237,7 @@ class Keeper:
             wake.clear()
             with _survive("sync"):
                 self.metrics.synced(await run_sync(self.settings, self.store))
+                await keeper_tasks.mark(self.store, keeper_tasks.SYNC, self.clock())
                 for event in synced:
                     event.set()
             await _first(stop, wake, self.settings.worker.sync_interval_sec)
@@ -314,6 +315,7 @@ async def run_once(
         upkept = MaintenanceSummary()
         try:
             report = await run_sync(settings, store)
+            await keeper_tasks.mark(store, keeper_tasks.SYNC, clock())
             on_sync(report)
             proxies = await keeper.probe_proxies()
             summary = await keeper.probe_round(stop)

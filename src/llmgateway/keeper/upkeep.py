@@ -1,12 +1,13 @@
 """The Keeper's maintenance of the store, on schedules kept in the store.
 
 Two tasks: `purge` deletes keys and proxies removed from their files more than
-`worker.purge_removed_after_days` ago, and runs daily (or every `purge_removed_after_days` when
-that is shorter); `vacuum` runs VACUUM (SQLite) or VACUUM ANALYZE (PostgreSQL) every
-`worker.vacuum_interval_hours`. When each last ran is in the store (`store.keeper_tasks`), so a
-restart does not start the count again, a keeper started after a task came due runs it at once,
-`worker --once` runs what is due, and of several keepers on one PostgreSQL one runs each due
-task. A task that never ran is due at once.
+`worker.purge_removed_after_days` ago and the hourly usage counts older than
+`worker.usage_retention_days`, and runs daily (or every `purge_removed_after_days` or
+`usage_retention_days` when that is shorter); `vacuum` runs VACUUM (SQLite) or VACUUM
+ANALYZE (PostgreSQL) every `worker.vacuum_interval_hours`. When each last ran is in the store
+(`store.keeper_tasks`), so a restart does not start the count again, a keeper started after
+a task came due runs it at once, `worker --once` runs what is due, and of several keepers on
+one PostgreSQL one runs each due task. A task that never ran is due at once.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from dataclasses import dataclass
 from llmgateway.config.settings import Settings
 from llmgateway.keeper.probes import DAY, HOUR
 from llmgateway.keeper.summary import MaintenanceSummary
-from llmgateway.store import Store, audit, keeper_tasks, maintenance
+from llmgateway.store import Store, audit, keeper_tasks, maintenance, usage
 
 log = logging.getLogger("llmgateway.keeper")
 
@@ -44,7 +45,7 @@ def tasks(settings: Settings) -> tuple[Task, Task]:
     """The purge and vacuum tasks with their intervals from `settings`."""
     purge_after = settings.worker.purge_removed_after_days * DAY
     return (
-        Task(PURGE, min(DAY, purge_after)),
+        Task(PURGE, min(DAY, purge_after, settings.worker.usage_retention_days * DAY)),
         Task(VACUUM, settings.worker.vacuum_interval_hours * HOUR),
     )
 
@@ -59,6 +60,7 @@ async def maintain(
         if purged:
             after_days = settings.worker.purge_removed_after_days
             keys, proxies = await maintenance.purge_removed(store, clock() - after_days * DAY)
+            await _purge_usage(settings, store, clock)
             kept_days = settings.worker.audit_retention_days
             actions = await audit.purge_before(store, clock() - kept_days * DAY)
             if actions:
@@ -85,6 +87,16 @@ async def maintain(
                 vacuum.every / HOUR,
             )
     return MaintenanceSummary(purged, keys, proxies, vacuumed)
+
+
+async def _purge_usage(settings: Settings, store: Store, clock: Callable[[], float]) -> None:
+    """Delete the hourly usage counts older than `worker.usage_retention_days`."""
+    kept_days = settings.worker.usage_retention_days
+    rows = await usage.purge_before(store, clock() - kept_days * DAY)
+    if rows:
+        log.info(
+            "maintenance: purge deleted %d hourly usage counts older than %g days", rows, kept_days
+        )
 
 
 async def next_due(settings: Settings, store: Store) -> float | None:

@@ -16,6 +16,9 @@ import sqlalchemy as sa
 from llmgateway.store import Store
 from llmgateway.store.tables import insert_into, keeper_tasks
 
+SYNC = "sync"
+"""The row of the Keeper's last finished sync of the key files (`mark`ed, never claimed)."""
+
 
 @dataclass(frozen=True, slots=True)
 class TaskRow:
@@ -56,6 +59,18 @@ async def finish(store: Store, name: str, owner: str, now: float) -> None:
 async def release(store: Store, name: str, owner: str) -> None:
     """End `owner`'s lease on task `name` without recording a run (it stays due)."""
     await _end(store, name, owner, {})
+
+
+async def mark(store: Store, name: str, now: float) -> None:
+    """Record that a step the Keeper runs on its own schedule (`sync`) finished at `now`, with
+    no lease: the console shows when it last ran."""
+    async with store.engine.begin() as conn:
+        statement = insert_into(conn, keeper_tasks).values(name=name, last_run_at=now)
+        await conn.execute(
+            statement.on_conflict_do_update(
+                index_elements=[keeper_tasks.c.name], set_={"last_run_at": now}
+            )
+        )
 
 
 async def read(store: Store) -> dict[str, TaskRow]:

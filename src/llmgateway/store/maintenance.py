@@ -5,7 +5,7 @@ from __future__ import annotations
 import sqlalchemy as sa
 
 from llmgateway.store import Store
-from llmgateway.store.tables import key_status, keys, proxies, proxy_status
+from llmgateway.store.tables import key_status, key_usage, keys, proxies, proxy_status
 
 
 async def purge_removed(store: Store, before: float) -> tuple[int, int]:
@@ -18,6 +18,7 @@ async def purge_removed(store: Store, before: float) -> tuple[int, int]:
                 # Explicitly, not by cascade: SQLite only cascades with its foreign keys on.
                 gone = sa.select(keys.c.id).where(~keys.c.active, keys.c.removed_at < before)
                 await conn.execute(sa.delete(key_status).where(key_status.c.key_id.in_(gone)))
+                await conn.execute(sa.delete(key_usage).where(key_usage.c.key_id.in_(gone)))
             else:
                 gone = sa.select(proxies.c.id).where(
                     ~proxies.c.active, proxies.c.removed_at < before

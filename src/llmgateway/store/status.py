@@ -198,18 +198,27 @@ _FIELDS: dict[str, type[sa.types.TypeEngine[Any]]] = {
 
 def _json_rows(dialect: str) -> dict[str, sa.ColumnElement[Any]]:
     """The fields of the events in the JSON array bound as `p_events`, one row per event."""
-    events = sa.bindparam("p_events", type_=sa.Text)
+    return json_records(dialect, "p_events", _FIELDS)
+
+
+def json_records(
+    dialect: str, param: str, fields: Mapping[str, type[sa.types.TypeEngine[Any]]]
+) -> dict[str, sa.ColumnElement[Any]]:
+    """The `fields` of the objects in the JSON array bound as `param`, one row per object:
+    many rows in one statement's one parameter (`json_to_recordset` on PostgreSQL,
+    `json_each` on SQLite)."""
+    records = sa.bindparam(param, type_=sa.Text)
     if dialect == "postgresql":
         rows = (
-            sa.func.json_to_recordset(sa.cast(events, sa.JSON))
-            .table_valued(*(sa.column(name, kind) for name, kind in _FIELDS.items()))
+            sa.func.json_to_recordset(sa.cast(records, sa.JSON))
+            .table_valued(*(sa.column(name, kind) for name, kind in fields.items()))
             .render_derived(name="ev", with_types=True)
         )
-        return {name: rows.c[name] for name in _FIELDS}
-    items = sa.func.json_each(events).table_valued("value").alias("ev")
+        return {name: rows.c[name] for name in fields}
+    items = sa.func.json_each(records).table_valued("value").alias("ev")
     return {
         name: sa.func.json_extract(items.c.value, f"$.{name}", type_=kind)
-        for name, kind in _FIELDS.items()
+        for name, kind in fields.items()
     }
 
 

@@ -75,6 +75,9 @@ keys = sa.Table(
     # when `llmgateway keys disable` took the key out of service (None: it is not); no sync
     # touches it, and neither gateways nor the Keeper use a disabled key
     sa.Column("disabled_at", sa.Double, nullable=True),
+    # when a gateway last used the key, as precise as its usage write-behind (see
+    # `llmgateway.store.usage`); None: not since the gateways began to count
+    sa.Column("last_used_at", sa.Double, nullable=True),
     sa.UniqueConstraint("provider_id", "value"),
 )
 
@@ -189,6 +192,38 @@ keeper_tasks = sa.Table(
 (None: never) and the keeper running it now, until when (see `llmgateway.store.keeper_tasks`).
 Kept in the store so that a schedule survives restarts and several keepers run a task once."""
 
+
+key_usage = sa.Table(
+    "key_usage",
+    metadata,
+    sa.Column("key_id", sa.Integer, sa.ForeignKey("keys.id", ondelete="CASCADE"), primary_key=True),
+    sa.Column("model", sa.Text, primary_key=True),  # the status scope: ALL_MODELS when shared
+    sa.Column("hour", sa.BigInteger, primary_key=True, index=True),  # its start, epoch seconds
+    sa.Column("requests", sa.Integer, nullable=False),
+    sa.Column("failures", sa.Integer, nullable=False),
+)
+"""Requests the gateways sent with each key × model, per hour, and how many failed; kept for
+`worker.usage_retention_days` (see `llmgateway.store.usage`)."""
+
+sa.Index(
+    "ix_key_usage_failing",
+    key_usage.c.hour,
+    key_usage.c.key_id,
+    key_usage.c.failures,
+    sqlite_where=key_usage.c.failures > 0,
+    postgresql_where=key_usage.c.failures > 0,
+)
+
+usage_hours = sa.Table(
+    "usage_hours",
+    metadata,
+    sa.Column("hour", sa.BigInteger, primary_key=True),  # its start, epoch seconds
+    sa.Column("provider", sa.Text, primary_key=True),
+    sa.Column("requests", sa.Integer, nullable=False),
+    sa.Column("failures", sa.Integer, nullable=False),
+)
+"""`key_usage` summed per provider and hour, written with it: the overview's rates and chart
+read 24 rows per provider instead of every key's."""
 
 audit_log = sa.Table(
     "audit_log",
