@@ -20,8 +20,10 @@ CSP = (
 )
 """The console's policy (issue 17)."""
 
-CLEAN = '<!doctype html><html><head><script src="/ok.js"></script></head><body>ok</body></html>'
-INLINE = "<!doctype html><html><body><script>document.title = 'ran'</script>inline</body></html>"
+ICON = '<link rel="icon" href="data:,">'  # as the console's: no request for /favicon.ico
+CLEAN = f'<!doctype html><head>{ICON}<script src="/ok.js"></script></head><body>ok</body>'
+INLINE = f"<!doctype html><head>{ICON}</head><body><script>document.title = 'x'</script></body>"
+BAD = f'<!doctype html><head>{ICON}<script src="/bad.js"></script></head>'
 SCRIPT_OK = "document.body && (document.title = 'ok');"
 SCRIPT_BAD = "console.error('broken'); undefined_function();"
 
@@ -34,12 +36,10 @@ async def served() -> AsyncIterator[str]:
         pages = {
             "/clean": (CLEAN, "text/html"),
             "/inline": (INLINE, "text/html"),
-            "/bad": ('<!doctype html><script src="/bad.js"></script>', "text/html"),
+            "/bad": (BAD, "text/html"),
             "/ok.js": (SCRIPT_OK, "text/javascript"),
             "/bad.js": (SCRIPT_BAD, "text/javascript"),
         }
-        if request.path not in pages:
-            raise web.HTTPNotFound()  # /favicon.ico: Chromium asks for it, logs nothing
         body, kind = pages[request.path]
         return web.Response(text=body, content_type=kind, headers={"Content-Security-Policy": CSP})
 
