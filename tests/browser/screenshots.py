@@ -5,8 +5,9 @@ from a real `llmgateway serve` on a demo-like data set. Run from the repository:
 
 It starts the fake upstream and `serve` (as the browser tests do), sends a little traffic
 through the gateway so there is usage and a breaker that opened, logs in and saves each page
-as `console-<page>.png` (1280 px wide, whole page), plus the keys page on a phone
-(`console-keys-phone.png`, 390 px wide).
+as `console-<page>.png` (1280 px wide, whole page), plus the overview and the keys page on a
+phone (`console-overview-phone.png`, `console-keys-phone.png`, 390 px wide). A page that does
+not answer 200 is skipped with a line on stderr.
 """
 
 from __future__ import annotations
@@ -16,16 +17,36 @@ import asyncio
 import sys
 import tempfile
 from pathlib import Path
+from typing import TYPE_CHECKING
 
+import aiohttp
+
+from llmgateway.core.outcomes import KeyStatus
+from llmgateway.records import KeyFilter
+from llmgateway.store.key_actions import Action, Chosen, run_action
 from llmgateway.testing.fake_upstream import FakeUpstream
 from tests.browser.chromium import browser_problem, launched
-from tests.browser.console_server import ConsoleServer, KeySet, console_server
+from tests.browser.console_server import (
+    OPENAI_TOKEN,
+    ConsoleServer,
+    KeySet,
+    console_server,
+    open_gemini_breaker,
+)
 from tests.browser.pages import log_in
+
+if TYPE_CHECKING:
+    from playwright.async_api import Page
 
 ROOT = Path(__file__).resolve().parents[2]
 PAGES = {"overview": "/", "keys": "/keys", "proxies": "/proxies", "breakers": "/breakers"}
 WIDE = {"width": 1280, "height": 800}
 PHONE = {"width": 390, "height": 844}
+PHONE_PAGES = ("overview", "keys")
+TRAFFIC = 60
+"""Requests sent through openai's keys before the pictures."""
+READY = {"overview": "section[aria-labelledby=traffic-heading] figure"}
+"""What a page waits for before its picture (the traffic chart: the usage is written behind)."""
 
 
 async def take(out: Path, keys: int) -> list[Path]:
@@ -45,15 +66,26 @@ async def take(out: Path, keys: int) -> list[Path]:
                 await log_in(page, console)
                 await page.wait_for_url(f"{console.url}/")
                 for name, path in PAGES.items():
-                    if suffix and name != "keys":
+                    if suffix and name not in PHONE_PAGES:
                         continue
-                    await page.goto(f"{console.url}{path}")
-                    await page.wait_for_load_state("load")
+                    answer = await page.goto(f"{console.url}{path}")
+                    if answer is None or answer.status != 200:
+                        status = answer.status if answer else "no answer"
+                        print(f"skipped {name}: {path} answered {status}", file=sys.stderr)
+                        continue
+                    if name in READY:
+                        await ready(page, READY[name])
                     target = out / f"console-{name}{suffix}.png"
                     await page.screenshot(path=target, full_page=True)
                     made.append(target)
                 await context.close()
     return made
+
+
+async def ready(page: Page, selector: str) -> None:
+    """Wait until `selector` is on `page` (the overview refreshes itself every few seconds, and
+    the gateways write their usage behind)."""
+    await page.locator(selector).first.wait_for(timeout=60_000)
 
 
 def demo_keys(total: int) -> KeySet:
@@ -62,7 +94,19 @@ def demo_keys(total: int) -> KeySet:
 
 
 async def liven(console: ConsoleServer, fake: FakeUpstream) -> None:
-    """What makes the pages look lived in (traffic, a breaker): nothing yet."""
+    """What makes the pages look lived in: gemini's breaker opened by failing traffic, some
+    requests through openai's keys (usage), and the out-of-quota keys disabled."""
+    await open_gemini_breaker(console, fake)
+    url = f"{console.gateway_url}/v1/chat/completions"
+    body = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}
+    headers = {"authorization": f"Bearer {OPENAI_TOKEN}"}
+    async with aiohttp.ClientSession() as http:
+        for _ in range(TRAFFIC):
+            async with http.post(url, json=body, headers=headers) as answer:
+                await answer.read()
+    async with console.store() as store:
+        chosen = Chosen(KeyFilter(provider="openai", statuses=frozenset({KeyStatus.NO_QUOTA})))
+        await run_action(store, Action.DISABLE, chosen)
 
 
 def main() -> None:
