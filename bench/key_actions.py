@@ -4,8 +4,10 @@
 
 Per database, after one sync of N keys (two models each, so 2N rows), a quarter of them marked
 rate-limited: `disable --all` (then the most Python memory held at once, from tracemalloc, in
-`enable --all`), `reset --status rate_limited`, and `recheck` of one key by fingerprint prefix.
-Each works 1,000 keys per transaction. PostgreSQL gets a fresh schema, dropped afterwards; it is
+`enable --all`), the same two as bulk jobs of the console (submitted, then run by the Keeper's
+job runner, resting between chunks on SQLite as it does beside the probes), `reset --status
+rate_limited`, and `recheck` of one key by fingerprint prefix. Each works 1,000 keys per
+transaction. PostgreSQL gets a fresh schema, dropped afterwards; it is
 skipped when unreachable.
 """
 
@@ -26,11 +28,14 @@ import sqlalchemy as sa
 
 from keys_list import settings
 from llmgateway.core.outcomes import KeyStatus
+from llmgateway.keeper.bulk_jobs import JobRunner
 from llmgateway.keyfiles import run_sync
 from llmgateway.observe.masking import fingerprint
-from llmgateway.records import KeyFilter
+from llmgateway.records import Actor, KeyFilter
 from llmgateway.store import Store
-from llmgateway.store.key_actions import Action, Chosen, Progress, run_action
+from llmgateway.store.job_runs import run_action
+from llmgateway.store.jobs import job, submit
+from llmgateway.store.key_actions import Action, Chosen, Progress
 from llmgateway.store.tables import key_status
 from sync import DEFAULT_PG, make_keys, pg_store, sqlite_store, write_files
 
@@ -66,9 +71,22 @@ async def scenarios(
                     note += f", peak {peak / 2**20:.1f} MiB (traced, slower)"
                 rows.append((name, label, seconds, note))
 
+            async def bulk_job(label: str, action: Action, chosen: Chosen) -> None:
+                start = time.perf_counter()
+                job_id = await submit(store, action, chosen, Actor("bench", "local", "bench"))
+                await JobRunner(store, "bench-keeper").run_pending(asyncio.Event())
+                seconds = time.perf_counter() - start
+                done = await job(store, job_id)
+                assert done is not None
+                assert done.finished
+                note = f"{done.total} keys, {done.changed} changed, {done.rows} rows"
+                rows.append((name, label, seconds, note))
+
             everything = Chosen(KeyFilter())
             await act("disable --all", Action.DISABLE, everything)
             await act("enable --all", Action.ENABLE, everything, traced=True)
+            await bulk_job("console job: disable all", Action.DISABLE, everything)
+            await bulk_job("console job: enable all", Action.ENABLE, everything)
             limited = Chosen(KeyFilter(statuses=frozenset({KeyStatus.RATE_LIMITED})))
             await act("reset --status rate_limited", Action.RESET, limited)
             one = Chosen(KeyFilter(), (fingerprint(keys[12345 % len(keys)])[:8],))

@@ -137,12 +137,16 @@ class KeyFilter:
     """Which keys a `llmgateway keys` command is about: every field set narrows it (None: any).
     `statuses` are stored statuses (`invalid_key`, …); empty: any status. `disabled` (asked
     for by `--status disabled`) adds the rows of disabled keys to those `statuses` select
-    (with no `statuses`: only those). The filter never looks at the secret itself."""
+    (with no `statuses`: only those). `status_code` is the last HTTP status stored; `search`
+    a fingerprint prefix or the last four characters the masked key shows (see
+    `store.key_list.search_terms`). The filter never looks at the secret itself."""
 
     provider: str | None = None
     model: str | None = None
     statuses: frozenset[KeyStatus] = frozenset()
     disabled: bool = False
+    status_code: int | None = None
+    search: str | None = None
 
     def describe(self) -> str:
         """The filter in words, as the commands' options spell it (`` when it is empty)."""
@@ -154,6 +158,10 @@ class KeyFilter:
         parts += [f"--status {s.value}" for s in sorted(self.statuses)]
         if self.disabled:
             parts.append("--status disabled")
+        if self.status_code is not None:
+            parts.append(f"--status-code {self.status_code}")
+        if self.search is not None:
+            parts.append(f"--search {self.search}")
         return " ".join(parts)
 
 

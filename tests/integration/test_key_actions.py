@@ -45,7 +45,8 @@ from llmgateway.observe.masking import fingerprint
 from llmgateway.observe.metrics import store_key_counts
 from llmgateway.records import KeyFilter, StatusEvent
 from llmgateway.store import Store
-from llmgateway.store.key_actions import Action, Chosen, Progress, run_action
+from llmgateway.store.job_runs import run_action
+from llmgateway.store.key_actions import Action, Chosen, Progress
 from llmgateway.store.key_list import KeyListing, listing_pages
 from llmgateway.store.probes import claim_due, count_due
 from llmgateway.store.tables import key_status

@@ -2,8 +2,10 @@
 
 Each takes the filter of `keys list` (`--provider`, `--model`, `--status`) and fingerprint
 prefixes as arguments (a key is chosen when both select it); with neither, it refuses unless
-`--all` is given. The work is done in chunks (see `llmgateway.store.key_actions`); the output
-is counts, never a secret.
+`--all` is given. The keys are fixed when the command starts, as a bulk job (the console's bulk
+actions are the same jobs), which the command runs itself in chunks (see
+`llmgateway.store.job_runs`; should the command be killed, the Keeper finishes the job); each
+is recorded in the audit log. The output is counts, never a secret.
 """
 
 from __future__ import annotations
@@ -49,7 +51,8 @@ def run_key_action(
     as_json: bool,
 ) -> None:
     """Do the action `name` to the chosen keys and print what it matched and changed."""
-    from llmgateway.store.key_actions import Action, Chosen, run_action
+    from llmgateway.store.job_runs import JobLostError, run_action
+    from llmgateway.store.key_actions import Action, Chosen
 
     prefixes = prefixes_given(fingerprints)
     narrowed = key_filter.describe()
@@ -69,7 +72,10 @@ def run_key_action(
 
     async def work(store: Store) -> None:
         nonlocal done
-        done = await run_action(store, action, chosen, on_chunk=progress)
+        try:
+            done = await run_action(store, action, chosen, on_chunk=progress)
+        except JobLostError as error:
+            raise click.ClickException(str(error)) from None
 
     run_with_store(settings, work)
     assert done is not None

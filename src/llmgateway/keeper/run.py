@@ -4,8 +4,9 @@ under one task group, each step also callable on its own.
 A key probe round is `keeper.key_round.KeyRound`. Proxies are checked in their own loop, woken
 when the next proxy check is due (`worker.proxy_check_interval_sec` after a live finding,
 `proxy_retry_sec` after a dead one), never held up by a long key round. Maintenance is
-`keeper.upkeep`. Whatever a step does not finish is left for the next one: a failed step is
-logged and retried in the next round. Time comes from the injected `clock` and `sleep`.
+`keeper.upkeep`; bulk jobs (the console's bulk actions) run beside it all (`keeper.bulk_jobs`).
+Whatever a step does not finish is left for the next one: a failed step is logged and retried
+in the next round. Time comes from the injected `clock` and `sleep`.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from llmgateway.config.settings import ProviderSettings, ProxyMode, Settings
 from llmgateway.core.egress import NoHealthyProxyError, egress_for
 from llmgateway.core.guard import egress_label
 from llmgateway.keeper import upkeep
+from llmgateway.keeper.bulk_jobs import POLL_SEC, JobRunner
 from llmgateway.keeper.key_round import KeyRound
 from llmgateway.keeper.model_lists import FetchError, fetch_names
 from llmgateway.keeper.prober import proxy_alive
@@ -46,6 +48,7 @@ from llmgateway.observe.metrics import Metrics
 from llmgateway.providers.catalog import is_pattern
 from llmgateway.store import Store, keeper_tasks, proxy_checks
 from llmgateway.store import probes as queries
+from llmgateway.store.key_actions import CHUNK
 from llmgateway.store.locks import single_keeper
 from llmgateway.store.proxy_checks import ProxyCheck, ProxyResult
 from llmgateway.transport.upstream import HttpUpstream, Upstream
@@ -89,6 +92,8 @@ class Keeper:
     metrics: Metrics = field(default_factory=Metrics.create)
     # when each provider's upstream model list is next fetched (absent: at the next chance)
     models_due: dict[str, float] = field(default_factory=dict)
+    job_chunk: int = CHUNK  # keys per transaction of a bulk job
+    job_sleep: Callable[[float], Awaitable[None]] = asyncio.sleep  # a job's rest between chunks
 
     # --- one probe round ------------------------------------------------------------------------
 
@@ -226,6 +231,7 @@ class Keeper:
                     if _listing_providers(self.settings):
                         group.create_task(self._model_list_loop(stop, listing))
                     group.create_task(self._maintenance_loop(stop))
+                    group.create_task(self._job_loop(stop))
             finally:
                 await asyncio.shield(queries.release_leases(self.store, self.owner))
                 await self.upstream.close()
@@ -281,6 +287,15 @@ class Keeper:
                 await self.probe_proxies()
                 wait = await self.until_proxy_check()
             await _first(stop, synced, max(wait, _LEAST_WAIT_SEC))
+
+    async def _job_loop(self, stop: asyncio.Event) -> None:
+        """Run the bulk jobs submitted (or left by a keeper that died), then look again every
+        `POLL_SEC`."""
+        runner = JobRunner(self.store, self.owner, self.job_chunk, sleep=self.job_sleep)
+        while not stop.is_set():
+            with _survive("bulk job"):
+                await runner.run_pending(stop)
+            await _first(stop, None, POLL_SEC)
 
     async def _maintenance_loop(self, stop: asyncio.Event) -> None:
         """Run the due maintenance, then sleep until the next task is due (at most an hour:

@@ -4,16 +4,24 @@ from __future__ import annotations
 
 import hashlib
 
+MASKED_MIN = 12
+"""The shortest secret `mask` shows a part of; shorter ones are masked whole."""
+
 
 def mask(secret: str) -> str:
     """`sk-proj-abcdef…a1b2` → `sk-…a1b2`: a short prefix up to the first dash, and the last four.
 
     Short strings are masked whole, so nothing useful leaks from them either.
     """
-    if len(secret) < 12:
+    if len(secret) < MASKED_MIN:
         return "…" * bool(secret)
     head = secret[: secret.index("-") + 1] if "-" in secret[:8] else secret[:2]
     return f"{head}…{secret[-4:]}"
+
+
+def suffix(secret: str) -> str | None:
+    """The last four characters `mask` shows of `secret` (None when it shows none)."""
+    return secret[-4:] if len(secret) >= MASKED_MIN else None
 
 
 FINGERPRINT_DIGITS = 12

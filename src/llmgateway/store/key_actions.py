@@ -1,24 +1,26 @@
-"""What `llmgateway keys disable|enable|reset|recheck` do to the keys a filter selects.
+"""What `llmgateway keys disable|enable|reset|recheck` (and the console's bulk actions) do to
+one chunk of keys.
 
-The keys are taken in chunks of `CHUNK` in key order, each chunk found and changed in one short
-transaction of its own that resumes after the last key seen (no OFFSET, no cursor held open),
-so 100,000 keys never sit in memory and it works the same through a transaction pooler. Every
-chunk that changes something takes a new store revision, stamps the status rows it changes
-(so each gateway's next delta read sees them) and, on PostgreSQL, announces it.
+The keys are fixed when the action is submitted, as a job (`llmgateway.store.jobs`); the job is
+run a chunk at a time (`llmgateway.store.job_runs`), each chunk a range `(after, upto]` of key
+ids in one short transaction of its own. Here is what a chunk does, and nothing else: every
+caller (the CLI, the Keeper's job runner) goes through `apply`. A chunk that changes the pool
+takes a new store revision, stamps the status rows it changes (so each gateway's next delta
+read sees them) and, on PostgreSQL, announces it.
 
 - `disable` sets `keys.disabled_at`: no gateway selects the key, the Keeper does not probe it,
   and no file sync clears it. `enable` clears it.
 - `reset` clears a row's cooldown and failure streak and makes it `untested`, due now.
 - `recheck` makes a row due before every other one, so the Keeper probes it first.
 
-Disable and enable act on whole keys (every model of a key that has a matching row); reset and
-recheck on the matching (key, model) rows only.
+Disable and enable act on whole keys; reset and recheck on the rows of the keys that the filter
+still selects when the chunk runs (e.g. `--model`, `--status`).
 """
 
 from __future__ import annotations
 
 import enum
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import sqlalchemy as sa
@@ -52,6 +54,11 @@ class Chosen:
     key_filter: KeyFilter
     prefixes: tuple[str, ...] = ()
 
+    def describe(self) -> str:
+        """The choice in words, as the commands spell it (`every key` when nothing narrows)."""
+        words = " ".join([self.key_filter.describe(), *self.prefixes]).strip()
+        return words or "every key"
+
 
 @dataclass(frozen=True, slots=True)
 class Progress:
@@ -62,42 +69,32 @@ class Progress:
     rows: int = 0
 
 
-async def run_action(
-    store: Store,
-    action: Action,
-    chosen: Chosen,
-    *,
-    chunk: int = CHUNK,
-    on_chunk: Callable[[Progress], None] | None = None,
-) -> Progress:
-    """Do `action` to every key `chosen` selects, `chunk` keys per transaction; `on_chunk`
-    hears the running totals after each chunk."""
-    done = Progress()
-    after = 0
-    recheck_at: float | None = None
-    if action is Action.RECHECK:
-        recheck_at = await _first_in_line(store)
-    while True:
-        async with store.engine.connect() as conn, conn.begin() as transaction:
-            key_ids = await _next_keys(conn, chosen, after, chunk)
-            if not key_ids:
-                await transaction.rollback()
-                break
-            revision = await bump_revision(conn)
-            now = store.clock()
-            changed, rows = await _apply(conn, action, chosen, key_ids, revision, now, recheck_at)
-            if changed or rows:
-                if action is not Action.RECHECK:
-                    await notify.publish(conn, notify.Kind.KEYS, revision)
-            else:
-                await transaction.rollback()
-        done = Progress(done.matched + len(key_ids), done.changed + changed, done.rows + rows)
-        if on_chunk is not None:
-            on_chunk(done)
-        after = key_ids[-1]
-        if len(key_ids) < chunk:
-            break
-    return done
+@dataclass(frozen=True, slots=True)
+class Span:
+    """One chunk: the key ids `within` selects (a subquery of one column) in `(after, upto]`."""
+
+    within: sa.Select[tuple[int]]
+    after: int
+    upto: int
+
+    def holds(self, column: sa.ColumnElement[int]) -> list[sa.ColumnElement[bool]]:
+        """`column` is a key id of this chunk (the range first: an index seek everywhere)."""
+        return [column > self.after, column <= self.upto, column.in_(self.within)]
+
+
+def chosen_rows(chosen: Chosen) -> list[sa.ColumnElement[bool]]:
+    """The conditions (on `key_pool`) selecting the rows `chosen` selects."""
+    return [*key_conditions(chosen.key_filter), *_by_prefix(chosen.prefixes)]
+
+
+def chosen_keys(chosen: Chosen) -> sa.Select[tuple[int]]:
+    """The ids of the keys with a row `chosen` selects, each once."""
+    return (
+        sa.select(key_status.c.key_id)
+        .select_from(key_pool)
+        .where(*chosen_rows(chosen))
+        .group_by(key_status.c.key_id)
+    )
 
 
 def _by_prefix(prefixes: Sequence[str]) -> list[sa.ColumnElement[bool]]:
@@ -108,81 +105,106 @@ def _by_prefix(prefixes: Sequence[str]) -> list[sa.ColumnElement[bool]]:
     return [sa.or_(*ranges)]
 
 
-async def _next_keys(conn: AsyncConnection, chosen: Chosen, after: int, chunk: int) -> list[int]:
-    """The next `chunk` ids of chosen keys after key `after`."""
-    query = (
-        sa.select(key_status.c.key_id)
-        .select_from(key_pool)
-        .where(*key_conditions(chosen.key_filter), *_by_prefix(chosen.prefixes))
-        .where(key_status.c.key_id > after)
-        .group_by(key_status.c.key_id)
-        .order_by(key_status.c.key_id)
-        .limit(chunk)
-    )
-    return [int(key_id) for key_id in (await conn.execute(query)).scalars()]
-
-
-def _rows_of(chosen: Chosen, key_ids: Sequence[int]) -> sa.ColumnElement[bool]:
-    """The chosen status rows of `key_ids` (filter conditions on the row itself)."""
-    matching = (
-        sa.select(key_status.c.key_id, key_status.c.model)
-        .select_from(key_pool)
-        .where(
-            key_status.c.key_id.in_(key_ids),
-            *key_conditions(chosen.key_filter),
-            *_by_prefix(chosen.prefixes),
-        )
-    )
-    return sa.tuple_(key_status.c.key_id, key_status.c.model).in_(matching)
-
-
-async def _apply(
+async def apply(
     conn: AsyncConnection,
     action: Action,
     chosen: Chosen,
-    key_ids: list[int],
-    revision: int,
+    span: Span,
     now: float,
     recheck_at: float | None,
 ) -> tuple[int, int]:
-    """Do `action` to `key_ids`; returns (keys changed, status rows changed)."""
-    if action in (Action.DISABLE, Action.ENABLE):
-        disable = action is Action.DISABLE
-        flipped = (
-            sa.update(keys)
-            .where(
-                keys.c.id.in_(key_ids),
-                keys.c.disabled_at.is_(None) if disable else keys.c.disabled_at.is_not(None),
-            )
-            .values(disabled_at=now if disable else None, revision=revision)
-            .returning(keys.c.id)
-        )
-        ids = list((await conn.execute(flipped)).scalars())
-        if not ids:
-            return 0, 0
-        # every row of the key, so that each gateway's next delta adds or drops it
-        stamped = await conn.execute(
-            sa.update(key_status).where(key_status.c.key_id.in_(ids)).values(revision=revision)
-        )
-        return len(ids), stamped.rowcount
+    """Do `action` to the keys of `span`, in the caller's transaction; returns (keys changed,
+    status rows changed). A new revision is taken only when the pool changes."""
+    if action is Action.RECHECK:
+        due = now if recheck_at is None else min(now, recheck_at)
+        return await _update_rows(conn, chosen, span, {"next_check_at": due})
+    if not await conn.scalar(sa.select(_pending(action, chosen, span))):
+        return 0, 0
+    revision = await bump_revision(conn)
     if action is Action.RESET:
-        values: dict[str, object] = {
-            "status": KeyStatus.UNTESTED.value,
-            "reason": None,
-            "failing_since": None,
-            "cooldown_until": None,
-            "probe_attempts": 0,
-            "next_check_at": now,
-            "revision": revision,
-        }
+        changed = await _update_rows(conn, chosen, span, _reset(now, revision))
     else:
-        values = {"next_check_at": now if recheck_at is None else min(now, recheck_at)}
-    update = sa.update(key_status).where(_rows_of(chosen, key_ids)).values(**values)
-    touched = list((await conn.execute(update.returning(key_status.c.key_id))).scalars())
+        changed = await _flip(conn, action is Action.DISABLE, span, now, revision)
+    await notify.publish(conn, notify.Kind.KEYS, revision)
+    return changed
+
+
+def _pending(action: Action, chosen: Chosen, span: Span) -> sa.Exists:
+    """Whether `action` has anything to change in `span`."""
+    if action is Action.RESET:
+        return sa.exists().select_from(key_pool).where(*_rows_of(chosen, span))
+    flag = (
+        keys.c.disabled_at.is_(None)
+        if action is Action.DISABLE
+        else keys.c.disabled_at.is_not(None)
+    )
+    return sa.exists().where(*span.holds(keys.c.id), flag)
+
+
+def _reset(now: float, revision: int) -> dict[str, object]:
+    return {
+        "status": KeyStatus.UNTESTED.value,
+        "reason": None,
+        "failing_since": None,
+        "cooldown_until": None,
+        "probe_attempts": 0,
+        "next_check_at": now,
+        "revision": revision,
+    }
+
+
+async def _flip(
+    conn: AsyncConnection, disable: bool, span: Span, now: float, revision: int
+) -> tuple[int, int]:
+    """Disable or enable the keys of `span` that are not so yet, and stamp every row of the
+    keys it changed (so that each gateway's next delta adds or drops them)."""
+    flag = keys.c.disabled_at.is_(None) if disable else keys.c.disabled_at.is_not(None)
+    flipped = await conn.execute(
+        sa.update(keys)
+        .where(*span.holds(keys.c.id), flag)
+        .values(disabled_at=now if disable else None, revision=revision)
+    )
+    if not flipped.rowcount:
+        return 0, 0
+    # the keys this transaction changed are the ones of the chunk stamped with its revision
+    changed = sa.select(keys.c.id).where(
+        keys.c.id > span.after, keys.c.id <= span.upto, keys.c.revision == revision
+    )
+    ks = key_status.c
+    stamped = await conn.execute(
+        sa.update(key_status)
+        .where(ks.key_id > span.after, ks.key_id <= span.upto, ks.key_id.in_(changed))
+        .values(revision=revision)
+    )
+    return flipped.rowcount, stamped.rowcount
+
+
+def _rows_of(chosen: Chosen, span: Span) -> list[sa.ColumnElement[bool]]:
+    """The chosen rows (on `key_pool`) of the keys of `span`."""
+    return [*span.holds(key_status.c.key_id), *chosen_rows(chosen)]
+
+
+async def _update_rows(
+    conn: AsyncConnection, chosen: Chosen, span: Span, values: dict[str, object]
+) -> tuple[int, int]:
+    """Set `values` on the chosen rows of `span`; returns (keys, rows) changed."""
+    ks = key_status.c
+    matching = sa.select(ks.key_id, ks.model).select_from(key_pool).where(*_rows_of(chosen, span))
+    update = (
+        sa.update(key_status)
+        .where(
+            ks.key_id > span.after,
+            ks.key_id <= span.upto,
+            sa.tuple_(ks.key_id, ks.model).in_(matching),
+        )
+        .values(**values)
+        .returning(ks.key_id)
+    )
+    touched = list((await conn.execute(update)).scalars())
     return len(set(touched)), len(touched)
 
 
-async def _first_in_line(store: Store) -> float | None:
+async def first_in_line(store: Store) -> float | None:
     """A due time ahead of every row the Keeper may claim (it claims the soonest first), so
     the rows made due now are probed before the backlog; None when nothing else is due."""
     query = sa.select(sa.func.min(key_status.c.next_check_at)).where(key_status.c.active)

@@ -86,6 +86,11 @@ _COLUMNS = (
 )
 
 
+LISTING_COLUMNS = _COLUMNS
+"""The columns a `KeyListing` is made of (`listing`), from `key_pool`; the first two are the
+key id and the model, the fourth the secret."""
+
+
 def _where(chosen: KeyFilter) -> list[sa.ColumnElement[bool]]:
     conditions: list[sa.ColumnElement[bool]] = [_ks.active, keys.c.active, providers.c.active]
     if chosen.provider is not None:
@@ -100,7 +105,46 @@ def _where(chosen: KeyFilter) -> list[sa.ColumnElement[bool]]:
         by_status.append(keys.c.disabled_at.is_not(None))
     if by_status:
         conditions.append(sa.or_(*by_status))
+    if chosen.status_code is not None:
+        conditions.append(_ks.status_code == chosen.status_code)
+    if chosen.search is not None:
+        conditions.append(_found_by(*search_terms(chosen.search)))
     return conditions
+
+
+HEX = frozenset("0123456789abcdef")
+ELLIPSES = ("…", "...")
+
+
+def search_terms(text: str) -> tuple[str | None, str | None]:
+    """What a search for `text` looks for: (a fingerprint prefix, the last four characters of
+    a masked key). 4 to 64 hex digits are a fingerprint prefix (and, when 4, a suffix too);
+    `sk-…a1b2`, `…a1b2` or any other 4 characters are a suffix. Raises `ValueError` for
+    anything else: a search never matches a substring of the secret."""
+    text = text.strip()
+    for ellipsis in ELLIPSES:
+        if ellipsis in text:
+            text = text.rsplit(ellipsis, 1)[1]
+            break
+    else:
+        if 4 <= len(text) <= 64 and set(text.lower()) <= HEX:
+            return text.lower(), (text if len(text) == 4 else None)
+    if len(text) == 4 and text.isprintable() and not any(c.isspace() for c in text):
+        return None, text
+    raise ValueError(
+        "search for a fingerprint (4 to 64 hex digits) or the last four characters "
+        "of the masked key (as in sk-…a1b2)"
+    )
+
+
+def _found_by(prefix: str | None, suffix: str | None) -> sa.ColumnElement[bool]:
+    found: list[sa.ColumnElement[bool]] = []
+    if prefix is not None:
+        # a range on the indexed digest ("g" sorts after every hex digit)
+        found.append(sa.and_(keys.c.digest >= prefix, keys.c.digest < prefix + "g"))
+    if suffix is not None:
+        found.append(keys.c.suffix == suffix)
+    return sa.or_(*found)
 
 
 key_pool = _pool
@@ -193,6 +237,11 @@ async def by_fingerprint(
     for row in rows:
         found[row[0]].append(_listing(row))
     return [listing for listing in found.values() if listing], total
+
+
+def listing(row: Sequence[Any]) -> KeyListing:
+    """The `KeyListing` of a row of `LISTING_COLUMNS`: the key masked, never in full."""
+    return _listing(row)
 
 
 def _listing(row: Sequence[Any]) -> KeyListing:

@@ -31,7 +31,7 @@ from llmgateway.store.original import (
     sql,
 )
 from llmgateway.store.status import ERROR_MESSAGE_LIMIT, bump_revision
-from llmgateway.store.tables import key_status, keys, providers
+from llmgateway.store.tables import key_status, keys, providers, suffix_of
 
 UNKNOWN_TYPE = "unknown"
 """The type given to a provider the config no longer has (imported inactive; the config's type
@@ -126,7 +126,11 @@ async def _copy_keys(conn: AsyncConnection, revision: int, now: float) -> None:
     await conn.execute(sa.insert(keys).from_select(columns, select))
     # their file:line (`source`) is not known until the next sync; the digest is, at once
     hashed = sa.func.encode(sa.func.sha256(sa.func.convert_to(keys.c.value, "UTF8")), "hex")
-    await conn.execute(sa.update(keys).where(keys.c.digest.is_(None)).values(digest=hashed))
+    await conn.execute(
+        sa.update(keys)
+        .where(keys.c.digest.is_(None))
+        .values(digest=hashed, suffix=suffix_of(keys.c.value))
+    )
     # keys added later take ids after the original's
     next_id = sa.select(sa.func.coalesce(sa.func.max(keys.c.id), 0) + 1).scalar_subquery()
     sequence = sa.func.pg_get_serial_sequence(keys.name, "id")

@@ -14,7 +14,7 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from llmgateway.core.outcomes import KeyStatus
-from llmgateway.observe.masking import digest
+from llmgateway.observe.masking import digest, suffix
 from llmgateway.records import SyncChanges
 from llmgateway.store.status import SQLITE_BULK
 from llmgateway.store.tables import insert_into, key_status, keys, providers, proxies, proxy_status
@@ -200,7 +200,7 @@ async def _sync_members(
 
 
 def _found(value: str, sources: Mapping[str, str]) -> dict[str, str | None]:
-    return {"source": sources.get(value), "digest": digest(value)}
+    return {"source": sources.get(value), "digest": digest(value), "suffix": suffix(value)}
 
 
 async def _set_text(

@@ -17,6 +17,8 @@ from typing import TYPE_CHECKING
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from llmgateway.observe.masking import MASKED_MIN
+
 if TYPE_CHECKING:  # each dialect's module loads only where it is used (PostgreSQL's: ~40 ms)
     from sqlalchemy.dialects import postgresql, sqlite
 
@@ -78,7 +80,13 @@ keys = sa.Table(
     # when a gateway last used the key, as precise as its usage write-behind (see
     # `llmgateway.store.usage`); None: not since the gateways began to count
     sa.Column("last_used_at", sa.Double, nullable=True),
+    # the last four characters the masked key shows (None for a key too short to show any),
+    # so the console finds `sk-…a1b2` by an index, never by a substring of the secret
+    sa.Column("suffix", sa.Text, nullable=True, index=True),
     sa.UniqueConstraint("provider_id", "value"),
+    # the console's keys page: a provider's keys in key order, the disabled ones
+    sa.Index("ix_keys_provider_id_id", "provider_id", "id"),
+    sa.Index("ix_keys_disabled_at", "disabled_at"),
 )
 
 key_status = sa.Table(
@@ -103,6 +111,12 @@ key_status = sa.Table(
     sa.Column("lease_until", sa.Double, nullable=True),
     # Re-probes so far confirming a retryable failure (the Keeper's verification loop).
     sa.Column("probe_attempts", sa.Integer, nullable=False, server_default="0"),
+    # the console's keys page: each filter and sort column, then the page order (key, model)
+    sa.Index("ix_key_status_model_key_id", "model", "key_id"),
+    sa.Index("ix_key_status_status_key_id_model", "status", "key_id", "model"),
+    sa.Index("ix_key_status_status_code_key_id_model", "status_code", "key_id", "model"),
+    sa.Index("ix_key_status_failing_since_key_id_model", "failing_since", "key_id", "model"),
+    sa.Index("ix_key_status_next_check_at_key_id_model", "next_check_at", "key_id", "model"),
 )
 
 proxies = sa.Table(
@@ -241,6 +255,49 @@ audit_log = sa.Table(
 `bearer` for a script's Bearer request, `cli`), from where (client address, user agent), the
 action, its detail (a filter in words, a fingerprint: never a secret) and how many keys it
 concerned. See `llmgateway.store.audit`."""
+
+
+jobs = sa.Table(
+    "jobs",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True),
+    sa.Column("action", sa.Text, nullable=False),  # disable, enable, reset, recheck
+    sa.Column("chosen", sa.Text, nullable=False),  # the filter as JSON (see store.jobs)
+    sa.Column("state", sa.Text, nullable=False, index=True),  # queued, running, done, ...
+    sa.Column("total", sa.Integer, nullable=False),  # keys fixed at submission
+    sa.Column("done", sa.Integer, nullable=False, server_default="0"),  # keys done so far
+    sa.Column("changed", sa.Integer, nullable=False, server_default="0"),  # keys changed
+    sa.Column("row_count", sa.Integer, nullable=False, server_default="0"),  # rows changed
+    sa.Column("after_key", sa.Integer, nullable=False, server_default="0"),  # last key done
+    sa.Column("recheck_at", sa.Double, nullable=True),  # a recheck's due time, fixed
+    sa.Column("submitted_at", sa.Double, nullable=False),
+    sa.Column("started_at", sa.Double, nullable=True),
+    sa.Column("finished_at", sa.Double, nullable=True),
+    sa.Column("actor_session", sa.Text, nullable=False),
+    sa.Column("actor_address", sa.Text, nullable=False),
+    sa.Column("actor_user_agent", sa.Text, nullable=False),
+    sa.Column("lease_owner", sa.Text, nullable=True),  # the runner running it, until when
+    sa.Column("lease_until", sa.Double, nullable=True),
+    sa.Column("error", sa.Text, nullable=True),  # why it failed
+)
+"""Bulk jobs (`llmgateway keys disable|enable|reset|recheck` and the console's bulk actions):
+what is done to which keys, by whom, how far it got, and the runner holding it (see
+`llmgateway.store.jobs`)."""
+
+job_keys = sa.Table(
+    "job_keys",
+    metadata,
+    sa.Column("job_id", sa.Integer, sa.ForeignKey("jobs.id", ondelete="CASCADE"), primary_key=True),
+    sa.Column("key_id", sa.Integer, primary_key=True),
+)
+"""The keys an unfinished job has left to do, fixed when it was submitted (a key added later
+is never in it); each chunk deletes the rows it did, in its own transaction."""
+
+
+def suffix_of(value: sa.ColumnElement[str]) -> sa.ColumnElement[str | None]:
+    """`keys.suffix` computed in SQL from `value` (`observe.masking.suffix` in Python)."""
+    length = sa.func.length(value)
+    return sa.case((length >= MASKED_MIN, sa.func.substr(value, length - 3)), else_=None)
 
 
 def insert_into(conn: AsyncConnection, table: sa.Table) -> postgresql.Insert | sqlite.Insert:
