@@ -20,6 +20,7 @@ import binascii
 import enum
 import json
 import math
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
@@ -28,6 +29,7 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from llmgateway.core.egress import DIRECT
+from llmgateway.observe.masking import mask
 from llmgateway.records import KeyFilter
 from llmgateway.store import Store
 from llmgateway.store.key_list import (
@@ -49,6 +51,8 @@ SIZES = (25, 50, 100, 200)
 SMALLEST, LARGEST = SIZES[0], SIZES[-1]
 ERROR_SHOWN = 200
 """Characters of a stored error shown (the rest cut, marked by `…`)."""
+
+_TOKEN = re.compile(r"[A-Za-z0-9_\-]{20,}")
 
 Egress = Callable[[str, str], str]
 """(provider name, secret) → the egress a key leaves by, as shown (`direct`, a proxy)."""
@@ -304,7 +308,10 @@ async def key_page(
 
 def _row(row: Sequence[Any], egress: Egress | None) -> PageRow:
     shown = listing(row)
-    if shown.error is not None and len(shown.error) > ERROR_SHOWN:
-        shown = replace(shown, error=shown.error[:ERROR_SHOWN] + "…")
+    if shown.error is not None:
+        # any other key an upstream echoed is masked too (a token of 20 or more key characters)
+        error = _TOKEN.sub(lambda found: mask(found.group()), shown.error)
+        cut = error[:ERROR_SHOWN] + "…" if len(error) > ERROR_SHOWN else error
+        shown = replace(shown, error=cut)
     secret: str = row[LISTING_COLUMNS.index(keys.c.value)]
     return PageRow(shown, DIRECT if egress is None else egress(shown.provider, secret))
