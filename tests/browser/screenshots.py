@@ -23,7 +23,8 @@ import aiohttp
 
 from llmgateway.core.outcomes import KeyStatus
 from llmgateway.records import KeyFilter
-from llmgateway.store.key_actions import Action, Chosen, run_action
+from llmgateway.store.job_runs import run_action
+from llmgateway.store.key_actions import Action, Chosen
 from llmgateway.testing.fake_upstream import FakeUpstream
 from tests.browser.chromium import browser_problem, launched
 from tests.browser.console_server import (

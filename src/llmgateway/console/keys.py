@@ -18,8 +18,9 @@ from llmgateway.console.render import is_partial, render
 from llmgateway.core.egress import NoHealthyProxyError, egress_for
 from llmgateway.core.guard import egress_label
 from llmgateway.records import KeyFilter
-from llmgateway.store import audit, proxy_checks
-from llmgateway.store.key_actions import Action, Chosen, run_action
+from llmgateway.store import proxy_checks
+from llmgateway.store.job_runs import run_action
+from llmgateway.store.key_actions import Action, Chosen
 from llmgateway.store.key_page import SIZES, KeyPage, PageQuery, Sort, key_page
 from llmgateway.store.tables import keys
 
@@ -99,10 +100,8 @@ async def _act(request: web.Request, console: Console) -> web.Response:
         digest = await conn.scalar(sa.select(keys.c.digest).where(keys.c.id == key_id))
     if digest is None:
         raise web.HTTPNotFound(text=f"no key {key_id}")
-    done = await run_action(console.store, action, Chosen(KeyFilter(), (digest,)))
-    await audit.record(
-        console.store, actor(request), action.value, f"key {digest[:12]}", done.changed
-    )
+    # a job run here at once, audited as this request's actor by `submit`
+    await run_action(console.store, action, Chosen(KeyFilter(), (digest,)), actor(request))
     form = await request.post()
     model = str(form.get("model", ""))[:200] or None
     if not is_partial(request):
