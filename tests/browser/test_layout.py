@@ -8,7 +8,7 @@ from playwright.async_api import Browser
 from tests.browser.console_server import ConsoleServer
 from tests.browser.pages import Problems, log_in
 
-PAGES = ("/", "/proxies", "/breakers")
+PAGES = ("/", "/keys", "/proxies", "/breakers", "/jobs")
 
 
 async def test_no_page_is_wider_than_a_phone(

@@ -1,0 +1,107 @@
+"""The keys page in a real browser, on a real `serve` with a few hundred keys: the filter
+form puts the filter in the URL (a reload keeps it), pages go by keyset (`after=`, never an
+offset) at the size asked, and a row's Disable turns the row disabled in place, as the store
+holds it. No key is ever whole in the page or its URL."""
+
+from __future__ import annotations
+
+import re
+from urllib.parse import parse_qs, urlsplit
+
+from playwright.async_api import Locator, Page, expect
+
+from llmgateway.observe.masking import fingerprint
+from tests.browser.console_server import ConsoleServer
+from tests.browser.pages import disabled_fingerprints, go_to, log_in
+
+ROWS = "#keys-table tbody tr"
+
+
+def query(page: Page) -> dict[str, list[str]]:
+    return parse_qs(urlsplit(page.url).query)
+
+
+def invalid(console: ConsoleServer) -> set[str]:
+    return {fingerprint(k) for k in (*console.keys.openai_invalid, *console.keys.gemini_invalid)}
+
+
+async def fingerprints(rows: Locator) -> set[str]:
+    found: list[str] = await rows.evaluate_all(
+        "rows => rows.map(r => r.querySelector('td small code').textContent.trim())"
+    )
+    return set(found)
+
+
+async def filtered_to_invalid(page: Page, console: ConsoleServer) -> None:
+    """Log in, open the keys page and pick state invalid_key and 25 rows in the form."""
+    await log_in(page, console)
+    await page.wait_for_url(f"{console.url}/")
+    await go_to(page, "Keys")
+    await page.get_by_label("State").select_option("invalid_key")
+    await expect(page).to_have_url(re.compile(r"state=invalid_key"))
+    await page.get_by_label("Rows").select_option("25")
+    await expect(page).to_have_url(re.compile(r"size=25"))
+
+
+async def test_the_filter_lives_in_the_url_and_pages_go_by_keyset(
+    page: Page, console: ConsoleServer
+) -> None:
+    await filtered_to_invalid(page, console)
+    rows = page.locator(ROWS)
+    await expect(rows).to_have_count(25)
+    await expect(rows.locator("span.state")).to_have_text(["invalid_key"] * 25)
+    await expect(page.locator("p.count")).to_have_text(f"{len(invalid(console))} matching rows")
+    first = await fingerprints(rows)
+    await page.reload()
+    await expect(page.get_by_label("State")).to_have_value("invalid_key")
+    await expect(page.get_by_label("Rows")).to_have_value("25")
+    await expect(rows).to_have_count(25)
+    assert await fingerprints(rows) == first
+    await page.get_by_role("link", name="Next →").click()
+    await expect(page).to_have_url(re.compile(r"after="))
+    assert query(page)["state"] == ["invalid_key"]
+    assert "offset" not in query(page)
+    await expect(rows).to_have_count(25)
+    await expect(rows.locator("span.state")).to_have_text(["invalid_key"] * 25)
+    second = await fingerprints(rows)
+    assert not first & second
+    assert first | second <= invalid(console)
+    html = await page.content()
+    assert not any(key in html or key in page.url for key in console.keys.every())
+
+
+async def test_a_row_disable_shows_in_the_row_and_the_store(
+    page: Page, console: ConsoleServer
+) -> None:
+    await filtered_to_invalid(page, console)
+    row = page.locator(ROWS).first
+    row_id = await row.get_attribute("id")
+    [chosen] = await fingerprints(row)
+    await row.get_by_role("button", name="Disable").click()
+    swapped = page.locator(f"#{row_id}")
+    await expect(swapped.locator("span.state")).to_have_text("disabled")
+    await expect(swapped.get_by_role("button", name="Enable")).to_be_visible()
+    assert await disabled_fingerprints(console) == {chosen}
+
+
+async def test_a_bulk_disable_of_the_filter_shows_its_progress_until_done(
+    page: Page, console: ConsoleServer
+) -> None:
+    await filtered_to_invalid(page, console)
+    csrf = await page.locator("input[name=csrf]").first.input_value()
+    # the keys page has no bulk form yet: its POST is sent as that form would send it, with
+    # the session's cookie and the page's CSRF token, and the browser follows the redirect
+    answer = await page.request.post(
+        f"{console.url}/jobs",
+        form={"action": "disable", "state": "invalid_key", "csrf": csrf},
+    )
+    assert answer.ok, await answer.text()
+    assert re.search(r"/admin/jobs/\d+$", answer.url), answer.url
+    await page.goto(answer.url)
+    job = page.locator("div.job")
+    await expect(job.locator("progress")).to_be_visible()
+    await expect(job.get_by_role("status")).to_have_text("done", timeout=30_000)
+    total = str(len(invalid(console)))
+    await expect(job.locator("progress")).to_have_attribute("value", total)
+    await expect(job).to_contain_text(f"{total} of {total} keys")
+    assert await disabled_fingerprints(console) == invalid(console)
