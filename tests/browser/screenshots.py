@@ -5,7 +5,7 @@ from a real `llmgateway serve` on a demo-like data set. Run from the repository:
 
 It starts the fake upstream and `serve` (as the browser tests do), sends a little traffic
 through the gateway so there is usage and a breaker that opened, logs in and saves each page
-as `console-<page>.png` (1280 px wide, whole page), plus the overview and the keys page on a
+as `console-<page>.png` (1280 × 800, the overview whole), plus the overview and the keys page on a
 phone (`console-overview-phone.png`, `console-keys-phone.png`, 390 px wide). A page that does
 not answer 200 is skipped with a line on stderr.
 """
@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 
 import aiohttp
 
-from llmgateway.core.outcomes import KeyStatus
+from llmgateway.observe.masking import fingerprint
 from llmgateway.records import KeyFilter
 from llmgateway.store.job_runs import run_action
 from llmgateway.store.key_actions import Action, Chosen
@@ -40,12 +40,22 @@ if TYPE_CHECKING:
     from playwright.async_api import Page
 
 ROOT = Path(__file__).resolve().parents[2]
-PAGES = {"overview": "/", "keys": "/keys", "proxies": "/proxies", "breakers": "/breakers"}
+PAGES = {
+    "overview": "/",
+    "keys": "/keys?provider=openai&sort=status_code&dir=desc&size=25",
+    "proxies": "/proxies",
+    "breakers": "/breakers",
+}
+"""Each picture's page: the keys page with the failing openai keys first."""
+WHOLE = ("overview",)
+"""The pages taken whole; the others as the screen shows them."""
 WIDE = {"width": 1280, "height": 800}
 PHONE = {"width": 390, "height": 844}
 PHONE_PAGES = ("overview", "keys")
 TRAFFIC = 60
 """Requests sent through openai's keys before the pictures."""
+DISABLED = 4
+"""Out-of-quota keys disabled before the pictures."""
 READY = {"overview": "section[aria-labelledby=traffic-heading] figure"}
 """What a page waits for before its picture (the traffic chart: the usage is written behind)."""
 
@@ -77,7 +87,7 @@ async def take(out: Path, keys: int) -> list[Path]:
                     if name in READY:
                         await ready(page, READY[name])
                     target = out / f"console-{name}{suffix}.png"
-                    await page.screenshot(path=target, full_page=True)
+                    await page.screenshot(path=target, full_page=name in WHOLE)
                     made.append(target)
                 await context.close()
     return made
@@ -96,7 +106,7 @@ def demo_keys(total: int) -> KeySet:
 
 async def liven(console: ConsoleServer, fake: FakeUpstream) -> None:
     """What makes the pages look lived in: gemini's breaker opened by failing traffic, some
-    requests through openai's keys (usage), and the out-of-quota keys disabled."""
+    requests through openai's keys (usage), and a few out-of-quota keys disabled."""
     await open_gemini_breaker(console, fake)
     url = f"{console.gateway_url}/v1/chat/completions"
     body = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}
@@ -105,9 +115,9 @@ async def liven(console: ConsoleServer, fake: FakeUpstream) -> None:
         for _ in range(TRAFFIC):
             async with http.post(url, json=body, headers=headers) as answer:
                 await answer.read()
+    few = tuple(fingerprint(key) for key in console.keys.openai_noquota[:DISABLED])
     async with console.store() as store:
-        chosen = Chosen(KeyFilter(provider="openai", statuses=frozenset({KeyStatus.NO_QUOTA})))
-        await run_action(store, Action.DISABLE, chosen)
+        await run_action(store, Action.DISABLE, Chosen(KeyFilter(), few))
 
 
 def main() -> None:
