@@ -100,7 +100,8 @@ GEMINI_BODY = {"contents": [{"parts": [{"text": "hi"}]}]}
 
 def console_document(folder: Path, fake: FakeUpstream, token: str, admin_port: int) -> Any:
     """The config: two providers on the fake, SQLite in `folder`, the console on
-    `admin_port`, probes on their own only after a minute (the pages stay as seeded), gemini's
+    `admin_port`, the Keeper looking for due rows every 2 s (none is due after the seed's probe
+round, so the pages stay as seeded, until a re-check makes one due), gemini's
     breaker reset by hand only."""
     return two_providers(
         folder,
@@ -112,7 +113,7 @@ def console_document(folder: Path, fake: FakeUpstream, token: str, admin_port: i
         gemini={"gateway_policy": {"circuit_breaker": GEMINI_BREAKER}},
         both={"worker_health_policy": {"batch_delay_sec": 0, "verification_attempts": 0}},
         gateway={"refresh_interval_sec": 0.5},
-        worker={"probe_interval_sec": 60, "metrics_port": free_port()},
+        worker={"probe_interval_sec": 2, "metrics_port": free_port()},
         admin={"token": token, "host": "127.0.0.1", "port": admin_port},
         logging={"level": "INFO"},
     )

@@ -11,8 +11,12 @@ from urllib.parse import parse_qs, urlsplit
 from playwright.async_api import Locator, Page, expect
 
 from llmgateway.observe.masking import fingerprint
+from llmgateway.store.key_list import by_fingerprint
+from llmgateway.testing.fake_upstream import FakeUpstream
+from llmgateway.testing.faults import Behavior
 from tests.browser.console_server import ConsoleServer
 from tests.browser.pages import disabled_fingerprints, go_to, log_in
+from tests.helpers import eventually
 
 ROWS = "#keys-table tbody tr"
 
@@ -105,3 +109,28 @@ async def test_a_bulk_disable_of_the_filter_shows_its_progress_until_done(
     await expect(job.locator("progress")).to_have_attribute("value", total)
     await expect(job).to_contain_text(f"{total} of {total} keys")
     assert await disabled_fingerprints(console) == invalid(console)
+
+
+async def test_a_recheck_turns_a_mended_key_valid(
+    page: Page, console: ConsoleServer, fake: FakeUpstream
+) -> None:
+    await filtered_to_invalid(page, console)
+    row = page.locator(ROWS).first
+    row_id = await row.get_attribute("id")
+    [chosen] = await fingerprints(row)
+    [mended] = [k for k in console.keys.every() if fingerprint(k) == chosen]
+    fake.set_behavior(mended, Behavior())  # the provider takes the key again
+    await row.get_by_role("button", name="Re-check").click()
+    await expect(page.locator(f"#{row_id}").get_by_role("status")).to_be_visible()
+
+    async def probed_valid() -> bool:
+        async with console.store() as store:
+            [rows], _ = await by_fingerprint(store, chosen)
+        return [r.status for r in rows] == ["valid"]
+
+    await eventually(probed_valid, 20, step=0.2, what=f"{chosen} probed valid")
+    await page.reload()
+    await page.get_by_label("Search").fill(chosen)
+    await page.get_by_label("State").select_option("")
+    await expect(page.locator(ROWS)).to_have_count(1)
+    await expect(page.locator(f"{ROWS} span.state")).to_have_text("valid")

@@ -43,5 +43,6 @@ async def test_the_right_token_lands_on_the_overview_until_logout(
     await expect(page.get_by_role("heading", name="Breakers")).to_be_visible()
     await page.get_by_role("button", name="Log out").click()
     await expect(page).to_have_url(re.compile(r"/admin/login"))
+    assert await session_cookies(page) == []  # the cookie is gone with the session
     await page.goto(f"{console.url}/breakers")
     await expect(page).to_have_url(re.compile(r"/admin/login"))
