@@ -100,9 +100,9 @@ GEMINI_BODY = {"contents": [{"parts": [{"text": "hi"}]}]}
 
 def console_document(folder: Path, fake: FakeUpstream, token: str, admin_port: int) -> Any:
     """The config: two providers on the fake, SQLite in `folder`, the console on
-    `admin_port`, the Keeper looking for due rows every 2 s (none is due after the seed's probe
-round, so the pages stay as seeded, until a re-check makes one due), gemini's
-    breaker reset by hand only."""
+        `admin_port`, the Keeper looking for due rows every 2 s (none is due after the seed's probe
+    round, so the pages stay as seeded, until a re-check makes one due), gemini's
+        breaker reset by hand only."""
     return two_providers(
         folder,
         fake,
