@@ -15,10 +15,29 @@ import os
 import time
 from collections.abc import Iterable
 from pathlib import Path
+from typing import BinaryIO
 
 from llmgateway.private_files import FILE_MODE
 
 PREFIX = "imported-"
+
+MAX_IMPORT_BYTES = 64 * 1024 * 1024
+"""The most input one import reads (about a million keys): more is refused, nothing written."""
+
+
+class ImportTooLargeError(Exception):
+    """The input is over `MAX_IMPORT_BYTES`; the message says what to do."""
+
+
+def read_bounded(stream: BinaryIO, name: str, limit: int = MAX_IMPORT_BYTES) -> bytes:
+    """All of `stream`, or `ImportTooLargeError` when it holds more than `limit` bytes (one
+    byte past the limit is read to tell, never the rest)."""
+    data = stream.read(limit + 1)
+    if len(data) > limit:
+        raise ImportTooLargeError(
+            f"{name}: more than {limit // (1024 * 1024)} MiB; split it and import the parts"
+        )
+    return data
 
 
 class FolderNotWritableError(Exception):
@@ -51,7 +70,8 @@ def _why(folder: Path, exc: OSError) -> str:
     if exc.errno == errno.EROFS:
         return (
             f"{folder} is on a read-only file system; add the keys where that mount comes "
-            "from (or mount the folder read-write) and run `llmgateway sync`"
+            "from (or mount the folder read-write); the Keeper's next sync (or "
+            "`llmgateway db sync`) picks them up"
         )
     if exc.errno in (errno.EACCES, errno.EPERM):
         return (

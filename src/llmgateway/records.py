@@ -135,10 +135,11 @@ class KeyTurn:
 @dataclass(frozen=True, slots=True)
 class KeyFilter:
     """Which keys a `llmgateway keys` command is about: every field set narrows it (None: any).
-    `statuses` are stored statuses (`invalid_key`, …); empty: any status. `disabled` (asked
-    for by `--status disabled`) adds the rows of disabled keys to those `statuses` select
-    (with no `statuses`: only those). `status_code` is the last HTTP status stored; `search`
-    a fingerprint prefix or the last four characters the masked key shows (see
+    `statuses` are stored statuses (`invalid_key`, …) of keys that are not disabled; empty:
+    any status. `disabled` (asked for by `--status disabled`) adds the rows of disabled keys,
+    whatever their stored status, to those `statuses` select (with no `statuses`: only those),
+    so the states never overlap. `status_code` is the last HTTP status stored; `search` a
+    fingerprint prefix or the last four characters the masked key shows (see
     `store.key_list.search_terms`). The filter never looks at the secret itself."""
 
     provider: str | None = None

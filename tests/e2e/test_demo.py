@@ -62,9 +62,14 @@ async def test_demo_serves_requests_and_cleans_up_on_ctrl_c(tmp_path: Path) -> N
         assert tokens, intro
         assert gemini, intro
         assert scrape, intro
+        console = re.search(
+            r"the web console: (http://127\.0\.0\.1:\d+/admin/) \(token: ([\w-]+)\)", intro
+        )
+        assert console, intro
         openai_token, metrics_token = tokens.group(1), scrape.group(1)
-        distinct = {openai_token, gemini.group(1), metrics_token}
-        assert len(distinct) == 3, "three different tokens"
+        console_url, admin_token = console.group(1), console.group(2)
+        distinct = {openai_token, gemini.group(1), metrics_token, admin_token}
+        assert len(distinct) == 4, "four different tokens"
         assert all(len(token) >= 32 for token in distinct), "random, from secrets.token_urlsafe"
         assert not {"demo-openai-token", "demo-gemini-token"} & distinct
         assert f'api_key="{openai_token}"' in intro
@@ -91,6 +96,20 @@ async def test_demo_serves_requests_and_cleans_up_on_ctrl_c(tmp_path: Path) -> N
             details = (await http.get(f"{url}/readyz", headers=auth)).json()
         assert refused.status_code == 401
         assert set(details["providers"]) == {"openai", "gemini"}
+        # the console: a login form for a browser, the pages for the printed token
+        async with httpx.AsyncClient() as http:
+            to_login = await http.get(console_url)
+            overview = await http.get(
+                console_url, headers={"authorization": f"Bearer {admin_token}"}
+            )
+            breakers = await http.get(
+                console_url + "breakers", headers={"authorization": f"Bearer {admin_token}"}
+            )
+        assert to_login.status_code == 303
+        assert to_login.headers["location"].startswith("/admin/login")
+        assert overview.status_code == 200
+        assert breakers.status_code == 200
+        assert "openai" in breakers.text
         assert (
             'llmgateway_requests_total{code="200",model="gpt-4o-mini",provider="openai"}' in metrics
         )

@@ -14,7 +14,7 @@ from llmgateway.config.settings import BreakerMode, CircuitBreakerSettings, Egre
 from llmgateway.core.guard import Guard
 from llmgateway.core.outcomes import Blame, ErrorReason, Outcome
 from llmgateway.core.resilience import BreakerState
-from llmgateway.store import Store
+from llmgateway.store import Store, audit
 
 DOWN = Outcome(ErrorReason.SERVER_ERROR, Blame.PROVIDER, 500)
 
@@ -120,6 +120,13 @@ async def test_breaker_reset_command_and_status_table(tmp_path: Path) -> None:
     async with await Store.open(f"sqlite:///{database}") as store:
         rows = await store.breakers()
         assert [(r.provider, r.reset_at is not None) for r in rows] == [("p1", True)]
+        (entry,) = await audit.recent(store)
+        assert (entry.session, entry.action, entry.detail, entry.keys) == (
+            "cli",
+            "breaker reset",
+            "p1",
+            0,
+        )
         await store.save_breakers({"p1": (2, 1)})
 
     code, out, err = await run_cli("status", "--config", str(path))

@@ -86,6 +86,16 @@ async def test_disable_and_enable_through_the_cli(db_url: str, tmp_path: Path) -
         assert states[(fp(GOOD[1]), "gpt-4o")] == "untested"
         only = rows_of(await ainvoke("keys", "list", "--config", config, "--status", "disabled"))
         assert set(only) == {(fp(GOOD[0]), m) for m in MODELS} | {(fp(GEMINI[0]), "shared")}
+        # the states partition the rows: a disabled key is no longer listed by its last status
+        untested = rows_of(
+            await ainvoke("keys", "list", "--config", config, "--status", "untested")
+        )
+        assert not set(untested) & set(only)
+        assert (fp(GOOD[1]), "gpt-4o") in untested
+        both = ("--status", "untested", "--status", "disabled", "--limit", "0")
+        assert set(rows_of(await ainvoke("keys", "list", "--config", config, *both))) == set(
+            untested
+        ) | set(only)
 
         shown = await ainvoke("keys", "show", "--config", config, fp(GOOD[0])[:6])
         assert "disabled " in shown

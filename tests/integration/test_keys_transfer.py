@@ -26,6 +26,7 @@ from tests.pgbouncer import Route, routes
 from llmgateway.cli.main import main
 from llmgateway.config.load import load_settings
 from llmgateway.core.outcomes import KeyStatus
+from llmgateway.key_import import MAX_IMPORT_BYTES
 from llmgateway.keyfiles import run_sync
 from llmgateway.observe.masking import fingerprint, mask
 from llmgateway.records import KeyFilter, StatusEvent
@@ -315,6 +316,18 @@ def test_import_names_an_unknown_provider(tmp_path: Path) -> None:
     assert "no provider 'mistral'" in err
 
 
+def test_import_refuses_input_over_its_bound(tmp_path: Path) -> None:
+    """More than `MAX_IMPORT_BYTES` on standard input: refused, nothing written, and only one
+    byte past the bound was read."""
+    write_key_folders(tmp_path)
+    config = write_config(tmp_path, f"sqlite+aiosqlite:///{tmp_path / 'gw.db'}")
+    oversized = "sk-x-0001-abcdefghijklmnop\n" * (MAX_IMPORT_BYTES // 27 + 2)
+    code, _, err = run("keys", "import", "openai", "--config", str(config), stdin=oversized)
+    assert code == 1
+    assert "nothing imported: <stdin>: more than 64 MiB; split it" in err
+    assert sorted(p.name for p in (tmp_path / "keys" / "openai").iterdir()) == ["a.txt", "b.txt"]
+
+
 def test_import_refuses_a_read_only_mount(tmp_path: Path) -> None:
     """The real command in a private mount namespace where the folder is bound read-only
     (`unshare -m`, as root); skipped where namespaces cannot be made."""
@@ -345,5 +358,6 @@ def test_import_refuses_a_read_only_mount(tmp_path: Path) -> None:
     assert done.returncode == 1, err
     assert "nothing imported" in err
     assert "read-only file system" in err
+    assert "`llmgateway db sync`" in err  # a command that exists
     assert "sk-new-0001" not in err + done.stdout.decode()
     assert sorted(p.name for p in folder.iterdir()) == ["a.txt", "b.txt"]

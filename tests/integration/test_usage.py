@@ -5,15 +5,15 @@ sync), on SQLite and PostgreSQL."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import aiohttp
-import jinja2
 import sqlalchemy as sa
 from tests.helpers import OPENAI_TOKEN, ManualClock, eventually, gateway_settings, start_gateway
 
 from llmgateway.config.settings import DatabaseSettings, Settings
-from llmgateway.console import chart
+from llmgateway.console import templating
 from llmgateway.console.overview_view import context
 from llmgateway.keeper import upkeep
 from llmgateway.observe.masking import fingerprint, mask
@@ -40,10 +40,13 @@ async def test_a_gateway_counts_each_attempt_per_key_and_hour(
     db_url: str, tmp_path: Path, fake: FakeUpstream
 ) -> None:
     limited, good = "sk-good-openai-000000000001", "sk-good-openai-000000000002"
-    write_keys(tmp_path / "keys" / "openai", [limited, good])
+    refused = "sk-good-openai-000000000003"
+    write_keys(tmp_path / "keys" / "openai", [limited, good, refused])
     write_keys(tmp_path / "keys" / "gemini", ["AIza-good-gemini-00000000001"])
     # its first call is answered 429 (the key's failure: retried on the other key)
     fake.set_behavior(limited, Behavior(rate_limited=True, retry_after=3600, rate_limit_calls=1))
+    # every call is answered 400 (the client's fault, relayed: a request, not a failure)
+    fake.set_behavior(refused, Behavior(error_rate=1.0, error_status=400))
     database = DatabaseSettings.model_validate({"url": db_url})
     settings = gateway_settings(tmp_path, fake).model_copy(update={"database": database})
     async with (
@@ -51,8 +54,8 @@ async def test_a_gateway_counts_each_attempt_per_key_and_hour(
         aiohttp.ClientSession() as session,
         await Store.configured(settings.database) as store,
     ):
-        answers = [await _chat(session, gateway.url) for _ in range(12)]
-        assert set(answers) == {200}
+        answers = [await _chat(session, gateway.url) for _ in range(30)]
+        assert answers.count(400) == fake.calls(refused) > 0
         writer = gateway.app.state.edge.attempt_loop.usage
         assert writer.pending >= 1  # counted on the request path, not written yet
         assert await writer.flush()
@@ -76,14 +79,15 @@ async def test_a_gateway_counts_each_attempt_per_key_and_hour(
     counted = {value: (requests, failures) for value, _, _, requests, failures in rows}
     assert counted[limited] == (fake.calls(limited), 1)
     assert counted[good] == (fake.calls(good), 0)
-    assert sum(r for r, _ in counted.values()) == 13  # 12 answers and the one retried
+    assert counted[refused] == (fake.calls(refused), 0)
+    assert sum(r for r, _ in counted.values()) == 31  # 30 answers and the one retried
     assert {hour for _, _, hour, _, _ in rows} == {usage.hour_of(now)}
     assert {model for _, model, _, _, _ in rows} == {"gpt-4o-mini"}
-    for value in (limited, good):
+    for value in (limited, good, refused):
         assert used[value] is not None
         assert now - 60 < used[value] <= now + 1
     assert used["AIza-good-gemini-00000000001"] is None
-    assert [(t.provider, t.requests, t.failures) for t in totals] == [("openai", 13, 1)]
+    assert [(t.provider, t.requests, t.failures) for t in totals] == [("openai", 31, 1)]
 
 
 async def _provider_keys(store: Store, count: int = len(SECRETS)) -> list[int]:
@@ -293,7 +297,61 @@ async def test_the_overview_fragment_without_usage_data_says_so(store: Store) ->
 
 
 def fragment(values: dict[str, object]) -> str:
-    """The overview's fragment template rendered as the console renders it (autoescaped)."""
-    folder = Path(chart.__file__).parent / "templates"
-    env = jinja2.Environment(loader=jinja2.FileSystemLoader(folder), autoescape=True)
-    return env.get_template("_overview.html").render(**values)
+    """The overview's fragment template rendered in the console's environment."""
+    return templating.environment().get_template("_overview.html").render(**values)
+
+
+@dataclass(frozen=True)
+class ShownJob:
+    """The fields of a bulk job (`llmgateway.store.jobs.Job`, branch console-jobs) the
+    overview shows."""
+
+    id: int
+    action: str
+    state: str
+    total: int
+    done: int
+    percent: int
+    submitted_at: float
+
+
+async def test_the_overview_fragment_lists_bulk_jobs_with_their_progress(store: Store) -> None:
+    view = await overview.read(store, 1_800_000_000.0)
+    none = fragment(context(view, [], None))
+    assert "Bulk jobs are listed here once this version keeps them." in none
+    assert "No bulk jobs yet." in fragment(context(view, [], []))
+    job = ShownJob(7, "disable", "running", 100_000, 25_000, 25, 1_800_000_000.0)
+    shown = fragment(context(view, [], [job]))
+    assert '<a href="/admin/jobs/7">#7</a>' in shown
+    assert '<progress max="100" value="25">25 %</progress> 25000 of 100000' in shown
+
+
+async def test_a_gateway_writes_its_counts_when_it_stops(
+    db_url: str, tmp_path: Path, fake: FakeUpstream
+) -> None:
+    write_keys(tmp_path / "keys" / "openai", ["sk-good-openai-000000000001"])
+    write_keys(tmp_path / "keys" / "gemini", ["AIza-good-gemini-00000000001"])
+    database = DatabaseSettings.model_validate({"url": db_url})
+    settings = gateway_settings(tmp_path, fake).model_copy(update={"database": database})
+    async with start_gateway(settings) as gateway, aiohttp.ClientSession() as session:
+        answers = [await _chat(session, gateway.url) for _ in range(5)]
+        assert answers == [200] * 5
+        assert gateway.app.state.edge.attempt_loop.usage.pending == 1  # not written yet
+    async with await Store.configured(settings.database) as store, store.engine.connect() as conn:
+        written = (await conn.execute(sa.select(key_usage.c.requests))).scalars().all()
+    assert written == [5]
+
+
+async def test_the_counts_of_a_purged_key_go_with_it(store: Store, clock: ManualClock) -> None:
+    ids = await _provider_keys(store, 2)
+    await usage.record(
+        store, [_count(ids[0], clock(), 3, 1), _count(ids[1], clock(), 2, 0)], clock()
+    )
+    await store.sync_keys("p", SECRETS[1:2], ["m"], False)  # the first key left its files
+    clock.advance(31 * DAY)
+    settings = Settings.model_validate({"worker": {"usage_retention_days": 60}})
+    summary = await upkeep.maintain(settings, store, "keeper-a", clock)
+    assert summary.purged_keys == 1
+    async with store.engine.connect() as conn:
+        left = (await conn.execute(sa.select(key_usage.c.key_id))).scalars().all()
+    assert left == [ids[1]]

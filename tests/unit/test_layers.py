@@ -286,13 +286,14 @@ def layer_problems(project: Project) -> list[str]:
     return problems
 
 
-def loaded_store(src: Path, modules: Iterable[str]) -> list[str]:
-    """The `STORE` modules a fresh interpreter holds once it imported `modules` from `src`."""
+def loaded_store(src: Path, modules: Iterable[str], store: Iterable[str] = STORE) -> list[str]:
+    """The `store` modules (by default `STORE`) a fresh interpreter holds once it imported
+    `modules` from `src`."""
     code = "\n".join(
         [
             "import sys",
             *(f"import {m}" for m in modules),
-            f"store = {STORE!r}",
+            f"store = {tuple(store)!r}",
             "names = (m for m in sys.modules if any(m == s or m.startswith(s + '.') "
             "for s in store))",
             "print('\\n'.join(sorted(names)))",
@@ -330,6 +331,32 @@ def test_the_hot_path_loads_no_store_in_a_fresh_interpreter(project: Project) ->
     assert len(hot) > 20  # the whole of core, transport, providers, limits and the request path
     loaded = loaded_store(SRC, hot)
     assert not loaded, f"importing the hot path loaded {len(loaded)} modules: {loaded[:3]}..."
+
+
+CONSOLE = ("llmgateway.console", "jinja2")
+"""What only the Keeper's process loads: the web console and its templates."""
+GATEWAY_PROCESS = (
+    "llmgateway.cli.main",
+    "llmgateway.conductor.app",
+    "llmgateway.conductor.serving",
+)
+"""What a gateway process (`llmgateway gateway`, its workers) imports."""
+
+
+def test_the_conductor_never_names_the_console(project: Project) -> None:
+    named = [
+        f"{i.where}: {i.source} imports {i.target}"
+        for i in project.imports
+        if _within(i.source, *_ours("conductor")) and _within(i.target, *_ours("console"))
+    ]
+    assert not named, "\n".join(named)
+
+
+def test_the_gateway_process_loads_no_console_in_a_fresh_interpreter() -> None:
+    loaded = loaded_store(SRC, GATEWAY_PROCESS, CONSOLE)
+    assert not loaded, f"a gateway process loaded {loaded[:3]}"
+    # the check sees the console when it is loaded
+    assert "llmgateway.console" in loaded_store(SRC, ["llmgateway.console.listener"], CONSOLE)
 
 
 def test_the_parse_sees_every_kind_of_import(project: Project) -> None:

@@ -130,7 +130,13 @@ def keys_import(config: str | None, provider: str, source: str, as_json: bool) -
     """Add the keys in FILE (default: standard input) to PROVIDER: those not yet in its
     keys_path folder go to a new file there (imported-YYYYMMDD-HHMMSS.txt, 0600), then the
     provider is synced so they are in the store at once. Keys are shown masked only."""
-    from llmgateway.key_import import FolderNotWritableError, check_writable, write_key_file
+    from llmgateway.key_import import (
+        FolderNotWritableError,
+        ImportTooLargeError,
+        check_writable,
+        read_bounded,
+        write_key_file,
+    )
     from llmgateway.keyfiles import parse_keys, read_folder, sync_provider
 
     settings = load(config)
@@ -140,10 +146,16 @@ def keys_import(config: str | None, provider: str, source: str, as_json: bool) -
     setup_logging(settings, "keys")
     name = "<stdin>" if source == "-" else source
     try:
-        data = sys.stdin.buffer.read() if source == "-" else Path(source).read_bytes()
+        if source == "-":
+            data = read_bounded(sys.stdin.buffer, name)
+        else:
+            with Path(source).open("rb") as file:
+                data = read_bounded(file, name)
         text = data.decode("utf-8")
     except OSError as exc:
         _fail(f"cannot read {name}: {exc.strerror}")
+    except ImportTooLargeError as exc:
+        _fail(f"nothing imported: {exc}")
     except UnicodeDecodeError as exc:
         _fail(f"{name}: not UTF-8 text (byte {exc.start}); save it as UTF-8")
     parsed = parse_keys(text, name)

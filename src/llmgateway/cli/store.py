@@ -174,7 +174,8 @@ def breaker() -> None:
 @click.argument("provider")
 def breaker_reset(config: str | None, provider: str) -> None:
     """Close PROVIDER's circuit breakers in every running gateway (the way out of
-    `mode: manual_reset`). Gateways act on it at their next pool refresh."""
+    `mode: manual_reset`). Gateways act on it at their next pool refresh. Recorded in the
+    audit log, as the console's reset is."""
     settings = load(config)
     if provider not in settings.providers:
         known = ", ".join(sorted(settings.providers)) or "none"
@@ -182,7 +183,11 @@ def breaker_reset(config: str | None, provider: str) -> None:
         raise SystemExit(2)
 
     async def work(store: Store) -> None:
+        from llmgateway.records import Actor
+        from llmgateway.store import audit
+
         await store.request_breaker_reset(provider)
+        await audit.record(store, Actor.cli(), "breaker reset", provider, 0)  # as the console
         wait = settings.gateway.refresh_interval_sec
         click.echo(f"reset of {provider}'s breakers requested; gateways apply it within {wait:g}s")
 

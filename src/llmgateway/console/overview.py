@@ -22,6 +22,8 @@ def routes(console: Console) -> list[web.RouteDef]:
     async def page(request: web.Request) -> web.Response:
         view = await overview.read(console.store, console.clock(), pool)
         recent = await audit.recent(console.store, RECENT_ACTIONS)
+        # the recent bulk jobs: `await jobs.recent_jobs(console.store, 5)` once the jobs
+        # (branch console-jobs, `llmgateway.store.jobs`) are merged; None: "not kept yet"
         values = context(view, recent, None)
         name = "_overview.html" if is_partial(request) else "overview.html"
         return render(request, name, **values)

@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from llmgateway.console import templating
 from llmgateway.console.chart import hourly_chart
 from llmgateway.records import USAGE_FLUSH_SEC
 from llmgateway.store.audit import AuditEntry
@@ -39,14 +40,8 @@ class Rate:
 
 
 def ago(moment: float | None, now: float) -> str:
-    """`12 s ago`, `5 min ago`, `3 h ago`, `2 d ago`; `never` for None."""
-    if moment is None:
-        return "never"
-    seconds = max(now - moment, 0.0)
-    for unit, size in (("d", 86400), ("h", 3600), ("min", 60)):
-        if seconds >= size:
-            return f"{int(seconds // size)} {unit} ago"
-    return f"{int(seconds)} s ago"
+    """`12 s ago`, `5 min ago`, … (the console's `ago`); `never` for None."""
+    return "never" if moment is None else templating.ago(moment, now)
 
 
 def clock_time(moment: float) -> str:

@@ -100,7 +100,13 @@ def _where(chosen: KeyFilter) -> list[sa.ColumnElement[bool]]:
         conditions.append(_ks.model == model)
     by_status: list[sa.ColumnElement[bool]] = []
     if chosen.statuses:
-        by_status.append(_ks.status.in_(sorted(s.value for s in chosen.statuses)))
+        # a disabled key is in state `disabled` whatever its last status: the states partition
+        by_status.append(
+            sa.and_(
+                _ks.status.in_(sorted(s.value for s in chosen.statuses)),
+                keys.c.disabled_at.is_(None),
+            )
+        )
     if chosen.disabled:
         by_status.append(keys.c.disabled_at.is_not(None))
     if by_status:
