@@ -7,7 +7,8 @@ small provider (one status per key): a quarter of the rows invalid (401), a tent
 (429), one in a thousand failing with 500, one key in a hundred disabled. Then the page's
 store query (`store.key_page.key_page`: rows, bounded count, cursors) is timed R times per
 case: the first page, a deep page (90% down), a page back, each filter, each sort, and the
-filter and sort pairs that read the most. Prints the p50 and p95 in milliseconds. PostgreSQL
+filter and sort pairs that read the most; then a few of them as whole pages (`GET
+/admin/keys`, request to last byte over loopback). Prints the p50 and p95 in ms. PostgreSQL
 gets a fresh schema, dropped afterwards; it is skipped when unreachable.
 """
 
@@ -25,12 +26,16 @@ from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import sqlalchemy as sa
+from aiohttp import web
 
 from llmgateway.config.settings import Settings
+from llmgateway.console.app import Console, console_app
 from llmgateway.core.outcomes import KeyStatus
 from llmgateway.keyfiles import run_sync
 from llmgateway.observe.masking import fingerprint, suffix
+from llmgateway.observe.metrics_http import listening
 from llmgateway.records import KeyFilter
 from llmgateway.store import Store
 from llmgateway.store.key_page import Cursor, PageQuery, Sort, key_page
@@ -39,6 +44,16 @@ from sync import DEFAULT_PG, make_keys, pg_store, sqlite_store, write_files
 
 SMALL = 100
 """Keys of the second provider."""
+TOKEN = "bench-console-admin-token-0123456789"
+PAGES = (
+    ("GET first page (50)", ""),
+    ("GET deep page (90%)", "deep"),
+    ("GET state invalid_key", "state=invalid_key"),
+    ("GET provider small", "provider=small"),
+    ("GET failing_since desc 200", "sort=failing_since&dir=desc&size=200"),
+    ("GET search suffix", "q=sample"),
+)
+"""The keys page over HTTP: request to last byte on loopback (server time plus the socket)."""
 
 
 def settings(big: Path, small: Path) -> Settings:
@@ -57,7 +72,7 @@ def settings(big: Path, small: Path) -> Settings:
         "bench": provider(big, ("m1", "m2"), False),
         "small": provider(small, ("s1",), True),
     }
-    return Settings.model_validate({"providers": providers})
+    return Settings.model_validate({"providers": providers, "admin": {"token": TOKEN}})
 
 
 async def mark(store: Store, now: float) -> None:
@@ -162,6 +177,38 @@ async def timed(
     return times, len(page.rows), total
 
 
+def _p50_p95(times: list[float]) -> tuple[float, float]:
+    p95 = statistics.quantiles(times, n=20)[-1] if len(times) >= 2 else times[0]
+    return statistics.median(times), p95
+
+
+async def over_http(
+    config: Settings, store: Store, big: list[str], runs: int
+) -> list[tuple[str, list[float], int]]:
+    """The keys page's cases of `PAGES` through the console on a loopback socket."""
+    root = web.Application()
+    root.add_subapp("/admin", console_app(Console.create(config, store)))
+    deep = Cursor(Sort.KEY, False, False, None, len(big) * 9 // 10, "m1").encode()
+    found = []
+    headers = {"Authorization": f"Bearer {TOKEN}"}
+    async with (
+        listening(root, "127.0.0.1", 0) as url,
+        aiohttp.ClientSession(headers=headers) as client,
+    ):
+        for label, query in PAGES:
+            query = query.replace("deep", f"after={deep}").replace("sample", suffix(big[99]) or "")
+            times, size = [], 0
+            for _ in range(runs):
+                start = time.perf_counter()
+                async with client.get(f"{url}/admin/keys?{query}") as answer:
+                    body = await answer.read()
+                    assert answer.status == 200, (label, answer.status)
+                times.append((time.perf_counter() - start) * 1000)
+                size = len(body)
+            found.append((label, times, size))
+    return found
+
+
 async def scenarios(
     name: str,
     open_store: Callable[[Path], AbstractAsyncContextManager[Store]],
@@ -180,9 +227,10 @@ async def scenarios(
             await mark(store, time.time())
             for label, query, cursor in cases(big):
                 times, shown, total = await timed(store, query, cursor, runs)
-                p50 = statistics.median(times)
-                p95 = statistics.quantiles(times, n=20)[-1] if runs >= 2 else times[0]
-                rows.append((name, label, p50, p95, f"{shown} rows of {total}"))
+                rows.append((name, label, *_p50_p95(times), f"{shown} rows of {total}"))
+            config = settings(*folders)
+            for label, times, size in await over_http(config, store, big, runs):
+                rows.append((name, label, *_p50_p95(times), f"{size // 1024} KiB of HTML"))
     return rows
 
 

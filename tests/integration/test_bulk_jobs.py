@@ -22,6 +22,7 @@ from llmgateway.store import Store, audit
 from llmgateway.store.job_runs import (
     JobLostError,
     claim_next,
+    run_action,
     run_chunk,
     run_job,
 )
@@ -353,3 +354,16 @@ async def test_the_keeper_probes_on_while_a_job_runs(
         await asyncio.wait_for(task, 10)
     assert midway == [(JobState.RUNNING, 10)]
     assert await disabled(store) == set(bulk)
+
+
+async def test_the_commands_action_is_a_job_run_at_once_and_audited_as_the_cli(
+    store: Store,
+) -> None:
+    await seeded(store, 12)
+    done = await run_action(store, Action.DISABLE, OPENAI, chunk=5)
+    assert done == Progress(12, 12, 24)
+    [ran] = await recent_jobs(store)
+    assert (ran.state, ran.total, ran.actor) == (JobState.DONE, 12, Actor.cli())
+    assert await claim_next(store, "keeper-a") is None  # nothing left for the Keeper
+    [logged] = await audit.recent(store)
+    assert (logged.action, logged.keys, logged.session) == ("disable", 12, "cli")

@@ -143,6 +143,22 @@ async def test_the_page_filters_and_pages_by_the_links_it_gives(site: Site) -> N
     assert mask(OPENAI[2]) in invalid  # the error, with its key masked
 
 
+async def test_the_bulk_form_submits_the_filter_as_a_job(site: Site) -> None:
+    _, html = await site.get("/keys?state=invalid_key&provider=openai")
+    bulk = html[html.index('action="/admin/jobs"') :].split("</form>")[0]
+    assert 'name="state" value="invalid_key"' in bulk
+    assert 'name="provider" value="openai"' in bulk
+    assert 'name="all"' not in bulk  # the filter narrows: no need to say "every key"
+    _, everything = await site.get("/keys")
+    every = everything[everything.index('action="/admin/jobs"') :].split("</form>")[0]
+    assert '<input type="hidden" name="all" value="1">' in every
+    fields = dict(re.findall(r'name="(\w+)" value="([^"]*)"', bulk))
+    fields.pop("csrf")
+    status, progress = await site.post("/jobs", {**fields, "action": "disable"})
+    assert status == 201
+    assert_no_secret(progress)
+
+
 async def test_sorting_reverses_by_the_heading_link(site: Site) -> None:
     _, html = await site.get("/keys?sort=key&size=200")
     _, down = await site.get(link(html, "Added"))
@@ -157,7 +173,8 @@ async def test_sorting_reverses_by_the_heading_link(site: Site) -> None:
         ("size=100000", "a page has 25 to 200 rows"),
         ("sort=value", "sort must be one of"),
         ("q=sk-console-007", "search for a fingerprint"),
-        ("provider=nobody", "no provider"),
+        ("provider=nobody", "no such provider"),
+        ("model=gpt-z", "no such model"),
         ("after=garbage%00", "page link is damaged"),
         ("after=" + "A" * 5000, "page link is damaged"),
     ],
@@ -204,3 +221,63 @@ async def test_row_actions_change_the_store_and_are_audited(site: Site) -> None:
     assert (await site.post("/keys/999999/disable", {}))[0] == 404
     assert (await site.post(f"/keys/{key_id}/explode", {}))[0] == 404
     assert (await site.post("/keys/abc/disable", {}))[0] == 404
+
+
+async def test_export_streams_the_matching_keys_and_is_audited(
+    site: Site, caplog: pytest.LogCaptureFixture
+) -> None:
+    status, text = await site.post("/keys/export", {"provider": "gemini", "format": "txt"})
+    assert status == 200
+    assert text.splitlines() == GEMINI
+    status, table = await site.post(
+        "/keys/export", {"state": "invalid_key", "provider": "openai", "format": "csv"}
+    )
+    lines = table.splitlines()
+    assert lines[0] == "provider,fingerprint,status,source,key"
+    async with site.store.engine.connect() as conn:
+        invalid = {
+            value
+            for (value,) in await conn.execute(
+                sa.select(keys.c.value)
+                .join(key_status, key_status.c.key_id == keys.c.id)
+                .where(key_status.c.status == "invalid_key", keys.c.value.like("sk-%"))
+            )
+        }
+    assert {line.rsplit(",", 1)[1] for line in lines[1:]} == invalid
+    assert all(line.startswith("openai,") for line in lines[1:])
+    assert (await site.post("/keys/export", {"state": "bogus"}))[0] == 400
+    entries = [e for e in await audit.recent(site.store) if e.action == "export"]
+    assert sorted(e.keys for e in entries) == sorted([len(GEMINI), len(invalid)])
+    logged = "\n".join(r.getMessage() for r in caplog.records)
+    assert "exported 4 keys" in logged
+    assert all(key not in logged for key in ALL)
+
+
+async def test_import_writes_a_new_file_and_syncs(site: Site, tmp_path: Path) -> None:
+    new = ["AIza-imported-000-abcdefgh01", "AIza-imported-001-abcdefgh02"]
+    pasted = "\n".join([*new, GEMINI[0]])
+    status, _ = await site.post("/keys/import", {"provider": "gemini", "keys": pasted})
+    assert status == 303
+    files = sorted((tmp_path / "gemini").glob("imported-*.txt"))
+    assert len(files) == 1
+    assert [ln for ln in files[0].read_text().splitlines() if not ln.startswith("#")] == new
+    _, html = await site.get("/keys?provider=gemini")
+    assert set(prints(html)) == {fingerprint(k) for k in [*GEMINI, *new]}
+    entries = [e for e in await audit.recent(site.store) if e.action == "import"]
+    assert [(e.detail, e.keys) for e in entries] == [("gemini", 2)]
+    assert (await site.post("/keys/import", {"provider": "nobody", "keys": "x"}))[0] == 400
+    too_big = {"provider": "gemini", "keys": "A" * (2 << 20)}
+    assert (await site.post("/keys/import", too_big))[0] == 413
+
+
+async def test_import_into_a_secret_mount_is_shown_disabled(site: Site, tmp_path: Path) -> None:
+    (tmp_path / "gemini" / "..data").symlink_to(tmp_path / "gemini")
+    _, html = await site.get("/keys")
+    assert "Import to gemini is not possible" in html
+    assert "gemini (read-only)" in html
+    status, text = await site.post(
+        "/keys/import", {"provider": "gemini", "keys": "AIza-x-" + "1" * 20}
+    )
+    assert status == 409
+    assert "Kubernetes" in text
+    assert not list((tmp_path / "gemini").glob("imported-*"))

@@ -251,3 +251,44 @@ def test_a_search_is_a_fingerprint_prefix_or_the_masked_suffix_only() -> None:
     for bad in ("abc", "sk-page-0017", "page-0017-hxyz", "…toolong", "a b2", "g" * 65):
         with pytest.raises(ValueError, match="fingerprint"):
             search_terms(bad)
+
+
+async def test_migration_0011_fills_the_suffix_of_existing_keys(db_url: str) -> None:
+    """A database at 0010 with keys: 0011 records the four characters each masked key shows
+    (none for a key too short to show any), so the page finds `sk-…a1b2` at once."""
+    from alembic import command
+
+    from llmgateway.store.connect import _alembic_config
+    from llmgateway.store.schema import SCHEMA_HEAD
+
+    values = ["sk-migrate-0001-abcdWXYZ", "short-key"]
+    async with await Store.open(db_url) as store:
+
+        def to_0010(sync: sa.Connection) -> None:
+            config = _alembic_config()
+            config.attributes["connection"] = sync
+            command.upgrade(config, "0010")
+
+        if db_url.startswith("sqlite"):
+            Path(db_url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+        async with store.engine.begin() as conn:
+            await conn.run_sync(to_0010)
+            await conn.execute(
+                sa.text(
+                    "INSERT INTO providers (id, name, provider_type, active, created_at, "
+                    "updated_at, revision) VALUES (1, 'p1', 'openai_like', true, 0, 0, 0)"
+                )
+            )
+            for n, value in enumerate(values, start=1):
+                await conn.execute(
+                    sa.text(
+                        "INSERT INTO keys (id, provider_id, value, active, added_at, revision) "
+                        "VALUES (:id, 1, :value, true, 0, 0)"
+                    ),
+                    {"id": n, "value": value},
+                )
+        assert await store.upgrade() == SCHEMA_HEAD
+        async with store.engine.connect() as conn:
+            found = dict((await conn.execute(sa.select(keys.c.value, keys.c.suffix))).all())
+    assert found == {"sk-migrate-0001-abcdWXYZ": "WXYZ", "short-key": None}
+    assert mask(values[0]).endswith("WXYZ")

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 from urllib.parse import urlencode
 
 from llmgateway.core.outcomes import KeyStatus
@@ -39,12 +40,13 @@ class Asked:
         return "?" + urlencode({k: v for k, v in params.items() if v})
 
 
-def parse(params: Mapping[str, str], providers: Collection[str]) -> Asked:
-    """The page `params` ask for; each malformed parameter is a problem (and is left out)."""
+def parse(params: Mapping[str, str], providers: Collection[str], models: Collection[str]) -> Asked:
+    """The page `params` ask for (`providers` and `models` are the configured ones; `shared`
+    is a model too); each malformed parameter is a problem (and is left out)."""
     given = {k: params.get(k, "").strip()[:LONGEST] for k in (*FILTER_FIELDS, "sort", "dir")}
     given["size"] = params.get("size", "").strip()[:LONGEST]
     problems: list[str] = []
-    key_filter = _filter(given, providers, problems)
+    key_filter = _filter(given, providers, {*models, "shared"}, problems)
     sort = _choice(given, "sort", [s.value for s in Sort], Sort.KEY.value, problems)
     direction = _choice(given, "dir", ["asc", "desc"], "asc", problems)
     size = _size(given, problems)
@@ -64,11 +66,16 @@ def parse(params: Mapping[str, str], providers: Collection[str]) -> Asked:
     return Asked(query, cursor, given, problems)
 
 
-def _filter(given: dict[str, str], providers: Collection[str], problems: list[str]) -> KeyFilter:
+def _filter(
+    given: dict[str, str], providers: Collection[str], models: Collection[str], problems: list[str]
+) -> KeyFilter:
     provider = given["provider"] or None
     if provider is not None and provider not in providers:
-        problems.append(f"no provider {provider!r} in the config")
+        problems.append("no such provider in the config")
         provider = given["provider"] = ""
+    if given["model"] and given["model"] not in models:
+        problems.append("no such model in the config (a model name, or shared)")
+        given["model"] = ""
     state = _choice(given, "state", ["", *STATES], "", problems)
     statuses = frozenset({KeyStatus(state)}) if state and state != DISABLED else frozenset()
     code: int | None = None
@@ -118,3 +125,8 @@ def _size(given: dict[str, str], problems: list[str]) -> int:
     problems.append(f"a page has {SMALLEST} to {LARGEST} rows")
     given["size"] = ""
     return 50
+
+
+def known(providers: Mapping[str, Any]) -> tuple[set[str], set[str]]:
+    """The provider names and every model name they configure (of `settings.providers`)."""
+    return set(providers), {name for provider in providers.values() for name in provider.models}

@@ -1,7 +1,8 @@
 """The keys page: the (key, model) rows a filter selects, sorted, a page at a time by keyset
 cursor (`store.key_page`), with the filter in the URL; and the row actions (disable, enable,
-re-check, reset) on one key, by key id, recorded in the audit log. htmx swaps the table on a
-filter or page change, and the row after an action; without JavaScript each is a plain page."""
+re-check, reset) on one key, by key id, each a job run at once (so in the audit log). htmx
+swaps the table on a filter or page change, and the row after an action; without JavaScript
+each is a plain page."""
 
 from __future__ import annotations
 
@@ -13,7 +14,8 @@ from aiohttp import web
 
 from llmgateway.console.auth import actor
 from llmgateway.console.context import Console
-from llmgateway.console.key_query import STATES, Asked, parse
+from llmgateway.console.key_query import STATES, Asked, known, parse
+from llmgateway.console.key_transfer import import_refusals
 from llmgateway.console.render import is_partial, render
 from llmgateway.core.egress import NoHealthyProxyError, egress_for
 from llmgateway.core.guard import egress_label
@@ -44,7 +46,7 @@ def routes(console: Console) -> list[web.RouteDef]:
     """The keys page and the row actions."""
 
     async def page(request: web.Request) -> web.Response:
-        asked = parse(request.query, console.settings.providers)
+        asked = parse(request.query, *known(console.settings.providers))
         return await _page(request, console, asked)
 
     async def act(request: web.Request) -> web.Response:
@@ -87,6 +89,7 @@ async def _page(request: web.Request, console: Console, asked: Asked) -> web.Res
     }
     if is_partial(request):  # htmx swaps a 200 only: the problems are in the fragment
         return render(request, "_keys_table.html", **context)
+    context["refused"] = import_refusals(console)
     return render(request, "keys.html", status=400 if asked.problems else 200, **context)
 
 
@@ -100,7 +103,7 @@ async def _act(request: web.Request, console: Console) -> web.Response:
         digest = await conn.scalar(sa.select(keys.c.digest).where(keys.c.id == key_id))
     if digest is None:
         raise web.HTTPNotFound(text=f"no key {key_id}")
-    # a job run here at once, audited as this request's actor by `submit`
+    # a job run here at once, audited as this request's actor (as the CLI does its own)
     await run_action(console.store, action, Chosen(KeyFilter(), (digest,)), actor(request))
     form = await request.post()
     model = str(form.get("model", ""))[:200] or None

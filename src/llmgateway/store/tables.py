@@ -77,12 +77,12 @@ keys = sa.Table(
     # when `llmgateway keys disable` took the key out of service (None: it is not); no sync
     # touches it, and neither gateways nor the Keeper use a disabled key
     sa.Column("disabled_at", sa.Double, nullable=True),
-    # when a gateway last used the key, as precise as its usage write-behind (see
-    # `llmgateway.store.usage`); None: not since the gateways began to count
-    sa.Column("last_used_at", sa.Double, nullable=True),
     # the last four characters the masked key shows (None for a key too short to show any),
     # so the console finds `sk-…a1b2` by an index, never by a substring of the secret
     sa.Column("suffix", sa.Text, nullable=True, index=True),
+    # when a gateway last used the key, as precise as its usage write-behind (see
+    # `llmgateway.store.usage`); None: not since the gateways began to count
+    sa.Column("last_used_at", sa.Double, nullable=True),
     sa.UniqueConstraint("provider_id", "value"),
     # the console's keys page: a provider's keys in key order, the disabled ones
     sa.Index("ix_keys_provider_id_id", "provider_id", "id"),
