@@ -12,12 +12,13 @@ import sqlalchemy as sa
 from tests.helpers import ManualClock, eventually
 
 from llmgateway.config.settings import Settings
+from llmgateway.core.outcomes import KeyStatus
 from llmgateway.keeper.bulk_jobs import JobRunner
 from llmgateway.keeper.run import Keeper
 from llmgateway.keeper.summary import RoundSummary
 from llmgateway.keyfiles import run_sync
 from llmgateway.observe.masking import fingerprint
-from llmgateway.records import Actor, KeyFilter
+from llmgateway.records import Actor, KeyFilter, StatusEvent
 from llmgateway.store import Store, audit
 from llmgateway.store.job_runs import (
     JobLostError,
@@ -367,3 +368,33 @@ async def test_the_commands_action_is_a_job_run_at_once_and_audited_as_the_cli(
     assert await claim_next(store, "keeper-a") is None  # nothing left for the Keeper
     [logged] = await audit.recent(store)
     assert (logged.action, logged.keys, logged.session) == ("disable", 12, "cli")
+
+
+async def test_a_delta_after_a_disable_carries_every_row_of_its_keys_once(
+    store: Store, clock: ManualClock
+) -> None:
+    found = await seeded(store, 6)
+    mark = await store.revision()
+    off = Chosen(KeyFilter(), (fingerprint(found[0]), fingerprint(found[1])))
+    assert await run_action(store, Action.DISABLE, off) == Progress(2, 2, 4)
+    first = next(r.key_id for r in (await store.snapshot(0)).keys if r.secret == found[2])
+    clock.advance(1)  # a status row of another key, and of a disabled key, written since
+    limited = [StatusEvent(first, "m1", KeyStatus.RATE_LIMITED, clock.now)]
+    await store.apply_events(limited)
+    delta = await store.snapshot(mark)
+    seen = sorted((r.secret, r.model, r.active) for r in delta.keys)
+    assert seen == [
+        (found[0], "m1", False),
+        (found[0], "m2", False),
+        (found[1], "m1", False),
+        (found[1], "m2", False),
+        (found[2], "m1", True),
+    ]
+    assert await run_action(store, Action.ENABLE, off) == Progress(2, 2, 4)
+    again = await store.snapshot(await store.revision() - 1)
+    assert sorted((r.secret, r.active) for r in again.keys) == [
+        (found[0], True),
+        (found[0], True),
+        (found[1], True),
+        (found[1], True),
+    ]

@@ -5,8 +5,9 @@ The keys are fixed when the action is submitted, as a job (`llmgateway.store.job
 run a chunk at a time (`llmgateway.store.job_runs`), each chunk a range `(after, upto]` of key
 ids in one short transaction of its own. Here is what a chunk does, and nothing else: every
 caller (the CLI, the Keeper's job runner) goes through `apply`. A chunk that changes the pool
-takes a new store revision, stamps the status rows it changes (so each gateway's next delta
-read sees them) and, on PostgreSQL, announces it.
+takes a new store revision, stamps what it changes (the status rows of a reset; the keys of a
+disable or enable, whose rows each gateway's next delta read then takes) and, on PostgreSQL,
+announces it.
 
 - `disable` sets `keys.disabled_at`: no gateway selects the key, the Keeper does not probe it,
   and no file sync clears it. `enable` clears it.
@@ -156,8 +157,10 @@ def _reset(now: float, revision: int) -> dict[str, object]:
 async def _flip(
     conn: AsyncConnection, disable: bool, span: Span, now: float, revision: int
 ) -> tuple[int, int]:
-    """Disable or enable the keys of `span` that are not so yet, and stamp every row of the
-    keys it changed (so that each gateway's next delta adds or drops them)."""
+    """Disable or enable the keys of `span` that are not so yet, stamping the keys alone:
+    a gateway's delta read takes every row of a stamped key (`status.snapshot_pages`), so the
+    status rows (and their many indexes) are not rewritten. Returns (keys changed, their
+    status rows)."""
     flag = keys.c.disabled_at.is_(None) if disable else keys.c.disabled_at.is_not(None)
     flipped = await conn.execute(
         sa.update(keys)
@@ -171,12 +174,12 @@ async def _flip(
         keys.c.id > span.after, keys.c.id <= span.upto, keys.c.revision == revision
     )
     ks = key_status.c
-    stamped = await conn.execute(
-        sa.update(key_status)
+    rows = await conn.scalar(
+        sa.select(sa.func.count())
+        .select_from(key_status)
         .where(ks.key_id > span.after, ks.key_id <= span.upto, ks.key_id.in_(changed))
-        .values(revision=revision)
     )
-    return flipped.rowcount, stamped.rowcount
+    return flipped.rowcount, int(rows or 0)
 
 
 def _rows_of(chosen: Chosen, span: Span) -> list[sa.ColumnElement[bool]]:

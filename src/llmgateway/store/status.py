@@ -52,8 +52,9 @@ async def snapshot_pages(
     key_range: tuple[int, int] | None = None,
     page: int = 1000,
 ) -> AsyncGenerator[Snapshot, None]:
-    """Every active row (`since_revision=0`), or every row stamped after `since_revision`,
-    inactive ones included; only keys with `lo < key_id <= hi` given `key_range`.
+    """Every active row (`since_revision=0`), or every row stamped after `since_revision`
+    and every row of a key stamped after it (`keys.revision`: a disable or enable), inactive
+    ones included; only keys with `lo < key_id <= hi` given `key_range`.
 
     The key rows are streamed, `page` at a time (a delta of 100,000 rows never sits in memory
     at once); the first page carries every proxy row, and there is always a first page. The
@@ -88,19 +89,27 @@ async def snapshot_pages(
             providers, providers.c.id == proxies.c.provider_id
         )
     )
-    if since_revision <= 0:
+    if key_range is not None:
         key_query = key_query.where(
+            key_status.c.key_id > key_range[0], key_status.c.key_id <= key_range[1]
+        )
+    keys_read: sa.Executable = key_query
+    if since_revision <= 0:
+        keys_read = key_query.where(
             key_status.c.active, keys.c.active, providers.c.active, keys.c.disabled_at.is_(None)
         )
         proxy_query = proxy_query.where(proxies.c.active, providers.c.active)
     else:
-        key_query = key_query.where(key_status.c.revision > since_revision)
+        # the rows stamped since, and every row of a key stamped since (a disable or enable
+        # stamps the key alone): two index reads, each row once
+        keys_read = sa.union_all(
+            key_query.where(key_status.c.revision > since_revision),
+            key_query.where(
+                keys.c.revision > since_revision, key_status.c.revision <= since_revision
+            ),
+        )
         proxy_query = proxy_query.where(
             sa.or_(proxies.c.revision > since_revision, proxy_status.c.revision > since_revision)
-        )
-    if key_range is not None:
-        key_query = key_query.where(
-            key_status.c.key_id > key_range[0], key_status.c.key_id <= key_range[1]
         )
     proxy_rows = [
         ProxyRow(
@@ -116,7 +125,7 @@ async def snapshot_pages(
     ]
     names: dict[str, str] = {}  # one string per provider and model name, not one per row
     pending = proxy_rows
-    async for part in (await conn.stream(key_query)).partitions(page):
+    async for part in (await conn.stream(keys_read)).partitions(page):
         key_rows = [
             KeyRow(
                 key_id=key_id,

@@ -3,8 +3,9 @@
 Times are epoch seconds (UTC) stored as double-precision floats: the in-memory pool compares
 them with `time.time()` directly. Every write transaction bumps `meta.revision` and stamps the
 rows it changes with the new value, so a reader can ask "what changed since revision R".
-A change that matters to the gateway pool is always stamped on `key_status` (for keys) and on
-`proxies`/`proxy_status` (for proxies), so a delta read needs only those revision indexes.
+A change that matters to the gateway pool is stamped on `key_status` (for keys; a disable or
+enable, which concerns every row of a key, on `keys` alone) and on `proxies`/`proxy_status` (for
+proxies), so a delta read needs only those revision indexes.
 
 The migrations in `migrations/versions` are the source of truth for existing databases; these
 definitions must match them (a test compares the two).
