@@ -8,7 +8,7 @@ from __future__ import annotations
 import re
 from urllib.parse import parse_qs, urlsplit
 
-from playwright.async_api import Locator, Page, expect
+from playwright.async_api import Dialog, Locator, Page, expect
 
 from llmgateway.observe.masking import fingerprint
 from llmgateway.store.key_list import by_fingerprint
@@ -34,6 +34,18 @@ async def fingerprints(rows: Locator) -> set[str]:
         "rows => rows.map(r => r.querySelector('td small code').textContent.trim())"
     )
     return set(found)
+
+
+def accept_dialogs(page: Page) -> list[str]:
+    """Accept every confirmation `page` asks from now on; the list of their messages."""
+    asked: list[str] = []
+
+    async def accept(dialog: Dialog) -> None:
+        asked.append(dialog.message)
+        await dialog.accept()
+
+    page.on("dialog", accept)
+    return asked
 
 
 async def filtered_to_invalid(page: Page, console: ConsoleServer) -> None:
@@ -91,17 +103,13 @@ async def test_a_row_disable_shows_in_the_row_and_the_store(
 async def test_a_bulk_disable_of_the_filter_shows_its_progress_until_done(
     page: Page, console: ConsoleServer
 ) -> None:
-    await filtered_to_invalid(page, console)
-    csrf = await page.locator("input[name=csrf]").first.input_value()
-    # the keys page has no bulk form yet: its POST is sent as that form would send it, with
-    # the session's cookie and the page's CSRF token, and the browser follows the redirect
-    answer = await page.request.post(
-        f"{console.url}/jobs",
-        form={"action": "disable", "state": "invalid_key", "csrf": csrf},
-    )
-    assert answer.ok, await answer.text()
-    assert re.search(r"/admin/jobs/\d+$", answer.url), answer.url
-    await page.goto(answer.url)
+    await filtered_to_invalid(page, console)  # no reload: the filter came by htmx
+    asked = accept_dialogs(page)
+    await page.locator("select[name=action]").select_option("disable")
+    await page.get_by_role("button", name="Apply to all matching").click()
+    await expect(page).to_have_url(re.compile(r"/admin/jobs/\d+$"))
+    assert len(asked) == 1
+    assert "EVERY" not in asked[0], asked
     job = page.locator("div.job")
     await expect(job.locator("progress")).to_be_visible()
     await expect(job.get_by_role("status")).to_have_text("done", timeout=30_000)
@@ -109,6 +117,18 @@ async def test_a_bulk_disable_of_the_filter_shows_its_progress_until_done(
     await expect(job.locator("progress")).to_have_attribute("value", total)
     await expect(job).to_contain_text(f"{total} of {total} keys")
     assert await disabled_fingerprints(console) == invalid(console)
+
+
+async def test_export_downloads_the_keys_of_the_filter(page: Page, console: ConsoleServer) -> None:
+    await filtered_to_invalid(page, console)  # no reload: the filter came by htmx
+    asked = accept_dialogs(page)
+    async with page.expect_download() as waiting:
+        await page.get_by_role("button", name="Export matching keys").click()
+    download = await waiting.value
+    assert asked == ["Download the matching keys WITH their secrets?"]
+    exported = set((await download.path()).read_text().split())
+    assert exported == {*console.keys.openai_invalid, *console.keys.gemini_invalid}
+    assert not any(key in download.url for key in console.keys.every())
 
 
 async def test_a_recheck_turns_a_mended_key_valid(
