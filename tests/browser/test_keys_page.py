@@ -154,3 +154,29 @@ async def test_a_recheck_turns_a_mended_key_valid(
     await page.get_by_label("State").select_option("")
     await expect(page.locator(ROWS)).to_have_count(1)
     await expect(page.locator(f"{ROWS} span.state")).to_have_text("valid")
+
+
+async def test_two_imported_keys_appear_on_the_page(page: Page, console: ConsoleServer) -> None:
+    pasted = [f"sk-console-imported-{i:04d}-{'k' * 16}" for i in range(2)]
+    await log_in(page, console)
+    await page.wait_for_url(f"{console.url}/")
+    await go_to(page, "Keys")
+    await page.locator("form[action='/admin/keys/import'] select[name=provider]").select_option(
+        "openai"
+    )
+    await page.get_by_label("Keys, one a line").fill("\n".join(pasted))
+    await page.get_by_role("button", name="Import").click()
+    await expect(page).to_have_url(re.compile(r"/admin/keys\?provider=openai$"))
+    for key in pasted:
+        await page.get_by_label("Search").fill(fingerprint(key))
+        await page.get_by_label("Search").press("Enter")
+        await expect(page).to_have_url(re.compile(rf"q={fingerprint(key)}"))
+        rows = page.locator(ROWS)
+        await expect(rows).to_have_count(1)
+        await expect(rows.locator("td small code").first).to_have_text(fingerprint(key))
+    html = await page.content()
+    assert not any(key in html or key in page.url for key in pasted)
+    folder = console.settings.providers["openai"].keys_path
+    written = [p for p in folder.iterdir() if p.name not in ("keys.txt", "team-b.txt")]
+    [imported] = written
+    assert imported.read_text().split()[-2:] == pasted
