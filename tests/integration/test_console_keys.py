@@ -159,6 +159,23 @@ async def test_the_bulk_form_submits_the_filter_as_a_job(site: Site) -> None:
     assert_no_secret(progress)
 
 
+async def test_last_used_is_shown(site: Site) -> None:
+    async with site.store.engine.begin() as conn:
+        await conn.execute(
+            sa.update(keys).where(keys.c.value == GEMINI[1]).values(last_used_at=1.0)
+        )
+
+    def last_used(html: str) -> str:
+        found = re.search(r"<td>([^<]*)</td>\s*<td><small>[^<]*keys\.txt:", html)
+        assert found is not None
+        return found.group(1)
+
+    _, used = await site.get(f"/keys?q={fingerprint(GEMINI[1])}")
+    _, unused = await site.get(f"/keys?q={fingerprint(GEMINI[2])}")
+    assert last_used(used).endswith(" ago")
+    assert last_used(unused) == "—"
+
+
 async def test_sorting_reverses_by_the_heading_link(site: Site) -> None:
     _, html = await site.get("/keys?sort=key&size=200")
     _, down = await site.get(link(html, "Added"))

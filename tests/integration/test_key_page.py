@@ -196,7 +196,9 @@ async def test_filters(filled: Store) -> None:
     assert len((await page(model="m2")).rows) == 60
     assert (await page(provider="nobody")).rows == []
     invalid = await page(statuses=frozenset({KeyStatus.INVALID_KEY}))
-    assert ids(invalid) == {r.key_id for r in rows if r.status == "invalid_key"}
+    # the states partition the rows: a disabled key is `disabled`, whatever its stored status
+    want = {r.key_id for r in rows if r.status == "invalid_key" and r.key_id % 11 != 2}
+    assert ids(invalid) == want
     assert ids(await page(status_code=429)) == {r.key_id for r in rows if r.status_code == 429}
     disabled = await page(disabled=True)
     assert ids(disabled) == {i for i in {r.key_id for r in rows} if i % 11 == 2}

@@ -153,6 +153,7 @@ class PageRow:
 
     listing: KeyListing
     egress: str
+    last_used_at: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -207,7 +208,8 @@ def _query(
     columns = _order_columns(sort, part)
     if few:
         columns = [sa.func.coalesce(c, c) for c in columns]
-    query = sa.select(*LISTING_COLUMNS).select_from(key_pool).where(*conditions)
+    query = sa.select(*LISTING_COLUMNS, keys.c.last_used_at).select_from(key_pool)
+    query = query.where(*conditions)
     column = _COLUMN[sort]
     if column is not None and part.has is not None:
         query = query.where(column.is_not(None) if part.has else column.is_(None))
@@ -307,11 +309,12 @@ async def key_page(
 
 
 def _row(row: Sequence[Any], egress: Egress | None) -> PageRow:
-    shown = listing(row)
+    shown = listing(row[: len(LISTING_COLUMNS)])
     if shown.error is not None:
         # any other key an upstream echoed is masked too (a token of 20 or more key characters)
         error = _TOKEN.sub(lambda found: mask(found.group()), shown.error)
         cut = error[:ERROR_SHOWN] + "…" if len(error) > ERROR_SHOWN else error
         shown = replace(shown, error=cut)
     secret: str = row[LISTING_COLUMNS.index(keys.c.value)]
-    return PageRow(shown, DIRECT if egress is None else egress(shown.provider, secret))
+    bound = DIRECT if egress is None else egress(shown.provider, secret)
+    return PageRow(shown, bound, row[len(LISTING_COLUMNS)])
