@@ -12,8 +12,8 @@ Whether the servers are there is decided in one place, `require_server()`, for e
 `postgres` or `redis` (tests using `redis_prefix` get `redis` by themselves): a server that
 cannot be reached skips the test with the reason, unless `LLMGATEWAY_REQUIRE_PG=1` or
 `LLMGATEWAY_REQUIRE_REDIS=1` (CI), which makes it fail instead. Tests under tests/e2e,
-tests/chaos, tests/soak and tests/security get the marker of their folder, so `-m "not soak"`
-and the like select by kind.
+tests/chaos, tests/soak, tests/security and tests/browser get the marker of their folder, so
+`-m "not soak"` and the like select by kind.
 
 `fake` is the fake upstream (`FakeUpstream(**fake_options)`; a module overrides `fake_options`
 to change it); `gateway` starts the real gateway on it (`async with gateway(...) as url:`)."""
@@ -134,7 +134,13 @@ def require_server(server: Server) -> None:
     pytest.skip(message)
 
 
-FOLDER_MARKERS = {"e2e": "e2e", "chaos": "chaos", "soak": "soak", "security": "security"}
+FOLDER_MARKERS = {
+    "e2e": "e2e",
+    "chaos": "chaos",
+    "soak": "soak",
+    "security": "security",
+    "browser": "browser",
+}
 TESTS = Path(__file__).parent
 
 
