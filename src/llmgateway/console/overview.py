@@ -9,10 +9,13 @@ from aiohttp import web
 from llmgateway.console.context import Console
 from llmgateway.console.overview_view import context
 from llmgateway.console.render import is_partial, render
-from llmgateway.store import audit, overview
+from llmgateway.store import audit, jobs, overview
 
 RECENT_ACTIONS = 10
 """Audit log entries shown."""
+
+RECENT_JOBS = 5
+"""Bulk jobs shown."""
 
 
 def routes(console: Console) -> list[web.RouteDef]:
@@ -22,9 +25,7 @@ def routes(console: Console) -> list[web.RouteDef]:
     async def page(request: web.Request) -> web.Response:
         view = await overview.read(console.store, console.clock(), pool)
         recent = await audit.recent(console.store, RECENT_ACTIONS)
-        # the recent bulk jobs: `await jobs.recent_jobs(console.store, 5)` once the jobs
-        # (branch console-jobs, `llmgateway.store.jobs`) are merged; None: "not kept yet"
-        values = context(view, recent, None)
+        values = context(view, recent, await jobs.recent_jobs(console.store, RECENT_JOBS))
         name = "_overview.html" if is_partial(request) else "overview.html"
         return render(request, name, **values)
 
