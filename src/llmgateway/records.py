@@ -98,7 +98,7 @@ class StatusCount:
 USAGE_HOUR = 3600
 """Seconds in one period of the usage counts (`UsageCount.hour` starts one)."""
 
-USAGE_FLUSH_SEC = 5.0
+USAGE_FLUSH_SEC = 2.0
 """How often a gateway writes its usage counts, and so how precise a key's "last used" is."""
 
 

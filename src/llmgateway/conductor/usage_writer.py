@@ -39,7 +39,7 @@ class UsageWriter:
     write: Callable[[Sequence[UsageCount], float], Awaitable[object]]
     clock: Callable[[], float] = time.time
     interval_sec: float = USAGE_FLUSH_SEC
-    batch_size: int = 5000
+    batch_size: int = 1000
     limit: int = 250_000
     _pending: dict[Slot, int] = field(default_factory=dict)
     written: int = 0
