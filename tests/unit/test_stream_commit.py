@@ -164,6 +164,8 @@ CASES = [
     ),
     Case("null-error-is-data", b'data: {"error": null, "choices": []}\n\n', D.COMMIT),
     Case("not-json-data", b"data: hello\n\n", D.COMMIT),
+    Case("deeply-nested", b"data: " + b"[" * 1500 + b"\n\n", D.COMMIT),
+    Case("not-utf8", b'data: {"error": "\xff"}\n\n', D.COMMIT),
     Case("no-space-after-colon", b'data:{"choices":[]}\n\n', D.COMMIT),
     Case("cut-by-eof", b'data: {"choices": []}', D.COMMIT),
     Case("error-cut-by-eof", OPENAI_ERROR.rstrip(b"\n"), D.ERROR, 500, R.SERVER_ERROR),

@@ -27,10 +27,9 @@ when it passes.
 from __future__ import annotations
 
 import enum
+import json
 from dataclasses import dataclass
 from typing import Any
-
-import orjson
 
 from llmgateway.core.classify import Classified, classify
 from llmgateway.core.outcomes import Blame, ErrorReason, Outcome
@@ -200,8 +199,8 @@ _PREAMBLE_EVENTS = frozenset(name.encode() for name in _PREAMBLE)
 
 def _json(data: bytes) -> Any:
     try:
-        return orjson.loads(data)
-    except orjson.JSONDecodeError:  # not JSON, not UTF-8, or nested too deep
+        return json.loads(data)
+    except (ValueError, TypeError, RecursionError):  # not JSON, not UTF-8, or nested too deep
         return None
 
 
@@ -238,7 +237,7 @@ def _body_of(document: Any, data: bytes) -> bytes:
     if not error:
         return data
     fields = {k: error[k] for k in ("code", "message", "type", "param") if k in error}
-    return orjson.dumps({"error": fields})
+    return json.dumps({"error": fields}, separators=(",", ":")).encode()
 
 
 def _status_of(error: dict[str, Any]) -> int:
