@@ -157,10 +157,10 @@ OPENAI_NO_MODEL = [
         b'{"error": {"message": "The model `gpt-9` does not exist or you do not have access to'
         b' it.", "type": "invalid_request_error", "param": null, "code": "model_not_found"}}',
     ),
-    (
+    (  # older wording, and no code
         404,
         b'{"error": {"message": "The model: `gpt-4` does not exist", "type":'
-        b' "invalid_request_error", "param": null, "code": "model_not_found"}}',
+        b' "invalid_request_error", "param": null, "code": null}}',
     ),
     (  # vLLM, older: the error's fields at the top level
         404,

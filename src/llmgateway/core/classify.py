@@ -111,9 +111,9 @@ def classify(
     """
     if status is None:
         return outcome_of(ErrorReason.UNKNOWN, None, None)
-    body_prefix = body_prefix[:BODY_PREFIX_BYTES]
     if 200 <= status < 300:
         return Outcome(reason=None, blame=Blame.NONE, status=status)
+    body_prefix = body_prefix[:BODY_PREFIX_BYTES]
     if status in (401, 403) and not probe and not key_route:
         return outcome_of(ErrorReason.FORBIDDEN, status, None)
     reason = _configured_reason(provider, status, body_prefix, probe)
@@ -323,7 +323,7 @@ _OPENAI_CONTEXT = re.compile(
 _GEMINI_CONTEXT = re.compile(
     r"The input token count \(\d+\) exceeds the maximum number of tokens allowed \(\d+\)"
 )
-_OPENAI_NO_MODEL = re.compile(r"The model `[^`]*` does not exist|That model does not exist")
+_OPENAI_NO_MODEL = re.compile(r"The model:? `[^`]*` does not exist|That model does not exist")
 _OPENAI_NO_MODEL_400 = re.compile(r"Model Not Exist|\S+ is not a valid model ID")
 _GEMINI_NO_MODEL = re.compile(r"models/\S+ is not found for API version ")
 _PER_DAY_QUOTA = re.compile(rb'"quotaId"\s*:\s*"[^"]*PerDay')
