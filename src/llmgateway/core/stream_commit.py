@@ -176,6 +176,8 @@ class FirstEvent:
         self._data, self._event = [], b""
         if data.strip() == b"[DONE]":
             return self._decide(Decision.EMPTY)
+        if event == b"" and b"error" not in data and b'"type"' not in data:
+            return self._decide(Decision.COMMIT)  # no error, no preamble: not worth parsing
         document = _json(data)
         if isinstance(document, list) and document:
             document = document[0]  # Gemini's errors may come in an array
