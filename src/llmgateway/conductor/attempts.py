@@ -14,20 +14,22 @@ from __future__ import annotations
 import asyncio
 import random
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 
 from llmgateway import providers
 from llmgateway.conductor.call import Call
 from llmgateway.conductor.claim import Claim
-from llmgateway.conductor.replies import GatewayReply, failed_attempt, no_key
+from llmgateway.conductor.replies import GatewayReply, failed_attempt, no_key, stream_failed
 from llmgateway.conductor.status_writer import StatusWriter
+from llmgateway.conductor.stream_peek import is_event_stream, peek
 from llmgateway.conductor.usage_writer import UsageWriter
 from llmgateway.config.settings import RetryStep
 from llmgateway.core.guard import Excluded
 from llmgateway.core.outcomes import Blame, Outcome
 from llmgateway.core.pool_keys import Lease
 from llmgateway.core.resilience import full_jitter_backoff
+from llmgateway.core.stream_commit import Decision, Peek, outcome_of_peek
 from llmgateway.limits import Refusal
 from llmgateway.observe import debug, logs
 from llmgateway.observe.metrics import Metrics
@@ -48,6 +50,7 @@ class Relay:
     attempts: int
     secret: str = field(repr=False)  # the key it came through, for the debug log only
     body: bytes | None = None
+    chunks: AsyncIterator[bytes] | None = None  # a peeked stream, from its start (`peek`)
 
 
 WHOLE_BODY_LIMIT = 1024 * 1024
@@ -185,9 +188,17 @@ class AttemptLoop:
                     whole = await response.read(self.max_response_bytes)
                     claim.relay(ok, whole=True)
                     return Relay(response, attempt, lease.secret, whole)
+                chunks = None
+                if call.peek_sec is not None and is_event_stream(response):
+                    wait = min(call.peek_sec, deadline - asyncio.get_running_loop().time())
+                    peeked = await peek(response, wait)
+                    failed = self._failed_peek(call, claim, peeked.peek, attempt)
+                    if failed is not None:
+                        return failed
+                    chunks = peeked.rest
                 claim.relay(ok, whole=False)
                 claim.observed(ok, response.headers, None)
-                return Relay(response, attempt, lease.secret)
+                return Relay(response, attempt, lease.secret, chunks=chunks)
             body = await response.read_prefix(ERROR_PREFIX_BYTES)
         except Exception as error:
             if not is_transport_error(error):  # our own bug: nobody else's fault
@@ -208,6 +219,23 @@ class AttemptLoop:
         claim.observed(outcome, headers_in, body)
         claim.settle(outcome)
         return failed_attempt(call, status, response, body, outcome, attempt), outcome
+
+    def _failed_peek(
+        self, call: Call, claim: Claim, found: Peek, attempt: int
+    ) -> tuple[GatewayReply, Outcome] | None:
+        """A stream whose first event is an error or that ended without one: the failed
+        attempt (settled), as an HTTP error would be; None when it is to be relayed (an
+        answer, or an error that is the client's: what the client would have had anyway)."""
+        if found.decision not in (Decision.ERROR, Decision.EMPTY):
+            return None
+        outcome = outcome_of_peek(call.provider.settings, found, now=self.clock())
+        if outcome.blame is Blame.CLIENT:
+            return None
+        response = claim.response
+        assert response is not None
+        claim.observed(outcome, response.headers, found.error or None)
+        claim.settle(outcome)
+        return stream_failed(call, found.status, outcome, attempt), outcome
 
 
 _SUCCESSES = {

@@ -82,3 +82,6 @@ class Call:
     stream: bool
     client_retry: bool
     timing: Timing = field(default_factory=Timing)
+    # `commit: first_event`: a stream is held back up to this long for its first event, and
+    # falls back like an HTTP error when that is one (None: committed at its first byte)
+    peek_sec: float | None = None

@@ -68,6 +68,20 @@ def failed_attempt(
     return _error(call, 502, message, "upstream_unreachable", None, attempts, reason)
 
 
+def stream_failed(call: Call, status: int | None, outcome: Outcome, attempts: int) -> GatewayReply:
+    """What the client sees if a stream that failed before its first event (an error event
+    standing for `status`, or no event at all) turns out to be the last attempt: the error's
+    meaning in the gateway's own words (the event's body may describe the key's account)."""
+    if outcome.blame is Blame.KEY:
+        return failed_attempt(call, None, None, b"", outcome, attempts)
+    reason = outcome.reason.value if outcome.reason else "ok"
+    if status is None:
+        message = "The upstream's stream ended before its first event."
+    else:
+        message = f"The upstream's stream began with an error (status {status})."
+    return _error(call, 502, message, "bad_upstream_response", None, attempts, reason)
+
+
 def no_key(
     call: Call,
     why: Unavailable | Blocked,
