@@ -60,7 +60,11 @@ def check_config(config: str | None, path: str | None) -> None:
     count, names = len(settings.providers), ", ".join(settings.providers)
     noun = "provider" if count == 1 else "providers"
     database = settings.database
-    summary = f"ok: {count} {noun} ({names}), database: {database.backend}"
+    summary = f"ok: {count} {noun} ({names}), "
+    if settings.routes:
+        summary += _counted(list(settings.routes), "route")
+        summary += _counted([t.name for t in settings.gateway.tokens], "gateway token")
+    summary += f"database: {database.backend}"
     if database.backend == "postgresql" and (database.direct_url or database.pooler != "auto"):
         summary += f" (pooler: {database.pooler.value}"
         summary += ", direct_url set)" if database.direct_url else ")"
@@ -77,6 +81,12 @@ def check_config(config: str | None, path: str | None) -> None:
             click.echo(f"warning: {where}: {why}, refused off loopback; {WAY_OUT}", err=True)
     for where, why in unreachable_models(settings):
         click.echo(f"warning: {where}: {why}", err=True)
+
+
+def _counted(names: list[str], noun: str) -> str:
+    """`2 routes (fast, long), ` for the summary line."""
+    plural = "" if len(names) == 1 else "s"
+    return f"{len(names)} {noun}{plural} ({', '.join(names)}), "
 
 
 @main.command("fake-upstream")

@@ -1,8 +1,9 @@
 """What the field types cannot say: the cross-field rules of the configuration.
 
 The rules run on every part of the config that validates on its own, so one typo elsewhere
-does not hide them: all problems are reported in one go. Warnings that are not rules: weak
-tokens (`config.weak_tokens`) and models no route reaches (`config.reachable`).
+does not hide them: all problems are reported in one go. The rules of routes and gateway-wide
+tokens are in `config.route_rules`. Warnings that are not rules: weak tokens
+(`config.weak_tokens`) and models no route reaches (`config.reachable`).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from typing import Any, TypeVar, Union, get_origin
 from pydantic import BaseModel, TypeAdapter, ValidationError
 from pydantic_core import PydanticUndefined
 
+from llmgateway.config.route_rules import route_findings
 from llmgateway.config.schema import choose_member, is_model, step, unwrap
 from llmgateway.config.settings import (
     AdminSettings,
@@ -47,6 +49,7 @@ def check(data: Mapping[str, Any], settings: Settings | None) -> list[Finding]:
         findings = list(_walk_raw(Settings, data, ()))
         providers = _valid_providers(data.get("providers"))
     findings.extend(_token_findings(providers))
+    findings.extend(route_findings(data, settings))
     return findings
 
 
