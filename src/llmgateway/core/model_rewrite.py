@@ -17,8 +17,10 @@ _COLON = re.compile(rb"\s*:\s*")
 
 
 def rewrite_model(body: bytes, model: str) -> bytes | None:
-    """`body` (a JSON object) with its top-level `model` string replaced by `model`, or None
-    when it has no top-level `model` string.
+    """`body` with its top-level `model` string replaced by `model`.
+
+    `body` must be a JSON object whose top-level `model` is a string, named once (the request
+    path has parsed it to resolve the model); None when no such pair is found.
 
     One match of `"model": "…"` in a body without `\\u` escapes is the top-level pair (the
     top-level key is then spelt plainly, and a string value cannot hold an unescaped quote);
