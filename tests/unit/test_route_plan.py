@@ -312,3 +312,14 @@ def test_bytes_outside_the_model_are_kept() -> None:
 )
 def test_no_top_level_model_string_is_none(body: bytes) -> None:
     assert rewrite_model(body, "m") is None
+
+
+def test_a_plain_body_is_rewritten_at_its_one_model() -> None:
+    body = b'{"model": "fast", "messages": [{"role": "user", "content": "a\\nb"}]}'
+    assert rewrite_model(body, "m", plain=True) == body.replace(b'"fast"', b'"m"')
+    assert rewrite_model(body, "m", plain=True) == rewrite_model(body, "m")
+
+
+def test_a_model_naming_needs_json_escapes() -> None:
+    body = b'{"model":"fast"}'
+    assert rewrite_model(body, 'a"b\\c\u00e9\n') == b'{"model":"a\\"b\\\\c\\u00e9\\n"}'

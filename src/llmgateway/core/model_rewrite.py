@@ -2,7 +2,7 @@
 
 Every other byte of the body is kept as the client sent it (no parse and re-dump, which would
 reformat numbers and whitespace). The request path has already parsed the body once and refused
-one naming `model` twice in an object, so the common case is one regular-expression search.
+one naming `model` twice in an object, so the common case is one substring search.
 """
 
 from __future__ import annotations
@@ -10,30 +10,47 @@ from __future__ import annotations
 import json
 import re
 
-_MODEL_PAIR = re.compile(rb'"model"\s*:\s*"(?:[^"\\]|\\.)*"', re.DOTALL)
-_VALUE = re.compile(rb'"(?:[^"\\]|\\.)*"', re.DOTALL)
+_KEY = b'"model"'
+_STRING_VALUE = re.compile(rb'\s*:\s*("(?:[^"\\]|\\.)*")', re.DOTALL)
 _TOKEN = re.compile(rb'"(?:[^"\\]|\\.)*"|[{}\[\]]', re.DOTALL)
 _COLON = re.compile(rb"\s*:\s*")
 
 
-def rewrite_model(body: bytes, model: str) -> bytes | None:
+def rewrite_model(body: bytes, model: str, *, plain: bool = False) -> bytes | None:
     """`body` with its top-level `model` string replaced by `model`.
 
     `body` must be a JSON object whose top-level `model` is a string, named once (the request
-    path has parsed it to resolve the model); None when no such pair is found.
+    path has parsed it to resolve the model); None when no such pair is found. `plain` says
+    the caller already saw `"model"` only once in the body and no `\\u` escape (the checks
+    `conductor.admission` makes before parsing): that one is the pair, found without reading
+    the rest of the body.
 
-    One match of `"model": "…"` in a body without `\\u` escapes is the top-level pair (the
-    top-level key is then spelt plainly, and a string value cannot hold an unescaped quote);
-    anything else (a nested `model`, an escaped key) is settled by walking the tokens."""
-    if b"\\u" not in body:
-        pairs = _MODEL_PAIR.finditer(body)
-        first, second = next(pairs, None), next(pairs, None)
-        if first is not None and second is None:
-            value = _VALUE.search(body, first.start() + len(b'"model"'))
-            if value is not None:
-                return _spliced(body, value.start(), value.end(), model)
+    In a body without `\\u` escapes the top-level key is spelt `"model"`, and a string value
+    cannot hold an unescaped quote: when only one `"model"` is followed by `: "…"`, that is
+    the pair (found with C-speed searches, never a Python loop over the body). Anything else (a
+    nested `model` string, an escaped key) is settled by walking the tokens."""
+    if plain:
+        pairs = _string_pairs(body, 1)
+    elif b"\\u" not in body:
+        pairs = _string_pairs(body, 2)
+    else:
+        pairs = []
+    if len(pairs) == 1:
+        return _spliced(body, *pairs[0], model)
     span = _top_level_value(body)
-    return None if span is None else _spliced(body, span[0], span[1], model)
+    return None if span is None else _spliced(body, *span, model)
+
+
+def _string_pairs(body: bytes, most: int) -> list[tuple[int, int]]:
+    """Where the string values of the first `most` `"model": "…"` pairs are."""
+    found: list[tuple[int, int]] = []
+    at = body.find(_KEY)
+    while at >= 0 and len(found) < most:
+        value = _STRING_VALUE.match(body, at + len(_KEY))
+        if value is not None:
+            found.append(value.span(1))
+        at = body.find(_KEY, at + len(_KEY))
+    return found
 
 
 def _spliced(body: bytes, start: int, end: int, model: str) -> bytes:
