@@ -25,6 +25,7 @@ from llmgateway.core.routes import (
     Target,
     resolve_model,
 )
+from llmgateway.observe.logs import known_secrets
 
 GEMINI_TOKEN = "tok-gemini-aaaaaaaaaaaaaaaa"
 OPENAI_TOKEN = "tok-openai-bbbbbbbbbbbbbbbb"
@@ -471,3 +472,34 @@ def test_check_config_lists_route_problems_with_their_paths(tmp_path: Path) -> N
         "providers.gemini.models, or use one of: gemini-2.5-flash, gemini-2.5-pro)",
     ]
     assert GEMINI_TOKEN not in result.output
+
+
+def test_gateway_tokens_are_secrets_the_logs_mask(tmp_path: Path) -> None:
+    settings = load_settings(write(tmp_path, BASE), environ={})
+    assert {APP_TOKEN, CI_TOKEN} <= known_secrets(settings, key_files=False)
+
+
+def test_a_provider_gateway_tokens_reach_needs_no_token_of_its_own(tmp_path: Path) -> None:
+    routed = config(providers__openai__access_control={})  # routes fast and cheap target it
+    assert load_settings(write(tmp_path, routed), environ={}).providers["openai"]
+    addressed = config(
+        providers__openai__access_control={},
+        routes__fast__targets=[{"provider": "gemini", "model": "gemini-2.5-flash"}],
+        routes__cheap=None,
+        gateway__tokens__1__providers=["gemini", "open*"],
+    )
+    assert load_settings(write(tmp_path, addressed), environ={}).providers["openai"]
+
+
+def test_a_provider_nothing_reaches_needs_a_token(tmp_path: Path) -> None:
+    data = config(
+        providers__openai__access_control={},
+        routes__fast__targets=[{"provider": "gemini", "model": "gemini-2.5-flash"}],
+        routes__cheap=None,
+    )
+    assert only(tmp_path, data) == Problem(
+        "providers.openai.access_control.gateway_access_token",
+        "an enabled provider needs a gateway access token",
+        "set gateway_access_token (e.g. ${MY_TOKEN}) or gateway_access_tokens, target it from "
+        "a route, or set enabled: false",
+    )

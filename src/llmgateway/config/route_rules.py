@@ -41,6 +41,22 @@ def route_findings(data: Mapping[str, Any], settings: Settings | None) -> Iterat
     yield from _loop_rules(known.routes)
 
 
+def routed_providers(data: Mapping[str, Any], settings: Settings | None) -> frozenset[str] | None:
+    """The providers gateway-wide tokens reach: those a route targets, and those a token's
+    `providers` globs match; None when a route or `gateway.tokens` does not validate."""
+    known = _Known.of(settings) if settings is not None else _Known.partial(data)
+    if known.tokens is None or known.unsure_routes:
+        return None
+    targeted = {t.provider for route in known.routes.values() for t in route.targets}
+    named = set(known.providers) | set(_raw_names(data.get("providers")))
+    addressed = {p for p in named for token in known.tokens if token.may_use_provider(p)}
+    return frozenset(targeted | addressed)
+
+
+def _raw_names(raw: Any) -> list[str]:
+    return [str(name) for name in raw] if isinstance(raw, dict) else []
+
+
 @dataclass(frozen=True, slots=True)
 class _Known:
     """The parts of the config that validate; `unsure_*` name the ones that do not (a rule that
