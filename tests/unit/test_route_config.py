@@ -500,6 +500,6 @@ def test_a_provider_nothing_reaches_needs_a_token(tmp_path: Path) -> None:
     assert only(tmp_path, data) == Problem(
         "providers.openai.access_control.gateway_access_token",
         "an enabled provider needs a gateway access token",
-        "set gateway_access_token (e.g. ${MY_TOKEN}) or gateway_access_tokens, target it from "
-        "a route, or set enabled: false",
+        "set gateway_access_token (e.g. ${MY_TOKEN}) or gateway_access_tokens, reach it from a "
+        "route or a gateway token's providers, or set enabled: false",
     )

@@ -267,7 +267,7 @@ def _unreachable_providers(
                 f"providers.{name}.access_control.gateway_access_token",
                 "an enabled provider needs a gateway access token",
                 "set gateway_access_token (e.g. ${MY_TOKEN}) or gateway_access_tokens, "
-                "target it from a route, or set enabled: false",
+                "reach it from a route or a gateway token's providers, or set enabled: false",
             )
 
 
