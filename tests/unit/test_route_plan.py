@@ -9,6 +9,8 @@ import random
 from collections import Counter
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from llmgateway.core.model_rewrite import rewrite_model
 from llmgateway.core.outcomes import ErrorReason
@@ -323,3 +325,39 @@ def test_a_plain_body_is_rewritten_at_its_one_model() -> None:
 def test_a_model_naming_needs_json_escapes() -> None:
     body = b'{"model":"fast"}'
     assert rewrite_model(body, 'a"b\\c\u00e9\n') == b'{"model":"a\\"b\\\\c\\u00e9\\n"}'
+
+
+_TARGETS = st.lists(
+    st.builds(
+        Target,
+        provider=st.sampled_from(["p1", "p2", "p3"]),
+        model=st.sampled_from(["m1", "m2"]),
+        weight=st.floats(min_value=0.001, max_value=1000),
+        priority=st.integers(min_value=0, max_value=2),
+    ),
+    min_size=1,
+    max_size=6,
+    unique_by=lambda t: (t.provider, t.model),
+)
+
+
+@given(
+    targets=_TARGETS,
+    cap=st.integers(min_value=1, max_value=7),
+    cooling=st.sets(st.tuples(st.sampled_from(["p1", "p2", "p3"]), st.sampled_from(["m1", "m2"]))),
+    seed=st.integers(min_value=0, max_value=2**32),
+)
+def test_every_plan_keeps_the_rules(
+    targets: list[Target], cap: int, cooling: set[tuple[str, str]], seed: int
+) -> None:
+    planned = plan(
+        route(*targets, max_targets=cap),
+        lambda provider, model: (provider, model) not in cooling,
+        random.Random(seed),
+    )
+    eligible = [t for t in targets if (t.provider, t.model) not in cooling]
+    assert len(planned) == len(set(planned)) == min(cap, len(eligible))
+    assert set(planned) <= set(eligible)
+    assert [t.priority for t in planned] == sorted(t.priority for t in planned)
+    lowest = sorted(eligible, key=lambda t: t.priority)[: len(planned)]
+    assert sorted(t.priority for t in planned) == [t.priority for t in lowest]
