@@ -439,7 +439,9 @@ def test_route_problems_are_found_beside_other_problems(tmp_path: Path) -> None:
 
 
 def test_a_broken_provider_is_not_also_an_unknown_one(tmp_path: Path) -> None:
-    data = config(providers__openai__api_base_url="ftp://example")
+    data = config(
+        providers__openai__api_base_url="ftp://example", gateway__tokens__1__providers=["openai"]
+    )
     assert [p.path for p in problems(tmp_path, data)] == ["providers.openai.api_base_url"]
 
 

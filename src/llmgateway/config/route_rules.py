@@ -18,49 +18,45 @@ from pydantic import TypeAdapter, ValidationError
 
 from llmgateway.config.route_settings import GatewayToken, RouteSettings
 from llmgateway.config.settings import ProviderSettings, Settings
+from llmgateway.core.routes import Surface
 from llmgateway.providers.catalog import Catalog, is_pattern
 
 Finding = tuple[str, str, str]
 """One broken rule: (dotted path, what is wrong, hint)."""
 
-SURFACE_TYPES: Mapping[str, frozenset[str]] = {
+SURFACE_TYPES: Mapping[Surface, frozenset[str]] = {
     "openai": frozenset({"openai_like", "gemini"}),  # Gemini through its OpenAI endpoint
     "gemini": frozenset({"gemini"}),  # native: no translation
 }
 """The provider types each client surface can send a route's requests to."""
 
 
-def route_findings(data: Mapping[str, Any], settings: Settings | None) -> Iterator[Finding]:
-    """Every broken rule of `routes` and `gateway.tokens`; with `settings` None (the config did
-    not validate) the rules run on what validates, and say nothing that the rest could change."""
-    known = _Known.of(settings) if settings is not None else _Known.partial(data)
+def route_findings(known: RouteParts) -> Iterator[Finding]:
+    """Every broken rule of `routes` and `gateway.tokens`; on a config that did not validate
+    the rules run on what does, and say nothing that the rest could change."""
     if known.tokens is not None:
-        yield from _token_rules(known.tokens, known.providers)
+        yield from _token_rules(known.tokens, known)
     for alias, route in known.routes.items():
         yield from _route_rules(alias, route, known)
     yield from _loop_rules(known.routes)
 
 
-def routed_providers(data: Mapping[str, Any], settings: Settings | None) -> frozenset[str] | None:
+def routed_providers(known: RouteParts) -> frozenset[str] | None:
     """The providers gateway-wide tokens reach: those a route targets, and those a token's
     `providers` globs match; None when a route or `gateway.tokens` does not validate."""
-    known = _Known.of(settings) if settings is not None else _Known.partial(data)
     if known.tokens is None or known.unsure_routes:
         return None
     targeted = {t.provider for route in known.routes.values() for t in route.targets}
-    named = set(known.providers) | set(_raw_names(data.get("providers")))
+    named = set(known.providers) | known.unsure_providers
     addressed = {p for p in named for token in known.tokens if token.may_use_provider(p)}
     return frozenset(targeted | addressed)
 
 
-def _raw_names(raw: Any) -> list[str]:
-    return [str(name) for name in raw] if isinstance(raw, dict) else []
-
-
 @dataclass(frozen=True, slots=True)
-class _Known:
-    """The parts of the config that validate; `unsure_*` name the ones that do not (a rule that
-    would need them says nothing); `tokens` None when `gateway.tokens` does not validate."""
+class RouteParts:
+    """What the route rules read: the parts of the config that validate; `unsure_*` name the
+    ones that do not (a rule that would need them says nothing); `tokens` None when
+    `gateway.tokens` does not validate. Built by `of()` or `partial()`."""
 
     providers: Mapping[str, ProviderSettings]
     routes: Mapping[str, RouteSettings]
@@ -69,11 +65,13 @@ class _Known:
     unsure_routes: frozenset[str] = frozenset()
 
     @classmethod
-    def of(cls, settings: Settings) -> _Known:
+    def of(cls, settings: Settings) -> RouteParts:
+        """The parts of validated settings."""
         return cls(settings.providers, settings.routes, settings.gateway.tokens)
 
     @classmethod
-    def partial(cls, data: Mapping[str, Any]) -> _Known:
+    def partial(cls, data: Mapping[str, Any]) -> RouteParts:
+        """The parts of config data that did not validate as a whole which validate alone."""
         providers, unsure_providers = _each_valid(ProviderSettings, data.get("providers"))
         routes, unsure_routes = _each_valid(RouteSettings, data.get("routes"))
         gateway = data.get("gateway")
@@ -88,9 +86,8 @@ class _Known:
 # -- tokens ------------------------------------------------------------------------------------
 
 
-def _token_rules(
-    tokens: Sequence[GatewayToken], providers: Mapping[str, ProviderSettings]
-) -> Iterator[Finding]:
+def _token_rules(tokens: Sequence[GatewayToken], known: RouteParts) -> Iterator[Finding]:
+    providers = known.providers
     owners = _provider_tokens(providers)
     names: dict[str, int] = {}
     for i, entry in enumerate(tokens):
@@ -112,7 +109,8 @@ def _token_rules(
             )
         owners.setdefault(entry.token, f"{where}.token")
         for j, glob in enumerate(entry.providers):
-            if not is_pattern(glob) and glob not in providers:
+            known_name = glob in providers or glob in known.unsure_providers
+            if not is_pattern(glob) and not known_name:
                 yield (
                     f"{where}.providers.{j}",
                     f"'{glob}' is not a configured provider",
@@ -137,7 +135,7 @@ def _provider_tokens(providers: Mapping[str, ProviderSettings]) -> dict[str, str
 # -- routes ------------------------------------------------------------------------------------
 
 
-def _route_rules(alias: str, route: RouteSettings, known: _Known) -> Iterator[Finding]:
+def _route_rules(alias: str, route: RouteSettings, known: RouteParts) -> Iterator[Finding]:
     where, providers, routes = f"routes.{alias}", known.providers, known.routes
     yield from _alias_rules(alias, known)
     seen: dict[tuple[str, str], int] = {}
@@ -176,7 +174,7 @@ def _route_rules(alias: str, route: RouteSettings, known: _Known) -> Iterator[Fi
         )
 
 
-def _alias_rules(alias: str, known: _Known) -> Iterator[Finding]:
+def _alias_rules(alias: str, known: RouteParts) -> Iterator[Finding]:
     where, providers = f"routes.{alias}", known.providers
     head, slash, _ = alias.partition("/")
     if alias in providers:

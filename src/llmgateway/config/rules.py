@@ -15,7 +15,7 @@ from typing import Any, TypeVar, Union, get_origin
 from pydantic import BaseModel, TypeAdapter, ValidationError
 from pydantic_core import PydanticUndefined
 
-from llmgateway.config.route_rules import route_findings, routed_providers
+from llmgateway.config.route_rules import RouteParts, route_findings, routed_providers
 from llmgateway.config.schema import choose_member, is_model, step, unwrap
 from llmgateway.config.settings import (
     AdminSettings,
@@ -49,8 +49,9 @@ def check(data: Mapping[str, Any], settings: Settings | None) -> list[Finding]:
         findings = list(_walk_raw(Settings, data, ()))
         providers = _valid_providers(data.get("providers"))
     findings.extend(_token_findings(providers))
-    findings.extend(_unreachable_providers(providers, routed_providers(data, settings)))
-    findings.extend(route_findings(data, settings))
+    parts = RouteParts.of(settings) if settings is not None else RouteParts.partial(data)
+    findings.extend(_unreachable_providers(providers, routed_providers(parts)))
+    findings.extend(route_findings(parts))
     return findings
 
 

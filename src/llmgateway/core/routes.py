@@ -11,6 +11,7 @@ import dataclasses
 import enum
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Literal
 
 
 class FallbackReason(enum.StrEnum):
@@ -42,7 +43,7 @@ class StreamCommit(enum.StrEnum):
     FIRST_EVENT = "first_event"  # the first SSE data or error event (comments skipped)
 
 
-Surface = str
+Surface = Literal["openai", "gemini"]
 """Where a request came in: "openai" (`/v1/…` with a Bearer token) or "gemini" (native)."""
 
 
