@@ -415,9 +415,14 @@ def test_a_token_naming_an_unknown_provider(tmp_path: Path) -> None:
     )
 
 
-def test_a_token_name_is_a_plain_label(tmp_path: Path) -> None:
-    problem = only(tmp_path, config(gateway__tokens__1__name="ci bot"))
-    assert problem.path == "gateway.tokens.1.name"
+@pytest.mark.parametrize("name", ["ci bot", "", "-ci", "x" * 65, "ci/bot"])
+def test_a_token_name_is_a_plain_label(tmp_path: Path, name: str) -> None:
+    assert only(tmp_path, config(gateway__tokens__1__name=name)) == Problem(
+        "gateway.tokens.1.name",
+        "a token's name is 1 to 64 letters, digits, '.', '_' or '-', starting with a letter or "
+        "digit",
+        "e.g. ci-bot: logs and metrics show it",
+    )
 
 
 def test_names_under_tokens_are_not_masked_as_secrets(tmp_path: Path) -> None:
@@ -505,3 +510,15 @@ def test_a_provider_nothing_reaches_needs_a_token(tmp_path: Path) -> None:
         "set gateway_access_token (e.g. ${MY_TOKEN}) or gateway_access_tokens, reach it from a "
         "route or a gateway token's providers, or set enabled: false",
     )
+
+
+def test_check_config_warns_of_targets_on_disabled_providers(tmp_path: Path) -> None:
+    data = config(providers__openai__enabled=False, routes__cheap=None)
+    result = CliRunner().invoke(main, ["check-config", str(write(tmp_path, data))], env={})
+    assert result.exit_code == 0, result.output
+    assert result.stderr.splitlines() == [
+        "warning: routes.fast.targets.1: provider 'openai' is disabled: the route never tries "
+        "this target",
+        "warning: routes.fast.targets.2: provider 'openai' is disabled: the route never tries "
+        "this target",
+    ]

@@ -9,9 +9,12 @@ say (unknown providers, cycles, shadowed names…) is checked in `config.route_r
 from __future__ import annotations
 
 import fnmatch
+import re
 from collections.abc import Iterable
+from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictBool, field_validator
+from pydantic_core import PydanticCustomError
 
 from llmgateway.core.routes import DEFAULT_FALLBACK_ON, FallbackReason, StreamCommit
 
@@ -67,10 +70,24 @@ class RouteSettings(_Model):
 _CLIENT_FAULTS = frozenset({400, 404, 413, 422})
 
 
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+
+
+def _check_name(value: str) -> str:
+    if _NAME.fullmatch(value) is None:
+        raise PydanticCustomError(
+            "token_name",
+            "a token's name is 1 to 64 letters, digits, '.', '_' or '-', starting with a letter "
+            "or digit",
+            {"hint": "e.g. ci-bot: logs and metrics show it"},
+        )
+    return value
+
+
 class GatewayToken(_Model):
     """`gateway.tokens[]`: a client token for the whole gateway (not one provider)."""
 
-    name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", max_length=64)
+    name: Annotated[str, AfterValidator(_check_name)]
     token: str = Field(min_length=1, repr=False)
     routes: tuple[str, ...] = ("*",)  # globs over route aliases it may use
     providers: tuple[str, ...] = ()  # globs over providers it may address as <provider>/<model>
