@@ -426,10 +426,20 @@ def test_a_token_name_is_a_plain_label(tmp_path: Path, name: str) -> None:
 
 
 def test_names_under_tokens_are_not_masked_as_secrets(tmp_path: Path) -> None:
-    """`gateway.tokens` holds secrets, but a message naming a route or a token's name (both
-    written under it) shows them as they are."""
-    data = config(gateway__tokens__0__routes=["fast"], gateway__tokens__1__routes=["long"])
-    assert only(tmp_path, data).path == "routes.cheap"
+    """`gateway.tokens` holds secrets, but a message naming a route, a provider or a token's
+    name (all written under it too) shows them as they are."""
+    data = config(
+        gateway__tokens__0__name="frontend",
+        gateway__tokens__1__name="frontend",
+        gateway__tokens__1__routes=["fast"],
+        gateway__tokens__1__providers=["gemini", "opneai"],
+    )
+    assert [str(p) for p in problems(tmp_path, data)] == [
+        "gateway.tokens.1.name: 'frontend' is already the name of gateway.tokens.0 (give each "
+        "token its own name: logs and metrics tell clients apart by it)",
+        "gateway.tokens.1.providers.1: 'opneai' is not a configured provider (configured "
+        "providers: gemini, openai)",
+    ]
 
 
 def test_route_problems_are_found_beside_other_problems(tmp_path: Path) -> None:
