@@ -17,9 +17,10 @@ from tests.helpers import ManualClock
 
 from llmgateway.config.settings import Settings
 from llmgateway.console.app import Console, console_app
-from llmgateway.console.key_filter import FilterError, FilterForm
+from llmgateway.console.key_filter import FilterForm
 from llmgateway.core.outcomes import KeyStatus
 from llmgateway.keeper.bulk_jobs import JobRunner
+from llmgateway.key_filter import FilterError
 from llmgateway.observe.metrics_http import listening
 from llmgateway.records import KeyFilter
 from llmgateway.store import Store, audit

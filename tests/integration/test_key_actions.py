@@ -41,7 +41,7 @@ from llmgateway.config.load import load_settings
 from llmgateway.config.settings import DatabaseSettings
 from llmgateway.core.outcomes import KeyStatus
 from llmgateway.keyfiles import run_sync
-from llmgateway.observe.masking import fingerprint
+from llmgateway.observe.masking import fingerprint, mask
 from llmgateway.observe.metrics import store_key_counts
 from llmgateway.records import KeyFilter, StatusEvent
 from llmgateway.store import Store
@@ -166,6 +166,32 @@ def test_no_filter_is_refused_unless_all(tmp_path: Path) -> None:
     bad = CliRunner().invoke(main, ["keys", "disable", "--config", config, "xyz"])
     assert bad.exit_code == 2
     assert "4 to 64 hex digits" in bad.output
+    for flag, value, problem in (
+        ("--status-code", "42", "a status code is a number from 100 to 599"),
+        ("--search", "sk-live-abcdef", "search for a fingerprint (4 to 64 hex digits)"),
+        ("--status", "asleep", "'asleep' is not one of"),
+    ):
+        refused = CliRunner().invoke(main, ["keys", "disable", "--config", config, flag, value])
+        assert refused.exit_code == 2, refused.output
+        assert problem in refused.output
+        assert flag in refused.output
+    suffix = mask(GOOD[2])  # every openai key here ends in mnop
+    searched = json.loads(
+        invoke("keys", "disable", "--config", config, "--search", suffix, "--json")
+    )
+    assert (searched["matched"], searched["changed"], searched["filter"]) == (
+        5,
+        5,
+        f"--search {suffix}",
+    )
+    one = json.loads(
+        invoke("keys", "enable", "--config", config, "--search", fp(GOOD[2])[:10], "--json")
+    )
+    assert (one["matched"], one["changed"]) == (1, 1)
+    never_answered = invoke("keys", "enable", "--config", config, "--status-code", "200", "--json")
+    assert json.loads(never_answered)["matched"] == 0  # nothing was probed: no status code yet
+    rest = invoke("keys", "enable", "--config", config, "--search", suffix, "--json")
+    assert (json.loads(rest)["matched"], json.loads(rest)["changed"]) == (5, 4)
     report = json.loads(invoke("keys", "disable", "--config", config, "--all", "--json"))
     assert (report["matched"], report["changed"]) == (7, 7)
     assert (report["rows"]) == 12  # 5 openai keys x 2 models, 2 gemini keys shared

@@ -191,6 +191,24 @@ async def test_list_and_show_after_a_real_probe_round(
     assert set(rows_of(await ainvoke("keys", "list", "--config", config, "--model", "shared"))) == {
         (fingerprint(k), "shared") for k in GEMINI
     }
+    unauthorised = await ainvoke("keys", "list", "--config", config, "--status-code", "401")
+    assert set(rows_of(unauthorised)) == {
+        (fingerprint(INVALID), m) for m in ("gpt-4o-mini", "gpt-4o")
+    }
+    by_fingerprint = await ainvoke(
+        "keys", "list", "--config", config, "--search", fingerprint(NOQUOTA)[:8]
+    )
+    assert set(rows_of(by_fingerprint)) == {
+        (fingerprint(NOQUOTA), m) for m in ("gpt-4o-mini", "gpt-4o")
+    }
+    by_suffix = await ainvoke(  # every openai key here ends in mnop
+        "keys", "list", "--config", config, "--search", mask(GOOD[0]), "--limit", "0"
+    )
+    assert {row[0] for row in rows_of(by_suffix)} == {fingerprint(k) for k in ALL_KEYS[:5]}
+    both = ("--status-code", "400", "--provider", "gemini")  # Gemini refuses a key with a 400
+    assert set(rows_of(await ainvoke("keys", "list", "--config", config, *both))) == {
+        (fingerprint(GEMINI[1]), "shared")
+    }
     none = await ainvoke("keys", "list", "--config", config, "--provider", "nobody")
     assert none.strip() == "no keys match --provider nobody"
 

@@ -22,7 +22,7 @@ from llmgateway.config.settings import (
     OpenAILikeProvider,
     ProviderSettings,
 )
-from llmgateway.core.classify import classify, json_path
+from llmgateway.core.classify import BODY_PREFIX_BYTES, classify, json_path
 from llmgateway.core.egress import EgressError
 from llmgateway.core.outcomes import Blame, ErrorReason, Outcome
 from llmgateway.core.waits import parse_duration, retry_after_of
@@ -130,22 +130,218 @@ def test_status_rows(
     assert outcome.ok is (reason is None)
 
 
+@BOTH
 @pytest.mark.parametrize(
-    ("provider", "status", "reason"),
+    "body",
     [
-        (OPENAI, 404, R.BAD_REQUEST),
-        (GEMINI, 404, R.NO_MODEL),
+        b"",
+        b'{"error": {"code": 404, "message": "Requested entity was not found.",'
+        b' "status": "NOT_FOUND"}}',
+        b'{"error": {"message": "No such File object: file-abc", "type": "invalid_request_error"}}',
+        b"<html>404</html>",
     ],
-    ids=["openai-404", "gemini-404"],
+    ids=["empty", "gemini-entity", "openai-file", "html"],
 )
-def test_404_is_the_clients(provider: ProviderSettings, status: int, reason: ErrorReason) -> None:
-    outcome = run(provider, status)
-    assert (outcome.reason, outcome.blame) == (reason, Blame.CLIENT)
+def test_a_404_that_does_not_say_the_model_is_missing_is_the_clients(
+    provider: ProviderSettings, body: bytes
+) -> None:
+    outcome = run(provider, 404, body)
+    assert (outcome.reason, outcome.blame) == (R.BAD_REQUEST, Blame.CLIENT)
 
 
-def test_openai_model_not_found_is_no_model() -> None:
-    body = b'{"error": {"message": "The model `x` does not exist", "code": "model_not_found"}}'
-    assert run(OPENAI, 404, body).reason is R.NO_MODEL
+# --- the model does not exist upstream: no_model, the client's ---------------------------------
+
+OPENAI_NO_MODEL = [
+    (
+        404,
+        b'{"error": {"message": "The model `gpt-9` does not exist or you do not have access to'
+        b' it.", "type": "invalid_request_error", "param": null, "code": "model_not_found"}}',
+    ),
+    (  # older wording, and no code
+        404,
+        b'{"error": {"message": "The model: `gpt-4` does not exist", "type":'
+        b' "invalid_request_error", "param": null, "code": null}}',
+    ),
+    (  # vLLM, older: the error's fields at the top level
+        404,
+        b'{"object": "error", "message": "The model `llama-9` does not exist.", "type":'
+        b' "NotFoundError", "param": null, "code": 404}',
+    ),
+    (
+        404,
+        b'{"error": {"message": "That model does not exist", "type": "invalid_request_error",'
+        b' "param": null, "code": null}}',
+    ),
+    (  # DeepSeek
+        400,
+        b'{"error": {"message": "Model Not Exist", "type": "invalid_request_error", "param":'
+        b' null, "code": "invalid_request_error"}}',
+    ),
+    (  # OpenRouter
+        400,
+        b'{"error": {"message": "openai/gpt-9 is not a valid model ID", "code": 400}, "user_id":'
+        b' "user_x"}',
+    ),
+]
+GEMINI_NO_MODEL = (
+    b'{"error": {"code": 404, "message": "models/gemini-1.0-pro is not found for API version'
+    b" v1beta, or is not supported for generateContent. Call ListModels to see the list of"
+    b' available models and their supported methods.", "status": "NOT_FOUND"}}'
+)
+# Gemini's OpenAI-compatible endpoint: the same error in a JSON array
+GEMINI_COMPAT_NO_MODEL = (
+    b'[{"error": {"code": 404, "message": "models/gemini-x is not found for API version v1main,'
+    b' or is not supported for generateContent.", "status": "NOT_FOUND"}}]'
+)
+
+
+@pytest.mark.parametrize(("status", "body"), OPENAI_NO_MODEL)
+@pytest.mark.parametrize("probe", [False, True])
+def test_openai_like_model_does_not_exist(status: int, body: bytes, probe: bool) -> None:
+    outcome = run(OPENAI, status, body, probe=probe)
+    assert (outcome.reason, outcome.blame) == (R.NO_MODEL, Blame.CLIENT)
+
+
+@pytest.mark.parametrize(
+    "body", [GEMINI_NO_MODEL, GEMINI_COMPAT_NO_MODEL], ids=["native", "compat"]
+)
+@pytest.mark.parametrize("probe", [False, True])
+def test_gemini_model_does_not_exist(body: bytes, probe: bool) -> None:
+    outcome = run(GEMINI, 404, body, probe=probe)
+    assert (outcome.reason, outcome.blame) == (R.NO_MODEL, Blame.CLIENT)
+
+
+def test_a_model_missing_means_nothing_in_the_other_dialect_or_status() -> None:
+    assert run(OPENAI, 404, GEMINI_NO_MODEL).reason is R.BAD_REQUEST
+    assert run(GEMINI, 400, OPENAI_NO_MODEL[0][1]).reason is R.BAD_REQUEST
+    assert run(OPENAI, 400, OPENAI_NO_MODEL[0][1]).reason is R.BAD_REQUEST  # 404's words
+    assert run(OPENAI, 500, OPENAI_NO_MODEL[0][1]).reason is R.SERVER_ERROR
+
+
+def test_a_model_missing_only_from_the_start_of_the_message() -> None:
+    """A phrase the upstream quotes from the request is not the upstream's verdict."""
+    quoted = (
+        b'{"error": {"code": 404, "message": "File files/x not found: models/gemini-x is not'
+        b' found for API version v1beta", "status": "NOT_FOUND"}}'
+    )
+    assert run(GEMINI, 404, quoted).reason is R.BAD_REQUEST
+    quoted = b'{"error": {"message": "Unknown field: The model `x` does not exist"}}'
+    assert run(OPENAI, 404, quoted).reason is R.BAD_REQUEST
+    quoted = b'{"error": {"message": "bad: x is not a valid model ID", "code": 400}}'
+    assert run(OPENAI, 400, quoted).reason is R.BAD_REQUEST
+
+
+@BOTH
+def test_probe_404_is_no_model_whatever_the_body(provider: ProviderSettings) -> None:
+    """The Keeper's probe names a model it was told exists."""
+    assert run(provider, 404, b"<html>404</html>", probe=True).reason is R.NO_MODEL
+
+
+# --- context length exceeded: context_length, the client's ------------------------------------
+
+OPENAI_CONTEXT = [
+    (
+        400,
+        b'{"error": {"message": "This model\'s maximum context length is 8192 tokens. However,'
+        b' your messages resulted in 8227 tokens. Please reduce the length of the messages.",'
+        b' "type": "invalid_request_error", "param": "messages", "code":'
+        b' "context_length_exceeded"}}',
+    ),
+    (  # the code alone decides
+        400,
+        b'{"error": {"message": "Input tokens exceed the configured limit of 272000 tokens.",'
+        b' "type": "invalid_request_error", "param": "input", "code": "context_length_exceeded"}}',
+    ),
+    (  # DeepSeek: no code of its own
+        400,
+        b'{"error": {"message": "This model\'s maximum context length is 131072 tokens.'
+        b" However, you requested 131134 tokens (122942 in the messages, 8192 in the"
+        b' completion). Please reduce the length of the messages or completion.", "type":'
+        b' "invalid_request_error", "param": null, "code": "invalid_request_error"}}',
+    ),
+    (  # vLLM, older: the error's fields at the top level
+        400,
+        b'{"object": "error", "message": "This model\'s maximum context length is 16384 tokens.'
+        b" However, you requested 19591 tokens (9591 in the messages, 10000 in the"
+        b' completion). Please reduce the length of the messages or completion. None", "type":'
+        b' "BadRequestError", "param": null, "code": 400}',
+    ),
+    (  # vLLM, newer
+        400,
+        b'{"error": {"message": "This model\'s maximum context length is 4096 tokens. However,'
+        b' you requested 5000 tokens.", "type": "BadRequestError", "param": null, "code": 400}}',
+    ),
+    (  # vLLM answering 413, or with the OpenAI code
+        413,
+        b'{"error": {"message": "too long", "type": "PayloadTooLarge", "code":'
+        b' "context_length_exceeded"}}',
+    ),
+    (  # OpenRouter
+        400,
+        b'{"error": {"message": "This endpoint\'s maximum context length is 131072 tokens.'
+        b" However, you requested about 138956 tokens (7884 of text input, 131072 in the"
+        b' output). Please reduce the length of either one.", "code": 400}}',
+    ),
+    (  # llama.cpp server
+        400,
+        b'{"error": {"code": 400, "message": "the request exceeds the available context size,'
+        b' try increasing it", "type": "exceed_context_size_error", "n_prompt_tokens": 5000,'
+        b' "n_ctx": 4096}}',
+    ),
+    (  # Mistral
+        400,
+        b'{"object": "error", "message": "Prompt contains 40000 tokens and 0 draft tokens, too'
+        b' large for model with 32768 maximum context length", "type": "invalid_request_error",'
+        b' "param": null, "code": null}',
+    ),
+]
+GEMINI_CONTEXT = (
+    b'{"error": {"code": 400, "message": "The input token count (1200293) exceeds the maximum'
+    b' number of tokens allowed (1048576).", "errors": [{"message": "The input token count'
+    b' (1200293) exceeds the maximum number of tokens allowed (1048576).", "domain": "global",'
+    b' "reason": "badRequest"}], "status": "INVALID_ARGUMENT"}}'
+)
+GEMINI_COMPAT_CONTEXT = (
+    b'[{"error": {"code": 400, "message": "The input token count (81881) exceeds the maximum'
+    b' number of tokens allowed (65536).", "status": "INVALID_ARGUMENT"}}]'
+)
+
+
+@pytest.mark.parametrize(("status", "body"), OPENAI_CONTEXT)
+@pytest.mark.parametrize("probe", [False, True])
+def test_openai_like_context_length(status: int, body: bytes, probe: bool) -> None:
+    """Never the key's, not even on a probe (vLLM counts a probe's `max_tokens` in)."""
+    outcome = run(OPENAI, status, body, probe=probe)
+    assert (outcome.reason, outcome.blame) == (R.CONTEXT_LENGTH, Blame.CLIENT)
+    assert not R.CONTEXT_LENGTH.is_retryable
+
+
+@pytest.mark.parametrize("body", [GEMINI_CONTEXT, GEMINI_COMPAT_CONTEXT], ids=["native", "compat"])
+@pytest.mark.parametrize("probe", [False, True])
+def test_gemini_context_length(body: bytes, probe: bool) -> None:
+    outcome = run(GEMINI, 400, body, probe=probe)
+    assert (outcome.reason, outcome.blame) == (R.CONTEXT_LENGTH, Blame.CLIENT)
+
+
+def test_context_length_needs_a_client_status_and_the_upstreams_own_words() -> None:
+    words = OPENAI_CONTEXT[0][1]
+    assert run(OPENAI, 500, words).reason is R.SERVER_ERROR  # a 500 is the upstream's
+    assert run(OPENAI, 429, words).reason is R.RATE_LIMITED
+    assert run(GEMINI, 400, words).reason is R.BAD_REQUEST  # OpenAI's words, to Gemini
+    assert run(OPENAI, 400, GEMINI_CONTEXT).reason is R.BAD_REQUEST
+    echoed = (
+        b'{"error": {"code": 400, "status": "INVALID_ARGUMENT", "message": "Invalid value at'
+        b' "contents": The input token count (5) exceeds the maximum number of tokens'
+        b' allowed (1)"}}'
+    )
+    assert run(GEMINI, 400, echoed).reason is R.BAD_REQUEST
+    echoed = b'{"error": {"message": "x", "metadata": {"code": "context_length_exceeded"}}}'
+    assert run(OPENAI, 400, echoed).reason is R.BAD_REQUEST
+
+
+def test_a_fast_status_mapping_wins_over_context_length() -> None:
+    provider = openai_provider(gateway_policy={"fast_status_mapping": {400: "bad_request"}})
+    assert run(provider, 400, OPENAI_CONTEXT[0][1]).reason is R.BAD_REQUEST
 
 
 # --- probe mode -------------------------------------------------------------------------------
@@ -611,6 +807,35 @@ def test_classify_never_raises(
 ) -> None:
     outcome = classify(which, status, headers, body, probe=probe, now=now)
     assert outcome.retry_after is None or outcome.retry_after >= 0
+
+
+HOSTILE_BODIES = [
+    b"x" * (8 * 1024 * 1024),
+    b"[" * 200_000,
+    b'{"error": ' * 100_000,
+    b'{"error": {"message": "' + b"This model's maximum context length is 1" * 200_000 + b'"}}',
+    b"\xff\xfe" * 100_000,
+    b'{"error": {"code": "context_length_exceeded", "message": "' + b"a" * (64 * 1024) + b'"}}',
+]
+
+
+@BOTH
+@pytest.mark.parametrize("status", [400, 401, 403, 404, 413, 429])
+@pytest.mark.parametrize("body", HOSTILE_BODIES, ids=lambda b: f"{len(b)}:{b[:12]!r}")
+def test_hostile_bodies_never_raise_and_only_a_prefix_is_read(
+    provider: ProviderSettings, status: int, body: bytes
+) -> None:
+    outcome = run(provider, status, body)
+    assert outcome.reason is not None
+    # what lies past the prefix is never read: the verdict is the prefix's
+    prefix = body[:BODY_PREFIX_BYTES]
+    assert outcome == run(provider, status, prefix)
+
+
+def test_a_verdict_past_the_prefix_is_not_read() -> None:
+    padding = b" " * BODY_PREFIX_BYTES
+    assert run(OPENAI, 400, OPENAI_CONTEXT[0][1]).reason is R.CONTEXT_LENGTH
+    assert run(OPENAI, 400, padding + OPENAI_CONTEXT[0][1]).reason is R.BAD_REQUEST
 
 
 @given(

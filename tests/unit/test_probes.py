@@ -65,6 +65,18 @@ def test_each_failure_is_rechecked_after_its_policy_delay(
     assert verdict.failing_since == NOW - HOUR  # the streak goes on
 
 
+@pytest.mark.parametrize("reason", [ErrorReason.CONTEXT_LENGTH, ErrorReason.FORBIDDEN])
+def test_a_fault_of_the_probes_own_request_is_stored_as_bad_request(reason: ErrorReason) -> None:
+    """Reasons about the request have no stored status: the key's state stays `healthy`."""
+    verdict = judge(state(KeyStatus.VALID), outcome_of(reason, 400, None), POLICY, NOW, 60)
+    assert (verdict.kind, verdict.status, verdict.reason) == (
+        Kind.FAILED,
+        KeyStatus.BAD_REQUEST,
+        reason,
+    )
+    assert verdict.next_check_at == NOW + POLICY.on_other_error_hr * HOUR
+
+
 def test_policy_values_are_used_not_defaults() -> None:
     policy = HealthPolicy(on_invalid_key_days=3, on_rate_limit_hr=2, on_server_error_min=7)
     since = NOW - MINUTE

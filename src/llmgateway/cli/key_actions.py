@@ -59,7 +59,7 @@ def run_key_action(
     if not prefixes and not narrowed and not everything:
         raise click.UsageError(
             f"`keys {name}` with no filter acts on every key: give FINGERPRINT prefixes, "
-            "--provider, --model or --status, or --all to mean every key"
+            "--provider, --model, --status, --status-code or --search, or --all to mean every key"
         )
     action = Action(name)
     chosen = Chosen(key_filter, prefixes)

@@ -1,7 +1,8 @@
 """`llmgateway keys list|show`: the keys in the store one by one, read from the store only.
 
 `key_filter_options` is the filter every `keys` command takes (`--provider`, `--model`,
-`--status`), handed to the command as one `KeyFilter`. `--status` takes a stored status
+`--status`, `--status-code`, `--search`), read by `llmgateway.key_filter` as the console's filter
+is, and handed to the command as one `KeyFilter`. `--status` takes a stored status
 (`invalid_key`) or a state (`invalid`: `invalid_key` and `no_access`). Nothing filters on the
 secret itself, and nothing prints it: keys are shown masked and by fingerprint.
 """
@@ -17,8 +18,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import click
 
 from llmgateway.cli.startup import config_option, load, run_with_store
-from llmgateway.core.key_states import DISABLED, KEY_STATES, STATE_OF_STATUS
-from llmgateway.core.outcomes import KeyStatus
+from llmgateway.key_filter import STATE_CHOICES, read_filter
 from llmgateway.records import KeyFilter
 
 if TYPE_CHECKING:
@@ -31,34 +31,34 @@ MIN_PREFIX = 4
 SHOW_MOST = 20
 """Keys `keys show` prints for one prefix (a longer prefix picks among more)."""
 
-_STATES: dict[str, frozenset[KeyStatus]] = {
-    state: frozenset(s for s, of in STATE_OF_STATUS.items() if of == state)
-    for state in KEY_STATES
-    if any(of == state for of in STATE_OF_STATUS.values())
-}
-_STATUS_CHOICES = sorted({s.value for s in KeyStatus} | set(_STATES) | {DISABLED})
 _HEX = re.compile(r"[0-9a-fA-F]+")
-
-
-def statuses_named(names: tuple[str, ...]) -> frozenset[KeyStatus]:
-    """The stored statuses `--status` names stand for (a state stands for all of its)."""
-    chosen: set[KeyStatus] = set()
-    for name in names:
-        if name == DISABLED:
-            continue  # not a stored status: the key's flag (`KeyFilter.disabled`)
-        chosen |= _STATES.get(name, frozenset()) or {KeyStatus(name)}
-    return frozenset(chosen)
+_FLAGS = {"provider": "--provider", "model": "--model", "state": "--status"}
+_FLAGS |= {"code": "--status-code", "q": "--search"}
 
 
 def key_filter_options(command: _F) -> _F:
-    """`--provider`, `--model` and `--status`, given to `command` as `key_filter`."""
+    """The filter options, given to `command` as `key_filter`."""
 
     @functools.wraps(command)
     def wrapper(
-        *args: Any, provider: str | None, model: str | None, status: tuple[str, ...], **kw: Any
+        *args: Any,
+        provider: str | None,
+        model: str | None,
+        status: tuple[str, ...],
+        status_code: str | None,
+        search: str | None,
+        **kw: Any,
     ) -> Any:
-        chosen = KeyFilter(provider, model, statuses_named(status), DISABLED in status)
-        return command(*args, key_filter=chosen, **kw)
+        read = read_filter(
+            provider=provider or "",
+            model=model or "",
+            states=status,
+            code=(status_code or "").strip(),
+            search=(search or "").strip(),
+        )
+        for name, problem in read.problems.items():
+            raise click.BadParameter(problem, param_hint=f"'{_FLAGS[name]}'")
+        return command(*args, key_filter=read.key_filter, **kw)
 
     options = (
         click.option("--provider", metavar="NAME", help="Only this provider's keys."),
@@ -71,11 +71,22 @@ def key_filter_options(command: _F) -> _F:
             "--status",
             "status",
             multiple=True,
-            type=click.Choice(_STATUS_CHOICES),
+            type=click.Choice(STATE_CHOICES),
             metavar="STATUS",
             help="Only rows with this status (invalid_key, no_quota, …) or state (invalid: "
             "invalid_key and no_access; healthy; cooling; …; disabled: the keys `keys "
             "disable` took out). Repeat for several.",
+        ),
+        click.option(
+            "--status-code",
+            metavar="CODE",
+            help="Only rows whose last answer had this HTTP status code (e.g. 429).",
+        ),
+        click.option(
+            "--search",
+            metavar="TEXT",
+            help="Only the keys whose fingerprint starts with TEXT (4 to 64 hex digits) or whose "
+            "masked key ends with TEXT (its last four characters, as in sk-…a1b2).",
         ),
     )
     decorated: Any = wrapper
@@ -132,7 +143,7 @@ def keys_list(config: str | None, key_filter: KeyFilter, limit: int, as_json: bo
         elif more:
             click.echo(
                 f"… and {more} more match; --limit 0 prints them all"
-                + ("" if narrowed else ", or narrow with --provider, --model, --status")
+                + ("" if narrowed else ", or narrow it (--provider, --model, --status, …)")
             )
 
     run_with_store(settings, work)

@@ -12,8 +12,9 @@ from aiohttp import web
 
 from llmgateway.console.auth import actor
 from llmgateway.console.context import Console
-from llmgateway.console.key_filter import FilterError, FilterForm
+from llmgateway.console.key_filter import FilterForm
 from llmgateway.console.render import is_partial, render
+from llmgateway.key_filter import FilterError
 from llmgateway.store import audit
 from llmgateway.store.jobs import Job, cancel, job, recent_jobs, submit
 from llmgateway.store.key_actions import Action

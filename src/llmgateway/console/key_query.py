@@ -5,22 +5,20 @@ never raised as a server error."""
 from __future__ import annotations
 
 from collections.abc import Collection, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any
 from urllib.parse import urlencode
 
-from llmgateway.core.outcomes import KeyStatus
+from llmgateway.console.key_filter import FilterForm
+from llmgateway.key_filter import STATE_CHOICES
 from llmgateway.records import KeyFilter
-from llmgateway.store.key_list import search_terms
 from llmgateway.store.key_page import LARGEST, SMALLEST, BadCursorError, Cursor, PageQuery, Sort
 
-DISABLED = "disabled"
-"""The state that selects the keys `disable` took out."""
-STATES = (*(s.value for s in KeyStatus), DISABLED)
+STATES = STATE_CHOICES
 """The states the filter offers."""
 LONGEST = 200
 """Characters a text parameter may have."""
-FILTER_FIELDS = ("provider", "model", "state", "code", "q")
+FILTER_FIELDS = tuple(f.name for f in fields(FilterForm))
 """The parameters of the filter (the rest are the sort and the page)."""
 
 
@@ -69,38 +67,12 @@ def parse(params: Mapping[str, str], providers: Collection[str], models: Collect
 def _filter(
     given: dict[str, str], providers: Collection[str], models: Collection[str], problems: list[str]
 ) -> KeyFilter:
-    provider = given["provider"] or None
-    if provider is not None and provider not in providers:
-        problems.append("no such provider in the config")
-        provider = given["provider"] = ""
-    if given["model"] and given["model"] not in models:
-        problems.append("no such model in the config (a model name, or shared)")
-        given["model"] = ""
-    state = _choice(given, "state", ["", *STATES], "", problems)
-    statuses = frozenset({KeyStatus(state)}) if state and state != DISABLED else frozenset()
-    code: int | None = None
-    if given["code"]:
-        if given["code"].isdigit() and 100 <= int(given["code"]) <= 599:
-            code = int(given["code"])
-        else:
-            problems.append("a status code is a number from 100 to 599")
-            given["code"] = ""
-    search = given["q"] or None
-    if search is not None:
-        try:
-            search_terms(search)
-        except ValueError as exc:
-            problems.append(str(exc))
-            search = None
-            given["q"] = ""
-    return KeyFilter(
-        provider=provider or None,
-        model=given["model"] or None,
-        statuses=statuses,
-        disabled=state == DISABLED,
-        status_code=code,
-        search=search,
-    )
+    form = FilterForm(**{name: given[name] for name in FILTER_FIELDS})
+    read = form.read(providers, models)
+    for name, problem in read.problems.items():
+        problems.append(problem)
+        given[name] = ""
+    return read.key_filter
 
 
 def _choice(

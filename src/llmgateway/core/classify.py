@@ -2,7 +2,26 @@
 
 The one pure function every upstream answer goes through, in the gateway and in the Keeper's
 probes alike (an exchange that raised instead is `llmgateway.transport.errors`'). Only error
-bodies are read, and only a prefix of them.
+bodies are read, and only their first `BODY_PREFIX_BYTES`.
+
+Two client faults have a reason of their own, because a route may act on them (another target
+or a longer-context alias may serve) where any other client fault ends the request:
+
+- `context_length`: the request does not fit the model's context window. OpenAI-like: a 400
+  (or 413) whose `error.code` or `error.type` says so (`context_length_exceeded`, llama.cpp's
+  `exceed_context_size_error`) or whose message starts as OpenAI, DeepSeek, vLLM, OpenRouter
+  and Mistral word it ("This model's maximum context length is N tokens…"); Gemini (native and
+  its OpenAI-compatible endpoint): a 400 "The input token count (N) exceeds the maximum number
+  of tokens allowed (M)".
+- `no_model`: the upstream says the model itself does not exist. OpenAI-like: a 404 with
+  `error.code` `model_not_found` or a message "The model `x` does not exist…", or a 400 as
+  DeepSeek ("Model Not Exist") and OpenRouter ("x is not a valid model ID") answer; Gemini: a
+  404 "models/x is not found for API version …". Any other 404 (a file, a batch, a cached
+  content, a path the upstream does not serve) is the client's `bad_request`. A Keeper probe
+  names a model it was told exists, so there every 404 is `no_model`.
+
+Both are blamed on the client: no key, breaker or cooldown learns from them, and the client
+gets the upstream's answer as for any client fault.
 """
 
 from __future__ import annotations
@@ -94,6 +113,7 @@ def classify(
         return outcome_of(ErrorReason.UNKNOWN, None, None)
     if 200 <= status < 300:
         return Outcome(reason=None, blame=Blame.NONE, status=status)
+    body_prefix = body_prefix[:BODY_PREFIX_BYTES]
     if status in (401, 403) and not probe and not key_route:
         return outcome_of(ErrorReason.FORBIDDEN, status, None)
     reason = _configured_reason(provider, status, body_prefix, probe)
@@ -102,6 +122,9 @@ def classify(
     retry_after = retry_after_of(headers, body_prefix, now) if reason in _WAITS else None
     return outcome_of(reason, status, retry_after)
 
+
+BODY_PREFIX_BYTES = 64 * 1024
+"""The most of an error body `classify()` reads (callers read no more than this either)."""
 
 _WAITS = frozenset(
     {
@@ -188,6 +211,8 @@ class _Fields:
     def of(cls, body: bytes) -> _Fields:
         document = _json(body)
         error = document.get("error") if isinstance(document, dict) else None
+        if error is None and isinstance(document, dict) and document.get("object") == "error":
+            error = document  # older vLLM: the error's fields at the top level
         if isinstance(error, str):
             return cls(message=error)
         if not isinstance(error, dict):
@@ -207,14 +232,22 @@ def _text(value: object) -> str:
 
 
 def _openai_reason(status: int, body: bytes, probe: bool) -> ErrorReason:
-    if status not in (401, 403, 404, 429):
+    if status not in (400, 401, 403, 404, 413, 429):
         return _common_reason(status, probe)
     fields = _Fields.of(body)
     if status == 429 and "insufficient_quota" in (fields.code, fields.kind):
         return ErrorReason.NO_QUOTA
     if status == 403 and fields.code == "unsupported_country_region_territory":
         return ErrorReason.EGRESS_ERROR  # the egress IP's region, not the key
-    if status == 404 and fields.code == "model_not_found":
+    if status in (400, 413) and (
+        {fields.code, fields.kind} & _CONTEXT_CODES or _OPENAI_CONTEXT.match(fields.message)
+    ):
+        return ErrorReason.CONTEXT_LENGTH
+    if status == 404 and (
+        fields.code == "model_not_found" or _OPENAI_NO_MODEL.match(fields.message)
+    ):
+        return ErrorReason.NO_MODEL
+    if status == 400 and _OPENAI_NO_MODEL_400.fullmatch(fields.message):
         return ErrorReason.NO_MODEL
     if status == 401 and not probe:
         # every credential but the key is stripped: a 401 that speaks of authentication at all
@@ -240,7 +273,9 @@ def _gemini_reason(status: int, body: bytes, probe: bool) -> ErrorReason:
         return ErrorReason.INVALID_KEY
     if status == 400 and fields.message.startswith("User location is not supported"):
         return ErrorReason.EGRESS_ERROR  # the egress IP's region, not the key
-    if status == 404:
+    if status == 400 and _GEMINI_CONTEXT.match(fields.message):
+        return ErrorReason.CONTEXT_LENGTH
+    if status == 404 and (probe or _GEMINI_NO_MODEL.match(fields.message)):
         return ErrorReason.NO_MODEL
     if status == 429 and _PER_DAY_QUOTA.search(body):
         return ErrorReason.NO_QUOTA
@@ -279,6 +314,18 @@ _OPENAI_NO_ACCESS = re.compile(
     r"Project [^ ]+ does not have access to model|You are not allowed to sample from this model"
     r"|The OpenAI account associated with this API key has been deactivated"
 )
+_CONTEXT_CODES = frozenset({"context_length_exceeded", "exceed_context_size_error"})
+_OPENAI_CONTEXT = re.compile(
+    r"This (?:model|endpoint)(?:'s)? maximum context length is \d+ tokens"
+    r"|Prompt contains \d+ tokens.{0,40} too large for model with \d+ maximum context length",
+    re.IGNORECASE,
+)
+_GEMINI_CONTEXT = re.compile(
+    r"The input token count \(\d+\) exceeds the maximum number of tokens allowed \(\d+\)"
+)
+_OPENAI_NO_MODEL = re.compile(r"The model:? `[^`]*` does not exist|That model does not exist")
+_OPENAI_NO_MODEL_400 = re.compile(r"Model Not Exist|\S+ is not a valid model ID")
+_GEMINI_NO_MODEL = re.compile(r"models/\S+ is not found for API version ")
 _PER_DAY_QUOTA = re.compile(rb'"quotaId"\s*:\s*"[^"]*PerDay')
 
 _DEFAULTS: dict[str, Callable[[int, bytes, bool], ErrorReason]] = {

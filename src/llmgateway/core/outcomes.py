@@ -33,6 +33,9 @@ class ErrorReason(enum.StrEnum):
     AUTH_REFUSED = "auth_refused"
     # A 403 about something the request names (another project's file or cache): the client's.
     FORBIDDEN = "forbidden"
+    # The request is longer than the model's context window: the client's (another key or
+    # provider serving the same model answers the same), though a longer-context model may serve.
+    CONTEXT_LENGTH = "context_length"
 
     @property
     def is_retryable(self) -> bool:
@@ -54,7 +57,10 @@ _RETRYABLE = frozenset(
 
 
 class KeyStatus(enum.StrEnum):
-    """The status a key (or key × model) has in the store: `valid`, `untested`, or a reason."""
+    """The status a key (or key × model) has in the store: `valid`, `untested`, or a reason.
+
+    The reasons that never describe a key have none: `forbidden` and `context_length` (about
+    the request), and `egress_error` (the Keeper stores it as `network_error`)."""
 
     VALID = "valid"
     UNTESTED = "untested"
@@ -124,6 +130,7 @@ _BLAME: dict[ErrorReason, Blame] = {
     ErrorReason.EGRESS_ERROR: Blame.EGRESS,
     ErrorReason.AUTH_REFUSED: Blame.KEY,
     ErrorReason.FORBIDDEN: Blame.CLIENT,
+    ErrorReason.CONTEXT_LENGTH: Blame.CLIENT,
 }
 
 

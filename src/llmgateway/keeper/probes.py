@@ -174,7 +174,14 @@ def _delay(reason: ErrorReason, policy: HealthPolicy) -> float:
 
 
 def status_for(reason: ErrorReason) -> KeyStatus:
-    """The stored status for a failure reason (egress faults are never stored on a key)."""
+    """The stored status for a failure reason (egress faults are never stored on a key, and a
+    fault of the probe's own request, which an operator's rule may name, is `bad_request`)."""
     if reason is ErrorReason.EGRESS_ERROR:
         return KeyStatus.NETWORK_ERROR
+    if reason in _ABOUT_THE_REQUEST:
+        return KeyStatus.BAD_REQUEST
     return KeyStatus(reason.value)
+
+
+# a probe's payload too long for the model (vLLM counts `max_tokens` in): the key is fine
+_ABOUT_THE_REQUEST = frozenset({ErrorReason.CONTEXT_LENGTH, ErrorReason.FORBIDDEN})

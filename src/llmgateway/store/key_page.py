@@ -212,6 +212,8 @@ def _query(
     query = query.where(*conditions)
     column = _COLUMN[sort]
     if column is not None and part.has is not None:
+        if few:  # the filter's indexes find the rows, not the sort column's
+            column = sa.func.coalesce(column, column)
         query = query.where(column.is_not(None) if part.has else column.is_(None))
     if cursor is not None:
         place = [cursor.value, cursor.key_id, cursor.model][-len(columns) :]
@@ -250,14 +252,81 @@ async def _read(
     return found, more
 
 
-async def _conditions(conn: AsyncConnection, chosen: KeyFilter) -> list[sa.ColumnElement[bool]]:
-    """`key_conditions(chosen)`, the provider named by its id (looked up first): a planner
-    estimates how many keys one provider id has, not how many one provider name has."""
-    if chosen.provider is None:
-        return key_conditions(chosen)
-    found = await conn.scalar(sa.select(providers.c.id).where(providers.c.name == chosen.provider))
-    by_id = keys.c.provider_id == found if found is not None else sa.false()
-    return [*key_conditions(replace(chosen, provider=None)), by_id]
+_BASE = len(key_conditions(KeyFilter()))  # the `active` terms every filter has
+_HINT = "0.001"
+"""The likelihood SQLite is told the most selective term of a short filter has."""
+
+
+async def _conditions(
+    conn: AsyncConnection, chosen: KeyFilter
+) -> tuple[list[sa.ColumnElement[bool]], list[_Term]]:
+    """`key_conditions(chosen)`, the provider named by its id (looked up first: a planner
+    estimates how many keys one provider id has, not how many one provider name has), and
+    the terms of the filter's fields that one table's index can answer alone."""
+    rest = KeyFilter(search=chosen.search)
+    terms: list[_Term] = []
+    if chosen.provider is not None:
+        found = await conn.scalar(
+            sa.select(providers.c.id).where(providers.c.name == chosen.provider)
+        )
+        by_id = keys.c.provider_id == found if found is not None else sa.false()
+        terms.append(_Term([by_id], [sa.select(keys.c.id).where(by_id)]))
+    if chosen.model is not None:
+        where = key_conditions(KeyFilter(model=chosen.model))[_BASE:]
+        terms.append(_Term(where, [sa.select(_ks.key_id).where(*where)]))
+    if chosen.statuses or chosen.disabled:
+        where = key_conditions(KeyFilter(statuses=chosen.statuses, disabled=chosen.disabled))
+        counts = [sa.select(_ks.key_id).where(_ks.status.in_([s.value for s in chosen.statuses]))]
+        if chosen.disabled:
+            counts.append(sa.select(keys.c.id).where(keys.c.disabled_at.is_not(None)))
+        terms.append(_Term(where[_BASE:], counts[int(not chosen.statuses) :]))
+    if chosen.status_code is not None:
+        where = [_ks.status_code == chosen.status_code]
+        terms.append(_Term(where, [sa.select(_ks.key_id).where(*where)]))
+    conditions = key_conditions(rest)
+    for term in terms:
+        conditions += term.where
+    return conditions, terms
+
+
+@dataclass(frozen=True, slots=True)
+class _Term:
+    """A filter field's conditions, and the queries on one table (each on its own index)
+    whose rows bound how many rows the field selects."""
+
+    where: list[sa.ColumnElement[bool]]
+    counts: list[sa.Select[Any]]
+
+
+async def _steered(
+    conn: AsyncConnection, chosen: KeyFilter, terms: list[_Term]
+) -> list[sa.ColumnElement[bool]] | None:
+    """The filter's conditions with its most selective field marked as such, for SQLite
+    (None: no field selects at most `FEW` rows; the sort's index leads then).
+
+    SQLite keeps an average of rows per value of each index, not a histogram, so it takes
+    `model = 'shared'` (100 rows of 200,000) for a third of the table and `provider_id = 2`
+    (100 keys) for half, and walks every key to find them. Each field's rows are counted on
+    its own index (stopping at `FEW`), and the fewest is wrapped in `likelihood()`, which
+    makes the planner start from that index."""
+    bounded = [sum([await _count_rows(conn, count) for count in term.counts]) for term in terms]
+    if min(bounded) > FEW:
+        return None
+    fewest = bounded.index(min(bounded))
+    conditions = key_conditions(KeyFilter(search=chosen.search))
+    for index, term in enumerate(terms):
+        if index == fewest:
+            conditions += [sa.func.likelihood(w, sa.literal_column(_HINT)) for w in term.where]
+        else:
+            conditions += term.where
+    return conditions
+
+
+async def _count_rows(conn: AsyncConnection, query: sa.Select[Any]) -> int:
+    return int(
+        await conn.scalar(sa.select(sa.func.count()).select_from(query.limit(FEW + 1).subquery()))
+        or 0
+    )
 
 
 async def _count(conn: AsyncConnection, conditions: list[sa.ColumnElement[bool]]) -> int:
@@ -288,7 +357,9 @@ async def key_page(
             # the cost of an index probe on an SSD (the default, 4, is a spinning disk's):
             # else a few thousand probes lose to reading the whole status table
             await conn.execute(sa.text("SET LOCAL random_page_cost = 1.1"))
-        conditions = await _conditions(conn, query.key_filter)
+        conditions, terms = await _conditions(conn, query.key_filter)
+        if terms and conn.dialect.name == "sqlite":
+            conditions = await _steered(conn, query.key_filter, terms) or conditions
         total = await _count(conn, conditions)
         few = total <= FEW
         rows, more = await _read(conn, query, conditions, cursor, few)

@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import replace
 from typing import Any, Protocol
 
@@ -33,6 +33,8 @@ class Driven(Protocol):
     def calls_by_key(self) -> dict[str, int]: ...
     def set_behavior(self, secret: str, behavior: Behavior | None) -> None: ...
     def set_outage(self, status: int = 503, seconds: float | None = None) -> None: ...
+    def set_missing_models(self, models: Iterable[str]) -> None: ...
+    def set_context_limits(self, limits: Mapping[str, int]) -> None: ...
     def clear_outage(self) -> None: ...
     def reset(self) -> None: ...
 
@@ -95,8 +97,25 @@ def admin_routes(fake: Driven) -> list[web.RouteDef]:
         fake.set_outage(status, None if seconds is None else float(seconds))
         return web.json_response({"ok": True, "outage": {"status": status}})
 
+    async def models(request: web.Request) -> web.Response:
+        """`{"missing": ["gpt-4o"], "context_limits": {"gpt-4o-mini": 2048}}`: the models every
+        key is told do not exist, and the most request-body bytes per model (both replaced)."""
+        document = json_object(await request.read())
+        missing = document.get("missing", []) if document is not None else None
+        limits = document.get("context_limits", {}) if document is not None else None
+        if not (isinstance(missing, list) and all(isinstance(m, str) for m in missing)):
+            return _admin_error('expected {"missing": [model, ...], "context_limits": {...}}')
+        if not isinstance(limits, dict) or not all(
+            isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in limits.values()
+        ):
+            return _admin_error("context_limits: {model: bytes >= 0}")
+        fake.set_missing_models(missing)
+        fake.set_context_limits(limits)
+        return web.json_response({"ok": True})
+
     return [
         web.post("/_fake/behaviors", behaviors),
+        web.post("/_fake/models", models),
         web.get("/_fake/stats", stats),
         web.post("/_fake/reset", reset),
         web.post("/_fake/outage", outage),

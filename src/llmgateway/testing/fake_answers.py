@@ -12,7 +12,15 @@ import orjson
 from aiohttp import web
 
 from llmgateway.testing import wire
-from llmgateway.testing.faults import Behavior, bad_request, error_response
+from llmgateway.testing.faults import (
+    KEEP_ALIVE,
+    Behavior,
+    Dialect,
+    bad_request,
+    error_response,
+    stream_error_body,
+    stream_error_event,
+)
 
 GEMINI_PAGE_SIZE = 50
 """Models per page of Gemini's list when the caller asks for no `pageSize` (as Gemini)."""
@@ -111,11 +119,42 @@ def gemini_call(request: web.Request, body: bytes, chunks: int) -> Answer | web.
     return error_response("gemini", 404, message, "NOT_FOUND")
 
 
+def model_of(request: web.Request, speaks: Dialect, body: bytes) -> str:
+    """The model a call names (the body's `model`, Gemini's path), or "" when it names none."""
+    if request.method != "POST":
+        return ""
+    if speaks == "gemini":
+        return request.match_info.get("target", "").partition(":")[0]
+    document = json_object(body)
+    model = document.get("model") if document is not None else None
+    return model if isinstance(model, str) else ""
+
+
+def faulty(answer: Answer, behavior: Behavior, speaks: Dialect) -> Answer:
+    """A streamed answer as the key's stream faults shape it (any other answer as it is)."""
+    if not answer.streamed or not (behavior.empty_stream or behavior.stream_error is not None):
+        return answer
+    sse = answer.content_type == "text/event-stream"
+    if behavior.empty_stream:
+        events = (KEEP_ALIVE,) * len(answer.events) if sse else (b"[", b"]")
+    elif sse:
+        status = behavior.stream_error or 500
+        data = tuple(e for e in answer.events if not e.startswith(b"data: [DONE]"))
+        events = (*data[: behavior.stream_error_after], stream_error_event(speaks, status))
+    else:  # Gemini's stream without alt=sse: pieces of one JSON array, the error one of them
+        status = behavior.stream_error or 500
+        kept = answer.events[: min(behavior.stream_error_after, len(answer.events) - 1)]
+        error = (b",\r\n" if kept else b"[") + stream_error_body(speaks, status)
+        events = (*kept, error, b"]")
+    return Answer(events=events, content_type=answer.content_type, streamed=True)
+
+
 async def send(
     request: web.Request, answer: Answer, behavior: Behavior, chunk_delay: float
 ) -> web.StreamResponse:
     """Send `answer` whole, or event by event `chunk_delay` apart (the behaviour's own delay if
-    it has one), or cut off as `behavior.drop_after_chunks` says."""
+    it has one) after `behavior.first_event_delay`, or cut off as `behavior.drop_after_chunks`
+    says."""
     drop = behavior.drop_after_chunks
     if not answer.streamed and drop is None:
         return web.Response(body=answer.body, content_type=answer.content_type)
@@ -129,6 +168,9 @@ async def send(
     delay = chunk_delay if behavior.chunk_delay is None else behavior.chunk_delay
     try:
         await response.prepare(request)
+        if behavior.first_event_delay > 0:
+            await response.write(b"")  # the headers go now, the first event only then
+            await asyncio.sleep(behavior.first_event_delay)
         for index, event in enumerate(answer.events):
             if drop is not None and index >= drop:
                 return _drop(request, response)

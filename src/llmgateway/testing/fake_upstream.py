@@ -6,7 +6,10 @@ In tests: `async with FakeUpstream() as fake:` then point a provider at `fake.op
 `fake.calls(secret)`. As a process: `llmgateway fake-upstream`, driven over `/_fake/…`.
 
 A key with no behaviour set is judged by its name: one containing `invalid`, `ratelimited`,
-`noquota`, `flaky`, `slow`, `hang` or `drop` gets that fault; anything else is good.
+`noquota`, `flaky`, `slow`, `hang`, `drop`, `nomodel`, `contextlength`, `streamerror`,
+`emptystream` or `stall` gets that fault; anything else is good. Models can be faulty for every
+key: `set_missing_models()` (404, the model does not exist) and `set_context_limits()` (400,
+context length exceeded for a request body over the limit).
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ import random
 import socket
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from types import TracebackType
 from typing import Self
 
@@ -33,6 +36,7 @@ from llmgateway.testing.faults import (
     error_response,
     invalid_key,
     missing_key,
+    model_fault,
     no_quota,
     rate_limited,
     server_error,
@@ -96,6 +100,8 @@ class FakeUpstream:
         self.clock = clock  # times outages and rate-limit deadlines
         self._rng = random.Random(seed)
         self._behaviors: dict[str, Behavior] = {}
+        self._missing: frozenset[str] = frozenset()
+        self._limits: dict[str, int] = {}
         self._outage: _Outage | None = None
         self._counters = _Counters()
         self._stopping = asyncio.Event()
@@ -171,6 +177,15 @@ class FakeUpstream:
         in pages of `?pageSize=`, 50 by default and 1000 at most, as Gemini pages them)."""
         self.models = tuple(models)
 
+    def set_missing_models(self, models: Iterable[str]) -> None:
+        """Models every key is told do not exist (404 in the dialect's shape), from now on."""
+        self._missing = frozenset(models)
+
+    def set_context_limits(self, limits: Mapping[str, int]) -> None:
+        """Per model, the most request-body bytes it takes; a longer request is told it
+        exceeds the context window (400 in the dialect's shape), from now on."""
+        self._limits = dict(limits)
+
     def set_outage(self, status: int = 503, seconds: float | None = None) -> None:
         """Answer every call with `status` for `seconds` (None: until `clear_outage()`)."""
         until = None if seconds is None else self.clock() + seconds
@@ -181,8 +196,9 @@ class FakeUpstream:
         self._outage = None
 
     def reset(self) -> None:
-        """Forget behaviours, the outage and every counter."""
+        """Forget behaviours, model faults, the outage and every counter."""
         self._behaviors.clear()
+        self._missing, self._limits = frozenset(), {}
         self._outage = None
         open_now = self._counters.open_requests
         self._counters = _Counters(open_requests=open_now, peak_open_requests=open_now)
@@ -314,10 +330,26 @@ class FakeUpstream:
         fault = self._fault(speaks, secret, behavior, calls)
         if fault is not None:
             return fault
-        result = answer(request, await request.read())
+        body = await request.read()
+        if behavior.no_model or behavior.context_length or self._missing or self._limits:
+            fault = self._model_fault(request, speaks, body, behavior)
+            if fault is not None:
+                return fault
+        result = answer(request, body)
         if isinstance(result, web.Response):
             return result
+        result = answers.faulty(result, behavior, speaks)
         return await answers.send(request, result, behavior, self.chunk_delay)
+
+    def _model_fault(
+        self, request: web.Request, speaks: Dialect, body: bytes, behavior: Behavior
+    ) -> web.Response | None:
+        model = answers.model_of(request, speaks, body)
+        if not model:
+            return None
+        if model in self._missing:
+            behavior = replace(behavior, no_model=True)
+        return model_fault(speaks, request, model, body, behavior, self._limits.get(model))
 
     def _secret(self, request: web.Request, speaks: Dialect) -> tuple[str, bool]:
         in_url = request.query.get("key")
@@ -369,5 +401,5 @@ async def serve(
         announce(f"  openai_like api_base_url: {fake.openai_base}")
         announce(f"  gemini api_base_url:      {fake.gemini_base}")
         announce(f"  keys naming a fault get it: {', '.join(NAMED)}; others are good")
-        announce("  admin: POST /_fake/behaviors, GET /_fake/stats, POST /_fake/reset|outage")
+        announce("  admin: POST /_fake/behaviors|models|reset|outage, GET /_fake/stats")
         await asyncio.Event().wait()

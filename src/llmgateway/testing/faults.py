@@ -27,7 +27,13 @@ class Behavior:
     """What the fake does for one key. Faults are checked in field order; the first wins.
 
     Rate limits last for the key's first `rate_limit_calls` calls and/or until
-    `rate_limit_until` on the fake's clock (forever when both are None).
+    `rate_limit_until` on the fake's clock (forever when both are None). `no_model` and
+    `context_length` answer only calls that name a model. The stream faults shape streamed
+    answers only (a whole answer is served as usual): `stream_error` answers 200 and then an
+    error event (in the dialect's error shape for that status) after `stream_error_after` data
+    events, and ends there; `empty_stream` sends only keep-alive comments and ends;
+    `first_event_delay` sends the 200's headers at once and waits that long before the first
+    event.
     """
 
     hang: bool = False  # never answer (until the client gives up or the fake stops)
@@ -40,9 +46,15 @@ class Behavior:
     rate_limit_until: float | None = None
     error_rate: float = 0.0  # share of calls answered with `error_status` (seeded random)
     error_status: int = 500
+    no_model: bool = False  # 404: the model does not exist (model_not_found / NOT_FOUND)
+    context_length: bool = False  # 400: the request exceeds the model's context window
     delay: float = 0.0  # seconds before the response headers
     chunk_delay: float | None = None  # seconds between streamed events (None: the fake's)
     drop_after_chunks: int | None = None  # close the connection after N events (or mid-body)
+    stream_error: int | None = None  # 200, then an error event with this status
+    stream_error_after: int = 0  # data events before `stream_error`'s event
+    empty_stream: bool = False  # 200, keep-alive comments only, then the end
+    first_event_delay: float = 0.0  # seconds between the 200's headers and the first event
 
 
 NAMED = {
@@ -53,6 +65,11 @@ NAMED = {
     "slow": Behavior(delay=2.0, chunk_delay=0.2),
     "hang": Behavior(hang=True),
     "drop": Behavior(drop_after_chunks=1),
+    "nomodel": Behavior(no_model=True),
+    "contextlength": Behavior(context_length=True),
+    "streamerror": Behavior(stream_error=500),
+    "emptystream": Behavior(empty_stream=True),
+    "stall": Behavior(first_event_delay=30.0),
 }
 _GOOD = Behavior()
 BEHAVIOR_FIELDS = frozenset(f.name for f in fields(Behavior))
@@ -78,13 +95,27 @@ def error_response(
     code: str | None = None,
     details: list[Any] | None = None,
     headers: Mapping[str, str] | None = None,
+    param: str | None = None,
 ) -> web.Response:
-    if speaks == "openai":
-        body = wire.openai_error(message, type_, code)
-    else:
-        body = wire.gemini_error(status, message, state, details or [])
-        body = b"[" + body + b"]" if speaks == "compat" else body
+    body = error_body(speaks, status, message, state, type_, code, details, param)
     return web.Response(status=status, body=body, content_type=_JSON, headers=headers)
+
+
+def error_body(
+    speaks: Dialect,
+    status: int,
+    message: str,
+    state: str,
+    type_: str = "invalid_request_error",
+    code: str | None = None,
+    details: list[Any] | None = None,
+    param: str | None = None,
+) -> bytes:
+    """An error body in the dialect's shape (Gemini's in a JSON array on the compat endpoint)."""
+    if speaks == "openai":
+        return wire.openai_error(message, type_, code, param)
+    body = wire.gemini_error(status, message, state, details or [])
+    return b"[" + body + b"]" if speaks == "compat" else body
 
 
 def bad_request(request: web.Request, message: str) -> web.Response:
@@ -168,3 +199,78 @@ def server_error(speaks: Dialect, status: int) -> web.Response:
         state = "RESOURCE_EXHAUSTED" if status == 429 else "FAILED_PRECONDITION"
     message = "The model is overloaded." if status == 503 else "The server had an error."
     return error_response(speaks, status, message, state, type_="server_error")
+
+
+def model_not_found(speaks: Dialect, model: str, path: str) -> web.Response:
+    """The model does not exist: OpenAI's 404 `model_not_found`, Gemini's 404 NOT_FOUND
+    (worded with the API version and method the path names; `v1main` on the compat endpoint,
+    as Google words it there)."""
+    if speaks == "openai":
+        message = f"The model `{model}` does not exist or you do not have access to it."
+        return error_response(speaks, 404, message, "NOT_FOUND", code="model_not_found")
+    version = "v1main" if speaks == "compat" else path.split("/")[1]
+    method = path.rpartition(":")[2] if speaks == "gemini" else "generateContent"
+    message = (
+        f"models/{model} is not found for API version {version}, or is not supported for"
+        f" {method}. Call ListModels to see the list of available models and their supported"
+        " methods."
+    )
+    return error_response(speaks, 404, message, "NOT_FOUND")
+
+
+def context_length(speaks: Dialect, tokens: int, limit: int) -> web.Response:
+    """The request exceeds the model's context window: OpenAI's 400
+    `context_length_exceeded`, Gemini's 400 INVALID_ARGUMENT "The input token count…"."""
+    if speaks == "openai":
+        message = (
+            f"This model's maximum context length is {limit} tokens. However, your messages"
+            f" resulted in {tokens} tokens. Please reduce the length of the messages."
+        )
+        return error_response(
+            speaks, 400, message, "", code="context_length_exceeded", param="messages"
+        )
+    message = (
+        f"The input token count ({tokens}) exceeds the maximum number of tokens allowed ({limit})."
+    )
+    return error_response(speaks, 400, message, "INVALID_ARGUMENT")
+
+
+KEEP_ALIVE = b": keep-alive\n\n"
+
+
+def stream_error_event(speaks: Dialect, status: int) -> bytes:
+    """`stream_error_body()` as an SSE `data:` event (Gemini's framed with CRLF, as it frames
+    its events)."""
+    body = stream_error_body(speaks, status)
+    return b"data: " + body + (b"\r\n\r\n" if speaks == "gemini" else b"\n\n")
+
+
+def stream_error_body(speaks: Dialect, status: int) -> bytes:
+    """The error a stream sends for `status`: the dialect's error answer for it (as
+    `rate_limited`, `server_error`, or a 400 INVALID_ARGUMENT)."""
+    if status == 429:
+        answer = rate_limited(speaks, 1.0, "retry-delay")
+    elif status >= 500:
+        answer = server_error(speaks, status)
+    else:
+        answer = error_response(speaks, status, "Invalid request.", "INVALID_ARGUMENT")
+    return answer.body if isinstance(answer.body, bytes) else b"{}"
+
+
+def model_fault(
+    speaks: Dialect,
+    request: web.Request,
+    model: str,
+    body: bytes,
+    behavior: Behavior,
+    limit: int | None,
+) -> web.Response | None:
+    """The answer to a call naming `model` when the model is missing (`behavior.no_model`) or
+    the request too long for it (`behavior.context_length`, or a body over `limit` bytes, at
+    4 bytes a token); None when it may be served."""
+    if behavior.no_model:
+        return model_not_found(speaks, model, request.path)
+    if behavior.context_length or (limit is not None and len(body) > limit):
+        allowed = 8192 if limit is None else limit // 4
+        return context_length(speaks, max(len(body) // 4, allowed + 1), allowed)
+    return None

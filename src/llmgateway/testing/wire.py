@@ -102,9 +102,9 @@ def openai_models(models: tuple[str, ...]) -> bytes:
     return orjson.dumps({"object": "list", "data": data})
 
 
-def openai_error(message: str, type_: str, code: str | None) -> bytes:
+def openai_error(message: str, type_: str, code: str | None, param: str | None = None) -> bytes:
     """An error in OpenAI's shape."""
-    error = {"message": message, "type": type_, "param": None, "code": code}
+    error = {"message": message, "type": type_, "param": param, "code": code}
     return orjson.dumps({"error": error})
 
 
