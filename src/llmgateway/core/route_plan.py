@@ -25,10 +25,11 @@ set of the eligible (provider, model) pairs serves as well."""
 
 NO_HEALTHY_KEY = FallbackReason.NO_HEALTHY_KEY.value
 """The reason of a target that had no key to try, or whose every tried key was refused."""
-CONTEXT_LENGTH = "context_length"
+CONTEXT_LENGTH = ErrorReason.CONTEXT_LENGTH.value
 """The reason `classify()` gives a request too long for the model's context window."""
 CONTENT_POLICY = "content_policy"
-"""The reason `classify()` gives a refusal on content policy (never routed around)."""
+"""A refusal on content policy, never routed around (`classify()` gives such refusals as the
+client's `bad_request` today; this name is kept for a reason of their own)."""
 CLIENT_FAULT_STATUSES = frozenset({400, 404, 413, 422})
 """Upstream statuses that are the request's fault: passed through, never a fallback (apart
 from the reasons `classify()` tells apart: no_model, context_length)."""
