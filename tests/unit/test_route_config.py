@@ -13,6 +13,7 @@ import yaml
 from click.testing import CliRunner
 
 from llmgateway.cli.main import main
+from llmgateway.conductor.endpoints import token_digest
 from llmgateway.config.load import load_settings
 from llmgateway.config.problems import ConfigError, Problem
 from llmgateway.config.route_table import route_table
@@ -151,12 +152,13 @@ def test_the_route_table_tiers_targets_and_keeps_each_surface_to_what_it_serves(
     assert native is not None
     assert native.targets == (Target("gemini", "gemini-2.5-flash", 3.0),)
     assert table.route("gemini", "cheap") is None  # only an openai_like target
-    assert table.grants_of(GEMINI_TOKEN) is None  # a provider's token is not a gateway token
+    assert table.grants_of(token_digest(GEMINI_TOKEN)) is None  # a provider's: not a gateway token
+    assert APP_TOKEN not in repr(table)
 
 
 def test_tokens_reach_what_their_globs_match(tmp_path: Path) -> None:
     table = route_table(load_settings(write(tmp_path, BASE), environ={}))
-    app, ci = table.grants_of(APP_TOKEN), table.grants_of(CI_TOKEN)
+    app, ci = table.grants_of(token_digest(APP_TOKEN)), table.grants_of(token_digest(CI_TOKEN))
     assert app is not None
     assert ci is not None
     assert (app.name, ci.name) == ("app", "ci")

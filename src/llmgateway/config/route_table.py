@@ -4,6 +4,7 @@ that resolving a request's model is a dict lookup (`core.routes.resolve_model`).
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -16,19 +17,22 @@ from llmgateway.core.routes import Grants, Reach, Route, Surface, Target, tiered
 @dataclass(frozen=True, slots=True)
 class RouteTable:
     """Routes by surface and alias (each with only the targets that surface can serve, on
-    enabled providers), and the grants of each gateway-wide token, by token."""
+    enabled providers), and the grants of each gateway-wide token by the SHA-256 digest of
+    the token (as `conductor.endpoints.token_digest` looks tokens up: the lookup's timing says
+    nothing about the token, and the table holds none)."""
 
     routes: Mapping[Surface, Mapping[str, Route]]
-    grants: Mapping[str, Grants]
+    grants: Mapping[bytes, Grants]
 
     def route(self, surface: Surface, alias: str) -> Route | None:
         """The route `alias` on `surface` whoever asks (a context-length fallback is the
         route's choice, not the client's), or None when that surface cannot serve it."""
         return self.routes.get(surface, {}).get(alias)
 
-    def grants_of(self, token: str) -> Grants | None:
-        """What the gateway-wide `token` may use, or None when it is not one."""
-        return self.grants.get(token)
+    def grants_of(self, digest: bytes) -> Grants | None:
+        """What the gateway-wide token with this SHA-256 `digest` may use, or None when it is
+        not one."""
+        return self.grants.get(digest)
 
 
 def route_table(settings: Settings) -> RouteTable:
@@ -40,8 +44,12 @@ def route_table(settings: Settings) -> RouteTable:
     }
     routes = {alias: _route(alias, s) for alias, s in settings.routes.items()}
     views = {surface: _views(routes, providers) for surface, providers in served.items()}
-    grants = {t.token: _grants(t, views, served) for t in settings.gateway.tokens}
+    grants = {_digest(t.token): _grants(t, views, served) for t in settings.gateway.tokens}
     return RouteTable(views, grants)
+
+
+def _digest(token: str) -> bytes:
+    return hashlib.sha256(token.encode()).digest()
 
 
 def _route(alias: str, settings: RouteSettings) -> Route:
