@@ -26,6 +26,7 @@ EXAMPLE_ENV = {
     "LLMGATEWAY_TOKEN": "tok-minimal-000000000000",
     "GEMINI_GATEWAY_TOKEN": "tok-gemini-111111111111",
     "DEEPSEEK_GATEWAY_TOKEN": "tok-deepseek-2222222222",
+    "APP_GATEWAY_TOKEN": "tok-app-33333333333333",
 }
 GEMINI_TOKEN = "tok-gemini-aaaaaaaaaaaaaaaa"
 OPENAI_TOKEN = "tok-openai-bbbbbbbbbbbbbbbb"

@@ -60,7 +60,11 @@ def check_config(config: str | None, path: str | None) -> None:
     count, names = len(settings.providers), ", ".join(settings.providers)
     noun = "provider" if count == 1 else "providers"
     database = settings.database
-    summary = f"ok: {count} {noun} ({names}), database: {database.backend}"
+    summary = f"ok: {count} {noun} ({names}), "
+    if settings.routes:
+        summary += _counted(list(settings.routes), "route")
+        summary += _counted([t.name for t in settings.gateway.tokens], "gateway token")
+    summary += f"database: {database.backend}"
     if database.backend == "postgresql" and (database.direct_url or database.pooler != "auto"):
         summary += f" (pooler: {database.pooler.value}"
         summary += ", direct_url set)" if database.direct_url else ")"
@@ -69,14 +73,20 @@ def check_config(config: str | None, path: str | None) -> None:
 
         summary += f", per-key limits counted by: {backend_of(settings).value}"
     click.echo(summary)
-    from llmgateway.config.reachable import unreachable_models
+    from llmgateway.config.reachable import idle_targets, unreachable_models
     from llmgateway.config.weak_tokens import weak_tokens
 
     if not settings.gateway.allow_weak_tokens:
         for where, why in weak_tokens(settings):
             click.echo(f"warning: {where}: {why}, refused off loopback; {WAY_OUT}", err=True)
-    for where, why in unreachable_models(settings):
+    for where, why in unreachable_models(settings) + idle_targets(settings):
         click.echo(f"warning: {where}: {why}", err=True)
+
+
+def _counted(names: list[str], noun: str) -> str:
+    """`2 routes (fast, long), ` for the summary line."""
+    plural = "" if len(names) == 1 else "s"
+    return f"{len(names)} {noun}{plural} ({', '.join(names)}), "
 
 
 @main.command("fake-upstream")

@@ -162,8 +162,10 @@ _SECRET = re.compile(r"token|password|secret|key$|credential|url$|access_control
 def secrets_in(node: Any, secret: bool = False) -> Iterator[str]:
     """Every value of `node` under a secret setting (and a URL's password on its own)."""
     if isinstance(node, dict):
+        # under `gateway.tokens`, `token` is secret and `name`, `routes` and `providers` are
+        # not: they name what messages talk about, which masking would garble
         for key, value in node.items():
-            yield from secrets_in(value, secret or bool(_SECRET.search(str(key))))
+            yield from secrets_in(value, bool(_SECRET.search(str(key))) or _inherits(secret, key))
     elif isinstance(node, list):
         for value in node:
             yield from secrets_in(value, secret)
@@ -171,6 +173,14 @@ def secrets_in(node: Any, secret: bool = False) -> Iterator[str]:
         yield node
         # a URL's password on its own (it may be echoed after percent-decoding)
         yield from (p for p in re.findall(r"//[^:/@]*:([^@/]+)@", node) if len(p) >= 4)
+
+
+def _inherits(secret: bool, key: object) -> bool:
+    return secret and str(key) not in _PLAIN
+
+
+_PLAIN = frozenset({"name", "routes", "providers"})
+"""Settings under a secret section that are not secret themselves (`gateway.tokens[].name`)."""
 
 
 def scrub(problem: Problem, secrets: Sequence[str]) -> Problem:

@@ -1,4 +1,5 @@
-"""Models no route reaches: configured, but never served (warnings of `check-config`)."""
+"""Models no route reaches and route targets never tried: configured, but never served
+(warnings of `check-config`)."""
 
 from __future__ import annotations
 
@@ -55,3 +56,21 @@ def _gemini_reach(where: str, model: str, suffix: str) -> Iterator[tuple[str, st
             f"{suffix!r} makes a path the gateway does not forward (RFC 3986 characters only, "
             "no dot-segments): no route reaches this model",
         )
+
+
+def idle_targets(settings: Settings) -> list[tuple[str, str]]:
+    """Every route target on a disabled provider, as (dotted path, why): the route never tries
+    it (a route none of whose targets is enabled is an error, not a warning)."""
+    found: list[tuple[str, str]] = []
+    for alias, route in settings.routes.items():
+        for i, target in enumerate(route.targets):
+            provider = settings.providers.get(target.provider)
+            if provider is not None and not provider.enabled:
+                found.append(
+                    (
+                        f"routes.{alias}.targets.{i}",
+                        f"provider '{target.provider}' is disabled: the route never tries this "
+                        "target",
+                    )
+                )
+    return found

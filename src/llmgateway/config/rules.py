@@ -1,8 +1,9 @@
 """What the field types cannot say: the cross-field rules of the configuration.
 
 The rules run on every part of the config that validates on its own, so one typo elsewhere
-does not hide them: all problems are reported in one go. Warnings that are not rules: weak
-tokens (`config.weak_tokens`) and models no route reaches (`config.reachable`).
+does not hide them: all problems are reported in one go. The rules of routes and gateway-wide
+tokens are in `config.route_rules`. Warnings that are not rules: weak tokens
+(`config.weak_tokens`) and models no route reaches (`config.reachable`).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from typing import Any, TypeVar, Union, get_origin
 from pydantic import BaseModel, TypeAdapter, ValidationError
 from pydantic_core import PydanticUndefined
 
+from llmgateway.config.route_rules import RouteParts, route_findings, routed_providers
 from llmgateway.config.schema import choose_member, is_model, step, unwrap
 from llmgateway.config.settings import (
     AdminSettings,
@@ -47,6 +49,9 @@ def check(data: Mapping[str, Any], settings: Settings | None) -> list[Finding]:
         findings = list(_walk_raw(Settings, data, ()))
         providers = _valid_providers(data.get("providers"))
     findings.extend(_token_findings(providers))
+    parts = RouteParts.of(settings) if settings is not None else RouteParts.partial(data)
+    findings.extend(_unreachable_providers(providers, routed_providers(parts)))
+    findings.extend(route_findings(parts))
     return findings
 
 
@@ -66,13 +71,6 @@ def _provider_rules(p: OpenAILikeProvider | GeminiProvider) -> Iterator[Finding]
     for i, token in enumerate(p.access_control.gateway_access_tokens):
         if not token.strip():
             yield (f"access_control.gateway_access_tokens.{i}", "empty token", "remove it")
-    if p.enabled and not p.access_control.tokens:
-        yield (
-            "access_control.gateway_access_token",
-            "an enabled provider needs a gateway access token",
-            "set gateway_access_token (e.g. ${MY_TOKEN}) or gateway_access_tokens, "
-            "or set enabled: false",
-        )
 
 
 def _default_model_rules(p: OpenAILikeProvider | GeminiProvider) -> Iterator[Finding]:
@@ -255,6 +253,23 @@ def _partial(tp: type[_M], raw: dict[Any, Any], needed: Sequence[str]) -> _M | N
         except ValidationError:
             return None
     return tp.model_construct(**values)
+
+
+def _unreachable_providers(
+    providers: Mapping[str, ProviderSettings], routed: frozenset[str] | None
+) -> Iterator[Finding]:
+    """An enabled provider needs a token of its own, unless gateway-wide tokens reach it
+    (`routed`; None when the routes or gateway tokens do not validate: then nothing is said)."""
+    for name, provider in providers.items():
+        if not provider.enabled or provider.access_control.tokens or routed is None:
+            continue
+        if name not in routed:
+            yield (
+                f"providers.{name}.access_control.gateway_access_token",
+                "an enabled provider needs a gateway access token",
+                "set gateway_access_token (e.g. ${MY_TOKEN}) or gateway_access_tokens, "
+                "reach it from a route or a gateway token's providers, or set enabled: false",
+            )
 
 
 def _token_findings(providers: Mapping[str, ProviderSettings]) -> Iterator[Finding]:

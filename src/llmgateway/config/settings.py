@@ -27,6 +27,7 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
+from llmgateway.config.route_settings import GatewayToken, RouteSettings
 from llmgateway.core.egress import ProxyMode as ProxyMode
 from llmgateway.core.outcomes import ErrorReason
 from llmgateway.core.pool_keys import Selection as Selection
@@ -263,6 +264,8 @@ class GatewaySettings(_Model):
     allow_weak_tokens: bool = False  # accept placeholder or short tokens on a public listener
     # /readyz is 503 while no provider has a usable key (healthy, untested, cooling, ejected)
     ready_requires_keys: StrictBool = False
+    # client tokens for the whole gateway: route aliases and <provider>/<model> (`routes:`)
+    tokens: tuple[GatewayToken, ...] = ()
 
 
 class LimitsSettings(_Model):
@@ -514,3 +517,4 @@ class Settings(_Model):
     limits: LimitsSettings = LimitsSettings()
     admin: AdminSettings = AdminSettings()
     providers: dict[str, ProviderSettings] = Field(default_factory=dict)
+    routes: dict[str, RouteSettings] = Field(default_factory=dict)  # model aliases over providers

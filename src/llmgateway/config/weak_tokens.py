@@ -40,7 +40,8 @@ def token_weakness(token: str) -> str | None:
 
 def weak_tokens(settings: Settings) -> list[tuple[str, str]]:
     """Every inbound token that is weak, as (dotted path of its setting, why): the gateway
-    tokens of each enabled provider, then the metrics token, then the console's `admin.token`.
+    tokens of each enabled provider, then the gateway-wide tokens, then the metrics token, then
+    the console's `admin.token`.
     An empty metrics or admin token is not weak (it turns /metrics or the console off), nor is
     an empty `gateway_access_token` beside a list of tokens."""
     found: list[tuple[str, str]] = []
@@ -53,6 +54,8 @@ def weak_tokens(settings: Settings) -> list[tuple[str, str]]:
             found.append((f"{where}.gateway_access_token", access.gateway_access_token))
         for i, token in enumerate(access.gateway_access_tokens):
             found.append((f"{where}.gateway_access_tokens.{i}", token))
+    for i, entry in enumerate(settings.gateway.tokens):
+        found.append((f"gateway.tokens.{i}.token", entry.token))
     if settings.metrics.access_token:
         found.append(("metrics.access_token", settings.metrics.access_token))
     if settings.admin.token:

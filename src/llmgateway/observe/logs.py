@@ -170,8 +170,9 @@ def _mask_known(token: str, secrets: Digests) -> str:
 
 
 def known_secrets(settings: Settings, *, key_files: bool = True) -> set[str]:
-    """Every secret the config names: gateway, metrics and admin tokens, the database password,
-    static proxy URLs, and (with `key_files`) the keys in the key files as they are now."""
+    """Every secret the config names: gateway (providers' and gateway-wide), metrics and admin
+    tokens, the database password, static proxy URLs, and (with `key_files`) the keys in the
+    key files as they are now."""
     from llmgateway.keyfiles import parse_keys, read_folder
 
     found = {settings.metrics.access_token, settings.database.password, settings.admin.token}
@@ -179,6 +180,7 @@ def known_secrets(settings: Settings, *, key_files: bool = True) -> set[str]:
         found.add(settings.database.url)
     if settings.limits.redis_url:
         found.add(settings.limits.redis_url)
+    found.update(entry.token for entry in settings.gateway.tokens)
     for provider in settings.providers.values():
         found.update(provider.access_control.tokens)
         proxy = provider.proxy_config

@@ -1,0 +1,151 @@
+"""A route's attempt plan, whether a failed target falls back, and what a request that ran out
+of targets answers. Pure: the random source is injected, eligibility is asked, never scanned.
+
+The request path uses the three in turn: `plan()` once per request; after each target's last
+key-level attempt, `next_step()`; when the plan (or the deadline, or the retry budget) runs
+out, `exhausted()` over the targets' failures.
+"""
+
+from __future__ import annotations
+
+import enum
+import random
+from collections.abc import Callable, Sequence
+from collections.abc import Set as AbstractSet
+from dataclasses import dataclass
+
+from llmgateway.core.outcomes import ErrorReason
+from llmgateway.core.routes import FallbackReason, Route, Target
+
+Eligible = Callable[[str, str], bool] | AbstractSet[tuple[str, str]]
+"""Whether a target (provider, model) has a key that may be tried now: one that is not cooling
+down, ejected, or behind an open breaker. The caller's predicate must answer in O(1) from state
+the pool keeps up to date (a count or a next-ready time per scope), never by scanning keys; a
+set of the eligible (provider, model) pairs serves as well."""
+
+NO_HEALTHY_KEY = FallbackReason.NO_HEALTHY_KEY.value
+"""The reason of a target that had no key to try, or whose every tried key was refused."""
+CONTEXT_LENGTH = ErrorReason.CONTEXT_LENGTH.value
+"""The reason `classify()` gives a request too long for the model's context window."""
+CONTENT_POLICY = "content_policy"
+"""A refusal on content policy, never routed around (`classify()` gives such refusals as the
+client's `bad_request` today; this name is kept for a reason of their own)."""
+CLIENT_FAULT_STATUSES = frozenset({400, 404, 413, 422})
+"""Upstream statuses that are the request's fault: passed through, never a fallback (apart
+from the reasons `classify()` tells apart: no_model, context_length)."""
+_CLIENT_REASONS = frozenset(
+    {ErrorReason.BAD_REQUEST, ErrorReason.UNKNOWN, ErrorReason.FORBIDDEN, CONTENT_POLICY}
+)
+# the key was at fault: the target ran out of keys, whatever the last key's trouble was
+_KEY_TROUBLE = frozenset({ErrorReason.INVALID_KEY, ErrorReason.NO_ACCESS, ErrorReason.AUTH_REFUSED})
+_RATE_LIMITS = frozenset({ErrorReason.RATE_LIMITED, ErrorReason.NO_QUOTA})
+
+
+def plan(route: Route, eligible: Eligible, rng: random.Random) -> tuple[Target, ...]:
+    """The targets to try, in order, for one request: tier by tier (priority ascending); inside
+    a tier a weighted random order without replacement among the targets eligible now (an
+    ineligible target is left out: no upstream call is made to it); each target once; at most
+    `route.max_targets`.
+
+    The order inside a tier is an exponential race (each target draws Exp(weight), the
+    smallest first): the first is target i with probability wᵢ / Σw, and so on among the
+    rest, one random draw per target."""
+    ok = eligible if callable(eligible) else _member(eligible)
+    chosen: list[Target] = []
+    for tier in route.tiers:
+        live = [t for t in tier if ok(t.provider, t.model)]
+        if len(live) > 1:
+            draw = rng.expovariate
+            live.sort(key=lambda t: draw(t.weight))
+        chosen += live
+        if len(chosen) >= route.max_targets:
+            return tuple(chosen[: route.max_targets])
+    return tuple(chosen)
+
+
+def _member(pairs: AbstractSet[tuple[str, str]]) -> Callable[[str, str], bool]:
+    return lambda provider, model: (provider, model) in pairs
+
+
+class Step(enum.StrEnum):
+    """What a request does after a target's last attempt."""
+
+    ANSWER = "answer"  # relay this outcome: success, a client fault, or no fallback reason
+    NEXT_TARGET = "next_target"  # try the plan's next target (if the deadline and budget allow)
+    CONTEXT_ALIAS = "context_alias"  # restart on the route's context_length_fallback alias
+
+
+def next_step(route: Route, reason: str | None, status: int | None) -> Step:
+    """Whether a target's outcome (`reason`: an `ErrorReason` value, `no_healthy_key`,
+    `context_length` or `content_policy`; None for success; `status` the upstream's, if any)
+    falls back. In order:
+
+    1. success: answer;
+    2. context_length: the route's context-length alias, else answer (passed through);
+    3. content_policy: answer (a refusal is never routed around);
+    4. a reason in `fallback_on` (invalid_key, no_access and auth_refused count as
+       no_healthy_key: the target ran out of keys): next target. `classify()`'s reason wins
+       over the status, so a 404 that says the model does not exist (no_model) falls back;
+    5. a client fault (bad_request, unknown, forbidden) with status 400/404/413/422: answer;
+    6. a status in `fallback_on_status`: next target;
+    7. otherwise: answer.
+    """
+    if reason is None:
+        return Step.ANSWER
+    if reason == CONTEXT_LENGTH:
+        return Step.CONTEXT_ALIAS if route.context_length_fallback else Step.ANSWER
+    if reason == CONTENT_POLICY:
+        return Step.ANSWER
+    if (NO_HEALTHY_KEY if reason in _KEY_TROUBLE else reason) in route.fallback_on:
+        return Step.NEXT_TARGET
+    if reason in _CLIENT_REASONS and status in CLIENT_FAULT_STATUSES:
+        return Step.ANSWER
+    return Step.NEXT_TARGET if status in route.fallback_on_status else Step.ANSWER
+
+
+@dataclass(frozen=True, slots=True)
+class Failure:
+    """How one target of a request failed: `called` False when it was skipped or found no key
+    without an upstream call; `retry_after` the wait its upstream or its pool named."""
+
+    target: Target
+    reason: str
+    status: int | None = None
+    retry_after: float | None = None
+    called: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class Exhaustion:
+    """The answer of a request whose targets all failed: our own 429 or 503 (`relay` None),
+    or the reply the `relay` failure would get on its own (its status, or 504 after a timeout
+    and 502 after any other failure that had none). `retry_after` None: none was known."""
+
+    status: int
+    code: str
+    retry_after: float | None
+    relay: Failure | None
+
+
+def exhausted(failures: Sequence[Failure]) -> Exhaustion:
+    """What a request answers when its plan ran out (or the deadline, or the retry budget):
+
+    - every target rate-limited or out of quota: 429 with the smallest Retry-After among them;
+    - else, when no target was called: 503 `no_healthy_key` with the smallest wait known;
+    - else the last called target's failure, as it would be answered on its own.
+    """
+    if failures and all(f.reason in _RATE_LIMITS for f in failures):
+        return Exhaustion(429, "rate_limit_exceeded", _soonest(failures), None)
+    called = [f for f in failures if f.called]
+    if not called:
+        return Exhaustion(503, NO_HEALTHY_KEY, _soonest(failures), None)
+    last = called[-1]
+    status = last.status
+    if status is None:
+        status = 504 if last.reason == ErrorReason.TIMEOUT else 502
+    return Exhaustion(status, last.reason, last.retry_after, last)
+
+
+def _soonest(failures: Sequence[Failure]) -> float | None:
+    waits = [f.retry_after for f in failures if f.retry_after is not None]
+    return min(waits) if waits else None
