@@ -36,6 +36,9 @@ FAMILIES = {
     "llmgateway_limiter_unavailable": ("counter", {"provider"}),
     "llmgateway_event_loop_tasks": ("gauge", set()),
     "llmgateway_auth_failures": ("counter", {"surface", "reason"}),
+    "llmgateway_route_requests": ("counter", {"route", "outcome"}),
+    "llmgateway_route_fallbacks": ("counter", {"route", "from_target", "to_target", "reason"}),
+    "llmgateway_route_exhausted": ("counter", {"route", "code"}),
 }
 RATE_LIMITED = Outcome(ErrorReason.RATE_LIMITED, Blame.KEY, status=429)
 OK = Outcome(None, Blame.NONE, status=200)

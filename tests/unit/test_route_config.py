@@ -13,10 +13,9 @@ import yaml
 from click.testing import CliRunner
 
 from llmgateway.cli.main import main
-from llmgateway.conductor.endpoints import token_digest
 from llmgateway.config.load import load_settings
 from llmgateway.config.problems import ConfigError, Problem
-from llmgateway.config.route_table import route_table
+from llmgateway.config.route_table import route_table, token_digest
 from llmgateway.core.routes import (
     DEFAULT_FALLBACK_ON,
     NotFound,

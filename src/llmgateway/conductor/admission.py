@@ -15,7 +15,7 @@ from starlette.types import Message, Receive
 
 from llmgateway.providers import form
 from llmgateway.providers.catalog import Catalog
-from llmgateway.providers.routes import Match
+from llmgateway.providers.routes import Match, Surface
 
 _SHOWN = 80  # characters of a client's model name repeated in an error
 # the key "model" with any of its letters written as a JSON escape (`"\u006dodel"`)
@@ -166,10 +166,11 @@ def named_model(match: Match, body: bytes, content_type: str) -> Named | Refused
                 return Named(form.form_field(body, boundary, "model"), False)
         except form.FormError as error:
             return Refused(400, "invalid_request", f"The multipart form is unusable: {error}.")
-    return _from_json(body, required=route.model != "optional")
+    return json_model(body, required=route.model != "optional")
 
 
-def _from_json(body: bytes, *, required: bool) -> Named | Refused:
+def json_model(body: bytes, *, required: bool) -> Named | Refused:
+    """The `model` and `stream` of a JSON object body (`required`: the body must be one)."""
     if body[:1] != b"{" and not body.lstrip().startswith(b"{"):
         if required or body.strip():
             return Refused(400, "invalid_request", "The request body must be a JSON object.")
@@ -205,6 +206,22 @@ def _names_model_twice(body: bytes) -> bool:
 
     json.loads(body, object_pairs_hook=count)
     return seen > 1
+
+
+def target_refusal(api: Surface | None, path: str | None, query: str | None) -> Refused:
+    """Why a request whose surface (None: no surface serves the path), raw path or query did
+    not pass `providers.target`'s checks is refused."""
+    if api is None:
+        return Refused(404, "not_found", "This token's provider does not serve this path.")
+    if path is None:
+        message = (
+            "The request path holds characters or segments the gateway does not forward "
+            "(control characters, spaces, '#', '\\', dot-segments, encoded '/' or '\\', "
+            "double encoding, or bytes outside RFC 3986)."
+        )
+        return Refused(400, "invalid_path", message)
+    message = "The query string holds characters outside RFC 3986; percent-encode them."
+    return Refused(400, "invalid_query", message)
 
 
 def resolve(catalog: Catalog, match: Match, named: Named, default_model: str) -> str | Refused:

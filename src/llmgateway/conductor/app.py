@@ -27,11 +27,13 @@ from llmgateway.conductor.attempts import AttemptLoop
 from llmgateway.conductor.breaker_board import BreakerBoard
 from llmgateway.conductor.call import Provider
 from llmgateway.conductor.coherence import follow_store
-from llmgateway.conductor.endpoints import Edge, token_digest
+from llmgateway.conductor.endpoints import Edge
 from llmgateway.conductor.memory import collector_paused, return_freed_memory
+from llmgateway.conductor.route_run import Routing
 from llmgateway.conductor.router import Router
 from llmgateway.conductor.status_writer import StatusWriter
 from llmgateway.conductor.usage_writer import UsageWriter
+from llmgateway.config.route_table import route_table, token_digest
 from llmgateway.config.settings import Settings
 from llmgateway.core.egress import NoHealthyProxyError, egress_for
 from llmgateway.core.guard import Guard
@@ -361,7 +363,12 @@ def create_app(
         bodies = BodyBudget(edge_settings.max_inflight_body_bytes)
         refusals = TokenRefusals(metrics.auth_failed)
         access = AccessLog(settings.logging.access)
-        edge = Edge(attempt_loop, conductor.token_index(), body_limits, bodies, access, refusals)
+        routing = Routing(
+            route_table(settings), conductor.providers, conductor.rng, conductor.clock
+        )
+        edge = Edge(
+            attempt_loop, conductor.token_index(), body_limits, bodies, access, refusals, routing
+        )
         tasks: list[asyncio.Task[None]] = []
         wake = asyncio.Event()
         interval = settings.gateway.refresh_interval_sec

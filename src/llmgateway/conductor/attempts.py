@@ -143,6 +143,8 @@ class AttemptLoop:
             step, used = policy.on_server_error, attempts - key_errors
         if not policy.enabled or used >= step.attempts:
             return None
+        if call.max_attempts is not None and attempts >= call.max_attempts:
+            return None
         pause = _backoff(step, used, self.rng)
         connect = call.provider.settings.timeouts.connect
         loop = asyncio.get_running_loop()

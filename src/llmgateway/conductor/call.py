@@ -85,3 +85,4 @@ class Call:
     # `commit: first_event`: a stream is held back up to this long for its first event, and
     # falls back like an HTTP error when that is one (None: committed at its first byte)
     peek_sec: float | None = None
+    max_attempts: int | None = None  # a route's `attempts_per_target` (None: the policy's)

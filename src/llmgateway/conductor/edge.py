@@ -283,3 +283,17 @@ def protocol_factory(limits: EdgeLimits) -> Any:
     import functools
 
     return functools.partial(EdgeProtocol, limits=limits, refusals=_Refusals())
+
+
+@dataclass(slots=True)
+class ClientWatch:
+    """Cancels a request's task when its client disconnects (`gone` tells the handler). The
+    edge's protocol calls `client_left` from its `connection_lost`: no task or timer per
+    request."""
+
+    task: asyncio.Task[Any]
+    gone: bool = False
+
+    def client_left(self) -> None:
+        self.gone = True
+        self.task.cancel()

@@ -10,7 +10,6 @@ the key.
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import hmac
 import itertools
 import logging
@@ -18,7 +17,7 @@ import secrets
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Literal
 
 from starlette.types import Receive, Scope, Send
 
@@ -30,20 +29,16 @@ from llmgateway.conductor.admission import (
     named_model,
     read_body,
     resolve,
+    target_refusal,
 )
 from llmgateway.conductor.attempts import AttemptLoop
 from llmgateway.conductor.call import Call, Provider
 from llmgateway.conductor.claim import CANCELLED, Claim
-from llmgateway.conductor.edge import BODY_ARRIVED, ON_DISCONNECT
-from llmgateway.conductor.replies import GatewayReply
-from llmgateway.conductor.responses import (
-    INTERNAL,
-    JSON,
-    relay_stream,
-    relay_whole,
-    send_refusal,
-    send_whole,
-)
+from llmgateway.conductor.edge import BODY_ARRIVED, ON_DISCONNECT, ClientWatch
+from llmgateway.conductor.responses import INTERNAL, JSON, deliver, send_refusal, send_whole
+from llmgateway.conductor.route_run import Routing
+from llmgateway.conductor.routing import serve_grant
+from llmgateway.config.route_table import token_digest
 from llmgateway.observe import logs
 from llmgateway.observe.access import AccessLog, Refusal, TokenRefusals, client_address, shown_path
 from llmgateway.observe.metrics import NO_PROVIDER
@@ -53,11 +48,6 @@ from llmgateway.providers import headers as wire_headers
 from llmgateway.providers.routes import Match, Surface
 
 log = logging.getLogger("llmgateway.api")
-
-
-def token_digest(token: str) -> bytes:
-    """Tokens are looked up by digest, so the lookup's timing says nothing about the token."""
-    return hashlib.sha256(token.encode()).digest()
 
 
 _NO_TOKEN = (
@@ -83,6 +73,7 @@ class Edge:
     bodies: BodyBudget
     access: AccessLog
     refusals: TokenRefusals
+    routing: Routing | None = None  # routes and gateway-wide tokens (`gateway.tokens`)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         headers = _headers(scope)
@@ -95,6 +86,11 @@ class Edge:
         shape: Surface = "gemini" if via_google or raw_path.startswith(b"/v1beta/") else "openai"
         provider = self._provider(token)
         if provider is None:
+            grants = self.routing.grants(token) if self.routing is not None and token else None
+            if grants is not None:
+                args = (headers, request_id, started, via_google)
+                await serve_grant(self, grants, scope, receive, send, *args)
+                return
             await send_refusal(send, shape, Refused(401, "invalid_api_key", _NO_TOKEN), request_id)
             self.attempt_loop.metrics.unauthorized(401)
             self._unauthorized(scope, headers, raw_query, token, shape, started)
@@ -103,7 +99,7 @@ class Edge:
         path = target.checked_path(raw_path)
         query = target.checked_query(raw_query)
         if api is None or path is None or query is None:
-            refused = _target_refusal(api, path, query)
+            refused = target_refusal(api, path, query)
             await self._refuse(send, provider, api or shape, refused, request_id, scope, started)
             return
         method: str = scope["method"]
@@ -202,7 +198,7 @@ class Edge:
         task = asyncio.current_task()
         assert task is not None
         loop = asyncio.get_running_loop()
-        watch = _ClientWatch(task)
+        watch = ClientWatch(task)
         scope[ON_DISCONNECT] = watch.client_left
         deadline = loop.time() + call.provider.settings.timeouts.total
         outcome = CANCELLED
@@ -219,17 +215,7 @@ class Edge:
                 code, ended = 500, "internal_error"
                 await send_refusal(send, call.api, INTERNAL, request_id)
                 return
-            if isinstance(result, GatewayReply):
-                code, attempts, ended = result.status, result.attempts, result.reason
-                await send_whole(send, result.status, result.headers, result.body, request_id)
-                return
-            code, attempts = result.response.status, result.attempts
-            if result.body is not None:
-                outcome = await relay_whole(call, result, send, request_id)
-            else:
-                remaining = deadline - loop.time()
-                outcome = await relay_stream(call, result, send, request_id, remaining)
-            ended = outcome.reason.value if outcome.reason else "ok"
+            code, attempts, ended, outcome = await deliver(call, result, send, request_id, deadline)
         except asyncio.CancelledError:
             if not watch.gone:
                 raise
@@ -240,20 +226,6 @@ class Edge:
             claim.end(outcome)
             bound.finished(call.model, code, call.timing)
             self.access.done(scope, code, attempts, ended, call.timing.started)
-
-
-@dataclass(slots=True)
-class _ClientWatch:
-    """Cancels the request's task when the client disconnects (`gone` tells the handler). The
-    edge's protocol calls `client_left` from its `connection_lost`: no task or timer per
-    request."""
-
-    task: asyncio.Task[Any]
-    gone: bool = False
-
-    def client_left(self) -> None:
-        self.gone = True
-        self.task.cancel()
 
 
 def _headers(scope: Scope) -> dict[str, str]:
@@ -310,20 +282,6 @@ def _surface(provider: Provider, path: bytes, via_google: bool) -> Surface | Non
     if native and provider.settings.provider_type == "gemini":
         return "gemini"
     return "openai" if path.startswith(b"/v1/") else None
-
-
-def _target_refusal(api: Surface | None, path: str | None, query: str | None) -> Refused:
-    if api is None:
-        return Refused(404, "not_found", "This token's provider does not serve this path.")
-    if path is None:
-        message = (
-            "The request path holds characters or segments the gateway does not forward "
-            "(control characters, spaces, '#', '\\', dot-segments, encoded '/' or '\\', "
-            "double encoding, or bytes outside RFC 3986)."
-        )
-        return Refused(400, "invalid_path", message)
-    message = "The query string holds characters outside RFC 3986; percent-encode them."
-    return Refused(400, "invalid_query", message)
 
 
 def _call(

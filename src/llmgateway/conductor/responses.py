@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Mapping, Sequence
 
 from starlette.types import Message, Send
 
@@ -15,6 +15,7 @@ from llmgateway.conductor.admission import Refused
 from llmgateway.conductor.attempts import Relay
 from llmgateway.conductor.call import Call
 from llmgateway.conductor.claim import CANCELLED
+from llmgateway.conductor.replies import GatewayReply
 from llmgateway.config.settings import DebugMode
 from llmgateway.core.outcomes import Blame, ErrorReason, Outcome
 from llmgateway.observe import debug
@@ -34,18 +35,48 @@ INTERNAL = Refused(
 JSON = {"content-type": "application/json"}
 
 
-async def relay_whole(call: Call, relay: Relay, send: Send, request_id: str) -> Outcome:
+Extra = Sequence[tuple[bytes, bytes]]
+"""Headers of the gateway's own added to an answer (a route's `x-llmgateway-*`)."""
+
+
+async def deliver(
+    call: Call,
+    result: Relay | GatewayReply,
+    send: Send,
+    request_id: str,
+    deadline: float,
+    extra: Extra = (),
+) -> tuple[int, int, str, Outcome]:
+    """Send what the attempt loop ended with: a reply of the gateway's own making, or the
+    upstream's answer (whole, or relayed as it streams until `deadline`, loop time). Returns the
+    status sent, the attempts made, how it ended (for the access line) and the outcome the
+    relay's key learns (`CANCELLED`: nothing to learn, a reply was sent)."""
+    if isinstance(result, GatewayReply):
+        await send_whole(send, result.status, result.headers, result.body, request_id, extra)
+        return result.status, result.attempts, result.reason, CANCELLED
+    if result.body is not None:
+        outcome = await relay_whole(call, result, send, request_id, extra)
+    else:
+        remaining = deadline - asyncio.get_running_loop().time()
+        outcome = await relay_stream(call, result, send, request_id, remaining, extra)
+    ended = outcome.reason.value if outcome.reason else "ok"
+    return result.response.status, result.attempts, ended, outcome
+
+
+async def relay_whole(
+    call: Call, relay: Relay, send: Send, request_id: str, extra: Extra = ()
+) -> Outcome:
     """Send an upstream answer read whole (see `attempts.WHOLE_BODY_LIMIT`) in one piece."""
     assert relay.body is not None
     response = relay.response
     if call.provider.settings.gateway_policy.debug_mode is DebugMode.FULL_BODY:
         debug.whole_body(relay.body, relay.secret)
-    await send_whole(send, response.status, response.headers, relay.body, request_id)
+    await send_whole(send, response.status, response.headers, relay.body, request_id, extra)
     return SUCCESS
 
 
 async def relay_stream(
-    call: Call, relay: Relay, send: Send, request_id: str, remaining: float
+    call: Call, relay: Relay, send: Send, request_id: str, remaining: float, extra: Extra = ()
 ) -> Outcome:
     """Send an upstream answer chunk by chunk as it arrives, within `remaining` seconds; reports
     how it ended."""
@@ -58,7 +89,10 @@ async def relay_stream(
     try:
         async with asyncio.timeout(max(remaining, 0.001)):
             length = response.content_length
-            await send(start_message(response.status, response.headers, request_id, length))
+            start = start_message(
+                response.status, response.headers, request_id, length, extra=extra
+            )
+            await send(start)
             started = True
             while True:
                 asked = time.perf_counter()
@@ -112,11 +146,13 @@ def start_message(
     length: int | None,
     *,
     close: bool = False,
+    extra: Extra = (),
 ) -> Message:
     """The response start: what may be relayed of `headers` (lower-case names), then ours
-    (`length`, None when streaming; `close`: the connection ends with this answer) and the
-    request id."""
+    (`length`, None when streaming; `close`: the connection ends with this answer; `extra`)
+    and the request id."""
     raw = wire_headers.relayed(headers)
+    raw.extend(extra)
     if length is not None:
         raw.append((b"content-length", b"%d" % length))
     if close:
@@ -126,10 +162,15 @@ def start_message(
 
 
 async def send_whole(
-    send: Send, status: int, headers: Mapping[str, str], body: bytes, request_id: str
+    send: Send,
+    status: int,
+    headers: Mapping[str, str],
+    body: bytes,
+    request_id: str,
+    extra: Extra = (),
 ) -> None:
     """A response in one piece."""
-    await send(start_message(status, headers, request_id, len(body)))
+    await send(start_message(status, headers, request_id, len(body), extra=extra))
     await send({"type": "http.response.body", "body": body, "more_body": False})
 
 

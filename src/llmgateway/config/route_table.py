@@ -18,7 +18,7 @@ from llmgateway.core.routes import Grants, Reach, Route, Surface, Target, tiered
 class RouteTable:
     """Routes by surface and alias (each with only the targets that surface can serve, on
     enabled providers), and the grants of each gateway-wide token by the SHA-256 digest of
-    the token (as `conductor.endpoints.token_digest` looks tokens up: the lookup's timing says
+    the token (`token_digest`, as the edge looks every token up: the lookup's timing says
     nothing about the token, and the table holds none)."""
 
     routes: Mapping[Surface, Mapping[str, Route]]
@@ -44,11 +44,12 @@ def route_table(settings: Settings) -> RouteTable:
     }
     routes = {alias: _route(alias, s) for alias, s in settings.routes.items()}
     views = {surface: _views(routes, providers) for surface, providers in served.items()}
-    grants = {_digest(t.token): _grants(t, views, served) for t in settings.gateway.tokens}
+    grants = {token_digest(t.token): _grants(t, views, served) for t in settings.gateway.tokens}
     return RouteTable(views, grants)
 
 
-def _digest(token: str) -> bytes:
+def token_digest(token: str) -> bytes:
+    """Tokens are looked up by digest, so the lookup's timing says nothing about the token."""
     return hashlib.sha256(token.encode()).digest()
 
 

@@ -106,6 +106,10 @@ class Guard:
             return None
         return Blocked("circuit_open", max(1.0, self._breaker.retry_after(now)))
 
+    def open_to_calls(self, now: float) -> bool:
+        """Whether `admit(now)` would let a call go to the provider (nothing is taken)."""
+        return self._breaker.would_allow(now)
+
     def watch(self, watcher: Callable[[BreakerState], None]) -> None:
         """Call `watcher` with the provider breaker's state now and on every change (metrics)."""
         self._watcher = watcher

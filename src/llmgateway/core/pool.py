@@ -153,6 +153,24 @@ class KeyPool:
         self._leases[self._last_lease] = key
         return Lease(self._last_lease, key.key_id, key.secret, key.egress, scope.name)
 
+    def ready(self, model: str, now: float) -> bool:
+        """Whether a key may serve `model` now, as far as the pool's bag of eligible keys says
+        (O(1) amortised: no key is looked at one by one). A key whose state changed unseen may
+        still be in the bag; `acquire` then finds none, without an upstream call."""
+        self._expire(now)
+        scope = self._scopes.get(self.scope(model))
+        if scope is None:
+            return False
+        unpark(scope, self._keys, now)
+        return bool(scope.ready.items)
+
+    def why_not(self, model: str, now: float) -> Unavailable:
+        """Why no key may serve `model` now, and for how long as far as known."""
+        scope = self._scopes.get(self.scope(model))
+        if scope is None:
+            return Unavailable("no_keys", None)
+        return unavailable(scope, self._keys, self._ejections, now)
+
     def _fits(self, key: Key, scope: Scope, now: float, exclude: Collection[int]) -> bool:
         if key.key_id in exclude:
             return False

@@ -195,6 +195,15 @@ class CircuitBreaker:
         self._trials += 1
         return True
 
+    def would_allow(self, now: float) -> bool:
+        """Whether `allow(now)` would let a call out, without taking a trial slot."""
+        if not self._settings.enabled or self._state is BreakerState.CLOSED:
+            return True
+        if self._state is BreakerState.OPEN:
+            manual = self._settings.mode is BreakerMode.MANUAL_RESET
+            return not manual and now >= self._open_until and self.trial_calls > 0
+        return self._trials < self.trial_calls
+
     def record(self, outcome: Outcome | Verdict, now: float) -> None:
         """Learn from a call: its Outcome, or the Verdict the caller reached about it."""
         if not self._settings.enabled:

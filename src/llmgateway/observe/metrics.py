@@ -37,6 +37,7 @@ from llmgateway.core.key_states import shown_state
 from llmgateway.core.outcomes import ALL_MODELS
 from llmgateway.core.pool import KeyPool
 from llmgateway.observe.provider_metrics import OTHER_MODEL, ProviderMetrics, Tally
+from llmgateway.observe.route_metrics import RouteMetrics
 from llmgateway.records import StatusCount, SyncChanges
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
@@ -113,6 +114,7 @@ class Metrics:
     limiter_unavailable: Counter
     event_loop_tasks: Gauge
     auth_failures: Counter
+    routes: RouteMetrics
     _providers: dict[str, ProviderMetrics] = field(default_factory=dict)
 
     @classmethod
@@ -226,6 +228,7 @@ class Metrics:
                 ("surface", "reason"),
                 registry=registry,
             ),
+            routes=RouteMetrics.create(registry),
         )
 
     def for_provider(self, name: str, models: Iterable[str] = ()) -> ProviderMetrics:

@@ -15,6 +15,7 @@ context length exceeded for a request body over the limit).
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import random
 import socket
 import time
@@ -53,6 +54,7 @@ class SeenRequest:
     path: str
     query: Mapping[str, str]
     headers: Mapping[str, str]
+    body: bytes = b""  # its first 64 KiB, once the fake read it (a fault may answer before)
 
 
 @dataclass(slots=True)
@@ -331,6 +333,8 @@ class FakeUpstream:
         if fault is not None:
             return fault
         body = await request.read()
+        seen = self._counters.seen
+        seen[secret] = dataclasses.replace(seen[secret], body=body[:65536])
         if behavior.no_model or behavior.context_length or self._missing or self._limits:
             fault = self._model_fault(request, speaks, body, behavior)
             if fault is not None:

@@ -1,0 +1,411 @@
+"""The way of one request made with a gateway token along its route: the targets of the
+route's plan asked in turn (`core.route_plan`), each with the attempt loop's key-level retries,
+until one answers, a failure is not one to fall back from, or the plan, the deadline or the
+retry budget runs out (then `exhausted` says the answer).
+
+A target is asked only while it has a key it may use now (`Routing.eligible`: O(1) from the
+pool's bag and the provider's breaker, no key looked at). A move to another target takes a slot
+of that provider's retry budget and must fit the request's deadline. Only the model is
+rewritten: the body's top-level `model` (`core.model_rewrite`), or the model segment of a
+Gemini native path.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from starlette.types import Scope, Send
+
+from llmgateway import providers as wire
+from llmgateway.conductor.admission import (
+    BodyBudget,
+    BodyLimits,
+    Named,
+    Refused,
+    resolve,
+)
+from llmgateway.conductor.attempts import AttemptLoop
+from llmgateway.conductor.call import Call, Provider
+from llmgateway.conductor.claim import CANCELLED, Claim
+from llmgateway.conductor.edge import ON_DISCONNECT, ClientWatch
+from llmgateway.conductor.replies import GatewayReply
+from llmgateway.conductor.responses import INTERNAL, JSON, Extra, deliver, send_refusal, send_whole
+from llmgateway.config.route_table import RouteTable, token_digest
+from llmgateway.core.model_rewrite import rewrite_model
+from llmgateway.core.outcomes import ErrorReason
+from llmgateway.core.route_plan import NO_HEALTHY_KEY, Failure, Step, exhausted, next_step, plan
+from llmgateway.core.routes import (
+    Grants,
+    Route,
+    StreamCommit,
+    Surface,
+    Target,
+)
+from llmgateway.observe import logs
+from llmgateway.observe.access import AccessLog
+from llmgateway.observe.provider_metrics import Timing
+from llmgateway.observe.route_metrics import NO_TARGET
+from llmgateway.observe.throttle import Throttle
+from llmgateway.providers import headers as wire_headers
+from llmgateway.providers.routes import Match
+
+log = logging.getLogger("llmgateway.api")
+
+GEMINI_MODELS = ("/v1beta/models/", "/v1/models/")
+"""Where a Gemini native path names its model (`/v1beta/models/{model}:{method}`, or `/v1/`)."""
+MAX_HOPS = 8
+"""Context-length fallbacks one request follows at most (the config refuses cycles)."""
+_REASONS = frozenset(reason.value for reason in ErrorReason)
+_RATE_LIMITS = frozenset({"rate_limited", "egress_rate_limited"})
+
+
+class Serving(Protocol):
+    """What a gateway token's request uses of the edge (`conductor.endpoints.Edge` is one)."""
+
+    @property
+    def attempt_loop(self) -> AttemptLoop: ...
+    @property
+    def access(self) -> AccessLog: ...
+    @property
+    def body_limits(self) -> BodyLimits: ...
+    @property
+    def bodies(self) -> BodyBudget: ...
+    @property
+    def routing(self) -> Routing | None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Routing:
+    """What gateway tokens need, built once per gateway process: the route table, the
+    providers by name, the random source of the plans and the clock of the pools."""
+
+    table: RouteTable
+    providers: Mapping[str, Provider]
+    rng: random.Random
+    clock: Callable[[], float] = time.time
+    warned: dict[str, Throttle] = field(default_factory=dict)
+
+    def grants(self, token: str) -> Grants | None:
+        """What the gateway token `token` may use (None: it is not one)."""
+        return self.table.grants_of(token_digest(token))
+
+    def eligible(self, provider: str, model: str) -> bool:
+        """Whether target (`provider`, `model`) has a key it may use now, behind a breaker
+        that lets calls through; O(1), no key looked at."""
+        found = self.providers.get(provider)
+        if found is None:
+            return False
+        entry = found.catalog.resolve(model)
+        now = self.clock()
+        return entry is not None and found.guard.open_to_calls(now) and found.pool.ready(entry, now)
+
+    def skipped(self, target: Target) -> Failure:
+        """Why an ineligible target was left out of a plan (for the answer of a request whose
+        every target failed): rate-limited until its first key's cooldown ends, or no key."""
+        found = self.providers.get(target.provider)
+        entry = found.catalog.resolve(target.model) if found is not None else None
+        if found is None or entry is None:
+            return Failure(target, NO_HEALTHY_KEY, called=False)
+        now = self.clock()
+        if not found.guard.open_to_calls(now):
+            return Failure(target, NO_HEALTHY_KEY, called=False)
+        why = found.pool.why_not(entry, now)
+        reason = "rate_limited" if why.reason == "rate_limited" else NO_HEALTHY_KEY
+        return Failure(target, reason, retry_after=why.retry_after, called=False)
+
+    def config_warning(self, route: Route, target: Target) -> None:
+        """Log (throttled, per target) that a target's upstream says its model does not
+        exist: the route's config names a model the provider no longer serves."""
+        throttle = self.warned.setdefault(target.label, Throttle(60.0))
+        if throttle.offer(time.monotonic()) is not None:
+            log.warning(
+                "route %s: the upstream of target %s says model %s does not exist; fix the "
+                "route's config (requests fall back meanwhile)",
+                route.alias,
+                target.label,
+                target.model,
+            )
+
+
+@dataclass(frozen=True, slots=True)
+class Asked:
+    """A gateway token's request as read: the surface it came in on, its validated method,
+    path and query, the model it names, the Gemini method after the model (`verb`, "" on
+    the OpenAI surface), its body and whether it streams."""
+
+    surface: Surface
+    method: str
+    path: str
+    query: str
+    model: str
+    verb: str
+    body: bytes
+    stream: bool
+
+    @property
+    def plain(self) -> bool:
+        """Whether the body names `model` once and holds no `\\u` escape (the rewrite then
+        finds it without reading the rest: `core.model_rewrite`)."""
+        return self.body.count(b'"model"') == 1 and b"\\u" not in self.body
+
+
+NOT_SERVED = Refused(
+    404,
+    "not_found",
+    "A gateway token serves POST /v1/… with the model in the body, and "
+    "POST /v1beta/models/{model}:{method} (or /v1/) on the Gemini surface.",
+)
+
+
+_ANSWERED = "answered"  # the target's answer went to the client
+_NOT_STARTED = "not_started"  # no time or no retry budget left for another target
+_UNSERVED = "unserved"  # the target cannot serve this request (its path or model)
+
+
+@dataclass(slots=True)
+class Run:
+    """One request's way along its route's plan (and its context-length aliases)."""
+
+    edge: Serving
+    routing: Routing
+    asked: Asked
+    scope: Scope
+    send: Send
+    headers: Mapping[str, str]
+    request_id: str
+    started: float
+    configured: bool
+    failures: list[Failure] = field(default_factory=list)
+    attempts: int = 0
+    deadline: float | None = None
+    target: Target | None = None  # the last target asked
+    reply: GatewayReply | None = None  # the last reply of a target that called upstream
+    code: int = 499
+    ended: str = "client_gone"
+
+    async def serve(self, route: Route) -> None:
+        """Serve the request along `route`, answering the client whatever happens."""
+        task = asyncio.current_task()
+        assert task is not None
+        watch = ClientWatch(task)
+        self.scope[ON_DISCONNECT] = watch.client_left
+        outcome = "client_gone"
+        try:
+            outcome = await self._along(route)
+        except asyncio.CancelledError:
+            if not watch.gone:
+                raise
+            task.uncancel()
+            log.info("client disconnected", extra={"request_id": self.request_id})
+        finally:
+            self.scope[ON_DISCONNECT] = None  # from here on nothing may cancel the task
+            if self.configured:
+                self.edge.attempt_loop.metrics.routes.requests.labels(route.alias, outcome).inc()
+            self.edge.access.done(self.scope, self.code, self.attempts, self.ended, self.started)
+
+    async def _along(self, route: Route) -> str:
+        """The route's plan, then its context-length alias (and so on); the outcome label."""
+        current = route
+        for _ in range(MAX_HOPS):
+            step, reply = await self._planned(current)
+            if step is Step.CONTEXT_ALIAS:
+                alias = current.context_length_fallback or ""
+                following = self.routing.table.route(self.asked.surface, alias)
+                if following is not None:
+                    self._fell_back(current, self.target, f"route:{alias}", "context_length")
+                    current = following
+                    continue
+                step = Step.ANSWER
+            if step is Step.ANSWER and reply is not None:
+                await self._send(current, reply)
+                return "error"
+            return await self._exhausted(current) if step is not Step.ANSWER else "ok"
+        return await self._exhausted(current)
+
+    async def _planned(self, route: Route) -> tuple[Step, GatewayReply | None]:
+        """Ask the targets of `route`'s plan in turn: what ended it (ANSWER with the reply to
+        send, or None once answered; CONTEXT_ALIAS; NEXT_TARGET when none was left)."""
+        targets = plan(route, self.routing.eligible, self.routing.rng)
+        for index, target in enumerate(targets):
+            got = await self._asked(route, target)
+            if got == _ANSWERED:
+                return Step.ANSWER, None
+            if got == _NOT_STARTED:
+                break
+            if got == _UNSERVED:
+                self.failures.append(Failure(target, NO_HEALTHY_KEY, called=False))
+                continue
+            assert isinstance(got, GatewayReply)
+            failure = _failure(target, got)
+            self.failures.append(failure)
+            if failure.called:
+                self.reply = got
+            step = next_step(route, failure.reason, got.status)
+            if step is not Step.NEXT_TARGET:
+                return step, got
+            following = targets[index + 1].label if index + 1 < len(targets) else NO_TARGET
+            self._fell_back(route, target, following, failure.reason)
+            if failure.reason == ErrorReason.NO_MODEL:
+                self.routing.config_warning(route, target)
+        planned = set(targets)
+        for target in route.targets:
+            if target not in planned and not self.routing.eligible(target.provider, target.model):
+                self.failures.append(self.routing.skipped(target))
+        return Step.NEXT_TARGET, None
+
+    async def _asked(self, route: Route, target: Target) -> GatewayReply | str:
+        """One target: its key-level attempts, and its answer relayed when it has one."""
+        provider = self.routing.providers[target.provider]
+        call = _call(route, provider, target, self.asked, self.headers, self.request_id)
+        if isinstance(call, Refused):
+            return _UNSERVED
+        now = asyncio.get_running_loop().time()
+        timeouts = provider.settings.timeouts
+        if self.deadline is None:
+            self.deadline = now + timeouts.total
+        elif now + timeouts.connect >= self.deadline:
+            return _NOT_STARTED
+        claim = Claim(call, self.edge.attempt_loop)
+        if self.target is not None and not claim.may_retry():  # a fallback is a retry
+            claim.end(CANCELLED)
+            return _NOT_STARTED
+        self.target = target
+        call.timing = Timing(self.started)
+        logs.bind_provider(provider.name, call.model)
+        bound = self.edge.attempt_loop.metrics.for_provider(provider.name)
+        bound.started()
+        code, outcome = 499, CANCELLED
+        try:
+            result = await self.edge.attempt_loop.run(call, claim, self.deadline)
+            self.attempts += result.attempts
+            if isinstance(result, GatewayReply):
+                code = result.status
+                return result
+            shown = self._shown(route, target)
+            sent = await deliver(call, result, self.send, self.request_id, self.deadline, shown)
+            code, _, self.ended, outcome = sent
+            self.code = code
+            return _ANSWERED
+        except Exception:  # our own bug: logged, answered, blamed on nobody
+            log.exception("internal error while serving the request")
+            code = self.code = 500
+            self.ended = "internal_error"
+            await send_refusal(self.send, self.asked.surface, INTERNAL, self.request_id)
+            return _ANSWERED
+        finally:
+            claim.end(outcome)
+            bound.finished(call.model, code, call.timing)
+
+    async def _send(self, route: Route, reply: GatewayReply) -> None:
+        shown = self._shown(route, self.target)
+        await send_whole(self.send, reply.status, reply.headers, reply.body, self.request_id, shown)
+        self.code, self.ended = reply.status, reply.reason
+
+    async def _exhausted(self, route: Route) -> str:
+        """Every target failed (or no time or budget was left): the answer `exhausted` says."""
+        found = exhausted(self.failures)
+        if self.configured:
+            self.edge.attempt_loop.metrics.routes.exhausted.labels(
+                route.alias, str(found.status)
+            ).inc()
+        if found.relay is not None and self.reply is not None:
+            await self._send(route, self.reply)
+            return "exhausted"
+        if found.status == 429:
+            message = (
+                f"Every target of {route.alias} is rate-limited; retry after the indicated time."
+            )
+        else:
+            message = f"No target of {route.alias} has a usable key right now."
+        body = wire.error_body(self.asked.surface, found.status, message, code=found.code)
+        headers = dict(JSON)
+        if found.retry_after is not None:
+            headers["retry-after"] = str(max(1, int(found.retry_after + 0.999)))
+        shown = self._shown(route, self.target)
+        await send_whole(self.send, found.status, headers, body, self.request_id, shown)
+        self.code, self.ended = found.status, found.code
+        return "exhausted"
+
+    def _fell_back(self, route: Route, left: Target | None, to: str, reason: str) -> None:
+        if self.configured:
+            source = left.label if left is not None else NO_TARGET
+            fallbacks = self.edge.attempt_loop.metrics.routes.fallbacks
+            fallbacks.labels(route.alias, source, to, reason).inc()
+
+    def _shown(self, route: Route, target: Target | None) -> Extra:
+        """The `x-llmgateway-*` headers, when the route shows them."""
+        if not route.headers:
+            return ()
+        return (
+            (b"x-llmgateway-route", route.alias.encode("ascii", "replace")),
+            (
+                b"x-llmgateway-target",
+                (target.label if target else NO_TARGET).encode("ascii", "replace"),
+            ),
+            (b"x-llmgateway-attempts", b"%d" % self.attempts),
+        )
+
+
+def _call(
+    route: Route,
+    provider: Provider,
+    target: Target,
+    asked: Asked,
+    headers: Mapping[str, str],
+    request_id: str,
+) -> Call | Refused:
+    """The request as `target` takes it: its model rewritten, built from validated parts."""
+    table = provider.routes.get(asked.surface)
+    if table is None:
+        return NOT_SERVED
+    if asked.surface == "gemini":
+        prefix = asked.path[: asked.path.index("/models/") + len("/models/")]
+        path, body = f"{prefix}{target.model}:{asked.verb}", asked.body
+    else:
+        path = asked.path
+        rewritten = rewrite_model(asked.body, target.model, plain=asked.plain)
+        if rewritten is None:
+            return Refused(400, "invalid_request", "The body's `model` must be a string.")
+        body = rewritten
+    match: Match | None = table.match(asked.method, path)
+    if match is None:
+        return NOT_SERVED
+    stream = asked.stream or match.route.stream
+    named = Named(target.model, stream)
+    entry = resolve(provider.catalog, match, named, provider.settings.default_model)
+    if isinstance(entry, Refused):
+        return entry
+    first_event = route.stream_commit is StreamCommit.FIRST_EVENT
+    return Call(
+        provider=provider,
+        api=asked.surface,
+        route=match.route,
+        method=asked.method,
+        path=path,
+        query=asked.query,
+        headers=wire_headers.forwarded(provider.forwarded[asked.surface], headers, request_id),
+        body=body,
+        model=entry,
+        stream=stream,
+        client_retry=headers.get("x-stainless-retry-count", "0") not in ("0", ""),
+        peek_sec=route.peek_timeout_sec if first_event else None,
+        max_attempts=route.attempts_per_target,
+    )
+
+
+def _failure(target: Target, reply: GatewayReply) -> Failure:
+    """A target's failed reply in the plan's words: its reason (a pool or breaker refusal is
+    `no_healthy_key`, a per-key or egress limit `rate_limited`) and the wait it named."""
+    reason = reply.reason
+    if reason not in _REASONS:
+        limited = reason in _RATE_LIMITS or reason.startswith("key_limit_")
+        reason = "rate_limited" if limited else NO_HEALTHY_KEY
+    wait = reply.headers.get("retry-after")
+    retry_after = float(wait) if wait is not None and wait.isdigit() else None
+    return Failure(target, reason, reply.status, retry_after, called=reply.attempts > 0)

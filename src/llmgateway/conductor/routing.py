@@ -1,0 +1,183 @@
+"""Requests made with a gateway-wide token (`gateway.tokens`): read (the model from the JSON
+body, or from a Gemini native path), answered locally (the models lists: the aliases and
+`<provider>/<model>` names the token may use), or resolved to a route alias or one provider's
+model (`core.routes.resolve_model`) and served along it (`conductor.route_run`).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+
+from starlette.types import Receive, Scope, Send
+
+from llmgateway import providers as wire
+from llmgateway.conductor.admission import (
+    ClientGone,
+    Refused,
+    json_model,
+    read_body,
+    target_refusal,
+)
+from llmgateway.conductor.edge import BODY_ARRIVED
+from llmgateway.conductor.responses import JSON, send_refusal, send_whole
+from llmgateway.conductor.route_run import GEMINI_MODELS, NOT_SERVED, Asked, Routing, Run, Serving
+from llmgateway.core.routes import (
+    Grants,
+    NotFound,
+    ProviderHit,
+    Reach,
+    Route,
+    RouteHit,
+    StreamCommit,
+    Surface,
+    Target,
+    resolve_model,
+)
+from llmgateway.observe import logs
+from llmgateway.observe.metrics import NO_PROVIDER
+from llmgateway.observe.provider_metrics import OTHER_MODEL
+from llmgateway.providers import target as wire_target
+
+log = logging.getLogger("llmgateway.api")
+
+
+async def serve_grant(
+    edge: Serving,
+    grants: Grants,
+    scope: Scope,
+    receive: Receive,
+    send: Send,
+    headers: Mapping[str, str],
+    request_id: str,
+    started: float,
+    via_google: bool,
+) -> None:
+    """Serve a request made with a gateway token whose `grants` say what it may use."""
+    routing = edge.routing
+    assert routing is not None
+    raw_path: bytes = scope["raw_path"]
+    surface: Surface = "gemini" if via_google or raw_path.startswith(b"/v1beta/") else "openai"
+    answer = _Answer(edge, scope, send, surface, request_id, started)
+    path = wire_target.checked_path(raw_path)
+    query = wire_target.checked_query(scope["query_string"])
+    if path is None or query is None:
+        await answer.refuse(target_refusal(surface, path, query))
+        return
+    method: str = scope["method"]
+    reach = grants.on(surface)
+    if method == "GET":
+        await answer.models(routing, reach, path)
+        return
+    model, verb = "", ""
+    if surface == "gemini":
+        prefix = next((p for p in GEMINI_MODELS if path.startswith(p)), "")
+        model, _, verb = path[len(prefix) :].rpartition(":") if prefix else ("", "", "")
+        if not model or not verb:
+            await answer.refuse(NOT_SERVED)
+            return
+    try:
+        body = await read_body(
+            receive,
+            headers.get("content-length"),
+            edge.body_limits,
+            edge.bodies,
+            arrived=scope.get(BODY_ARRIVED, False),
+        )
+    except ClientGone:
+        edge.access.done(scope, 499, 0, "client_gone", started)
+        return
+    if isinstance(body, Refused):
+        await answer.refuse(body)
+        return
+    try:
+        asked = _asked(surface, method, path, query, model, verb, body)
+        if isinstance(asked, Refused):
+            await answer.refuse(asked)
+            return
+        found = _route_of(routing, asked, reach)
+        if isinstance(found, Refused):
+            await answer.refuse(found)
+            return
+        route, configured = found
+        run = Run(edge, routing, asked, scope, send, headers, request_id, started, configured)
+        await run.serve(route)
+    finally:
+        edge.bodies.give(len(body))
+
+
+def _asked(
+    surface: Surface, method: str, path: str, query: str, model: str, verb: str, body: bytes
+) -> Asked | Refused:
+    """The request as read; the model from the JSON body on the OpenAI surface."""
+    if surface == "gemini":
+        stream = verb == "streamGenerateContent"
+        return Asked(surface, method, path, query, model, verb, body, stream)
+    named = json_model(body, required=True)
+    if isinstance(named, Refused):
+        return named
+    if named.model is None:
+        message = "The request must name a model: a route alias or <provider>/<model>."
+        return Refused(400, "model_required", message)
+    return Asked(surface, method, path, query, named.model, "", body, named.stream)
+
+
+def _route_of(routing: Routing, asked: Asked, reach: Reach) -> tuple[Route, bool] | Refused:
+    """The route serving the request, and whether it is a configured alias (counted in the
+    route metrics) rather than one provider's model named `<provider>/<model>`."""
+    hit = resolve_model(asked.model, reach)
+    if isinstance(hit, RouteHit):
+        return hit.route, True
+    if isinstance(hit, ProviderHit):
+        provider = routing.providers[hit.provider]
+        if provider.catalog.resolve(hit.model) is not None:
+            direct = Target(hit.provider, hit.model)
+            alias = f"{hit.provider}/{hit.model}"
+            only = Route(alias, ((direct,),), frozenset(), max_targets=1, headers=False)
+            return replace(only, stream_commit=StreamCommit.FIRST_BYTE), False
+    shown = asked.model if len(asked.model) <= 80 else asked.model[:80] + "…"
+    message = f"The model {shown!r} is not one this token may use; GET /v1/models lists them."
+    return Refused(404, "model_not_found", message)
+
+
+@dataclass(frozen=True, slots=True)
+class _Answer:
+    """The request's answers made before any target is asked, counted and logged."""
+
+    edge: Serving
+    scope: Scope
+    send: Send
+    surface: Surface
+    request_id: str
+    started: float
+
+    async def refuse(self, refused: Refused) -> None:
+        await send_refusal(self.send, self.surface, refused, self.request_id)
+        self.edge.attempt_loop.metrics.unauthorized(refused.status)
+        logs.bind_provider(NO_PROVIDER, OTHER_MODEL)
+        self.edge.access.done(self.scope, refused.status, 0, refused.code, self.started)
+
+    async def models(self, routing: Routing, reach: Reach, path: str) -> None:
+        """The models list (the aliases the token may use, then `<provider>/<model>` of its
+        providers), or one model of it (OpenAI surface)."""
+        names = sorted(reach.routes)
+        for name in sorted(reach.providers):
+            names += [f"{name}/{model}" for model in routing.providers[name].listed]
+        if self.surface == "gemini" and path in ("/v1beta/models", "/v1/models"):
+            body = wire.gemini.models_list([(name, ":generateContent") for name in names])
+        elif self.surface == "openai" and path == "/v1/models":
+            body = wire.openai.models_list(names, "llmgateway")
+        elif self.surface == "openai" and path.startswith("/v1/models/"):
+            wanted = path[len("/v1/models/") :]
+            if isinstance(resolve_model(wanted, reach), NotFound):
+                message = "No such model for this token; GET /v1/models lists them."
+                await self.refuse(Refused(404, "model_not_found", message))
+                return
+            body = wire.openai.model_object(wanted, "llmgateway")
+        else:
+            await self.refuse(NOT_SERVED)
+            return
+        await send_whole(self.send, 200, JSON, body, self.request_id)
+        logs.bind_provider(NO_PROVIDER, OTHER_MODEL)
+        self.edge.access.done(self.scope, 200, 0, "local", self.started)
