@@ -10,6 +10,7 @@ import re
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from html import unescape
+from importlib.resources import files
 from pathlib import Path
 
 import aiohttp
@@ -327,3 +328,13 @@ async def test_a_refused_import_is_shown_at_once(site: Site, tmp_path: Path) -> 
     assert status == 409
     _, html = await site.get("/keys")
     assert "gemini (read-only)" in html
+
+
+async def test_the_pager_is_named_apart_and_the_error_cell_has_a_class(site: Site) -> None:
+    _, html = await site.get("/keys?size=25")
+    labels = re.findall(r'<nav[^>]*aria-label="([^"]+)"', html)
+    assert sorted(labels) == ["Pages", "Pages of keys"]
+    assert html.count('<td class="key-error"><small>') == 25
+    css = (files("llmgateway.console") / "static" / "console.css").read_text()
+    assert "table.keys td.key-error small" in css
+    assert "nth-child" not in css  # the columns may move: no rule counts them
