@@ -28,6 +28,7 @@ from pathlib import Path
 import aiohttp
 
 from keys_list import synced_store
+from llmgateway.conductor.usage_writer import BATCH_SIZE
 from llmgateway.config.settings import Settings
 from llmgateway.console.app import console_app
 from llmgateway.console.context import Console
@@ -37,7 +38,7 @@ from llmgateway.records import USAGE_HOUR, UsageCount
 from llmgateway.store import Store, overview, usage
 from sync import DEFAULT_PG, make_keys, pg_store, sqlite_store
 
-BATCH = UsageWriter.batch_size  # the gateways' write-behind batch
+BATCH = BATCH_SIZE  # the gateways' write-behind batch
 TOKEN = "bench-admin-token-0001-abcdefghijkl"
 PAUSE = 0.1
 """Seconds between two reads of the overview (the page polls every few seconds)."""
