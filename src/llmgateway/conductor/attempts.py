@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import random
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 from llmgateway import providers
@@ -50,7 +50,7 @@ class Relay:
     attempts: int
     secret: str = field(repr=False)  # the key it came through, for the debug log only
     body: bytes | None = None
-    chunks: AsyncIterator[bytes] | None = None  # a peeked stream, from its start (`peek`)
+    held: bytes = b""  # a peeked stream's first bytes, sent before the rest (`peek`)
 
 
 WHOLE_BODY_LIMIT = 1024 * 1024
@@ -190,17 +190,17 @@ class AttemptLoop:
                     whole = await response.read(self.max_response_bytes)
                     claim.relay(ok, whole=True)
                     return Relay(response, attempt, lease.secret, whole)
-                chunks = None
+                held = b""
                 if call.peek_sec is not None and is_event_stream(response):
                     wait = min(call.peek_sec, deadline - asyncio.get_running_loop().time())
                     peeked = await peek(response, wait)
-                    failed = self._failed_peek(call, claim, peeked.peek, attempt)
+                    failed = self._failed_peek(call, claim, peeked, attempt)
                     if failed is not None:
                         return failed
-                    chunks = peeked.rest
+                    held = peeked.held
                 claim.relay(ok, whole=False)
                 claim.observed(ok, response.headers, None)
-                return Relay(response, attempt, lease.secret, chunks=chunks)
+                return Relay(response, attempt, lease.secret, held=held)
             body = await response.read_prefix(ERROR_PREFIX_BYTES)
         except Exception as error:
             if not is_transport_error(error):  # our own bug: nobody else's fault

@@ -84,9 +84,11 @@ class Edge:
         raw_query: bytes = scope["query_string"]
         token, via_google = _client_token(headers, raw_query)
         shape: Surface = "gemini" if via_google or raw_path.startswith(b"/v1beta/") else "openai"
-        provider = self._provider(token)
+        digest = token_digest(token) if token else b""
+        provider = self._provider(token, digest)
         if provider is None:
-            grants = self.routing.grants(token) if self.routing is not None and token else None
+            routing = self.routing
+            grants = routing.table.grants_of(digest) if routing is not None and token else None
             if grants is not None:
                 args = (headers, request_id, started, via_google)
                 await serve_grant(self, grants, scope, receive, send, *args)
@@ -144,10 +146,10 @@ class Edge:
         finally:
             self.bodies.give(len(body))
 
-    def _provider(self, token: str | None) -> Provider | None:
+    def _provider(self, token: str | None, digest: bytes) -> Provider | None:
         if not token:
             return None
-        found = self.tokens.get(token_digest(token))
+        found = self.tokens.get(digest)
         if found is None or not hmac.compare_digest(found[0].encode(), token.encode()):
             return None
         return found[1]

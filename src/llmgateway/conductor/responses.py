@@ -81,7 +81,7 @@ async def relay_stream(
     """Send an upstream answer chunk by chunk as it arrives, within `remaining` seconds; reports
     how it ended."""
     response = relay.response
-    chunks: AsyncIterator[bytes] = relay.chunks or response.chunks()
+    chunks: AsyncIterator[bytes] = response.chunks()
     if call.provider.settings.gateway_policy.debug_mode is DebugMode.FULL_BODY:
         chunks = debug.tee(chunks, relay.secret)
     timing = call.timing

@@ -36,12 +36,11 @@ from llmgateway.conductor.claim import CANCELLED, Claim
 from llmgateway.conductor.edge import ON_DISCONNECT, ClientWatch
 from llmgateway.conductor.replies import GatewayReply
 from llmgateway.conductor.responses import INTERNAL, JSON, Extra, deliver, send_refusal, send_whole
-from llmgateway.config.route_table import RouteTable, token_digest
+from llmgateway.config.route_table import RouteTable
 from llmgateway.core.model_rewrite import rewrite_model
 from llmgateway.core.outcomes import ErrorReason
 from llmgateway.core.route_plan import NO_HEALTHY_KEY, Failure, Step, exhausted, next_step, plan
 from llmgateway.core.routes import (
-    Grants,
     Route,
     StreamCommit,
     Surface,
@@ -60,6 +59,8 @@ log = logging.getLogger("llmgateway.api")
 GEMINI_MODELS = ("/v1beta/models/", "/v1/models/")
 """Where a Gemini native path names its model (`/v1beta/models/{model}:{method}`, or `/v1/`)."""
 MAX_HOPS = 8
+_MOST_REMEMBERED = 4096
+"""Entries a `Routing` cache holds before it starts again (names from clients are unbounded)."""
 """Context-length fallbacks one request follows at most (the config refuses cycles)."""
 _REASONS = frozenset(reason.value for reason in ErrorReason)
 _RATE_LIMITS = frozenset({"rate_limited", "egress_rate_limited"})
@@ -90,28 +91,56 @@ class Routing:
     rng: random.Random
     clock: Callable[[], float] = time.time
     warned: dict[str, Throttle] = field(default_factory=dict)
-
-    def grants(self, token: str) -> Grants | None:
-        """What the gateway token `token` may use (None: it is not one)."""
-        return self.table.grants_of(token_digest(token))
+    # (provider, model) → the provider and the model entry serving it (None: none does)
+    _served: dict[tuple[str, str], tuple[Provider, str] | None] = field(default_factory=dict)
+    # (alias, target label) → the x-llmgateway-* values, encoded
+    _shown: dict[tuple[str, str], tuple[bytes, bytes]] = field(default_factory=dict)
 
     def eligible(self, provider: str, model: str) -> bool:
         """Whether target (`provider`, `model`) has a key it may use now, behind a breaker
         that lets calls through; O(1), no key looked at."""
-        found = self.providers.get(provider)
-        if found is None:
+        served = self.served(provider, model)
+        if served is None:
             return False
-        entry = found.catalog.resolve(model)
+        found, entry = served
         now = self.clock()
-        return entry is not None and found.guard.open_to_calls(now) and found.pool.ready(entry, now)
+        return found.guard.open_to_calls(now) and found.pool.ready(entry, now)
+
+    def served(self, provider: str, model: str) -> tuple[Provider, str] | None:
+        """The provider and its model entry (name or pattern) serving `model` (None: none)."""
+        key = (provider, model)
+        try:
+            return self._served[key]
+        except KeyError:
+            pass
+        found = self.providers.get(provider)
+        entry = found.catalog.resolve(model) if found is not None else None
+        served = None if found is None or entry is None else (found, entry)
+        if len(self._served) >= _MOST_REMEMBERED:  # `<provider>/<model>` names are the client's
+            self._served.clear()
+        self._served[key] = served
+        return served
+
+    def shown(self, alias: str, label: str) -> tuple[bytes, bytes]:
+        """The route and target header values (ASCII; anything else replaced)."""
+        key = (alias, label)
+        found = self._shown.get(key)
+        if found is None:
+            if len(self._shown) >= _MOST_REMEMBERED:
+                self._shown.clear()
+            found = self._shown[key] = (
+                alias.encode("ascii", "replace"),
+                label.encode("ascii", "replace"),
+            )
+        return found
 
     def skipped(self, target: Target) -> Failure:
         """Why an ineligible target was left out of a plan (for the answer of a request whose
         every target failed): rate-limited until its first key's cooldown ends, or no key."""
-        found = self.providers.get(target.provider)
-        entry = found.catalog.resolve(target.model) if found is not None else None
-        if found is None or entry is None:
+        served = self.served(target.provider, target.model)
+        if served is None:
             return Failure(target, NO_HEALTHY_KEY, called=False)
+        found, entry = served
         now = self.clock()
         if not found.guard.open_to_calls(now):
             return Failure(target, NO_HEALTHY_KEY, called=False)
@@ -148,7 +177,6 @@ class Asked:
     body: bytes
     stream: bool
     plain: bool  # the body names `model` once, with no `\\u` escape (`rewrite_model`'s)
-
 
 
 NOT_SERVED = Refused(
@@ -202,7 +230,7 @@ class Run:
         finally:
             self.scope[ON_DISCONNECT] = None  # from here on nothing may cancel the task
             if self.configured:
-                self.edge.attempt_loop.metrics.routes.requests.labels(route.alias, outcome).inc()
+                self.edge.attempt_loop.metrics.routes.request(route.alias, outcome)
             self.edge.access.done(self.scope, self.code, self.attempts, self.ended, self.started)
 
     async def _along(self, route: Route) -> str:
@@ -338,12 +366,10 @@ class Run:
         """The `x-llmgateway-*` headers, when the route shows them."""
         if not route.headers:
             return ()
+        alias, label = self.routing.shown(route.alias, target.label if target else NO_TARGET)
         return (
-            (b"x-llmgateway-route", route.alias.encode("ascii", "replace")),
-            (
-                b"x-llmgateway-target",
-                (target.label if target else NO_TARGET).encode("ascii", "replace"),
-            ),
+            (b"x-llmgateway-route", alias),
+            (b"x-llmgateway-target", label),
             (b"x-llmgateway-attempts", b"%d" % self.attempts),
         )
 

@@ -7,6 +7,7 @@ one naming `model` twice in an object, so the common case is one substring searc
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 
@@ -57,7 +58,13 @@ def _string_pairs(body: bytes, most: int) -> list[tuple[int, int]]:
 
 def _spliced(body: bytes, start: int, end: int, model: str) -> bytes:
     # one copy of the body (a slice of the tail, then a concatenation, would be two)
-    return b"".join((memoryview(body)[:start], json.dumps(model).encode(), memoryview(body)[end:]))
+    return b"".join((memoryview(body)[:start], _encoded(model), memoryview(body)[end:]))
+
+
+@functools.lru_cache(maxsize=1024)
+def _encoded(model: str) -> bytes:
+    """`model` as a JSON string (the same few names, request after request)."""
+    return json.dumps(model).encode()
 
 
 def _top_level_value(body: bytes) -> tuple[int, int] | None:

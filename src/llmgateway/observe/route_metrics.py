@@ -5,7 +5,7 @@ token."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from prometheus_client import CollectorRegistry, Counter
 
@@ -20,6 +20,15 @@ class RouteMetrics:
     requests: Counter
     fallbacks: Counter
     exhausted: Counter
+    # the children of `requests` made so far (labels() per request costs more than inc())
+    _requests: dict[tuple[str, str], Counter] = field(default_factory=dict)
+
+    def request(self, route: str, outcome: str) -> None:
+        """Count one request for `route` that ended with `outcome`."""
+        child = self._requests.get((route, outcome))
+        if child is None:
+            child = self._requests[(route, outcome)] = self.requests.labels(route, outcome)
+        child.inc()
 
     @classmethod
     def create(cls, registry: CollectorRegistry) -> RouteMetrics:

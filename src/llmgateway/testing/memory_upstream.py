@@ -23,7 +23,7 @@ import asyncio
 import collections
 import contextlib
 import inspect
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from llmgateway.config.settings import Timeouts
@@ -189,7 +189,7 @@ class MemoryResponse:
                 data += part
         return bytes(data[:limit])
 
-    async def chunks(self) -> AsyncIterator[bytes]:
+    async def chunks(self) -> AsyncGenerator[bytes, None]:
         """The body part by part (not bounded by the deadline: the caller bounds it)."""
         while (part := await self._next()) is not None:
             yield part

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from typing import Protocol
 
 from llmgateway.transport.lazy_timer import LazyTimer
@@ -133,7 +133,7 @@ class Response:
         self._buffered = 0
         return data
 
-    async def chunks(self) -> AsyncIterator[bytes]:
+    async def chunks(self) -> AsyncGenerator[bytes, None]:
         """The body piece by piece, as it arrives."""
         while True:
             if self._chunks:

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Awaitable, Iterator, Mapping
+from collections.abc import AsyncGenerator, Awaitable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
@@ -49,7 +49,7 @@ class UpstreamResponse(Protocol):
     def content_length(self) -> int | None: ...
     async def read(self, limit: int) -> bytes: ...
     async def read_prefix(self, limit: int) -> bytes: ...
-    def chunks(self) -> AsyncIterator[bytes]: ...
+    def chunks(self) -> AsyncGenerator[bytes, None]: ...
     def close(self) -> None: ...
 
 
@@ -104,7 +104,7 @@ class _ViaProxy:
                     size += len(chunk)
         return b"".join(parts)
 
-    async def chunks(self) -> AsyncIterator[bytes]:
+    async def chunks(self) -> AsyncGenerator[bytes, None]:
         with _oserrors_only():
             async for chunk in self.response.content.iter_any():
                 yield chunk
