@@ -672,3 +672,31 @@ async def test_a_stream_stalled_before_its_first_event_is_bounded_by_the_deadlin
         assert got.headers["x-llmgateway-target"] == "alpha/gpt-a"
         assert took <= 6.0 + 2.0  # the provider's total deadline, then the stream ends
         assert rig.upstream_calls()[1] == 0
+
+
+async def test_a_path_no_target_serves_is_the_clients_fault_not_a_lack_of_keys(
+    rig: Rig,
+) -> None:
+    """Was 503 `no_healthy_key` (which SDKs retry, and counted as the route's exhaustion)."""
+    generate = orjson.dumps({"contents": [{"parts": [{"text": "hi"}]}]})
+    for path, google in (
+        ("/v1/nonsense", False),
+        ("/v1/files", False),
+        ("/v1beta/models/smart:bogusMethod", True),
+    ):
+        body = generate if google else orjson.dumps(chat())
+        response = await rig.post(path, body, google=google)
+        if google:
+            gemini_error(response, 404, "not_found")
+        else:
+            openai_error(response, 404, "not_found")
+    assert rig.upstream_calls() == (0, 0, 0)
+    registry = rig.running.app.state.edge.attempt_loop.metrics.registry
+    exhausted = [
+        s
+        for family in registry.collect()
+        for s in family.samples
+        if s.name == "llmgateway_route_exhausted_total"
+    ]
+    assert exhausted == []
+    rig.assert_intact()
