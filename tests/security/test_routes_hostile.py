@@ -64,6 +64,13 @@ ROUTES = {
     "cheap": {"targets": [{"provider": "beta", "model": "gpt-b"}]},
     "oa-only": {"targets": [{"provider": "alpha", "model": "gpt-a"}]},
     "smart": {"targets": [{"provider": "gem", "model": "gemini-2.5-flash"}]},
+    "patient": {  # a peek timeout past the providers' deadline (6 s)
+        "targets": [
+            {"provider": "alpha", "model": "gpt-a"},
+            {"provider": "beta", "model": "gpt-b", "priority": 1},
+        ],
+        "peek_timeout_sec": 30,
+    },
 }
 
 
@@ -561,7 +568,9 @@ async def stream(rig: Rig, model: str = "fast", enough: int = 1) -> Streamed:
                 k.strip().lower(): v.strip()
                 for k, _, v in (line.partition(":") for line in lines[1:] if line)
             }
-            assert fields.get("transfer-encoding") == "chunked", fields
+            if fields.get("transfer-encoding") != "chunked":
+                whole = await reader.readexactly(int(fields["content-length"]))
+                return Streamed(status, fields, 0.0, b"", whole)
             chunks: list[bytes] = []
             first_at = 0.0
             while sum(map(len, chunks)) < enough:
@@ -700,3 +709,18 @@ async def test_a_path_no_target_serves_is_the_clients_fault_not_a_lack_of_keys(
     ]
     assert exhausted == []
     rig.assert_intact()
+
+
+@pytest.mark.parametrize("attempt", range(3))
+async def test_a_stream_undecided_at_the_deadline_is_a_504_never_a_committed_200(
+    rig: Rig, attempt: int
+) -> None:
+    """The peek's wait ends at the deadline, where the upstream read times out too: whichever
+    fires first, the answer is the timeout, not an empty 200 failing in-band at once."""
+    rig.alpha.script = forever(b": thinking\n", 2.0)
+    began = time.monotonic()
+    got = await stream(rig, "patient", enough=1 << 20)
+    assert got.status == 504, got
+    assert time.monotonic() - began <= 6.0 + 1.0
+    assert json.loads(got.body)["error"]["code"] == "timeout"
+    assert rig.upstream_calls()[1] == 0  # no time was left for beta
