@@ -33,10 +33,9 @@ CLIENTS = 12
 MESSAGES: list[Any] = [{"role": "user", "content": "hi"}]
 KEYS = {
     "alpha": [f"sk-route-alpha-{i:08d}" for i in range(4)],
-    # as many as `egress_rate_limit.min_keys` (5) and more: 429s on every key then cool the
-    # egress as a whole; with fewer, the limiter spares each key's 429 as "suspect" and the
-    # keys are asked again on every request (see the routes-hardening notes)
-    "beta": [f"sk-route-beta-{i:08d}" for i in range(6)],
+    # fewer than `egress_rate_limit.min_keys` (5): their egress is never proven rate-limited
+    # as a whole, so each key must cool down on its own 429s
+    "beta": [f"sk-route-beta-{i:08d}" for i in range(3)],
     "gem": [f"AIza-route-gem-{i:08d}" for i in range(4)],
 }
 MODELS = {"alpha": "gpt-a", "beta": "gpt-b", "gem": "gemini-2.5-flash"}
@@ -201,7 +200,8 @@ async def test_a_route_serves_every_request_through_an_outage_and_rate_limits(
     assert served <= {"alpha/gpt-a", "beta/gpt-b", "gem/gemini-2.5-flash"}, served
     assert load.served_by("gem/gemini-2.5-flash", since=began) > 0  # the outage's stand-in
     assert load.served_by("beta/gpt-b") == 0  # rate-limited throughout: never the answer
-    assert beta_calls <= 4 * len(KEYS["beta"]), beta_calls  # its 429s were heeded
+    # its keys cool down (Retry-After 2 s): asked on few requests, not on each (was ~3 each)
+    assert beta_calls * 10 < len(load.results), (beta_calls, len(load.results))
     by_from: dict[tuple[str, str], float] = {}
     for labels, value in fallbacks.items():
         fields = dict(labels)
