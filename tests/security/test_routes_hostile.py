@@ -482,17 +482,16 @@ async def test_gemini_native_cannot_reach_an_openai_like_only_route(rig: Rig) ->
 
 async def test_hostile_gemini_paths_are_refused_in_the_gemini_shape(rig: Rig) -> None:
     generate = orjson.dumps({"contents": [{"parts": [{"text": "hi"}]}]})
-    for path, status in (
-        ("/v1beta/models/" + "m" * 60_000 + ":generateContent", 404),
-        ("/v1beta/models/..%2Fsmart:generateContent", 400),
-        ("/v1beta/models/smart%3AgenerateContent", 404),
-        ("/v1beta/models/:generateContent", 404),
-        ("/v1beta/models/smart", 404),
+    for path, status, code in (
+        ("/v1beta/models/" + "m" * 60_000 + ":generateContent", 404, "model_not_found"),
+        ("/v1beta/models/..%2Fsmart:generateContent", 400, "invalid_path"),
+        ("/v1beta/models/smart%3AgenerateContent", 404, "not_found"),
+        ("/v1beta/models/:generateContent", 404, "not_found"),
+        ("/v1beta/models/smart", 404, "not_found"),
     ):
         response = await rig.post(path, generate, google=True)
-        assert response.status_code in (status, 414, 431), (path[:40], response.text[:200])
-        if response.status_code == status:
-            assert set(response.json()["error"]) >= {"code", "message", "status"}
+        error = gemini_error(response, status, code)
+        assert len(error["message"]) < 300
     assert rig.upstream_calls() == (0, 0, 0)
 
 
