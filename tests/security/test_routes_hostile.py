@@ -695,9 +695,12 @@ async def test_a_path_no_target_serves_is_the_clients_fault_not_a_lack_of_keys(
         body = generate if google else orjson.dumps(chat())
         response = await rig.post(path, body, google=google)
         if google:
-            gemini_error(response, 404, "not_found")
+            error = gemini_error(response, 404, "not_found")
         else:
-            openai_error(response, 404, "not_found")
+            error = openai_error(response, 404, "not_found")
+        assert "No target of" in error["message"]
+        assert "gpt-a" not in error["message"]  # a target's model is not the client's business
+        assert "gemini-2.5-flash" not in error["message"]
     assert rig.upstream_calls() == (0, 0, 0)
     registry = rig.running.app.state.edge.attempt_loop.metrics.registry
     exhausted = [

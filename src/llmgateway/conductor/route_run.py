@@ -314,8 +314,9 @@ class Run:
         but when no target could take the request at all (a path or method none serves), it
         is the client's fault, refused as such (no key is missing: a retry fails alike)."""
         if self.unserved and len(self.unserved) == len(self.failures):
-            refused = self.unserved[0]
-            await self._own(route, Refused(refused.status, refused.code, refused.message))
+            first = self.unserved[0]  # its message may name a target's model: not shown
+            message = f"No target of {route.alias} serves this path and method."
+            await self._own(route, Refused(first.status, first.code, message))
             return "error"
         found = exhausted(self.failures)
         if self.configured:
