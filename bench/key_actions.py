@@ -17,7 +17,6 @@ import argparse
 import asyncio
 import os
 import random
-import tempfile
 import time
 import tracemalloc
 from collections.abc import Callable
@@ -26,10 +25,9 @@ from pathlib import Path
 
 import sqlalchemy as sa
 
-from keys_list import settings
+from keys_list import synced_store
 from llmgateway.core.outcomes import KeyStatus
 from llmgateway.keeper.bulk_jobs import JobRunner
-from llmgateway.keyfiles import run_sync
 from llmgateway.observe.masking import fingerprint
 from llmgateway.records import Actor, KeyFilter
 from llmgateway.store import Store
@@ -37,60 +35,54 @@ from llmgateway.store.job_runs import run_action
 from llmgateway.store.jobs import job, submit
 from llmgateway.store.key_actions import Action, Chosen, Progress
 from llmgateway.store.tables import key_status
-from sync import DEFAULT_PG, make_keys, pg_store, sqlite_store, write_files
+from sync import DEFAULT_PG, make_keys, pg_store, sqlite_store
 
 
 async def scenarios(
     name: str, open_store: Callable[[Path], AbstractAsyncContextManager[Store]], keys: list[str]
 ) -> list[tuple[str, str, float, str]]:
     rows: list[tuple[str, str, float, str]] = []
-    with tempfile.TemporaryDirectory() as tmp:
-        folder = Path(tmp) / "keys"
-        folder.mkdir()
-        write_files(folder, keys)
-        async with open_store(Path(tmp)) as store:
-            await store.upgrade()
-            await run_sync(settings(folder), store)
-            async with store.engine.begin() as conn:
-                await conn.execute(
-                    sa.update(key_status)
-                    .where(key_status.c.key_id % 4 == 0)
-                    .values(status=KeyStatus.RATE_LIMITED.value, cooldown_until=time.time() + 60)
-                )
+    async with synced_store(open_store, keys, invalid_every=0) as store:
+        async with store.engine.begin() as conn:
+            await conn.execute(
+                sa.update(key_status)
+                .where(key_status.c.key_id % 4 == 0)
+                .values(status=KeyStatus.RATE_LIMITED.value, cooldown_until=time.time() + 60)
+            )
 
-            async def act(label: str, action: Action, chosen: Chosen, traced: bool = False) -> None:
-                if traced:
-                    tracemalloc.start()
-                start = time.perf_counter()
-                done: Progress = await run_action(store, action, chosen)
-                seconds = time.perf_counter() - start
-                note = f"{done.matched} keys, {done.changed} changed, {done.rows} rows"
-                if traced:
-                    peak = tracemalloc.get_traced_memory()[1]
-                    tracemalloc.stop()
-                    note += f", peak {peak / 2**20:.1f} MiB (traced, slower)"
-                rows.append((name, label, seconds, note))
+        async def act(label: str, action: Action, chosen: Chosen, traced: bool = False) -> None:
+            if traced:
+                tracemalloc.start()
+            start = time.perf_counter()
+            done: Progress = await run_action(store, action, chosen)
+            seconds = time.perf_counter() - start
+            note = f"{done.matched} keys, {done.changed} changed, {done.rows} rows"
+            if traced:
+                peak = tracemalloc.get_traced_memory()[1]
+                tracemalloc.stop()
+                note += f", peak {peak / 2**20:.1f} MiB (traced, slower)"
+            rows.append((name, label, seconds, note))
 
-            async def bulk_job(label: str, action: Action, chosen: Chosen) -> None:
-                start = time.perf_counter()
-                job_id = await submit(store, action, chosen, Actor("bench", "local", "bench"))
-                await JobRunner(store, "bench-keeper").run_pending(asyncio.Event())
-                seconds = time.perf_counter() - start
-                done = await job(store, job_id)
-                assert done is not None
-                assert done.finished
-                note = f"{done.total} keys, {done.changed} changed, {done.rows} rows"
-                rows.append((name, label, seconds, note))
+        async def bulk_job(label: str, action: Action, chosen: Chosen) -> None:
+            start = time.perf_counter()
+            job_id = await submit(store, action, chosen, Actor("bench", "local", "bench"))
+            await JobRunner(store, "bench-keeper").run_pending(asyncio.Event())
+            seconds = time.perf_counter() - start
+            done = await job(store, job_id)
+            assert done is not None
+            assert done.finished
+            note = f"{done.total} keys, {done.changed} changed, {done.rows} rows"
+            rows.append((name, label, seconds, note))
 
-            everything = Chosen(KeyFilter())
-            await act("disable --all", Action.DISABLE, everything)
-            await act("enable --all", Action.ENABLE, everything, traced=True)
-            await bulk_job("console job: disable all", Action.DISABLE, everything)
-            await bulk_job("console job: enable all", Action.ENABLE, everything)
-            limited = Chosen(KeyFilter(statuses=frozenset({KeyStatus.RATE_LIMITED})))
-            await act("reset --status rate_limited", Action.RESET, limited)
-            one = Chosen(KeyFilter(), (fingerprint(keys[12345 % len(keys)])[:8],))
-            await act("recheck PREFIX (8 digits)", Action.RECHECK, one)
+        everything = Chosen(KeyFilter())
+        await act("disable --all", Action.DISABLE, everything)
+        await act("enable --all", Action.ENABLE, everything, traced=True)
+        await bulk_job("console job: disable all", Action.DISABLE, everything)
+        await bulk_job("console job: enable all", Action.ENABLE, everything)
+        limited = Chosen(KeyFilter(statuses=frozenset({KeyStatus.RATE_LIMITED})))
+        await act("reset --status rate_limited", Action.RESET, limited)
+        one = Chosen(KeyFilter(), (fingerprint(keys[12345 % len(keys)])[:8],))
+        await act("recheck PREFIX (8 digits)", Action.RECHECK, one)
     return rows
 
 

@@ -15,22 +15,17 @@ import asyncio
 import csv
 import os
 import random
-import tempfile
 import tracemalloc
 from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 
-import sqlalchemy as sa
-
-from keys_list import settings, timed
+from keys_list import synced_store, timed
 from llmgateway.core.outcomes import KeyStatus
-from llmgateway.keyfiles import run_sync
 from llmgateway.records import KeyFilter
 from llmgateway.store import Store
 from llmgateway.store.key_export import export_pages
-from llmgateway.store.tables import key_status
-from sync import DEFAULT_PG, make_keys, pg_store, sqlite_store, write_files
+from sync import DEFAULT_PG, make_keys, pg_store, sqlite_store
 
 
 async def export(store: Store, chosen: KeyFilter) -> str:
@@ -50,28 +45,16 @@ async def scenarios(
     name: str, open_store: Callable[[Path], AbstractAsyncContextManager[Store]], keys: list[str]
 ) -> list[tuple[str, str, float, str]]:
     rows: list[tuple[str, str, float, str]] = []
-    with tempfile.TemporaryDirectory() as tmp:
-        folder = Path(tmp) / "keys"
-        folder.mkdir()
-        write_files(folder, keys)
-        async with open_store(Path(tmp)) as store:
-            await store.upgrade()
-            await run_sync(settings(folder), store)
-            async with store.engine.begin() as conn:
-                await conn.execute(
-                    sa.update(key_status)
-                    .where(key_status.c.key_id % 4 == 0)
-                    .values(status=KeyStatus.INVALID_KEY.value, status_code=401)
-                )
-            invalid = KeyFilter(statuses=frozenset({KeyStatus.INVALID_KEY}))
-            seconds, note = await timed(lambda: export(store, KeyFilter()))
-            tracemalloc.start()
-            await export(store, KeyFilter())
-            peak = tracemalloc.get_traced_memory()[1]
-            tracemalloc.stop()
-            rows.append((name, "export (all)", seconds, f"{note}, peak {peak / 2**20:.1f} MiB"))
-            seconds, note = await timed(lambda: export(store, invalid))
-            rows.append((name, "export --status invalid_key", seconds, str(note)))
+    async with synced_store(open_store, keys) as store:
+        invalid = KeyFilter(statuses=frozenset({KeyStatus.INVALID_KEY}))
+        seconds, note = await timed(lambda: export(store, KeyFilter()))
+        tracemalloc.start()
+        await export(store, KeyFilter())
+        peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+        rows.append((name, "export (all)", seconds, f"{note}, peak {peak / 2**20:.1f} MiB"))
+        seconds, note = await timed(lambda: export(store, invalid))
+        rows.append((name, "export --status invalid_key", seconds, str(note)))
     return rows
 
 

@@ -19,8 +19,8 @@ import random
 import tempfile
 import time
 import tracemalloc
-from collections.abc import Callable
-from contextlib import AbstractAsyncContextManager
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from pathlib import Path
 
 import sqlalchemy as sa
@@ -35,6 +35,31 @@ from llmgateway.store import Store
 from llmgateway.store.key_list import by_fingerprint, count_matching, listing_pages
 from llmgateway.store.tables import key_status
 from sync import DEFAULT_PG, make_keys, pg_store, sqlite_store, write_files
+
+
+@asynccontextmanager
+async def synced_store(
+    open_store: Callable[[Path], AbstractAsyncContextManager[Store]],
+    keys: list[str],
+    invalid_every: int = 4,
+) -> AsyncIterator[Store]:
+    """A migrated store with `keys` synced from the files of a temporary folder (`settings`),
+    the rows of every `invalid_every`-th key invalid (401; 0: none)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp) / "keys"
+        folder.mkdir()
+        write_files(folder, keys)
+        async with open_store(Path(tmp)) as store:
+            await store.upgrade()
+            await run_sync(settings(folder), store)
+            if invalid_every:
+                async with store.engine.begin() as conn:
+                    await conn.execute(
+                        sa.update(key_status)
+                        .where(key_status.c.key_id % invalid_every == 0)
+                        .values(status=KeyStatus.INVALID_KEY.value, status_code=401)
+                    )
+            yield store
 
 
 def settings(folder: Path) -> Settings:
@@ -62,53 +87,39 @@ async def scenarios(
     name: str, open_store: Callable[[Path], AbstractAsyncContextManager[Store]], keys: list[str]
 ) -> list[tuple[str, str, float, str]]:
     rows: list[tuple[str, str, float, str]] = []
-    with tempfile.TemporaryDirectory() as tmp:
-        folder = Path(tmp) / "keys"
-        folder.mkdir()
-        write_files(folder, keys)
-        async with open_store(Path(tmp)) as store:
-            await store.upgrade()
-            await run_sync(settings(folder), store)
-            async with store.engine.begin() as conn:
-                await conn.execute(
-                    sa.update(key_status)
-                    .where(key_status.c.key_id % 4 == 0)
-                    .values(status=KeyStatus.INVALID_KEY.value, status_code=401)
-                )
+    async with synced_store(open_store, keys) as store:
 
-            async def first(chosen: KeyFilter) -> str:
-                shown = [row async for page in listing_pages(store, chosen, 100) for row in page]
-                more = await count_matching(store, chosen) - len(shown)
-                return f"{len(shown)} rows, {more} more"
+        async def first(chosen: KeyFilter) -> str:
+            shown = [row async for page in listing_pages(store, chosen, 100) for row in page]
+            more = await count_matching(store, chosen) - len(shown)
+            return f"{len(shown)} rows, {more} more"
 
-            for label, chosen in (
-                ("list (first 100)", KeyFilter()),
-                (
-                    "list --status invalid_key",
-                    KeyFilter(statuses=frozenset({KeyStatus.INVALID_KEY})),
-                ),
-            ):
-                seconds, note = await timed(functools.partial(first, chosen))
-                rows.append((name, label, seconds, str(note)))
+        for label, chosen in (
+            ("list (first 100)", KeyFilter()),
+            (
+                "list --status invalid_key",
+                KeyFilter(statuses=frozenset({KeyStatus.INVALID_KEY})),
+            ),
+        ):
+            seconds, note = await timed(functools.partial(first, chosen))
+            rows.append((name, label, seconds, str(note)))
 
-            async def walk() -> str:
-                count, now = 0, time.time()
-                async for page in listing_pages(store, KeyFilter()):
-                    count += len(list_lines(page, now, header=not count))
-                return f"{count} rows"
+        async def walk() -> str:
+            count, now = 0, time.time()
+            async for page in listing_pages(store, KeyFilter()):
+                count += len(list_lines(page, now, header=not count))
+            return f"{count} rows"
 
-            seconds, note = await timed(walk)
-            tracemalloc.start()  # a second walk: tracing slows Python down several times
-            await walk()
-            peak = tracemalloc.get_traced_memory()[1]
-            tracemalloc.stop()
-            rows.append(
-                (name, "list --limit 0 (all)", seconds, f"{note}, peak {peak / 2**20:.1f} MiB")
-            )
-            prefix = fingerprint(keys[12345 % len(keys)])[:4]
-            seconds, found = await timed(lambda: by_fingerprint(store, prefix))
-            keys_found = len(found[0])  # type: ignore[index]
-            rows.append((name, f"show {prefix} (4 digits)", seconds, f"{keys_found} keys"))
+        seconds, note = await timed(walk)
+        tracemalloc.start()  # a second walk: tracing slows Python down several times
+        await walk()
+        peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+        rows.append((name, "list --limit 0 (all)", seconds, f"{note}, peak {peak / 2**20:.1f} MiB"))
+        prefix = fingerprint(keys[12345 % len(keys)])[:4]
+        seconds, found = await timed(lambda: by_fingerprint(store, prefix))
+        keys_found = len(found[0])  # type: ignore[index]
+        rows.append((name, f"show {prefix} (4 digits)", seconds, f"{keys_found} keys"))
     return rows
 
 

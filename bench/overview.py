@@ -4,7 +4,7 @@
 
 Per database, after one sync of N keys (two models each, a quarter of the rows marked invalid)
 and 24 hours of usage counts (`--used` keys used every hour, one in ten of them failing,
-written through `store.usage.record` in the gateways' batches of 5,000): the time of one usage
+written through `store.usage.record` in the gateways' batches of 1,000): the time of one usage
 batch, then `store.overview.read` (breakers, proxies, last sync, attention list, 24 h of rates,
 the state counts and probe backlog from `PoolCounts`) `--runs` times 0.1 s apart, so that the
 pool's counts are refreshed in the background several times meanwhile, with its median and
@@ -20,29 +20,25 @@ import asyncio
 import os
 import random
 import statistics
-import tempfile
 import time
 from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 
 import aiohttp
-import sqlalchemy as sa
 
-from keys_list import settings
+from keys_list import synced_store
+from llmgateway.conductor.usage_writer import BATCH_SIZE
 from llmgateway.config.settings import Settings
 from llmgateway.console.app import console_app
 from llmgateway.console.context import Console
 from llmgateway.console.listener import own_listener
-from llmgateway.core.outcomes import KeyStatus
-from llmgateway.keyfiles import run_sync
 from llmgateway.observe.metrics_http import listening
 from llmgateway.records import USAGE_HOUR, UsageCount
 from llmgateway.store import Store, overview, usage
-from llmgateway.store.tables import key_status
-from sync import DEFAULT_PG, make_keys, pg_store, sqlite_store, write_files
+from sync import DEFAULT_PG, make_keys, pg_store, sqlite_store
 
-BATCH = 5000
+BATCH = BATCH_SIZE  # the gateways' write-behind batch
 TOKEN = "bench-admin-token-0001-abcdefghijkl"
 PAUSE = 0.1
 """Seconds between two reads of the overview (the page polls every few seconds)."""
@@ -103,45 +99,33 @@ async def scenarios(
     runs: int,
 ) -> list[Row]:
     rows: list[Row] = []
-    with tempfile.TemporaryDirectory() as tmp:
-        folder = Path(tmp) / "keys"
-        folder.mkdir()
-        write_files(folder, keys)
-        async with open_store(Path(tmp)) as store:
-            await store.upgrade()
-            await run_sync(settings(folder), store)
-            async with store.engine.begin() as conn:
-                await conn.execute(
-                    sa.update(key_status)
-                    .where(key_status.c.key_id % 4 == 0)
-                    .values(status=KeyStatus.INVALID_KEY.value, status_code=401)
-                )
-            now = time.time()
-            batches = await seed_usage(store, len(keys), used, now)
-            rows.append(
-                (
-                    name,
-                    f"usage.record ({BATCH} slots)",
-                    f"median {statistics.median(batches) * 1000:.1f} ms, "
-                    f"max {max(batches) * 1000:.1f} ms ({len(batches)} batches)",
-                )
+    async with synced_store(open_store, keys) as store:
+        now = time.time()
+        batches = await seed_usage(store, len(keys), used, now)
+        rows.append(
+            (
+                name,
+                f"usage.record ({BATCH} slots)",
+                f"median {statistics.median(batches) * 1000:.1f} ms, "
+                f"max {max(batches) * 1000:.1f} ms ({len(batches)} batches)",
             )
-            pool = overview.PoolCounts(store, time.time)
+        )
+        pool = overview.PoolCounts(store, time.time)
+        began = time.perf_counter()
+        await pool.get()  # the first view waits for the pool's counts
+        first = time.perf_counter() - began
+        times = []
+        found = None
+        for _ in range(runs):  # spread over several refreshes of the pool's counts
             began = time.perf_counter()
-            await pool.get()  # the first view waits for the pool's counts
-            first = time.perf_counter() - began
-            times = []
-            found = None
-            for _ in range(runs):  # spread over several refreshes of the pool's counts
-                began = time.perf_counter()
-                found = await overview.read(store, time.time(), pool)
-                times.append(time.perf_counter() - began)
-                await asyncio.sleep(PAUSE)
-            assert found is not None
-            assert len(found.attention) == overview.ATTENTION
-            rows.append((name, f"overview.read ({runs} runs)", _spread(times)))
-            rows.append((name, "pool counts (background)", f"{first * 1000:.1f} ms"))
-            rows.append((name, f"GET /admin/ fragment ({runs} runs)", await served(store, runs)))
+            found = await overview.read(store, time.time(), pool)
+            times.append(time.perf_counter() - began)
+            await asyncio.sleep(PAUSE)
+        assert found is not None
+        assert len(found.attention) == overview.ATTENTION
+        rows.append((name, f"overview.read ({runs} runs)", _spread(times)))
+        rows.append((name, "pool counts (background)", f"{first * 1000:.1f} ms"))
+        rows.append((name, f"GET /admin/ fragment ({runs} runs)", await served(store, runs)))
     return rows
 
 

@@ -42,6 +42,7 @@ import yaml
 from llmgateway.transport import http1
 
 TOKEN = "bench-gateway-token-0001"
+ROUTE_TOKEN = "bench-route-token-0001"
 METRICS_TOKEN = "bench-metrics-token-0001"
 DIRECT_KEY = "sk-bench-good-direct-0000000000"
 BODY = '{"model":"gpt-4o-mini","messages":[{"role":"user","content":"hi"}]%s}'
@@ -134,6 +135,31 @@ def write_config(
     path = folder / f"config-{keys}-{failing}{tag}.yaml"
     path.write_text(yaml.safe_dump(merged(config, extra or {})))
     return path
+
+
+def route_config(folder: Path, base: str) -> Path:
+    """`write_config`'s provider and two more like it, and a route named after their model
+    over the three (weights 3:2:1, one tier), reached with the gateway token `ROUTE_TOKEN`: the
+    same requests as the single-provider rows, resolved, planned and rewritten."""
+    keys_dir = folder / "keys-100-0"
+    twin = {
+        "provider_type": "openai_like",
+        "keys_path": str(keys_dir),
+        "api_base_url": base + "/v1",
+        "default_model": "gpt-4o-mini",
+        "shared_key_status": True,
+        "models": {"gpt-4o-mini": {"endpoint_suffix": "/chat/completions"}},
+    }
+    targets = [
+        {"provider": name, "model": "gpt-4o-mini", "weight": weight}
+        for name, weight in (("bench", 3), ("bench-two", 2), ("bench-three", 1))
+    ]
+    extra = {
+        "providers": {"bench-two": twin, "bench-three": twin},
+        "gateway": {"tokens": [{"name": "bench", "token": ROUTE_TOKEN, "routes": ["*"]}]},
+        "routes": {"gpt-4o-mini": {"targets": targets}},
+    }
+    return write_config(folder, base, 100, tag="route", extra=extra)
 
 
 def merged(base: Mapping[str, Any], extra: Mapping[str, Any]) -> dict[str, Any]:
@@ -364,13 +390,16 @@ def load_rows(
                 stack.enter_context(gateway(config, workers))[0],
                 TOKEN,
             )
+        routed = stack.enter_context(gateway(route_config(folder, base), 1))[0]
+        targets["route 3 targets 1w"] = (routed, ROUTE_TOKEN)
         names = list(targets)
         for stream in (False, True):
             what = "stream" if stream else "chat"
             for concurrency in CONCURRENCY:
                 runs: dict[str, list[Load]] = {name: [] for name in names}
                 for turn in range(rounds):
-                    for name in names[turn % 3 :] + names[: turn % 3]:
+                    turned = turn % len(names)
+                    for name in names[turned:] + names[:turned]:
                         url, key = targets[name]
                         runs[name].append(
                             measure(wrk, folder, url, key, stream, concurrency, seconds)

@@ -1,7 +1,8 @@
 """The keys page in a real browser, on a real `serve` with a few hundred keys: the filter
 form puts the filter in the URL (a reload keeps it), pages go by keyset (`after=`, never an
-offset) at the size asked, and a row's Disable turns the row disabled in place, as the store
-holds it. No key is ever whole in the page or its URL."""
+offset) at the size asked, a row's Disable turns the row disabled in place, as the store
+holds it, and a bulk action the server refuses says why on the page. No key is ever whole in
+the page or its URL."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from llmgateway.store.key_list import by_fingerprint
 from llmgateway.testing.fake_upstream import FakeUpstream
 from llmgateway.testing.faults import Behavior
 from tests.browser.console_server import ConsoleServer
-from tests.browser.pages import disabled_fingerprints, go_to, log_in
+from tests.browser.pages import Problems, disabled_fingerprints, go_to, log_in
 from tests.helpers import eventually
 
 ROWS = "#keys-table tbody tr"
@@ -117,6 +118,37 @@ async def test_a_bulk_disable_of_the_filter_shows_its_progress_until_done(
     await expect(job.locator("progress")).to_have_attribute("value", total)
     await expect(job).to_contain_text(f"{total} of {total} keys")
     assert await disabled_fingerprints(console) == invalid(console)
+
+
+async def test_a_refused_bulk_action_is_shown_on_the_page(
+    page: Page, console: ConsoleServer, problems: Problems
+) -> None:
+    await filtered_to_invalid(page, console)
+    keys_url = page.url
+    # a form the server no longer accepts (here, a state it does not know: a stale page)
+    await page.locator("form[action='/admin/jobs'] input[name=state]").evaluate(
+        "input => { input.value = 'sleepy'; }"
+    )
+    asked = accept_dialogs(page)
+    await page.get_by_role("button", name="Apply to all matching").click()
+    refusal = page.locator("#bulk-result").get_by_role("alert")
+    await expect(refusal).to_contain_text("Not submitted: state is one of valid, ")
+    assert len(asked) == 1
+    assert page.url == keys_url  # still on the filtered keys page
+    await expect(page.locator("#console-error")).to_have_count(0)
+    assert await disabled_fingerprints(console) == set()
+    # the refusal's 400 is the one error Chromium logs: it is the answer, not a fault
+    [refused] = problems.seen
+    assert "status of 400" in refused
+    problems.seen.clear()
+
+
+async def test_the_pager_is_named_apart_from_the_main_navigation(
+    page: Page, console: ConsoleServer
+) -> None:
+    await filtered_to_invalid(page, console)
+    await expect(page.get_by_role("navigation", name="Pages of keys")).to_be_visible()
+    await expect(page.get_by_role("navigation", name="Pages", exact=True)).to_have_count(1)
 
 
 async def test_export_downloads_the_keys_of_the_filter(page: Page, console: ConsoleServer) -> None:

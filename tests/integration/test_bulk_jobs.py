@@ -1,6 +1,7 @@
 """Bulk jobs against real stores (SQLite and PostgreSQL): the key set fixed at submission,
-exact progress, resumption after a runner dies, one runner per job, cancellation, and the
-Keeper probing on while a job runs. Times come from the injected clock."""
+exact progress, resumption after a runner dies, one runner per job, cancellation, the Keeper
+probing on while a job runs, `worker --once` running the jobs, the purge of finished jobs
+after their retention. Times come from the injected clock."""
 
 from __future__ import annotations
 
@@ -13,9 +14,11 @@ from tests.helpers import ManualClock, eventually
 
 from llmgateway.config.settings import Settings
 from llmgateway.core.outcomes import KeyStatus
+from llmgateway.keeper import upkeep
 from llmgateway.keeper.bulk_jobs import JobRunner
-from llmgateway.keeper.run import Keeper
-from llmgateway.keeper.summary import RoundSummary
+from llmgateway.keeper.probes import DAY
+from llmgateway.keeper.run import Keeper, run_once
+from llmgateway.keeper.summary import MaintenanceSummary, RoundSummary
 from llmgateway.keyfiles import run_sync
 from llmgateway.observe.masking import fingerprint
 from llmgateway.records import Actor, KeyFilter, StatusEvent
@@ -398,3 +401,57 @@ async def test_a_delta_after_a_disable_carries_every_row_of_its_keys_once(
         (found[1], True),
         (found[1], True),
     ]
+
+
+async def test_finished_jobs_are_purged_by_the_upkeep_after_the_retention(
+    store: Store, clock: ManualClock
+) -> None:
+    await seeded(store, 12)
+    settings = settings_for()
+    done = await submit(store, Action.DISABLE, OPENAI, ADMIN)
+    assert await JobRunner(store, "keeper-a", chunk=5).run_pending(asyncio.Event()) == 1
+    cancelled = await submit(store, Action.ENABLE, OPENAI, ADMIN)
+    assert await cancel(store, cancelled)
+    async with store.engine.begin() as conn:  # a key list a finished job kept (an old version)
+        await conn.execute(sa.insert(job_keys).values(job_id=done, key_id=1))
+    waiting = await submit(store, Action.RESET, OPENAI, ADMIN)  # never run: no keeper came
+    assert await upkeep.maintain(settings, store, "keeper-a", clock) == MaintenanceSummary(
+        purged=True, vacuumed=True
+    )
+    assert settings.worker.job_retention_days == 30
+    clock.advance(29 * DAY)
+    assert (await upkeep.maintain(settings, store, "keeper-a", clock)).purged
+    assert [j.id for j in await recent_jobs(store)] == [waiting, cancelled, done]
+
+    clock.advance(2 * DAY)
+    assert (await upkeep.maintain(settings, store, "keeper-a", clock)).purged
+    assert [j.id for j in await recent_jobs(store)] == [waiting]
+    assert await left(store, done) == 0
+    assert await left(store, waiting) == 12  # an unfinished job is never purged
+    assert await JobRunner(store, "keeper-b").run_pending(asyncio.Event()) == 1
+
+
+async def test_worker_once_runs_the_submitted_jobs_before_its_probe_round(
+    store: Store, fake: FakeUpstream, clock: ManualClock, tmp_path: Path
+) -> None:
+    found = secrets(4, "once")
+    write_keys(tmp_path / "keys", found)
+    settings = settings_for(str(tmp_path / "keys"), fake.openai_base)
+    first = await run_once(settings, store, upstream=HttpUpstream(), clock=clock)
+    assert (first.jobs, first.round.due, first.round.healthy) == (0, 8, 8)
+
+    recheck = await submit(
+        store, Action.RECHECK, Chosen(KeyFilter(), (fingerprint(found[0]),)), ADMIN
+    )
+    off = await submit(store, Action.DISABLE, Chosen(KeyFilter(), (fingerprint(found[1]),)), ADMIN)
+    calls = fake.calls(found[1])
+    clock.advance(60)  # a probe result is stored only when newer than the last one
+    second = await run_once(settings, store, upstream=HttpUpstream(), clock=clock)
+    assert second.jobs == 2
+    assert [(j.id, j.state) for j in await recent_jobs(store)] == [
+        (off, JobState.DONE),
+        (recheck, JobState.DONE),
+    ]
+    assert (second.round.due, second.round.healthy) == (2, 2)  # the re-checked key, 2 models
+    assert await disabled(store) == {found[1]}
+    assert fake.calls(found[1]) == calls

@@ -1,7 +1,8 @@
 """The console's bulk jobs over a real loopback socket, on SQLite and PostgreSQL: submit an
 action on the keys a filter selects, poll its progress fragment until the Keeper's runner has
 done it, cancel one, list the recent ones; refusals of bad fields, of a filter that narrows
-nothing, and of a cookie request without its CSRF token. No page holds a secret."""
+nothing, and of a cookie request without its CSRF token; the keys page's bulk form (a refusal
+in its region, a job on to its page). No page holds a secret."""
 
 from __future__ import annotations
 
@@ -24,6 +25,7 @@ from llmgateway.key_filter import FilterError
 from llmgateway.observe.metrics_http import listening
 from llmgateway.records import KeyFilter
 from llmgateway.store import Store, audit
+from llmgateway.store.jobs import recent_jobs
 from llmgateway.store.tables import key_status, keys
 
 TOKEN = "console-jobs-admin-token-7f3a9c2e5b1d"
@@ -186,3 +188,46 @@ def test_the_filter_form_reads_every_field() -> None:
         except FilterError:
             continue
         raise AssertionError(f"{given} was read")
+
+
+async def test_the_keys_pages_bulk_form_shows_a_refusal_in_its_region(
+    store: Store, clock: ManualClock
+) -> None:
+    async with served(store, clock) as url, aiohttp.ClientSession(headers=BEARER) as http:
+        async with http.get(f"{url}/admin/keys") as answer:
+            page = await answer.text()
+        form = re.search(r'<form method="post" action="/admin/jobs"[^>]*>', page)
+        assert form is not None, page
+        assert 'hx-post="/admin/jobs"' in form.group(0)
+        assert 'hx-target="#bulk-result"' in form.group(0)
+        assert '<div id="bulk-result" data-swap-refusals></div>' in page
+        region = HTMX | {"HX-Target": "bulk-result"}
+        refused = {"action": "disable", "state": "sleepy"}
+        async with http.post(f"{url}/admin/jobs", data=refused, headers=region) as answer:
+            assert answer.status == 400
+            text = await answer.text()
+        assert text.strip().startswith('<p class="notice error" role="alert">Not submitted:')
+        assert "<html" not in text  # a fragment, for the region
+        submitted = {"action": "disable", "provider": "openai"}
+        async with http.post(f"{url}/admin/jobs", data=submitted, headers=region) as answer:
+            assert answer.status == 201
+            [made] = await recent_jobs(store, 1)
+            assert answer.headers["HX-Redirect"] == f"/admin/jobs/{made.id}"
+
+
+async def test_a_plain_forms_refusal_is_a_page(store: Store, clock: ManualClock) -> None:
+    jar = aiohttp.CookieJar(unsafe=True)
+    async with served(store, clock) as url, aiohttp.ClientSession(cookie_jar=jar) as http:
+        async with http.post(f"{url}/admin/login", data={"token": TOKEN}) as answer:
+            assert answer.status in (200, 303)
+        async with http.get(f"{url}/admin/keys") as answer:
+            token = re.search(r'"X-CSRF-Token": "([^"]+)"', await answer.text())
+        assert token is not None
+        refused = {"action": "disable", "csrf": token.group(1)}  # no filter, not all=1
+        async with http.post(f"{url}/admin/jobs", data=refused) as answer:
+            assert answer.status == 400
+            page = await answer.text()
+        assert "<html" in page
+        assert "Not submitted: no filter" in page
+        assert 'href="/admin/keys"' in page
+        assert await recent_jobs(store) == []

@@ -1,7 +1,8 @@
 """The console's keys page over a real loopback socket, on SQLite and PostgreSQL: the table and
 its filters from the URL, keyset pages by the links the page gives, malformed parameters shown
-as a message (never a 500), and the row actions changing the store and the audit log. Requests
-carry `Authorization: Bearer <admin.token>` (sessions and CSRF are tested with the login)."""
+as a message (never a 500), the row actions changing the store and the audit log, and the
+import's folder check kept a while. Requests carry `Authorization: Bearer <admin.token>`
+(sessions and CSRF are tested with the login)."""
 
 from __future__ import annotations
 
@@ -9,12 +10,14 @@ import re
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from html import unescape
+from importlib.resources import files
 from pathlib import Path
 
 import aiohttp
 import pytest
 import sqlalchemy as sa
 from aiohttp import web
+from tests.helpers import ManualClock
 
 from llmgateway.config.settings import Settings
 from llmgateway.console.app import Console, console_app
@@ -71,7 +74,7 @@ class Site:
 
 
 @pytest.fixture
-async def site(store: Store, tmp_path: Path) -> AsyncIterator[Site]:
+async def site(store: Store, tmp_path: Path, clock: ManualClock) -> AsyncIterator[Site]:
     for name, values in (("openai", OPENAI), ("gemini", GEMINI)):
         (tmp_path / name).mkdir()
         (tmp_path / name / "keys.txt").write_text("\n".join(values) + "\n")
@@ -84,7 +87,7 @@ async def site(store: Store, tmp_path: Path) -> AsyncIterator[Site]:
             .values(status="invalid_key", status_code=401, error_message=f"401 for {OPENAI[2]}")
         )
     root = web.Application()
-    root.add_subapp("/admin", console_app(Console.create(config, store)))
+    root.add_subapp("/admin", console_app(Console.create(config, store, clock=clock)))
     headers = {"Authorization": f"Bearer {TOKEN}"}
     async with (
         listening(root, "127.0.0.1", 0) as url,
@@ -298,3 +301,40 @@ async def test_import_into_a_secret_mount_is_shown_disabled(site: Site, tmp_path
     assert status == 409
     assert "Kubernetes" in text
     assert not list((tmp_path / "gemini").glob("imported-*"))
+
+
+async def test_the_folder_check_is_kept_30_seconds(
+    site: Site, tmp_path: Path, clock: ManualClock
+) -> None:
+    _, html = await site.get("/keys")
+    assert "(read-only)" not in html
+    (tmp_path / "gemini" / "..data").symlink_to(tmp_path / "gemini")  # now a secret mount
+    clock.advance(29)
+    _, html = await site.get("/keys")
+    assert "(read-only)" not in html  # the answer found 29 s ago: no probe of the folder
+    clock.advance(2)
+    _, html = await site.get("/keys")
+    assert "gemini (read-only)" in html
+    assert "openai (read-only)" not in html
+
+
+async def test_a_refused_import_is_shown_at_once(site: Site, tmp_path: Path) -> None:
+    _, html = await site.get("/keys")
+    assert "(read-only)" not in html
+    (tmp_path / "gemini" / "..data").symlink_to(tmp_path / "gemini")
+    status, _ = await site.post(
+        "/keys/import", {"provider": "gemini", "keys": "AIza-y-" + "2" * 20}
+    )
+    assert status == 409
+    _, html = await site.get("/keys")
+    assert "gemini (read-only)" in html
+
+
+async def test_the_pager_is_named_apart_and_the_error_cell_has_a_class(site: Site) -> None:
+    _, html = await site.get("/keys?size=25")
+    labels = re.findall(r'<nav[^>]*aria-label="([^"]+)"', html)
+    assert sorted(labels) == ["Pages", "Pages of keys"]
+    assert html.count('<td class="key-error"><small>') == 25
+    css = (files("llmgateway.console") / "static" / "console.css").read_text()
+    assert "table.keys td.key-error small" in css
+    assert "nth-child" not in css  # the columns may move: no rule counts them

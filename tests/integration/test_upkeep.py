@@ -1,7 +1,8 @@
 """Maintenance on schedules kept in the store, on SQLite and PostgreSQL with the clock moved by
 hand: a restarted keeper runs what came due while it was down and nothing else, a task another
 keeper holds is left to it (until its lease ends), several keepers on one PostgreSQL run a due
-task once, `worker --once` runs the maintenance that is due; and the proxy loop's due times."""
+task once, `worker --once` runs the maintenance that is due (and the bulk jobs submitted); and
+the proxy loop's due times."""
 
 from __future__ import annotations
 
@@ -22,7 +23,10 @@ from llmgateway.keeper.probes import DAY, HOUR
 from llmgateway.keeper.run import Keeper
 from llmgateway.keeper.summary import MaintenanceSummary
 from llmgateway.keyfiles import run_sync
+from llmgateway.records import Actor, KeyFilter
 from llmgateway.store import Store, keeper_tasks
+from llmgateway.store.jobs import submit
+from llmgateway.store.key_actions import Action, Chosen
 from llmgateway.store.tables import keeper_tasks as tasks_table
 from llmgateway.testing import FakeUpstream
 from llmgateway.testing.configs import write_keys
@@ -184,7 +188,9 @@ async def test_worker_once_runs_the_maintenance_that_is_due(
         assert code == 0, err
         return out
 
-    assert "maintenance: purge (0 keys, 0 proxies deleted), vacuum" in await once()
+    first_out = await once()
+    assert "maintenance: purge (0 keys, 0 proxies deleted), vacuum" in first_out
+    assert "bulk jobs" not in first_out
     assert "maintenance: nothing due" in await once()
     async with await Store.open(f"sqlite:///{database}") as store:
         first = await last_runs(store)
@@ -194,7 +200,10 @@ async def test_worker_once_runs_the_maintenance_that_is_due(
                 .where(tasks_table.c.name == "vacuum")
                 .values(last_run_at=tasks_table.c.last_run_at - WEEK)
             )
-    assert "maintenance: vacuum" in await once()
+        await submit(store, Action.RECHECK, Chosen(KeyFilter(provider="p1")), Actor.cli())
+    third_out = await once()
+    assert "maintenance: vacuum" in third_out
+    assert "bulk jobs: 1 run to their end" in third_out
     async with await Store.open(f"sqlite:///{database}") as store:
         again = await last_runs(store)
     assert again["purge"] == first["purge"]

@@ -8,6 +8,7 @@ from llmgateway.core.resilience import BreakerState
 from llmgateway.records import StatusCount
 from llmgateway.store.breakers import BreakerRow
 from llmgateway.store.report import ProxyCount
+from llmgateway.store.route_report import TargetView
 
 _STATE_NAMES = {int(state): state.name.lower().replace("_", "-") for state in BreakerState}
 
@@ -96,3 +97,28 @@ def untested_notes(counts: list[StatusCount], tested_only: set[str]) -> list[str
         " (gateway_policy.serve_untested_keys: false)"
         for provider in waiting
     ]
+
+
+def targets_table(views: list[TargetView]) -> str:
+    """The `llmgateway status` table of routes: each target, its tier and weight, the keys
+    that may serve it, its provider's breaker, and whether the plan would try it now."""
+    lines = [("ROUTE", "TARGET", "PRIORITY", "WEIGHT", "USABLE KEYS", "BREAKER", "ELIGIBLE")]
+    for view in views:
+        eligible = "yes" if view.eligible else f"no: {view.why}"
+        weight = f"{view.weight:g}"
+        lines.append(
+            (
+                view.route,
+                view.target,
+                str(view.priority),
+                weight,
+                str(view.usable),
+                view.breaker,
+                eligible,
+            )
+        )
+    widths = [max(len(line[i]) for line in lines) for i in range(len(lines[0]))]
+    return "\n".join(
+        "  ".join(value.ljust(width) for value, width in zip(line, widths, strict=True)).rstrip()
+        for line in lines
+    )

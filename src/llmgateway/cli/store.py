@@ -127,9 +127,16 @@ def status(config: str | None, as_json: bool) -> None:
 
     `shared` in the model column: one status for all models (shared_key_status).
     """
-    from llmgateway.cli.render import breaker_table, proxy_table, status_table, untested_notes
+    from llmgateway.cli.render import (
+        breaker_table,
+        proxy_table,
+        status_table,
+        targets_table,
+        untested_notes,
+    )
     from llmgateway.core.key_states import shown_state
     from llmgateway.store.report import proxy_counts
+    from llmgateway.store.route_report import route_targets
 
     settings = load(config)
 
@@ -137,11 +144,13 @@ def status(config: str | None, as_json: bool) -> None:
         counts = await store.status_counts()
         breakers = await store.breakers()
         proxy_rows = await proxy_counts(store)
+        routes = route_targets(settings, counts, breakers)
         if as_json:
             report = {
                 "keys": [dataclasses.asdict(c) | {"state": shown_state(c.status)} for c in counts],
                 "breakers": [dataclasses.asdict(b) for b in breakers],
                 "proxies": [dataclasses.asdict(p) for p in proxy_rows],
+                "routes": [dataclasses.asdict(r) for r in routes],
             }
             click.echo(json.dumps(report, indent=2))
             return
@@ -160,6 +169,8 @@ def status(config: str | None, as_json: bool) -> None:
             click.echo("\n" + breaker_table(breakers, time.time()))
         if proxy_rows:
             click.echo("\n" + proxy_table(proxy_rows))
+        if routes:
+            click.echo("\n" + targets_table(routes))
 
     run_with_store(settings, work)
 

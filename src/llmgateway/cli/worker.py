@@ -28,7 +28,10 @@ if TYPE_CHECKING:
 @click.option(
     "--once",
     is_flag=True,
-    help="One sync, one probe round and the maintenance of everything due, then exit.",
+    help=(
+        "One sync, the bulk jobs submitted, one probe round and the maintenance of everything "
+        "due, then exit."
+    ),
 )
 def worker(config: str | None, once: bool) -> None:
     """The Keeper: sync the key and proxy files, probe keys and proxies, maintain the store.
@@ -63,6 +66,8 @@ def worker(config: str | None, once: bool) -> None:
                     on_sync=echo_sync,
                     stop=stop,
                 )
+                if done.jobs:
+                    click.echo(f"bulk jobs: {done.jobs} run to their end")
                 _echo_round(done.proxies, done.round)
                 if done.stopped:
                     raise SystemExit(INTERRUPTED)

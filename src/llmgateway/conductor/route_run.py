@@ -147,12 +147,8 @@ class Asked:
     verb: str
     body: bytes
     stream: bool
+    plain: bool  # the body names `model` once, with no `\\u` escape (`rewrite_model`'s)
 
-    @property
-    def plain(self) -> bool:
-        """Whether the body names `model` once and holds no `\\u` escape (the rewrite then
-        finds it without reading the rest: `core.model_rewrite`)."""
-        return self.body.count(b'"model"') == 1 and b"\\u" not in self.body
 
 
 NOT_SERVED = Refused(

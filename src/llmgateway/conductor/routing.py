@@ -113,14 +113,15 @@ def _asked(
     """The request as read; the model from the JSON body on the OpenAI surface."""
     if surface == "gemini":
         stream = verb == "streamGenerateContent"
-        return Asked(surface, method, path, query, model, verb, body, stream)
+        return Asked(surface, method, path, query, model, verb, body, stream, plain=False)
     named = json_model(body, required=True)
     if isinstance(named, Refused):
         return named
     if named.model is None:
         message = "The request must name a model: a route alias or <provider>/<model>."
         return Refused(400, "model_required", message)
-    return Asked(surface, method, path, query, named.model, "", body, named.stream)
+    plain = body.count(b'"model"') == 1 and b"\\u" not in body
+    return Asked(surface, method, path, query, named.model, "", body, named.stream, plain)
 
 
 def _route_of(routing: Routing, asked: Asked, reach: Reach) -> tuple[Route, bool] | Refused:

@@ -207,6 +207,7 @@ class WorkerSettings(_Model):
     proxy_retry_sec: float = Field(default=60.0, gt=0)  # re-probe a dead proxy
     purge_removed_after_days: float = Field(default=30.0, gt=0)
     audit_retention_days: float = Field(default=90.0, gt=0)  # the audit log's rows, then purged
+    job_retention_days: float = Field(default=30.0, gt=0)  # finished bulk jobs, then purged
     vacuum_interval_hours: float = Field(default=168.0, gt=0)
     usage_retention_days: float = Field(default=7.0, gt=0)  # the hourly usage counts, then purged
     # a long probe round reports its progress at least this often (and at every 10 %)

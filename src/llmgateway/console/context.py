@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 import jinja2
 from aiohttp import web
 
+from llmgateway.console.folder_checks import FolderChecks
 from llmgateway.console.login_guard import LoginGuard
 from llmgateway.console.session import SessionKeys
 from llmgateway.console.templating import environment
@@ -55,7 +56,8 @@ def _no_count(surface: str, reason: str) -> None:
 @dataclass(frozen=True)
 class Console:
     """What the console's pages share. `clock` gives epoch seconds (a test moves it);
-    `metrics`, when given, counts refused logins in `llmgateway_auth_failures_total`."""
+    `metrics`, when given, counts refused logins in `llmgateway_auth_failures_total`;
+    `folders` keeps whether each keys folder can take an import, for a while."""
 
     settings: Settings
     store: Store
@@ -64,6 +66,7 @@ class Console:
     metrics: Metrics | None = None
     guard: LoginGuard = field(default_factory=LoginGuard)
     ended: EndedSessions = field(default_factory=EndedSessions)
+    folders: FolderChecks = field(default_factory=FolderChecks)
 
     @classmethod
     def create(

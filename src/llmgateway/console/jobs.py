@@ -2,7 +2,8 @@
 page's filter selects (the set fixed at that moment, recorded in the audit log), which the
 Keeper runs in the background (`keeper.bulk_jobs`); `GET /admin/jobs/{id}` is its progress,
 a fragment htmx polls every second until the job has finished; `GET /admin/jobs` the recent
-jobs; `POST /admin/jobs/{id}/cancel` stops one where it stands."""
+jobs; `POST /admin/jobs/{id}/cancel` stops one where it stands. A submission refused (400) is
+shown in the keys page's bulk region (`BULK_REGION`), or as a page of its own without htmx."""
 
 from __future__ import annotations
 
@@ -23,6 +24,9 @@ RECENT = 10
 """Jobs listed on the jobs page (and on the overview)."""
 ALL_FIELD = "all"
 """The field that must be `1` to act on every key (a filter that narrows nothing)."""
+BULK_REGION = "bulk-result"
+"""The keys page's region for its bulk form's answer: a refusal is shown there (htmx), a job
+submitted sends the browser on to the job's page."""
 
 
 def routes(console: Console) -> list[web.RouteDef]:
@@ -44,6 +48,8 @@ def routes(console: Console) -> list[web.RouteDef]:
         job_id = await submit(console.store, action, chosen, actor(request))
         submitted = await job(console.store, job_id)
         assert submitted is not None  # just written
+        if request.headers.get("HX-Target") == BULK_REGION:  # the keys page's bulk form
+            return web.Response(status=201, headers={"HX-Redirect": f"/admin/jobs/{job_id}"})
         if is_partial(request) or "Authorization" in request.headers:
             return _progress(request, submitted, status=201)
         raise web.HTTPSeeOther(f"/admin/jobs/{job_id}")
@@ -102,4 +108,7 @@ def _progress(request: web.Request, found: Job, status: int = 200) -> web.Respon
 
 
 def _refused(request: web.Request, why: str) -> web.Response:
-    return render(request, "_job_refused.html", status=400, why=why)
+    """The refusal as a fragment (htmx, scripts), or as a page (a plain form, no JavaScript)."""
+    if is_partial(request) or "Authorization" in request.headers:
+        return render(request, "_job_refused.html", status=400, why=why)
+    return render(request, "job_refused.html", status=400, why=why)

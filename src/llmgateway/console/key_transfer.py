@@ -5,7 +5,8 @@ streamed page by page (`store.key_export`) as a txt or csv download, never cache
 one answer of the console holding secrets, so it is logged (counts and the filter, no secret)
 and recorded in the audit log. Import appends the pasted keys that are new to a new file of
 the provider's keys folder and syncs the provider (the folder stays the truth); a folder that
-cannot take a file is reported, and the page shows the form disabled with the reason."""
+cannot take a file is reported, and the page shows the form disabled with the reason (found
+by a write, kept a while: `console.folder_checks`)."""
 
 from __future__ import annotations
 
@@ -50,13 +51,14 @@ def routes(console: Console) -> list[web.RouteDef]:
 
 
 def import_refusals(console: Console) -> dict[str, str]:
-    """Each provider whose keys folder cannot take a new file, with the reason."""
+    """Each provider whose keys folder cannot take a new file, with the reason (as found at
+    most `folder_checks.CHECK_TTL_SEC` ago)."""
     refused: dict[str, str] = {}
+    now = console.clock()
     for name, provider in console.settings.providers.items():
-        try:
-            check_writable(provider.keys_path)
-        except FolderNotWritableError as exc:
-            refused[name] = str(exc)
+        why = console.folders.refusal(provider.keys_path, now)
+        if why is not None:
+            refused[name] = why
     return refused
 
 
@@ -116,8 +118,10 @@ async def _import(request: web.Request, console: Console) -> web.Response:
     try:
         added = await asyncio.to_thread(_write, settings.keys_path, text, console.clock())
     except FolderNotWritableError as exc:
+        console.folders.note(settings.keys_path, str(exc), console.clock())
         return web.Response(status=409, text=f"nothing imported: {exc}")
     if added:
+        console.folders.note(settings.keys_path, None, console.clock())
         await sync_provider(console.settings, console.store, provider)
     await audit.record(console.store, actor(request), "import", provider, added)
     raise web.HTTPSeeOther("/admin/keys?" + urlencode({"provider": provider}))

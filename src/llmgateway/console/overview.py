@@ -10,6 +10,7 @@ from llmgateway.console.context import Console
 from llmgateway.console.overview_view import context
 from llmgateway.console.render import is_partial, render
 from llmgateway.store import audit, jobs, overview
+from llmgateway.store.route_report import route_targets
 
 RECENT_ACTIONS = 10
 """Audit log entries shown."""
@@ -25,7 +26,9 @@ def routes(console: Console) -> list[web.RouteDef]:
     async def page(request: web.Request) -> web.Response:
         view = await overview.read(console.store, console.clock(), pool)
         recent = await audit.recent(console.store, RECENT_ACTIONS)
-        values = context(view, recent, await jobs.recent_jobs(console.store, RECENT_JOBS))
+        targets = route_targets(console.settings, view.states, view.breakers)
+        recent_jobs = await jobs.recent_jobs(console.store, RECENT_JOBS)
+        values = context(view, recent, recent_jobs, targets)
         name = "_overview.html" if is_partial(request) else "overview.html"
         return render(request, name, **values)
 

@@ -14,6 +14,7 @@ from llmgateway.console.chart import hourly_chart
 from llmgateway.records import USAGE_FLUSH_SEC
 from llmgateway.store.audit import AuditEntry
 from llmgateway.store.overview import Overview
+from llmgateway.store.route_report import TargetView
 
 BREAKER_STATES = {0: "closed", 1: "half-open", 2: "open"}
 
@@ -81,10 +82,13 @@ def rates(view: Overview) -> list[Rate]:
 
 
 def context(
-    view: Overview, audit: Sequence[AuditEntry], jobs: Sequence[Any] | None
+    view: Overview,
+    audit: Sequence[AuditEntry],
+    jobs: Sequence[Any] | None,
+    targets: Sequence[TargetView] = (),
 ) -> dict[str, Any]:
     """The overview templates' context. `jobs`: the recent bulk jobs, or None where this
-    version has no job list to show."""
+    version has no job list to show; `targets`: the routes' targets (none: no routes)."""
     now = view.now
     return {
         "updated": clock_time(now),
@@ -103,4 +107,5 @@ def context(
         "flush_sec": f"{USAGE_FLUSH_SEC:g}",
         "audit": [(entry, ago(entry.at, now)) for entry in audit],
         "jobs": jobs,
+        "targets": targets,
     }

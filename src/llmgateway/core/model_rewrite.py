@@ -45,16 +45,19 @@ def _string_pairs(body: bytes, most: int) -> list[tuple[int, int]]:
     """Where the string values of the first `most` `"model": "…"` pairs are."""
     found: list[tuple[int, int]] = []
     at = body.find(_KEY)
-    while at >= 0 and len(found) < most:
+    while at >= 0:
         value = _STRING_VALUE.match(body, at + len(_KEY))
         if value is not None:
             found.append(value.span(1))
+            if len(found) == most:
+                break  # the rest of the body is not read
         at = body.find(_KEY, at + len(_KEY))
     return found
 
 
 def _spliced(body: bytes, start: int, end: int, model: str) -> bytes:
-    return body[:start] + json.dumps(model).encode() + body[end:]
+    # one copy of the body (a slice of the tail, then a concatenation, would be two)
+    return b"".join((memoryview(body)[:start], json.dumps(model).encode(), memoryview(body)[end:]))
 
 
 def _top_level_value(body: bytes) -> tuple[int, int] | None:

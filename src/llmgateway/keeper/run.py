@@ -320,9 +320,11 @@ async def run_once(
     clock: Callable[[], float] = time.time,
     stop: asyncio.Event | None = None,
 ) -> OnceSummary:
-    """`worker --once`: one sync (`on_sync` is told at once), one proxy round and one probe
-    round of everything due, the model lists that are due, then the maintenance that is due.
-    With `stop` set, the probe round ends early (its summary so far) and the rest is skipped."""
+    """`worker --once`: one sync (`on_sync` is told at once), one proxy round, the bulk jobs
+    submitted (to their end, before the probes: a re-check job's keys are probed in this
+    round), one probe round of everything due, the model lists that are due, then the
+    maintenance that is due. With `stop` set, the job in hand is left for the next keeper,
+    the probe round ends early (its summary so far) and the rest is skipped."""
     with single_keeper(store.engine.url):
         keeper = Keeper(
             settings, store, upstream or HttpUpstream(), clock=clock, on_progress=on_progress
@@ -333,13 +335,15 @@ async def run_once(
             await keeper_tasks.mark(store, keeper_tasks.SYNC, clock())
             on_sync(report)
             proxies = await keeper.probe_proxies()
+            runner = JobRunner(store, keeper.owner, keeper.job_chunk, sleep=keeper.job_sleep)
+            jobs = await runner.run_pending(stop or asyncio.Event())
             summary = await keeper.probe_round(stop)
             if not summary.stopped:
                 await keeper.fetch_model_lists()  # after the probes: with a key proven valid
                 upkept = await keeper.maintain()
         finally:
             await keeper.upstream.close()
-        return OnceSummary(report, proxies, summary, upkept)
+        return OnceSummary(report, proxies, summary, upkept, jobs)
 
 
 async def _first(stop: asyncio.Event, wake: asyncio.Event | None, seconds: float) -> None:

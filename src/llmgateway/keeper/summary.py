@@ -117,13 +117,15 @@ class ModelListSummary:
 
 @dataclass(frozen=True, slots=True)
 class OnceSummary:
-    """What `worker --once` did: the sync, the proxy round, the key probe round, and the
-    maintenance that was due (skipped, like the model lists, after a stop)."""
+    """What `worker --once` did: the sync, the proxy round, the key probe round, the
+    maintenance that was due (skipped, like the model lists, after a stop), and how many bulk
+    jobs it ran to their end."""
 
     sync: SyncReport
     proxies: ProxySummary
     round: RoundSummary
     maintenance: MaintenanceSummary
+    jobs: int = 0
 
     @property
     def stopped(self) -> bool:

@@ -1,13 +1,15 @@
 """The Keeper's maintenance of the store, on schedules kept in the store.
 
 Two tasks: `purge` deletes keys and proxies removed from their files more than
-`worker.purge_removed_after_days` ago and the hourly usage counts older than
-`worker.usage_retention_days`, and runs daily (or every `purge_removed_after_days` or
-`usage_retention_days` when that is shorter); `vacuum` runs VACUUM (SQLite) or VACUUM
-ANALYZE (PostgreSQL) every `worker.vacuum_interval_hours`. When each last ran is in the store
-(`store.keeper_tasks`), so a restart does not start the count again, a keeper started after
-a task came due runs it at once, `worker --once` runs what is due, and of several keepers on
-one PostgreSQL one runs each due task. A task that never ran is due at once.
+`worker.purge_removed_after_days` ago, the hourly usage counts older than
+`worker.usage_retention_days`, the audit log entries older than `worker.audit_retention_days`
+and the bulk jobs finished more than `worker.job_retention_days` ago, and runs daily (or
+every `purge_removed_after_days` or `usage_retention_days` when that is shorter); `vacuum`
+runs VACUUM (SQLite) or VACUUM ANALYZE (PostgreSQL) every `worker.vacuum_interval_hours`.
+When each last ran is in the store (`store.keeper_tasks`), so a restart does not start the
+count again, a keeper started after a task came due runs it at once, `worker --once` runs
+what is due, and of several keepers on one PostgreSQL one runs each due task. A task that
+never ran is due at once.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from dataclasses import dataclass
 from llmgateway.config.settings import Settings
 from llmgateway.keeper.probes import DAY, HOUR
 from llmgateway.keeper.summary import MaintenanceSummary
-from llmgateway.store import Store, audit, keeper_tasks, maintenance, usage
+from llmgateway.store import Store, audit, jobs, keeper_tasks, maintenance, usage
 
 log = logging.getLogger("llmgateway.keeper")
 
@@ -60,15 +62,7 @@ async def maintain(
         if purged:
             after_days = settings.worker.purge_removed_after_days
             keys, proxies = await maintenance.purge_removed(store, clock() - after_days * DAY)
-            await _purge_usage(settings, store, clock)
-            kept_days = settings.worker.audit_retention_days
-            actions = await audit.purge_before(store, clock() - kept_days * DAY)
-            if actions:
-                log.info(
-                    "maintenance: purge deleted %d audit log entries older than %g days",
-                    actions,
-                    kept_days,
-                )
+            await _purge_history(settings, store, clock)
             log.info(
                 "maintenance: purge deleted %d keys and %d proxies removed from their files "
                 "more than %g days ago; next purge in %.0f h",
@@ -89,14 +83,20 @@ async def maintain(
     return MaintenanceSummary(purged, keys, proxies, vacuumed)
 
 
-async def _purge_usage(settings: Settings, store: Store, clock: Callable[[], float]) -> None:
-    """Delete the hourly usage counts older than `worker.usage_retention_days`."""
-    kept_days = settings.worker.usage_retention_days
-    rows = await usage.purge_before(store, clock() - kept_days * DAY)
-    if rows:
-        log.info(
-            "maintenance: purge deleted %d hourly usage counts older than %g days", rows, kept_days
-        )
+async def _purge_history(settings: Settings, store: Store, clock: Callable[[], float]) -> None:
+    """Delete what is kept for a while only: the hourly usage counts older than
+    `worker.usage_retention_days`, the audit log entries older than `audit_retention_days`,
+    the bulk jobs finished more than `job_retention_days` ago."""
+    worker = settings.worker
+    kept = (
+        (usage.purge_before, worker.usage_retention_days, "hourly usage counts"),
+        (audit.purge_before, worker.audit_retention_days, "audit log entries"),
+        (jobs.purge_finished_before, worker.job_retention_days, "finished bulk jobs"),
+    )
+    for purge_before, kept_days, what in kept:
+        rows = await purge_before(store, clock() - kept_days * DAY)
+        if rows:
+            log.info("maintenance: purge deleted %d %s older than %g days", rows, what, kept_days)
 
 
 async def next_due(settings: Settings, store: Store) -> float | None:

@@ -6,7 +6,8 @@ the audit log. The job is then run a chunk at a time (`llmgateway.store.job_runs
 Keeper's job runner for the console, or at once by the command for `llmgateway keys …`. The
 job row holds its progress (keys done of `total`, keys and rows changed), its state
 (`queued`, `running`, `done`, `failed`, `cancelled`), when it was submitted, started and
-finished, and who submitted it (`Actor`). Nothing here holds a secret.
+finished, and who submitted it (`Actor`). Nothing here holds a secret. Finished jobs are kept
+`worker.job_retention_days`, then purged by the Keeper's upkeep (`purge_finished_before`).
 """
 
 from __future__ import annotations
@@ -150,6 +151,19 @@ async def cancel(store: Store, job_id: int) -> bool:
         if stopped.rowcount:
             await conn.execute(sa.delete(job_keys).where(job_keys.c.job_id == job_id))
     return bool(stopped.rowcount)
+
+
+async def purge_finished_before(store: Store, cutoff: float) -> int:
+    """Delete the jobs that finished (done, failed or cancelled) before `cutoff` (epoch
+    seconds), with any keys left to them; how many jobs were deleted."""
+    old = sa.select(jobs.c.id).where(
+        jobs.c.state.not_in([state.value for state in UNFINISHED]), jobs.c.finished_at < cutoff
+    )
+    async with store.engine.begin() as conn:
+        # explicitly, not by the foreign key's cascade (a copied database may have it off)
+        await conn.execute(sa.delete(job_keys).where(job_keys.c.job_id.in_(old)))
+        deleted = await conn.execute(sa.delete(jobs).where(jobs.c.id.in_(old)))
+    return max(deleted.rowcount, 0)
 
 
 def _job(row: Any) -> Job:

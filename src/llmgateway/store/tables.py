@@ -102,7 +102,8 @@ key_status = sa.Table(
     sa.Column("reason", sa.Text, nullable=True),
     sa.Column("failing_since", sa.Double, nullable=True),
     sa.Column("cooldown_until", sa.Double, nullable=True),
-    sa.Column("next_check_at", sa.Double, nullable=False, index=True),
+    # (the due-probe claim reads ix_key_status_next_check_at_key_id_model below; 0014)
+    sa.Column("next_check_at", sa.Double, nullable=False),
     sa.Column("last_checked_at", sa.Double, nullable=True),
     sa.Column("status_code", sa.Integer, nullable=True),
     sa.Column("latency_ms", sa.Double, nullable=True),

@@ -92,16 +92,7 @@ async def _record_bulk(
         index_elements=[key_usage.c.key_id, key_usage.c.model, key_usage.c.hour],
         set_=_added(key_usage, insert),
     )
-    payload = [
-        {
-            "key_id": c.key_id,
-            "model": c.model,
-            "hour": c.hour,
-            "requests": c.requests,
-            "failures": c.failures,
-        }
-        for c in counts
-    ]
+    payload = [_row(c) for c in counts]
     await conn.execute(upsert, {"p_counts": json.dumps(payload)})
     times = json_records(dialect, "p_used", _USED)
     stamp = (
@@ -121,17 +112,7 @@ async def _record_each(
 ) -> None:
     """The same, a statement per row (SQLite before 3.38)."""
     present = set(await conn.scalars(sa.select(keys.c.id).where(keys.c.id.in_(list(used)))))
-    rows = [
-        {
-            "key_id": c.key_id,
-            "model": c.model,
-            "hour": c.hour,
-            "requests": c.requests,
-            "failures": c.failures,
-        }
-        for c in counts
-        if c.key_id in present
-    ]
+    rows = [_row(c) for c in counts if c.key_id in present]
     if not rows:
         return
     insert = insert_into(conn, key_usage)
@@ -167,3 +148,14 @@ async def purge_before(store: Store, before: float) -> int:
         deleted = await conn.execute(sa.delete(key_usage).where(key_usage.c.hour <= last))
         await conn.execute(sa.delete(usage_hours).where(usage_hours.c.hour <= last))
     return max(deleted.rowcount, 0)
+
+
+def _row(count: UsageCount) -> dict[str, object]:
+    """A count as a row of `key_usage`."""
+    return {
+        "key_id": count.key_id,
+        "model": count.model,
+        "hour": count.hour,
+        "requests": count.requests,
+        "failures": count.failures,
+    }
