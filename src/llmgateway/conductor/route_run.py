@@ -150,7 +150,6 @@ class Asked:
     plain: bool  # the body names `model` once, with no `\\u` escape (`rewrite_model`'s)
 
 
-
 NOT_SERVED = Refused(
     404,
     "not_found",
