@@ -118,6 +118,15 @@ async def test_a_json_body_naming_model_twice_is_refused(rig: Rig, body: bytes) 
     rig.assert_untouched()
 
 
+async def test_a_deeply_nested_body_naming_model_twice_is_refused_not_a_crash(rig: Rig) -> None:
+    """orjson parses up to 1024 levels, the stdlib parser (which counts the keys) fewer."""
+    nested = b'{"a":' * 1000 + b'{"model":"x"}' + b"}" * 1000
+    body = b'{"model":"gpt-4o-mini","messages":[],"x":' + nested + b"}"
+    refused = await rig.send("POST", "/v1/chat/completions", body=body)
+    openai_error(refused, 400, "invalid_request")
+    rig.assert_untouched()
+
+
 async def test_a_model_named_once_in_a_nested_object_is_fine(rig: Rig) -> None:
     body = b'{"model":"gpt-4o-mini","messages":[],"metadata":{"model":"anything"}}'
     answered = await rig.send("POST", "/v1/chat/completions", body=body)

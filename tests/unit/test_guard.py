@@ -157,6 +157,17 @@ def test_egress_wide_429s_cool_the_egress_not_the_keys() -> None:
     assert guard.egress_blocked(PROXY_A, T0 + 20.2) is None  # cooled down
 
 
+def test_a_key_limited_again_is_limited_itself_behind_an_egress_never_proven_wide() -> None:
+    """Two keys behind an egress that needs three to be proven wide: each one's first 429 is
+    spared (suspect), its second is its own (else neither would ever cool down)."""
+    guard = make()
+    assert call(guard, "direct", 1, LIMITED, T0).blame is Blame.KEY
+    assert call(guard, "direct", 2, LIMITED, T0 + 0.1).blame is Blame.NOBODY  # suspect
+    assert call(guard, "direct", 1, LIMITED, T0 + 0.2).blame is Blame.KEY
+    assert call(guard, "direct", 2, LIMITED, T0 + 0.3).blame is Blame.KEY
+    assert guard.egress_blocked("direct", T0 + 1) is None  # never wide with two keys
+
+
 def test_scattered_429s_among_successes_stay_the_keys() -> None:
     guard = make()
     for step in range(30):

@@ -182,9 +182,15 @@ def json_model(body: bytes, *, required: bool) -> Named | Refused:
     model = data.get("model")
     if model is not None and not isinstance(model, str):
         return Refused(400, "invalid_request", "`model` must be a string.")
-    if _may_name_model_twice(body) and _names_model_twice(body):
-        # parsers differ on which of two keys wins: the upstream might run the other one
-        return Refused(400, "invalid_request", "The request body names `model` twice.")
+    if _may_name_model_twice(body):
+        try:
+            twice = _names_model_twice(body)
+        except RecursionError:  # nested deeper than the stdlib parser goes (orjson went)
+            message = "The request body nests objects and arrays too deeply."
+            return Refused(400, "invalid_request", message)
+        if twice:
+            # parsers differ on which of two keys wins: the upstream might run the other one
+            return Refused(400, "invalid_request", "The request body names `model` twice.")
     return Named(model or None, data.get("stream") is True)
 
 

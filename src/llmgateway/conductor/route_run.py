@@ -189,7 +189,6 @@ NOT_SERVED = Refused(
 
 _ANSWERED = "answered"  # the target's answer went to the client
 _NOT_STARTED = "not_started"  # no time or no retry budget left for another target
-_UNSERVED = "unserved"  # the target cannot serve this request (its path or model)
 
 
 @dataclass(slots=True)
@@ -206,6 +205,7 @@ class Run:
     started: float
     configured: bool
     failures: list[Failure] = field(default_factory=list)
+    unserved: list[Refused] = field(default_factory=list)  # targets that cannot take it
     attempts: int = 0
     deadline: float | None = None
     target: Target | None = None  # the last target asked
@@ -262,8 +262,9 @@ class Run:
                 return Step.ANSWER, None
             if got == _NOT_STARTED:
                 break
-            if got == _UNSERVED:
+            if isinstance(got, Refused):  # the target cannot serve this path or method
                 self.failures.append(Failure(target, NO_HEALTHY_KEY, called=False))
+                self.unserved.append(got)
                 continue
             assert isinstance(got, GatewayReply)
             failure = _failure(target, got)
@@ -283,12 +284,13 @@ class Run:
                 self.failures.append(self.routing.skipped(target))
         return Step.NEXT_TARGET, None
 
-    async def _asked(self, route: Route, target: Target) -> GatewayReply | str:
-        """One target: its key-level attempts, and its answer relayed when it has one."""
+    async def _asked(self, route: Route, target: Target) -> GatewayReply | Refused | str:
+        """One target: its key-level attempts, and its answer relayed when it has one (or
+        why the target cannot take the request at all)."""
         provider = self.routing.providers[target.provider]
         call = _call(route, provider, target, self.asked, self.headers, self.request_id)
         if isinstance(call, Refused):
-            return _UNSERVED
+            return call
         now = asyncio.get_running_loop().time()
         timeouts = provider.settings.timeouts
         if self.deadline is None:
@@ -332,12 +334,18 @@ class Run:
         self.code, self.ended = reply.status, reply.reason
 
     async def _exhausted(self, route: Route) -> str:
-        """Every target failed (or no time or budget was left): the answer `exhausted` says."""
+        """Every target failed (or no time or budget was left): the answer `exhausted` says;
+        but when no target could take the request at all (a path or method none serves), it
+        is the client's fault, refused as such (no key is missing: a retry fails alike)."""
+        if self.unserved and len(self.unserved) == len(self.failures):
+            first = self.unserved[0]  # its message may name a target's model: not shown
+            message = f"No target of {route.alias} serves this path and method."
+            await self._own(route, Refused(first.status, first.code, message))
+            return "error"
         found = exhausted(self.failures)
         if self.configured:
-            self.edge.attempt_loop.metrics.routes.exhausted.labels(
-                route.alias, str(found.status)
-            ).inc()
+            exhaustion = self.edge.attempt_loop.metrics.routes.exhausted
+            exhaustion.labels(route.alias, str(found.status)).inc()
         if found.relay is not None and self.reply is not None:
             await self._send(route, self.reply)
             return "exhausted"
@@ -347,14 +355,19 @@ class Run:
             )
         else:
             message = f"No target of {route.alias} has a usable key right now."
-        body = wire.error_body(self.asked.surface, found.status, message, code=found.code)
-        headers = dict(JSON)
-        if found.retry_after is not None:
-            headers["retry-after"] = str(max(1, int(found.retry_after + 0.999)))
-        shown = self._shown(route, self.target)
-        await send_whole(self.send, found.status, headers, body, self.request_id, shown)
-        self.code, self.ended = found.status, found.code
+        await self._own(route, Refused(found.status, found.code, message, False, found.retry_after))
         return "exhausted"
+
+    async def _own(self, route: Route, answer: Refused) -> None:
+        """An answer of the gateway's own, in the surface's error shape."""
+        surface = self.asked.surface
+        body = wire.error_body(surface, answer.status, answer.message, code=answer.code)
+        headers = dict(JSON)
+        if answer.retry_after is not None:
+            headers["retry-after"] = str(max(1, int(answer.retry_after + 0.999)))
+        shown = self._shown(route, self.target)
+        await send_whole(self.send, answer.status, headers, body, self.request_id, shown)
+        self.code, self.ended = answer.status, answer.code
 
     def _fell_back(self, route: Route, left: Target | None, to: str, reason: str) -> None:
         if self.configured:

@@ -231,7 +231,7 @@ class Guard:
             return False
         cooling = self._limiter.blocked_until(egress, now) is not None
         wide = self._limiter.record(egress, key_id, is_429, now)
-        suspect = is_429 and self._limiter.suspect(egress, now)
+        suspect = is_429 and self._limiter.suspect(egress, key_id, now)
         until = self._limiter.blocked_until(egress, now)
         if until is not None and not cooling:
             self._closed_until[egress] = until

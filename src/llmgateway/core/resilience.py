@@ -337,14 +337,17 @@ class EgressLimiter:
             window.clear()
         return wide
 
-    def suspect(self, egress: str, now: float) -> bool:
+    def suspect(self, egress: str, key_id: int, now: float) -> bool:
         """Do the egress's recent 429s look IP-wide already (two keys or more, at `ratio`)?
 
         Lets the first 429s of an IP-wide limit go unblamed on their keys too; so do the 429s
         within `window_sec` after an egress cooldown ended (the limit is likely still there).
+        Only a key's first 429 in the window: a key limited again is limited itself (behind
+        an egress with fewer than `min_keys` keys, which is never proven wide, no key would
+        ever cool down, and every request would ask every limited key again).
         """
         window = self._egresses.get(egress)
-        if window is None:
+        if window is None or window.by_key.get(key_id, 0) > 1:
             return False
         if window.blocked_until > now - self.window_sec:
             return True
