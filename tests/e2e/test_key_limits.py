@@ -46,6 +46,10 @@ RETRY = {
 def limited(
     tmp_path: Path, fake: FakeUpstream, key_limits: dict[str, int], **limits: Any
 ) -> Settings:
+    """Limits counted in the backend `limits` name, with a Redis call allowed 2 s: these tests
+    are about the limits held, not about failing open (a loaded CI machine has taken more than
+    the default 0.25 s to open the first connection)."""
+    limits.setdefault("timeout_sec", 2.0)
     policy = {"retry": RETRY, "key_limits": key_limits}
     settings = gateway_settings(tmp_path, fake, gateway_policy=policy)
     return settings.model_copy(update={"limits": LimitsSettings(**limits)})

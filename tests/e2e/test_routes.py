@@ -401,3 +401,19 @@ async def test_headers_can_be_turned_off_and_route_metrics_are_counted(
         ),
     )
     assert samples[fell] == 1
+
+
+async def test_a_stream_held_for_its_first_event_reaches_the_client_whole(
+    tmp_path: Path, fakes: Fakes
+) -> None:
+    beta = {"targets": [{"provider": "beta", "model": "gpt-b"}]}
+    routes = {"held": beta, "at-once": {**beta, "stream_commit": "first_byte"}}
+    settings = route_settings(tmp_path, fakes, {}, routes)
+    async with gateway(settings) as url:
+        texts = []
+        for alias in ("held", "at-once"):
+            raw = await chat(url, alias, stream=True)
+            chunks = [c async for c in raw.parse()]
+            texts.append("".join(c.choices[0].delta.content or "" for c in chunks if c.choices))
+    assert texts[0]
+    assert texts[0] == texts[1]  # the bytes the peek held went out first, none lost

@@ -192,8 +192,10 @@ class AttemptLoop:
                     return Relay(response, attempt, lease.secret, whole)
                 held = b""
                 if call.peek_sec is not None and is_event_stream(response):
-                    wait = min(call.peek_sec, deadline - asyncio.get_running_loop().time())
-                    peeked = await peek(response, wait)
+                    left = deadline - asyncio.get_running_loop().time()
+                    peeked = await peek(
+                        response, min(call.peek_sec, left), last=call.peek_sec >= left
+                    )
                     failed = self._failed_peek(call, claim, peeked, attempt)
                     if failed is not None:
                         return failed

@@ -94,6 +94,8 @@ async def relay_stream(
             )
             await send(start)
             started = True
+            if relay.held:  # what a peek took of the stream (`stream_peek`)
+                await send({"type": "http.response.body", "body": relay.held, "more_body": True})
             while True:
                 asked = time.perf_counter()
                 try:

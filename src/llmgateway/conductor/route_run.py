@@ -162,7 +162,7 @@ class Routing:
             )
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: made for every request, and frozen inits cost more
 class Asked:
     """A gateway token's request as read: the surface it came in on, its validated method,
     path and query, the model it names, the Gemini method after the model (`verb`, "" on

@@ -142,7 +142,7 @@ def _route_of(routing: Routing, asked: Asked, reach: Reach) -> tuple[Route, bool
     return Refused(404, "model_not_found", message)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: made for every request, and frozen inits cost more
 class _Answer:
     """The request's answers made before any target is asked, counted and logged."""
 

@@ -21,8 +21,11 @@ def is_event_stream(response: UpstreamResponse) -> bool:
     return "text/event-stream" in response.headers.get("content-type", "")
 
 
-async def peek(response: UpstreamResponse, wait: float) -> Peek:
-    """Read `response` until its first event decides, for at most `wait` seconds."""
+async def peek(response: UpstreamResponse, wait: float, *, last: bool = False) -> Peek:
+    """Read `response` until its first event decides, for at most `wait` seconds; then commit
+    undecided, or (`last`: the wait ends at the request's deadline) raise `TimeoutError`, as
+    an upstream that did not answer in time: a stream undecided at the deadline is a 504,
+    never a 200 about to fail."""
     detector = FirstEvent()
     chunks = response.chunks()
     try:
@@ -33,6 +36,8 @@ async def peek(response: UpstreamResponse, wait: float) -> Peek:
                     return found
         return detector.end()
     except TimeoutError:
+        if last:
+            raise
         return detector.commit()
     finally:
         await chunks.aclose()  # the rest is read by a fresh `chunks()`
