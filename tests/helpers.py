@@ -209,6 +209,16 @@ BREAKER = {
 within 1-2.2 s. So a breaker recovers at most 2.2 s after its fault ends (plus one trial call)."""
 BREAKER_RECOVERY_SEC = 2.2 + 1.0
 
+EJECTION = {
+    "consecutive_failures": 2,
+    "base_ejection_sec": 2.0,
+    "max_ejection_sec": 4.0,
+    "default_cooldown_sec": 2.0,
+    "max_cooldown_sec": 4.0,
+}
+"""The outlier ejection of the chaos settings: 2 failures in a row, ejections and cooldowns of
+2-4 s."""
+
 
 def chaos_settings(
     tmp_path: Path, upstream: FakeUpstream | str, database_url: str | None = None, **extra: Any
@@ -224,13 +234,7 @@ def chaos_settings(
             "on_server_error": {"attempts": 4, "backoff_sec": 0.01},
         },
         "circuit_breaker": BREAKER,
-        "outlier_detection": {
-            "consecutive_failures": 2,
-            "base_ejection_sec": 2.0,
-            "max_ejection_sec": 4.0,
-            "default_cooldown_sec": 2.0,
-            "max_cooldown_sec": 4.0,
-        },
+        "outlier_detection": EJECTION,
         # the budget still caps retries; sized so the first burst onto unknown bad keys fits
         "retry_budget": {"percent": 20, "min_concurrent": 16},
         "egress_rate_limit": {"window_sec": 5, "min_keys": 4, "ratio": 0.8, "cooldown_sec": 3},

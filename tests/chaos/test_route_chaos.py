@@ -25,7 +25,14 @@ from llmgateway.core.resilience import BreakerState
 from llmgateway.testing.configs import write_keys
 from llmgateway.testing.fake_upstream import FakeUpstream
 from llmgateway.testing.faults import Behavior
-from tests.helpers import BREAKER, BREAKER_RECOVERY_SEC, Running, eventually, start_gateway
+from tests.helpers import (
+    BREAKER,
+    BREAKER_RECOVERY_SEC,
+    EJECTION,
+    Running,
+    eventually,
+    start_gateway,
+)
 
 TOKEN = "gw-chaos-route-token-3b8e1f0c7a52"
 OUTAGE_SEC = 10.0
@@ -120,13 +127,7 @@ def route_chaos_settings(tmp_path: Path, fakes: dict[str, FakeUpstream]) -> Sett
             "on_server_error": {"attempts": 2, "backoff_sec": 0.01},
         },
         "circuit_breaker": BREAKER,
-        "outlier_detection": {
-            "consecutive_failures": 2,
-            "base_ejection_sec": 2.0,
-            "max_ejection_sec": 4.0,
-            "default_cooldown_sec": 2.0,
-            "max_cooldown_sec": 4.0,
-        },
+        "outlier_detection": EJECTION,
         "retry_budget": {"percent": 20, "min_concurrent": 16},
     }
     providers: dict[str, Any] = {}

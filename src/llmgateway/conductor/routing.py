@@ -130,13 +130,11 @@ def _route_of(routing: Routing, asked: Asked, reach: Reach) -> tuple[Route, bool
     hit = resolve_model(asked.model, reach)
     if isinstance(hit, RouteHit):
         return hit.route, True
-    if isinstance(hit, ProviderHit):
-        provider = routing.providers[hit.provider]
-        if provider.catalog.resolve(hit.model) is not None:
-            direct = Target(hit.provider, hit.model)
-            alias = f"{hit.provider}/{hit.model}"
-            only = Route(alias, ((direct,),), frozenset(), max_targets=1, headers=False)
-            return replace(only, stream_commit=StreamCommit.FIRST_BYTE), False
+    if isinstance(hit, ProviderHit) and routing.served(hit.provider, hit.model) is not None:
+        direct = Target(hit.provider, hit.model)
+        alias = f"{hit.provider}/{hit.model}"
+        only = Route(alias, ((direct,),), frozenset(), max_targets=1, headers=False)
+        return replace(only, stream_commit=StreamCommit.FIRST_BYTE), False
     shown = asked.model if len(asked.model) <= 80 else asked.model[:80] + "…"
     message = f"The model {shown!r} is not one this token may use; GET /v1/models lists them."
     return Refused(404, "model_not_found", message)
