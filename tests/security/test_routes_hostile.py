@@ -125,7 +125,9 @@ class Rig:
         return all(p.pool.inflight(k) == 0 for p in providers for k in p.pool.key_ids())
 
     def assert_intact(self) -> None:
-        """Every key healthy or untested, none in flight, every breaker closed."""
+        """Every key healthy or untested, none in flight, every breaker closed, no request
+        body still counted against the in-flight budget."""
+        assert self.running.app.state.edge.bodies.held == 0
         gateway = self.running.gateway
         now = gateway.clock()
         for name, provider in gateway.providers.items():

@@ -18,6 +18,7 @@ from llmgateway.core.route_plan import (
     CONTENT_POLICY,
     CONTEXT_LENGTH,
     NO_HEALTHY_KEY,
+    Eligible,
     Exhaustion,
     Failure,
     Step,
@@ -52,6 +53,13 @@ def everyone(provider: str, model: str) -> bool:
     return True
 
 
+def planned_of(
+    route: Route, eligible: Eligible, rng: random.Random, skipped: list[Target] | None = None
+) -> tuple[Target, ...]:
+    """The whole plan (the request path draws it one target at a time)."""
+    return tuple(plan(route, eligible, rng, skipped))
+
+
 # -- the plan ------------------------------------------------------------------------------------
 
 
@@ -60,7 +68,9 @@ def test_weights_order_a_tier_as_weighted_draws_without_replacement() -> None:
     as often as drawing one by weight, then another by weight among the rest."""
     rng = random.Random(20261206)
     fast = route(A, B, C)
-    orders = Counter("".join(t.provider for t in plan(fast, everyone, rng)) for _ in range(10_000))
+    orders = Counter(
+        "".join(t.provider for t in planned_of(fast, everyone, rng)) for _ in range(10_000)
+    )
     expected = {
         "abc": 0.6 * 3 / 4,
         "acb": 0.6 * 1 / 4,
@@ -77,14 +87,14 @@ def test_weights_order_a_tier_as_weighted_draws_without_replacement() -> None:
 def test_equal_weights_share_evenly() -> None:
     rng = random.Random(7)
     fast = route(Target("a", "m"), Target("b", "m"))
-    firsts = Counter(plan(fast, everyone, rng)[0].provider for _ in range(10_000))
+    firsts = Counter(planned_of(fast, everyone, rng)[0].provider for _ in range(10_000))
     assert firsts["a"] / 10_000 == pytest.approx(0.5, abs=0.015)
 
 
 def test_the_same_seed_gives_the_same_plans() -> None:
     fast = route(A, B, C)
-    first = [plan(fast, everyone, random.Random(3)) for _ in range(5)]
-    assert first == [plan(fast, everyone, random.Random(3)) for _ in range(5)]
+    first = [planned_of(fast, everyone, random.Random(3)) for _ in range(5)]
+    assert first == [planned_of(fast, everyone, random.Random(3)) for _ in range(5)]
 
 
 def test_tiers_go_by_priority_whatever_the_weights() -> None:
@@ -92,7 +102,7 @@ def test_tiers_go_by_priority_whatever_the_weights() -> None:
     fast = route(LOWER, heavy_low, A, B)  # config order does not matter
     rng = random.Random(1)
     for _ in range(200):
-        planned = plan(fast, everyone, rng)
+        planned = planned_of(fast, everyone, rng)
         assert {t.provider for t in planned[:2]} == {"a", "b"}
         assert planned[2:] == (heavy_low, LOWER)
 
@@ -102,13 +112,13 @@ def test_an_ineligible_target_is_never_planned() -> None:
     rng = random.Random(2)
     cooling = {"a", "low"}
     for _ in range(200):
-        planned = plan(fast, lambda provider, model: provider not in cooling, rng)
+        planned = planned_of(fast, lambda provider, model: provider not in cooling, rng)
         assert {t.provider for t in planned} == {"b", "c"}
 
 
 def test_eligibility_may_be_a_set_of_pairs() -> None:
     fast = route(A, B, LOW)
-    planned = plan(fast, {("b", "m-b"), ("low", "m-low"), ("a", "other")}, random.Random(0))
+    planned = planned_of(fast, {("b", "m-b"), ("low", "m-low"), ("a", "other")}, random.Random(0))
     assert planned == (B, LOW)
 
 
@@ -119,32 +129,64 @@ def test_eligibility_is_asked_once_per_target() -> None:
         asked.append((provider, model))
         return True
 
-    plan(route(A, B, C, LOW), eligible, random.Random(0))
+    planned_of(route(A, B, C, LOW), eligible, random.Random(0))
     assert sorted(asked) == [("a", "m-a"), ("b", "m-b"), ("c", "m-c"), ("low", "m-low")]
 
 
+def test_the_first_target_asks_about_no_other() -> None:
+    """A request its first target answers draws one number and asks about that target only:
+    the plan is drawn as the request moves on, never built whole up front."""
+    asked: list[str] = []
+
+    def eligible(provider: str, model: str) -> bool:
+        asked.append(provider)
+        return True
+
+    draws = 0
+
+    class Counting(random.Random):
+        def random(self) -> float:
+            nonlocal draws
+            draws += 1
+            return super().random()
+
+    first = next(plan(route(A, B, C, LOW), eligible, Counting(0)))
+    assert asked == [first.provider]
+    assert draws == 1
+
+
+def test_skipped_targets_are_reported() -> None:
+    skipped: list[Target] = []
+    cooling = {"a", "c"}
+    planned = planned_of(
+        route(A, B, C, LOW), lambda p, m: p not in cooling, random.Random(4), skipped
+    )
+    assert planned == (B, LOW)
+    assert sorted(t.provider for t in skipped) == ["a", "c"]
+
+
 def test_nothing_eligible_plans_nothing() -> None:
-    assert plan(route(A, LOW), lambda provider, model: False, random.Random(0)) == ()
+    assert planned_of(route(A, LOW), lambda provider, model: False, random.Random(0)) == ()
 
 
 def test_each_target_at_most_once() -> None:
     rng = random.Random(5)
     for _ in range(500):
-        planned = plan(route(A, B, C, LOW, LOWER), everyone, rng)
+        planned = planned_of(route(A, B, C, LOW, LOWER), everyone, rng)
         assert len(planned) == len(set(planned)) == 5
 
 
 def test_max_targets_caps_the_plan_across_tiers() -> None:
     rng = random.Random(9)
     for _ in range(200):
-        planned = plan(route(A, B, LOW, LOWER, max_targets=3), everyone, rng)
+        planned = planned_of(route(A, B, LOW, LOWER, max_targets=3), everyone, rng)
         assert len(planned) == 3
         assert planned[2] == LOW
-    assert len(plan(route(A, B, C, max_targets=1), everyone, rng)) == 1
+    assert len(planned_of(route(A, B, C, max_targets=1), everyone, rng)) == 1
 
 
 def test_skipped_targets_do_not_count_against_the_cap() -> None:
-    planned = plan(
+    planned = planned_of(
         route(A, B, LOW, LOWER, max_targets=2), lambda p, m: p not in {"a", "b"}, random.Random(0)
     )
     assert planned == (LOW, LOWER)
@@ -350,7 +392,7 @@ _TARGETS = st.lists(
 def test_every_plan_keeps_the_rules(
     targets: list[Target], cap: int, cooling: set[tuple[str, str]], seed: int
 ) -> None:
-    planned = plan(
+    planned = planned_of(
         route(*targets, max_targets=cap),
         lambda provider, model: (provider, model) not in cooling,
         random.Random(seed),

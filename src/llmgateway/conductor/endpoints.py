@@ -37,7 +37,7 @@ from llmgateway.conductor.claim import CANCELLED, Claim
 from llmgateway.conductor.edge import BODY_ARRIVED, ON_DISCONNECT, ClientWatch
 from llmgateway.conductor.responses import INTERNAL, JSON, deliver, send_refusal, send_whole
 from llmgateway.conductor.route_run import Routing
-from llmgateway.conductor.routing import serve_grant
+from llmgateway.conductor.routing import grant_run
 from llmgateway.config.route_table import token_digest
 from llmgateway.observe import logs
 from llmgateway.observe.access import AccessLog, Refusal, TokenRefusals, client_address, shown_path
@@ -91,7 +91,9 @@ class Edge:
             grants = routing.table.grants_of(digest) if routing is not None and token else None
             if grants is not None:
                 args = (headers, request_id, started, via_google)
-                await serve_grant(self, grants, scope, receive, send, *args)
+                run = await grant_run(self, grants, scope, receive, send, *args)
+                if run is not None:
+                    await run[0].serve(run[1])
                 return
             await send_refusal(send, shape, Refused(401, "invalid_api_key", _NO_TOKEN), request_id)
             self.attempt_loop.metrics.unauthorized(401)

@@ -16,7 +16,7 @@ import asyncio
 import logging
 import random
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -212,16 +212,45 @@ class Run:
     reply: GatewayReply | None = None  # the last reply of a target that called upstream
     code: int = 499
     ended: str = "client_gone"
+    tried: list[Target] = field(init=False)  # the targets the current plan asked
+    skipped: list[Target] = field(init=False)  # and the ones it left out (set by `_plan`)
 
     async def serve(self, route: Route) -> None:
-        """Serve the request along `route`, answering the client whatever happens."""
+        """Serve the request along `route`'s plan (then its context-length aliases, and so
+        on), answering the client whatever happens; the body's share of the in-flight budget
+        is given back at the end.
+
+        The targets are asked from here rather than from a helper coroutine: each level of
+        awaits between the edge and the attempt loop is run again every time the request's
+        task wakes up (a dozen times for a streamed answer)."""
         task = asyncio.current_task()
         assert task is not None
         watch = ClientWatch(task)
         self.scope[ON_DISCONNECT] = watch.client_left
         outcome = "client_gone"
         try:
-            outcome = await self._along(route)
+            current, hops = route, 0
+            targets = self._plan(current)
+            target = next(targets, None)
+            while target is not None:
+                self.tried.append(target)
+                got = await self._asked(current, target)
+                if got == _ANSWERED:
+                    outcome = "ok"
+                    return
+                then = self._then(current, target, got, targets)
+                if isinstance(then, GatewayReply):
+                    await self._send(current, then)
+                    outcome = "error"
+                    return
+                if isinstance(then, Route):
+                    if hops == MAX_HOPS:
+                        break
+                    current, hops = then, hops + 1
+                    targets = self._plan(current)
+                    then = next(targets, None)
+                target = then
+            outcome = await self._exhausted(current)
         except asyncio.CancelledError:
             if not watch.gone:
                 raise
@@ -229,60 +258,52 @@ class Run:
             log.info("client disconnected", extra={"request_id": self.request_id})
         finally:
             self.scope[ON_DISCONNECT] = None  # from here on nothing may cancel the task
+            self.edge.bodies.give(len(self.asked.body))
             if self.configured:
                 self.edge.attempt_loop.metrics.routes.request(route.alias, outcome)
             self.edge.access.done(self.scope, self.code, self.attempts, self.ended, self.started)
 
-    async def _along(self, route: Route) -> str:
-        """The route's plan, then its context-length alias (and so on); the outcome label."""
-        current = route
-        for _ in range(MAX_HOPS):
-            step, reply = await self._planned(current)
-            if step is Step.CONTEXT_ALIAS:
-                alias = current.context_length_fallback or ""
-                following = self.routing.table.route(self.asked.surface, alias)
-                if following is not None:
-                    self._fell_back(current, self.target, f"route:{alias}", "context_length")
-                    current = following
-                    continue
-                step = Step.ANSWER
-            if step is Step.ANSWER and reply is not None:
-                await self._send(current, reply)
-                return "error"
-            return await self._exhausted(current) if step is not Step.ANSWER else "ok"
-        return await self._exhausted(current)
+    def _plan(self, route: Route) -> Iterator[Target]:
+        """`route`'s plan, drawn as the request goes; what it skips is kept for `_exhausted`."""
+        self.tried, self.skipped = [], []
+        return plan(route, self.routing.eligible, self.routing.rng, self.skipped)
 
-    async def _planned(self, route: Route) -> tuple[Step, GatewayReply | None]:
-        """Ask the targets of `route`'s plan in turn: what ended it (ANSWER with the reply to
-        send, or None once answered; CONTEXT_ALIAS; NEXT_TARGET when none was left)."""
-        targets = plan(route, self.routing.eligible, self.routing.rng)
-        for index, target in enumerate(targets):
-            got = await self._asked(route, target)
-            if got == _ANSWERED:
-                return Step.ANSWER, None
-            if got == _NOT_STARTED:
-                break
-            if isinstance(got, Refused):  # the target cannot serve this path or method
-                self.failures.append(Failure(target, NO_HEALTHY_KEY, called=False))
-                self.unserved.append(got)
-                continue
-            assert isinstance(got, GatewayReply)
-            failure = _failure(target, got)
-            self.failures.append(failure)
-            if failure.called:
-                self.reply = got
-            step = next_step(route, failure.reason, got.status)
-            if step is not Step.NEXT_TARGET:
-                return step, got
-            following = targets[index + 1].label if index + 1 < len(targets) else NO_TARGET
-            self._fell_back(route, target, following, failure.reason)
-            if failure.reason == ErrorReason.NO_MODEL:
-                self.routing.config_warning(route, target)
-        planned = set(targets)
-        for target in route.targets:
-            if target not in planned and not self.routing.eligible(target.provider, target.model):
-                self.failures.append(self.routing.skipped(target))
-        return Step.NEXT_TARGET, None
+    def _then(
+        self,
+        route: Route,
+        target: Target,
+        got: GatewayReply | Refused | str,
+        targets: Iterator[Target],
+    ) -> Target | Route | GatewayReply | None:
+        """What follows a target that did not answer: the next target of the plan, the
+        route's context-length alias, a reply to send as the answer, or None (exhausted: the
+        plan ran out, or no time or retry budget was left to start another target)."""
+        if got == _NOT_STARTED:
+            return None
+        if isinstance(got, Refused):  # the target cannot serve this path or method
+            self.failures.append(Failure(target, NO_HEALTHY_KEY, called=False))
+            self.unserved.append(got)
+            return next(targets, None)
+        assert isinstance(got, GatewayReply)
+        failure = _failure(target, got)
+        self.failures.append(failure)
+        if failure.called:
+            self.reply = got
+        step = next_step(route, failure.reason, got.status)
+        if step is Step.CONTEXT_ALIAS:
+            alias = route.context_length_fallback or ""
+            following_route = self.routing.table.route(self.asked.surface, alias)
+            if following_route is None:
+                return got
+            self._fell_back(route, target, f"route:{alias}", "context_length")
+            return following_route
+        if step is not Step.NEXT_TARGET:
+            return got
+        following = next(targets, None)
+        self._fell_back(route, target, following.label if following else NO_TARGET, failure.reason)
+        if failure.reason == ErrorReason.NO_MODEL:
+            self.routing.config_warning(route, target)
+        return following
 
     async def _asked(self, route: Route, target: Target) -> GatewayReply | Refused | str:
         """One target: its key-level attempts, and its answer relayed when it has one (or
@@ -337,6 +358,11 @@ class Run:
         """Every target failed (or no time or budget was left): the answer `exhausted` says;
         but when no target could take the request at all (a path or method none serves), it
         is the client's fault, refused as such (no key is missing: a retry fails alike)."""
+        self.failures += [self.routing.skipped(t) for t in self.skipped]
+        unreached = (t for t in route.targets if t not in self.tried and t not in self.skipped)
+        for target in unreached:  # left out of the plan by the cap, or the deadline
+            if not self.routing.eligible(target.provider, target.model):
+                self.failures.append(self.routing.skipped(target))
         if self.unserved and len(self.unserved) == len(self.failures):
             first = self.unserved[0]  # its message may name a target's model: not shown
             message = f"No target of {route.alias} serves this path and method."
@@ -402,6 +428,8 @@ def _call(
     if asked.surface == "gemini":
         prefix = asked.path[: asked.path.index("/models/") + len("/models/")]
         path, body = f"{prefix}{target.model}:{asked.verb}", asked.body
+    elif target.model == asked.model:  # an alias named after its target's model
+        path, body = asked.path, asked.body
     else:
         path = asked.path
         rewritten = rewrite_model(asked.body, target.model, plain=asked.plain)

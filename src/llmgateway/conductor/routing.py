@@ -43,7 +43,7 @@ from llmgateway.providers import target as wire_target
 log = logging.getLogger("llmgateway.api")
 
 
-async def serve_grant(
+async def grant_run(
     edge: Serving,
     grants: Grants,
     scope: Scope,
@@ -53,30 +53,34 @@ async def serve_grant(
     request_id: str,
     started: float,
     via_google: bool,
-) -> None:
-    """Serve a request made with a gateway token whose `grants` say what it may use."""
+) -> tuple[Run, Route] | None:
+    """A request made with a gateway token whose `grants` say what it may use, read and
+    resolved: the run that serves it along its route (the caller awaits `Run.serve`, which
+    gives the body's share of the in-flight budget back), or None when it was answered here
+    (a refusal, a models list, a client gone mid-upload)."""
     routing = edge.routing
     assert routing is not None
     raw_path: bytes = scope["raw_path"]
     surface: Surface = "gemini" if via_google or raw_path.startswith(b"/v1beta/") else "openai"
-    answer = _Answer(edge, scope, send, surface, request_id, started)
     path = wire_target.checked_path(raw_path)
     query = wire_target.checked_query(scope["query_string"])
     if path is None or query is None:
-        await answer.refuse(target_refusal(surface, path, query))
-        return
+        await _refuse(
+            edge, scope, send, surface, request_id, started, target_refusal(surface, path, query)
+        )
+        return None
     method: str = scope["method"]
     reach = grants.on(surface)
     if method == "GET":
-        await answer.models(routing, reach, path)
-        return
+        await _Answer(edge, scope, send, surface, request_id, started).models(routing, reach, path)
+        return None
     model, verb = "", ""
     if surface == "gemini":
         prefix = next((p for p in GEMINI_MODELS if path.startswith(p)), "")
         model, _, verb = path[len(prefix) :].rpartition(":") if prefix else ("", "", "")
         if not model or not verb:
-            await answer.refuse(NOT_SERVED)
-            return
+            await _refuse(edge, scope, send, surface, request_id, started, NOT_SERVED)
+            return None
     try:
         body = await read_body(
             receive,
@@ -87,24 +91,25 @@ async def serve_grant(
         )
     except ClientGone:
         edge.access.done(scope, 499, 0, "client_gone", started)
-        return
+        return None
     if isinstance(body, Refused):
-        await answer.refuse(body)
-        return
+        await _refuse(edge, scope, send, surface, request_id, started, body)
+        return None
+    handed_over = False
     try:
         asked = _asked(surface, method, path, query, model, verb, body)
-        if isinstance(asked, Refused):
-            await answer.refuse(asked)
-            return
-        found = _route_of(routing, asked, reach)
+        found = asked if isinstance(asked, Refused) else _route_of(routing, asked, reach)
         if isinstance(found, Refused):
-            await answer.refuse(found)
-            return
+            await _refuse(edge, scope, send, surface, request_id, started, found)
+            return None
+        assert isinstance(asked, Asked)
         route, configured = found
         run = Run(edge, routing, asked, scope, send, headers, request_id, started, configured)
-        await run.serve(route)
+        handed_over = True
+        return run, route
     finally:
-        edge.bodies.give(len(body))
+        if not handed_over:
+            edge.bodies.give(len(body))
 
 
 def _asked(
@@ -140,9 +145,25 @@ def _route_of(routing: Routing, asked: Asked, reach: Reach) -> tuple[Route, bool
     return Refused(404, "model_not_found", message)
 
 
-@dataclass(slots=True)  # not frozen: made for every request, and frozen inits cost more
+async def _refuse(
+    edge: Serving,
+    scope: Scope,
+    send: Send,
+    surface: Surface,
+    request_id: str,
+    started: float,
+    refused: Refused,
+) -> None:
+    """A request refused before any target was asked: answered, counted and logged."""
+    await send_refusal(send, surface, refused, request_id)
+    edge.attempt_loop.metrics.unauthorized(refused.status)
+    logs.bind_provider(NO_PROVIDER, OTHER_MODEL)
+    edge.access.done(scope, refused.status, 0, refused.code, started)
+
+
+@dataclass(frozen=True, slots=True)
 class _Answer:
-    """The request's answers made before any target is asked, counted and logged."""
+    """A models list asked with a gateway token (or its refusal), counted and logged."""
 
     edge: Serving
     scope: Scope
@@ -152,10 +173,8 @@ class _Answer:
     started: float
 
     async def refuse(self, refused: Refused) -> None:
-        await send_refusal(self.send, self.surface, refused, self.request_id)
-        self.edge.attempt_loop.metrics.unauthorized(refused.status)
-        logs.bind_provider(NO_PROVIDER, OTHER_MODEL)
-        self.edge.access.done(self.scope, refused.status, 0, refused.code, self.started)
+        args = (self.scope, self.send, self.surface, self.request_id, self.started)
+        await _refuse(self.edge, *args, refused)
 
     async def models(self, routing: Routing, reach: Reach, path: str) -> None:
         """The models list (the aliases the token may use, then `<provider>/<model>` of its

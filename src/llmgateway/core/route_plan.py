@@ -1,16 +1,16 @@
 """A route's attempt plan, whether a failed target falls back, and what a request that ran out
 of targets answers. Pure: the random source is injected, eligibility is asked, never scanned.
 
-The request path uses the three in turn: `plan()` once per request; after each target's last
-key-level attempt, `next_step()`; when the plan (or the deadline, or the retry budget) runs
-out, `exhausted()` over the targets' failures.
+The request path uses the three in turn: `plan()` once per request (drawn as it goes); after
+each target's last key-level attempt, `next_step()`; when the plan (or the deadline, or the
+retry budget) runs out, `exhausted()` over the targets' failures.
 """
 
 from __future__ import annotations
 
 import enum
 import random
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
 
@@ -41,26 +41,47 @@ _KEY_TROUBLE = frozenset({ErrorReason.INVALID_KEY, ErrorReason.NO_ACCESS, ErrorR
 _RATE_LIMITS = frozenset({ErrorReason.RATE_LIMITED, ErrorReason.NO_QUOTA})
 
 
-def plan(route: Route, eligible: Eligible, rng: random.Random) -> tuple[Target, ...]:
+def plan(
+    route: Route,
+    eligible: Eligible,
+    rng: random.Random,
+    skipped: list[Target] | None = None,
+) -> Iterator[Target]:
     """The targets to try, in order, for one request: tier by tier (priority ascending); inside
     a tier a weighted random order without replacement among the targets eligible now (an
-    ineligible target is left out: no upstream call is made to it); each target once; at most
-    `route.max_targets`.
+    ineligible target is left out, and added to `skipped`: no upstream call is made to it);
+    each target once; at most `route.max_targets`.
 
-    The order inside a tier is an exponential race (each target draws Exp(weight), the
-    smallest first): the first is target i with probability wᵢ / Σw, and so on among the
-    rest, one random draw per target."""
+    The plan is lazy: each target is drawn when the request moves on to it, and its
+    eligibility asked then, so a request answered by its first target draws one random number
+    and asks about one target. Inside a tier the next target is drawn among those not yet
+    drawn, target i with probability wᵢ / Σw; an ineligible one is set aside and the draw
+    repeated among the rest, which gives each eligible target the same chances as a draw
+    among the eligible ones alone."""
     ok = eligible if callable(eligible) else _member(eligible)
-    chosen: list[Target] = []
+    given = 0
     for tier in route.tiers:
-        live = [t for t in tier if ok(t.provider, t.model)]
-        if len(live) > 1:
-            draw = rng.expovariate
-            live.sort(key=lambda t: draw(t.weight))
-        chosen += live
-        if len(chosen) >= route.max_targets:
-            return tuple(chosen[: route.max_targets])
-    return tuple(chosen)
+        left = list(tier)
+        while left:
+            target = left.pop(_drawn(left, rng)) if len(left) > 1 else left.pop()
+            if not ok(target.provider, target.model):
+                if skipped is not None:
+                    skipped.append(target)
+                continue
+            yield target
+            given += 1
+            if given >= route.max_targets:
+                return
+
+
+def _drawn(targets: list[Target], rng: random.Random) -> int:
+    """The index of a weighted random pick among `targets`."""
+    point = rng.random() * sum(t.weight for t in targets)
+    for index, target in enumerate(targets):
+        point -= target.weight
+        if point < 0:
+            return index
+    return len(targets) - 1  # rounding left a sliver past the last
 
 
 def _member(pairs: AbstractSet[tuple[str, str]]) -> Callable[[str, str], bool]:
