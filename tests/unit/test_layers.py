@@ -40,7 +40,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("", "core"),  # "": the package itself (its __version__)
     ("records", "private_files", "observe.masking"),  # values and leaf helpers
     ("config", "transport", "providers", "testing"),
-    ("observe", "limits", "store", "keyfiles", "key_import", "key_filter"),
+    ("observe", "limits", "store", "keyfiles", "key_import", "key_filter", "reloading"),
     ("conductor", "keeper", "console"),
     ("cli", "__main__"),
 )

@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import signal
 from typing import TYPE_CHECKING
 
 import click
 
 from llmgateway.cli.prepare import prepare_store, sync_beside, sync_in_child, sync_in_process
 from llmgateway.cli.startup import config_option, load, setup_logging
-from llmgateway.cli.tokens import admin_hosts, guard_tokens, metrics_hosts
+from llmgateway.cli.tokens import TokenCheck, admin_hosts, guard_tokens, metrics_hosts
 
 if TYPE_CHECKING:
     from llmgateway.config.settings import Settings
@@ -38,23 +39,32 @@ _port_option = click.option(
 def gateway(config: str | None, host: str | None, port: int | None, workers: int | None) -> None:
     """The Conductor: serve the OpenAI and Gemini routes from the healthy key pool.
 
+    SIGHUP re-reads the config file (with --workers, each process does), as does a change of
+    the file under gateway.watch_config and `llmgateway reload`: requests in flight finish on
+    the config they started with.
+
     At start it applies pending migrations and runs one key-file sync (in the background when
     the store is up to date: it serves the store's keys meanwhile), then leaves syncing and
     probing to the Keeper (`llmgateway worker`). Stops on Ctrl-C or SIGTERM.
     """
     from llmgateway.conductor.serving import gateway_server, serve_workers
+    from llmgateway.config.load import config_path
+    from llmgateway.reloading import Following
 
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)  # until the app follows its config file
     settings = load(config, logs=True)
     # the keys come from the store, teaching the log redactor as they load (`create_app`)
     redactor = setup_logging(settings, "gateway", key_files=False)
     host = host or settings.gateway.host
     port = settings.gateway.port if port is None else port
-    guard_tokens(settings, host, metrics_hosts(settings, host, keeper=False))
+    hosts = metrics_hosts(settings, host, keeper=False)
+    guard_tokens(settings, host, hosts)
+    follow = Following(config_path(config), TokenCheck(host, hosts))
     sync_later = prepare_store(settings, config)  # a one-line error if the store fails
     workers = workers or settings.gateway.workers
     if workers > 1:
         with sync_beside(config) if sync_later else contextlib.nullcontext():
-            serve_workers(settings, host, port, workers)
+            serve_workers(settings, host, port, workers, follow)
         return
     from llmgateway.conductor.app import create_app
 
@@ -66,6 +76,7 @@ def gateway(config: str | None, host: str | None, port: int | None, workers: int
         serve_early=True,
         after_load=after_load,
         log_secrets=redactor,
+        follow=follow,
     )
     # uvicorn stops on Ctrl-C, then raises the signal again: a stop asked for, not an error
     with contextlib.suppress(KeyboardInterrupt):
