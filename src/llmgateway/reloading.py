@@ -197,10 +197,13 @@ class ConfigFollower:
     async def run(self) -> None:
         """Until cancelled: reload on SIGHUP, on a changed file (`watch_config`), on a new
         request in the store (looked for every `refresh_interval_sec`, at once on a notice)."""
-        store_due = 0.0
+        if self.engine is not None:
+            await self._requested()  # the requests made before this process started are done
+        store_due = self.clock() + self.settings.gateway.refresh_interval_sec
         while True:
+            wait = min(POLL_SEC, self.settings.gateway.refresh_interval_sec)
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(_either(self.wake, self.notice), POLL_SEC)
+                await asyncio.wait_for(_either(self.wake, self.notice), wait)
             due = self.wake.is_set() or self._file_changed()
             self.wake.clear()
             now = self.clock()

@@ -13,7 +13,7 @@ import json
 import os
 import signal
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,12 +23,12 @@ import openai
 import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
-from tests.helpers import METRICS_AUTH, METRICS_TOKEN, eventually, free_port, run_cli, wait_ready
 
 from llmgateway.reloading import config_hash
 from llmgateway.store import Store
 from llmgateway.testing.configs import two_providers, write_keys
 from llmgateway.testing.fake_upstream import FakeUpstream
+from tests.helpers import METRICS_AUTH, METRICS_TOKEN, eventually, free_port, run_cli, wait_ready
 
 GOOD = "sk-good-openai-000000000001"
 GEMINI_KEY = "AIza-good-gemini-00000000001"
@@ -78,15 +78,18 @@ class Gateway:
 
 
 @contextlib.asynccontextmanager
-async def gateway_process(config: Path, *extra: str) -> AsyncIterator[Gateway]:
-    """`llmgateway gateway --config CONFIG` on a free port, ready; stopped at the end."""
+async def gateway_process(
+    config: Path, *extra: str, command: str = "gateway"
+) -> AsyncIterator[Gateway]:
+    """`llmgateway gateway --config CONFIG` (or `command`) on a free port, ready; stopped at
+    the end."""
     port = free_port()
     log = config.parent / f"gateway-{port}.log"
     env = {**os.environ, "TMPDIR": str(config.parent)}
     env.pop("PROMETHEUS_MULTIPROC_DIR", None)
     with log.open("wb") as sink:
         process = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "llmgateway", "gateway", "--config", str(config),
+            sys.executable, "-m", "llmgateway", command, "--config", str(config),
             "--port", str(port), *extra,
             env=env, stdout=sink, stderr=sink,
         )  # fmt: skip
@@ -180,7 +183,8 @@ async def test_sighup_swaps_the_tokens_within_a_second_and_a_stream_across_it_co
         assert (await metrics_of(gateway.url)).get("applied") == 1.0
         log = gateway.log_text()
         assert "config reload applied" in log
-        assert OLD_TOKEN not in log and NEW_TOKEN not in log
+        assert OLD_TOKEN not in log
+        assert NEW_TOKEN not in log
 
 
 async def test_watch_config_applies_a_changed_file(tmp_path: Path, fake: FakeUpstream) -> None:
@@ -256,7 +260,8 @@ async def test_workers_take_a_relayed_sighup_without_a_restart(
         gateway.hangup()
         await eventually(lambda: tokens_swapped(gateway.url, tries=10), within=10, step=0.1)
         text, reason = await stream
-        assert reason == "stop" and text
+        assert reason == "stop"
+        assert text
         assert worker_pids(gateway.process.pid) == before
         assert "SIGHUP relayed to 2 gateway processes" in gateway.log_text()
 
@@ -285,7 +290,9 @@ async def test_llmgateway_reload_through_postgresql(
 
         await eventually(reported, within=10, step=0.2, what="status showing the new hash")
         code, out, _ = await run_cli("status", "--config", str(config))
-        assert code == 0 and wanted in out and "applied" in out
+        assert code == 0
+        assert wanted in out
+        assert "applied" in out
 
 
 async def test_the_keeper_takes_a_new_provider_and_key_folder_on_sighup(
@@ -331,9 +338,7 @@ async def test_the_keeper_takes_a_new_provider_and_key_folder_on_sighup(
         document["providers"]["gemini"] = gemini
         config.write_text(yaml.safe_dump(document))
         process.send_signal(signal.SIGHUP)
-        await eventually(
-            lambda: _has(providers_keys, "gemini", {GEMINI_KEY}), within=20, step=0.2
-        )
+        await eventually(lambda: _has(providers_keys, "gemini", {GEMINI_KEY}), within=20, step=0.2)
         await eventually(
             lambda: _has(providers_keys, "openai", {"sk-good-openai-000000000002"}),
             within=20,
@@ -341,11 +346,58 @@ async def test_the_keeper_takes_a_new_provider_and_key_folder_on_sighup(
         )
         assert process.returncode is None
         text = log.read_text()
-        assert "config reload applied" in text and "keeper restarted" in text
+        assert "config reload applied" in text
+        assert "keeper restarted" in text
     finally:
         if process.returncode is None:
             process.send_signal(signal.SIGTERM)
             await asyncio.wait_for(process.wait(), 30)
+
+
+async def test_serve_takes_a_new_provider_and_tokens_on_sighup(
+    tmp_path: Path, fake: FakeUpstream
+) -> None:
+    """`serve` (gateway and Keeper in one process): a provider added by a reload is synced by
+    its Keeper and served by its gateway."""
+    keys_written(tmp_path)
+    config = tmp_path / "providers.yaml"
+    document = two_providers(
+        tmp_path,
+        fake,
+        openai_token="",
+        gemini_token=GEMINI_TOKEN,
+        openai={"access_control": {"gateway_access_tokens": [OLD_TOKEN]}},
+        gateway={"refresh_interval_sec": 0.2},
+        worker={"metrics_port": 0},
+    )
+    gemini = document["providers"].pop("gemini")
+    config.write_text(yaml.safe_dump(document))
+    async with gateway_process(config, command="serve") as gateway:
+        assert await status_of(gateway.url, OLD_TOKEN) == 200
+        assert await gemini_status(gateway.url) == 401
+        document["providers"]["gemini"] = gemini
+        document["providers"]["openai"]["access_control"]["gateway_access_tokens"] = [NEW_TOKEN]
+        config.write_text(yaml.safe_dump(document))
+        gateway.hangup()
+        await eventually(lambda: tokens_swapped(gateway.url), within=5, step=0.05)
+        await eventually(
+            lambda: _is_ok(gemini_status(gateway.url)), within=20, step=0.1, what="gemini served"
+        )
+        assert "keeper restarted" in gateway.log_text()
+
+
+async def gemini_status(url: str) -> int:
+    async with httpx.AsyncClient() as fresh:
+        answer = await fresh.post(
+            f"{url}/v1beta/models/gemini-2.5-flash:generateContent",
+            headers={"x-goog-api-key": GEMINI_TOKEN},
+            json={"contents": [{"parts": [{"text": "hi"}]}]},
+        )
+    return answer.status_code
+
+
+async def _is_ok(status: Awaitable[int]) -> bool:
+    return await status == 200
 
 
 def _by_provider(pairs: list[tuple[str, str]]) -> dict[str, set[str]]:
@@ -355,5 +407,7 @@ def _by_provider(pairs: list[tuple[str, str]]) -> dict[str, set[str]]:
     return found
 
 
-async def _has(read: Any, provider: str, secrets: set[str]) -> bool:
+async def _has(
+    read: Callable[[], Awaitable[dict[str, set[str]]]], provider: str, secrets: set[str]
+) -> bool:
     return (await read()).get(provider) == secrets

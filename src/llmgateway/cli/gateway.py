@@ -16,8 +16,10 @@ from llmgateway.cli.tokens import TokenCheck, admin_hosts, guard_tokens, metrics
 
 if TYPE_CHECKING:
     from llmgateway.config.settings import Settings
+    from llmgateway.keeper.following import KeeperSwap
     from llmgateway.observe.logs import Redactor
     from llmgateway.observe.metrics import Metrics
+    from llmgateway.reloading import Following
     from llmgateway.store import Store
 
 
@@ -92,24 +94,37 @@ def serve(config: str | None, host: str | None, port: int | None) -> None:
     """The gateway and the Keeper in one process: the embedded, single-machine setup."""
     import uvloop
 
+    from llmgateway.config.load import config_path
+    from llmgateway.reloading import Following
+
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)  # until the app follows its config file
     settings = load(config, logs=True)
     redactor = setup_logging(settings, "serve", key_files=False)  # as `gateway` does
     host = host or settings.gateway.host
     port = settings.gateway.port if port is None else port
-    guard_tokens(settings, host, metrics_hosts(settings, host, keeper=True), admin_hosts(settings))
+    hosts, consoles = metrics_hosts(settings, host, keeper=True), admin_hosts(settings)
+    guard_tokens(settings, host, hosts, consoles)
+    follow = Following(config_path(config), TokenCheck(host, hosts, consoles))
     sync_later = prepare_store(settings, config)  # as `gateway` does
     with contextlib.suppress(KeyboardInterrupt):
-        uvloop.run(_serve_both(settings, host, port, sync_later, redactor))
+        uvloop.run(_serve_both(settings, host, port, sync_later, redactor, follow))
     click.echo("stopped")
 
 
 async def _serve_both(
-    settings: Settings, host: str, port: int, sync_later: bool, redactor: Redactor
+    settings: Settings,
+    host: str,
+    port: int,
+    sync_later: bool,
+    redactor: Redactor,
+    follow: Following,
 ) -> None:
     """The gateway, and the Keeper once the pool is loaded and the start-up sync (if still to
-    run) is done: neither competes with the pool's load."""
+    run) is done: neither competes with the pool's load. The gateway follows the config file
+    and hands each config it applies to the Keeper."""
     from llmgateway.conductor.app import create_app
     from llmgateway.conductor.serving import gateway_server
+    from llmgateway.keeper.following import KeeperSwap
     from llmgateway.observe.metrics import Metrics
     from llmgateway.store import Store
 
@@ -132,11 +147,13 @@ async def _serve_both(
         serve_early=True,
         after_load=after_load,
         log_secrets=redactor,
+        follow=follow,
+        on_reload=(swap := KeeperSwap(settings)).apply,
     )
     server = gateway_server(app, settings, host, port)
     stop = asyncio.Event()
     async with await Store.configured(settings.database) as store:
-        keeper = asyncio.create_task(_keeper(settings, store, metrics, started, stop))
+        keeper = asyncio.create_task(_keeper(swap, store, metrics, started, stop))
         try:
             await server.serve()
         finally:
@@ -145,7 +162,7 @@ async def _serve_both(
 
 
 async def _keeper(
-    settings: Settings, store: Store, metrics: Metrics, start: asyncio.Event, stop: asyncio.Event
+    swap: KeeperSwap, store: Store, metrics: Metrics, start: asyncio.Event, stop: asyncio.Event
 ) -> None:
     """The Keeper of `serve`, from when `start` is set until `stop` is."""
     waits = [asyncio.ensure_future(start.wait()), asyncio.ensure_future(stop.wait())]
@@ -155,8 +172,7 @@ async def _keeper(
     if stop.is_set():
         return
     from llmgateway.console.listener import keeper_http
-    from llmgateway.keeper.run import Keeper
 
     # the gateway serves /metrics (one set for both); the Keeper's listener has the console
-    async with keeper_http(settings, metrics, store, serve_metrics=False):
-        await Keeper(settings, store, metrics=metrics).run(stop)
+    async with keeper_http(swap.settings, metrics, store, serve_metrics=False):
+        await swap.run(store, metrics, stop)

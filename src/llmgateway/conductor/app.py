@@ -318,6 +318,7 @@ def create_app(
     after_load: AfterLoad | None = None,
     log_secrets: Redactor | None = None,
     follow: Following | None = None,
+    on_reload: Callable[[Settings], Awaitable[object]] | None = None,
 ) -> ASGIApp:
     """The gateway application. `prepare` applies migrations and runs one key-file sync at start
     (the `gateway` command sees to both before, and turns it off);
@@ -334,7 +335,8 @@ def create_app(
     `log_secrets`: the redactor of the process's log lines, taught every key that joins the
     pool (when logging was set up without reading the key files). `follow`: the config file
     this process follows (`reloading`): a reload swaps the providers and the edge, requests in
-    flight finish on what they started with."""
+    flight finish on what they started with; `on_reload` is handed each config applied (the
+    Keeper of `serve` takes it)."""
     conductor = Conductor(settings, rng=rng or random.Random(), log_secrets=log_secrets)
     metrics = metrics or Metrics.create()
     conductor.limits = Limits.create(settings, metrics, conductor.clock)
@@ -383,6 +385,8 @@ def create_app(
             reload_pool = any(name.startswith("providers") for name in diff.changed)
             await conductor.adopt(now, metrics, reload_pool=reload_pool)
             logging.getLogger().setLevel(now.logging.level)
+            if on_reload is not None:
+                await on_reload(now)
             if router.edge is not None:  # else the start-up's load puts the edge in place
                 app.state.edge = edge = make_edge(now)
                 router.open(edge)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from dataclasses import dataclass, field
 
 from llmgateway.config.reload_diff import ConfigDiff
 from llmgateway.config.settings import Settings
@@ -20,17 +21,49 @@ from llmgateway.store.notify import Kind, Listener, Notice
 log = logging.getLogger("llmgateway.keeper")
 
 
+@dataclass(slots=True)
+class KeeperSwap:
+    """The Keeper on the settings in force: `run()` starts one, and a new one on the new
+    settings after each `apply()` (a reload) until `stop` is set."""
+
+    settings: Settings
+    swapped: asyncio.Event = field(default_factory=asyncio.Event)
+
+    async def apply(self, new: Settings, _diff: ConfigDiff | None = None) -> None:
+        """Take `new`: the Keeper running ends its work in flight, then one on `new` starts."""
+        self.settings = new
+        self.swapped.set()
+
+    async def run(self, store: Store, metrics: Metrics, stop: asyncio.Event) -> None:
+        """Keepers in turn until `stop` is set."""
+        while not stop.is_set():
+            await self._one(store, metrics, stop)
+
+    async def _one(self, store: Store, metrics: Metrics, stop: asyncio.Event) -> None:
+        ending = asyncio.Event()
+        keeper = asyncio.create_task(Keeper(self.settings, store, metrics=metrics).run(ending))
+        waits = [asyncio.ensure_future(stop.wait()), asyncio.ensure_future(self.swapped.wait())]
+        try:
+            await asyncio.wait([keeper, *waits], return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for wait in waits:
+                wait.cancel()
+            ending.set()
+            await keeper  # its error (another keeper on SQLite) ends the command
+        if self.swapped.is_set() and not stop.is_set():
+            self.swapped.clear()
+            log.info("keeper restarted on the reloaded config")
+
+
 async def run_following(
     settings: Settings, store: Store, metrics: Metrics, stop: asyncio.Event, follow: Following
 ) -> None:
     """The Keeper until `stop` is set, started anew on the new settings at each reload."""
-    swapped = asyncio.Event()
-    current = [settings]
+    swap = KeeperSwap(settings)
 
-    async def apply(new: Settings, _diff: ConfigDiff) -> None:
-        current[0] = new
+    async def apply(new: Settings, diff: ConfigDiff) -> None:
         logging.getLogger().setLevel(new.logging.level)
-        swapped.set()
+        await swap.apply(new, diff)
 
     follower = ConfigFollower(
         follow.path, settings, apply, "keeper", metrics, follow.refusals, store.engine
@@ -42,35 +75,11 @@ async def run_following(
         if listener is not None:
             helpers.append(asyncio.create_task(listener.run(), name="store-notices"))
         try:
-            while not stop.is_set():
-                await _one_keeper(current[0], store, metrics, stop, swapped)
+            await swap.run(store, metrics, stop)
         finally:
             for task in helpers:
                 task.cancel()
             await asyncio.gather(*helpers, return_exceptions=True)
-
-
-async def _one_keeper(
-    settings: Settings,
-    store: Store,
-    metrics: Metrics,
-    stop: asyncio.Event,
-    swapped: asyncio.Event,
-) -> None:
-    """One Keeper on `settings`, until `stop` or a reload (`swapped`, cleared here)."""
-    ending = asyncio.Event()
-    keeper = asyncio.create_task(Keeper(settings, store, metrics=metrics).run(ending))
-    waits = [asyncio.ensure_future(stop.wait()), asyncio.ensure_future(swapped.wait())]
-    try:
-        await asyncio.wait([keeper, *waits], return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        for wait in waits:
-            wait.cancel()
-        ending.set()
-        await keeper  # its error (another keeper on SQLite) ends the command
-    if swapped.is_set() and not stop.is_set():
-        swapped.clear()
-        log.info("keeper restarted on the reloaded config")
 
 
 def _listener(store: Store, follower: ConfigFollower) -> Listener | None:
