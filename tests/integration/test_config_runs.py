@@ -17,8 +17,13 @@ from llmgateway.config.settings import Settings
 from llmgateway.observe.metrics import Metrics
 from llmgateway.reloading import ConfigFollower, Outcome, config_hash
 from llmgateway.store import Store
-from llmgateway.store.config_runs import ConfigRun, latest_request, recent_runs, report_run
-from llmgateway.store.config_runs import request_reload
+from llmgateway.store.config_runs import (
+    ConfigRun,
+    latest_request,
+    recent_runs,
+    report_run,
+    request_reload,
+)
 from llmgateway.store.connect import _alembic_config
 from llmgateway.store.schema import SCHEMA_HEAD
 from llmgateway.testing.configs import two_providers
