@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 import yaml
+from tests.helpers import eventually
 
 from llmgateway.cli.tokens import TokenCheck
 from llmgateway.config.reload_diff import ConfigDiff
@@ -136,20 +137,18 @@ async def test_a_request_in_the_store_wakes_the_follower_and_the_same_file_is_un
     try:
         await asyncio.sleep(0.2)  # its first look at the store: requests before it are done
         await request_reload(store.engine, config_hash(config), 1.0)
-        for _ in range(100):
-            if follow.outcome is not Outcome.STARTED:
-                break
-            await asyncio.sleep(0.02)
-        assert follow.outcome is Outcome.UNCHANGED
+        await eventually(lambda: follow.outcome is Outcome.UNCHANGED, within=5)
+        assert applied == []
         write(config, STRONG + "x")
         await request_reload(store.engine, config_hash(config), 2.0)
-        for _ in range(100):
-            if applied:
-                break
-            await asyncio.sleep(0.02)
+        wanted = [(config_hash(config), "applied")]
+
+        async def reported() -> bool:
+            runs = await recent_runs(store.engine, 0.0)
+            return [(r.config_hash, r.outcome) for r in runs] == wanted
+
+        await eventually(reported, within=5, what="the applied reload reported")
         assert [d.changed for d in applied] == [("providers.openai.access_control",)]
-        runs = await recent_runs(store.engine, 0.0)
-        assert [(r.config_hash, r.outcome) for r in runs] == [(config_hash(config), "applied")]
     finally:
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
