@@ -101,10 +101,11 @@ class Conductor:
                 settings, self.rng, self.limits, self.providers, self.settings
             )
             for name, provider in providers.items():
+                bound = metrics.for_provider(name, provider.settings.models)
+                bound.models = frozenset(provider.settings.models)  # the `model` label's values
                 old = self.providers.get(name)
                 if old is None or old.guard is not provider.guard:
-                    metrics.for_provider(name, provider.settings.models)
-                    provider.guard.watch(metrics.for_provider(name).breaker)
+                    provider.guard.watch(bound.breaker)
             self.settings, self.providers = settings, providers
             self._model_revisions.clear()  # a rebuilt provider lists its upstream names anew
             if reload_pool:
