@@ -404,6 +404,7 @@ def create_app(
                 store.engine,
                 on_warning=functools.partial(setattr, conductor.readiness, "config_warning"),
             )
+        app.state.follower = follower
         tasks: list[asyncio.Task[None]] = []
         sighup = contextlib.ExitStack()
         wake = asyncio.Event()
