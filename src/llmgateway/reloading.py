@@ -116,6 +116,7 @@ class ConfigFollower:
     outcome: Outcome = Outcome.STARTED
     _stamp: tuple[int, int] | None = None
     _request_id: int | None = None  # the newest request seen (None: the store not read yet)
+    _asked: str = ""  # the config hash the last request read (`llmgateway reload`'s file)
     _reported_at: float = 0.0
     _lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
@@ -213,6 +214,7 @@ class ConfigFollower:
                 due = await self._requested() or due
             if due:
                 await self.reload()
+                self._compare_asked()
             elif self.engine is not None and now - self._reported_at >= RENEW_SEC:
                 await self.report()
 
@@ -240,9 +242,20 @@ class ConfigFollower:
         seen, self._request_id = self._request_id, newest
         if seen is None or newest <= seen:
             return False  # the requests made before this process started are done
-        asked = "" if latest is None else latest[1]
-        log.info("config reload requested through the store (for config %s)", asked)
+        self._asked = "" if latest is None else latest[1]
+        log.info("config reload requested through the store (for config %s)", self._asked)
         return True
+
+    def _compare_asked(self) -> None:
+        """Say when the file `llmgateway reload` read differs from this process's own."""
+        asked, self._asked = self._asked, ""
+        if asked and asked != self.config_hash:
+            log.warning(
+                "`llmgateway reload` read config %s; this process runs %s from %s (not the same)",
+                asked,
+                self.config_hash,
+                self.path,
+            )
 
 
 async def _either(first: asyncio.Event, second: asyncio.Event) -> None:

@@ -127,7 +127,7 @@ async def test_a_weak_token_off_loopback_is_refused_as_at_start(
 
 
 async def test_a_request_in_the_store_wakes_the_follower_and_the_same_file_is_unchanged(
-    store: Store, tmp_path: Path
+    store: Store, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     config = tmp_path / "providers.yaml"
     write(config, STRONG)
@@ -149,6 +149,10 @@ async def test_a_request_in_the_store_wakes_the_follower_and_the_same_file_is_un
 
         await eventually(reported, within=5, what="the applied reload reported")
         assert [d.changed for d in applied] == [("providers.openai.access_control",)]
+        with caplog.at_level(logging.WARNING, "llmgateway.config"):
+            await request_reload(store.engine, "0123456789ab", 3.0)
+            await eventually(lambda: "read config 0123456789ab" in caplog.text, within=5)
+        assert "(not the same)" in caplog.text
     finally:
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
