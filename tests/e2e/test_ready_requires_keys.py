@@ -137,9 +137,7 @@ async def test_a_finding_of_no_key_holds_one_second(tmp_path: Path, fake: FakeUp
     conductor = Conductor(settings, clock=clock)
     conductor.build_providers()
     conductor.readiness.pool_loaded = conductor.readiness.store_ok = True
-    routes = admin_routes(
-        conductor.readiness, conductor.providers, clock, settings, Metrics.create()
-    )
+    routes = admin_routes(conductor.readiness, conductor, clock, Metrics.create())
     app = Starlette(routes=routes)
     async with running(app, handle_signals=False) as url, httpx.AsyncClient() as http:
         assert (await http.get(f"{url}/readyz")).status_code == 503

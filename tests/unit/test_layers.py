@@ -40,7 +40,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("", "core"),  # "": the package itself (its __version__)
     ("records", "private_files", "observe.masking"),  # values and leaf helpers
     ("config", "transport", "providers", "testing"),
-    ("observe", "limits", "store", "keyfiles", "key_import", "key_filter"),
+    ("observe", "limits", "store", "keyfiles", "key_import", "key_filter", "reloading"),
     ("conductor", "keeper", "console"),
     ("cli", "__main__"),
 )
@@ -363,7 +363,7 @@ def test_the_parse_sees_every_kind_of_import(project: Project) -> None:
     kinds: dict[tuple[str, str], set[str]] = {}
     for i in project.imports:
         kinds.setdefault((i.source, i.target), set()).add(i.kind)
-    assert kinds[("llmgateway.conductor.app", "llmgateway.core.guard")] == {"module"}
+    assert kinds[("llmgateway.conductor.rebuild", "llmgateway.core.guard")] == {"module"}
     assert kinds[("llmgateway.limits", "llmgateway.limits.fleet")] == {"typing", "function"}
     assert kinds[("llmgateway.keyfiles", "llmgateway.store")] == {"typing"}
     assert kinds[("llmgateway.cli.store", "llmgateway.store.report")] == {"function"}

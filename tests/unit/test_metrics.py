@@ -39,6 +39,7 @@ FAMILIES = {
     "llmgateway_route_requests": ("counter", {"route", "outcome"}),
     "llmgateway_route_fallbacks": ("counter", {"route", "from_target", "to_target", "reason"}),
     "llmgateway_route_exhausted": ("counter", {"route", "code"}),
+    "llmgateway_config_reloads": ("counter", {"outcome"}),
 }
 RATE_LIMITED = Outcome(ErrorReason.RATE_LIMITED, Blame.KEY, status=429)
 OK = Outcome(None, Blame.NONE, status=200)
@@ -71,6 +72,7 @@ def exercised() -> Metrics:
     metrics.probe("openai", "healthy", 0.2)
     metrics.sync_change("openai", "keys", "added", 3)
     metrics.auth_failed("openai", "wrong")
+    metrics.config_reloads.labels(outcome="applied").inc()
     return metrics
 
 

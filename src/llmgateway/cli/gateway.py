@@ -5,18 +5,21 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import signal
 from typing import TYPE_CHECKING
 
 import click
 
 from llmgateway.cli.prepare import prepare_store, sync_beside, sync_in_child, sync_in_process
 from llmgateway.cli.startup import config_option, load, setup_logging
-from llmgateway.cli.tokens import admin_hosts, guard_tokens, metrics_hosts
+from llmgateway.cli.tokens import TokenCheck, admin_hosts, guard_tokens, metrics_hosts
 
 if TYPE_CHECKING:
     from llmgateway.config.settings import Settings
+    from llmgateway.keeper.following import KeeperSwap
     from llmgateway.observe.logs import Redactor
     from llmgateway.observe.metrics import Metrics
+    from llmgateway.reloading import Following
     from llmgateway.store import Store
 
 
@@ -38,23 +41,32 @@ _port_option = click.option(
 def gateway(config: str | None, host: str | None, port: int | None, workers: int | None) -> None:
     """The Conductor: serve the OpenAI and Gemini routes from the healthy key pool.
 
+    SIGHUP re-reads the config file (with --workers, each process does), as does a change of
+    the file under gateway.watch_config and `llmgateway reload`: requests in flight finish on
+    the config they started with.
+
     At start it applies pending migrations and runs one key-file sync (in the background when
     the store is up to date: it serves the store's keys meanwhile), then leaves syncing and
     probing to the Keeper (`llmgateway worker`). Stops on Ctrl-C or SIGTERM.
     """
     from llmgateway.conductor.serving import gateway_server, serve_workers
+    from llmgateway.config.load import config_path
+    from llmgateway.reloading import Following
 
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)  # until the app follows its config file
     settings = load(config, logs=True)
     # the keys come from the store, teaching the log redactor as they load (`create_app`)
     redactor = setup_logging(settings, "gateway", key_files=False)
     host = host or settings.gateway.host
     port = settings.gateway.port if port is None else port
-    guard_tokens(settings, host, metrics_hosts(settings, host, keeper=False))
+    hosts = metrics_hosts(settings, host, keeper=False)
+    guard_tokens(settings, host, hosts)
+    follow = Following(config_path(config), TokenCheck(host, hosts))
     sync_later = prepare_store(settings, config)  # a one-line error if the store fails
     workers = workers or settings.gateway.workers
     if workers > 1:
         with sync_beside(config) if sync_later else contextlib.nullcontext():
-            serve_workers(settings, host, port, workers)
+            serve_workers(settings, host, port, workers, follow)
         return
     from llmgateway.conductor.app import create_app
 
@@ -66,6 +78,7 @@ def gateway(config: str | None, host: str | None, port: int | None, workers: int
         serve_early=True,
         after_load=after_load,
         log_secrets=redactor,
+        follow=follow,
     )
     # uvicorn stops on Ctrl-C, then raises the signal again: a stop asked for, not an error
     with contextlib.suppress(KeyboardInterrupt):
@@ -81,24 +94,37 @@ def serve(config: str | None, host: str | None, port: int | None) -> None:
     """The gateway and the Keeper in one process: the embedded, single-machine setup."""
     import uvloop
 
+    from llmgateway.config.load import config_path
+    from llmgateway.reloading import Following
+
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)  # until the app follows its config file
     settings = load(config, logs=True)
     redactor = setup_logging(settings, "serve", key_files=False)  # as `gateway` does
     host = host or settings.gateway.host
     port = settings.gateway.port if port is None else port
-    guard_tokens(settings, host, metrics_hosts(settings, host, keeper=True), admin_hosts(settings))
+    hosts, consoles = metrics_hosts(settings, host, keeper=True), admin_hosts(settings)
+    guard_tokens(settings, host, hosts, consoles)
+    follow = Following(config_path(config), TokenCheck(host, hosts, consoles))
     sync_later = prepare_store(settings, config)  # as `gateway` does
     with contextlib.suppress(KeyboardInterrupt):
-        uvloop.run(_serve_both(settings, host, port, sync_later, redactor))
+        uvloop.run(_serve_both(settings, host, port, sync_later, redactor, follow))
     click.echo("stopped")
 
 
 async def _serve_both(
-    settings: Settings, host: str, port: int, sync_later: bool, redactor: Redactor
+    settings: Settings,
+    host: str,
+    port: int,
+    sync_later: bool,
+    redactor: Redactor,
+    follow: Following,
 ) -> None:
     """The gateway, and the Keeper once the pool is loaded and the start-up sync (if still to
-    run) is done: neither competes with the pool's load."""
+    run) is done: neither competes with the pool's load. The gateway follows the config file
+    and hands each config it applies to the Keeper."""
     from llmgateway.conductor.app import create_app
     from llmgateway.conductor.serving import gateway_server
+    from llmgateway.keeper.following import KeeperSwap
     from llmgateway.observe.metrics import Metrics
     from llmgateway.store import Store
 
@@ -121,11 +147,13 @@ async def _serve_both(
         serve_early=True,
         after_load=after_load,
         log_secrets=redactor,
+        follow=follow,
+        on_reload=(swap := KeeperSwap(settings)).apply,
     )
     server = gateway_server(app, settings, host, port)
     stop = asyncio.Event()
     async with await Store.configured(settings.database) as store:
-        keeper = asyncio.create_task(_keeper(settings, store, metrics, started, stop))
+        keeper = asyncio.create_task(_keeper(swap, store, metrics, started, stop))
         try:
             await server.serve()
         finally:
@@ -134,7 +162,7 @@ async def _serve_both(
 
 
 async def _keeper(
-    settings: Settings, store: Store, metrics: Metrics, start: asyncio.Event, stop: asyncio.Event
+    swap: KeeperSwap, store: Store, metrics: Metrics, start: asyncio.Event, stop: asyncio.Event
 ) -> None:
     """The Keeper of `serve`, from when `start` is set until `stop` is."""
     waits = [asyncio.ensure_future(start.wait()), asyncio.ensure_future(stop.wait())]
@@ -144,8 +172,7 @@ async def _keeper(
     if stop.is_set():
         return
     from llmgateway.console.listener import keeper_http
-    from llmgateway.keeper.run import Keeper
 
     # the gateway serves /metrics (one set for both); the Keeper's listener has the console
-    async with keeper_http(settings, metrics, store, serve_metrics=False):
-        await Keeper(settings, store, metrics=metrics).run(stop)
+    async with keeper_http(swap.settings, metrics, store, serve_metrics=False):
+        await swap.run(store, metrics, stop)

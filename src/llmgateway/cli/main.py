@@ -11,6 +11,7 @@ from llmgateway.cli.gateway import gateway, serve
 from llmgateway.cli.key_actions import ACTIONS as KEY_ACTIONS
 from llmgateway.cli.key_transfer import keys_export, keys_import
 from llmgateway.cli.keys import keys
+from llmgateway.cli.reload import reload
 from llmgateway.cli.startup import (
     config_option,
     echo_env_file,
@@ -171,3 +172,4 @@ main.add_command(breaker)
 main.add_command(worker)
 main.add_command(gateway)
 main.add_command(serve)
+main.add_command(reload)

@@ -7,6 +7,7 @@ from llmgateway.core.key_states import shown_state
 from llmgateway.core.resilience import BreakerState
 from llmgateway.records import StatusCount
 from llmgateway.store.breakers import BreakerRow
+from llmgateway.store.config_runs import ConfigRun
 from llmgateway.store.report import ProxyCount
 from llmgateway.store.route_report import TargetView
 
@@ -118,6 +119,20 @@ def targets_table(views: list[TargetView]) -> str:
             )
         )
     widths = [max(len(line[i]) for line in lines) for i in range(len(lines[0]))]
+    return "\n".join(
+        "  ".join(value.ljust(width) for value, width in zip(line, widths, strict=True)).rstrip()
+        for line in lines
+    )
+
+
+def config_table(runs: list[ConfigRun], now: float) -> str:
+    """The `llmgateway status` table of running processes: who, the config hash each runs,
+    how its last reload went (`started`: none since it started) and when it last said so."""
+    lines = [("PROCESS", "ROLE", "CONFIG", "LAST RELOAD", "SEEN")]
+    for run in runs:
+        seen = f"{max(0, int(now - run.updated_at))}s ago"
+        lines.append((run.process, run.role, run.config_hash, run.outcome, seen))
+    widths = [max(len(line[i]) for line in lines) for i in range(5)]
     return "\n".join(
         "  ".join(value.ljust(width) for value, width in zip(line, widths, strict=True)).rstrip()
         for line in lines

@@ -129,12 +129,14 @@ def status(config: str | None, as_json: bool) -> None:
     """
     from llmgateway.cli.render import (
         breaker_table,
+        config_table,
         proxy_table,
         status_table,
         targets_table,
         untested_notes,
     )
     from llmgateway.core.key_states import shown_state
+    from llmgateway.store.config_runs import SHOWN_FOR_SEC, recent_runs
     from llmgateway.store.report import proxy_counts
     from llmgateway.store.route_report import route_targets
 
@@ -145,12 +147,14 @@ def status(config: str | None, as_json: bool) -> None:
         breakers = await store.breakers()
         proxy_rows = await proxy_counts(store)
         routes = route_targets(settings, counts, breakers)
+        runs = await recent_runs(store.engine, time.time() - SHOWN_FOR_SEC)
         if as_json:
             report = {
                 "keys": [dataclasses.asdict(c) | {"state": shown_state(c.status)} for c in counts],
                 "breakers": [dataclasses.asdict(b) for b in breakers],
                 "proxies": [dataclasses.asdict(p) for p in proxy_rows],
                 "routes": [dataclasses.asdict(r) for r in routes],
+                "processes": [dataclasses.asdict(r) for r in runs],
             }
             click.echo(json.dumps(report, indent=2))
             return
@@ -171,6 +175,8 @@ def status(config: str | None, as_json: bool) -> None:
             click.echo("\n" + proxy_table(proxy_rows))
         if routes:
             click.echo("\n" + targets_table(routes))
+        if runs:
+            click.echo("\n" + config_table(runs, time.time()))
 
     run_with_store(settings, work)
 

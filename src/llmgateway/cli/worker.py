@@ -11,7 +11,7 @@ import click
 
 from llmgateway.cli.startup import config_option, load, run_with_store, setup_logging
 from llmgateway.cli.store import echo_sync
-from llmgateway.cli.tokens import admin_hosts, guard_tokens, metrics_hosts
+from llmgateway.cli.tokens import TokenCheck, admin_hosts, guard_tokens, metrics_hosts
 
 if TYPE_CHECKING:
     from llmgateway.keeper.summary import (
@@ -36,19 +36,28 @@ if TYPE_CHECKING:
 def worker(config: str | None, once: bool) -> None:
     """The Keeper: sync the key and proxy files, probe keys and proxies, maintain the store.
 
+    SIGHUP (and a changed file under gateway.watch_config, and `llmgateway reload`) re-reads
+    the config file: the Keeper finishes the probes in flight and goes on with the new one.
+
     Runs until Ctrl-C or SIGTERM (a second signal abandons in-flight probes at once; leases
     are released either way). With --once, Ctrl-C ends the probe round early, prints what was
     done so far and exits 130. On SQLite only one keeper may run.
     """
-    from llmgateway.keeper.run import Keeper, run_once
+    from llmgateway.config.load import config_path
+    from llmgateway.keeper.run import run_once
+    from llmgateway.reloading import Following
     from llmgateway.store.locks import KeeperRunningError
 
+    if not once:
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)  # until the Keeper follows its config
     settings = load(config, logs=not once)
     # --once prints its own summary, problems included; the loop reports through the logs
     setup_logging(settings, "worker", "ERROR" if once else None)
     gateway_host = settings.gateway.host  # the listener this config's gateway tokens guard
     keeper_hosts = metrics_hosts(settings, gateway_host, keeper=True)
-    guard_tokens(settings, gateway_host, keeper_hosts, () if once else admin_hosts(settings))
+    consoles = () if once else admin_hosts(settings)
+    guard_tokens(settings, gateway_host, keeper_hosts, consoles)
+    follow = Following(config_path(config), TokenCheck(gateway_host, keeper_hosts, consoles))
 
     async def work(store: Store) -> None:
         from llmgateway.console.listener import keeper_http
@@ -78,9 +87,11 @@ def worker(config: str | None, once: bool) -> None:
 
                     click.echo(status_table(counts, time.time()))
                 return
+            from llmgateway.keeper.following import run_following
+
             metrics = Metrics.create()
             async with keeper_http(settings, metrics, store):
-                await Keeper(settings, store, metrics=metrics).run(stop)
+                await run_following(settings, store, metrics, stop, follow)
             click.echo("worker stopped")
         except KeeperRunningError as exc:
             click.echo(str(exc), err=True)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import Protocol
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -38,6 +39,7 @@ class Readiness:
     listening: asyncio.Event | None = None
     database: str = ""
     keyless_until: float = 0.0  # `ready_requires_keys` found no usable key: so until then
+    config_warning: str = ""  # the last config reload was refused (still ready: the old one runs)
 
     def store_updates(self) -> str:
         """How the pool follows the store now: `notices` (and the interval refresh behind
@@ -46,17 +48,27 @@ class Readiness:
         return "notices" if listening is not None and listening.is_set() else "polling"
 
 
+class Live(Protocol):
+    """The settings and providers in force (the Conductor's; a config reload swaps both)."""
+
+    @property
+    def settings(self) -> Settings: ...
+    @property
+    def providers(self) -> Mapping[str, Provider]: ...
+
+
 def admin_routes(
     readiness: Readiness,
-    providers: Mapping[str, Provider],
+    live: Live,
     clock: Callable[[], float],
-    settings: Settings,
     metrics: Metrics,
     stored: StoreCounts | None = None,
 ) -> list[Route]:
-    """`/healthz`, `/readyz` (from `readiness` and `providers`, kept current by the Conductor),
-    and `/metrics` unless the metrics settings turn it off (its key counts from the pools, and
-    `llm_gateway_keys_total` from the store's counts in `stored`)."""
+    """`/healthz`, `/readyz` (from `readiness` and the providers in force, kept current by the
+    Conductor), and `/metrics` unless the metrics settings the process started with turn it
+    off (its key counts from the pools, and `llm_gateway_keys_total` from the store's counts
+    in `stored`)."""
+    settings = live.settings  # the metrics listener's settings: fixed until a restart
 
     async def healthz(request: Request) -> Response:
         return JSONResponse({"status": "ok"})
@@ -67,7 +79,7 @@ def admin_routes(
         now = clock()
         if now < readiness.keyless_until:
             return True
-        if any_usable_key(providers, now):
+        if any_usable_key(live.providers, now):
             return False
         readiness.keyless_until = now + KEYLESS_HOLD_SEC
         return True
@@ -75,12 +87,13 @@ def admin_routes(
     async def readyz(request: Request) -> Response:
         ready = readiness.pool_loaded and readiness.store_ok
         problem = readiness.problem or None
-        if ready and settings.gateway.ready_requires_keys and keyless():
+        if ready and live.settings.gateway.ready_requires_keys and keyless():
             ready, problem = False, NO_USABLE_KEY
         status = 200 if ready else 503
+        warning = {"warning": readiness.config_warning} if readiness.config_warning else {}
         if not request_authorized(request.headers.get("authorization"), settings.metrics):
             # the details (providers, key counts, revision) only with the metrics token
-            return JSONResponse({"ready": ready, "problem": problem}, status)
+            return JSONResponse({"ready": ready, "problem": problem} | warning, status)
         body: dict[str, object] = {
             "ready": ready,
             "pool_loaded": readiness.pool_loaded,
@@ -88,16 +101,17 @@ def admin_routes(
             "revision": readiness.revision,
             "problem": problem,
             "store_updates": readiness.store_updates(),
-            "refresh_interval_sec": settings.gateway.refresh_interval_sec,
+            "refresh_interval_sec": live.settings.gateway.refresh_interval_sec,
             "database": readiness.database or "SQLite",
+            **warning,
         }
-        body["warnings"], body["providers"] = provider_report(providers, clock())
+        body["warnings"], body["providers"] = provider_report(live.providers, clock())
         return JSONResponse(body, status_code=status)
 
     async def key_counts() -> list[KeyCount]:
         now = clock()
         counts = []
-        for name, provider in providers.items():
+        for name, provider in live.providers.items():
             metrics.for_provider(name).breaker(provider.guard.state)
             counts += pool_key_counts(name, provider.pool, provider.settings.models, now)
         return counts

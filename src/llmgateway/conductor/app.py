@@ -29,18 +29,17 @@ from llmgateway.conductor.call import Provider
 from llmgateway.conductor.coherence import follow_store
 from llmgateway.conductor.endpoints import Edge
 from llmgateway.conductor.memory import collector_paused, return_freed_memory
+from llmgateway.conductor.rebuild import built_providers
 from llmgateway.conductor.route_run import Routing
 from llmgateway.conductor.router import Router
 from llmgateway.conductor.status_writer import StatusWriter
 from llmgateway.conductor.usage_writer import UsageWriter
+from llmgateway.config.reload_diff import ConfigDiff
 from llmgateway.config.route_table import route_table, token_digest
 from llmgateway.config.settings import Settings
 from llmgateway.core.egress import NoHealthyProxyError, egress_for
-from llmgateway.core.guard import Guard
 from llmgateway.core.outcomes import KeyStatus
-from llmgateway.core.pool import KeyPool
 from llmgateway.core.pool_keys import KeyEntry
-from llmgateway.core.resilience import RetryBudget
 from llmgateway.limits import Limits
 from llmgateway.observe.access import AccessLog, TokenRefusals
 from llmgateway.observe.logs import Redactor
@@ -48,6 +47,7 @@ from llmgateway.observe.metrics import Metrics
 from llmgateway.observe.metrics_http import metrics_served
 from llmgateway.observe.store_counts import StoreCounts
 from llmgateway.records import StatusCount
+from llmgateway.reloading import ConfigFollower, Following
 from llmgateway.store import Adoption, KeyRow, ProxyRow, Store
 from llmgateway.store import usage as usage_counts
 from llmgateway.store.locks import exclusive_start
@@ -86,30 +86,31 @@ class Conductor:
     _file_problem: str | None = None  # what the store's file check said last (logged on change)
     _model_revisions: dict[str, int] = field(default_factory=dict)  # of the names in use
     log_secrets: Redactor | None = None  # the log lines' redactor, taught the keys that join
+    _refreshing: asyncio.Lock = field(default_factory=asyncio.Lock)  # a refresh or a reload
 
     def build_providers(self) -> None:
-        for name, provider in self.settings.providers.items():
-            if not provider.enabled:
-                continue
-            pool = KeyPool(
-                name,
-                shared=provider.shared_key_status,
-                models=provider.models,
-                selection=self.settings.gateway.selection,
-                outlier=provider.gateway_policy.outlier_detection,
-                rng=self.rng,
-                serve_untested=provider.gateway_policy.serve_untested_keys,
+        self.providers = built_providers(self.settings, self.rng, self.limits)
+
+    async def adopt(self, settings: Settings, metrics: Metrics, *, reload_pool: bool) -> None:
+        """Serve `settings` from now on (a config reload): the providers are built anew, each
+        one that stays keeping its learnt state (`conductor.rebuild`); with `reload_pool` the
+        whole pool is read from the store again at once (providers added, keys re-bound to
+        their proxies). Requests in flight keep the providers they started with."""
+        async with self._refreshing:
+            providers = built_providers(
+                settings, self.rng, self.limits, self.providers, self.settings
             )
-            policy = provider.gateway_policy
-            budget = policy.retry_budget
-            self.providers[name] = Provider.build(
-                name,
-                provider,
-                pool,
-                RetryBudget(budget.percent, budget.min_concurrent),
-                Guard(name, policy.circuit_breaker, policy.egress_rate_limit, self.rng),
-                self.limits.limiter(name, policy.key_limits) if self.limits else None,
-            )
+            for name, provider in providers.items():
+                bound = metrics.for_provider(name, provider.settings.models)
+                bound.models = frozenset(provider.settings.models)  # the `model` label's values
+                old = self.providers.get(name)
+                if old is None or old.guard is not provider.guard:
+                    provider.guard.watch(bound.breaker)
+            self.settings, self.providers = settings, providers
+            self._model_revisions.clear()  # a rebuilt provider lists its upstream names anew
+            if reload_pool:
+                self.readiness.revision = 0
+        await self.refresh()
 
     def token_index(self) -> dict[bytes, tuple[str, Provider]]:
         index: dict[bytes, tuple[str, Provider]] = {}
@@ -170,6 +171,11 @@ class Conductor:
         return changed
 
     async def refresh(self) -> None:
+        """`_refresh`, never beside another refresh or a reload's swap of the providers."""
+        async with self._refreshing:
+            await self._refresh()
+
+    async def _refresh(self) -> None:
         """Pull what changed in the store since the last refresh into the pools (and the
         upstream model names the Keeper last fetched into the providers' models lists).
 
@@ -312,6 +318,8 @@ def create_app(
     serve_early: bool = False,
     after_load: AfterLoad | None = None,
     log_secrets: Redactor | None = None,
+    follow: Following | None = None,
+    on_reload: Callable[[Settings], Awaitable[object]] | None = None,
 ) -> ASGIApp:
     """The gateway application. `prepare` applies migrations and runs one key-file sync at start
     (the `gateway` command sees to both before, and turns it off);
@@ -326,7 +334,10 @@ def create_app(
     the background once the pool is loaded (the start-up sync of the key files, while the pool
     serves the store's keys); when it returns, the pool is refreshed from the store at once.
     `log_secrets`: the redactor of the process's log lines, taught every key that joins the
-    pool (when logging was set up without reading the key files)."""
+    pool (when logging was set up without reading the key files). `follow`: the config file
+    this process follows (`reloading`): a reload swaps the providers and the edge, requests in
+    flight finish on what they started with; `on_reload` is handed each config applied (the
+    Keeper of `serve` takes it)."""
     conductor = Conductor(settings, rng=rng or random.Random(), log_secrets=log_secrets)
     metrics = metrics or Metrics.create()
     conductor.limits = Limits.create(settings, metrics, conductor.clock)
@@ -347,32 +358,59 @@ def create_app(
         writer = StatusWriter(store.apply_events)
         conductor.writer = writer
         usage = UsageWriter(functools.partial(usage_counts.record, store), conductor.clock)
-        attempt_loop = AttemptLoop(
-            conductor.upstream,
-            writer,
-            conductor.rng,
-            conductor.clock,
-            metrics,
-            max_response_bytes=settings.gateway.max_response_bytes,
-            usage=usage,
-        )
-        edge_settings = settings.gateway
-        body_limits = BodyLimits(
-            edge_settings.max_body_bytes, edge_settings.client_body_timeout_sec
-        )
-        bodies = BodyBudget(edge_settings.max_inflight_body_bytes)
+        bodies = BodyBudget(settings.gateway.max_inflight_body_bytes)
         refusals = TokenRefusals(metrics.auth_failed)
-        access = AccessLog(settings.logging.access)
-        routing = Routing(
-            route_table(settings), conductor.providers, conductor.rng, conductor.clock
-        )
-        edge = Edge(
-            attempt_loop, conductor.token_index(), body_limits, bodies, access, refusals, routing
-        )
+
+        def make_edge(now: Settings) -> Edge:
+            """The edge serving `now` with the Conductor's providers in force."""
+            gateway = now.gateway
+            attempt_loop = AttemptLoop(
+                conductor.upstream,
+                writer,
+                conductor.rng,
+                conductor.clock,
+                metrics,
+                max_response_bytes=gateway.max_response_bytes,
+                usage=usage,
+            )
+            body_limits = BodyLimits(gateway.max_body_bytes, gateway.client_body_timeout_sec)
+            bodies.limit = gateway.max_inflight_body_bytes  # the bytes held stay counted
+            access = AccessLog(now.logging.access)
+            table = route_table(now)
+            routing = Routing(table, conductor.providers, conductor.rng, conductor.clock)
+            tokens = conductor.token_index()
+            return Edge(attempt_loop, tokens, body_limits, bodies, access, refusals, routing)
+
+        async def adopt(now: Settings, diff: ConfigDiff) -> None:
+            """A config reload: the providers rebuilt, then a new edge for new requests."""
+            reload_pool = any(name.startswith("providers") for name in diff.changed)
+            await conductor.adopt(now, metrics, reload_pool=reload_pool)
+            logging.getLogger().setLevel(now.logging.level)
+            if on_reload is not None:
+                await on_reload(now)
+            if router.edge is not None:  # else the start-up's load puts the edge in place
+                app.state.edge = edge = make_edge(now)
+                router.open(edge)
+
+        follower = None
+        if follow is not None:
+            follower = ConfigFollower(
+                follow.path,
+                settings,
+                adopt,
+                "gateway",
+                metrics,
+                follow.refusals,
+                store.engine,
+                on_warning=functools.partial(setattr, conductor.readiness, "config_warning"),
+            )
+        app.state.follower = follower
         tasks: list[asyncio.Task[None]] = []
+        sighup = contextlib.ExitStack()
         wake = asyncio.Event()
         interval = settings.gateway.refresh_interval_sec
-        app.state.listener = listener = follow_store(store, wake, interval)
+        on_config = None if follower is None else follower.notice.set
+        app.state.listener = listener = follow_store(store, wake, interval, on_config)
         if listener is not None:
             conductor.readiness.listening = listener.listening
 
@@ -385,7 +423,7 @@ def create_app(
                 await conductor.refresh()
             if tune_process:
                 return_freed_memory()
-            app.state.edge = edge
+            app.state.edge = edge = make_edge(conductor.settings)
             router.open(edge)
             background(writer.run(), "status-writer")
             background(usage.run(), "usage-writer")
@@ -396,6 +434,9 @@ def create_app(
                 background(metrics.flush_every(), "metrics-flush")
             if conductor.limits is not None:
                 background(conductor.limits.run(), "key-limits")
+            if follower is not None:
+                await follower.report()
+                background(follower.run(), "config-follower")
             if stored is not None:
                 await stored.refresh()
                 background(stored.follow(), "store-key-counts")
@@ -421,6 +462,8 @@ def create_app(
                     await run_sync(settings, store)
             if conductor.limits is not None:
                 await conductor.limits.start()
+            if follower is not None and follow is not None and follow.sighup:
+                sighup.enter_context(follower.on_sighup())
             if serve_early:
                 conductor.readiness.problem = "loading the key pool from the store"
                 background(begin(), "start")
@@ -430,6 +473,7 @@ def create_app(
                     background(then_refresh(after_load), "after-load")
             yield
         finally:
+            sighup.close()
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
@@ -442,9 +486,7 @@ def create_app(
             await store.close()
             metrics.process_exited()
 
-    routes = admin_routes(
-        conductor.readiness, conductor.providers, conductor.clock, settings, metrics, stored
-    )
+    routes = admin_routes(conductor.readiness, conductor, conductor.clock, metrics, stored)
     admin = Starlette(routes=routes, lifespan=lifespan)
     admin.state.conductor = conductor
     admin.state.store_counts = stored

@@ -11,15 +11,22 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 
 from llmgateway.store import Store
-from llmgateway.store.notify import Listener, Notice
+from llmgateway.store.notify import Kind, Listener, Notice
 
 log = logging.getLogger("llmgateway.app")
 
 
-def follow_store(store: Store, wake: asyncio.Event, interval: float) -> Listener | None:
-    """A listener that sets `wake` on every store notice (PostgreSQL), or None (SQLite, or a
+def follow_store(
+    store: Store,
+    wake: asyncio.Event,
+    interval: float,
+    on_config: Callable[[], None] | None = None,
+) -> Listener | None:
+    """A listener that sets `wake` on every store notice (and calls `on_config` on a reload
+    request's), on PostgreSQL, or None (SQLite, or a
     transaction pooler without `database.direct_url`: a warning says so, and that the store
     is followed every `interval` seconds). Run it with `asyncio.create_task(listener.run())`."""
     plan = store.plan
@@ -36,7 +43,9 @@ def follow_store(store: Store, wake: asyncio.Event, interval: float) -> Listener
         return None
     url, pooler = target
 
-    def heard(_notice: Notice) -> None:
+    def heard(notice: Notice) -> None:
+        if notice.kind == Kind.CONFIG and on_config is not None:
+            on_config()
         wake.set()
 
     return Listener(url, heard, pooler)

@@ -13,6 +13,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import logging
+import os
+import signal
 import socket
 from collections.abc import AsyncIterator, Callable, Iterator
 from typing import TYPE_CHECKING
@@ -23,7 +26,12 @@ from starlette.types import ASGIApp
 from llmgateway.conductor.edge import EdgeLimits, protocol_factory
 
 if TYPE_CHECKING:
+    from uvicorn.supervisors import Multiprocess
+
     from llmgateway.config.settings import Settings
+    from llmgateway.reloading import Following
+
+log = logging.getLogger("llmgateway.app")
 
 GRACEFUL_SHUTDOWN_SEC = 5
 """At a stop, how long requests in flight may take to finish before their connections close."""
@@ -59,34 +67,55 @@ def gateway_server(app: ASGIApp, settings: Settings, host: str, port: int) -> uv
     return uvicorn.Server(uvicorn_config(app, host, port, EdgeLimits.of(settings.gateway)))
 
 
-def serve_workers(settings: Settings, host: str, port: int, workers: int) -> None:
+def serve_workers(
+    settings: Settings, host: str, port: int, workers: int, follow: Following | None = None
+) -> None:
     """`gateway --workers N`: N gateway processes on one socket until Ctrl-C or SIGTERM, under
-    uvicorn's supervisor (it restarts a process that dies). Their metrics add up in a shared
-    folder, removed at the end."""
-    from uvicorn.supervisors import Multiprocess
-
+    uvicorn's supervisor (it restarts a process that dies; SIGHUP is relayed to each process,
+    which re-reads its config when it follows one, rather than restarting them). Their metrics
+    add up in a shared folder, removed at the end."""
     from llmgateway.observe.metrics_http import multiprocess_dir
 
     limits = EdgeLimits.of(settings.gateway)
     with multiprocess_dir():
-        factory = functools.partial(worker_app, settings)
+        factory = functools.partial(worker_app, settings, follow)
         config = uvicorn_config(factory, host, port, limits, factory=True, workers=workers)
-        Multiprocess(config, sockets=[config.bind_socket()]).run()
+        _relaying_supervisor()(config, sockets=[config.bind_socket()]).run()
 
 
-def worker_app(settings: Settings) -> ASGIApp:
+def _relaying_supervisor() -> type[Multiprocess]:
+    """uvicorn's supervisor, with SIGHUP relayed to the processes instead of restarting them
+    (a restart would drop the streams in flight)."""
+    from uvicorn.supervisors import Multiprocess
+
+    class Relaying(Multiprocess):
+        def handle_hup(self) -> None:
+            for process in self.processes:
+                if process.pid is not None and process.exitcode is None:
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(process.pid, signal.SIGHUP)
+            log.info("SIGHUP relayed to %d gateway processes", len(self.processes))
+
+    return Relaying
+
+
+def worker_app(settings: Settings, follow: Following | None = None) -> ASGIApp:
     """The app of one process of `serve_workers`, built in that process from the settings the
     parent handed over (the parent applied pending migrations before, and syncs the files
     beside them); it listens while its pool loads."""
-    import os
-
     from llmgateway.conductor.app import create_app
     from llmgateway.observe.logs import setup
 
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)  # until its app follows the config file
     # a spawned process starts with no logging set up
     redactor = setup(settings, f"gateway-{os.getpid()}", key_files=False)
     return create_app(
-        settings, prepare=False, tune_process=True, serve_early=True, log_secrets=redactor
+        settings,
+        prepare=False,
+        tune_process=True,
+        serve_early=True,
+        log_secrets=redactor,
+        follow=follow,
     )
 
 

@@ -263,6 +263,7 @@ class GatewaySettings(_Model):
     # what one upstream answer may cost: a body read whole (not a stream) beyond it is a 502
     max_response_bytes: int = Field(default=64 * 1024 * 1024, ge=1024)
     allow_weak_tokens: bool = False  # accept placeholder or short tokens on a public listener
+    watch_config: StrictBool = False  # re-read the config file when it changes (and on SIGHUP)
     # /readyz is 503 while no provider has a usable key (healthy, untested, cooling, ejected)
     ready_requires_keys: StrictBool = False
     # client tokens for the whole gateway: route aliases and <provider>/<model> (`routes:`)

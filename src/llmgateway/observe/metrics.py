@@ -115,6 +115,7 @@ class Metrics:
     event_loop_tasks: Gauge
     auth_failures: Counter
     routes: RouteMetrics
+    config_reloads: Counter
     _providers: dict[str, ProviderMetrics] = field(default_factory=dict)
 
     @classmethod
@@ -229,6 +230,13 @@ class Metrics:
                 registry=registry,
             ),
             routes=RouteMetrics.create(registry),
+            config_reloads=Counter(
+                "llmgateway_config_reloads",
+                "Config reloads (SIGHUP, a changed file, `llmgateway reload`), by outcome: "
+                "applied, refused (the old config stays) or unchanged.",
+                ("outcome",),
+                registry=registry,
+            ),
         )
 
     def for_provider(self, name: str, models: Iterable[str] = ()) -> ProviderMetrics:

@@ -59,6 +59,7 @@ class Kind(enum.StrEnum):
     PROXIES = "proxies"  # proxies added, removed, found dead or alive
     BREAKER = "breaker"  # a circuit breaker opened (detail: which one)
     MODELS = "models"  # the Keeper stored a provider's new upstream model names (detail: which)
+    CONFIG = "config"  # `llmgateway reload` asked every process to re-read its config file
     RECONNECTED = "reconnected"  # local only: the listener (re)connected, earlier ones missed
     PING = "ping"  # a listener checking its own registration (detail: its token); ignored
 

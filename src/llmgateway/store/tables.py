@@ -296,6 +296,31 @@ job_keys = sa.Table(
 is never in it); each chunk deletes the rows it did, in its own transaction."""
 
 
+config_reloads = sa.Table(
+    "config_reloads",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True),
+    sa.Column("config_hash", sa.Text, nullable=False),
+    sa.Column("requested_at", sa.Double, nullable=False),
+)
+"""Reload requests (`llmgateway reload`): every gateway and keeper re-reads its config file
+when it sees a request newer than the last it acted on; `config_hash` is the hash of the file
+the command read (see `llmgateway.store.config_runs`)."""
+
+config_runs = sa.Table(
+    "config_runs",
+    metadata,
+    sa.Column("process", sa.Text, primary_key=True),  # host:pid
+    sa.Column("role", sa.Text, nullable=False),
+    sa.Column("config_hash", sa.Text, nullable=False),
+    sa.Column("outcome", sa.Text, nullable=False),
+    sa.Column("updated_at", sa.Double, nullable=False),
+)
+"""The config each running process runs, one row per process: the hash of the file it last
+applied and the outcome of its last reload, renewed at start, at each reload and every
+minute (`llmgateway status` shows the rows renewed lately)."""
+
+
 def suffix_of(value: sa.ColumnElement[str]) -> sa.ColumnElement[str | None]:
     """`keys.suffix` computed in SQL from `value` (`observe.masking.suffix` in Python)."""
     length = sa.func.length(value)
