@@ -359,3 +359,30 @@ def test_any_event_sequence_decides_the_same_whole_or_byte_by_byte(
     if once.decision is D.ERROR:
         assert once.status is not None
         assert 400 <= once.status <= 599
+
+
+_FIELDS = st.sampled_from(
+    [b'"error":{"code":429}', b'"type":"ping"', b'"type":"response.created"', b'"choices":[]']
+)
+
+
+@given(
+    fields=st.lists(_FIELDS, max_size=3),
+    text=st.binary(max_size=40).filter(lambda b: b"\n" not in b and b"\r" not in b),
+    ending=st.sampled_from([b"\n\n", b"\r\n\r\n", b"\n", b"\ndata: more\n\n", b""]),
+    after=st.sampled_from([b"", b"data: [DONE]\n\n", b": keep-alive\n\n"]),
+)
+def test_a_first_event_decided_at_once_decides_as_line_by_line(
+    fields: list[bytes], text: bytes, ending: bytes, after: bytes
+) -> None:
+    """A whole `data: {…}` first event in the first chunk is decided without reading it line
+    by line: the decision, the held bytes and the error are those of the byte-by-byte read."""
+    stream = b"data: {" + b",".join(fields) + text + b"}" + ending + after
+    at_once, rest = whole(stream, [stream])
+    by_byte, rest_by_byte = whole(stream, [stream[i : i + 1] for i in range(len(stream))])
+    assert (at_once.decision, at_once.status, at_once.error) == (
+        by_byte.decision,
+        by_byte.status,
+        by_byte.error,
+    )
+    assert at_once.held + rest == stream == by_byte.held + rest_by_byte

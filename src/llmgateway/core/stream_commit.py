@@ -100,6 +100,8 @@ class FirstEvent:
         """Take the next chunk of the stream and say what is decided now."""
         if self._decided is not None:
             return self._decided
+        if not self._held and _plain_first_event(chunk):
+            return self._decide(Decision.COMMIT, held=chunk)
         self._held += chunk
         peek = self._read_lines()
         if peek is None and len(self._held) >= self._limit:
@@ -189,9 +191,27 @@ class FirstEvent:
             return None
         return self._decide(Decision.COMMIT)
 
-    def _decide(self, decision: Decision, status: int | None = None, error: bytes = b"") -> Peek:
-        self._decided = Peek(decision, bytes(self._held), status, error)
+    def _decide(
+        self,
+        decision: Decision,
+        status: int | None = None,
+        error: bytes = b"",
+        held: bytes | None = None,
+    ) -> Peek:
+        self._decided = Peek(decision, bytes(self._held) if held is None else held, status, error)
         return self._decided
+
+
+def _plain_first_event(chunk: bytes) -> bool:
+    """Whether `chunk` starts with a whole `data: {…}` event, one line ended by a blank line,
+    that names no error and no `type` (no preamble): an answer, decided without reading the
+    stream line by line (what `_dispatch` would decide on it, for less)."""
+    if chunk[:7] != b"data: {":
+        return False
+    end = chunk.find(b"\n\n")
+    if end < 0 or chunk.find(b"\n", 0, end) >= 0 or chunk.find(b"\r", 0, end) >= 0:
+        return False
+    return chunk.find(b"error", 7, end) < 0 and chunk.find(b'"type"', 7, end) < 0
 
 
 # events that come before any output (OpenAI Responses' preamble, pings): not an answer yet
