@@ -327,12 +327,12 @@ def test_config_path_precedence() -> None:
         (
             {"providers": {"g": gemini(provider_type="claude")}},
             "providers.g.provider_type: unknown provider_type 'claude' "
-            "(use one of: 'openai_like', 'gemini')",
+            "(did you mean 'anthropic'?)",
         ),
         (
             {"providers": {"g": {k: v for k, v in gemini().items() if k != "provider_type"}}},
             "providers.g.provider_type: provider_type is missing "
-            "(use one of: 'openai_like', 'gemini')",
+            "(use one of: 'openai_like', 'gemini', 'anthropic')",
         ),
         (
             {"providers": {"g": gemini(provider_type="gemni")}},

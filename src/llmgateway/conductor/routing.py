@@ -39,6 +39,7 @@ from llmgateway.observe import logs
 from llmgateway.observe.metrics import NO_PROVIDER
 from llmgateway.observe.provider_metrics import OTHER_MODEL
 from llmgateway.providers import target as wire_target
+from llmgateway.providers.routes import shape_of
 
 log = logging.getLogger("llmgateway.api")
 
@@ -52,13 +53,13 @@ async def serve_grant(
     headers: Mapping[str, str],
     request_id: str,
     started: float,
-    via_google: bool,
+    sent: Surface,
 ) -> None:
     """Serve a request made with a gateway token whose `grants` say what it may use."""
     routing = edge.routing
     assert routing is not None
     raw_path: bytes = scope["raw_path"]
-    surface: Surface = "gemini" if via_google or raw_path.startswith(b"/v1beta/") else "openai"
+    surface = shape_of(sent, raw_path)
     answer = _Answer(edge, scope, send, surface, request_id, started)
     path = wire_target.checked_path(raw_path)
     query = wire_target.checked_query(scope["query_string"])
@@ -167,13 +168,18 @@ class _Answer:
             body = wire.gemini.models_list([(name, ":generateContent") for name in names])
         elif self.surface == "openai" and path == "/v1/models":
             body = wire.openai.models_list(names, "llmgateway")
-        elif self.surface == "openai" and path.startswith("/v1/models/"):
+        elif self.surface == "anthropic" and path == "/v1/models":
+            body = wire.anthropic.models_list(names)
+        elif self.surface != "gemini" and path.startswith("/v1/models/"):
             wanted = path[len("/v1/models/") :]
             if isinstance(resolve_model(wanted, reach), NotFound):
                 message = "No such model for this token; GET /v1/models lists them."
                 await self.refuse(Refused(404, "model_not_found", message))
                 return
-            body = wire.openai.model_object(wanted, "llmgateway")
+            if self.surface == "anthropic":
+                body = wire.anthropic.model_object(wanted)
+            else:
+                body = wire.openai.model_object(wanted, "llmgateway")
         else:
             await self.refuse(NOT_SERVED)
             return
