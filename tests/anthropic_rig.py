@@ -57,7 +57,8 @@ def claude_settings(
 
 
 def sync_client(url: str, token: str = CLAUDE_TOKEN) -> anthropic.Anthropic:
-    """The official SDK on the gateway: the gateway token as the API key (sent as x-api-key)."""
+    """The official SDK on the gateway: the gateway token as the API key (this SDK sends it as
+    a Bearer token beside `anthropic-version`; `x-api-key` is the raw API's way)."""
     return anthropic.Anthropic(base_url=url, api_key=token, max_retries=0)
 
 

@@ -326,8 +326,7 @@ def test_config_path_precedence() -> None:
         ),
         (
             {"providers": {"g": gemini(provider_type="claude")}},
-            "providers.g.provider_type: unknown provider_type 'claude' "
-            "(did you mean 'anthropic'?)",
+            "providers.g.provider_type: unknown provider_type 'claude' (did you mean 'anthropic'?)",
         ),
         (
             {"providers": {"g": {k: v for k, v in gemini().items() if k != "provider_type"}}},

@@ -248,7 +248,8 @@ def _request_id(given: str | None) -> str:
 
 def _client_token(headers: Mapping[str, str], query: bytes) -> tuple[str | None, Surface]:
     """The gateway token and the surface the way it came says: "gemini" (x-goog-api-key or
-    ?key=), "anthropic" (x-api-key), else "openai"."""
+    ?key=), "anthropic" (x-api-key, or a Bearer token beside `anthropic-version`, as the
+    Anthropic SDKs send their API key), else "openai"."""
     google = headers.get("x-goog-api-key")
     if google:
         return google, "gemini"
@@ -257,7 +258,7 @@ def _client_token(headers: Mapping[str, str], query: bytes) -> tuple[str | None,
         return claude, "anthropic"
     auth = headers.get("authorization", "")
     if auth[:7].lower() == "bearer ":
-        return auth[7:].strip(), "openai"
+        return auth[7:].strip(), "anthropic" if "anthropic-version" in headers else "openai"
     if b"key=" in query:
         found = target.query_parameter(query, b"key")
         if found is not None:

@@ -49,7 +49,7 @@ class Router:
                 if edge is None:
                     edge = await self._edge_when_open()
                     if edge is None:
-                        sent: Surface = "anthropic" if _has_x_api_key(scope) else "openai"
+                        sent: Surface = "anthropic" if _anthropic_client(scope) else "openai"
                         shape = shape_of(sent, path)
                         await send_refusal(send, shape, _STARTING, secrets.token_hex(8))
                         return
@@ -63,6 +63,10 @@ class Router:
         return self.edge
 
 
-def _has_x_api_key(scope: Scope) -> bool:
-    """Did the client send its token as `x-api-key` (the Anthropic SDKs' way)?"""
-    return any(name.lower() == b"x-api-key" for name, _ in scope["headers"])
+def _anthropic_client(scope: Scope) -> bool:
+    """Does the request come the Anthropic way (`x-api-key`, or `anthropic-version` as the
+    Anthropic SDKs always send)?"""
+    return any(name.lower() in _ANTHROPIC_HEADERS for name, _ in scope["headers"])
+
+
+_ANTHROPIC_HEADERS = frozenset({b"x-api-key", b"anthropic-version"})
