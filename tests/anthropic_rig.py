@@ -18,12 +18,13 @@ GOOD_CLAUDE = "sk-ant-good-claude-0000000001"
 MODEL = "claude-sonnet-4-5"
 
 
-def claude_provider(folder: Path, fake: FakeUpstream, **extra: Any) -> dict[str, Any]:
-    """The `claude` provider's settings (anthropic, one model on `/messages`)."""
+def claude_provider(folder: Path, fake: FakeUpstream | str, **extra: Any) -> dict[str, Any]:
+    """The `claude` provider's settings (anthropic, one model on `/messages`) on the fake, or
+    on another upstream's URL (`http://127.0.0.1:PORT`)."""
     return {
         "provider_type": "anthropic",
         "keys_path": str(folder / "keys" / "claude"),
-        "api_base_url": fake.anthropic_base,
+        "api_base_url": f"{fake}/v1" if isinstance(fake, str) else fake.anthropic_base,
         "default_model": MODEL,
         "models": {MODEL: {"endpoint_suffix": "/messages"}},
         "access_control": {"gateway_access_token": CLAUDE_TOKEN},
@@ -33,7 +34,7 @@ def claude_provider(folder: Path, fake: FakeUpstream, **extra: Any) -> dict[str,
 
 def claude_settings(
     tmp_path: Path,
-    fake: FakeUpstream,
+    fake: FakeUpstream | str,
     keys: list[str] | None = None,
     *,
     chaos: bool = False,
