@@ -388,8 +388,8 @@ class FakeUpstream:
             return in_url, True
         if speaks == "gemini":
             return request.headers.get("x-goog-api-key", ""), False
-        if speaks == "anthropic":
-            return request.headers.get("x-api-key", ""), False
+        if speaks == "anthropic" and "x-api-key" in request.headers:
+            return request.headers["x-api-key"], False  # else a Bearer, as the SDK sends it
         scheme, _, token = request.headers.get("authorization", "").partition(" ")
         return (token.strip() if scheme.lower() == "bearer" else ""), False
 
