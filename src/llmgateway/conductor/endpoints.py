@@ -249,16 +249,17 @@ def _request_id(given: str | None) -> str:
 def _client_token(headers: Mapping[str, str], query: bytes) -> tuple[str | None, Surface]:
     """The gateway token and the surface the way it came says: "gemini" (x-goog-api-key or
     ?key=), "anthropic" (x-api-key, or a Bearer token beside `anthropic-version`, as the
-    Anthropic SDKs send their API key), else "openai"."""
+    Anthropic SDKs send their API key), else "openai". A Bearer token wins over x-api-key
+    (a client sending both meant the Bearer one, as before x-api-key was read)."""
     google = headers.get("x-goog-api-key")
     if google:
         return google, "gemini"
-    claude = headers.get("x-api-key")
-    if claude:
-        return claude, "anthropic"
     auth = headers.get("authorization", "")
     if auth[:7].lower() == "bearer ":
         return auth[7:].strip(), "anthropic" if "anthropic-version" in headers else "openai"
+    claude = headers.get("x-api-key")
+    if claude:
+        return claude, "anthropic"
     if b"key=" in query:
         found = target.query_parameter(query, b"key")
         if found is not None:
@@ -267,16 +268,16 @@ def _client_token(headers: Mapping[str, str], query: bytes) -> tuple[str | None,
 
 
 def _sent_as(headers: Mapping[str, str], query: bytes) -> str:
-    """How the client sent its gateway token, read in `_client_token`'s order: `bearer`,
-    `x-goog-api-key`, `x-api-key`, `key-query`, `api-key`, `other-authorization` (a scheme
-    other than Bearer) or `none`."""
+    """How the client sent its gateway token, read in `_client_token`'s order:
+    `x-goog-api-key`, `bearer`, `x-api-key`, `key-query`, `api-key`, `other-authorization` (a
+    scheme other than Bearer) or `none`."""
     if headers.get("x-goog-api-key"):
         return "x-goog-api-key"
-    if headers.get("x-api-key"):
-        return "x-api-key"
     auth = headers.get("authorization", "")
     if auth[:7].lower() == "bearer ":
         return "bearer"
+    if headers.get("x-api-key"):
+        return "x-api-key"
     if b"key=" in query and target.query_parameter(query, b"key") is not None:
         return "key-query"
     if headers.get("api-key") is not None:
