@@ -22,6 +22,7 @@ from tests.helpers import start_gateway
 
 APP = "gw-app-token-claude-routes-0001"
 SPARE = "sk-ant-good-spare-0000000001"
+LONG = "claude-opus-4-1"
 HI: list[MessageParam] = [{"role": "user", "content": "hi"}]
 ROUTES = {
     "sonnet": {
@@ -32,6 +33,11 @@ ROUTES = {
         ]
     },
     "gpt": {"targets": [{"provider": "openai", "model": "gpt-4o-mini"}]},
+    "short": {
+        "targets": [{"provider": "claude", "model": MODEL}],
+        "context_length_fallback": "long",
+    },
+    "long": {"targets": [{"provider": "spare", "model": LONG}]},
 }
 
 
@@ -41,7 +47,10 @@ def settings(tmp_path: Path, fake: FakeUpstream, keys: list[str] | None = None) 
     base = claude_settings(tmp_path, fake, keys)
     document: dict[str, Any] = base.model_dump(mode="json", exclude_unset=True)
     write_keys(tmp_path / "keys" / "spare", [SPARE])
-    spare = claude_provider(tmp_path, fake, keys_path=str(tmp_path / "keys" / "spare"))
+    models = {MODEL: {"endpoint_suffix": "/messages"}, LONG: {"endpoint_suffix": "/messages"}}
+    spare = claude_provider(
+        tmp_path, fake, keys_path=str(tmp_path / "keys" / "spare"), models=models
+    )
     spare["access_control"] = {"gateway_access_token": "gw-spare-token-00000005"}
     document["providers"]["spare"] = spare
     document["routes"] = ROUTES
@@ -119,3 +128,19 @@ async def test_the_openai_surface_reaches_anthropic_through_its_openai_endpoint(
     assert seen is not None
     assert seen.path == "/v1/chat/completions"
     assert seen.headers["authorization"] == f"Bearer {GOOD_CLAUDE}"
+
+
+async def test_a_prompt_too_long_goes_to_the_context_length_alias(
+    tmp_path: Path, fake: FakeUpstream
+) -> None:
+    fake.set_context_limits({MODEL: 64})  # Anthropic's 400 "prompt is too long: …"
+    async with start_gateway(settings(tmp_path, fake)) as running:
+        client = async_client(running.url, APP)
+        reply = await client.messages.with_raw_response.create(
+            model="short", max_tokens=8, messages=HI
+        )
+        await client.close()
+    assert reply.headers["x-llmgateway-route"] == "long"
+    assert reply.headers["x-llmgateway-target"] == f"spare/{LONG}"
+    assert (await reply.parse()).content
+    assert fake.calls(GOOD_CLAUDE) == 1

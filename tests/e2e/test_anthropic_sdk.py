@@ -107,6 +107,41 @@ async def test_version_defaults_when_the_client_sends_none(
     assert seen.headers["anthropic-version"] == "2023-06-01"
 
 
+async def test_the_models_list_and_an_unknown_model_in_anthropics_shape(
+    tmp_path: Path, fake: FakeUpstream
+) -> None:
+    headers = {"x-api-key": CLAUDE_TOKEN}
+    async with (
+        start_gateway(claude_settings(tmp_path, fake)) as running,
+        aiohttp.ClientSession(headers=headers) as session,
+    ):
+        async with session.get(f"{running.url}/v1/models") as listed:
+            assert listed.status == 200
+            page = await listed.json()
+        async with session.get(f"{running.url}/v1/models/claude-none") as unknown:
+            assert unknown.status == 404
+            missing = await unknown.json()
+        async with session.post(
+            f"{running.url}/v1/messages",
+            json={"model": "claude-none", "max_tokens": 8, "messages": HI},
+        ) as refused:
+            assert refused.status == 404
+            not_served = await refused.json()
+    assert page["data"] == [
+        {
+            "type": "model",
+            "id": MODEL,
+            "display_name": MODEL,
+            "created_at": page["data"][0]["created_at"],
+        }
+    ]
+    assert (page["has_more"], page["first_id"], page["last_id"]) == (False, MODEL, MODEL)
+    assert missing["error"]["type"] == "not_found_error"
+    assert not_served["type"] == "error"
+    assert not_served["error"]["type"] == "not_found_error"
+    assert fake.calls(GOOD_CLAUDE) == 0
+
+
 async def test_wrong_token_is_an_anthropic_authentication_error(
     tmp_path: Path, fake: FakeUpstream
 ) -> None:
