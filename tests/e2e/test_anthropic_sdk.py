@@ -229,3 +229,22 @@ async def test_openai_format_goes_to_anthropics_openai_endpoint(
     assert seen.path == "/v1/chat/completions"
     assert seen.headers["authorization"] == f"Bearer {GOOD_CLAUDE}"
     assert "x-api-key" not in seen.headers
+
+
+async def test_openai_format_with_the_token_as_x_api_key_still_takes_the_openai_endpoint(
+    tmp_path: Path, fake: FakeUpstream
+) -> None:
+    body = {"model": MODEL, "messages": HI}
+    async with (
+        start_gateway(claude_settings(tmp_path, fake)) as running,
+        aiohttp.ClientSession() as session,
+        session.post(
+            f"{running.url}/v1/chat/completions", json=body, headers={"x-api-key": CLAUDE_TOKEN}
+        ) as answer,
+    ):
+        assert answer.status == 200
+        assert (await answer.json())["object"] == "chat.completion"
+    seen = fake.last_request(GOOD_CLAUDE)
+    assert seen is not None
+    assert seen.path == "/v1/chat/completions"
+    assert seen.headers["authorization"] == f"Bearer {GOOD_CLAUDE}"

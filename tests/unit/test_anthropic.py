@@ -13,7 +13,7 @@ from llmgateway.core.classify import classify
 from llmgateway.core.outcomes import Blame, ErrorReason
 from llmgateway.core.stream_commit import Decision, FirstEvent, outcome_of_peek
 from llmgateway.providers import anthropic
-from llmgateway.providers.routes import shape_of, tables
+from llmgateway.providers.routes import shape_of, surface_of, tables
 from llmgateway.testing import anthropic_wire
 
 R = ErrorReason
@@ -227,3 +227,13 @@ def test_the_shape_of_an_answer_before_the_provider_is_known() -> None:
     assert shape_of("openai", b"/v1/messages") == "anthropic"
     assert shape_of("openai", b"/v1beta/models") == "gemini"
     assert shape_of("openai", b"/v1/chat/completions") == "openai"
+
+
+def test_the_surface_of_a_request() -> None:
+    assert surface_of("openai", b"/v1/messages") == "anthropic"  # however the token came
+    assert surface_of("anthropic", b"/v1/models") == "anthropic"
+    assert surface_of("anthropic", b"/v1/models/claude-x") == "anthropic"
+    # Anthropic's OpenAI-compatible endpoint, whichever way the token came
+    assert surface_of("anthropic", b"/v1/chat/completions") == "openai"
+    assert surface_of("openai", b"/v1/models") == "openai"
+    assert surface_of("gemini", b"/v1/models") == "gemini"

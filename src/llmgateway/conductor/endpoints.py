@@ -45,7 +45,7 @@ from llmgateway.observe.metrics import NO_PROVIDER
 from llmgateway.observe.provider_metrics import OTHER_MODEL, Timing
 from llmgateway.providers import anthropic, gemini, openai, target
 from llmgateway.providers import headers as wire_headers
-from llmgateway.providers.routes import MESSAGES, Match, Surface, shape_of
+from llmgateway.providers.routes import Match, Surface, shape_of, surface_of
 
 log = logging.getLogger("llmgateway.api")
 
@@ -287,14 +287,13 @@ def _sent_as(headers: Mapping[str, str], query: bytes) -> str:
 
 def _surface(provider: Provider, path: bytes, sent: Surface) -> Surface | None:
     """The wire format of the request: Gemini native (a Gemini provider's `/v1beta/`, or `/v1/`
-    with the token sent the Gemini way), Anthropic native (an Anthropic provider's `/v1/` with
-    the token in x-api-key, or its `/v1/messages…` however the token came), else OpenAI
-    under `/v1/`."""
+    with the token sent the Gemini way), Anthropic native (an Anthropic provider's
+    `/v1/messages…`, or its models list asked the Anthropic way), else OpenAI under `/v1/`."""
     kind = provider.settings.provider_type
     v1 = path.startswith(b"/v1/")
     if kind == "gemini" and (path.startswith(b"/v1beta/") or (v1 and sent == "gemini")):
         return "gemini"
-    if kind == "anthropic" and v1 and (sent == "anthropic" or path.startswith(MESSAGES)):
+    if kind == "anthropic" and v1 and surface_of(sent, path) == "anthropic":
         return "anthropic"
     return "openai" if v1 else None
 

@@ -39,7 +39,7 @@ from llmgateway.observe import logs
 from llmgateway.observe.metrics import NO_PROVIDER
 from llmgateway.observe.provider_metrics import OTHER_MODEL
 from llmgateway.providers import target as wire_target
-from llmgateway.providers.routes import shape_of
+from llmgateway.providers.routes import surface_of
 
 log = logging.getLogger("llmgateway.api")
 
@@ -59,7 +59,7 @@ async def serve_grant(
     routing = edge.routing
     assert routing is not None
     raw_path: bytes = scope["raw_path"]
-    surface = shape_of(sent, raw_path)
+    surface = surface_of(sent, raw_path)
     answer = _Answer(edge, scope, send, surface, request_id, started)
     path = wire_target.checked_path(raw_path)
     query = wire_target.checked_query(scope["query_string"])

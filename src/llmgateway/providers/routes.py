@@ -188,6 +188,21 @@ def shape_of(sent: Surface, path: bytes) -> Surface:
     return "anthropic" if path.startswith(MESSAGES) else "openai"
 
 
+def surface_of(sent: Surface, path: bytes) -> Surface:
+    """The wire format of a request: Anthropic's for `/v1/messages…`, and for the models list
+    when the token came the Anthropic way (its other `/v1/` paths are OpenAI's: Anthropic's
+    OpenAI-compatible endpoint); Gemini's for `/v1beta/` or a token sent the Gemini way;
+    else OpenAI's."""
+    if path.startswith(MESSAGES):
+        return "anthropic"
+    if sent == "anthropic":
+        return "anthropic" if path.startswith(_MODELS) else "openai"
+    return shape_of(sent, path)
+
+
+_MODELS = b"/v1/models"
+
+
 def tables(provider: ProviderSettings) -> dict[Surface, RouteTable]:
     """The route tables of a provider, by the wire format the client speaks."""
     extra = provider.gateway_policy.allowed_routes
