@@ -18,9 +18,9 @@ or a longer-context alias may serve) where any other client fault ends the reque
   `error.code` `model_not_found` or a message "The model `x` does not exist…", or a 400 as
   DeepSeek ("Model Not Exist") and OpenRouter ("x is not a valid model ID") answer; Gemini: a
   404 "models/x is not found for API version …"; Anthropic: a 404 `not_found_error`
-  "model: x". Any other 404 (a file, a batch, a cached
-  content, a path the upstream does not serve) is the client's `bad_request`. A Keeper probe
-  names a model it was told exists, so there every 404 is `no_model`.
+  "model: x". Any other 404 (a file, a batch, a cached content, a path the upstream does not
+  serve) is the client's `bad_request`. A Keeper probe names a model it was told exists, so
+  there every 404 is `no_model`.
 
 Both are blamed on the client: no key, breaker or cooldown learns from them, and the client
 gets the upstream's answer as for any client fault.

@@ -45,7 +45,7 @@ class StreamCommit(enum.StrEnum):
 
 Surface = Literal["openai", "gemini", "anthropic"]
 """Where a request came in: "openai" (`/v1/…` with a Bearer token), "gemini" (native) or
-"anthropic" (the Messages API, or `/v1/…` with the token in x-api-key)."""
+"anthropic" (the Messages API, and the models list asked with the token in x-api-key)."""
 
 
 @dataclass(frozen=True, slots=True)

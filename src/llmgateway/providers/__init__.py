@@ -1,5 +1,5 @@
 """Provider adapters: where a request goes, how the key is sent, how a key is probed, and the
-error shapes of the two wire formats. Pure functions, called per request by the gateway.
+error shapes of the three wire formats. Pure functions, called per request by the gateway.
 
 `api` is the wire format the client spoke: `"openai"` (`/v1/…` with a Bearer token) or
 `"gemini"` (native, `x-goog-api-key` or `?key=`) or `"anthropic"` (the Messages API,
