@@ -9,9 +9,13 @@ from pathlib import Path
 import aiohttp
 import anthropic
 import openai
+import orjson
 import pytest
 from anthropic.types import MessageParam
+from starlette.types import Message
 
+from llmgateway.conductor import router as router_module
+from llmgateway.conductor.router import Router
 from llmgateway.testing.fake_upstream import FakeUpstream
 from llmgateway.testing.faults import Behavior
 from tests.anthropic_rig import (
@@ -248,3 +252,33 @@ async def test_openai_format_with_the_token_as_x_api_key_still_takes_the_openai_
     assert seen is not None
     assert seen.path == "/v1/chat/completions"
     assert seen.headers["authorization"] == f"Bearer {GOOD_CLAUDE}"
+
+
+@pytest.mark.parametrize(
+    ("path", "headers"),
+    [
+        (b"/v1/messages", []),
+        (b"/v1/models", [(b"x-api-key", b"t")]),
+        (b"/v1/models", [(b"anthropic-version", b"v")]),
+    ],
+)
+async def test_a_pool_still_loading_answers_starting_in_anthropics_shape(
+    monkeypatch: pytest.MonkeyPatch, path: bytes, headers: list[tuple[bytes, bytes]]
+) -> None:
+    from starlette.applications import Starlette
+
+    monkeypatch.setattr(router_module, "STARTING_WAIT_SEC", 0.0)
+    sent: list[Message] = []
+
+    async def receive() -> Message:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message: Message) -> None:
+        sent.append(message)
+
+    scope = {"type": "http", "raw_path": path, "method": "POST", "headers": headers}
+    await Router(Starlette())(scope, receive, send)
+    assert sent[0]["status"] == 503
+    body = orjson.loads(sent[1]["body"])
+    assert body["type"] == "error"
+    assert body["error"]["type"] == "api_error"

@@ -66,7 +66,7 @@ class Router:
 def _anthropic_client(scope: Scope) -> bool:
     """Does the request come the Anthropic way (`x-api-key`, or `anthropic-version` as the
     Anthropic SDKs always send)?"""
-    return any(name.lower() in _ANTHROPIC_HEADERS for name, _ in scope["headers"])
+    return any(name.lower() in _ANTHROPIC_HEADERS for name, _ in scope.get("headers", ()))
 
 
 _ANTHROPIC_HEADERS = frozenset({b"x-api-key", b"anthropic-version"})
