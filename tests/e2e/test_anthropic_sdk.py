@@ -109,6 +109,8 @@ async def test_version_defaults_when_the_client_sends_none(
     seen = fake.last_request(GOOD_CLAUDE)
     assert seen is not None
     assert seen.headers["anthropic-version"] == "2023-06-01"
+    assert seen.headers["x-api-key"] == GOOD_CLAUDE  # the pool's key, never the client's token
+    assert CLAUDE_TOKEN not in str(seen.headers)
 
 
 async def test_the_models_list_and_an_unknown_model_in_anthropics_shape(
