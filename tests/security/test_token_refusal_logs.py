@@ -93,6 +93,7 @@ SHAPES = [
     ([("x-goog-api-key", WRONG)], NATIVE, GENERATE, "gemini", "wrong", "x-goog-api-key"),
     ([], f"{NATIVE}?alt=sse&key={WRONG}", GENERATE, "gemini", "wrong", "key-query"),
     ([("api-key", WRONG)], "/v1/chat/completions", CHAT, "openai", "wrong", "api-key"),
+    ([("x-api-key", WRONG)], "/v1/messages", CHAT, "anthropic", "wrong", "x-api-key"),
     ([], "/v1/chat/completions?debug=1", CHAT, "openai", "missing", "none"),
     ([("authorization", f"Basic {WRONG}")], "/v1/embeddings", CHAT, "openai", "missing",
      "other-authorization"),
@@ -106,6 +107,12 @@ async def test_every_shape_of_refusal_is_logged_without_the_token(rig: Rig, log_
         answer = await rig.send("POST", target, [*JSON, *headers], body, token=None)
         if surface == "openai":
             openai_error(answer, 401, "invalid_api_key")
+        elif surface == "anthropic":
+            assert answer.status == 401
+            document = answer.json()
+            assert document["type"] == "error"
+            assert set(document["error"]) == {"type", "message"}
+            assert document["error"]["type"] == "authentication_error"
         else:
             gemini_error(answer, 401, "invalid_api_key")
         clock.advance(60)  # a quiet minute: the next refusal gets its own line

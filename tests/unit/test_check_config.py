@@ -379,12 +379,15 @@ def test_an_unknown_provider_type_hides_no_other_problem(runner: CliRunner, tmp_
         "providers.gemini.provider_type: unknown provider_type 'gemni' (did you mean 'gemini'?)",
         *SIX_LINES[3:],
     ]
-    unknown = text.replace("provider_type: gemni", "provider_type: claude")
+    unknown = text.replace("provider_type: gemni", "provider_type: bedrock")
     result = runner.invoke(main, ["check-config", str(write(tmp_path, unknown))])
-    assert "providers.gemini.provider_type: unknown provider_type 'claude' (use one of: " in (
+    assert "providers.gemini.provider_type: unknown provider_type 'bedrock' (use one of: " in (
         result.stderr
     )
     assert "providers.gemini.keys_pth: unknown setting" in result.stderr
+    claude = text.replace("provider_type: gemni", "provider_type: claude")
+    result = runner.invoke(main, ["check-config", str(write(tmp_path, claude))])
+    assert "unknown provider_type 'claude' (did you mean 'anthropic'?)" in result.stderr
 
 
 def test_config_option_like_every_command(runner: CliRunner, tmp_path: Path) -> None:

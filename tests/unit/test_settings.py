@@ -27,6 +27,7 @@ EXAMPLE_ENV = {
     "GEMINI_GATEWAY_TOKEN": "tok-gemini-111111111111",
     "DEEPSEEK_GATEWAY_TOKEN": "tok-deepseek-2222222222",
     "APP_GATEWAY_TOKEN": "tok-app-33333333333333",
+    "ANTHROPIC_GATEWAY_TOKEN": "tok-anthropic-44444444444",
 }
 GEMINI_TOKEN = "tok-gemini-aaaaaaaaaaaaaaaa"
 OPENAI_TOKEN = "tok-openai-bbbbbbbbbbbbbbbb"
@@ -98,7 +99,7 @@ def only_problem(tmp_path: Path, content: str | dict[str, Any]) -> Problem:
     ("name", "providers"),
     [
         ("examples/minimal_config.yaml", ["openai"]),
-        ("examples/full_config.yaml", ["gemini-production", "deepseek-main"]),
+        ("examples/full_config.yaml", ["gemini-production", "deepseek-main", "anthropic-main"]),
         ("config/providers.yaml", ["openai", "gemini"]),
     ],
 )
@@ -326,13 +327,12 @@ def test_config_path_precedence() -> None:
         ),
         (
             {"providers": {"g": gemini(provider_type="claude")}},
-            "providers.g.provider_type: unknown provider_type 'claude' "
-            "(use one of: 'openai_like', 'gemini')",
+            "providers.g.provider_type: unknown provider_type 'claude' (did you mean 'anthropic'?)",
         ),
         (
             {"providers": {"g": {k: v for k, v in gemini().items() if k != "provider_type"}}},
             "providers.g.provider_type: provider_type is missing "
-            "(use one of: 'openai_like', 'gemini')",
+            "(use one of: 'openai_like', 'gemini', 'anthropic')",
         ),
         (
             {"providers": {"g": gemini(provider_type="gemni")}},

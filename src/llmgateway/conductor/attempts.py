@@ -172,9 +172,7 @@ class AttemptLoop:
         sent = time.perf_counter()
         try:
             url = providers.upstream_url(settings, call.api, call.path, call.query)
-            name, value = providers.auth_header(settings, call.api, lease.secret)
-            headers = dict(call.headers)
-            headers[name] = value
+            headers = providers.upstream_headers(settings, call.api, call.headers, lease.secret)
             logs.bind_attempt(lease.secret, attempt)
             mode = settings.gateway_policy.debug_mode
             debug.request(mode, call.method, url, headers, call.body, lease.secret)

@@ -43,16 +43,16 @@ from llmgateway.observe import logs
 from llmgateway.observe.access import AccessLog, Refusal, TokenRefusals, client_address, shown_path
 from llmgateway.observe.metrics import NO_PROVIDER
 from llmgateway.observe.provider_metrics import OTHER_MODEL, Timing
-from llmgateway.providers import gemini, openai, target
+from llmgateway.providers import anthropic, gemini, openai, target
 from llmgateway.providers import headers as wire_headers
-from llmgateway.providers.routes import Match, Surface
+from llmgateway.providers.routes import Match, Surface, shape_of, surface_of
 
 log = logging.getLogger("llmgateway.api")
 
 
 _NO_TOKEN = (
-    "Missing or invalid gateway token. Send it as a Bearer token (OpenAI format) "
-    "or as x-goog-api-key (Gemini format)."
+    "Missing or invalid gateway token. Send it as a Bearer token (OpenAI format), "
+    "as x-goog-api-key (Gemini format) or as x-api-key (Anthropic format)."
 )
 
 
@@ -82,15 +82,15 @@ class Edge:
         logs.bind_request(request_id)
         raw_path: bytes = scope["raw_path"]
         raw_query: bytes = scope["query_string"]
-        token, via_google = _client_token(headers, raw_query)
-        shape: Surface = "gemini" if via_google or raw_path.startswith(b"/v1beta/") else "openai"
+        token, sent = _client_token(headers, raw_query)
+        shape = shape_of(sent, raw_path)
         digest = token_digest(token) if token else b""
         provider = self._provider(token, digest)
         if provider is None:
             routing = self.routing
             grants = routing.table.grants_of(digest) if routing is not None and token else None
             if grants is not None:
-                args = (headers, request_id, started, via_google)
+                args = (headers, request_id, started, sent)
                 run = await grant_run(self, grants, scope, receive, send, *args)
                 if run is not None:
                     await run[0].serve(run[1])
@@ -99,7 +99,7 @@ class Edge:
             self.attempt_loop.metrics.unauthorized(401)
             self._unauthorized(scope, headers, raw_query, token, shape, started)
             return
-        api = _surface(provider, raw_path, via_google)
+        api = _surface(provider, raw_path, sent)
         path = target.checked_path(raw_path)
         query = target.checked_query(raw_query)
         if api is None or path is None or query is None:
@@ -248,30 +248,38 @@ def _request_id(given: str | None) -> str:
     return f"{_ID_PREFIX}{next(_ids):012x}"
 
 
-def _client_token(headers: Mapping[str, str], query: bytes) -> tuple[str | None, bool]:
-    """The gateway token and whether it came the Gemini way (x-goog-api-key or ?key=)."""
+def _client_token(headers: Mapping[str, str], query: bytes) -> tuple[str | None, Surface]:
+    """The gateway token and the surface the way it came says: "gemini" (x-goog-api-key or
+    ?key=), "anthropic" (x-api-key, or a Bearer token beside `anthropic-version`, as the
+    Anthropic SDKs send their API key), else "openai". A Bearer token wins over x-api-key
+    (a client sending both meant the Bearer one, as before x-api-key was read)."""
     google = headers.get("x-goog-api-key")
     if google:
-        return google, True
+        return google, "gemini"
     auth = headers.get("authorization", "")
     if auth[:7].lower() == "bearer ":
-        return auth[7:].strip(), False
+        return auth[7:].strip(), "anthropic" if "anthropic-version" in headers else "openai"
+    claude = headers.get("x-api-key")
+    if claude:
+        return claude, "anthropic"
     if b"key=" in query:
         found = target.query_parameter(query, b"key")
         if found is not None:
-            return found, True
-    return headers.get("api-key"), False
+            return found, "gemini"
+    return headers.get("api-key"), "openai"
 
 
 def _sent_as(headers: Mapping[str, str], query: bytes) -> str:
-    """How the client sent its gateway token, read in `_client_token`'s order: `bearer`,
-    `x-goog-api-key`, `key-query`, `api-key`, `other-authorization` (a scheme other than
-    Bearer) or `none`."""
+    """How the client sent its gateway token, read in `_client_token`'s order:
+    `x-goog-api-key`, `bearer`, `x-api-key`, `key-query`, `api-key`, `other-authorization` (a
+    scheme other than Bearer) or `none`."""
     if headers.get("x-goog-api-key"):
         return "x-goog-api-key"
     auth = headers.get("authorization", "")
     if auth[:7].lower() == "bearer ":
         return "bearer"
+    if headers.get("x-api-key"):
+        return "x-api-key"
     if b"key=" in query and target.query_parameter(query, b"key") is not None:
         return "key-query"
     if headers.get("api-key") is not None:
@@ -279,13 +287,17 @@ def _sent_as(headers: Mapping[str, str], query: bytes) -> str:
     return "other-authorization" if auth else "none"
 
 
-def _surface(provider: Provider, path: bytes, via_google: bool) -> Surface | None:
+def _surface(provider: Provider, path: bytes, sent: Surface) -> Surface | None:
     """The wire format of the request: Gemini native (a Gemini provider's `/v1beta/`, or `/v1/`
-    with the token sent the Gemini way), else OpenAI under `/v1/`."""
-    native = path.startswith(b"/v1beta/") or (path.startswith(b"/v1/") and via_google)
-    if native and provider.settings.provider_type == "gemini":
+    with the token sent the Gemini way), Anthropic native (an Anthropic provider's
+    `/v1/messages…`, or its models list asked the Anthropic way), else OpenAI under `/v1/`."""
+    kind = provider.settings.provider_type
+    v1 = path.startswith(b"/v1/")
+    if kind == "gemini" and (path.startswith(b"/v1beta/") or (v1 and sent == "gemini")):
         return "gemini"
-    return "openai" if path.startswith(b"/v1/") else None
+    if kind == "anthropic" and v1 and surface_of(sent, path) == "anthropic":
+        return "anthropic"
+    return "openai" if v1 else None
 
 
 def _call(
@@ -335,6 +347,8 @@ async def _answer_locally(
             body = gemini.models_list(
                 [(name, models[catalog.resolve(name) or name].endpoint_suffix) for name in names]
             )
+        elif api == "anthropic":
+            body = anthropic.models_list(names)
         else:
             body = openai.models_list(names, provider.name)
         await send_whole(send, 200, JSON, body, request_id)
@@ -344,4 +358,8 @@ async def _answer_locally(
         message = f"The model {wanted[:80]!r} is not served here."
         await send_refusal(send, api, Refused(404, "model_not_found", message), request_id)
         return
-    await send_whole(send, 200, JSON, openai.model_object(wanted, provider.name), request_id)
+    if api == "anthropic":
+        body = anthropic.model_object(wanted)
+    else:
+        body = openai.model_object(wanted, provider.name)
+    await send_whole(send, 200, JSON, body, request_id)

@@ -182,8 +182,9 @@ class Asked:
 NOT_SERVED = Refused(
     404,
     "not_found",
-    "A gateway token serves POST /v1/… with the model in the body, and "
-    "POST /v1beta/models/{model}:{method} (or /v1/) on the Gemini surface.",
+    "A gateway token serves POST /v1/… with the model in the body (POST /v1/messages on "
+    "the Anthropic surface), and POST /v1beta/models/{model}:{method} (or /v1/) on the "
+    "Gemini surface.",
 )
 
 

@@ -18,7 +18,7 @@ from starlette.types import Receive, Scope, Send
 from llmgateway.conductor.admission import Refused
 from llmgateway.conductor.endpoints import Edge
 from llmgateway.conductor.responses import send_refusal
-from llmgateway.providers.routes import Surface
+from llmgateway.providers.routes import Surface, shape_of
 
 STARTING_WAIT_SEC = 10.0
 """How long a proxied request that comes during start-up waits for the pool to load."""
@@ -49,7 +49,8 @@ class Router:
                 if edge is None:
                     edge = await self._edge_when_open()
                     if edge is None:
-                        shape: Surface = "gemini" if path.startswith(b"/v1beta/") else "openai"
+                        sent: Surface = "anthropic" if _anthropic_client(scope) else "openai"
+                        shape = shape_of(sent, path)
                         await send_refusal(send, shape, _STARTING, secrets.token_hex(8))
                         return
                 await edge(scope, receive, send)
@@ -60,3 +61,12 @@ class Router:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._opened.wait(), STARTING_WAIT_SEC)
         return self.edge
+
+
+def _anthropic_client(scope: Scope) -> bool:
+    """Does the request come the Anthropic way (`x-api-key`, or `anthropic-version` as the
+    Anthropic SDKs always send)?"""
+    return any(name.lower() in _ANTHROPIC_HEADERS for name, _ in scope.get("headers", ()))
+
+
+_ANTHROPIC_HEADERS = frozenset({b"x-api-key", b"anthropic-version"})

@@ -39,6 +39,7 @@ from llmgateway.observe import logs
 from llmgateway.observe.metrics import NO_PROVIDER
 from llmgateway.observe.provider_metrics import OTHER_MODEL
 from llmgateway.providers import target as wire_target
+from llmgateway.providers.routes import surface_of
 
 log = logging.getLogger("llmgateway.api")
 
@@ -52,7 +53,7 @@ async def grant_run(
     headers: Mapping[str, str],
     request_id: str,
     started: float,
-    via_google: bool,
+    sent: Surface,
 ) -> tuple[Run, Route] | None:
     """A request made with a gateway token whose `grants` say what it may use, read and
     resolved: the run that serves it along its route (the caller awaits `Run.serve`, which
@@ -61,7 +62,7 @@ async def grant_run(
     routing = edge.routing
     assert routing is not None
     raw_path: bytes = scope["raw_path"]
-    surface: Surface = "gemini" if via_google or raw_path.startswith(b"/v1beta/") else "openai"
+    surface = surface_of(sent, raw_path)
     path = wire_target.checked_path(raw_path)
     query = wire_target.checked_query(scope["query_string"])
     if path is None or query is None:
@@ -186,13 +187,18 @@ class _Answer:
             body = wire.gemini.models_list([(name, ":generateContent") for name in names])
         elif self.surface == "openai" and path == "/v1/models":
             body = wire.openai.models_list(names, "llmgateway")
-        elif self.surface == "openai" and path.startswith("/v1/models/"):
+        elif self.surface == "anthropic" and path == "/v1/models":
+            body = wire.anthropic.models_list(names)
+        elif self.surface != "gemini" and path.startswith("/v1/models/"):
             wanted = path[len("/v1/models/") :]
             if isinstance(resolve_model(wanted, reach), NotFound):
                 message = "No such model for this token; GET /v1/models lists them."
                 await self.refuse(Refused(404, "model_not_found", message))
                 return
-            body = wire.openai.model_object(wanted, "llmgateway")
+            if self.surface == "anthropic":
+                body = wire.anthropic.model_object(wanted)
+            else:
+                body = wire.openai.model_object(wanted, "llmgateway")
         else:
             await self.refuse(NOT_SERVED)
             return

@@ -63,7 +63,7 @@ def from_pydantic(error: ErrorDetails) -> Problem:
         hint = f"did you mean '{close}'?" if close else f"valid here: {', '.join(valid)}"
         return Problem(_dotted(loc), "unknown setting", hint)
     if kind in ("union_tag_invalid", "union_tag_not_found"):
-        expected = ctx.get("expected_tags", "'openai_like', 'gemini'")
+        expected = ctx.get("expected_tags", "'openai_like', 'gemini', 'anthropic'")
         what = (
             f"unknown provider_type '{ctx['tag']}'" if "tag" in ctx else "provider_type is missing"
         )

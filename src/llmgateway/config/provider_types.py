@@ -16,7 +16,7 @@ from typing import Any
 from llmgateway.config.problems import Problem
 from llmgateway.config.settings import OpenAILikeProvider
 
-PROVIDER_TYPES = ("openai_like", "gemini")
+PROVIDER_TYPES = ("openai_like", "gemini", "anthropic")
 """The valid values of `provider_type`, in the order hints list them."""
 TAG = "provider_type"
 _CUTOFF = 0.6  # as close as a "did you mean" elsewhere in the config's problems
@@ -65,8 +65,14 @@ def _is_tag_typo(key: str) -> bool:
     return difflib.get_close_matches(key, fields, n=1, cutoff=_CUTOFF) == [TAG]
 
 
+_ALIASES = {"claude": "anthropic"}
+"""Names meant for a type that spelling alone does not lead to."""
+
+
 def _closest(written: Any) -> str | None:
     if not isinstance(written, str):
         return None
+    if written.lower() in _ALIASES:
+        return _ALIASES[written.lower()]
     close = difflib.get_close_matches(written.lower(), PROVIDER_TYPES, n=1, cutoff=_CUTOFF)
     return close[0] if close else None

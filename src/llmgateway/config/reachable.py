@@ -1,11 +1,12 @@
-"""Models no route reaches and route targets never tried: configured, but never served
-(warnings of `check-config`)."""
+"""Models no route reaches, route targets never tried, and routes the Anthropic surface serves
+only in part: configured, but never (or not everywhere) served (warnings of `check-config`)."""
 
 from __future__ import annotations
 
 import re
 from collections.abc import Iterator
 
+from llmgateway.config.route_rules import SURFACE_TYPES
 from llmgateway.config.settings import Settings
 from llmgateway.providers.catalog import is_pattern
 from llmgateway.providers.target import checked_path
@@ -73,4 +74,21 @@ def idle_targets(settings: Settings) -> list[tuple[str, str]]:
                         "target",
                     )
                 )
+    return found
+
+
+def split_routes(settings: Settings) -> list[tuple[str, str]]:
+    """Every route with Anthropic targets beside others, as (dotted path, why): on the
+    Anthropic surface (`/v1/messages`, no request translated) only its Anthropic targets
+    serve; on the OpenAI surface all of them."""
+    found: list[tuple[str, str]] = []
+    kinds = {n: p.provider_type for n, p in settings.providers.items() if p.enabled}
+    native = SURFACE_TYPES["anthropic"]
+    for alias, route in settings.routes.items():
+        on = [t for t in route.targets if t.provider in kinds]
+        served = [t for t in on if kinds[t.provider] in native]
+        if served and len(served) < len(on):
+            names = ", ".join(t.provider + "/" + t.model for t in served)
+            why = f"on the Anthropic surface (/v1/messages) only {names} serve (no translation)"
+            found.append((f"routes.{alias}", why))
     return found

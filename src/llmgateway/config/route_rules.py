@@ -25,8 +25,10 @@ Finding = tuple[str, str, str]
 """One broken rule: (dotted path, what is wrong, hint)."""
 
 SURFACE_TYPES: Mapping[Surface, frozenset[str]] = {
-    "openai": frozenset({"openai_like", "gemini"}),  # Gemini through its OpenAI endpoint
+    # Gemini and Anthropic through their OpenAI-compatible endpoints
+    "openai": frozenset({"openai_like", "gemini", "anthropic"}),
     "gemini": frozenset({"gemini"}),  # native: no translation
+    "anthropic": frozenset({"anthropic"}),  # native: no translation
 }
 """The provider types each client surface can send a route's requests to."""
 

@@ -84,4 +84,4 @@ def _grants(
         providers = frozenset(p for p in served[surface] if token.may_use_provider(p))
         return Reach(routes, providers)
 
-    return Grants(token.name, reach("openai"), reach("gemini"))
+    return Grants(token.name, reach("openai"), reach("gemini"), reach("anthropic"))

@@ -19,6 +19,7 @@ from llmgateway.config.route_rules import RouteParts, route_findings, routed_pro
 from llmgateway.config.schema import choose_member, is_model, step, unwrap
 from llmgateway.config.settings import (
     AdminSettings,
+    AnthropicProvider,
     BreakerBackoff,
     DatabaseSettings,
     GeminiProvider,
@@ -58,7 +59,7 @@ def check(data: Mapping[str, Any], settings: Settings | None) -> list[Finding]:
 # -- the rules -----------------------------------------------------------------------------------
 
 
-def _provider_rules(p: OpenAILikeProvider | GeminiProvider) -> Iterator[Finding]:
+def _provider_rules(p: ProviderSettings) -> Iterator[Finding]:
     yield from _default_model_rules(p)
     if p.provider_type == "gemini":
         for name, model in p.models.items():
@@ -73,7 +74,7 @@ def _provider_rules(p: OpenAILikeProvider | GeminiProvider) -> Iterator[Finding]
             yield (f"access_control.gateway_access_tokens.{i}", "empty token", "remove it")
 
 
-def _default_model_rules(p: OpenAILikeProvider | GeminiProvider) -> Iterator[Finding]:
+def _default_model_rules(p: ProviderSettings) -> Iterator[Finding]:
     """`default_model` names one concrete model the provider serves; it is also the model a
     pattern entry is probed through, so each pattern must match it (unless one shared status
     is probed for all models)."""
@@ -204,7 +205,7 @@ _Rule = Callable[[Any], Iterator[Finding]]
 _RULES: tuple[tuple[tuple[type[BaseModel], ...], tuple[str, ...], _Rule], ...] = (
     # (the sections a rule applies to, the settings it reads, the rule)
     (
-        (OpenAILikeProvider, GeminiProvider),
+        (OpenAILikeProvider, GeminiProvider, AnthropicProvider),
         (
             "provider_type",
             "enabled",

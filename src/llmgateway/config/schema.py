@@ -16,7 +16,7 @@ from llmgateway.config.settings import GatewayPolicy, Settings
 Loc = Sequence[str | int]
 """A pydantic error location."""
 
-_PROVIDER_TYPES = ("openai_like", "gemini")
+_PROVIDER_TYPES = ("openai_like", "gemini", "anthropic")
 
 RETIRED: Mapping[tuple[type[BaseModel], str], tuple[str, str]] = {
     (GatewayPolicy, "max_inflight_per_key"): (

@@ -503,8 +503,15 @@ class GeminiProvider(_ProviderBase):
     provider_type: Literal["gemini"]
 
 
+class AnthropicProvider(_ProviderBase):
+    """Anthropic's Messages API (`api_base_url` = `https://api.anthropic.com/v1`); OpenAI-format
+    requests go to its OpenAI-compatible endpoint under the same base."""
+
+    provider_type: Literal["anthropic"]
+
+
 ProviderSettings = Annotated[
-    OpenAILikeProvider | GeminiProvider, Field(discriminator="provider_type")
+    OpenAILikeProvider | GeminiProvider | AnthropicProvider, Field(discriminator="provider_type")
 ]
 
 

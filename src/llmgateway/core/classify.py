@@ -12,13 +12,15 @@ or a longer-context alias may serve) where any other client fault ends the reque
   `exceed_context_size_error`) or whose message starts as OpenAI, DeepSeek, vLLM, OpenRouter
   and Mistral word it ("This model's maximum context length is N tokens…"); Gemini (native and
   its OpenAI-compatible endpoint): a 400 "The input token count (N) exceeds the maximum number
-  of tokens allowed (M)".
+  of tokens allowed (M)"; Anthropic: a 400 "prompt is too long: N tokens > M maximum" (or
+  "input length and `max_tokens` exceed context limit").
 - `no_model`: the upstream says the model itself does not exist. OpenAI-like: a 404 with
   `error.code` `model_not_found` or a message "The model `x` does not exist…", or a 400 as
   DeepSeek ("Model Not Exist") and OpenRouter ("x is not a valid model ID") answer; Gemini: a
-  404 "models/x is not found for API version …". Any other 404 (a file, a batch, a cached
-  content, a path the upstream does not serve) is the client's `bad_request`. A Keeper probe
-  names a model it was told exists, so there every 404 is `no_model`.
+  404 "models/x is not found for API version …"; Anthropic: a 404 `not_found_error`
+  "model: x". Any other 404 (a file, a batch, a cached content, a path the upstream does not
+  serve) is the client's `bad_request`. A Keeper probe names a model it was told exists, so
+  there every 404 is `no_model`.
 
 Both are blamed on the client: no key, breaker or cooldown learns from them, and the client
 gets the upstream's answer as for any client fault.
@@ -79,7 +81,7 @@ class GatewayStatusPolicy(StatusMapping, Protocol):
 
 class Classified(Protocol):
     """What classifying reads of a provider (`config.settings.ProviderSettings` is one):
-    its type (`openai_like`, `gemini`) and its two policies."""
+    its type (`openai_like`, `gemini`, `anthropic`) and its two policies."""
 
     @property
     def provider_type(self) -> str: ...
@@ -293,6 +295,32 @@ def _gemini_reason(status: int, body: bytes, probe: bool) -> ErrorReason:
     return _common_reason(status, probe)
 
 
+def _anthropic_reason(status: int, body: bytes, probe: bool) -> ErrorReason:
+    """Anthropic's documented errors (`error.type` by status) on either of its endpoints."""
+    if not 400 <= status < 500:
+        return _common_reason(status, probe)  # 500 api_error, 529 overloaded_error
+    fields = _Fields.of(body)
+    if fields.kind == "billing_error" or (
+        status == 400 and _ANTHROPIC_NO_CREDIT.match(fields.message)
+    ):
+        return ErrorReason.NO_QUOTA
+    if status in (400, 413) and _ANTHROPIC_CONTEXT.match(fields.message):
+        return ErrorReason.CONTEXT_LENGTH
+    if status == 404 and (probe or _ANTHROPIC_NO_MODEL.fullmatch(fields.message)):
+        return ErrorReason.NO_MODEL
+    if status == 401 and not probe and fields.kind != "authentication_error":
+        return ErrorReason.AUTH_REFUSED  # not Anthropic's own word on the key: doubted
+    if status == 403 and not probe and fields.kind != "permission_error":
+        return ErrorReason.FORBIDDEN
+    return _common_reason(status, probe)  # 401 invalid key, 403 no access, 429 rate limited
+
+
+_ANTHROPIC_NO_CREDIT = re.compile(r"Your credit balance is too low")
+_ANTHROPIC_CONTEXT = re.compile(
+    r"prompt is too long: \d+ tokens > \d+ maximum"
+    r"|input length and `max_tokens` exceed context limit"
+)
+_ANTHROPIC_NO_MODEL = re.compile(r"model: \S+")
 _BAD_KEY_REASONS = frozenset({"API_KEY_INVALID", "API_KEY_EXPIRED"})
 _BAD_KEY = re.compile(r"(?:Your )?API key (?:not valid|expired|was reported as leaked)")
 _MISSING_KEY = re.compile(
@@ -331,6 +359,7 @@ _PER_DAY_QUOTA = re.compile(rb'"quotaId"\s*:\s*"[^"]*PerDay')
 _DEFAULTS: dict[str, Callable[[int, bytes, bool], ErrorReason]] = {
     "openai_like": _openai_reason,
     "gemini": _gemini_reason,
+    "anthropic": _anthropic_reason,
 }
 
 

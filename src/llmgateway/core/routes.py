@@ -43,8 +43,9 @@ class StreamCommit(enum.StrEnum):
     FIRST_EVENT = "first_event"  # the first SSE data or error event (comments skipped)
 
 
-Surface = Literal["openai", "gemini"]
-"""Where a request came in: "openai" (`/v1/…` with a Bearer token) or "gemini" (native)."""
+Surface = Literal["openai", "gemini", "anthropic"]
+"""Where a request came in: "openai" (`/v1/…` with a Bearer token), "gemini" (native) or
+"anthropic" (the Messages API, and the models list asked with the token in x-api-key)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,10 +124,13 @@ class Grants:
     name: str
     openai: Reach
     gemini: Reach
+    anthropic: Reach
 
     def on(self, surface: Surface) -> Reach:
-        """The reach on `surface` ("openai" or "gemini")."""
-        return self.gemini if surface == "gemini" else self.openai
+        """The reach on `surface`."""
+        if surface == "gemini":
+            return self.gemini
+        return self.anthropic if surface == "anthropic" else self.openai
 
 
 @dataclass(frozen=True, slots=True)

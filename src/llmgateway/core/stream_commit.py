@@ -6,8 +6,8 @@ the stream without any: relayed at once, the 200 leaves nothing to fall back fro
 is fed the upstream's bytes as they come and says after each chunk (a `Peek`):
 
 - `NEED_MORE`: nothing decided yet (comments such as `: keep-alive`, blank lines, `id:` and
-  `retry:` lines, an event not yet complete, a `ping` event, or an OpenAI Responses preamble
-  such as `response.created`, which carries no output);
+  `retry:` lines, an event not yet complete, a `ping` event, an OpenAI Responses preamble
+  such as `response.created`, or Anthropic's `message_start`, which carry no output);
 - `COMMIT`: the first data event is an answer, or `limit` bytes came without a decision: relay
   `held`, then the rest as it comes;
 - `ERROR`: the first event is an error (`event: error`, or a `data:` object with an `error`
@@ -214,8 +214,11 @@ def _plain_first_event(chunk: bytes) -> bool:
     return chunk.find(b"error", 7, end) < 0 and chunk.find(b'"type"', 7, end) < 0
 
 
-# events that come before any output (OpenAI Responses' preamble, pings): not an answer yet
-_PREAMBLE = frozenset({"response.created", "response.in_progress", "response.queued", "ping"})
+# events that come before any output (OpenAI Responses' preamble, Anthropic's message_start,
+# pings): not an answer yet
+_PREAMBLE = frozenset(
+    {"response.created", "response.in_progress", "response.queued", "ping", "message_start"}
+)
 _PREAMBLE_EVENTS = frozenset(name.encode() for name in _PREAMBLE)
 
 
@@ -300,4 +303,13 @@ _STATUS_OF_NAME = {
     "insufficient_quota": 429,
     "server_error": 500,
     "overloaded_error": 529,
+    # Anthropic's error types
+    "authentication_error": 401,
+    "billing_error": 402,
+    "permission_error": 403,
+    "not_found_error": 404,
+    "request_too_large": 413,
+    "rate_limit_error": 429,
+    "api_error": 500,
+    "timeout_error": 504,
 }

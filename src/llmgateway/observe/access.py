@@ -87,9 +87,10 @@ class Refusal:
     client: str
     method: str
     path: str
-    surface: str  # the API shape of the answer: openai or gemini
+    surface: str  # the API shape of the answer: openai, gemini or anthropic
     reason: Reason
-    sent_as: str  # bearer, x-goog-api-key, key-query, api-key, other-authorization or none
+    # bearer, x-goog-api-key, x-api-key, key-query, api-key, other-authorization or none
+    sent_as: str
     token_length: int
 
     def fields(self) -> dict[str, object]:

@@ -224,8 +224,8 @@ class Metrics:
             auth_failures=Counter(
                 "llmgateway_auth_failures",
                 "Requests refused 401 for their gateway token, by the API shape of the answer "
-                "(openai, gemini), or for the admin token of the web console (admin), and "
-                "reason (missing, wrong).",
+                "(openai, gemini, anthropic), or for the admin token of the web console (admin), "
+                "and reason (missing, wrong).",
                 ("surface", "reason"),
                 registry=registry,
             ),
@@ -272,9 +272,9 @@ class Metrics:
         self.requests.labels(NO_PROVIDER, OTHER_MODEL, str(code)).inc()
 
     def auth_failed(self, surface: str, reason: str) -> None:
-        """Count a request refused for its token: `surface` openai or gemini (a gateway token)
-        or admin (the console's), `reason` missing or wrong (bounded labels; never the
-        token)."""
+        """Count a request refused for its token: `surface` openai, gemini or anthropic (a
+        gateway token) or admin (the console's), `reason` missing or wrong (bounded labels;
+        never the token)."""
         self.auth_failures.labels(surface, reason).inc()
 
     def probe(self, provider: str, result: str, seconds: float) -> None:

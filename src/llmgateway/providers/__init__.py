@@ -1,22 +1,23 @@
 """Provider adapters: where a request goes, how the key is sent, how a key is probed, and the
-error shapes of the two wire formats. Pure functions, called per request by the gateway.
+error shapes of the three wire formats. Pure functions, called per request by the gateway.
 
 `api` is the wire format the client spoke: `"openai"` (`/v1/…` with a Bearer token) or
-`"gemini"` (native, `x-goog-api-key` or `?key=`).
+`"gemini"` (native, `x-goog-api-key` or `?key=`) or `"anthropic"` (the Messages API,
+`x-api-key`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Literal
 
 from llmgateway.config.settings import ModelSettings, ProviderSettings
 from llmgateway.core.outcomes import ALL_MODELS
-from llmgateway.providers import gemini, openai
+from llmgateway.providers import anthropic, gemini, openai
 from llmgateway.providers.catalog import Catalog, is_pattern
 
-Api = Literal["openai", "gemini"]
+Api = Literal["openai", "gemini", "anthropic"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,9 +40,15 @@ class _Adapter:
 _ADAPTERS = {
     "openai_like": _Adapter(openai.upstream_url, openai.probe_target, openai.models_url),
     "gemini": _Adapter(gemini.upstream_url, gemini.probe_target, gemini.models_url),
+    "anthropic": _Adapter(anthropic.upstream_url, anthropic.probe_target, anthropic.models_url),
 }
 
-_ERROR_BODIES = {"openai": openai.error_body, "gemini": gemini.error_body}
+_ERROR_BODIES = {
+    "openai": openai.error_body,
+    "gemini": gemini.error_body,
+    "anthropic": anthropic.error_body,
+}
+_NATIVE: dict[str, Api] = {"gemini": "gemini", "anthropic": "anthropic"}
 
 
 def upstream_url(provider: ProviderSettings, api: Api, path: str, query: str) -> str:
@@ -54,10 +61,26 @@ def upstream_url(provider: ProviderSettings, api: Api, path: str, query: str) ->
 
 
 def auth_header(provider: ProviderSettings, api: Api, secret: str) -> tuple[str, str]:
-    """The header that carries the real key: `x-goog-api-key` for native Gemini, else Bearer."""
+    """The header that carries the real key: `x-goog-api-key` for native Gemini, `x-api-key`
+    for native Anthropic, else Bearer."""
     if provider.provider_type == "gemini" and api == "gemini":
         return "x-goog-api-key", secret
+    if provider.provider_type == "anthropic" and api == "anthropic":
+        return "x-api-key", secret
     return "authorization", f"Bearer {secret}"
+
+
+def upstream_headers(
+    provider: ProviderSettings, api: Api, forwarded: Mapping[str, str], secret: str
+) -> dict[str, str]:
+    """The headers of one attempt: the client's forwarded ones and the real key (native
+    Anthropic: `anthropic-version` defaulted when the client sent none)."""
+    headers = dict(forwarded)
+    name, value = auth_header(provider, api, secret)
+    headers[name] = value
+    if api == "anthropic" and "anthropic-version" not in headers:
+        headers["anthropic-version"] = anthropic.DEFAULT_VERSION
+    return headers
 
 
 def probe_request(provider: ProviderSettings, model_name: str, secret: str) -> ProbeRequest:
@@ -68,18 +91,25 @@ def probe_request(provider: ProviderSettings, model_name: str, secret: str) -> P
     url, body = _ADAPTERS[provider.provider_type].probe_target(
         provider.api_base_url, model, settings
     )
-    api: Api = "gemini" if provider.provider_type == "gemini" else "openai"
-    name, value = auth_header(provider, api, secret)
-    headers = {name: value, "content-type": "application/json"}
+    api = _NATIVE.get(provider.provider_type, "openai")
+    headers = _probe_headers(provider, api, secret)
+    headers["content-type"] = "application/json"
     return ProbeRequest(method="POST", url=url, headers=headers, body=body)
 
 
 def auth_probe_request(provider: ProviderSettings, secret: str) -> ProbeRequest:
     """The cheap auth probe: the models list, which spends no tokens."""
     url = _ADAPTERS[provider.provider_type].models_url(provider.api_base_url)
-    api: Api = "gemini" if provider.provider_type == "gemini" else "openai"
+    api = _NATIVE.get(provider.provider_type, "openai")
+    headers = _probe_headers(provider, api, secret)
+    return ProbeRequest(method="GET", url=url, headers=headers, body=b"")
+
+
+def _probe_headers(provider: ProviderSettings, api: Api, secret: str) -> dict[str, str]:
     name, value = auth_header(provider, api, secret)
-    return ProbeRequest(method="GET", url=url, headers={name: value}, body=b"")
+    if api == "anthropic":
+        return {name: value, "anthropic-version": anthropic.DEFAULT_VERSION}
+    return {name: value}
 
 
 def _model(provider: ProviderSettings, model_name: str) -> tuple[str, ModelSettings]:
@@ -113,10 +143,13 @@ def _default_model(provider: ProviderSettings) -> tuple[str, ModelSettings]:
 def error_body(
     api: Api, status: int, message: str, *, code: str | None = None, type_: str | None = None
 ) -> bytes:
-    """An error body in the client's wire format (OpenAI or Gemini shape)."""
+    """An error body in the client's wire format (OpenAI, Gemini or Anthropic shape)."""
     return _ERROR_BODIES[api](status, message, code=code, type_=type_)
 
 
 def sse_error_event(api: Api, status: int, message: str) -> bytes:
-    """An in-band error for a stream already started: `data: {"error": …}\\n\\n`."""
+    """An in-band error for a stream already started: `data: {"error": …}\\n\\n` (Anthropic's
+    as an `event: error`)."""
+    if api == "anthropic":
+        return anthropic.sse_error_event(status, message)
     return b"data: " + error_body(api, status, message) + b"\n\n"

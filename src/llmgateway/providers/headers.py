@@ -2,9 +2,10 @@
 
 Toward the upstream, an exact allow-list per provider type and wire format: what the official
 SDKs send to describe the request (content type, accepted types, the SDK's own `x-stainless-*`
-and `x-goog-api-client`, beta flags, idempotency keys) and nothing credential-, account- or
-hop-related. The key goes in its own header (`providers.auth_header`), `accept-encoding` is
-always `identity` (bodies are read to classify them), and `x-request-id` is the gateway's.
+and `x-goog-api-client`, beta flags, `anthropic-version`, idempotency keys) and nothing
+credential-, account- or hop-related. The key goes in its own header (`providers.auth_header`),
+`accept-encoding` is always `identity` (bodies are read to classify them), and `x-request-id`
+is the gateway's.
 
 Toward the client, everything but hop-by-hop headers, cookies, the upstream's identity, and
 what belongs to the key's account: its organization, project and rate-limit counters.
@@ -20,6 +21,8 @@ _ALLOWED: dict[tuple[str, str], frozenset[str]] = {
     ("openai_like", "openai"): _COMMON | {"openai-beta", "http-referer", "x-title"},
     ("gemini", "openai"): _COMMON | {"openai-beta"},
     ("gemini", "gemini"): _COMMON | {"x-goog-api-client"},
+    ("anthropic", "openai"): _COMMON | {"openai-beta"},
+    ("anthropic", "anthropic"): _COMMON | {"anthropic-version", "anthropic-beta"},
 }
 _SDK_PREFIX = "x-stainless-"  # the OpenAI SDKs' own description of themselves
 

@@ -24,7 +24,7 @@ ModelSource = Literal["body", "form", "path", "optional", "none"]
 native), optionally the body (routes added by the operator), or nowhere (models lists)."""
 Answer = Literal["forward", "models", "model"]
 """Who answers: the upstream, or the gateway itself (the models list, one model)."""
-Surface = Literal["openai", "gemini"]
+Surface = Literal["openai", "gemini", "anthropic"]
 
 _SEGMENT = "[^/]*"  # `*` in a route: any run of characters within one path segment
 _MODEL = "([^/:]+)"  # a model id in a Gemini native path
@@ -92,6 +92,9 @@ _OPENAI_ROUTES: dict[str, ModelSource] = {
 }
 # Gemini's OpenAI-compatible endpoint (`/v1beta/openai/…`) serves fewer of them
 _GEMINI_OPENAI_ROUTES = ("chat/completions", "embeddings", "images/generations")
+# Anthropic's OpenAI-compatible endpoint serves chat completions only
+_ANTHROPIC_OPENAI_ROUTES = ("chat/completions",)
+_ANTHROPIC_ROUTES = ("messages", "messages/count_tokens")
 _GEMINI_METHODS = {
     "generateContent": False,
     "streamGenerateContent": True,
@@ -104,10 +107,12 @@ _GEMINI_METHODS = {
 def openai_surface(
     provider_type: str, models: Mapping[str, ModelSettings], extra: Iterable[str] = ()
 ) -> RouteTable:
-    """The routes under `/v1/` in the OpenAI format (for a Gemini provider: its
+    """The routes under `/v1/` in the OpenAI format (for a Gemini or Anthropic provider: its
     OpenAI-compatible endpoint)."""
-    gemini = provider_type == "gemini"
-    names = _GEMINI_OPENAI_ROUTES if gemini else tuple(_OPENAI_ROUTES)
+    native = provider_type in ("gemini", "anthropic")
+    names = {"gemini": _GEMINI_OPENAI_ROUTES, "anthropic": _ANTHROPIC_OPENAI_ROUTES}.get(
+        provider_type, tuple(_OPENAI_ROUTES)
+    )
     exact: dict[tuple[str, str], Route] = {
         ("POST", f"/v1/{name}"): Route(name, _OPENAI_ROUTES[name]) for name in names
     }
@@ -115,13 +120,35 @@ def openai_surface(
     patterns: list[tuple[str | None, re.Pattern[str], Route]] = [
         ("GET", re.compile(r"/v1/models/(.+)"), Route("models/*", "none", answer="model"))
     ]
-    if not gemini:  # a suffix is a path under api_base_url; Gemini's are native (`:predict`)
-        for suffix, entries in _by_suffix(models).items():
-            key = ("POST", "/v1" + suffix)
-            if key not in exact:
-                exact[key] = Route(suffix.lstrip("/"), "body", only=entries)
+    if not native:  # a suffix is a path under api_base_url; the others' are native routes
+        _suffix_routes(exact, models)
     patterns += _operator_routes(extra, "/v1/")
     return RouteTable(exact, tuple(patterns))
+
+
+def anthropic_surface(models: Mapping[str, ModelSettings], extra: Iterable[str] = ()) -> RouteTable:
+    """Anthropic's native routes under `/v1/`: the Messages API and the models list."""
+    exact: dict[tuple[str, str], Route] = {
+        ("POST", f"/v1/{name}"): Route(name, "body") for name in _ANTHROPIC_ROUTES
+    }
+    exact[("GET", "/v1/models")] = Route("models", "none", answer="models")
+    patterns: list[tuple[str | None, re.Pattern[str], Route]] = [
+        ("GET", re.compile(r"/v1/models/(.+)"), Route("models/*", "none", answer="model"))
+    ]
+    _suffix_routes(exact, models)
+    patterns += _operator_routes(extra, "/v1/")
+    return RouteTable(exact, tuple(patterns))
+
+
+def _suffix_routes(
+    exact: dict[tuple[str, str], Route], models: Mapping[str, ModelSettings]
+) -> None:
+    """Each configured `endpoint_suffix` (a path under `api_base_url`) not yet routed, for the
+    model entries naming it."""
+    for suffix, entries in _by_suffix(models).items():
+        key = ("POST", "/v1" + suffix)
+        if key not in exact:
+            exact[key] = Route(suffix.lstrip("/"), "body", only=entries)
 
 
 def gemini_surface(models: Mapping[str, ModelSettings], extra: Iterable[str] = ()) -> RouteTable:
@@ -146,12 +173,44 @@ def gemini_surface(models: Mapping[str, ModelSettings], extra: Iterable[str] = (
     return RouteTable(exact, tuple(patterns))
 
 
+MESSAGES = b"/v1/messages"
+"""Anthropic's Messages API paths start so (`/v1/messages`, `/v1/messages/count_tokens`)."""
+
+
+def shape_of(sent: Surface, path: bytes) -> Surface:
+    """The API shape of an answer made before the provider is known: the one the token's way
+    says (x-goog-api-key: Gemini, x-api-key: Anthropic), else a `/v1beta/` path's (Gemini) or
+    a `/v1/messages` one's (Anthropic), else OpenAI's."""
+    if sent != "openai":
+        return sent
+    if path.startswith(b"/v1beta/"):
+        return "gemini"
+    return "anthropic" if path.startswith(MESSAGES) else "openai"
+
+
+def surface_of(sent: Surface, path: bytes) -> Surface:
+    """The wire format of a request: Anthropic's for `/v1/messages…`, and for the models list
+    when the token came the Anthropic way (its other `/v1/` paths are OpenAI's: Anthropic's
+    OpenAI-compatible endpoint); Gemini's for `/v1beta/` or a token sent the Gemini way;
+    else OpenAI's."""
+    if path.startswith(MESSAGES):
+        return "anthropic"
+    if sent == "anthropic":
+        return "anthropic" if path.startswith(_MODELS) else "openai"
+    return shape_of(sent, path)
+
+
+_MODELS = b"/v1/models"
+
+
 def tables(provider: ProviderSettings) -> dict[Surface, RouteTable]:
     """The route tables of a provider, by the wire format the client speaks."""
     extra = provider.gateway_policy.allowed_routes
     openai = openai_surface(provider.provider_type, provider.models, extra)
     if provider.provider_type == "gemini":
         return {"openai": openai, "gemini": gemini_surface(provider.models, extra)}
+    if provider.provider_type == "anthropic":
+        return {"openai": openai, "anthropic": anthropic_surface(provider.models, extra)}
     return {"openai": openai}
 
 

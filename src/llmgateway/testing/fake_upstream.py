@@ -1,9 +1,10 @@
 """A fake LLM provider on real loopback HTTP: OpenAI, Gemini native and Gemini's
-OpenAI-compatible endpoint, with faults chosen by key.
+OpenAI-compatible endpoint, Anthropic's Messages API, with faults chosen by key.
 
-In tests: `async with FakeUpstream() as fake:` then point a provider at `fake.openai_base` or
-`fake.gemini_base`, set faults with `fake.set_behavior(secret, Behavior(...))`, and assert on
-`fake.calls(secret)`. As a process: `llmgateway fake-upstream`, driven over `/_fake/…`.
+In tests: `async with FakeUpstream() as fake:` then point a provider at `fake.openai_base`,
+`fake.gemini_base` or `fake.anthropic_base`, set faults with
+`fake.set_behavior(secret, Behavior(...))`, and assert on `fake.calls(secret)`. As a process:
+`llmgateway fake-upstream`, driven over `/_fake/…`.
 
 A key with no behaviour set is judged by its name: one containing `invalid`, `ratelimited`,
 `noquota`, `flaky`, `slow`, `hang`, `drop`, `nomodel`, `contextlength`, `streamerror`,
@@ -27,6 +28,7 @@ from typing import Self
 from aiohttp import web
 
 from llmgateway.testing import fake_answers as answers
+from llmgateway.testing import fake_anthropic
 from llmgateway.testing.fake_admin import admin_routes
 from llmgateway.testing.fake_answers import Answer
 from llmgateway.testing.faults import (
@@ -43,7 +45,13 @@ from llmgateway.testing.faults import (
     server_error,
 )
 
-DEFAULT_MODELS = ("gpt-4o-mini", "gpt-4o", "text-embedding-3-small", "gemini-2.5-flash")
+DEFAULT_MODELS = (
+    "gpt-4o-mini",
+    "gpt-4o",
+    "text-embedding-3-small",
+    "gemini-2.5-flash",
+    "claude-sonnet-4-5",
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,6 +133,12 @@ class FakeUpstream:
     def gemini_base(self) -> str:
         """The `api_base_url` of a gemini provider pointed at this fake."""
         return self.url
+
+    @property
+    def anthropic_base(self) -> str:
+        """The `api_base_url` of an anthropic provider pointed at this fake (its OpenAI
+        endpoint, `/v1/chat/completions`, is the fake's OpenAI one)."""
+        return f"{self.url}/v1"
 
     async def start(self) -> None:
         """Listen on `host:port` (port 0 picks a free one, then `port` is set)."""
@@ -250,6 +264,10 @@ class FakeUpstream:
             [
                 web.post("/v1/chat/completions", route("openai", self._chat)),
                 web.post("/v1/embeddings", route("openai", answers.embeddings)),
+                web.post("/v1/messages", route("anthropic", self._messages)),
+                web.post(
+                    "/v1/messages/count_tokens", route("anthropic", fake_anthropic.count_tokens)
+                ),
                 web.get("/v1/models", self._v1_models(route)),
                 web.post("/v1beta/openai/chat/completions", route("compat", self._chat)),
                 web.post("/v1beta/openai/embeddings", route("compat", answers.embeddings)),
@@ -279,14 +297,23 @@ class FakeUpstream:
     def _gemini_call(self, request: web.Request, body: bytes) -> Answer | web.Response:
         return answers.gemini_call(request, body, self.chunks)
 
+    def _messages(self, request: web.Request, body: bytes) -> Answer | web.Response:
+        return fake_anthropic.messages(request, body, self.chunks)
+
+    def _anthropic_models(self, request: web.Request, body: bytes) -> Answer | web.Response:
+        return fake_anthropic.models(request, self.models)
+
     def _v1_models(self, route: Callable[[Dialect, _Handler], _Endpoint]) -> _Endpoint:
-        # `GET /v1/models` is OpenAI's list, or Gemini's (v1) for a caller using x-goog-api-key.
+        # `GET /v1/models` is OpenAI's list, Gemini's (v1) for a caller using x-goog-api-key,
+        # or Anthropic's for one using x-api-key.
         openai = route("openai", self._openai_models)
         gemini = route("gemini", self._gemini_models)
+        anthropic = route("anthropic", self._anthropic_models)
 
         async def handle(request: web.Request) -> web.StreamResponse:
-            native = "x-goog-api-key" in request.headers
-            return await (gemini if native else openai)(request)
+            if "x-goog-api-key" in request.headers:
+                return await gemini(request)
+            return await (anthropic if "x-api-key" in request.headers else openai)(request)
 
         return handle
 
@@ -361,6 +388,8 @@ class FakeUpstream:
             return in_url, True
         if speaks == "gemini":
             return request.headers.get("x-goog-api-key", ""), False
+        if speaks == "anthropic" and "x-api-key" in request.headers:
+            return request.headers["x-api-key"], False  # else a Bearer, as the SDK sends it
         scheme, _, token = request.headers.get("authorization", "").partition(" ")
         return (token.strip() if scheme.lower() == "bearer" else ""), False
 
@@ -404,6 +433,7 @@ async def serve(
         announce(f"fake upstream listening on {fake.url}")
         announce(f"  openai_like api_base_url: {fake.openai_base}")
         announce(f"  gemini api_base_url:      {fake.gemini_base}")
+        announce(f"  anthropic api_base_url:   {fake.anthropic_base}")
         announce(f"  keys naming a fault get it: {', '.join(NAMED)}; others are good")
         announce("  admin: POST /_fake/behaviors|models|reset|outage, GET /_fake/stats")
         await asyncio.Event().wait()

@@ -1,6 +1,6 @@
 """Faults of the fake upstream: which key gets which (`Behavior`, the naming convention), and
 the error answers in each dialect's real shape (OpenAI, Gemini, Gemini's OpenAI-compatible
-endpoint)."""
+endpoint, Anthropic's from `testing.anthropic_wire`)."""
 
 from __future__ import annotations
 
@@ -12,14 +12,16 @@ import pydantic
 from aiohttp import web
 
 from llmgateway.observe.masking import mask
+from llmgateway.testing import anthropic_wire as claude
 from llmgateway.testing import wire
 
 _JSON = "application/json"
 
 RetryStyle = Literal["retry-after", "retry-after-ms", "x-ratelimit", "retry-delay", "none"]
-Dialect = Literal["openai", "gemini", "compat"]
-"""How a route speaks: OpenAI, Gemini native, or Gemini's OpenAI-compatible endpoint (Bearer
-auth, Gemini-shaped errors wrapped in a JSON array, as Google sends them)."""
+Dialect = Literal["openai", "gemini", "compat", "anthropic"]
+"""How a route speaks: OpenAI, Gemini native, Gemini's OpenAI-compatible endpoint (Bearer
+auth, Gemini-shaped errors wrapped in a JSON array, as Google sends them), or Anthropic's
+Messages API (`x-api-key`)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,7 +40,7 @@ class Behavior:
 
     hang: bool = False  # never answer (until the client gives up or the fake stops)
     invalid: bool = False  # 401 invalid_api_key / Gemini 400 API_KEY_INVALID
-    no_quota: bool = False  # 429 insufficient_quota / Gemini per-day quota
+    no_quota: bool = False  # 429 insufficient_quota / Gemini per-day quota / Anthropic credit
     rate_limited: bool = False  # 429 with a retry hint in `retry_style`
     retry_after: float = 1.0
     retry_style: RetryStyle = "retry-after"
@@ -114,6 +116,8 @@ def error_body(
     """An error body in the dialect's shape (Gemini's in a JSON array on the compat endpoint)."""
     if speaks == "openai":
         return wire.openai_error(message, type_, code, param)
+    if speaks == "anthropic":
+        return claude.error_body(status, message)
     body = wire.gemini_error(status, message, state, details or [])
     return b"[" + body + b"]" if speaks == "compat" else body
 
@@ -124,6 +128,8 @@ def bad_request(request: web.Request, message: str) -> web.Response:
 
 
 def missing_key(speaks: Dialect) -> web.Response:
+    if speaks == "anthropic":
+        return claude.missing_key()
     if speaks == "openai":
         message = "You didn't provide an API key (Authorization: Bearer YOUR_KEY)."
         return error_response(speaks, 401, message, "UNAUTHENTICATED", code="missing_api_key")
@@ -132,6 +138,8 @@ def missing_key(speaks: Dialect) -> web.Response:
 
 
 def invalid_key(speaks: Dialect, secret: str) -> web.Response:
+    if speaks == "anthropic":
+        return claude.invalid_key()
     if speaks == "openai":
         message = f"Incorrect API key provided: {mask(secret)}."
         return error_response(speaks, 401, message, "UNAUTHENTICATED", code="invalid_api_key")
@@ -154,6 +162,8 @@ def _quota_failure(quota_id: str) -> dict[str, Any]:
 
 
 def no_quota(speaks: Dialect) -> web.Response:
+    if speaks == "anthropic":
+        return claude.no_credit()
     message = "You exceeded your current quota, please check your plan and billing details."
     details = [_quota_failure("GenerateRequestsPerDayPerProjectPerModel-FreeTier")]
     return error_response(
@@ -168,6 +178,8 @@ def no_quota(speaks: Dialect) -> web.Response:
 
 
 def rate_limited(speaks: Dialect, seconds: float, style: RetryStyle) -> web.Response:
+    if speaks == "anthropic":
+        return claude.rate_limited(seconds)
     headers: dict[str, str] = {}
     details = [_quota_failure("GenerateRequestsPerMinutePerProjectPerModel-FreeTier")]
     if style == "retry-after":
@@ -194,6 +206,8 @@ def rate_limited(speaks: Dialect, seconds: float, style: RetryStyle) -> web.Resp
 
 
 def server_error(speaks: Dialect, status: int) -> web.Response:
+    if speaks == "anthropic":
+        return claude.server_error(status)
     state = {503: "UNAVAILABLE", 504: "DEADLINE_EXCEEDED"}.get(status, "INTERNAL")
     if status < 500:
         state = "RESOURCE_EXHAUSTED" if status == 429 else "FAILED_PRECONDITION"
@@ -204,7 +218,9 @@ def server_error(speaks: Dialect, status: int) -> web.Response:
 def model_not_found(speaks: Dialect, model: str, path: str) -> web.Response:
     """The model does not exist: OpenAI's 404 `model_not_found`, Gemini's 404 NOT_FOUND
     (worded with the API version and method the path names; `v1main` on the compat endpoint,
-    as Google words it there)."""
+    as Google words it there), Anthropic's 404 "model: x"."""
+    if speaks == "anthropic":
+        return claude.model_not_found(model)
     if speaks == "openai":
         message = f"The model `{model}` does not exist or you do not have access to it."
         return error_response(speaks, 404, message, "NOT_FOUND", code="model_not_found")
@@ -220,7 +236,10 @@ def model_not_found(speaks: Dialect, model: str, path: str) -> web.Response:
 
 def context_length(speaks: Dialect, tokens: int, limit: int) -> web.Response:
     """The request exceeds the model's context window: OpenAI's 400
-    `context_length_exceeded`, Gemini's 400 INVALID_ARGUMENT "The input token count…"."""
+    `context_length_exceeded`, Gemini's 400 INVALID_ARGUMENT "The input token count…",
+    Anthropic's 400 "prompt is too long…"."""
+    if speaks == "anthropic":
+        return claude.context_length(tokens, limit)
     if speaks == "openai":
         message = (
             f"This model's maximum context length is {limit} tokens. However, your messages"
@@ -240,7 +259,9 @@ KEEP_ALIVE = b": keep-alive\n\n"
 
 def stream_error_event(speaks: Dialect, status: int) -> bytes:
     """`stream_error_body()` as an SSE `data:` event (Gemini's framed with CRLF, as it frames
-    its events)."""
+    its events; Anthropic's an `event: error`)."""
+    if speaks == "anthropic":
+        return claude.stream_error_event(status)
     body = stream_error_body(speaks, status)
     return b"data: " + body + (b"\r\n\r\n" if speaks == "gemini" else b"\n\n")
 
