@@ -86,9 +86,11 @@ RedisUrl = Annotated[str, _url_checker(("redis", "rediss"), "redis://127.0.0.1:6
 """A redis:// or rediss:// (TLS) URL, optionally with user:pass@ and a /db number."""
 """An http:// or https:// URL, kept as text."""
 ProxyUrl = Annotated[
-    str, _url_checker(("http", "https", "socks5"), "http://user:pass@10.0.0.1:3128")
+    str,
+    _url_checker(("http", "https", "socks5", "socks5h"), "http://user:pass@10.0.0.1:3128"),
 ]
-"""An outbound proxy URL: http://, https:// or socks5://, optionally with user:pass@."""
+"""An outbound proxy URL: http://, https://, socks5:// or socks5h:// (the proxy resolves host
+names), optionally with user:pass@."""
 StatusCode = Annotated[int, Field(ge=100, le=599)]
 """An HTTP status code."""
 

@@ -55,6 +55,7 @@ class SeenRequest:
     query: Mapping[str, str]
     headers: Mapping[str, str]
     body: bytes = b""  # its first 64 KiB, once the fake read it (a fault may answer before)
+    peer: str | None = None  # the address the connection came from (which proxy, if any)
 
 
 @dataclass(slots=True)
@@ -373,6 +374,7 @@ class FakeUpstream:
             request.path,
             dict(request.query),
             {k.lower(): v for k, v in request.headers.items()},
+            peer=request.remote,
         )
         return calls
 

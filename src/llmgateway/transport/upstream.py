@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Protocol
 
 from llmgateway.config.settings import Timeouts
 from llmgateway.core.egress import DIRECT
-from llmgateway.transport import http1
+from llmgateway.transport import http1, socks
 
 if TYPE_CHECKING:  # loaded on the first proxied call: a gateway without proxies never needs it
     import aiohttp
@@ -226,6 +226,7 @@ class HttpUpstream:
         session = self._session(egress)
         import aiohttp
 
+        through_socks = socks.is_socks(egress)  # its connector opens the tunnel: no proxy=
         try:
             async with asyncio.timeout_at(deadline):
                 response = await session.request(
@@ -233,15 +234,24 @@ class HttpUpstream:
                     url,
                     headers=headers,
                     data=body or None,
-                    proxy=egress,
+                    proxy=None if through_socks else egress,
                     timeout=client_timeout(timeouts),
                     allow_redirects=False,
                 )
-        except aiohttp.ClientResponseError as error:  # the only kind: the head did not parse
+        except aiohttp.ClientHttpProxyError as error:  # the HTTP proxy refused the tunnel
+            raise http1.ConnectError(
+                f"the HTTP proxy refused the tunnel (status {error.status})"
+            ) from None
+        except aiohttp.ClientResponseError as error:  # else only: the head did not parse
             cause = type(error.__cause__ or error).__name__  # e.g. BadStatusLine, LineTooLong
             raise http1.ProtocolError(
                 f"the upstream sent a malformed HTTP response ({cause})"
             ) from error
+        except Exception as error:
+            failure = socks.socks_failure(error) if through_socks else None
+            if failure is None:
+                raise
+            raise failure from None  # python-socks' own words may name the proxy's address
         if not 200 <= response.status <= 599:  # aiohttp skips interim answers but 101
             response.close()
             raise http1.ProtocolError(
@@ -254,11 +264,15 @@ class HttpUpstream:
         if session is None or session.closed:
             import aiohttp
 
-            connector = aiohttp.TCPConnector(
-                limit=self.limits.total,
-                limit_per_host=self.limits.per_origin,
-                keepalive_timeout=self.limits.keepalive_sec,
-                ttl_dns_cache=300,
+            connector = (
+                socks.socks_connector(egress, self.limits)
+                if socks.is_socks(egress)
+                else aiohttp.TCPConnector(
+                    limit=self.limits.total,
+                    limit_per_host=self.limits.per_origin,
+                    keepalive_timeout=self.limits.keepalive_sec,
+                    ttl_dns_cache=300,
+                )
             )
             session = aiohttp.ClientSession(
                 connector=connector,
