@@ -15,6 +15,9 @@ cannot be reached skips the test with the reason, unless `LLMGATEWAY_REQUIRE_PG=
 tests/chaos, tests/soak, tests/security and tests/browser get the marker of their folder, so
 `-m "not soak"` and the like select by kind.
 
+`socks_proxy` starts real SOCKS5 servers (microsocks, tests/microsocks.py); a test using it is
+marked `microsocks`, skipped without the program unless `LLMGATEWAY_REQUIRE_MICROSOCKS=1` (CI).
+
 `fake` is the fake upstream (`FakeUpstream(**fake_options)`; a module overrides `fake_options`
 to change it); `gateway` starts the real gateway on it (`async with gateway(...) as url:`)."""
 

@@ -107,8 +107,7 @@ async def test_static_socks5_with_a_login_carries_the_traffic(
     write_keys(tmp_path / "keys" / "openai", KEYS[:3])
     write_keys(tmp_path / "keys" / "gemini", ["AIza-good-socks-0001-abcdefgh"])
     static = {"mode": "static", "static_url": proxy.url()}
-    async with start_gateway(settings_for(tmp_path, fake, static)) as gw:
-        sdk = client(gw)
+    async with start_gateway(settings_for(tmp_path, fake, static)) as gw, client(gw) as sdk:
         for _ in range(6):
             assert await chat(sdk)
         seen = [fake.last_request(k) for k in KEYS[:3]]
@@ -126,8 +125,7 @@ async def test_a_wrong_socks_password_is_an_egress_fault_never_the_keys(
     write_keys(tmp_path / "keys" / "gemini", ["AIza-good-socks-0001-abcdefgh"])
     wrong = "wrong-pa55-never-shown"
     static = {"mode": "static", "static_url": proxy.url(password=wrong)}
-    async with start_gateway(settings_for(tmp_path, fake, static)) as gw:
-        sdk = client(gw)
+    async with start_gateway(settings_for(tmp_path, fake, static)) as gw, client(gw) as sdk:
         for _ in range(3):
             with pytest.raises(openai.APIStatusError) as caught:
                 await chat(sdk)
@@ -150,14 +148,14 @@ async def test_socks5h_leaves_the_host_name_to_the_proxy(
     write_keys(tmp_path / "keys" / "gemini", ["AIza-good-socks-0001-abcdefgh"])
     by_name = f"http://localhost:{fake.port}"
     static = {"mode": "static", "static_url": proxy.url("socks5h")}
-    async with start_gateway(settings_for(tmp_path, by_name, static)) as gw:
-        assert await chat(client(gw))
+    async with start_gateway(settings_for(tmp_path, by_name, static)) as gw, client(gw) as sdk:
+        assert await chat(sdk)
     assert ("localhost", fake.port) in proxy.targets()  # the proxy was handed the name
 
     local = socks_proxy(user="gw", password=PASSWORD)  # socks5://: resolved here, an address
     static = {"mode": "static", "static_url": local.url("socks5")}
-    async with start_gateway(settings_for(tmp_path, by_name, static)) as gw:
-        assert await chat(client(gw))
+    async with start_gateway(settings_for(tmp_path, by_name, static)) as gw, client(gw) as sdk:
+        assert await chat(sdk)
     assert local.targets()
     assert {host for host, _ in local.targets()} <= {"127.0.0.1", "::1"}
 
@@ -171,8 +169,7 @@ async def test_stealth_binds_each_key_to_its_socks_proxy(
     write_keys(tmp_path / "keys" / "gemini", ["AIza-good-socks-0001-abcdefgh"])
     settings = settings_for(tmp_path, fake, stealth_pool(tmp_path, list(by_url)))
     provider = settings.providers["openai"]
-    async with start_gateway(settings) as gw:
-        sdk = client(gw)
+    async with start_gateway(settings) as gw, client(gw) as sdk:
         for _ in range(40):
             assert await chat(sdk)
         used = [k for k in KEYS if fake.calls(k)]
@@ -199,8 +196,7 @@ async def test_a_socks_proxy_killed_under_load_costs_no_key(
     ]
     assert behind_dying
     assert len(behind_dying) < len(KEYS)
-    async with start_gateway(settings) as gw:
-        sdk = client(gw)
+    async with start_gateway(settings) as gw, client(gw) as sdk:
         statuses: list[str] = []
 
         async def worker(count: int) -> None:

@@ -188,8 +188,8 @@ async def test_a_hostile_socks_proxy_is_an_egress_fault_bounded_in_time(
     async with (
         HostileSocks(behaviour) as hostile,
         gateway_via(tmp_path, fake, hostile.url(login)) as gw,
+        openai.AsyncOpenAI(base_url=f"{gw.url}/v1", api_key=OPENAI_TOKEN, max_retries=0) as sdk,
     ):
-        sdk = openai.AsyncOpenAI(base_url=f"{gw.url}/v1", api_key=OPENAI_TOKEN, max_retries=0)
         started = time.monotonic()
         with pytest.raises(openai.APIStatusError) as caught:
             await sdk.chat.completions.create(

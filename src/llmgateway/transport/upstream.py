@@ -4,10 +4,12 @@
 (status and headers arrived, the body still to read). `HttpUpstream` is the one on the network:
 direct traffic uses the small keep-alive client of `transport.http1` (the hot path: about a
 quarter of aiohttp's CPU per call); traffic through an outbound proxy (static or stealth) uses one
-aiohttp session per proxy. Both are HTTP/1.1 only (HTTP/2 multiplexing froze the original project
-under load), with explicit connection limits and the provider's `timeouts`. Both refuse a request
-HTTP/1.1 cannot carry (`http1.InvalidRequest`, before anything is sent) and turn an answer that is
-not valid HTTP/1.1, or breaks a bound, into `http1.ProtocolError`. Tests point it at the fake
+aiohttp session per proxy: an HTTP proxy is named per request (CONNECT, or absolute-URI
+forwarding), a SOCKS5 one is built into its session's connector (`transport.socks`). Both are
+HTTP/1.1 only (HTTP/2 multiplexing froze the original project under load), with explicit
+connection limits and the provider's `timeouts`. Both refuse a request HTTP/1.1 cannot carry
+(`http1.InvalidRequest`, before anything is sent) and turn an answer that is not valid HTTP/1.1,
+or breaks a bound, into `http1.ProtocolError`. Tests point it at the fake
 upstream in `llmgateway.testing`, over real loopback HTTP, and at its `HostileUpstream`; unit
 tests of the attempt loop use `llmgateway.testing.memory_upstream.MemoryUpstream` instead.
 """
@@ -165,7 +167,8 @@ class Upstream(Protocol):
         its body (not `chunks()`) raises a TimeoutError. The caller closes the response.
         `headers` must not hold hop-by-hop headers, Host or Content-Length. A transport failure
         is an OSError (`http1.ConnectError`, `http1.ReadTimeout`, `http1.Disconnected`…) or,
-        through a proxy, one of aiohttp's `ClientError`s."""
+        through a proxy, one of aiohttp's `ClientError`s; a proxy that does not open the tunnel
+        (an HTTP proxy's refusal, any SOCKS handshake failure) is an `http1.ConnectError`."""
         ...
 
     def open_connections(self) -> int:
