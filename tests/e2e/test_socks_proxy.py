@@ -101,7 +101,7 @@ def stealth_pool(tmp_path: Path, urls: list[str]) -> dict[str, Any]:
 
 
 async def test_static_socks5_with_a_login_carries_the_traffic(
-    tmp_path: Path, fake: FakeUpstream, socks_proxy: SocksFactory
+    tmp_path: Path, fake: FakeUpstream, socks_proxy: SocksFactory, caplog: pytest.LogCaptureFixture
 ) -> None:
     proxy = socks_proxy(user="gw", password=PASSWORD, bind="127.0.0.2")
     write_keys(tmp_path / "keys" / "openai", KEYS[:3])
@@ -115,6 +115,7 @@ async def test_static_socks5_with_a_login_carries_the_traffic(
         assert proxy.targets()
         assert {port for _, port in proxy.targets()} == {fake.port}
         await no_key_marked(gw)
+    assert PASSWORD not in caplog.text
 
 
 async def test_a_wrong_socks_password_is_an_egress_fault_never_the_keys(
