@@ -39,6 +39,7 @@ from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 from llmgateway.config.settings import ProviderSettings, ProxyMode, Settings
+from llmgateway.core.egress import SOCKS_SCHEMES, socks_login_problem
 from llmgateway.observe.masking import mask
 from llmgateway.records import SyncChanges
 
@@ -50,7 +51,7 @@ log = logging.getLogger("llmgateway.sync")
 MIN_KEY_LENGTH = 8
 MAX_KEY_LENGTH = 1024
 KEY_CHARACTERS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789._~+/=:-")
-PROXY_SCHEMES = ("http", "https", "socks5", "socks5h")
+PROXY_SCHEMES = ("http", "https", *SOCKS_SCHEMES)
 PROBLEMS_PER_FILE = 20
 """Problems reported per file; the rest are counted in one last line."""
 
@@ -116,7 +117,7 @@ def proxy_problem(token: str) -> str | None:
         return "has no host; write scheme://[user:pass@]host:port"
     if port == 0:
         return "has port 0"
-    return None
+    return socks_login_problem(token)
 
 
 def mask_proxy(url: str) -> str:

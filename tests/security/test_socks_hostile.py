@@ -1,14 +1,17 @@
 """A hostile SOCKS5 proxy as the real gateway's static proxy: one answering garbage, one sending
 an endless reply, one that never answers, one demanding a login the URL lacks, one refusing
-the target, one hanging up mid-handshake. Each is bounded by the provider's connect timeout (the
-endless reply by what the handshake reads: never buffered whole), answered as the client's API
-shapes a failure, counted as an egress fault (`egress_error`) and never blamed on a key; the
-proxy's password appears in no answer and no log line."""
+the target, one hanging up or resetting the connection mid-handshake. Each is bounded by the
+provider's connect timeout (the endless reply by what the handshake reads: never buffered
+whole), answered as the client's API shapes a failure, counted as an egress fault
+(`egress_error`) and never blamed on a key; the proxy's password appears in no answer and no
+log line."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import socket
+import struct
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
@@ -140,6 +143,12 @@ async def hangs_up(_: HostileSocks, reader: asyncio.StreamReader, w: asyncio.Str
     w.write(b"\x05")  # half a reply, then gone
 
 
+async def resets(_: HostileSocks, reader: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+    await greeting(reader)
+    sock = w.get_extra_info("socket")
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))  # RST, no FIN
+
+
 @contextlib.asynccontextmanager
 async def gateway_via(tmp_path: Path, fake: FakeUpstream, proxy_url: str) -> AsyncIterator[Running]:
     write_keys(tmp_path / "keys" / "openai", KEYS)
@@ -176,6 +185,7 @@ def egress_attempts(gw: Running) -> dict[str, float]:
         pytest.param(demands_login, False, id="demands-a-login"),
         pytest.param(refuses_target, True, id="refuses-the-target"),
         pytest.param(hangs_up, True, id="hangs-up-mid-handshake"),
+        pytest.param(resets, True, id="resets-mid-handshake"),
     ],
 )
 async def test_a_hostile_socks_proxy_is_an_egress_fault_bounded_in_time(

@@ -5,6 +5,7 @@ itself is in tests/e2e/test_socks_proxy.py, the attacks in tests/security/test_s
 from __future__ import annotations
 
 import errno
+import ssl
 
 import aiohttp_socks
 import pydantic
@@ -32,11 +33,23 @@ def test_a_socks_url_is_read_with_its_login_decoded() -> None:
         "proxy.example", 1081, remote_dns=False, username="u@corp", password="p:ss/w"
     )
     assert parse_socks("socks5h://10.0.0.1") == SocksProxy("10.0.0.1", 1080, remote_dns=True)
-    assert parse_socks("SOCKS5H://only@h:1").password == ""  # a user alone: an empty password
+    assert parse_socks("SOCKS5H://only@h:1").password is None  # no login is offered then
     assert "s3cret" not in repr(parse_socks("socks5://u:s3cret@h:1"))
 
 
-@pytest.mark.parametrize("url", ["socks5://:1080", "socks5://u:secret-pw@h:99999", "http://h:1"])
+LONG = "x" * 256
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "socks5://:1080",
+        "socks5://u:secret-pw@h:99999",
+        "http://h:1",
+        f"socks5://u:secret-{LONG}@h:1",
+        "socks5h://u:secret-p%C3%A4ss@h:1",  # not ASCII
+    ],
+)
 def test_a_bad_socks_url_is_refused_without_showing_it(url: str) -> None:
     with pytest.raises(SocksError) as caught:
         parse_socks(url)
@@ -78,10 +91,6 @@ def _raised(error: Exception, cause: BaseException) -> Exception:
             aiohttp_socks.ProxyConnectionError("Couldn't connect to proxy 10.0.0.9:1080"),
             "cannot connect to the SOCKS proxy",
         ),
-        (
-            AssertionError(),
-            "the SOCKS proxy asks for a user and password the proxy URL lacks",
-        ),
     ],
 )
 def test_socks_failures_are_egress_faults_in_our_words(error: Exception, message: str) -> None:
@@ -104,9 +113,21 @@ def test_a_socks_handshake_timeout_is_an_egress_fault_not_a_read_timeout() -> No
     assert exception_reason(failure) is ErrorReason.EGRESS_ERROR
 
 
-def test_other_errors_keep_their_meaning() -> None:
-    assert socks_failure(ValueError("x")) is None
-    assert socks_failure(ConnectionResetError()) is None
+def test_tls_with_the_upstream_through_the_tunnel_is_an_egress_fault() -> None:
+    error = ssl.SSLCertVerificationError(1, "certificate verify failed: llm.example")
+    error.reason = "CERTIFICATE_VERIFY_FAILED"
+    failure = socks_failure(error)
+    assert str(failure) == (
+        "TLS with the upstream through the SOCKS proxy failed "
+        "(SSLCertVerificationError: CERTIFICATE_VERIFY_FAILED)"
+    )
+    assert exception_reason(failure) is ErrorReason.EGRESS_ERROR
+
+
+def test_anything_else_in_the_handshake_is_named_by_its_kind_only() -> None:
+    failure = socks_failure(ConnectionResetError(errno.ECONNRESET, "reset by 10.0.0.9:1080"))
+    assert str(failure) == "the SOCKS handshake failed (ConnectionResetError)"
+    assert exception_reason(failure) is ErrorReason.EGRESS_ERROR
 
 
 @pytest.mark.parametrize(
@@ -115,6 +136,16 @@ def test_other_errors_keep_their_meaning() -> None:
 def test_socks5h_is_accepted_as_socks5_is(url: str) -> None:
     assert ProxyConfig.model_validate({"mode": "static", "static_url": url}).static_url == url
     assert proxy_problem(url) is None
+
+
+@pytest.mark.parametrize("login", [f"{LONG}:pw", f"u:{LONG}", "u:p%C3%A4ss-secret", "%C3%BC:pw"])
+def test_a_login_socks5_cannot_carry_is_refused_where_proxies_are_read(login: str) -> None:
+    url = f"socks5h://{login}@10.0.0.1:1080"
+    problem = "its SOCKS5 user and password must be ASCII, at most 255 characters each"
+    with pytest.raises(pydantic.ValidationError, match=problem):
+        ProxyConfig.model_validate({"mode": "static", "static_url": url})
+    assert proxy_problem(url) == problem
+    assert proxy_problem(f"http://{login}@10.0.0.1:3128") is None  # an HTTP proxy's is its own
 
 
 def test_socks4_is_not_a_proxy_scheme() -> None:

@@ -1,11 +1,12 @@
-"""SOCKS5 egress: the aiohttp connector of a `socks5://` or `socks5h://` proxy, and its failures.
+"""SOCKS5 egress: reading a `socks5://` or `socks5h://` proxy URL, and the proxy's failures.
 
 A SOCKS proxy is not an HTTP proxy that aiohttp could be told about per request: the handshake
 happens under the connection, so each SOCKS proxy gets a session whose connector opens every
-connection through it (aiohttp-socks, on python-socks). `socks5://` resolves the upstream's host
-name here and hands the proxy an address; `socks5h://` hands it the name, for the proxy to
-resolve (DNS from the proxy's side, as `curl` reads the same schemes). `user:pass@` in the URL
-(percent-encoded where needed) is the RFC 1929 login.
+connection through it (`transport.socks_connector`: aiohttp-socks, on python-socks).
+`socks5://` resolves the upstream's host name here and hands the proxy an address; `socks5h://`
+hands it the name, for the proxy to resolve (DNS from the proxy's side, as `curl` reads the
+same schemes). `user:pass@` in the URL (percent-encoded where needed) is the RFC 1929 login,
+offered only when both are given.
 
 Everything that fails before the proxy has opened the tunnel (the proxy unreachable, silent past
 the connect timeout, refusing the login or the target, or answering something that is not
@@ -15,17 +16,12 @@ with a message of our own words that never holds the URL, its user or its passwo
 
 from __future__ import annotations
 
+import ssl
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 from urllib.parse import unquote, urlsplit
 
+from llmgateway.core.egress import SOCKS_SCHEMES, socks_login_problem
 from llmgateway.transport import http1
-
-if TYPE_CHECKING:  # both load with the first SOCKS session
-    import aiohttp
-
-SOCKS_SCHEMES = ("socks5", "socks5h")
-"""The proxy URL schemes carried by SOCKS5 (`socks5h`: the proxy resolves host names)."""
 
 
 class SocksError(http1.ConnectError):
@@ -61,7 +57,8 @@ def is_socks(url: str) -> bool:
 
 def parse_socks(url: str) -> SocksProxy:
     """The proxy `url` names (a `socks5://` or `socks5h://` URL, default port 1080). Raises
-    `SocksError` for one without a host or with a bad port, naming neither."""
+    `SocksError` for one without a host, with a bad port or a login SOCKS5 cannot carry,
+    naming none of them."""
     try:
         parts = urlsplit(url)
         port = parts.port or 1080
@@ -69,10 +66,11 @@ def parse_socks(url: str) -> SocksProxy:
         raise SocksError("the SOCKS proxy URL has an invalid port") from None
     if not parts.hostname or parts.scheme.lower() not in SOCKS_SCHEMES:
         raise SocksError("the SOCKS proxy URL has no host")
+    problem = socks_login_problem(url)
+    if problem is not None:
+        raise SocksError(f"the SOCKS proxy URL cannot be used: {problem}")
     username = unquote(parts.username) if parts.username is not None else None
     password = unquote(parts.password) if parts.password is not None else None
-    if username is not None and password is None:
-        password = ""  # RFC 1929 allows an empty password; a user alone means one
     return SocksProxy(
         host=parts.hostname,
         port=port,
@@ -82,28 +80,10 @@ def parse_socks(url: str) -> SocksProxy:
     )
 
 
-def socks_connector(url: str, limits: http1.Limits) -> aiohttp.TCPConnector:
-    """An aiohttp connector opening every connection through the SOCKS5 proxy `url`, with the
-    same pool limits as the HTTP proxies' connectors."""
-    from aiohttp_socks import ProxyConnector, ProxyType
-
-    proxy = parse_socks(url)
-    return ProxyConnector(
-        proxy_type=ProxyType.SOCKS5,
-        host=proxy.host,
-        port=proxy.port,
-        username=proxy.username,
-        password=proxy.password,
-        rdns=proxy.remote_dns,
-        limit=limits.total,
-        limit_per_host=limits.per_origin,
-        keepalive_timeout=limits.keepalive_sec,
-    )
-
-
-def socks_failure(error: BaseException) -> SocksError | None:
-    """`error`, raised while opening a connection through a SOCKS proxy, as a `SocksError`;
-    None when it is no failure of the proxy's (aiohttp's own errors keep their meaning)."""
+def socks_failure(error: BaseException) -> SocksError:
+    """`error`, raised while a tunnel through a SOCKS proxy was being opened (aiohttp-socks'
+    errors, or anything else its handshake let through, such as a reset), as a `SocksError`
+    in our own words."""
     import aiohttp_socks
 
     if isinstance(error, aiohttp_socks.ProxyTimeoutError):
@@ -112,10 +92,11 @@ def socks_failure(error: BaseException) -> SocksError | None:
         return SocksError(_unreachable(error))
     if isinstance(error, aiohttp_socks.ProxyError):
         return SocksError(f"the SOCKS proxy refused: {_reply(error)}")
-    if isinstance(error, AssertionError):
-        # python-socks asserts a login exists when the proxy demands one the URL does not give
-        return SocksError("the SOCKS proxy asks for a user and password the proxy URL lacks")
-    return None
+    if isinstance(error, ssl.SSLError):
+        reason = getattr(error, "reason", None)
+        kind = type(error).__name__ + (f": {reason}" if reason else "")
+        return SocksError(f"TLS with the upstream through the SOCKS proxy failed ({kind})")
+    return SocksError(f"the SOCKS handshake failed ({type(error).__name__})")
 
 
 def _unreachable(error: BaseException) -> str:

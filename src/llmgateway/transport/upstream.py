@@ -241,6 +241,10 @@ class HttpUpstream:
                     timeout=client_timeout(timeouts),
                     allow_redirects=False,
                 )
+        except aiohttp.ClientOSError as error:  # aiohttp wraps the SOCKS connector's errors
+            if isinstance(error.__cause__, socks.SocksError):
+                raise error.__cause__ from None
+            raise
         except aiohttp.ClientHttpProxyError as error:  # the HTTP proxy refused the tunnel
             raise http1.ConnectError(
                 f"the HTTP proxy refused the tunnel (status {error.status})"
@@ -250,11 +254,6 @@ class HttpUpstream:
             raise http1.ProtocolError(
                 f"the upstream sent a malformed HTTP response ({cause})"
             ) from error
-        except Exception as error:
-            failure = socks.socks_failure(error) if through_socks else None
-            if failure is None:
-                raise
-            raise failure from None  # python-socks' own words may name the proxy's address
         if not 200 <= response.status <= 599:  # aiohttp skips interim answers but 101
             response.close()
             raise http1.ProtocolError(
@@ -267,16 +266,18 @@ class HttpUpstream:
         if session is None or session.closed:
             import aiohttp
 
-            connector = (
-                socks.socks_connector(egress, self.limits)
-                if socks.is_socks(egress)
-                else aiohttp.TCPConnector(
+            connector: aiohttp.TCPConnector
+            if socks.is_socks(egress):
+                from llmgateway.transport.socks_connector import socks_connector
+
+                connector = socks_connector(egress, self.limits)
+            else:
+                connector = aiohttp.TCPConnector(
                     limit=self.limits.total,
                     limit_per_host=self.limits.per_origin,
                     keepalive_timeout=self.limits.keepalive_sec,
                     ttl_dns_cache=300,
                 )
-            )
             session = aiohttp.ClientSession(
                 connector=connector,
                 auto_decompress=False,
