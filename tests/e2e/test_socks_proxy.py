@@ -22,6 +22,7 @@ from llmgateway.core.outcomes import KeyStatus
 from llmgateway.core.resilience import BreakerState
 from llmgateway.keeper.run import Keeper
 from llmgateway.store import Store, proxy_checks
+from llmgateway.testing import Behavior
 from llmgateway.testing.configs import two_providers, write_keys
 from llmgateway.testing.fake_upstream import FakeUpstream
 from llmgateway.transport.upstream import HttpUpstream
@@ -91,6 +92,19 @@ async def no_key_marked(gw: Running) -> None:
     now = gateway.clock()
     for provider in gateway.providers.values():
         assert provider.pool.ejected_count(now) == 0
+
+
+def failed_attempts(gw: Running) -> dict[str, float]:
+    """The openai provider's upstream attempts by reason (`ok` included)."""
+    metrics = gw.app.state.edge.attempt_loop.metrics
+    metrics.flush()
+    return {
+        sample.labels["reason"]: sample.value
+        for family in metrics.registry.collect()
+        for sample in family.samples
+        if sample.name == "llmgateway_upstream_attempts_total"
+        and sample.labels["provider"] == "openai"
+    }
 
 
 def stealth_pool(tmp_path: Path, urls: list[str]) -> dict[str, Any]:
@@ -197,6 +211,8 @@ async def test_a_socks_proxy_killed_under_load_costs_no_key(
     ]
     assert behind_dying
     assert len(behind_dying) < len(KEYS)
+    for key in behind_dying:  # their answers take a while: some are in flight at the kill
+        fake.set_behavior(key, Behavior(delay=0.4))
     async with start_gateway(settings) as gw, client(gw) as sdk:
         statuses: list[str] = []
 
@@ -209,18 +225,24 @@ async def test_a_socks_proxy_killed_under_load_costs_no_key(
                     statuses.append(f"{type(error).__name__} {getattr(error, 'body', None)}")
 
         first = asyncio.gather(*(worker(15) for _ in range(6)))
-        await eventually(lambda: len(statuses) >= 20 and len(dying.targets()) > 0, within=20)
+        # killed with at least two requests waiting for their answer through it
+        await eventually(lambda: len(statuses) >= 10 and fake.open_requests >= 2, within=20)
+        in_flight = fake.open_requests
         dying.kill()
         killed_at = len(statuses)
         await first
         await asyncio.gather(*(worker(10) for _ in range(6)))
 
-        # requests through it at and after the kill failed over to keys behind the other
-        # proxy: no client saw an error
+        # the requests cut in flight and those after the kill failed over to keys behind the
+        # other proxy as egress faults: no client saw an error, the provider's breaker stayed
+        # closed, the dead proxy's opened
         assert killed_at < len(statuses)
         assert statuses.count("ok") == len(statuses), [s for s in statuses if s != "ok"]
         guard = gw.gateway.providers["openai"].guard
         assert guard.egress_states().get(dying.url()) is BreakerState.OPEN
+        assert guard.state is BreakerState.CLOSED
+        assert failed_attempts(gw).get("egress_error", 0) >= in_flight
+        assert set(failed_attempts(gw)) <= {"ok", "egress_error"}, failed_attempts(gw)
         await no_key_marked(gw)
 
         # and the Keeper's proxy check finds it dead, the living one alive

@@ -115,6 +115,25 @@ class _ViaProxy:
         self.response.release()
 
 
+class ProxyDisconnected(http1.ConnectError):
+    """The connection through an outbound proxy broke before the answer's head arrived.
+
+    Through a proxy that is the proxy's doing as far as anyone can tell (it died, or dropped
+    the tunnel): an egress fault, never the key's, so a proxy dying under load opens its own
+    egress breaker, not the provider's. A cut after the head is the stream's, as on direct
+    traffic."""
+
+
+def _broke_off(error: BaseException) -> http1.ConnectError:
+    """A proxied request's connection failure before the head: the SOCKS connector's own
+    error (aiohttp wraps it in a `ClientOSError`), else a `ProxyDisconnected`."""
+    if isinstance(error.__cause__, socks.SocksError):
+        return error.__cause__
+    return ProxyDisconnected(
+        f"the connection through the proxy broke before the answer ({type(error).__name__})"
+    )
+
+
 def _too_large(limit: int) -> http1.ResponseTooLarge:
     return http1.ResponseTooLarge(f"the upstream's answer body is over {limit} bytes")
 
@@ -168,7 +187,8 @@ class Upstream(Protocol):
         `headers` must not hold hop-by-hop headers, Host or Content-Length. A transport failure
         is an OSError (`http1.ConnectError`, `http1.ReadTimeout`, `http1.Disconnected`…) or,
         through a proxy, one of aiohttp's `ClientError`s; a proxy that does not open the tunnel
-        (an HTTP proxy's refusal, any SOCKS handshake failure) is an `http1.ConnectError`."""
+        (an HTTP proxy's refusal, any SOCKS handshake failure) or breaks it before the answer's
+        head is an `http1.ConnectError`."""
         ...
 
     def open_connections(self) -> int:
@@ -241,10 +261,14 @@ class HttpUpstream:
                     timeout=client_timeout(timeouts),
                     allow_redirects=False,
                 )
-        except aiohttp.ClientOSError as error:  # aiohttp wraps the SOCKS connector's errors
-            if isinstance(error.__cause__, socks.SocksError):
-                raise error.__cause__ from None
-            raise
+        except aiohttp.ClientConnectorError:
+            raise  # no connection to the proxy: aiohttp's own, an egress fault already
+        except (
+            aiohttp.ClientOSError,
+            aiohttp.ServerDisconnectedError,
+            aiohttp.ClientConnectionResetError,
+        ) as error:
+            raise _broke_off(error) from None
         except aiohttp.ClientHttpProxyError as error:  # the HTTP proxy refused the tunnel
             raise http1.ConnectError(
                 f"the HTTP proxy refused the tunnel (status {error.status})"
