@@ -15,6 +15,9 @@ cannot be reached skips the test with the reason, unless `LLMGATEWAY_REQUIRE_PG=
 tests/chaos, tests/soak, tests/security and tests/browser get the marker of their folder, so
 `-m "not soak"` and the like select by kind.
 
+`socks_proxy` starts real SOCKS5 servers (microsocks, tests/microsocks.py); a test using it is
+marked `microsocks`, skipped without the program unless `LLMGATEWAY_REQUIRE_MICROSOCKS=1` (CI).
+
 `fake` is the fake upstream (`FakeUpstream(**fake_options)`; a module overrides `fake_options`
 to change it); `gateway` starts the real gateway on it (`async with gateway(...) as url:`)."""
 
@@ -27,7 +30,7 @@ import functools
 import logging
 import os
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any, Literal
 
@@ -48,6 +51,7 @@ from tests.helpers import (
     libpq_dsn,
     start_gateway,
 )
+from tests.microsocks import MicroSocks, require_microsocks, start_microsocks
 from tests.pgbouncer import PgBouncer, Route, require_pgbouncer, start_pgbouncer
 
 # The suite reads no environment file of its working directory (a developer's own .env would
@@ -148,6 +152,7 @@ SERVER_FIXTURES: dict[str, tuple[str, ...]] = {
     "redis_prefix": ("redis",),
     "pg_database": ("postgres",),
     "pgbouncer": ("postgres", "pgbouncer"),
+    "socks_proxy": ("microsocks",),
 }
 """The fixtures that reach a server, and the markers a test using one gets by itself."""
 
@@ -182,6 +187,8 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
             require_server(server)
     if pooled:
         require_pgbouncer()
+    if item.get_closest_marker("microsocks") is not None:
+        require_microsocks()
 
 
 @pytest.fixture(scope="session")
@@ -193,6 +200,24 @@ def pgbouncer() -> Iterator[PgBouncer]:
     bouncer = start_pgbouncer()
     yield bouncer
     bouncer.stop()
+
+
+@pytest.fixture
+def socks_proxy() -> Iterator[Callable[..., MicroSocks]]:
+    """Starts real SOCKS5 servers (microsocks, tests/microsocks.py) on free loopback ports:
+    `socks_proxy(user=..., password=..., bind=...)`; all are killed after the test (skipped
+    without the program, or failed under LLMGATEWAY_REQUIRE_MICROSOCKS=1)."""
+    require_microsocks()
+    started: list[MicroSocks] = []
+
+    def start(**options: str | None) -> MicroSocks:
+        server = start_microsocks(**options)
+        started.append(server)
+        return server
+
+    yield start
+    for server in started:
+        server.stop()
 
 
 @pytest.fixture

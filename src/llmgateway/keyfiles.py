@@ -8,8 +8,8 @@ skipped. Files are only ever read.
 
 A key is 8 to 1024 characters from `A-Z a-z 0-9 . _ ~ + / = : -` (what API keys and tokens are
 made of). Any other token is reported as `file:line: <masked> is not a key (why)` and skipped.
-Proxy lists (`pool_list_path`, stealth mode) follow the same rules with `http://`, `https://`
-or `socks5://` URLs, optionally with `user:pass@`; their password is never shown.
+Proxy lists (`pool_list_path`, stealth mode) follow the same rules with `http://`, `https://`,
+`socks5://` or `socks5h://` URLs, optionally with `user:pass@`; their password is never shown.
 
 A folder that is missing, or a file that cannot be read, is not UTF-8 or is not a regular file
 (a FIFO, a socket, a dangling link), makes the provider's read incomplete: its new keys are
@@ -39,6 +39,7 @@ from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 from llmgateway.config.settings import ProviderSettings, ProxyMode, Settings
+from llmgateway.core.egress import SOCKS_SCHEMES, socks_login_problem
 from llmgateway.observe.masking import mask
 from llmgateway.records import SyncChanges
 
@@ -50,7 +51,7 @@ log = logging.getLogger("llmgateway.sync")
 MIN_KEY_LENGTH = 8
 MAX_KEY_LENGTH = 1024
 KEY_CHARACTERS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789._~+/=:-")
-PROXY_SCHEMES = ("http", "https", "socks5")
+PROXY_SCHEMES = ("http", "https", *SOCKS_SCHEMES)
 PROBLEMS_PER_FILE = 20
 """Problems reported per file; the rest are counted in one last line."""
 
@@ -111,12 +112,12 @@ def proxy_problem(token: str) -> str | None:
     except ValueError:
         return "is not a valid URL (check the host and port)"
     if parts.scheme not in PROXY_SCHEMES:
-        return "must start with http://, https:// or socks5://"
+        return "must start with http://, https://, socks5:// or socks5h://"
     if not parts.hostname:
         return "has no host; write scheme://[user:pass@]host:port"
     if port == 0:
         return "has port 0"
-    return None
+    return socks_login_problem(token)
 
 
 def mask_proxy(url: str) -> str:

@@ -15,6 +15,7 @@ from llmgateway.observe.masking import shown_proxy
     [
         ("http://user:pass@10.0.0.1:3128", "http://***@10.0.0.1:3128"),
         ("socks5://only-user@proxy.example:1080", "socks5://***@proxy.example:1080"),
+        ("socks5h://u:p%40ss-secret@proxy.example:1080", "socks5h://***@proxy.example:1080"),
         ("http://us@r:p@ss@10.0.0.1:3128/x@y", "http://***@10.0.0.1:3128/x@y"),
         ("https://10.0.0.1:8443", "https://10.0.0.1:8443"),
         ("not a url with secret-password-inside", "no…side"),

@@ -102,6 +102,7 @@ def test_proxies_parse_and_mask_their_password() -> None:
         "http://10.0.0.1:3128\n"
         "https://user:pa55word-secret@proxy.example.com:8443 # paid\n"
         "socks5://10.0.0.3:1080, socks5://10.0.0.3:1080\n"
+        "socks5h://u%40x:p%3Ass-secret@proxy.example:1080\n"
         "ftp://user:other-secret@10.0.0.4:21\n"
         "10.0.0.5:3128\n"
         "http://:80\n"
@@ -111,12 +112,13 @@ def test_proxies_parse_and_mask_their_password() -> None:
         "http://10.0.0.1:3128",
         "https://user:pa55word-secret@proxy.example.com:8443",
         "socks5://10.0.0.3:1080",
+        "socks5h://u%40x:p%3Ass-secret@proxy.example:1080",
     }
     shown = [str(p) for p in parsed.problems]
     assert [s.split(" is not")[0] for s in shown] == [
-        "proxies.txt:4: ftp://user:…@10.0.0.4:21",
-        "proxies.txt:5: 10…3128",
-        "proxies.txt:6: http://:80",
+        "proxies.txt:5: ftp://user:…@10.0.0.4:21",
+        "proxies.txt:6: 10…3128",
+        "proxies.txt:7: http://:80",
     ]
     assert all("secret" not in s for s in shown)
 
@@ -124,6 +126,8 @@ def test_proxies_parse_and_mask_their_password() -> None:
 def test_mask_proxy() -> None:
     assert mask_proxy("http://bob:correct-horse@h:1") == "http://bob:…@h:1"
     assert mask_proxy("socks5://h:1080") == "socks5://h:1080"
+    assert mask_proxy("socks5h://h:1080") == "socks5h://h:1080"
+    assert mask_proxy("socks5h://bob:s3cret-word@h:1080") == "socks5h://bob:…@h:1080"
     assert mask_proxy("http://bob:pw@h:1") == "http://bob:…@h:1"
 
 

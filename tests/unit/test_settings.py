@@ -409,7 +409,7 @@ POLICY = "providers.g.gateway_policy"
         (
             {"proxy_config__static_url": "ftp://proxy:21"},
             "providers.g.proxy_config.static_url",
-            "expected a URL starting with http:// or https:// or socks5://",
+            "expected a URL starting with http:// or https:// or socks5:// or socks5h://",
         ),
         (
             {"api_base_url": "generativelanguage.googleapis.com"},

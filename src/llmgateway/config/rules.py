@@ -122,7 +122,7 @@ def _proxy_rules(proxy: ProxyConfig) -> Iterator[Finding]:
         yield (
             "static_url",
             "required when mode is static",
-            "e.g. http://user:pass@10.0.0.1:3128 or socks5://10.0.0.1:1080",
+            "e.g. http://user:pass@10.0.0.1:3128 or socks5h://user:pass@10.0.0.1:1080",
         )
     if proxy.mode is ProxyMode.STEALTH and proxy.pool_list_path is None:
         yield (

@@ -28,6 +28,7 @@ from pydantic import (
 from pydantic_core import PydanticCustomError
 
 from llmgateway.config.route_settings import GatewayToken, RouteSettings
+from llmgateway.core.egress import SOCKS_SCHEMES, socks_login_problem
 from llmgateway.core.egress import ProxyMode as ProxyMode
 from llmgateway.core.outcomes import ErrorReason
 from llmgateway.core.pool_keys import Selection as Selection
@@ -85,10 +86,22 @@ HttpUrl = Annotated[str, _url_checker(("http", "https"), "https://llm.example/v1
 RedisUrl = Annotated[str, _url_checker(("redis", "rediss"), "redis://127.0.0.1:6379/0")]
 """A redis:// or rediss:// (TLS) URL, optionally with user:pass@ and a /db number."""
 """An http:// or https:// URL, kept as text."""
+
+
+def _check_socks_login(value: str) -> str:
+    problem = socks_login_problem(value)
+    if problem is not None:
+        raise PydanticCustomError("socks_login", problem)
+    return value
+
+
 ProxyUrl = Annotated[
-    str, _url_checker(("http", "https", "socks5"), "http://user:pass@10.0.0.1:3128")
+    str,
+    _url_checker(("http", "https", *SOCKS_SCHEMES), "http://user:pass@10.0.0.1:3128"),
+    AfterValidator(_check_socks_login),
 ]
-"""An outbound proxy URL: http://, https:// or socks5://, optionally with user:pass@."""
+"""An outbound proxy URL: http://, https://, socks5:// or socks5h:// (the proxy resolves host
+names), optionally with user:pass@."""
 StatusCode = Annotated[int, Field(ge=100, le=599)]
 """An HTTP status code."""
 

@@ -13,9 +13,15 @@ import enum
 import hashlib
 from collections.abc import Iterable
 from typing import Protocol
+from urllib.parse import unquote, urlsplit
 
 DIRECT = "direct"
 """The egress of traffic that leaves through no proxy."""
+
+SOCKS_SCHEMES = ("socks5", "socks5h")
+"""The proxy URL schemes carried by SOCKS5 (`socks5h`: the proxy resolves host names)."""
+
+_SOCKS_FIELD_MAX = 255  # RFC 1929: a user and a password of 1 to 255 bytes each
 
 
 class ProxyMode(enum.StrEnum):
@@ -84,3 +90,20 @@ def _score(key: str, proxy: str) -> bytes:
     digest.update(b"\0")
     digest.update(proxy.encode())
     return digest.digest()
+
+
+def socks_login_problem(url: str) -> str | None:
+    """Why the login of the SOCKS5 proxy `url` cannot be sent, or None (also for a URL that
+    is not SOCKS5's or has no login). RFC 1929 carries a user and a password of at most 255
+    bytes, and the handshake sends them as ASCII; the message names neither."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return None
+    if parts.scheme.lower() not in SOCKS_SCHEMES:
+        return None
+    for text in (parts.username, parts.password):
+        value = unquote(text or "")
+        if not value.isascii() or len(value) > _SOCKS_FIELD_MAX:
+            return "its SOCKS5 user and password must be ASCII, at most 255 characters each"
+    return None

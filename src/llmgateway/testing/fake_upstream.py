@@ -63,6 +63,7 @@ class SeenRequest:
     query: Mapping[str, str]
     headers: Mapping[str, str]
     body: bytes = b""  # its first 64 KiB, once the fake read it (a fault may answer before)
+    peer: str | None = None  # the address the connection came from (which proxy, if any)
 
 
 @dataclass(slots=True)
@@ -402,6 +403,7 @@ class FakeUpstream:
             request.path,
             dict(request.query),
             {k.lower(): v for k, v in request.headers.items()},
+            peer=request.remote,
         )
         return calls
 

@@ -4,10 +4,12 @@
 (status and headers arrived, the body still to read). `HttpUpstream` is the one on the network:
 direct traffic uses the small keep-alive client of `transport.http1` (the hot path: about a
 quarter of aiohttp's CPU per call); traffic through an outbound proxy (static or stealth) uses one
-aiohttp session per proxy. Both are HTTP/1.1 only (HTTP/2 multiplexing froze the original project
-under load), with explicit connection limits and the provider's `timeouts`. Both refuse a request
-HTTP/1.1 cannot carry (`http1.InvalidRequest`, before anything is sent) and turn an answer that is
-not valid HTTP/1.1, or breaks a bound, into `http1.ProtocolError`. Tests point it at the fake
+aiohttp session per proxy: an HTTP proxy is named per request (CONNECT, or absolute-URI
+forwarding), a SOCKS5 one is built into its session's connector (`transport.socks`). Both are
+HTTP/1.1 only (HTTP/2 multiplexing froze the original project under load), with explicit
+connection limits and the provider's `timeouts`. Both refuse a request HTTP/1.1 cannot carry
+(`http1.InvalidRequest`, before anything is sent) and turn an answer that is not valid HTTP/1.1,
+or breaks a bound, into `http1.ProtocolError`. Tests point it at the fake
 upstream in `llmgateway.testing`, over real loopback HTTP, and at its `HostileUpstream`; unit
 tests of the attempt loop use `llmgateway.testing.memory_upstream.MemoryUpstream` instead.
 """
@@ -22,7 +24,7 @@ from typing import TYPE_CHECKING, Protocol
 
 from llmgateway.config.settings import Timeouts
 from llmgateway.core.egress import DIRECT
-from llmgateway.transport import http1
+from llmgateway.transport import http1, socks
 
 if TYPE_CHECKING:  # loaded on the first proxied call: a gateway without proxies never needs it
     import aiohttp
@@ -113,6 +115,25 @@ class _ViaProxy:
         self.response.release()
 
 
+class ProxyDisconnected(http1.ConnectError):
+    """The connection through an outbound proxy broke before the answer's head arrived.
+
+    Through a proxy that is the proxy's doing as far as anyone can tell (it died, or dropped
+    the tunnel): an egress fault, never the key's, so a proxy dying under load opens its own
+    egress breaker, not the provider's. A cut after the head is the stream's, as on direct
+    traffic."""
+
+
+def _broke_off(error: BaseException) -> http1.ConnectError:
+    """A proxied request's connection failure before the head: the SOCKS connector's own
+    error (aiohttp wraps it in a `ClientOSError`), else a `ProxyDisconnected`."""
+    if isinstance(error.__cause__, socks.SocksError):
+        return error.__cause__
+    return ProxyDisconnected(
+        f"the connection through the proxy broke before the answer ({type(error).__name__})"
+    )
+
+
 def _too_large(limit: int) -> http1.ResponseTooLarge:
     return http1.ResponseTooLarge(f"the upstream's answer body is over {limit} bytes")
 
@@ -165,7 +186,9 @@ class Upstream(Protocol):
         its body (not `chunks()`) raises a TimeoutError. The caller closes the response.
         `headers` must not hold hop-by-hop headers, Host or Content-Length. A transport failure
         is an OSError (`http1.ConnectError`, `http1.ReadTimeout`, `http1.Disconnected`…) or,
-        through a proxy, one of aiohttp's `ClientError`s."""
+        through a proxy, one of aiohttp's `ClientError`s; a proxy that does not open the tunnel
+        (an HTTP proxy's refusal, any SOCKS handshake failure) or breaks it before the answer's
+        head is an `http1.ConnectError`."""
         ...
 
     def open_connections(self) -> int:
@@ -226,6 +249,7 @@ class HttpUpstream:
         session = self._session(egress)
         import aiohttp
 
+        through_socks = socks.is_socks(egress)  # its connector opens the tunnel: no proxy=
         try:
             async with asyncio.timeout_at(deadline):
                 response = await session.request(
@@ -233,11 +257,23 @@ class HttpUpstream:
                     url,
                     headers=headers,
                     data=body or None,
-                    proxy=egress,
+                    proxy=None if through_socks else egress,
                     timeout=client_timeout(timeouts),
                     allow_redirects=False,
                 )
-        except aiohttp.ClientResponseError as error:  # the only kind: the head did not parse
+        except aiohttp.ClientConnectorError:
+            raise  # no connection to the proxy: aiohttp's own, an egress fault already
+        except (
+            aiohttp.ClientOSError,
+            aiohttp.ServerDisconnectedError,
+            aiohttp.ClientConnectionResetError,
+        ) as error:
+            raise _broke_off(error) from None
+        except aiohttp.ClientHttpProxyError as error:  # the HTTP proxy refused the tunnel
+            raise http1.ConnectError(
+                f"the HTTP proxy refused the tunnel (status {error.status})"
+            ) from None
+        except aiohttp.ClientResponseError as error:  # else only: the head did not parse
             cause = type(error.__cause__ or error).__name__  # e.g. BadStatusLine, LineTooLong
             raise http1.ProtocolError(
                 f"the upstream sent a malformed HTTP response ({cause})"
@@ -254,12 +290,18 @@ class HttpUpstream:
         if session is None or session.closed:
             import aiohttp
 
-            connector = aiohttp.TCPConnector(
-                limit=self.limits.total,
-                limit_per_host=self.limits.per_origin,
-                keepalive_timeout=self.limits.keepalive_sec,
-                ttl_dns_cache=300,
-            )
+            connector: aiohttp.TCPConnector
+            if socks.is_socks(egress):
+                from llmgateway.transport.socks_connector import socks_connector
+
+                connector = socks_connector(egress, self.limits)
+            else:
+                connector = aiohttp.TCPConnector(
+                    limit=self.limits.total,
+                    limit_per_host=self.limits.per_origin,
+                    keepalive_timeout=self.limits.keepalive_sec,
+                    ttl_dns_cache=300,
+                )
             session = aiohttp.ClientSession(
                 connector=connector,
                 auto_decompress=False,
