@@ -156,7 +156,9 @@ def route_chaos_settings(tmp_path: Path, fakes: dict[str, FakeUpstream]) -> Sett
 
 
 def route_samples(gw: Running, name: str) -> dict[tuple[tuple[str, str], ...], float]:
-    registry = gw.app.state.edge.attempt_loop.metrics.registry
+    metrics = gw.app.state.edge.attempt_loop.metrics
+    metrics.flush()  # the request counts since the last scrape
+    registry = metrics.registry
     return {
         tuple(sorted(s.labels.items())): s.value
         for family in registry.collect()

@@ -284,3 +284,25 @@ def test_redactor_learns_secrets_page_by_page_as_a_pool_loads() -> None:
     out = redactor.redact("paged-secret-000000 paged-secret-000799 paged-secret-000800")
     assert out.count("paged-secret-") == 1
     assert "paged-secret-000800" in out
+
+
+def test_route_requests_are_counted_at_the_flush() -> None:
+    """A route's request counts reach prometheus-client when the metrics are flushed (at a
+    scrape), all of them, and only once."""
+    metrics = Metrics.create()
+    for _ in range(3):
+        metrics.routes.request("fast", "ok")
+    metrics.routes.request("fast", "exhausted")
+
+    def value(outcome: str) -> float | None:
+        return metrics.registry.get_sample_value(
+            "llmgateway_route_requests_total", {"route": "fast", "outcome": outcome}
+        )
+
+    assert value("ok") is None
+    metrics.flush()
+    assert (value("ok"), value("exhausted")) == (3, 1)
+    metrics.flush()
+    metrics.routes.request("fast", "ok")
+    metrics.flush()
+    assert (value("ok"), value("exhausted")) == (4, 1)

@@ -62,8 +62,10 @@ def plan(
     given = 0
     for tier in route.tiers:
         left = list(tier)
+        total = sum([t.weight for t in left])
         while left:
-            target = left.pop(_drawn(left, rng)) if len(left) > 1 else left.pop()
+            target = left.pop(_drawn(left, total, rng) if len(left) > 1 else 0)
+            total -= target.weight
             if not ok(target.provider, target.model):
                 if skipped is not None:
                     skipped.append(target)
@@ -74,9 +76,10 @@ def plan(
                 return
 
 
-def _drawn(targets: list[Target], rng: random.Random) -> int:
-    """The index of a weighted random pick among `targets`."""
-    point = rng.random() * sum(t.weight for t in targets)
+def _drawn(targets: list[Target], total: float, rng: random.Random) -> int:
+    """The index of a weighted random pick among `targets` (their weights add up to
+    `total`)."""
+    point = rng.random() * total
     for index, target in enumerate(targets):
         point -= target.weight
         if point < 0:

@@ -56,11 +56,11 @@ class Target:
     model: str
     weight: float = 1.0
     priority: int = 0
+    label: str = dataclasses.field(init=False, compare=False, repr=False)
+    """`provider/model`, as response headers and logs name the target."""
 
-    @property
-    def label(self) -> str:
-        """`provider/model`, as response headers and logs name the target."""
-        return f"{self.provider}/{self.model}"
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "label", f"{self.provider}/{self.model}")
 
 
 @dataclass(frozen=True, slots=True)

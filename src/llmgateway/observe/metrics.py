@@ -253,10 +253,11 @@ class Metrics:
         return bound
 
     def flush(self) -> None:
-        """Hand every provider's request tallies to prometheus-client, and count the tasks
-        of the running event loop (if any)."""
+        """Hand every provider's and route's request tallies to prometheus-client, and count
+        the tasks of the running event loop (if any)."""
         for bound in self._providers.values():
             bound.flush()
+        self.routes.flush()
         with contextlib.suppress(RuntimeError):  # no running loop: leave the last count
             self.event_loop_tasks.set(len(asyncio.all_tasks()))
 

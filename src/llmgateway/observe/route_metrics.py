@@ -20,15 +20,23 @@ class RouteMetrics:
     requests: Counter
     fallbacks: Counter
     exhausted: Counter
-    # the children of `requests` made so far (labels() per request costs more than inc())
-    _requests: dict[tuple[str, str], Counter] = field(default_factory=dict)
+    # requests counted since the last flush, by (route, outcome): a dict increment per request,
+    # where prometheus-client's inc() takes a lock (handed over in `flush()`, as the providers'
+    # request counts are)
+    _counts: dict[tuple[str, str], int] = field(default_factory=dict)
 
     def request(self, route: str, outcome: str) -> None:
         """Count one request for `route` that ended with `outcome`."""
-        child = self._requests.get((route, outcome))
-        if child is None:
-            child = self._requests[(route, outcome)] = self.requests.labels(route, outcome)
-        child.inc()
+        key = (route, outcome)
+        self._counts[key] = self._counts.get(key, 0) + 1
+
+    def flush(self) -> None:
+        """Hand the requests counted since the last flush to prometheus-client."""
+        counts = self._counts
+        for (route, outcome), count in list(counts.items()):
+            if count:
+                self.requests.labels(route, outcome).inc(count)
+                counts[(route, outcome)] = 0
 
     @classmethod
     def create(cls, registry: CollectorRegistry) -> RouteMetrics:
