@@ -265,14 +265,20 @@ class Running:
     def cooldowns(self) -> dict[tuple[str, str], float]:
         """`llmgateway_key_cooldowns_total` by (provider, reason): every key the gateway took
         out of rotation (ejected, cooled, invalidated) since it started."""
-        registry = self.app.state.edge.attempt_loop.metrics.registry
-        found: dict[tuple[str, str], float] = {}
-        for family in registry.collect():
-            for sample in family.samples:
-                if sample.name == "llmgateway_key_cooldowns_total":
-                    key = (sample.labels["provider"], sample.labels["reason"])
-                    found[key] = sample.value
-        return found
+        found = self.samples("llmgateway_key_cooldowns_total")
+        return {(labels["provider"], labels["reason"]): value for labels, value in found}
+
+    def samples(self, name: str) -> list[tuple[dict[str, str], float]]:
+        """The samples named `name` in the gateway's registry (the tallies kept between
+        scrapes handed over first), each as (labels, value)."""
+        metrics = self.app.state.edge.attempt_loop.metrics
+        metrics.flush()
+        return [
+            (sample.labels, sample.value)
+            for family in metrics.registry.collect()
+            for sample in family.samples
+            if sample.name == name
+        ]
 
 
 GatewayFactory = Callable[..., contextlib.AbstractAsyncContextManager[str]]

@@ -156,15 +156,7 @@ def route_chaos_settings(tmp_path: Path, fakes: dict[str, FakeUpstream]) -> Sett
 
 
 def route_samples(gw: Running, name: str) -> dict[tuple[tuple[str, str], ...], float]:
-    metrics = gw.app.state.edge.attempt_loop.metrics
-    metrics.flush()  # the request counts since the last scrape
-    registry = metrics.registry
-    return {
-        tuple(sorted(s.labels.items())): s.value
-        for family in registry.collect()
-        for s in family.samples
-        if s.name == name
-    }
+    return {tuple(sorted(labels.items())): value for labels, value in gw.samples(name)}
 
 
 async def test_a_route_serves_every_request_through_an_outage_and_rate_limits(

@@ -96,15 +96,8 @@ async def no_key_marked(gw: Running) -> None:
 
 def failed_attempts(gw: Running) -> dict[str, float]:
     """The openai provider's upstream attempts by reason (`ok` included)."""
-    metrics = gw.app.state.edge.attempt_loop.metrics
-    metrics.flush()
-    return {
-        sample.labels["reason"]: sample.value
-        for family in metrics.registry.collect()
-        for sample in family.samples
-        if sample.name == "llmgateway_upstream_attempts_total"
-        and sample.labels["provider"] == "openai"
-    }
+    found = gw.samples("llmgateway_upstream_attempts_total")
+    return {labels["reason"]: value for labels, value in found if labels["provider"] == "openai"}
 
 
 def stealth_pool(tmp_path: Path, urls: list[str]) -> dict[str, Any]:

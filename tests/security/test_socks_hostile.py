@@ -165,15 +165,8 @@ async def gateway_via(tmp_path: Path, fake: FakeUpstream, proxy_url: str) -> Asy
 
 def egress_attempts(gw: Running) -> dict[str, float]:
     """The openai provider's upstream attempts by reason."""
-    metrics = gw.app.state.edge.attempt_loop.metrics
-    metrics.flush()
-    return {
-        sample.labels["reason"]: sample.value
-        for family in metrics.registry.collect()
-        for sample in family.samples
-        if sample.name == "llmgateway_upstream_attempts_total"
-        and sample.labels["provider"] == "openai"
-    }
+    found = gw.samples("llmgateway_upstream_attempts_total")
+    return {labels["reason"]: value for labels, value in found if labels["provider"] == "openai"}
 
 
 @pytest.mark.parametrize(

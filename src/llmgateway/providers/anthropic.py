@@ -27,8 +27,7 @@ _DEFAULT_PROBE: dict[str, Any] = {
     "max_tokens": 1,
 }
 
-# Anthropic's `error.type` by HTTP status (https://docs.anthropic.com/en/api/errors)
-_TYPES = {
+ERROR_TYPES = {
     400: "invalid_request_error",
     401: "authentication_error",
     402: "billing_error",
@@ -40,6 +39,7 @@ _TYPES = {
     504: "timeout_error",
     529: "overloaded_error",
 }
+"""Anthropic's `error.type` by HTTP status (https://docs.anthropic.com/en/api/errors)."""
 
 
 def upstream_url(base: str, api: str, path: str) -> str:
@@ -62,7 +62,7 @@ def models_url(base: str) -> str:
 
 def error_type(status: int) -> str:
     """Anthropic's `error.type` for an HTTP status (`529` → `overloaded_error`)."""
-    found = _TYPES.get(status)
+    found = ERROR_TYPES.get(status)
     if found is not None:
         return found
     return "api_error" if status >= 500 else "invalid_request_error"

@@ -11,6 +11,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 
+from llmgateway.providers.anthropic import ERROR_TYPES
 from llmgateway.testing.wire import PROMPT_TOKENS, WORDS, text
 
 VERSION = "2023-06-01"
@@ -116,22 +117,10 @@ def models_page(models: tuple[str, ...], limit: int, after: str | None) -> bytes
 
 # --- errors ----------------------------------------------------------------------------------
 
-_TYPES = {
-    400: "invalid_request_error",
-    401: "authentication_error",
-    402: "billing_error",
-    403: "permission_error",
-    404: "not_found_error",
-    413: "request_too_large",
-    429: "rate_limit_error",
-    500: "api_error",
-    529: "overloaded_error",
-}
-
 
 def error_type(status: int) -> str:
     """The `error.type` Anthropic sends with `status`."""
-    return _TYPES.get(status, "api_error" if status >= 500 else "invalid_request_error")
+    return ERROR_TYPES.get(status, "api_error" if status >= 500 else "invalid_request_error")
 
 
 def error_body(status: int, message: str, type_: str | None = None) -> bytes:
