@@ -7,6 +7,7 @@ from __future__ import annotations
 import click
 
 from llmgateway import __version__
+from llmgateway.cli.clients import clients
 from llmgateway.cli.gateway import gateway, serve
 from llmgateway.cli.key_actions import ACTIONS as KEY_ACTIONS
 from llmgateway.cli.key_transfer import keys_export, keys_import
@@ -175,3 +176,4 @@ main.add_command(worker)
 main.add_command(gateway)
 main.add_command(serve)
 main.add_command(reload)
+main.add_command(clients)

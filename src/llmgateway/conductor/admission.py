@@ -34,6 +34,7 @@ class Refused:
     message: str
     close: bool = False
     retry_after: float | None = None
+    headers: tuple[tuple[str, str], ...] = ()  # more response headers (a client's limits)
 
 
 class ClientGone(Exception):

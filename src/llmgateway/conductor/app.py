@@ -26,6 +26,8 @@ from llmgateway.conductor.admission import BodyBudget, BodyLimits
 from llmgateway.conductor.attempts import AttemptLoop
 from llmgateway.conductor.breaker_board import BreakerBoard
 from llmgateway.conductor.call import Provider
+from llmgateway.conductor.client_book import client_grants
+from llmgateway.conductor.client_gate import Clients
 from llmgateway.conductor.coherence import follow_store
 from llmgateway.conductor.endpoints import Edge
 from llmgateway.conductor.memory import collector_paused, return_freed_memory
@@ -35,8 +37,9 @@ from llmgateway.conductor.router import Router
 from llmgateway.conductor.status_writer import StatusWriter
 from llmgateway.conductor.usage_writer import UsageWriter
 from llmgateway.config.reload_diff import ConfigDiff
-from llmgateway.config.route_table import route_table, token_digest
+from llmgateway.config.route_table import RouteTable, route_table, token_digest
 from llmgateway.config.settings import Settings
+from llmgateway.core.clients import networks
 from llmgateway.core.egress import NoHealthyProxyError, egress_for
 from llmgateway.core.outcomes import KeyStatus
 from llmgateway.core.pool_keys import KeyEntry
@@ -49,7 +52,9 @@ from llmgateway.observe.store_counts import StoreCounts
 from llmgateway.records import StatusCount
 from llmgateway.reloading import ConfigFollower, Following
 from llmgateway.store import Adoption, KeyRow, ProxyRow, Store
+from llmgateway.store import clients as stored_clients
 from llmgateway.store import usage as usage_counts
+from llmgateway.store.clients import ClientRecord
 from llmgateway.store.locks import exclusive_start
 from llmgateway.transport.upstream import HttpUpstream
 
@@ -87,6 +92,26 @@ class Conductor:
     _model_revisions: dict[str, int] = field(default_factory=dict)  # of the names in use
     log_secrets: Redactor | None = None  # the log lines' redactor, taught the keys that join
     _refreshing: asyncio.Lock = field(default_factory=asyncio.Lock)  # a refresh or a reload
+    clients: Clients = field(default_factory=Clients)  # the stored clients, for the edge
+    _client_rows: list[ClientRecord] = field(default_factory=list)
+    _client_stamp: tuple[int, float, int] | None = None  # of the rows loaded last
+    _table: RouteTable | None = None  # the route table the clients' grants were built on
+
+    def use_table(self, table: RouteTable) -> None:
+        """Build the stored clients' grants on `table` (at start and at a config reload)."""
+        self._table = table
+        self.clients.by_digest = client_grants(self._client_rows, table, self.clock())
+
+    async def _load_clients(self) -> None:
+        """The stored clients, read again when one changed (a small query otherwise); the
+        grants are rebuilt at each refresh anyway, so a rotation's grace ends on time."""
+        assert self.store is not None
+        stamp = await stored_clients.stamp(self.store.engine)
+        if stamp != self._client_stamp:
+            self._client_rows = await stored_clients.all_clients(self.store.engine)
+            self._client_stamp = stamp
+        if self._table is not None:
+            self.use_table(self._table)
 
     def build_providers(self) -> None:
         self.providers = built_providers(self.settings, self.rng, self.limits)
@@ -191,6 +216,7 @@ class Conductor:
             else:
                 revision = await self._load_delta()
             await self._load_model_lists()
+            await self._load_clients()
         except Exception as error:  # keep serving from the snapshot we have
             self.readiness.store_ok = False
             self.readiness.problem = (
@@ -375,9 +401,12 @@ def create_app(
             )
             body_limits = BodyLimits(gateway.max_body_bytes, gateway.client_body_timeout_sec)
             bodies.limit = gateway.max_inflight_body_bytes  # the bytes held stay counted
-            access = AccessLog(now.logging.access)
+            access = AccessLog(now.logging.access, networks(gateway.trusted_proxies))
             table = route_table(now)
-            routing = Routing(table, conductor.providers, conductor.rng, conductor.clock)
+            conductor.use_table(table)
+            routing = Routing(
+                table, conductor.providers, conductor.rng, conductor.clock, conductor.clients
+            )
             tokens = conductor.token_index()
             return Edge(attempt_loop, tokens, body_limits, bodies, access, refusals, routing)
 

@@ -37,7 +37,7 @@ from llmgateway.conductor.claim import CANCELLED, Claim
 from llmgateway.conductor.edge import BODY_ARRIVED, ON_DISCONNECT, ClientWatch
 from llmgateway.conductor.responses import INTERNAL, JSON, deliver, send_refusal, send_whole
 from llmgateway.conductor.route_run import Routing
-from llmgateway.conductor.routing import grant_run
+from llmgateway.conductor.routing import serve_grants
 from llmgateway.config.route_table import token_digest
 from llmgateway.observe import logs
 from llmgateway.observe.access import AccessLog, Refusal, TokenRefusals, client_address, shown_path
@@ -88,12 +88,10 @@ class Edge:
         provider = self._provider(token, digest)
         if provider is None:
             routing = self.routing
-            grants = routing.table.grants_of(digest) if routing is not None and token else None
-            if grants is not None:
+            grants = routing.grants_of(digest) if routing is not None and token else None
+            if grants is not None:  # a gateway token or a client's (`conductor.routing`)
                 args = (headers, request_id, started, sent)
-                run = await grant_run(self, grants, scope, receive, send, *args)
-                if run is not None:
-                    await run[0].serve(run[1])
+                await serve_grants(self, grants, scope, receive, send, *args)
                 return
             await send_refusal(send, shape, Refused(401, "invalid_api_key", _NO_TOKEN), request_id)
             self.attempt_loop.metrics.unauthorized(401)
@@ -185,7 +183,7 @@ class Edge:
         was sent and its length."""
         reason: Literal["missing", "wrong"] = "wrong" if token else "missing"
         refusal = Refusal(
-            client=client_address(scope),
+            client=client_address(scope, self.access.trusted),
             method=scope["method"],
             path=shown_path(scope["raw_path"]),
             surface=shape,

@@ -33,6 +33,7 @@ from llmgateway.conductor.admission import (
 from llmgateway.conductor.attempts import AttemptLoop
 from llmgateway.conductor.call import Call, Provider
 from llmgateway.conductor.claim import CANCELLED, Claim
+from llmgateway.conductor.client_gate import Clients
 from llmgateway.conductor.edge import ON_DISCONNECT, ClientWatch
 from llmgateway.conductor.replies import GatewayReply
 from llmgateway.conductor.responses import INTERNAL, JSON, Extra, deliver, send_refusal, send_whole
@@ -41,6 +42,7 @@ from llmgateway.core.model_rewrite import rewrite_model
 from llmgateway.core.outcomes import ErrorReason
 from llmgateway.core.route_plan import NO_HEALTHY_KEY, Failure, Step, exhausted, next_step, plan
 from llmgateway.core.routes import (
+    Grants,
     Route,
     StreamCommit,
     Surface,
@@ -84,17 +86,24 @@ class Serving(Protocol):
 @dataclass(frozen=True, slots=True)
 class Routing:
     """What gateway tokens need, built once per gateway process: the route table, the
-    providers by name, the random source of the plans and the clock of the pools."""
+    providers by name, the random source of the plans, the clock of the pools and the stored
+    clients (`llmgateway clients`)."""
 
     table: RouteTable
     providers: Mapping[str, Provider]
     rng: random.Random
     clock: Callable[[], float] = time.time
+    clients: Clients = field(default_factory=Clients)
     warned: dict[str, Throttle] = field(default_factory=dict)
     # (provider, model) → the provider and the model entry serving it (None: none does)
     _served: dict[tuple[str, str], tuple[Provider, str] | None] = field(default_factory=dict)
     # (alias, target label) → the x-llmgateway-* values, encoded
     _shown: dict[tuple[str, str], tuple[bytes, bytes]] = field(default_factory=dict)
+
+    def grants_of(self, digest: bytes) -> Grants | None:
+        """What the gateway token or stored client with this SHA-256 `digest` may use."""
+        found = self.table.grants.get(digest)
+        return found if found is not None else self.clients.by_digest.get(digest)
 
     def eligible(self, provider: str, model: str) -> bool:
         """Whether target (`provider`, `model`) has a key it may use now, behind a breaker

@@ -23,6 +23,7 @@ from llmgateway.conductor.admission import (
 from llmgateway.conductor.edge import BODY_ARRIVED
 from llmgateway.conductor.responses import JSON, send_refusal, send_whole
 from llmgateway.conductor.route_run import GEMINI_MODELS, NOT_SERVED, Asked, Routing, Run, Serving
+from llmgateway.config.route_settings import any_match
 from llmgateway.core.routes import (
     Grants,
     NotFound,
@@ -42,6 +43,40 @@ from llmgateway.providers import target as wire_target
 from llmgateway.providers.routes import surface_of
 
 log = logging.getLogger("llmgateway.api")
+
+
+async def serve_grants(
+    edge: Serving,
+    grants: Grants,
+    scope: Scope,
+    receive: Receive,
+    send: Send,
+    headers: Mapping[str, str],
+    request_id: str,
+    started: float,
+    sent: Surface,
+) -> None:
+    """Serve a request made with a gateway token or a client's: through the client's gate
+    first (`conductor.client_gate`) when it has rules, its hold given back at the end
+    whatever happens, a cancellation included."""
+    routing = edge.routing
+    assert routing is not None
+    hold = None
+    if grants.client is not None:
+        admitted = routing.clients.admit(grants.client, scope, edge.access.trusted)
+        if isinstance(admitted, Refused):
+            surface = surface_of(sent, scope["raw_path"])
+            await _refuse(edge, scope, send, surface, request_id, started, admitted)
+            return
+        hold = admitted
+    try:
+        args = (headers, request_id, started, sent)
+        run = await grant_run(edge, grants, scope, receive, send, *args)
+        if run is not None:
+            await run[0].serve(run[1])
+    finally:
+        if hold is not None:
+            routing.clients.release(hold)
 
 
 async def grant_run(
@@ -99,7 +134,7 @@ async def grant_run(
     handed_over = False
     try:
         asked = _asked(surface, method, path, query, model, verb, body)
-        found = asked if isinstance(asked, Refused) else _route_of(routing, asked, reach)
+        found = asked if isinstance(asked, Refused) else _route_of(routing, asked, reach, grants)
         if isinstance(found, Refused):
             await _refuse(edge, scope, send, surface, request_id, started, found)
             return None
@@ -130,10 +165,16 @@ def _asked(
     return Asked(surface, method, path, query, named.model, "", body, named.stream, plain)
 
 
-def _route_of(routing: Routing, asked: Asked, reach: Reach) -> tuple[Route, bool] | Refused:
+def _route_of(
+    routing: Routing, asked: Asked, reach: Reach, grants: Grants
+) -> tuple[Route, bool] | Refused:
     """The route serving the request, and whether it is a configured alias (counted in the
     route metrics) rather than one provider's model named `<provider>/<model>`."""
-    hit = resolve_model(asked.model, reach)
+    rules = grants.client
+    if rules is not None and rules.models and not any_match(rules.models, asked.model):
+        hit: RouteHit | ProviderHit | NotFound = NotFound(asked.model)
+    else:
+        hit = resolve_model(asked.model, reach)
     if isinstance(hit, RouteHit):
         return hit.route, True
     if isinstance(hit, ProviderHit) and routing.served(hit.provider, hit.model) is not None:

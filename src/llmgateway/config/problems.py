@@ -179,7 +179,9 @@ def _inherits(secret: bool, key: object) -> bool:
     return secret and str(key) not in _PLAIN
 
 
-_PLAIN = frozenset({"name", "routes", "providers"})
+_PLAIN = frozenset(
+    {"name", "routes", "providers", "models", "period", "expires", "allow_ips", "token_sha256"}
+)
 """Settings under a secret section that are not secret themselves (`gateway.tokens[].name`)."""
 
 

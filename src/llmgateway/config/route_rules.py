@@ -101,7 +101,9 @@ def _token_rules(tokens: Sequence[GatewayToken], known: RouteParts) -> Iterator[
                 f"'{entry.name}' is already the name of gateway.tokens.{first}",
                 "give each token its own name: logs and metrics tell clients apart by it",
             )
-        if not entry.token.strip():
+        if entry.token is None:
+            pass  # given as token_sha256: nothing to compare
+        elif not entry.token.strip():
             yield (f"{where}.token", "a blank token", "set a long random token, e.g. ${MY_TOKEN}")
         elif entry.token in owners:
             yield (
@@ -109,7 +111,8 @@ def _token_rules(tokens: Sequence[GatewayToken], known: RouteParts) -> Iterator[
                 f"the same token as {owners[entry.token]}",
                 "a token decides what its client may use: give each its own",
             )
-        owners.setdefault(entry.token, f"{where}.token")
+        if entry.token is not None:
+            owners.setdefault(entry.token, f"{where}.token")
         for j, glob in enumerate(entry.providers):
             known_name = glob in providers or glob in known.unsure_providers
             if not is_pattern(glob) and not known_name:

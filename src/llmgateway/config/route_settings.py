@@ -9,13 +9,24 @@ say (unknown providers, cycles, shadowed names…) is checked in `config.route_r
 from __future__ import annotations
 
 import fnmatch
+import hashlib
 import re
 from collections.abc import Iterable
-from typing import Annotated
+from datetime import date, datetime
+from typing import Annotated, Self
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictBool, field_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictBool,
+    field_validator,
+    model_validator,
+)
 from pydantic_core import PydanticCustomError
 
+from llmgateway.core.clients import ClientRules, Period, epoch_of, networks
 from llmgateway.core.routes import DEFAULT_FALLBACK_ON, FallbackReason, StreamCommit
 
 MAX_PEEK_TIMEOUT_SEC = 120.0
@@ -73,8 +84,14 @@ _CLIENT_FAULTS = frozenset({400, 404, 413, 422})
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 
 
+def valid_name(value: str) -> bool:
+    """Whether `value` may name a token or a client: 1 to 64 letters, digits, '.', '_' or
+    '-', starting with a letter or digit."""
+    return _NAME.fullmatch(value) is not None
+
+
 def _check_name(value: str) -> str:
-    if _NAME.fullmatch(value) is None:
+    if not valid_name(value):
         raise PydanticCustomError(
             "token_name",
             "a token's name is 1 to 64 letters, digits, '.', '_' or '-', starting with a letter "
@@ -84,22 +101,79 @@ def _check_name(value: str) -> str:
     return value
 
 
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+
+
 class GatewayToken(_Model):
-    """`gateway.tokens[]`: a client token for the whole gateway (not one provider)."""
+    """`gateway.tokens[]`: a client token for the whole gateway (not one provider), given as
+    the token itself or as the SHA-256 of it (`token_sha256`, hex: a config in git then holds
+    no secret), with an optional expiry, address ranges and limits (as `llmgateway clients`
+    sets them for the clients it stores)."""
 
     name: Annotated[str, AfterValidator(_check_name)]
-    token: str = Field(min_length=1, repr=False)
+    token: str | None = Field(default=None, min_length=1, repr=False)
+    token_sha256: str | None = None
     routes: tuple[str, ...] = ("*",)  # globs over route aliases it may use
     providers: tuple[str, ...] = ()  # globs over providers it may address as <provider>/<model>
+    models: tuple[str, ...] = ()  # globs over the model names it may ask for (empty: any)
+    rpm: int | None = Field(default=None, ge=1)  # requests per minute (a sliding window)
+    tpm: int | None = Field(default=None, ge=1)  # tokens per minute (kept for usage accounting)
+    max_parallel: int | None = Field(default=None, ge=1)  # requests in flight at once
+    quota: int | None = Field(default=None, ge=1)  # tokens per `period`
+    period: Period = Period.MONTH
+    expires: datetime | date | None = None  # a date is midnight UTC; a naive time is UTC
+    allow_ips: tuple[str, ...] = ()  # CIDR ranges the client's address must be in (empty: any)
+
+    @field_validator("token_sha256")
+    @classmethod
+    def _hex(cls, value: str | None) -> str | None:
+        if value is not None and _SHA256.fullmatch(value.lower()) is None:
+            raise ValueError("token_sha256 is 64 hex digits: the SHA-256 of the token")
+        return None if value is None else value.lower()
+
+    @field_validator("allow_ips")
+    @classmethod
+    def _ranges(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        networks(value)  # raises ValueError naming the bad one
+        return value
+
+    @model_validator(mode="after")
+    def _one_token(self) -> Self:
+        if (self.token is None) == (self.token_sha256 is None):
+            raise ValueError("give exactly one of token and token_sha256")
+        return self
+
+    def digest(self) -> bytes:
+        """The SHA-256 of the token, as the edge looks tokens up."""
+        if self.token_sha256 is not None:
+            return bytes.fromhex(self.token_sha256)
+        assert self.token is not None
+        return hashlib.sha256(self.token.encode()).digest()
+
+    def rules(self) -> ClientRules | None:
+        """The token's expiry, ranges and limits, or None when it sets none."""
+        rules = ClientRules(
+            self.name,
+            expires_at=None if self.expires is None else epoch_of(self.expires),
+            allow_ips=networks(self.allow_ips),
+            models=self.models,
+            rpm=self.rpm,
+            tpm=self.tpm,
+            max_parallel=self.max_parallel,
+            quota_tokens=self.quota,
+            period=self.period if self.quota is not None else None,
+        )
+        return None if rules == ClientRules(self.name) else rules
 
     def may_use_route(self, alias: str) -> bool:
         """Whether one of the `routes` globs matches `alias`."""
-        return _any_match(self.routes, alias)
+        return any_match(self.routes, alias)
 
     def may_use_provider(self, provider: str) -> bool:
         """Whether one of the `providers` globs matches `provider`."""
-        return _any_match(self.providers, provider)
+        return any_match(self.providers, provider)
 
 
-def _any_match(globs: Iterable[str], name: str) -> bool:
+def any_match(globs: Iterable[str], name: str) -> bool:
+    """Whether one of `globs` matches `name` (case-sensitive)."""
     return any(fnmatch.fnmatchcase(name, glob) for glob in globs)

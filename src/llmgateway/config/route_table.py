@@ -9,8 +9,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from llmgateway.config.route_rules import SURFACE_TYPES
-from llmgateway.config.route_settings import GatewayToken, RouteSettings
+from llmgateway.config.route_settings import RouteSettings, any_match
 from llmgateway.config.settings import Settings
+from llmgateway.core.clients import ClientRules
 from llmgateway.core.routes import Grants, Reach, Route, Surface, Target, tiered
 
 
@@ -23,11 +24,22 @@ class RouteTable:
 
     routes: Mapping[Surface, Mapping[str, Route]]
     grants: Mapping[bytes, Grants]
+    served: Mapping[Surface, frozenset[str]]  # the providers each surface can serve
 
     def route(self, surface: Surface, alias: str) -> Route | None:
         """The route `alias` on `surface` whoever asks (a context-length fallback is the
         route's choice, not the client's), or None when that surface cannot serve it."""
         return self.routes.get(surface, {}).get(alias)
+
+    def grants_for(
+        self,
+        name: str,
+        routes: tuple[str, ...],
+        providers: tuple[str, ...],
+        client: ClientRules | None,
+    ) -> Grants:
+        """The grants of a token stored outside the config (`llmgateway clients`)."""
+        return grants_of(name, routes, providers, client, self.routes, self.served)
 
     def grants_of(self, digest: bytes) -> Grants | None:
         """What the gateway-wide token with this SHA-256 `digest` may use, or None when it is
@@ -44,8 +56,11 @@ def route_table(settings: Settings) -> RouteTable:
     }
     routes = {alias: _route(alias, s) for alias, s in settings.routes.items()}
     views = {surface: _views(routes, providers) for surface, providers in served.items()}
-    grants = {token_digest(t.token): _grants(t, views, served) for t in settings.gateway.tokens}
-    return RouteTable(views, grants)
+    grants = {
+        t.digest(): grants_of(t.name, t.routes, t.providers, t.rules(), views, served)
+        for t in settings.gateway.tokens
+    }
+    return RouteTable(views, grants, served)
 
 
 def token_digest(token: str) -> bytes:
@@ -74,14 +89,19 @@ def _views(routes: Mapping[str, Route], providers: frozenset[str]) -> dict[str, 
     return {alias: view for alias, view in views.items() if view is not None}
 
 
-def _grants(
-    token: GatewayToken,
+def grants_of(
+    name: str,
+    routes: tuple[str, ...],
+    providers: tuple[str, ...],
+    client: ClientRules | None,
     views: Mapping[Surface, Mapping[str, Route]],
     served: Mapping[Surface, frozenset[str]],
 ) -> Grants:
-    def reach(surface: Surface) -> Reach:
-        routes = {a: r for a, r in views[surface].items() if token.may_use_route(a)}
-        providers = frozenset(p for p in served[surface] if token.may_use_provider(p))
-        return Reach(routes, providers)
+    """The grants of token `name` whose `routes` and `providers` globs say what it may use."""
 
-    return Grants(token.name, reach("openai"), reach("gemini"), reach("anthropic"))
+    def reach(surface: Surface) -> Reach:
+        aliases = {a: r for a, r in views[surface].items() if any_match(routes, a)}
+        allowed = frozenset(p for p in served[surface] if any_match(providers, p))
+        return Reach(aliases, allowed)
+
+    return Grants(name, reach("openai"), reach("gemini"), reach("anthropic"), client)

@@ -28,6 +28,7 @@ from pydantic import (
 from pydantic_core import PydanticCustomError
 
 from llmgateway.config.route_settings import GatewayToken, RouteSettings
+from llmgateway.core.clients import networks
 from llmgateway.core.egress import SOCKS_SCHEMES, socks_login_problem
 from llmgateway.core.egress import ProxyMode as ProxyMode
 from llmgateway.core.outcomes import ErrorReason
@@ -281,6 +282,14 @@ class GatewaySettings(_Model):
     ready_requires_keys: StrictBool = False
     # client tokens for the whole gateway: route aliases and <provider>/<model> (`routes:`)
     tokens: tuple[GatewayToken, ...] = ()
+    # proxies whose X-Forwarded-For is believed (CIDRs; empty: the socket peer is the client)
+    trusted_proxies: tuple[str, ...] = ()
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _proxy_ranges(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        networks(value)  # raises ValueError naming the bad one
+        return value
 
 
 class LimitsSettings(_Model):

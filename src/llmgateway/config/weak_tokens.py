@@ -55,7 +55,8 @@ def weak_tokens(settings: Settings) -> list[tuple[str, str]]:
         for i, token in enumerate(access.gateway_access_tokens):
             found.append((f"{where}.gateway_access_tokens.{i}", token))
     for i, entry in enumerate(settings.gateway.tokens):
-        found.append((f"gateway.tokens.{i}.token", entry.token))
+        if entry.token is not None:  # a token_sha256 was generated, or is not ours to judge
+            found.append((f"gateway.tokens.{i}.token", entry.token))
     if settings.metrics.access_token:
         found.append(("metrics.access_token", settings.metrics.access_token))
     if settings.admin.token:

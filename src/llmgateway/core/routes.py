@@ -13,6 +13,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Literal
 
+from llmgateway.core.clients import ClientRules
+
 
 class FallbackReason(enum.StrEnum):
     """The outcomes of a target after which a route may try its next target: the retryable
@@ -119,12 +121,14 @@ class Reach:
 @dataclass(frozen=True, slots=True)
 class Grants:
     """A gateway-wide token's reach on each surface, worked out when the config is loaded;
-    `name` is the token's name (for logs and metrics, never the token)."""
+    `name` is the token's name (for logs and metrics, never the token); `client` its expiry,
+    address ranges and limits (None: it has none)."""
 
     name: str
     openai: Reach
     gemini: Reach
     anthropic: Reach
+    client: ClientRules | None = None
 
     def on(self, surface: Surface) -> Reach:
         """The reach on `surface`."""

@@ -85,6 +85,13 @@ class LocalCounts:
         if usage.inflight == 0 and not usage.recent:
             del self._usage[slot]
 
+    def recent(self, slot: Hashable, now: float) -> int:
+        """Requests started on `slot` within the window before `now`."""
+        usage = self._usage.get(slot)
+        if usage is None:
+            return 0
+        return sum(1 for started in usage.recent if started > now - WINDOW_SEC)
+
     def inflight(self, slot: Hashable) -> int:
         """Requests on `slot` now."""
         usage = self._usage.get(slot)

@@ -11,12 +11,14 @@ check when `logging.access` is off.
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from llmgateway.core.clients import Network
 from llmgateway.observe.logs import bind_outcome
 from llmgateway.observe.throttle import Throttle
 
@@ -40,10 +42,43 @@ def shown_path(raw_path: bytes) -> str:
     return text if len(text) <= PATH_SHOWN else text[: PATH_SHOWN - 1] + "…"
 
 
-def client_address(scope: Mapping[str, Any]) -> str:
-    """The address of the client's end of the connection (the proxy's, behind a proxy)."""
+def client_address(scope: Mapping[str, Any], trusted: tuple[Network, ...] = ()) -> str:
+    """The client's address: the connection's peer, or, when the peer is one of the `trusted`
+    proxies (`gateway.trusted_proxies`), the right-most hop of `X-Forwarded-For` that is not
+    a trusted proxy (a hop a client wrote itself further left is never believed). A hop that
+    is not an IP address ends the walk at the last trusted hop."""
     client = scope.get("client")
-    return str(client[0]) if client else "-"
+    peer = str(client[0]) if client else "-"
+    if not trusted or not _trusted(peer, trusted):
+        return peer
+    hops: list[str] = []
+    for name, value in scope.get("headers") or ():
+        if name.lower() == b"x-forwarded-for":
+            hops += value.decode("latin-1").split(",")
+    address = peer
+    for hop in reversed(hops):
+        hop = hop.strip()
+        if _ip(hop) is None:
+            return address
+        address = hop
+        if not _trusted(hop, trusted):
+            return hop
+    return address
+
+
+def _ip(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    try:
+        ip = ipaddress.ip_address(text)
+    except ValueError:
+        return None
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        return ip.ipv4_mapped
+    return ip
+
+
+def _trusted(address: str, trusted: tuple[Network, ...]) -> bool:
+    ip = _ip(address)
+    return ip is not None and any(ip in net for net in trusted)
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,6 +88,7 @@ class AccessLog:
     client errors (INFO) and 5xx (WARNING) show at the default level."""
 
     enabled: bool = False
+    trusted: tuple[Network, ...] = ()  # `gateway.trusted_proxies`: see `client_address`
 
     def done(
         self, scope: Mapping[str, Any], code: int, attempts: int, outcome: str, started: float
@@ -73,7 +109,7 @@ class AccessLog:
                 "path": shown_path(scope.get("raw_path") or b""),
                 "status": code,
                 "duration_ms": elapsed_ms,
-                "client": client_address(scope),
+                "client": client_address(scope, self.trusted),
                 "attempts": attempts,
             }
             _requests.log(level, "request done", extra=fields)

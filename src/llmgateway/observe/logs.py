@@ -180,7 +180,7 @@ def known_secrets(settings: Settings, *, key_files: bool = True) -> set[str]:
         found.add(settings.database.url)
     if settings.limits.redis_url:
         found.add(settings.limits.redis_url)
-    found.update(entry.token for entry in settings.gateway.tokens)
+    found.update(entry.token for entry in settings.gateway.tokens if entry.token)
     for provider in settings.providers.values():
         found.update(provider.access_control.tokens)
         proxy = provider.proxy_config

@@ -60,6 +60,7 @@ class Kind(enum.StrEnum):
     BREAKER = "breaker"  # a circuit breaker opened (detail: which one)
     MODELS = "models"  # the Keeper stored a provider's new upstream model names (detail: which)
     CONFIG = "config"  # `llmgateway reload` asked every process to re-read its config file
+    CLIENTS = "clients"  # `llmgateway clients` created, changed or removed a client
     RECONNECTED = "reconnected"  # local only: the listener (re)connected, earlier ones missed
     PING = "ping"  # a listener checking its own registration (detail: its token); ignored
 

@@ -336,3 +336,32 @@ def insert_into(conn: AsyncConnection, table: sa.Table) -> postgresql.Insert | s
     from sqlalchemy.dialects import sqlite
 
     return sqlite.insert(table)
+
+
+clients = sa.Table(
+    "clients",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True),
+    sa.Column("name", sa.Text, nullable=False, unique=True),
+    sa.Column("token_sha256", sa.Text, nullable=False, unique=True),  # hex; never the token
+    sa.Column("prefix", sa.Text, nullable=False),  # the token's first characters, for display
+    sa.Column("last4", sa.Text, nullable=False),
+    sa.Column("previous_sha256", sa.Text, nullable=True),  # the token before a rotation
+    sa.Column("previous_until", sa.Double, nullable=True),  # valid until then
+    sa.Column("enabled", sa.Boolean, nullable=False),
+    sa.Column("expires_at", sa.Double, nullable=True),
+    sa.Column("routes", sa.Text, nullable=False),  # JSON lists of globs
+    sa.Column("providers", sa.Text, nullable=False),
+    sa.Column("models", sa.Text, nullable=False),
+    sa.Column("rpm", sa.Integer, nullable=True),
+    sa.Column("tpm", sa.Integer, nullable=True),
+    sa.Column("max_parallel", sa.Integer, nullable=True),
+    sa.Column("quota_tokens", sa.BigInteger, nullable=True),
+    sa.Column("quota_period", sa.Text, nullable=True),
+    sa.Column("allow_ips", sa.Text, nullable=False),  # JSON list of CIDRs
+    sa.Column("notes", sa.Text, nullable=False),
+    sa.Column("created_at", sa.Double, nullable=False),
+    sa.Column("updated_at", sa.Double, nullable=False),
+)
+"""The clients `llmgateway clients` manages: each a token (its SHA-256 only), what it may use
+and its limits; gateways load them all at each refresh (see `llmgateway.store.clients`)."""

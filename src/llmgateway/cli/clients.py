@@ -1,0 +1,325 @@
+"""`llmgateway clients`: the client tokens stored in the database (create, list, show, update,
+disable, enable, rotate, delete), beside the read-only ones the config declares
+(`gateway.tokens`). A secret is printed once, by `create` and `rotate`; the store keeps only
+its SHA-256. Every change reaches the running gateways at once on PostgreSQL, at their next
+refresh on SQLite."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
+
+import click
+
+from llmgateway.cli.startup import config_option, load, run_with_store
+
+if TYPE_CHECKING:
+    from llmgateway.config.route_settings import GatewayToken
+    from llmgateway.config.settings import Settings
+    from llmgateway.store import Store
+
+_F = TypeVar("_F", bound=Callable[..., Any])
+
+
+def _rule_options(command: _F) -> _F:
+    """The options `create` and `update` share (each None: not given)."""
+    options = [
+        click.option(
+            "--routes", help="Route aliases it may use (comma-separated globs; '*': all)."
+        ),
+        click.option("--providers", help="Providers it may name as <provider>/<model> (globs)."),
+        click.option("--models", help="Model names it may ask for (globs; empty: any)."),
+        click.option("--rpm", type=click.IntRange(0), help="Requests per minute (0: unlimited)."),
+        click.option("--tpm", type=click.IntRange(0), help="Tokens per minute (0: unlimited)."),
+        click.option(
+            "--max-parallel", type=click.IntRange(0), help="Requests in flight (0: unlimited)."
+        ),
+        click.option("--quota", type=click.IntRange(0), help="Tokens per period (0: none)."),
+        click.option("--period", type=click.Choice(["day", "week", "month"]), help="Quota period."),
+        click.option("--expires", help="2027-01-01, an ISO time (UTC), 30d, 12h, or 'never'."),
+        click.option(
+            "--allow-ip", "allow_ip", multiple=True, help="CIDR it may come from (repeat; 'any')."
+        ),
+        click.option("--notes", help="Free text shown by list and show."),
+    ]
+    for option in reversed(options):
+        command = option(command)
+    return command
+
+
+def _globs(text: str) -> tuple[str, ...]:
+    return tuple(part.strip() for part in text.split(",") if part.strip())
+
+
+def _changes(given: dict[str, Any], now: float) -> dict[str, object]:
+    """The columns the rule options given set (exit 2 on a bad value)."""
+    from llmgateway.core.clients import networks, parse_when
+
+    values: dict[str, object] = {}
+    for column in ("routes", "providers", "models"):
+        if given[column] is not None:
+            values[column] = _globs(given[column])
+    for option, column in (("rpm", "rpm"), ("tpm", "tpm"), ("max_parallel", "max_parallel")):
+        if given[option] is not None:
+            values[column] = given[option] or None
+    if given["quota"] is not None:
+        values["quota_tokens"] = given["quota"] or None
+        values["quota_period"] = (given["period"] or "month") if given["quota"] else None
+    elif given["period"] is not None:
+        values["quota_period"] = given["period"]
+    if given["expires"] is not None:
+        text = given["expires"]
+        when = None if text == "never" else parse_when(text, now)
+        if when is None and text != "never":
+            raise click.BadParameter(f"{text!r}: not a date, time or span", param_hint="--expires")
+        values["expires_at"] = when
+    if given["allow_ip"]:
+        ranges = () if given["allow_ip"] == ("any",) else tuple(given["allow_ip"])
+        try:
+            networks(ranges)
+        except ValueError as exc:
+            raise click.BadParameter(str(exc), param_hint="--allow-ip") from None
+        values["allow_ips"] = ranges
+    if given["notes"] is not None:
+        values["notes"] = given["notes"]
+    return values
+
+
+def _config_token(settings: Settings, name: str) -> GatewayToken | None:
+    return next((t for t in settings.gateway.tokens if t.name == name), None)
+
+
+def _refuse_config(settings: Settings, name: str, action: str) -> None:
+    if _config_token(settings, name) is not None:
+        click.echo(
+            f"client {name!r} is declared in the config file (gateway.tokens): it is read-only "
+            f"here; {action} it there and run `llmgateway reload`",
+            err=True,
+        )
+        raise SystemExit(2)
+
+
+def _missing(name: str) -> NoReturn:
+    click.echo(f"no client named {name!r}; `llmgateway clients list` shows them", err=True)
+    raise SystemExit(1)
+
+
+@click.group()
+def clients() -> None:
+    """Client tokens: each one's routes, limits, expiry and address ranges."""
+
+
+@clients.command("create")
+@config_option
+@click.argument("name")
+@_rule_options
+def create(config: str | None, name: str, **given: Any) -> None:
+    """Create client NAME and print its token, once."""
+    from llmgateway.config.route_settings import valid_name
+    from llmgateway.core.clients import new_secret, shown
+    from llmgateway.store import clients as stored
+
+    if not valid_name(name):
+        raise click.BadParameter(
+            "1 to 64 letters, digits, '.', '_' or '-', starting with a letter or digit",
+            param_hint="NAME",
+        )
+    settings = load(config)
+    if _config_token(settings, name) is not None:
+        click.echo(f"client {name!r} is already declared in the config file", err=True)
+        raise SystemExit(2)
+    now = time.time()
+    secret = new_secret()
+    prefix, last4 = shown(secret)
+    values: dict[str, object] = {
+        "name": name,
+        "token_sha256": hashlib.sha256(secret.encode()).hexdigest(),
+        "prefix": prefix,
+        "last4": last4,
+        "previous_sha256": None,
+        "previous_until": None,
+        "enabled": True,
+        "expires_at": None,
+        "routes": ("*",),
+        "providers": (),
+        "models": (),
+        "rpm": None,
+        "tpm": None,
+        "max_parallel": None,
+        "quota_tokens": None,
+        "quota_period": None,
+        "allow_ips": (),
+        "notes": "",
+    }
+    values.update(_changes(given, now))
+
+    async def work(store: Store) -> None:
+        try:
+            await stored.create(store.engine, values, now)
+        except stored.NameTaken:
+            click.echo(f"a client named {name!r} exists already", err=True)
+            raise SystemExit(1) from None
+        click.echo(f"client {name} created; its token (shown once: store it now):")
+        click.echo(secret)
+
+    run_with_store(settings, work)
+
+
+@clients.command("update")
+@config_option
+@click.argument("name")
+@_rule_options
+def update(config: str | None, name: str, **given: Any) -> None:
+    """Change what client NAME may use and its limits (only the options given)."""
+    settings = load(config)
+    _refuse_config(settings, name, "change")
+    values = _changes(given, time.time())
+    if not values:
+        raise click.UsageError("nothing to change: give at least one option")
+    _change(settings, name, values, f"client {name} updated")
+
+
+def _change(settings: Settings, name: str, values: dict[str, object], said: str) -> None:
+    from llmgateway.store import clients as stored
+
+    async def work(store: Store) -> None:
+        if not await stored.change(store.engine, name, values, time.time()):
+            _missing(name)
+        click.echo(said)
+
+    run_with_store(settings, work)
+
+
+@clients.command("disable")
+@config_option
+@click.argument("name")
+def disable(config: str | None, name: str) -> None:
+    """Refuse client NAME's token from now on (kept; `enable` lets it in again)."""
+    settings = load(config)
+    _refuse_config(settings, name, "remove")
+    _change(settings, name, {"enabled": False}, f"client {name} disabled")
+
+
+@clients.command("enable")
+@config_option
+@click.argument("name")
+def enable(config: str | None, name: str) -> None:
+    """Accept client NAME's token again."""
+    settings = load(config)
+    _refuse_config(settings, name, "add")
+    _change(settings, name, {"enabled": True}, f"client {name} enabled")
+
+
+@clients.command("rotate")
+@config_option
+@click.argument("name")
+@click.option(
+    "--grace", default="0h", show_default=True, help="How long the old token stays valid."
+)
+def rotate(config: str | None, name: str, grace: str) -> None:
+    """Issue client NAME a new token (printed once); the old one works until --grace ends."""
+    from llmgateway.core.clients import new_secret, parse_span, shown
+
+    span = parse_span(grace)
+    if span is None:
+        raise click.BadParameter(f"{grace!r}: e.g. 24h, 2d, 1w", param_hint="--grace")
+    settings = load(config)
+    _refuse_config(settings, name, "rotate")
+    from llmgateway.store import clients as stored
+
+    async def work(store: Store) -> None:
+        found = await stored.find(store.engine, name)
+        if found is None:
+            _missing(name)
+            return
+        now = time.time()
+        secret = new_secret()
+        prefix, last4 = shown(secret)
+        values: dict[str, object] = {
+            "token_sha256": hashlib.sha256(secret.encode()).hexdigest(),
+            "prefix": prefix,
+            "last4": last4,
+            "previous_sha256": found.token_sha256 if span > 0 else None,
+            "previous_until": now + span if span > 0 else None,
+        }
+        await stored.change(store.engine, name, values, now)
+        ends = f"the old one works for {grace} more" if span > 0 else "the old one is refused"
+        click.echo(f"client {name} rotated ({ends}); its new token (shown once: store it now):")
+        click.echo(secret)
+
+    run_with_store(settings, work)
+
+
+@clients.command("delete")
+@config_option
+@click.argument("name")
+def delete(config: str | None, name: str) -> None:
+    """Remove client NAME (its token is refused from now on)."""
+    from llmgateway.store import clients as stored
+
+    settings = load(config)
+    _refuse_config(settings, name, "remove")
+
+    async def work(store: Store) -> None:
+        if not await stored.delete(store.engine, name):
+            _missing(name)
+        click.echo(f"client {name} deleted")
+
+    run_with_store(settings, work)
+
+
+@clients.command("list")
+@config_option
+@click.option("--json", "as_json", is_flag=True, help="One JSON array.")
+def list_clients(config: str | None, as_json: bool) -> None:
+    """Every client: stored ones, then those the config declares (read-only)."""
+    from llmgateway.cli.client_views import client_table, stored_view, token_view
+    from llmgateway.store import clients as stored
+
+    settings = load(config)
+
+    async def work(store: Store) -> None:
+        now = time.time()
+        rows = await stored.all_clients(store.engine)
+        views = [stored_view(r, now) for r in rows]
+        views += [token_view(t, now) for t in settings.gateway.tokens]
+        if as_json:
+            click.echo(json.dumps(views, indent=2))
+        else:
+            click.echo(client_table(views) if views else "no clients")
+
+    run_with_store(settings, work)
+
+
+@clients.command("show")
+@config_option
+@click.argument("name")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object.")
+def show(config: str | None, name: str, as_json: bool) -> None:
+    """One client's settings (never its token: its first and last characters)."""
+    from llmgateway.cli.client_views import stored_view, token_view
+    from llmgateway.store import clients as stored
+
+    settings = load(config)
+
+    async def work(store: Store) -> None:
+        now = time.time()
+        declared = _config_token(settings, name)
+        if declared is not None:
+            view = token_view(declared, now)
+        else:
+            found = await stored.find(store.engine, name)
+            if found is None:
+                _missing(name)
+            view = stored_view(found, now)
+        if as_json:
+            click.echo(json.dumps(view, indent=2))
+            return
+        for key, value in view.items():
+            shown = ", ".join(value) if isinstance(value, list) else value
+            click.echo(f"{key + ':':<15} {'-' if shown in (None, '') else shown}")
+
+    run_with_store(settings, work)
