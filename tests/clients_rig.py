@@ -27,6 +27,7 @@ def write_config(
     refresh_sec: float = 0.2,
     tokens: list[dict[str, Any]] | None = None,
     gateway: dict[str, Any] | None = None,
+    extra: dict[str, Any] | None = None,
 ) -> Path:
     """The config file: provider `alpha` (model gpt-a, one good key) at `base`, route `fast`
     to it, and `ci-bot` declared by SHA-256 plus `tokens`."""
@@ -55,6 +56,7 @@ def write_config(
             }
         },
         "routes": {"fast": {"targets": [{"provider": "alpha", "model": "gpt-a"}]}},
+        **(extra or {}),
     }
     path = folder / "providers.yaml"
     path.write_text(yaml.safe_dump(data))

@@ -32,7 +32,8 @@ async def test_lifecycle(db_url: str, tmp_path: Path) -> None:
         "--notes", "the A team",
     )  # fmt: skip
     secret = secret_in(created)
-    assert well_formed(secret) and secret.startswith("sk-lgw_")
+    assert well_formed(secret)
+    assert secret.startswith("sk-lgw_")
     assert "shown once" in created
     rows = await stored_rows(db_url)
     assert len(rows) == 1
@@ -41,20 +42,31 @@ async def test_lifecycle(db_url: str, tmp_path: Path) -> None:
 
     listed = json.loads(await ainvoke("clients", "list", "--config", config, "--json"))
     by_name = {view["name"]: view for view in listed}
-    assert by_name["ci-bot"]["source"] == "config" and by_name["ci-bot"]["rpm"] == 100
+    assert by_name["ci-bot"]["source"] == "config"
+    assert by_name["ci-bot"]["rpm"] == 100
     team = by_name["team-a"]
-    assert team["source"] == "store" and team["state"] == "enabled"
-    assert team["routes"] == ["fast", "smart*"] and team["rpm"] == 60
-    assert team["max_parallel"] == 4 and team["quota"] == 1000 and team["period"] == "week"
-    assert team["allow_ips"] == ["10.0.0.0/8", "192.168.1.7"] and team["notes"] == "the A team"
-    assert team["token"] == f"{secret[:11]}…{secret[-4:]}" and team["expires_at"]
+    assert team["source"] == "store"
+    assert team["state"] == "enabled"
+    assert team["routes"] == ["fast", "smart*"]
+    assert team["rpm"] == 60
+    assert team["max_parallel"] == 4
+    assert team["quota"] == 1000
+    assert team["period"] == "week"
+    assert team["allow_ips"] == ["10.0.0.0/8", "192.168.1.7"]
+    assert team["notes"] == "the A team"
+    assert team["token"] == f"{secret[:11]}…{secret[-4:]}"
+    assert team["expires_at"]
     table = await ainvoke("clients", "list", "--config", config)
-    assert "team-a" in table and "ci-bot" in table and secret not in table
+    assert "team-a" in table
+    assert "ci-bot" in table
+    assert secret not in table
 
     await ainvoke("clients", "update", "team-a", "--config", config, "--rpm", "0",
                   "--expires", "never", "--allow-ip", "any")  # fmt: skip
     shown = json.loads(await ainvoke("clients", "show", "team-a", "--config", config, "--json"))
-    assert shown["rpm"] is None and shown["expires_at"] is None and shown["allow_ips"] == []
+    assert shown["rpm"] is None
+    assert shown["expires_at"] is None
+    assert shown["allow_ips"] == []
     assert shown["max_parallel"] == 4  # untouched
 
     await ainvoke("clients", "disable", "team-a", "--config", config)
@@ -63,18 +75,21 @@ async def test_lifecycle(db_url: str, tmp_path: Path) -> None:
 
     rotated = await ainvoke("clients", "rotate", "team-a", "--config", config, "--grace", "24h")
     fresh = secret_in(rotated)
-    assert well_formed(fresh) and fresh != secret
+    assert well_formed(fresh)
+    assert fresh != secret
     row = (await stored_rows(db_url))[0]
     assert row["token_sha256"] == hashlib.sha256(fresh.encode()).hexdigest()
     assert row["previous_sha256"] == hashlib.sha256(secret.encode()).hexdigest()
     shown = json.loads(await ainvoke("clients", "show", "team-a", "--config", config, "--json"))
     assert shown["previous_token_until"] is not None
     everything = await ainvoke("clients", "list", "--config", config)
-    assert fresh not in everything and secret not in everything
+    assert fresh not in everything
+    assert secret not in everything
 
     await ainvoke("clients", "delete", "team-a", "--config", config)
     gone = await arun("clients", "show", "team-a", "--config", config)
-    assert gone.exit_code == 1 and "no client named 'team-a'" in gone.output
+    assert gone.exit_code == 1
+    assert "no client named 'team-a'" in gone.output
     assert await stored_rows(db_url) == []
 
 
@@ -93,7 +108,8 @@ async def test_config_clients_are_read_only(db_url: str, tmp_path: Path) -> None
     shown = json.loads(
         (await arun("clients", "show", "ci-bot", "--config", config, "--json")).output
     )
-    assert shown["source"] == "config" and shown["token"] == "(sha256 in config)"
+    assert shown["source"] == "config"
+    assert shown["token"] == "(sha256 in config)"
 
 
 async def test_bad_input_is_refused_clearly(db_url: str, tmp_path: Path) -> None:
@@ -113,6 +129,8 @@ async def test_bad_input_is_refused_clearly(db_url: str, tmp_path: Path) -> None
         assert "Traceback" not in result.output
     await ainvoke("clients", "create", "x", "--config", config)
     again = await arun("clients", "create", "x", "--config", config)
-    assert again.exit_code == 1 and "exists already" in again.output
+    assert again.exit_code == 1
+    assert "exists already" in again.output
     missing = await arun("clients", "disable", "nobody", "--config", config)
-    assert missing.exit_code == 1 and "no client named 'nobody'" in missing.output
+    assert missing.exit_code == 1
+    assert "no client named 'nobody'" in missing.output

@@ -182,7 +182,9 @@ async def send_refusal(send: Send, api: Surface, refused: Refused, request_id: s
     headers = JSON
     if refused.retry_after is not None:
         headers = {**JSON, "retry-after": str(max(1, int(refused.retry_after + 0.999)))}
-    if refused.headers:
-        headers = {**headers, **dict(refused.headers)}
-    await send(start_message(refused.status, headers, request_id, len(body), close=refused.close))
+    extra = [(name.encode(), value.encode()) for name, value in refused.headers]
+    start = start_message(
+        refused.status, headers, request_id, len(body), close=refused.close, extra=extra
+    )
+    await send(start)
     await send({"type": "http.response.body", "body": body, "more_body": False})

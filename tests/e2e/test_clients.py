@@ -1,0 +1,199 @@
+"""Client tokens end to end: clients made with `llmgateway clients`, and one the config
+declares, used through the openai SDK against the real gateway and a fake upstream; a
+revocation reaching a running gateway (within a second on PostgreSQL, the command run as a
+process of its own); rotation with a grace; the client's limits (429 with its own
+`x-ratelimit-*` headers); and 1,000 streams cancelled at random points leaving no slot held."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import sys
+from pathlib import Path
+
+import httpx2 as httpx
+import openai
+import pytest
+
+from llmgateway.config.load import load_settings
+from llmgateway.testing.fake_upstream import FakeUpstream
+from tests.clients_rig import CONFIG_TOKEN, ainvoke, secret_in, write_config
+from tests.helpers import Running, eventually, start_gateway
+
+CHAT = [{"role": "user", "content": "hi"}]
+
+
+def sdk(url: str, token: str) -> openai.AsyncOpenAI:
+    return openai.AsyncOpenAI(base_url=f"{url}/v1", api_key=token, max_retries=0)
+
+
+async def answers(url: str, token: str) -> int:
+    """The status of one chat completion on route `fast` with `token`."""
+    async with httpx.AsyncClient() as client:
+        reply = await client.post(
+            f"{url}/v1/chat/completions",
+            headers={"authorization": f"Bearer {token}"},
+            json={"model": "fast", "messages": CHAT},
+        )
+    return reply.status_code
+
+
+async def test_a_client_token_resolves_routes_through_the_sdk(db_url: str, tmp_path: Path) -> None:
+    async with FakeUpstream() as fake:
+        config = str(write_config(tmp_path, db_url, fake.openai_base))
+        secret = secret_in(await ainvoke("clients", "create", "team-a", "--config", config,
+                                         "--routes", "fast"))  # fmt: skip
+        async with start_gateway(load_settings(Path(config))) as running:
+            client = sdk(running.url, secret)
+            raw = await client.chat.completions.with_raw_response.create(
+                model="fast", messages=CHAT
+            )
+            assert raw.headers["x-llmgateway-route"] == "fast"
+            assert raw.parse().choices[0].message.content
+            listed = await client.models.list()
+            assert [m.id for m in listed.data] == ["fast"]
+            with pytest.raises(openai.NotFoundError):  # no providers granted
+                await client.chat.completions.create(model="alpha/gpt-a", messages=CHAT)
+            declared = sdk(running.url, CONFIG_TOKEN)  # the config holds its SHA-256 only
+            assert (await declared.chat.completions.create(model="fast", messages=CHAT)).choices
+
+            await ainvoke("clients", "disable", "team-a", "--config", config)
+            await eventually(lambda: _refused(running.url, secret), within=5)
+            with pytest.raises(openai.AuthenticationError) as refused:
+                await client.chat.completions.create(model="fast", messages=CHAT)
+            assert secret not in str(refused.value.body)
+            assert secret not in refused.value.response.text
+
+            await ainvoke("clients", "enable", "team-a", "--config", config)
+            await eventually(lambda: _accepted(running.url, secret), within=5)
+            fresh = secret_in(
+                await ainvoke("clients", "rotate", "team-a", "--config", config, "--grace", "1h")
+            )
+            await eventually(lambda: _accepted(running.url, fresh), within=5)
+            assert await answers(running.url, secret) == 200  # within its grace
+            await ainvoke("clients", "rotate", "team-a", "--config", config)  # no grace
+            await eventually(lambda: _refused(running.url, fresh), within=5)
+
+
+async def _refused(url: str, token: str) -> bool:
+    return await answers(url, token) == 401
+
+
+async def _accepted(url: str, token: str) -> bool:
+    return await answers(url, token) == 200
+
+
+async def test_a_revocation_reaches_a_running_gateway_within_a_second_on_postgresql(
+    pg_database: str, tmp_path: Path
+) -> None:
+    async with FakeUpstream() as fake:
+        # the interval refresh is far off: only the store's notice can be this quick
+        config = str(write_config(tmp_path, pg_database, fake.openai_base, refresh_sec=60))
+        secret = secret_in(await ainvoke("clients", "create", "team-b", "--config", config))
+        async with start_gateway(load_settings(Path(config))) as running:
+            await asyncio.wait_for(running.app.state.listener.listening.wait(), 10)
+            assert await answers(running.url, secret) == 200
+            command = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "llmgateway", "clients", "disable", "team-b",
+                "--config", config, stdout=asyncio.subprocess.PIPE,
+            )  # fmt: skip
+            out, _ = await command.communicate()
+            assert command.returncode == 0
+            assert b"disabled" in out
+            took = await eventually(lambda: _refused(running.url, secret), within=1.0, step=0.02)
+            assert took < 1.0
+
+
+def limited_config(tmp_path: Path, base: str, **limits: int) -> Path:
+    token = {"name": "limited", "token": "gw-limited-client-token-4b8e1f0a93c2", **limits}
+    return write_config(tmp_path, f"sqlite:///{tmp_path / 'gw.db'}", base, tokens=[token])
+
+
+LIMITED = "gw-limited-client-token-4b8e1f0a93c2"
+
+
+async def test_a_client_over_its_rpm_gets_429_with_its_own_headers(tmp_path: Path) -> None:
+    async with FakeUpstream() as fake:
+        settings = load_settings(limited_config(tmp_path, fake.openai_base, rpm=2))
+        async with start_gateway(settings) as running, httpx.AsyncClient() as http:
+            assert [await answers(running.url, LIMITED) for _ in range(2)] == [200, 200]
+            reply = await http.post(
+                f"{running.url}/v1/chat/completions",
+                headers={"authorization": f"Bearer {LIMITED}"},
+                json={"model": "fast", "messages": CHAT},
+            )
+            assert reply.status_code == 429
+            assert reply.json()["error"]["code"] == "rate_limit_exceeded"
+            assert 1 <= int(reply.headers["retry-after"]) <= 60
+            assert reply.headers["x-ratelimit-limit-requests"] == "2"
+            assert reply.headers["x-ratelimit-remaining-requests"] == "0"
+            assert reply.headers["x-ratelimit-reset-requests"].endswith("s")
+            with pytest.raises(openai.RateLimitError):
+                await sdk(running.url, LIMITED).chat.completions.create(model="fast", messages=CHAT)
+            assert sum(fake.calls_by_key().values()) == 2  # the refused ones never reached it
+
+
+async def test_a_client_at_max_parallel_gets_429_until_a_slot_frees(tmp_path: Path) -> None:
+    async with FakeUpstream(chunks=5, chunk_delay=0.2) as fake:
+        settings = load_settings(limited_config(tmp_path, fake.openai_base, max_parallel=1))
+        async with start_gateway(settings) as running, httpx.AsyncClient() as http:
+            body = {"model": "fast", "messages": CHAT, "stream": True}
+            auth = {"authorization": f"Bearer {LIMITED}"}
+            url = f"{running.url}/v1/chat/completions"
+            async with http.stream("POST", url, headers=auth, json=body) as first:
+                assert first.status_code == 200
+                second = await http.post(url, headers=auth, json=body)
+                assert second.status_code == 429
+                assert "in flight" in second.json()["error"]["message"]
+                assert second.headers["retry-after"] == "1"
+                await first.aread()
+            await eventually(lambda: running.gateway.clients.counts.inflight("limited") == 0)
+            assert (await http.post(url, headers=auth, json=body)).status_code == 200
+
+
+async def test_cancelled_streams_leave_no_slot_held(tmp_path: Path) -> None:
+    async with FakeUpstream(chunks=8, chunk_delay=0.005) as fake:
+        settings = load_settings(limited_config(tmp_path, fake.openai_base, max_parallel=5000))
+        async with start_gateway(settings) as running:
+            seen = await _cancel_streams(running, 1000, random.Random(7))
+            counts = running.gateway.clients.counts
+            assert seen["peak"] > 1  # the streams did overlap
+            assert seen["before"] + seen["mid"] + seen["whole"] == 1000
+            assert min(seen["before"], seen["mid"]) >= 50, seen
+            await eventually(lambda: counts.inflight("limited") == 0, within=10)
+            assert await answers(running.url, LIMITED) == 200
+            assert counts.inflight("limited") == 0
+
+
+async def _cancel_streams(running: Running, total: int, rng: random.Random) -> dict[str, int]:
+    """`total` streamed requests, 100 at a time, each cancelled after a random wait of up to
+    twice a stream's length: how many were cancelled before their answer came, mid-stream, or
+    not at all, and the most held at once (`peak`)."""
+    counts = running.gateway.clients.counts
+    body = {"model": "fast", "messages": CHAT, "stream": True}
+    auth = {"authorization": f"Bearer {LIMITED}"}
+    url = f"{running.url}/v1/chat/completions"
+    seen = {"before": 0, "mid": 0, "whole": 0, "peak": 0}
+    limits = httpx.Limits(max_connections=100, max_keepalive_connections=0)
+    loop = asyncio.get_running_loop()
+    async with httpx.AsyncClient(limits=limits, timeout=30) as http:
+
+        async def one() -> None:
+            stage = "before"
+            try:
+                async with http.stream("POST", url, headers=auth, json=body) as reply:
+                    stage = "mid"
+                    seen["peak"] = max(seen["peak"], counts.inflight("limited"))
+                    async for _ in reply.aiter_raw():
+                        pass
+                stage = "whole"
+            finally:
+                seen[stage] += 1
+
+        for _ in range(total // 100):
+            tasks = [asyncio.create_task(one()) for _ in range(100)]
+            timers = [loop.call_later(rng.random() * 0.12, task.cancel) for task in tasks]
+            await asyncio.gather(*tasks, return_exceptions=True)
+            for timer in timers:
+                timer.cancel()
+    return seen
