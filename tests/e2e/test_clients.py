@@ -14,13 +14,14 @@ from pathlib import Path
 import httpx2 as httpx
 import openai
 import pytest
+from openai.types.chat import ChatCompletionMessageParam
 
 from llmgateway.config.load import load_settings
 from llmgateway.testing.fake_upstream import FakeUpstream
 from tests.clients_rig import CONFIG_TOKEN, ainvoke, secret_in, write_config
 from tests.helpers import Running, eventually, start_gateway
 
-CHAT = [{"role": "user", "content": "hi"}]
+CHAT: list[ChatCompletionMessageParam] = [{"role": "user", "content": "hi"}]
 
 
 def sdk(url: str, token: str) -> openai.AsyncOpenAI:
