@@ -15,6 +15,7 @@ from click.testing import CliRunner
 from llmgateway.cli.main import main
 from llmgateway.config.load import load_settings
 from llmgateway.config.problems import ConfigError, Problem
+from llmgateway.config.reachable import unused_aliases
 from llmgateway.config.route_table import route_table, token_digest
 from llmgateway.core.routes import (
     DEFAULT_FALLBACK_ON,
@@ -212,19 +213,26 @@ def test_an_alias_hiding_provider_addressing(tmp_path: Path) -> None:
     )
 
 
-def test_an_alias_no_token_may_use(tmp_path: Path) -> None:
+def test_an_alias_no_token_may_use_is_a_warning(tmp_path: Path) -> None:
+    # clients stored with `llmgateway clients` may use it: the config alone cannot tell
     data = config(gateway__tokens__0__routes=["fast", "long"], gateway__tokens__1__routes=[])
-    assert only(tmp_path, data) == Problem(
-        "routes.cheap",
-        "no gateway token may use this alias (no gateway.tokens entry's routes match it)",
-        "add the alias, or a glob matching it, to the routes of a gateway.tokens entry; or "
-        "remove the route",
-    )
+    settings = load_settings(write(tmp_path, data), environ={})
+    assert unused_aliases(settings) == [
+        (
+            "routes.cheap",
+            "no gateway.tokens entry may use this alias: only clients made with "
+            "`llmgateway clients create --routes` can",
+        )
+    ]
+    result = CliRunner().invoke(main, ["check-config", str(write(tmp_path, data))])
+    assert result.exit_code == 0, result.output
+    assert "warning: routes.cheap: no gateway.tokens entry may use this alias" in result.output
 
 
 def test_routes_without_gateway_tokens(tmp_path: Path) -> None:
-    found = problems(tmp_path, config(gateway=None))
-    assert [p.path for p in found] == ["routes.fast", "routes.cheap"]  # long: fast's fallback
+    settings = load_settings(write(tmp_path, config(gateway=None)), environ={})
+    found = [where for where, _ in unused_aliases(settings)]
+    assert found == ["routes.fast", "routes.cheap"]  # long: fast's fallback
 
 
 def test_an_unknown_provider(tmp_path: Path) -> None:

@@ -75,14 +75,22 @@ def check_config(config: str | None, path: str | None) -> None:
 
         summary += f", per-key limits counted by: {backend_of(settings).value}"
     click.echo(summary)
-    from llmgateway.config.reachable import idle_targets, split_routes, unreachable_models
+    from llmgateway.config.reachable import (
+        idle_targets,
+        split_routes,
+        unreachable_models,
+        unused_aliases,
+    )
     from llmgateway.config.weak_tokens import weak_tokens
 
     if not settings.gateway.allow_weak_tokens:
         for where, why in weak_tokens(settings):
             click.echo(f"warning: {where}: {why}, refused off loopback; {WAY_OUT}", err=True)
     for where, why in (
-        unreachable_models(settings) + idle_targets(settings) + split_routes(settings)
+        unreachable_models(settings)
+        + idle_targets(settings)
+        + split_routes(settings)
+        + unused_aliases(settings)
     ):
         click.echo(f"warning: {where}: {why}", err=True)
 

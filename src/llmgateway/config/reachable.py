@@ -77,6 +77,22 @@ def idle_targets(settings: Settings) -> list[tuple[str, str]]:
     return found
 
 
+def unused_aliases(settings: Settings) -> list[tuple[str, str]]:
+    """Every route alias no `gateway.tokens` entry may use (nor another route's context-length
+    fallback), as (dotted path, why): only clients stored with `llmgateway clients` can."""
+    fallbacks = {route.context_length_fallback for route in settings.routes.values()}
+    return [
+        (
+            f"routes.{alias}",
+            "no gateway.tokens entry may use this alias: only clients made with "
+            "`llmgateway clients create --routes` can",
+        )
+        for alias in settings.routes
+        if alias not in fallbacks
+        and not any(t.may_use_route(alias) for t in settings.gateway.tokens)
+    ]
+
+
 def split_routes(settings: Settings) -> list[tuple[str, str]]:
     """Every route with Anthropic targets beside others, as (dotted path, why): on the
     Anthropic surface (`/v1/messages`, no request translated) only its Anthropic targets

@@ -195,16 +195,8 @@ def _alias_rules(alias: str, known: RouteParts) -> Iterator[Finding]:
             f"(a client naming '{alias}' would get the route)",
             "rename the route: <provider>/<model> names a provider's model",
         )
-    if known.tokens is None or known.unsure_routes:
-        return  # a token, or a route falling back to this one, may be among what did not validate
-    used = any(t.may_use_route(alias) for t in known.tokens)
-    if not used and not any(r.context_length_fallback == alias for r in known.routes.values()):
-        yield (
-            where,
-            "no gateway token may use this alias (no gateway.tokens entry's routes match it)",
-            "add the alias, or a glob matching it, to the routes of a gateway.tokens entry; "
-            "or remove the route",
-        )
+    # an alias no gateway.tokens entry may use is no error: clients stored with `llmgateway
+    # clients` may use it (`config.reachable.unused_aliases` warns of it instead)
 
 
 def _servable(route: RouteSettings, providers: Mapping[str, ProviderSettings]) -> bool:
