@@ -148,7 +148,7 @@ async def test_a_client_at_max_parallel_gets_429_until_a_slot_frees(tmp_path: Pa
                 assert "in flight" in second.json()["error"]["message"]
                 assert second.headers["retry-after"] == "1"
                 await first.aread()
-            await eventually(lambda: running.gateway.clients.counts.inflight("limited") == 0)
+            await eventually(lambda: running.gateway.clients.inflight("limited") == 0)
             assert (await http.post(url, headers=auth, json=body)).status_code == 200
 
 
@@ -157,20 +157,21 @@ async def test_cancelled_streams_leave_no_slot_held(tmp_path: Path) -> None:
         settings = load_settings(limited_config(tmp_path, fake.openai_base, max_parallel=5000))
         async with start_gateway(settings) as running:
             seen = await _cancel_streams(running, 1000, random.Random(7))
-            counts = running.gateway.clients.counts
             assert seen["peak"] > 1  # the streams did overlap
             assert seen["before"] + seen["mid"] + seen["whole"] == 1000
-            assert min(seen["before"], seen["mid"]) >= 50, seen
-            await eventually(lambda: counts.inflight("limited") == 0, within=10)
+            assert seen["mid"] >= 200, seen  # cancelled mid-stream
+            assert seen["before"] >= 50, seen  # cancelled before the answer came
+            await eventually(lambda: running.gateway.clients.inflight("limited") == 0, within=10)
             assert await answers(running.url, LIMITED) == 200
-            assert counts.inflight("limited") == 0
+            assert running.gateway.clients.inflight("limited") == 0
 
 
 async def _cancel_streams(running: Running, total: int, rng: random.Random) -> dict[str, int]:
-    """`total` streamed requests, 100 at a time, each cancelled after a random wait of up to
-    twice a stream's length: how many were cancelled before their answer came, mid-stream, or
-    not at all, and the most held at once (`peak`)."""
-    counts = running.gateway.clients.counts
+    """`total` streamed requests, 100 at a time: a third cancelled after a random wait of at
+    most 10 ms (most before their answer), a third cancelled after a random number of
+    events, the rest read whole; how many ended before their answer, mid-stream and whole,
+    and the most held at once (`peak`)."""
+    clients = running.gateway.clients
     body = {"model": "fast", "messages": CHAT, "stream": True}
     auth = {"authorization": f"Bearer {LIMITED}"}
     url = f"{running.url}/v1/chat/completions"
@@ -179,22 +180,76 @@ async def _cancel_streams(running: Running, total: int, rng: random.Random) -> d
     loop = asyncio.get_running_loop()
     async with httpx.AsyncClient(limits=limits, timeout=30) as http:
 
-        async def one() -> None:
+        async def one(events: int | None) -> None:
             stage = "before"
             try:
                 async with http.stream("POST", url, headers=auth, json=body) as reply:
                     stage = "mid"
-                    seen["peak"] = max(seen["peak"], counts.inflight("limited"))
-                    async for _ in reply.aiter_raw():
-                        pass
+                    seen["peak"] = max(seen["peak"], clients.inflight("limited") or 0)
+                    async for _ in reply.aiter_lines():
+                        if events is not None and (events := events - 1) < 0:
+                            task = asyncio.current_task()
+                            assert task is not None
+                            task.cancel()
+                            await asyncio.sleep(0)  # the cancellation lands here
                 stage = "whole"
             finally:
                 seen[stage] += 1
 
         for _ in range(total // 100):
-            tasks = [asyncio.create_task(one()) for _ in range(100)]
-            timers = [loop.call_later(rng.random() * 0.12, task.cancel) for task in tasks]
+            tasks, timers = [], []
+            for _ in range(100):
+                kind = rng.randrange(3)
+                task = asyncio.create_task(one(rng.randrange(8) if kind == 1 else None))
+                tasks.append(task)
+                if kind == 0:
+                    timers.append(loop.call_later(rng.random() * 0.01, task.cancel))
             await asyncio.gather(*tasks, return_exceptions=True)
             for timer in timers:
                 timer.cancel()
     return seen
+
+
+async def test_a_stored_clients_limits_hold_across_gateways_on_redis(
+    tmp_path: Path, redis_prefix: str
+) -> None:
+    from tests.helpers import REDIS_URL
+
+    limits = {"backend": "redis", "redis_url": REDIS_URL, "key_prefix": redis_prefix}
+    async with FakeUpstream(chunks=5, chunk_delay=0.2) as fake:
+        url = f"sqlite:///{tmp_path / 'gw.db'}"
+        config = write_config(tmp_path, url, fake.openai_base, extra={"limits": limits})
+        secret = secret_in(await ainvoke("clients", "create", "solo", "--config", str(config),
+                                         "--max-parallel", "1", "--rpm", "3"))  # fmt: skip
+        settings = load_settings(config)
+        body = {"model": "fast", "messages": CHAT, "stream": True}
+        auth = {"authorization": f"Bearer {secret}"}
+        async with (
+            start_gateway(settings) as one,
+            start_gateway(settings) as two,
+            httpx.AsyncClient() as http,
+        ):
+            assert one.gateway.clients.backend is not None
+            async with http.stream(
+                "POST", f"{one.url}/v1/chat/completions", headers=auth, json=body
+            ) as first:
+                assert first.status_code == 200
+                other = await http.post(f"{two.url}/v1/chat/completions", headers=auth, json=body)
+                assert other.status_code == 429  # the slot is held on the other gateway
+                assert "in flight" in other.json()["error"]["message"]
+                await first.aread()
+            await eventually(lambda: _status(http, two.url, auth, body, 200), within=5)
+            # three requests a minute between both gateways: the fourth is refused
+            third = await http.post(f"{one.url}/v1/chat/completions", headers=auth, json=body)
+            assert third.status_code == 200
+            fourth = await http.post(f"{two.url}/v1/chat/completions", headers=auth, json=body)
+            assert fourth.status_code == 429
+            assert fourth.headers["x-ratelimit-limit-requests"] == "3"
+            assert fourth.headers["x-ratelimit-remaining-requests"] == "0"
+
+
+async def _status(
+    http: httpx.AsyncClient, url: str, auth: dict[str, str], body: dict[str, object], want: int
+) -> bool:
+    reply = await http.post(f"{url}/v1/chat/completions", headers=auth, json=body)
+    return reply.status_code == want

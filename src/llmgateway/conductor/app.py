@@ -367,6 +367,8 @@ def create_app(
     conductor = Conductor(settings, rng=rng or random.Random(), log_secrets=log_secrets)
     metrics = metrics or Metrics.create()
     conductor.limits = Limits.create(settings, metrics, conductor.clock)
+    if conductor.limits is not None:  # clients' limits are counted where keys' are
+        conductor.clients.backend = conductor.limits.backend
     conductor.build_providers()
     for name, built in conductor.providers.items():
         metrics.for_provider(name, built.settings.models)

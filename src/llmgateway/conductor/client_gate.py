@@ -7,23 +7,34 @@ client's API shape, a token past its expiry (401), a request from outside its ad
 ranges (403) and one over its `rpm` or `max_parallel` (429 with `Retry-After` and the
 client's own `x-ratelimit-*-requests` headers); a request let through holds a `Hold`,
 given back in the caller's `finally` whatever happens (an answer, an error, a cancellation).
-Limits are counted in this process (`limits.counts.LocalCounts`): with N gateways a client
-may get up to N times its limits.
+
+Limits are counted by the per-key limits backend when the process has one (`limits.backend`:
+Redis exact across gateways, PostgreSQL each gateway its share, failing open as for keys),
+else in this process (`limits.counts.LocalCounts`): with N gateways a client may then get up
+to N times its limits.
 """
 
 from __future__ import annotations
 
+import functools
+import itertools
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from starlette.types import Scope
 
 from llmgateway.conductor.admission import Refused
+from llmgateway.config.settings import KeyLimits
 from llmgateway.core.clients import ClientRules, Network
 from llmgateway.core.routes import Grants
-from llmgateway.limits.counts import WINDOW_SEC, LocalCounts
+from llmgateway.limits.counts import WINDOW_SEC, LocalCounts, Refusal
+from llmgateway.limits.outage import Unreachable
 from llmgateway.observe.access import client_address
+
+if TYPE_CHECKING:
+    from llmgateway.limits import Backend
 
 EXPIRED = Refused(401, "invalid_api_key", "This client token has expired.")
 ELSEWHERE = Refused(
@@ -32,12 +43,19 @@ ELSEWHERE = Refused(
 
 
 class Hold:
-    """One request counted against its client's limits until given back."""
+    """One request counted against its client's limits until given back: `slot` names the
+    client in the backend (`client:<name>`), `token` the request."""
 
-    __slots__ = ("name",)
+    __slots__ = ("slot", "token")
 
-    def __init__(self, name: str) -> None:
-        self.name = name
+    def __init__(self, slot: str, token: int) -> None:
+        self.slot = slot
+        self.token = token
+
+
+@functools.lru_cache(maxsize=256)
+def _limits(max_parallel: int | None, rpm: int | None) -> KeyLimits:
+    return KeyLimits(max_concurrent=max_parallel, rpm=rpm)
 
 
 @dataclass(slots=True)
@@ -48,11 +66,14 @@ class Clients:
     by_digest: Mapping[bytes, Grants] = field(default_factory=dict)
     counts: LocalCounts = field(default_factory=LocalCounts)
     clock: Callable[[], float] = time.time
+    backend: Backend | None = None  # the per-key limits backend, when the process has one
+    _tokens: Iterator[int] = field(default_factory=itertools.count)
 
-    def admit(
+    async def admit(
         self, rules: ClientRules, scope: Scope, trusted: tuple[Network, ...]
     ) -> Refused | Hold | None:
-        """The gate: a refusal, a `Hold` to give back (`release`), or None (nothing counted)."""
+        """The gate: a refusal, a `Hold` to give back (`release`), or None (nothing counted:
+        no limits, or a limits backend out of reach, which fails open)."""
         now = self.clock()
         if rules.expired(now):
             return EXPIRED
@@ -60,33 +81,83 @@ class Clients:
             return ELSEWHERE
         if not rules.limited:
             return None
-        hold = Hold(rules.name)
-        refusal = self.counts.take(rules.name, hold, rules.max_parallel, rules.rpm, now)
+        hold = Hold(f"client:{rules.name}", next(self._tokens))
+        refusal = await self._take(hold, rules, now)
         if refusal is None:
             return hold
+        if isinstance(refusal, _Open):
+            return None
         if refusal.reason == "busy":
             message = f"Too many requests in flight for this client (at most {rules.max_parallel})."
         else:
             message = f"Too many requests for this client (at most {rules.rpm} a minute)."
-        headers = self._headers(rules, now, refusal.retry_after)
+        headers = self._headers(rules, refusal, now)
         return Refused(
             429, "rate_limit_exceeded", message, retry_after=refusal.retry_after, headers=headers
         )
 
+    async def _take(self, hold: Hold, rules: ClientRules, now: float) -> Refusal | _Open | None:
+        backend = self.backend
+        if backend is None:
+            slot = (hold.slot, 0, "")
+            return self.counts.take(slot, hold.token, rules.max_parallel, rules.rpm, now)
+        if backend.outage.down(now):
+            return OPEN
+        limits = _limits(rules.max_parallel, rules.rpm)
+        try:
+            return await backend.take((hold.slot, 0, ""), hold.token, limits, now)
+        except Unreachable as error:
+            backend.outage.failed(backend.name, error)
+            return OPEN
+
     def release(self, hold: Hold) -> None:
         """The request held as `hold` ended."""
-        self.counts.give_back(hold)
+        if self.backend is None:
+            self.counts.give_back(hold.token)
+        else:
+            self.backend.give_back(hold.slot, hold.token)
+
+    def inflight(self, name: str) -> int | None:
+        """Client `name`'s requests in flight, where this process counts them all (no backend,
+        or the `local` one); else None."""
+        counts = self._exact()
+        return None if counts is None else counts.inflight((f"client:{name}", 0, ""))
+
+    def _exact(self) -> LocalCounts | None:
+        """The counts when this process holds every one of them."""
+        backend = self.backend
+        if backend is None:
+            return self.counts
+        local: LocalCounts | None = getattr(backend, "counts", None)
+        return local if backend.name == "local" else None
 
     def _headers(
-        self, rules: ClientRules, now: float, retry_after: float
+        self, rules: ClientRules, refusal: Refusal, now: float
     ) -> tuple[tuple[str, str], ...]:
-        """The client's own `x-ratelimit-*-requests` headers (never an upstream key's)."""
+        """The client's own `x-ratelimit-*-requests` headers (never an upstream key's); the
+        remaining count only where it is known (counted here, or the rpm spent)."""
         if rules.rpm is None:
             return ()
-        used = self.counts.recent(rules.name, now)
-        reset = min(retry_after, WINDOW_SEC)
-        return (
+        reset = min(refusal.retry_after, WINDOW_SEC) if refusal.reason == "rate" else 1.0
+        headers = [
             ("x-ratelimit-limit-requests", str(rules.rpm)),
-            ("x-ratelimit-remaining-requests", str(max(0, rules.rpm - used))),
             ("x-ratelimit-reset-requests", f"{max(reset, 0.001):.3f}s"),
-        )
+        ]
+        counts = self._exact()
+        if counts is not None:
+            used = counts.recent((f"client:{rules.name}", 0, ""), now)
+            headers.append(("x-ratelimit-remaining-requests", str(max(0, rules.rpm - used))))
+        elif refusal.reason == "rate":
+            headers.append(("x-ratelimit-remaining-requests", "0"))
+        return tuple(headers)
+
+
+@dataclass(frozen=True, slots=True)
+class _Open:
+    """The limits backend is out of reach: the request goes on uncounted (fails open)."""
+
+    why: str = "unreachable"
+
+
+OPEN = _Open()
+"""The one `_Open`."""

@@ -63,7 +63,7 @@ async def serve_grants(
     assert routing is not None
     hold = None
     if grants.client is not None:
-        admitted = routing.clients.admit(grants.client, scope, edge.access.trusted)
+        admitted = await routing.clients.admit(grants.client, scope, edge.access.trusted)
         if isinstance(admitted, Refused):
             surface = surface_of(sent, scope["raw_path"])
             await _refuse(edge, scope, send, surface, request_id, started, admitted)

@@ -156,10 +156,11 @@ class Limits:
     def create(
         cls, settings: Settings, metrics: Metrics, clock: Callable[[], float] = time.time
     ) -> Limits | None:
-        """The limits of `settings`, or None when no enabled provider sets any."""
-        if not any(
-            p.enabled and p.gateway_policy.key_limits.enabled for p in settings.providers.values()
-        ):
+        """The limits of `settings`, or None when nothing asks for a backend: no enabled
+        provider sets per-key limits, no `gateway.tokens` entry sets `rpm` or `max_parallel`,
+        and `limits.backend` is `auto` (clients stored with `llmgateway clients` are then
+        counted in each process)."""
+        if not _wanted(settings):
             return None
         conf = settings.limits
         outage = Outage(conf.retry_unreachable_sec, clock)
@@ -210,6 +211,17 @@ class Limits:
     async def close(self) -> None:
         """Disconnect the backend."""
         await self.backend.close()
+
+
+def _wanted(settings: Settings) -> bool:
+    """Whether `settings` need a limits backend (see `Limits.create`)."""
+    if settings.limits.backend is not LimitsBackend.AUTO:
+        return True
+    tokens = settings.gateway.tokens
+    if any(t.rpm is not None or t.max_parallel is not None for t in tokens):
+        return True
+    providers = settings.providers.values()
+    return any(p.enabled and p.gateway_policy.key_limits.enabled for p in providers)
 
 
 def masked_redis_url(url: str) -> str:
