@@ -253,3 +253,32 @@ async def _status(
 ) -> bool:
     reply = await http.post(f"{url}/v1/chat/completions", headers=auth, json=body)
     return reply.status_code == want
+
+
+async def test_a_stored_clients_limit_is_shared_by_the_fleet_on_postgresql(
+    pg_database: str, tmp_path: Path
+) -> None:
+    async with FakeUpstream(chunks=5, chunk_delay=0.2) as fake:
+        config = write_config(tmp_path, pg_database, fake.openai_base,
+                              extra={"limits": {"backend": "postgres"}})  # fmt: skip
+        secret = secret_in(await ainvoke("clients", "create", "pair", "--config", str(config),
+                                         "--max-parallel", "2"))  # fmt: skip
+        settings = load_settings(config)
+        body = {"model": "fast", "messages": CHAT, "stream": True}
+        auth = {"authorization": f"Bearer {secret}"}
+        async with (
+            start_gateway(settings) as one,
+            start_gateway(settings) as two,
+            httpx.AsyncClient() as http,
+        ):
+            backends = [one.gateway.clients.backend, two.gateway.clients.backend]
+            await eventually(lambda: all(getattr(b, "size", 0) == 2 for b in backends), 15)
+            chat = "/v1/chat/completions"
+            async with http.stream("POST", f"{one.url}{chat}", headers=auth, json=body) as held:
+                assert held.status_code == 200
+                # each gateway counts its share: one of the two slots
+                again = await http.post(f"{one.url}{chat}", headers=auth, json=body)
+                assert again.status_code == 429
+                elsewhere = await http.post(f"{two.url}{chat}", headers=auth, json=body)
+                assert elsewhere.status_code == 200
+                await held.aread()
