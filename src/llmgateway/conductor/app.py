@@ -33,6 +33,7 @@ from llmgateway.conductor.rebuild import built_providers
 from llmgateway.conductor.route_run import Routing
 from llmgateway.conductor.router import Router
 from llmgateway.conductor.status_writer import StatusWriter
+from llmgateway.conductor.token_writer import TokenWriter
 from llmgateway.conductor.usage_writer import UsageWriter
 from llmgateway.config.reload_diff import ConfigDiff
 from llmgateway.config.route_table import route_table, token_digest
@@ -48,7 +49,7 @@ from llmgateway.observe.metrics_http import metrics_served
 from llmgateway.observe.store_counts import StoreCounts
 from llmgateway.records import StatusCount
 from llmgateway.reloading import ConfigFollower, Following
-from llmgateway.store import Adoption, KeyRow, ProxyRow, Store
+from llmgateway.store import Adoption, KeyRow, ProxyRow, Store, token_usage
 from llmgateway.store import usage as usage_counts
 from llmgateway.store.locks import exclusive_start
 from llmgateway.transport.upstream import HttpUpstream
@@ -358,6 +359,9 @@ def create_app(
         writer = StatusWriter(store.apply_events)
         conductor.writer = writer
         usage = UsageWriter(functools.partial(usage_counts.record, store), conductor.clock)
+        tokens = TokenWriter(
+            functools.partial(token_usage.record, store), metrics, clock=conductor.clock
+        )
         bodies = BodyBudget(settings.gateway.max_inflight_body_bytes)
         refusals = TokenRefusals(metrics.auth_failed)
 
@@ -372,14 +376,15 @@ def create_app(
                 metrics,
                 max_response_bytes=gateway.max_response_bytes,
                 usage=usage,
+                tokens=tokens,
             )
             body_limits = BodyLimits(gateway.max_body_bytes, gateway.client_body_timeout_sec)
             bodies.limit = gateway.max_inflight_body_bytes  # the bytes held stay counted
             access = AccessLog(now.logging.access)
             table = route_table(now)
             routing = Routing(table, conductor.providers, conductor.rng, conductor.clock)
-            tokens = conductor.token_index()
-            return Edge(attempt_loop, tokens, body_limits, bodies, access, refusals, routing)
+            index = conductor.token_index()
+            return Edge(attempt_loop, index, body_limits, bodies, access, refusals, routing)
 
         async def adopt(now: Settings, diff: ConfigDiff) -> None:
             """A config reload: the providers rebuilt, then a new edge for new requests."""
@@ -427,6 +432,7 @@ def create_app(
             router.open(edge)
             background(writer.run(), "status-writer")
             background(usage.run(), "usage-writer")
+            background(tokens.run(), "token-writer")
             background(conductor.refresh_forever(wake), "pool-refresh")
             if listener is not None:
                 background(listener.run(), "store-notices")
@@ -479,7 +485,7 @@ def create_app(
             await asyncio.gather(*tasks, return_exceptions=True)
             refusals.close()
             within = settings.gateway.shutdown_drain_timeout_sec
-            await asyncio.gather(writer.drain(within), usage.drain(within))
+            await asyncio.gather(writer.drain(within), usage.drain(within), tokens.drain(within))
             await conductor.upstream.close()
             if conductor.limits is not None:
                 await conductor.limits.close()

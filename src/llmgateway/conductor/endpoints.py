@@ -38,6 +38,7 @@ from llmgateway.conductor.edge import BODY_ARRIVED, ON_DISCONNECT, ClientWatch
 from llmgateway.conductor.responses import INTERNAL, JSON, deliver, send_refusal, send_whole
 from llmgateway.conductor.route_run import Routing
 from llmgateway.conductor.routing import grant_run
+from llmgateway.conductor.usage_ask import ask_usage
 from llmgateway.config.route_table import token_digest
 from llmgateway.observe import logs
 from llmgateway.observe.access import AccessLog, Refusal, TokenRefusals, client_address, shown_path
@@ -219,7 +220,9 @@ class Edge:
                 code, ended = 500, "internal_error"
                 await send_refusal(send, call.api, INTERNAL, request_id)
                 return
-            code, attempts, ended, outcome = await deliver(call, result, send, request_id, deadline)
+            code, attempts, ended, outcome = await deliver(
+                call, result, send, request_id, deadline, tokens=self.attempt_loop.tokens
+            )
         except asyncio.CancelledError:
             if not watch.gone:
                 raise
@@ -320,7 +323,7 @@ def _call(
     if isinstance(entry, Refused):
         return entry
     forwarded = wire_headers.forwarded(provider.forwarded[api], headers, request_id)
-    return Call(
+    call = Call(
         provider=provider,
         api=api,
         route=match.route,
@@ -333,6 +336,8 @@ def _call(
         stream=named.stream,
         client_retry=headers.get("x-stainless-retry-count", "0") not in ("0", ""),
     )
+    ask_usage(call, named.options)
+    return call
 
 
 async def _answer_locally(

@@ -36,6 +36,7 @@ from llmgateway.conductor.claim import CANCELLED, Claim
 from llmgateway.conductor.edge import ON_DISCONNECT, ClientWatch
 from llmgateway.conductor.replies import GatewayReply
 from llmgateway.conductor.responses import INTERNAL, JSON, Extra, deliver, send_refusal, send_whole
+from llmgateway.conductor.usage_ask import ask_usage
 from llmgateway.config.route_table import RouteTable
 from llmgateway.core.model_rewrite import rewrite_model
 from llmgateway.core.outcomes import ErrorReason
@@ -177,6 +178,8 @@ class Asked:
     body: bytes
     stream: bool
     plain: bool  # the body names `model` once, with no `\\u` escape (`rewrite_model`'s)
+    options: bool = False  # the body sets `stream_options` (`usage_ask`)
+    client: str = "-"  # the gateway token's name
 
 
 NOT_SERVED = Refused(
@@ -313,6 +316,8 @@ class Run:
         call = _call(route, provider, target, self.asked, self.headers, self.request_id)
         if isinstance(call, Refused):
             return call
+        if self.configured:
+            call.alias = route.alias
         now = asyncio.get_running_loop().time()
         timeouts = provider.settings.timeouts
         if self.deadline is None:
@@ -336,7 +341,9 @@ class Run:
                 code = result.status
                 return result
             shown = self._shown(route, target)
-            sent = await deliver(call, result, self.send, self.request_id, self.deadline, shown)
+            loop = self.edge.attempt_loop
+            args = (self.send, self.request_id, self.deadline, shown)
+            sent = await deliver(call, result, *args, tokens=loop.tokens)
             code, _, self.ended, outcome = sent
             self.code = code
             return _ANSWERED
@@ -446,7 +453,7 @@ def _call(
     if isinstance(entry, Refused):
         return entry
     first_event = route.stream_commit is StreamCommit.FIRST_EVENT
-    return Call(
+    call = Call(
         provider=provider,
         api=asked.surface,
         route=match.route,
@@ -460,7 +467,10 @@ def _call(
         client_retry=headers.get("x-stainless-retry-count", "0") not in ("0", ""),
         peek_sec=route.peek_timeout_sec if first_event else None,
         max_attempts=route.attempts_per_target,
+        client=asked.client,
     )
+    ask_usage(call, asked.options)
+    return call
 
 
 def _failure(target: Target, reply: GatewayReply) -> Failure:
