@@ -4,6 +4,7 @@ keeps the counts for the next flush; a full table drops new slots and counts wha
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
 
 from llmgateway.conductor.token_writer import TokenWriter
@@ -65,3 +66,22 @@ async def test_a_failing_store_keeps_the_counts_and_a_full_table_drops_new_slots
     assert sum(row[0] for row in store.rows.values()) == 4
     assert store.rows[(HOUR0, "c", "-", "p", "m", 0)][0] == 2
     assert writer.failures == 1
+
+
+async def test_a_flush_cancelled_mid_write_keeps_its_counts_for_the_drain() -> None:
+    started = asyncio.Event()
+
+    async def hanging(counts: Sequence[TokenCount]) -> None:
+        started.set()
+        await asyncio.Event().wait()
+
+    writer = TokenWriter(hanging, clock=lambda: HOUR0)
+    writer.count("c", "-", "p", "m", 1, Tokens(3, 4, 0, 0))
+    flushing = asyncio.create_task(writer.flush())
+    await started.wait()
+    flushing.cancel()
+    await asyncio.gather(flushing, return_exceptions=True)
+    store = Store()
+    writer.write = store.write
+    assert await writer.drain(1.0) == 0
+    assert store.rows == {(HOUR0, "c", "-", "p", "m", 1): [1, 3, 4, 0, 0, 0]}

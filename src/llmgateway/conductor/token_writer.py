@@ -94,6 +94,9 @@ class TokenWriter:
             batch = slots[start : start + self.batch_size]
             try:
                 await self.write([TokenCount(*slot, *values) for slot, values in batch])
+            except asyncio.CancelledError:  # stopped mid-write (rolled back): `drain` writes it
+                self._put_back(slots[start:])
+                raise
             except Exception as error:  # the store is down: keep the rest for later
                 self.failures += 1
                 self._put_back(slots[start:])

@@ -20,6 +20,7 @@ INJECTED = b'"stream_options":{"include_usage":true},'
 HELD_LIMIT = 1024 * 1024
 """The most of an unfinished event held back; beyond it the bytes go as they are."""
 
+_COMPACT_NULL = b',"usage":null'
 _NULL_USAGE = re.compile(rb'\s*,\s*"usage"\s*:\s*null\b')
 _USAGE_EVENT = re.compile(rb'data:[^\r\n]*"usage"\s*:\s*\{[^\r\n]*(?:\r?\n){2}')
 _NO_CHOICES = re.compile(rb'"choices"\s*:\s*\[\s*\]')
@@ -54,6 +55,10 @@ class UsageStrip:
                 data, self._held = data[:cut], data[cut:]
         if b'"usage' not in data:
             return data
+        if _COMPACT_NULL in data:  # as OpenAI writes it: a C-speed replace
+            data = data.replace(_COMPACT_NULL, b"")
+            if b'"usage' not in data:
+                return data
         data = _NULL_USAGE.sub(b"", data)
         if _NO_CHOICES.search(data) is None:
             return data

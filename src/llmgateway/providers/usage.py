@@ -4,11 +4,14 @@ Every format names its usage object `"usage"` (OpenAI chat, completions, embeddi
 Responses API; Anthropic's `message_start` and `message_delta`) or `"usageMetadata"` (Gemini).
 An unescaped `"usage"` can only be a key (a quote inside a JSON string is escaped), and a usage
 object nests at most one level of objects, so one regular expression finds the object and only
-that object (a few hundred bytes) is decoded, whatever the size of the answer or the event.
+that object (a few hundred bytes) is decoded, whatever the size of the answer or the event. The
+objects are decoded once the answer is over, and only the first and the last three: Gemini
+repeats its object on every chunk.
 
 Streams: a chunk without `"usage` costs one substring search (and the chunk's last bytes are
 kept, in case the marker is split across chunks); an object cut by a chunk boundary is held (at
-most `HELD_LIMIT` bytes) and completed by the next chunk. The counts found are merged key by key,
+most `HELD_LIMIT` bytes) and completed by the next chunk. The counts found are merged key by key
+in order,
 the last value winning: Gemini's `usageMetadata` and an OpenAI-compatible server's per-chunk
 usage are cumulative (never summed), Anthropic's `message_start` gives the input side and
 `message_delta` the output so far. Reading a usage object twice changes nothing.
@@ -26,8 +29,10 @@ from llmgateway.providers.routes import Surface
 MARKER = b'"usage'
 HELD_LIMIT = 16 * 1024
 """The most of a usage object cut by a chunk boundary kept for the next chunk."""
+_KEPT = 3  # the latest usage objects kept besides the first
 _EDGE = 16  # bytes of a chunk kept in case the next one completes a split marker
-_OBJECT = re.compile(rb'"usage(?:Metadata)?"\s*:\s*(\{(?:[^{}]|\{[^{}]*\})*\})')
+# possessive: an object left unfinished fails in linear time, never by backtracking
+_OBJECT = re.compile(rb'"usage(?:Metadata)?"\s*:\s*(\{(?:[^{}]++|\{[^{}]*+\})*+\})')
 _EMPTY = re.compile(rb'"usage(?:Metadata)?"\s*:\s*(?:null\b|\{\s*\})')
 
 
@@ -44,11 +49,12 @@ class Tokens:
 class UsageScan:
     """The usage of one answer, fed its bytes (whole, or chunk by chunk as relayed)."""
 
-    __slots__ = ("_counts", "_edge", "_held", "surface")
+    __slots__ = ("_edge", "_first", "_held", "_last", "surface")
 
     def __init__(self, surface: Surface) -> None:
         self.surface = surface
-        self._counts: dict[str, int] = {}
+        self._first = b""  # the first usage object (Anthropic's input side)
+        self._last: list[bytes] = []  # the latest ones (at most `_KEPT`), oldest first
         self._held = b""
         self._edge = b""
 
@@ -70,18 +76,35 @@ class UsageScan:
         start = data.find(MARKER)
         end = -1
         for found in _OBJECT.finditer(data, start):
-            self._merge(found.group(1))
+            if not self._first:
+                self._first = found.group(1)
+            else:
+                latest = self._last
+                latest.append(found.group(1))
+                if len(latest) > _KEPT:
+                    del latest[0]
             end = found.end()
         last = data.rfind(MARKER)
         if last >= end and _EMPTY.match(data, last) is None and len(data) - last <= HELD_LIMIT:
             self._held = data[last:]  # an object the next chunk completes
 
-    def _merge(self, raw: bytes) -> None:
-        try:
-            found = orjson.loads(raw)
-        except orjson.JSONDecodeError:
-            return
-        counts = self._counts
+    def tokens(self) -> Tokens | None:
+        """The answer's tokens, or None when it carried no usage."""
+        counts: dict[str, int] = {}
+        if self._first:
+            _merge(counts, self._first)
+        for raw in self._last:
+            _merge(counts, raw)
+        return tokens_of(counts, self.surface)
+
+
+def _merge(counts: dict[str, int], raw: bytes) -> None:
+    """Add a usage object's counts to `counts`, its values winning (details flattened)."""
+    try:
+        found = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return
+    if type(found) is dict:
         for name, value in found.items():
             if type(value) is int:
                 counts[name] = value
@@ -89,10 +112,6 @@ class UsageScan:
                 for inner, count in value.items():
                     if type(count) is int:
                         counts[inner] = count
-
-    def tokens(self) -> Tokens | None:
-        """The answer's tokens, or None when it carried no usage."""
-        return tokens_of(self._counts, self.surface)
 
 
 def scan_whole(surface: Surface, body: bytes) -> Tokens | None:
