@@ -127,7 +127,7 @@ def per_answer() -> list[tuple[str, float]]:
         for chunk in chunks:
             stripper.feed(chunk)
 
-    writer = TokenWriter(lambda counts: asyncio.sleep(0))  # type: ignore[arg-type,return-value]
+    writer = TokenWriter(lambda counts: asyncio.sleep(0))
     tokens = Tokens(1, 2, 0, 0)
     cases: list[tuple[str, Callable[[], object]]] = [
         ("whole chat answer (1 parse)", lambda: scan((whole,))),
