@@ -172,3 +172,23 @@ def test_strip_gives_the_stream_without_usage_back(chunks: int, split: int | Non
 def test_strip_keeps_a_usage_chunk_with_choices() -> None:
     event = b'data: {"choices":[{"delta":{}}],"usage":{"prompt_tokens":1}}\n\n'
     assert UsageStrip().feed(event) == event
+
+
+def test_absurd_counts_are_not_believed() -> None:
+    body = b'{"usage":{"prompt_tokens":100000000000000000000000000000,"completion_tokens":-5,'
+    body += b'"prompt_tokens_details":{"cached_tokens":"many"},"total_tokens":1e9}}'
+    assert scan_whole("openai", body) is None
+    body = b'{"usage":{"prompt_tokens":7,"completion_tokens":-5}}'
+    assert scan_whole("openai", body) == Tokens(7, 0, 0, 0)
+
+
+@pytest.mark.parametrize(
+    ("surface", "data"),
+    [
+        ("gemini", b"".join(wire.gemini_chunks("g", 3, sse=True))),
+        ("anthropic", b"".join(anthropic_wire.message_events("c", 3))),
+    ],
+)
+def test_byte_by_byte_every_format(surface: str, data: bytes) -> None:
+    pieces = [data[i : i + 1] for i in range(len(data))]
+    assert streamed(surface, pieces) == streamed(surface, [data])

@@ -17,8 +17,10 @@ from __future__ import annotations
 import re
 
 INJECTED = b'"stream_options":{"include_usage":true},'
-HELD_LIMIT = 1024 * 1024
-"""The most of an unfinished event held back; beyond it the bytes go as they are."""
+HELD_LIMIT = 16 * 1024
+"""The most of an unfinished event held back; beyond it the bytes go as they are (a usage-only
+chunk is a few hundred bytes: a longer event is not one, and a hostile upstream's endless line
+is not held)."""
 
 _COMPACT_NULL = b',"usage":null'
 _NULL_USAGE = re.compile(rb'\s*,\s*"usage"\s*:\s*null\b')

@@ -27,6 +27,9 @@ import orjson
 from llmgateway.providers.routes import Surface
 
 MARKER = b'"usage'
+MOST_TOKENS = 1 << 32
+"""The largest count believed (a hostile upstream's 10**30 or -5 is ignored: an hour's sums
+stay far within the store's 64-bit columns)."""
 HELD_LIMIT = 16 * 1024
 """The most of a usage object cut by a chunk boundary kept for the next chunk."""
 _KEPT = 3  # the latest usage objects kept besides the first
@@ -107,10 +110,11 @@ def _merge(counts: dict[str, int], raw: bytes) -> None:
     if type(found) is dict:
         for name, value in found.items():
             if type(value) is int:
-                counts[name] = value
+                if 0 <= value <= MOST_TOKENS:
+                    counts[name] = value
             elif type(value) is dict:  # OpenAI's *_tokens_details
                 for inner, count in value.items():
-                    if type(count) is int:
+                    if type(count) is int and 0 <= count <= MOST_TOKENS:
                         counts[inner] = count
 
 
