@@ -116,6 +116,26 @@ class UsageCount:
 
 
 @dataclass(frozen=True, slots=True)
+class TokenCount:
+    """Answers relayed in the hour starting at `hour` (epoch seconds) for one client (a gateway
+    token's name, `-` for a provider token) × route (alias, `-`) × provider × model × key, their
+    tokens, and how many carried no usage (`missing`)."""
+
+    hour: int
+    client: str
+    route: str
+    provider: str
+    model: str
+    key_id: int
+    requests: int
+    input: int
+    output: int
+    cached: int
+    reasoning: int
+    missing: int
+
+
+@dataclass(frozen=True, slots=True)
 class KeyTurn:
     """A key whose stored status has just turned to one that takes it out of service
     (`invalid_key`, `no_access`, `no_quota`), as the write that made it so found it: the key

@@ -17,6 +17,7 @@ from llmgateway.observe.logs import Redactor
 from llmgateway.observe.metrics import OVERHEAD_BUCKETS, KeyCount, Metrics
 from llmgateway.observe.metrics_http import authorized
 from llmgateway.observe.provider_metrics import Tally, Timing
+from llmgateway.providers.usage import Tokens
 
 FAMILIES = {
     "llmgateway_requests": ("counter", {"provider", "model", "code"}),
@@ -40,6 +41,8 @@ FAMILIES = {
     "llmgateway_route_fallbacks": ("counter", {"route", "from_target", "to_target", "reason"}),
     "llmgateway_route_exhausted": ("counter", {"route", "code"}),
     "llmgateway_config_reloads": ("counter", {"outcome"}),
+    "llmgateway_tokens": ("counter", {"provider", "model", "direction"}),
+    "llmgateway_usage_missing": ("counter", {"provider", "model"}),
 }
 RATE_LIMITED = Outcome(ErrorReason.RATE_LIMITED, Blame.KEY, status=429)
 OK = Outcome(None, Blame.NONE, status=200)
@@ -73,6 +76,8 @@ def exercised() -> Metrics:
     metrics.sync_change("openai", "keys", "added", 3)
     metrics.auth_failed("openai", "wrong")
     metrics.config_reloads.labels(outcome="applied").inc()
+    bound.tokens("gpt-4o-mini", Tokens(10, 4, 2, 1))
+    bound.tokens("some-unconfigured-model", None)
     return metrics
 
 
@@ -306,3 +311,28 @@ def test_route_requests_are_counted_at_the_flush() -> None:
     metrics.routes.request("fast", "ok")
     metrics.flush()
     assert (value("ok"), value("exhausted")) == (4, 1)
+
+
+def test_tokens_by_direction_with_the_model_label_bounded() -> None:
+    metrics = Metrics.create()
+    bound = metrics.for_provider("openai", ["gpt-4o-mini"])
+    bound.tokens("gpt-4o-mini", Tokens(10, 4, 2, 1))
+    bound.tokens("gpt-4o-mini", Tokens(5, 6, 0, 0))
+    bound.tokens("a-name-from-a-client", Tokens(1, 1, 0, 0))
+    bound.tokens("a-name-from-a-client", None)
+    metrics.flush()
+    found = {
+        (s.name, s.labels["model"], s.labels.get("direction", "")): s.value
+        for family in metrics.registry.collect()
+        for s in family.samples
+        if s.name in ("llmgateway_tokens_total", "llmgateway_usage_missing_total")
+    }
+    assert found == {
+        ("llmgateway_tokens_total", "gpt-4o-mini", "input"): 15,
+        ("llmgateway_tokens_total", "gpt-4o-mini", "output"): 10,
+        ("llmgateway_tokens_total", "gpt-4o-mini", "cached"): 2,
+        ("llmgateway_tokens_total", "gpt-4o-mini", "reasoning"): 1,
+        ("llmgateway_tokens_total", "other", "input"): 1,
+        ("llmgateway_tokens_total", "other", "output"): 1,
+        ("llmgateway_usage_missing_total", "other", ""): 1,
+    }

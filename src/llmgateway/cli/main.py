@@ -21,6 +21,7 @@ from llmgateway.cli.startup import (
 )
 from llmgateway.cli.store import breaker, db, status
 from llmgateway.cli.tokens import WAY_OUT
+from llmgateway.cli.usage import usage
 from llmgateway.cli.worker import worker
 
 
@@ -174,6 +175,7 @@ def demo(port: int) -> None:
 
 main.add_command(db)
 main.add_command(status)
+main.add_command(usage)
 for _action in KEY_ACTIONS:
     keys.add_command(_action)
 main.add_command(keys)

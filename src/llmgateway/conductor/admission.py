@@ -151,6 +151,7 @@ class Named:
 
     model: str | None
     stream: bool
+    options: bool = False  # the body sets `stream_options` at its top level
 
 
 def named_model(match: Match, body: bytes, content_type: str) -> Named | Refused:
@@ -192,7 +193,7 @@ def json_model(body: bytes, *, required: bool) -> Named | Refused:
         if twice:
             # parsers differ on which of two keys wins: the upstream might run the other one
             return Refused(400, "invalid_request", "The request body names `model` twice.")
-    return Named(model or None, data.get("stream") is True)
+    return Named(model or None, data.get("stream") is True, "stream_options" in data)
 
 
 def _may_name_model_twice(body: bytes) -> bool:

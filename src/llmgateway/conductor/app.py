@@ -35,6 +35,7 @@ from llmgateway.conductor.rebuild import built_providers
 from llmgateway.conductor.route_run import Routing
 from llmgateway.conductor.router import Router
 from llmgateway.conductor.status_writer import StatusWriter
+from llmgateway.conductor.token_writer import TokenWriter
 from llmgateway.conductor.usage_writer import UsageWriter
 from llmgateway.config.reload_diff import ConfigDiff
 from llmgateway.config.route_table import RouteTable, route_table, token_digest
@@ -51,7 +52,7 @@ from llmgateway.observe.metrics_http import metrics_served
 from llmgateway.observe.store_counts import StoreCounts
 from llmgateway.records import StatusCount
 from llmgateway.reloading import ConfigFollower, Following
-from llmgateway.store import Adoption, KeyRow, ProxyRow, Store
+from llmgateway.store import Adoption, KeyRow, ProxyRow, Store, token_usage
 from llmgateway.store import clients as stored_clients
 from llmgateway.store import usage as usage_counts
 from llmgateway.store.clients import ClientRecord
@@ -386,6 +387,13 @@ def create_app(
         writer = StatusWriter(store.apply_events)
         conductor.writer = writer
         usage = UsageWriter(functools.partial(usage_counts.record, store), conductor.clock)
+        tokens = (
+            TokenWriter(
+                functools.partial(token_usage.record, store), metrics, clock=conductor.clock
+            )
+            if settings.gateway.token_accounting
+            else None
+        )
         bodies = BodyBudget(settings.gateway.max_inflight_body_bytes)
         refusals = TokenRefusals(metrics.auth_failed)
 
@@ -400,6 +408,7 @@ def create_app(
                 metrics,
                 max_response_bytes=gateway.max_response_bytes,
                 usage=usage,
+                tokens=tokens,
             )
             body_limits = BodyLimits(gateway.max_body_bytes, gateway.client_body_timeout_sec)
             bodies.limit = gateway.max_inflight_body_bytes  # the bytes held stay counted
@@ -409,8 +418,8 @@ def create_app(
             routing = Routing(
                 table, conductor.providers, conductor.rng, conductor.clock, conductor.clients
             )
-            tokens = conductor.token_index()
-            return Edge(attempt_loop, tokens, body_limits, bodies, access, refusals, routing)
+            index = conductor.token_index()
+            return Edge(attempt_loop, index, body_limits, bodies, access, refusals, routing)
 
         async def adopt(now: Settings, diff: ConfigDiff) -> None:
             """A config reload: the providers rebuilt, then a new edge for new requests."""
@@ -458,6 +467,8 @@ def create_app(
             router.open(edge)
             background(writer.run(), "status-writer")
             background(usage.run(), "usage-writer")
+            if tokens is not None:
+                background(tokens.run(), "token-writer")
             background(conductor.refresh_forever(wake), "pool-refresh")
             if listener is not None:
                 background(listener.run(), "store-notices")
@@ -510,7 +521,10 @@ def create_app(
             await asyncio.gather(*tasks, return_exceptions=True)
             refusals.close()
             within = settings.gateway.shutdown_drain_timeout_sec
-            await asyncio.gather(writer.drain(within), usage.drain(within))
+            drains = [writer.drain(within), usage.drain(within)]
+            if tokens is not None:
+                drains.append(tokens.drain(within))
+            await asyncio.gather(*drains)
             await conductor.upstream.close()
             if conductor.limits is not None:
                 await conductor.limits.close()

@@ -23,6 +23,7 @@ from llmgateway.conductor.claim import Claim
 from llmgateway.conductor.replies import GatewayReply, failed_attempt, no_key, stream_failed
 from llmgateway.conductor.status_writer import StatusWriter
 from llmgateway.conductor.stream_peek import is_event_stream, peek
+from llmgateway.conductor.token_writer import TokenWriter
 from llmgateway.conductor.usage_writer import UsageWriter
 from llmgateway.config.settings import RetryStep
 from llmgateway.core.guard import Excluded
@@ -51,6 +52,7 @@ class Relay:
     secret: str = field(repr=False)  # the key it came through, for the debug log only
     body: bytes | None = None
     held: bytes = b""  # a peeked stream's first bytes, sent before the rest (`peek`)
+    key_id: int = -1  # the key it came through (the token counts)
 
 
 WHOLE_BODY_LIMIT = 1024 * 1024
@@ -81,6 +83,7 @@ class AttemptLoop:
     max_response_bytes: int = 64 * 1024 * 1024  # a body read whole beyond it: ResponseTooLarge
     sleep: Callable[[float], Awaitable[None]] = asyncio.sleep  # the pause before a retry
     usage: UsageWriter | None = None  # the hourly counts per key (None: not counted)
+    tokens: TokenWriter | None = None  # the hourly token counts (None: not counted)
 
     async def run(self, call: Call, claim: Claim, deadline: float) -> Relay | GatewayReply:
         """Serve `call` from the pool, retrying on other keys; `deadline` is loop time. What
@@ -187,7 +190,7 @@ class AttemptLoop:
                 if _read_whole(response):  # judged once the client has it
                     whole = await response.read(self.max_response_bytes)
                     claim.relay(ok, whole=True)
-                    return Relay(response, attempt, lease.secret, whole)
+                    return Relay(response, attempt, lease.secret, whole, key_id=lease.key_id)
                 held = b""
                 if call.peek_sec is not None and is_event_stream(response):
                     left = deadline - asyncio.get_running_loop().time()
@@ -200,7 +203,7 @@ class AttemptLoop:
                     held = peeked.held
                 claim.relay(ok, whole=False)
                 claim.observed(ok, response.headers, None)
-                return Relay(response, attempt, lease.secret, held=held)
+                return Relay(response, attempt, lease.secret, held=held, key_id=lease.key_id)
             body = await response.read_prefix(ERROR_PREFIX_BYTES)
         except Exception as error:
             if not is_transport_error(error):  # our own bug: nobody else's fault

@@ -86,3 +86,6 @@ class Call:
     # falls back like an HTTP error when that is one (None: committed at its first byte)
     peek_sec: float | None = None
     max_attempts: int | None = None  # a route's `attempts_per_target` (None: the policy's)
+    client: str = "-"  # the gateway token's name (`gateway.tokens`), for the token counts
+    alias: str = "-"  # the route alias it came through
+    strip_usage: bool = False  # the gateway asked for the usage chunk: the client gets none

@@ -38,6 +38,7 @@ from llmgateway.conductor.edge import BODY_ARRIVED, ON_DISCONNECT, ClientWatch
 from llmgateway.conductor.responses import INTERNAL, JSON, deliver, send_refusal, send_whole
 from llmgateway.conductor.route_run import Routing
 from llmgateway.conductor.routing import serve_grants
+from llmgateway.conductor.usage_ask import ask_usage
 from llmgateway.config.route_table import token_digest
 from llmgateway.observe import logs
 from llmgateway.observe.access import AccessLog, Refusal, TokenRefusals, client_address, shown_path
@@ -135,8 +136,9 @@ class Edge:
             await self._refuse(send, provider, api, body, request_id, scope, started)
             return
         try:
+            ask = self.attempt_loop.tokens is not None  # token accounting is on
             call = _call(
-                provider, api, match, method, path, query, scope, headers, body, request_id
+                provider, api, match, method, path, query, scope, headers, body, request_id, ask
             )
             if isinstance(call, Refused):
                 await self._refuse(send, provider, api, call, request_id, scope, started)
@@ -217,7 +219,9 @@ class Edge:
                 code, ended = 500, "internal_error"
                 await send_refusal(send, call.api, INTERNAL, request_id)
                 return
-            code, attempts, ended, outcome = await deliver(call, result, send, request_id, deadline)
+            code, attempts, ended, outcome = await deliver(
+                call, result, send, request_id, deadline, tokens=self.attempt_loop.tokens
+            )
         except asyncio.CancelledError:
             if not watch.gone:
                 raise
@@ -309,8 +313,10 @@ def _call(
     headers: Mapping[str, str],
     body: bytes,
     request_id: str,
+    ask_usage_chunk: bool,
 ) -> Call | Refused:
-    """The request as the attempt loop takes it, built from validated parts only."""
+    """The request as the attempt loop takes it, built from validated parts only (a stream
+    asking for its usage chunk where `ask_usage_chunk` and the provider say so)."""
     named = named_model(match, body, headers.get("content-type", ""))
     if isinstance(named, Refused):
         return named
@@ -318,7 +324,7 @@ def _call(
     if isinstance(entry, Refused):
         return entry
     forwarded = wire_headers.forwarded(provider.forwarded[api], headers, request_id)
-    return Call(
+    call = Call(
         provider=provider,
         api=api,
         route=match.route,
@@ -331,6 +337,9 @@ def _call(
         stream=named.stream,
         client_retry=headers.get("x-stainless-retry-count", "0") not in ("0", ""),
     )
+    if ask_usage_chunk:
+        ask_usage(call, named.options)
+    return call
 
 
 async def _answer_locally(

@@ -16,11 +16,14 @@ from llmgateway.conductor.attempts import Relay
 from llmgateway.conductor.call import Call
 from llmgateway.conductor.claim import CANCELLED
 from llmgateway.conductor.replies import GatewayReply
+from llmgateway.conductor.token_writer import TokenWriter
 from llmgateway.config.settings import DebugMode
 from llmgateway.core.outcomes import Blame, ErrorReason, Outcome
+from llmgateway.core.stream_usage import UsageStrip
 from llmgateway.observe import debug
 from llmgateway.providers import headers as wire_headers
 from llmgateway.providers.routes import Surface
+from llmgateway.providers.usage import UsageScan
 
 log = logging.getLogger("llmgateway.api")
 
@@ -46,19 +49,31 @@ async def deliver(
     request_id: str,
     deadline: float,
     extra: Extra = (),
+    *,
+    tokens: TokenWriter | None = None,
 ) -> tuple[int, int, str, Outcome]:
     """Send what the attempt loop ended with: a reply of the gateway's own making, or the
     upstream's answer (whole, or relayed as it streams until `deadline`, loop time). Returns the
     status sent, the attempts made, how it ended (for the access line) and the outcome the
-    relay's key learns (`CANCELLED`: nothing to learn, a reply was sent)."""
+    relay's key learns (`CANCELLED`: nothing to learn, a reply was sent). An answer relayed,
+    wholly or not, counts in `tokens` with the usage read from its bytes."""
     if isinstance(result, GatewayReply):
         await send_whole(send, result.status, result.headers, result.body, request_id, extra)
         return result.status, result.attempts, result.reason, CANCELLED
-    if result.body is not None:
-        outcome = await relay_whole(call, result, send, request_id, extra)
-    else:
-        remaining = deadline - asyncio.get_running_loop().time()
-        outcome = await relay_stream(call, result, send, request_id, remaining, extra)
+    scan = UsageScan(call.api) if tokens is not None else None
+    try:
+        if result.body is not None:
+            if scan is not None:
+                scan.feed(result.body)
+            outcome = await relay_whole(call, result, send, request_id, extra)
+        else:
+            remaining = deadline - asyncio.get_running_loop().time()
+            outcome = await relay_stream(call, result, send, request_id, remaining, extra, scan)
+    finally:
+        if tokens is not None and scan is not None:
+            found = scan.tokens()
+            provider = call.provider.name
+            tokens.count(call.client, call.alias, provider, call.model, result.key_id, found)
     ended = outcome.reason.value if outcome.reason else "ok"
     return result.response.status, result.attempts, ended, outcome
 
@@ -76,14 +91,22 @@ async def relay_whole(
 
 
 async def relay_stream(
-    call: Call, relay: Relay, send: Send, request_id: str, remaining: float, extra: Extra = ()
+    call: Call,
+    relay: Relay,
+    send: Send,
+    request_id: str,
+    remaining: float,
+    extra: Extra = (),
+    scan: UsageScan | None = None,
 ) -> Outcome:
     """Send an upstream answer chunk by chunk as it arrives, within `remaining` seconds; reports
-    how it ended."""
+    how it ended. `scan` reads the usage as the chunks go by; a stream whose usage chunk the
+    gateway asked for (`call.strip_usage`) goes without what that added."""
     response = relay.response
     chunks: AsyncIterator[bytes] = response.chunks()
     if call.provider.settings.gateway_policy.debug_mode is DebugMode.FULL_BODY:
         chunks = debug.tee(chunks, relay.secret)
+    strip = UsageStrip() if call.strip_usage else None
     timing = call.timing
     started = False
     try:
@@ -94,8 +117,13 @@ async def relay_stream(
             )
             await send(start)
             started = True
-            if relay.held:  # what a peek took of the stream (`stream_peek`)
-                await send({"type": "http.response.body", "body": relay.held, "more_body": True})
+            held = relay.held  # what a peek took of the stream (`stream_peek`)
+            if held and scan is not None:
+                scan.feed(held)
+            if held and strip is not None:
+                held = strip.feed(held)
+            if held:
+                await send({"type": "http.response.body", "body": held, "more_body": True})
             while True:
                 asked = time.perf_counter()
                 try:
@@ -107,7 +135,15 @@ async def relay_stream(
                 timing.upstream += now - asked
                 if timing.first_byte is None:
                     timing.first_byte = now
+                if scan is not None:
+                    scan.feed(chunk)
+                if strip is not None:
+                    chunk = strip.feed(chunk)
+                    if not chunk:
+                        continue
                 await send({"type": "http.response.body", "body": chunk, "more_body": True})
+            if strip is not None and (rest := strip.rest()):
+                await send({"type": "http.response.body", "body": rest, "more_body": True})
     except OSError as error:  # timeouts included; both transports raise OSErrors only
         return await _broke_off(call, relay, send, request_id, error, started)
     except Exception:  # our own bug mid-relay: logged, and blamed on nobody

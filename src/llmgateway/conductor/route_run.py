@@ -37,6 +37,7 @@ from llmgateway.conductor.client_gate import Clients
 from llmgateway.conductor.edge import ON_DISCONNECT, ClientWatch
 from llmgateway.conductor.replies import GatewayReply
 from llmgateway.conductor.responses import INTERNAL, JSON, Extra, deliver, send_refusal, send_whole
+from llmgateway.conductor.usage_ask import ask_usage
 from llmgateway.config.route_table import RouteTable
 from llmgateway.core.model_rewrite import rewrite_model
 from llmgateway.core.outcomes import ErrorReason
@@ -186,6 +187,8 @@ class Asked:
     body: bytes
     stream: bool
     plain: bool  # the body names `model` once, with no `\\u` escape (`rewrite_model`'s)
+    options: bool = False  # the body sets `stream_options` (`usage_ask`)
+    client: str = "-"  # the gateway token's name
 
 
 NOT_SERVED = Refused(
@@ -319,9 +322,12 @@ class Run:
         """One target: its key-level attempts, and its answer relayed when it has one (or
         why the target cannot take the request at all)."""
         provider = self.routing.providers[target.provider]
-        call = _call(route, provider, target, self.asked, self.headers, self.request_id)
+        ask = self.edge.attempt_loop.tokens is not None  # token accounting is on
+        call = _call(route, provider, target, self.asked, self.headers, self.request_id, ask)
         if isinstance(call, Refused):
             return call
+        if self.configured:
+            call.alias = route.alias
         now = asyncio.get_running_loop().time()
         timeouts = provider.settings.timeouts
         if self.deadline is None:
@@ -345,7 +351,9 @@ class Run:
                 code = result.status
                 return result
             shown = self._shown(route, target)
-            sent = await deliver(call, result, self.send, self.request_id, self.deadline, shown)
+            loop = self.edge.attempt_loop
+            args = (self.send, self.request_id, self.deadline, shown)
+            sent = await deliver(call, result, *args, tokens=loop.tokens)
             code, _, self.ended, outcome = sent
             self.code = code
             return _ANSWERED
@@ -430,8 +438,10 @@ def _call(
     asked: Asked,
     headers: Mapping[str, str],
     request_id: str,
+    ask_usage_chunk: bool,
 ) -> Call | Refused:
-    """The request as `target` takes it: its model rewritten, built from validated parts."""
+    """The request as `target` takes it: its model rewritten, built from validated parts (a
+    stream asking for its usage chunk where `ask_usage_chunk` and the provider say so)."""
     table = provider.routes.get(asked.surface)
     if table is None:
         return NOT_SERVED
@@ -455,7 +465,7 @@ def _call(
     if isinstance(entry, Refused):
         return entry
     first_event = route.stream_commit is StreamCommit.FIRST_EVENT
-    return Call(
+    call = Call(
         provider=provider,
         api=asked.surface,
         route=match.route,
@@ -469,7 +479,11 @@ def _call(
         client_retry=headers.get("x-stainless-retry-count", "0") not in ("0", ""),
         peek_sec=route.peek_timeout_sec if first_event else None,
         max_attempts=route.attempts_per_target,
+        client=asked.client,
     )
+    if ask_usage_chunk:
+        ask_usage(call, asked.options)
+    return call
 
 
 def _failure(target: Target, reply: GatewayReply) -> Failure:

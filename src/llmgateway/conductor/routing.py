@@ -133,7 +133,7 @@ async def grant_run(
         return None
     handed_over = False
     try:
-        asked = _asked(surface, method, path, query, model, verb, body)
+        asked = _asked(surface, method, path, query, model, verb, body, grants.name)
         found = asked if isinstance(asked, Refused) else _route_of(routing, asked, reach, grants)
         if isinstance(found, Refused):
             await _refuse(edge, scope, send, surface, request_id, started, found)
@@ -149,12 +149,21 @@ async def grant_run(
 
 
 def _asked(
-    surface: Surface, method: str, path: str, query: str, model: str, verb: str, body: bytes
+    surface: Surface,
+    method: str,
+    path: str,
+    query: str,
+    model: str,
+    verb: str,
+    body: bytes,
+    client: str,
 ) -> Asked | Refused:
     """The request as read; the model from the JSON body on the OpenAI surface."""
     if surface == "gemini":
         stream = verb == "streamGenerateContent"
-        return Asked(surface, method, path, query, model, verb, body, stream, plain=False)
+        return Asked(
+            surface, method, path, query, model, verb, body, stream, plain=False, client=client
+        )
     named = json_model(body, required=True)
     if isinstance(named, Refused):
         return named
@@ -162,7 +171,19 @@ def _asked(
         message = "The request must name a model: a route alias or <provider>/<model>."
         return Refused(400, "model_required", message)
     plain = body.count(b'"model"') == 1 and b"\\u" not in body
-    return Asked(surface, method, path, query, named.model, "", body, named.stream, plain)
+    return Asked(
+        surface,
+        method,
+        path,
+        query,
+        named.model,
+        "",
+        body,
+        named.stream,
+        plain,
+        options=named.options,
+        client=client,
+    )
 
 
 def _route_of(

@@ -21,6 +21,7 @@ RESTART_ONLY: tuple[str, ...] = (
     "gateway.max_connections",
     "gateway.client_header_timeout_sec",
     "gateway.shutdown_drain_timeout_sec",
+    "gateway.token_accounting",
     "database",
     "limits",
     "metrics",

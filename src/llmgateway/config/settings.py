@@ -115,6 +115,18 @@ class StreamingMode(enum.StrEnum):
     DISABLED = "disabled"
 
 
+class StreamUsage(enum.StrEnum):
+    """Whether an OpenAI-format streamed chat/completions request asks the upstream for its
+    usage chunk (`stream_options.include_usage`) on the client's behalf, for token accounting:
+    `auto` where the provider type is known to accept it (openai_like, gemini's
+    OpenAI-compatible endpoint), `inject` always, `never` never. The client's stream is left as
+    it asked for it (the added usage chunk removed)."""
+
+    AUTO = "auto"
+    INJECT = "inject"
+    NEVER = "never"
+
+
 class DebugMode(enum.StrEnum):
     DISABLED = "disabled"
     HEADERS_ONLY = "headers_only"
@@ -284,6 +296,9 @@ class GatewaySettings(_Model):
     tokens: tuple[GatewayToken, ...] = ()
     # proxies whose X-Forwarded-For is believed (CIDRs; empty: the socket peer is the client)
     trusted_proxies: tuple[str, ...] = ()
+    # count every answer's tokens (`llmgateway usage`, llmgateway_tokens_total); off by default
+    # until its per-request cost is cut (README, "Usage accounting")
+    token_accounting: StrictBool = False
 
     @field_validator("trusted_proxies")
     @classmethod
@@ -483,6 +498,7 @@ class RetryBudgetSettings(_Model):
 
 class GatewayPolicy(_Model):
     streaming_mode: StreamingMode = StreamingMode.AUTO
+    stream_usage: StreamUsage = StreamUsage.AUTO  # ask streams for their usage (see StreamUsage)
     # false: a key still `untested` (no probe or request has classified it) is not served
     serve_untested_keys: bool = True
     debug_mode: DebugMode = DebugMode.DISABLED

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from llmgateway.config.settings import Settings
 from llmgateway.keeper.probes import DAY, HOUR
 from llmgateway.keeper.summary import MaintenanceSummary
-from llmgateway.store import Store, audit, jobs, keeper_tasks, maintenance, usage
+from llmgateway.store import Store, audit, jobs, keeper_tasks, maintenance, token_usage, usage
 
 log = logging.getLogger("llmgateway.keeper")
 
@@ -90,6 +90,7 @@ async def _purge_history(settings: Settings, store: Store, clock: Callable[[], f
     worker = settings.worker
     kept = (
         (usage.purge_before, worker.usage_retention_days, "hourly usage counts"),
+        (token_usage.purge_before, worker.usage_retention_days, "hourly token counts"),
         (audit.purge_before, worker.audit_retention_days, "audit log entries"),
         (jobs.purge_finished_before, worker.job_retention_days, "finished bulk jobs"),
     )

@@ -116,6 +116,8 @@ class Metrics:
     auth_failures: Counter
     routes: RouteMetrics
     config_reloads: Counter
+    tokens: Counter
+    usage_missing: Counter
     _providers: dict[str, ProviderMetrics] = field(default_factory=dict)
 
     @classmethod
@@ -235,6 +237,20 @@ class Metrics:
                 "Config reloads (SIGHUP, a changed file, `llmgateway reload`), by outcome: "
                 "applied, refused (the old config stays) or unchanged.",
                 ("outcome",),
+                registry=registry,
+            ),
+            tokens=Counter(
+                "llmgateway_tokens",
+                "Tokens of the answers relayed, as the upstream's usage reported them, by "
+                "direction: input, output, cached (part of input), reasoning (part of output).",
+                (*pm, "direction"),
+                registry=registry,
+            ),
+            usage_missing=Counter(
+                "llmgateway_usage_missing",
+                "Answers relayed that carried no usage (a stream cut short, a stream without "
+                "its usage chunk, an endpoint that reports none): their tokens are not counted.",
+                pm,
                 registry=registry,
             ),
         )

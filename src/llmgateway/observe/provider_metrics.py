@@ -15,6 +15,10 @@ from prometheus_client import Counter, Gauge, Histogram
 
 from llmgateway.core.outcomes import Outcome
 from llmgateway.core.resilience import BreakerState
+from llmgateway.providers.usage import Tokens
+
+DIRECTIONS = ("input", "output", "cached", "reasoning")
+"""The `direction` label values of `llmgateway_tokens_total`."""
 
 OTHER_MODEL = "other"
 """The `model` label of a model the provider does not configure (and of refused requests)."""
@@ -39,6 +43,10 @@ class Families(Protocol):
     def limiter_unavailable(self) -> Counter: ...
     @property
     def circuit_breaker_state(self) -> Gauge: ...
+    @property
+    def tokens(self) -> Counter: ...
+    @property
+    def usage_missing(self) -> Counter: ...
 
 
 def reason_label(outcome: Outcome) -> str:
@@ -115,6 +123,7 @@ class ProviderMetrics:
     _retries: dict[str, Counter] = field(default_factory=dict)
     _cooldowns: dict[str, Counter] = field(default_factory=dict)
     _limiter_unavailable: Counter | None = None
+    _tokens: dict[str, list[int]] = field(default_factory=dict)  # model label → 4 counts + missing
 
     def model(self, model: str) -> str:
         """`model` when it is configured, else `other` (labels stay bounded)."""
@@ -154,9 +163,30 @@ class ProviderMetrics:
         reason = "ok" if outcome.reason is None else outcome.reason.value
         self._attempts[reason] = self._attempts.get(reason, 0) + 1
 
+    def tokens(self, model: str, tokens: Tokens | None) -> None:
+        """Count one relayed answer's tokens (None: it carried no usage)."""
+        label = model if model in self.models else OTHER_MODEL
+        held = self._tokens.get(label)
+        if held is None:
+            held = self._tokens[label] = [0, 0, 0, 0, 0]
+        if tokens is None:
+            held[4] += 1
+            return
+        held[0] += tokens.input
+        held[1] += tokens.output
+        held[2] += tokens.cached
+        held[3] += tokens.reasoning
+
     def flush(self) -> None:
         """Hand the tallies since the last flush to prometheus-client."""
         family = self.family
+        counted, self._tokens = self._tokens, {}
+        for label, values in counted.items():
+            for direction, value in zip(DIRECTIONS, values, strict=False):
+                if value:
+                    family.tokens.labels(self.name, label, direction).inc(value)
+            if values[4]:
+                family.usage_missing.labels(self.name, label).inc(values[4])
         requests, self._requests = self._requests, {}
         for (label, code), count in requests.items():
             family.requests.labels(self.name, label, str(code)).inc(count)

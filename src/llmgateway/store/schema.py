@@ -12,7 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from llmgateway.store import original
 
-SCHEMA_HEAD = "0016"
+SCHEMA_HEAD = "0017"
 """The newest migration in `migrations/versions` (a test checks it against Alembic's head):
 update it with every new migration."""
 

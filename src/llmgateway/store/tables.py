@@ -241,6 +241,26 @@ usage_hours = sa.Table(
 """`key_usage` summed per provider and hour, written with it: the overview's rates and chart
 read 24 rows per provider instead of every key's."""
 
+token_usage = sa.Table(
+    "token_usage",
+    metadata,
+    sa.Column("hour", sa.BigInteger, primary_key=True, index=True),  # its start, epoch seconds
+    sa.Column("client", sa.Text, primary_key=True),  # a gateway token's name, `-` otherwise
+    sa.Column("route", sa.Text, primary_key=True),  # the route alias, `-` without one
+    sa.Column("provider", sa.Text, primary_key=True),
+    sa.Column("model", sa.Text, primary_key=True),  # the configured model serving the request
+    sa.Column("key_id", sa.Integer, primary_key=True),  # the upstream key (no foreign key:
+    # the counts outlive a purged key, shown as such)
+    sa.Column("requests", sa.BigInteger, nullable=False),
+    sa.Column("input_tokens", sa.BigInteger, nullable=False),
+    sa.Column("output_tokens", sa.BigInteger, nullable=False),
+    sa.Column("cached_tokens", sa.BigInteger, nullable=False),
+    sa.Column("reasoning_tokens", sa.BigInteger, nullable=False),
+    sa.Column("missing", sa.BigInteger, nullable=False),  # answers that carried no usage
+)
+"""Tokens of the answers the gateways relayed, per client × route × provider × model × key and
+hour; kept for `worker.usage_retention_days` (see `llmgateway.store.token_usage`)."""
+
 audit_log = sa.Table(
     "audit_log",
     metadata,
