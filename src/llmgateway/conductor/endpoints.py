@@ -37,7 +37,7 @@ from llmgateway.conductor.claim import CANCELLED, Claim
 from llmgateway.conductor.edge import BODY_ARRIVED, ON_DISCONNECT, ClientWatch
 from llmgateway.conductor.responses import INTERNAL, JSON, deliver, send_refusal, send_whole
 from llmgateway.conductor.route_run import Routing
-from llmgateway.conductor.routing import serve_grants
+from llmgateway.conductor.routing import grant_run
 from llmgateway.conductor.usage_ask import ask_usage
 from llmgateway.config.route_table import token_digest
 from llmgateway.observe import logs
@@ -92,7 +92,9 @@ class Edge:
             grants = routing.grants_of(digest) if routing is not None and token else None
             if grants is not None:  # a gateway token or a client's (`conductor.routing`)
                 args = (headers, request_id, started, sent)
-                await serve_grants(self, grants, scope, receive, send, *args)
+                run = await grant_run(self, grants, scope, receive, send, *args)
+                if run is not None:
+                    await run[0].serve(run[1])
                 return
             await send_refusal(send, shape, Refused(401, "invalid_api_key", _NO_TOKEN), request_id)
             self.attempt_loop.metrics.unauthorized(401)

@@ -33,7 +33,7 @@ from llmgateway.conductor.admission import (
 from llmgateway.conductor.attempts import AttemptLoop
 from llmgateway.conductor.call import Call, Provider
 from llmgateway.conductor.claim import CANCELLED, Claim
-from llmgateway.conductor.client_gate import Clients
+from llmgateway.conductor.client_gate import Clients, Hold
 from llmgateway.conductor.edge import ON_DISCONNECT, ClientWatch
 from llmgateway.conductor.replies import GatewayReply
 from llmgateway.conductor.responses import INTERNAL, JSON, Extra, deliver, send_refusal, send_whole
@@ -225,6 +225,7 @@ class Run:
     reply: GatewayReply | None = None  # the last reply of a target that called upstream
     code: int = 499
     ended: str = "client_gone"
+    hold: Hold | None = None  # the client's slot (`conductor.client_gate`), given back at the end
     tried: list[Target] = field(init=False)  # the targets the current plan asked
     skipped: list[Target] = field(init=False)  # and the ones it left out (set by `_plan`)
 
@@ -272,6 +273,8 @@ class Run:
         finally:
             self.scope[ON_DISCONNECT] = None  # from here on nothing may cancel the task
             self.edge.bodies.give(len(self.asked.body))
+            if self.hold is not None:
+                self.routing.clients.release(self.hold)
             if self.configured:
                 self.edge.attempt_loop.metrics.routes.request(route.alias, outcome)
             self.edge.access.done(self.scope, self.code, self.attempts, self.ended, self.started)

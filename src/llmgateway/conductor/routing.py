@@ -45,40 +45,6 @@ from llmgateway.providers.routes import surface_of
 log = logging.getLogger("llmgateway.api")
 
 
-async def serve_grants(
-    edge: Serving,
-    grants: Grants,
-    scope: Scope,
-    receive: Receive,
-    send: Send,
-    headers: Mapping[str, str],
-    request_id: str,
-    started: float,
-    sent: Surface,
-) -> None:
-    """Serve a request made with a gateway token or a client's: through the client's gate
-    first (`conductor.client_gate`) when it has rules, its hold given back at the end
-    whatever happens, a cancellation included."""
-    routing = edge.routing
-    assert routing is not None
-    hold = None
-    if grants.client is not None:
-        admitted = await routing.clients.admit(grants.client, scope, edge.access.trusted)
-        if isinstance(admitted, Refused):
-            surface = surface_of(sent, scope["raw_path"])
-            await _refuse(edge, scope, send, surface, request_id, started, admitted)
-            return
-        hold = admitted
-    try:
-        args = (headers, request_id, started, sent)
-        run = await grant_run(edge, grants, scope, receive, send, *args)
-        if run is not None:
-            await run[0].serve(run[1])
-    finally:
-        if hold is not None:
-            routing.clients.release(hold)
-
-
 async def grant_run(
     edge: Serving,
     grants: Grants,
@@ -90,10 +56,47 @@ async def grant_run(
     started: float,
     sent: Surface,
 ) -> tuple[Run, Route] | None:
-    """A request made with a gateway token whose `grants` say what it may use, read and
+    """A request made with a gateway token or a client's, whose `grants` say what it may use,
+    let through the client's gate (`conductor.client_gate`) when it has rules, read and
     resolved: the run that serves it along its route (the caller awaits `Run.serve`, which
-    gives the body's share of the in-flight budget back), or None when it was answered here
-    (a refusal, a models list, a client gone mid-upload)."""
+    gives back the body's share of the in-flight budget and the client's hold), or None when
+    it was answered here (a refusal, a models list, a client gone mid-upload)."""
+    routing = edge.routing
+    assert routing is not None
+    hold = None
+    if grants.client is not None:
+        admitted = await routing.clients.admit(grants.client, scope, edge.access.trusted)
+        if isinstance(admitted, Refused):
+            surface = surface_of(sent, scope["raw_path"])
+            await _refuse(edge, scope, send, surface, request_id, started, admitted)
+            return None
+        hold = admitted
+    try:
+        run = await _read(edge, grants, scope, receive, send, headers, request_id, started, sent)
+    except BaseException:
+        if hold is not None:
+            routing.clients.release(hold)
+        raise
+    if run is None:
+        if hold is not None:
+            routing.clients.release(hold)
+        return None
+    run[0].hold = hold
+    return run
+
+
+async def _read(
+    edge: Serving,
+    grants: Grants,
+    scope: Scope,
+    receive: Receive,
+    send: Send,
+    headers: Mapping[str, str],
+    request_id: str,
+    started: float,
+    sent: Surface,
+) -> tuple[Run, Route] | None:
+    """`grant_run` past the client's gate."""
     routing = edge.routing
     assert routing is not None
     raw_path: bytes = scope["raw_path"]

@@ -16,12 +16,12 @@ bounded; never a key or a client label).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 
+from llmgateway.conductor.write_behind import flush_forever, flush_within
 from llmgateway.observe.metrics import Metrics
 from llmgateway.providers.usage import Tokens
 from llmgateway.records import USAGE_FLUSH_SEC, USAGE_HOUR, TokenCount
@@ -121,20 +121,11 @@ class TokenWriter:
     async def drain(self, within: float) -> int:
         """Write everything pending (at a graceful stop), retrying a failing store until
         `within` seconds have passed. Returns how many slots were left unwritten."""
-        backoff = 0.05
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(within):
-                while not await self.flush():
-                    await asyncio.sleep(backoff)
-                    backoff = min(backoff * 2, 1.0)
+        await flush_within(self.flush, within)
         if self.pending:
             log.warning("stopping with %d token counts unwritten", self.pending)
         return self.pending
 
     async def run(self) -> None:
         """Flush every `interval_sec` forever, backing off while the store fails."""
-        wait = self.interval_sec
-        while True:
-            await asyncio.sleep(wait)
-            ok = await self.flush()
-            wait = self.interval_sec if ok else min(wait * 2, 60.0)
+        await flush_forever(self.flush, self.interval_sec)

@@ -12,13 +12,12 @@ outright loses at most one interval of counts.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 
+from llmgateway.conductor.write_behind import flush_forever, flush_within
 from llmgateway.records import USAGE_FLUSH_SEC, USAGE_HOUR, UsageCount
 
 log = logging.getLogger("llmgateway.events")
@@ -99,12 +98,7 @@ class UsageWriter:
     async def drain(self, within: float) -> int:
         """Write everything pending (at a graceful stop), retrying a failing store until
         `within` seconds have passed. Returns how many slots were left unwritten."""
-        backoff = 0.05
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(within):
-                while not await self.flush():
-                    await asyncio.sleep(backoff)
-                    backoff = min(backoff * 2, 1.0)
+        await flush_within(self.flush, within)
         if self.pending:
             log.warning("stopping with %d usage counts unwritten", self.pending)
         return self.pending
@@ -112,11 +106,7 @@ class UsageWriter:
     async def run(self) -> None:
         """Flush every `interval_sec` forever, backing off while the store fails (cancel to
         stop; then `drain()` writes what is left)."""
-        wait = self.interval_sec
-        while True:
-            await asyncio.sleep(wait)
-            ok = await self.flush()
-            wait = self.interval_sec if ok else min(wait * 2, 60.0)
+        await flush_forever(self.flush, self.interval_sec)
 
 
 def _count(slot: Slot, value: int) -> UsageCount:
