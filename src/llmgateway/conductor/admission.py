@@ -152,6 +152,7 @@ class Named:
     model: str | None
     stream: bool
     options: bool = False  # the body sets `stream_options` at its top level
+    plain: bool = False  # the JSON body names `model` once, with no `\\u` escape (`rewrite_model`)
 
 
 def named_model(match: Match, body: bytes, content_type: str) -> Named | Refused:
@@ -184,7 +185,10 @@ def json_model(body: bytes, *, required: bool) -> Named | Refused:
     model = data.get("model")
     if model is not None and not isinstance(model, str):
         return Refused(400, "invalid_request", "`model` must be a string.")
-    if _may_name_model_twice(body):
+    named = body.count(b'"model"')
+    escaped = b"\\u" in body
+    if named > 1 or (escaped and len(_ESCAPED_MODEL.findall(body)) > 1):
+        # two `"model"` strings, escaped ones included: are two of them keys of one object?
         try:
             twice = _names_model_twice(body)
         except RecursionError:  # nested deeper than the stdlib parser goes (orjson went)
@@ -193,15 +197,8 @@ def json_model(body: bytes, *, required: bool) -> Named | Refused:
         if twice:
             # parsers differ on which of two keys wins: the upstream might run the other one
             return Refused(400, "invalid_request", "The request body names `model` twice.")
-    return Named(model or None, data.get("stream") is True, "stream_options" in data)
-
-
-def _may_name_model_twice(body: bytes) -> bool:
-    """A cheap look for two `"model"` strings, escaped ones included (then `_names_model_twice`
-    parses the body to see whether two of them are keys of one object)."""
-    if body.count(b'"model"') > 1:
-        return True
-    return b"\\u" in body and len(_ESCAPED_MODEL.findall(body)) > 1
+    plain = named == 1 and not escaped
+    return Named(model or None, data.get("stream") is True, "stream_options" in data, plain)
 
 
 def _names_model_twice(body: bytes) -> bool:

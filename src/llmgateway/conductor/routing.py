@@ -173,7 +173,6 @@ def _asked(
     if named.model is None:
         message = "The request must name a model: a route alias or <provider>/<model>."
         return Refused(400, "model_required", message)
-    plain = body.count(b'"model"') == 1 and b"\\u" not in body
     return Asked(
         surface,
         method,
@@ -183,9 +182,9 @@ def _asked(
         "",
         body,
         named.stream,
-        plain,
-        options=named.options,
-        client=client,
+        named.plain,
+        named.options,
+        client,
     )
 
 

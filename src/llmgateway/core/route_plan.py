@@ -60,11 +60,12 @@ def plan(
     among the eligible ones alone."""
     ok = eligible if callable(eligible) else _member(eligible)
     given = 0
-    for tier in route.tiers:
-        left = list(tier)
-        total = sum([t.weight for t in left])
+    for tier, total in zip(route.tiers, route.totals, strict=True):
+        left = tier  # what is left of the tier to draw from
         while left:
-            target = left.pop(_drawn(left, total, rng) if len(left) > 1 else 0)
+            index = _drawn(left, total, rng) if len(left) > 1 else 0
+            target = left[index]
+            left = left[:index] + left[index + 1 :]
             total -= target.weight
             if not ok(target.provider, target.model):
                 if skipped is not None:
@@ -76,7 +77,7 @@ def plan(
                 return
 
 
-def _drawn(targets: list[Target], total: float, rng: random.Random) -> int:
+def _drawn(targets: tuple[Target, ...], total: float, rng: random.Random) -> int:
     """The index of a weighted random pick among `targets` (their weights add up to
     `total`)."""
     point = rng.random() * total

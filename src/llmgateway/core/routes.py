@@ -84,6 +84,12 @@ class Route:
     stream_commit: StreamCommit = StreamCommit.FIRST_EVENT
     peek_timeout_sec: float = 10.0
     headers: bool = True
+    totals: tuple[float, ...] = dataclasses.field(init=False, compare=False, repr=False)
+    """The sum of each tier's weights (`core.route_plan.plan` draws against it)."""
+
+    def __post_init__(self) -> None:
+        totals = tuple(sum(t.weight for t in tier) for tier in self.tiers)
+        object.__setattr__(self, "totals", totals)
 
     @property
     def targets(self) -> tuple[Target, ...]:
