@@ -12,6 +12,7 @@ from typing import Any
 
 import httpx2 as httpx
 import pytest
+import sqlalchemy as sa
 
 from llmgateway.conductor.app import create_app
 from llmgateway.conductor.serving import running
@@ -87,7 +88,8 @@ async def test_a_deleted_store_file_makes_readyz_say_so(
         f"the SQLite file {tmp_path / 'gw.db'} was deleted while in use"
     )
     assert chat == 200  # the pool keeps serving from memory
-    warnings = [r for r in caplog.records if "was deleted while in use" in r.getMessage()]
+    said = (r for r in caplog.records if r.getMessage().startswith("store: "))
+    warnings = [r for r in said if "was deleted while in use" in r.getMessage()]
     assert len(warnings) == 1, "one warning per change, not one per refresh"
     assert warnings[0].levelname == "WARNING"
 
@@ -125,3 +127,18 @@ async def test_file_problem_of_a_sqlite_store(tmp_path: Path) -> None:
 async def test_file_problem_is_none_on_postgresql(db_url: str) -> None:
     async with await Store.open(db_url) as store:
         assert store.file_problem() is None
+
+
+async def test_no_new_connection_opens_a_replaced_sqlite_file(tmp_path: Path) -> None:
+    """A connection opened on the replacing file would take over the old file's -shm (same
+    path) and truncate what the open connections have mapped: SIGBUS. The store refuses it."""
+    database = tmp_path / "s.db"
+    async with await Store.open(f"sqlite:///{database}") as store:
+        await store.upgrade()
+        copy = tmp_path / "copy.db"
+        shutil.copyfile(database, copy)
+        os.replace(copy, database)
+        await store.engine.dispose()  # the next statement needs a new connection
+        with pytest.raises(sa.exc.OperationalError, match="was replaced by another file"):
+            async with store.engine.connect() as connection:
+                await connection.execute(sa.text("SELECT 1"))

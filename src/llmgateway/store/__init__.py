@@ -8,6 +8,7 @@ give a gateway just what changed; a write that changed nothing is rolled back.
 from __future__ import annotations
 
 import os
+import sqlite3
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Collection, Mapping, Sequence
 from contextlib import asynccontextmanager
@@ -15,6 +16,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Self
 
+import sqlalchemy as sa
 from sqlalchemy.engine import URL
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncTransaction
 
@@ -84,6 +86,17 @@ class Store:
         self.turns = TurnLog(clock)
         self._file = None if sqlite_file is None else sqlite_file.absolute()
         self._identity = None if self._file is None else _identity(self._file)
+        if self._identity is not None:
+            sa.event.listen(engine.sync_engine, "do_connect", self._refuse_a_lost_file)
+
+    def _refuse_a_lost_file(self, *_args: object) -> None:
+        """Before a new pooled connection opens the SQLite file: refuse when the file at the
+        path is no longer the one this store opened. A connection to a replacing file would
+        take over the old one's `-shm` and `-wal` (same paths) and truncate what the open
+        connections have memory-mapped: they would die of SIGBUS."""
+        problem = self.file_problem()
+        if problem is not None:
+            raise sqlite3.OperationalError(problem)
 
     @classmethod
     async def open(
