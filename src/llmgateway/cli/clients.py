@@ -287,7 +287,8 @@ def delete(config: str | None, name: str) -> None:
 @config_option
 @click.option("--json", "as_json", is_flag=True, help="One JSON array.")
 def list_clients(config: str | None, as_json: bool) -> None:
-    """Every client: stored ones, then those the config declares (read-only)."""
+    """Every client: stored ones, then those the config declares (read-only); a quota as
+    spent/quota/period."""
     from llmgateway.cli.client_views import client_table, stored_view, token_view
     from llmgateway.store import clients as stored
 
@@ -312,7 +313,8 @@ def list_clients(config: str | None, as_json: bool) -> None:
 @click.argument("name")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object.")
 def show(config: str | None, name: str, as_json: bool) -> None:
-    """One client's settings (never its token: its first and last characters)."""
+    """One client's settings (never its token: its first and last characters) and the
+    tokens spent of its quota in the current period."""
     from llmgateway.cli.client_views import stored_view, token_view
     from llmgateway.store import clients as stored
 

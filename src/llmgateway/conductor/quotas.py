@@ -93,8 +93,12 @@ class Quotas:
 
     def count(self, client: str, hour: int, tokens: int) -> None:
         """`tokens` relayed for `client` in the hour starting at `hour` (the request path)."""
-        spend = self.spend(client, hour)
-        if spend is not None and hour >= spend.start:
+        spend = self._spends.get(client)
+        if spend is None:
+            return
+        if hour >= spend.end:
+            self._roll(spend, hour)
+        if hour >= spend.start:
             spend.counted += tokens
 
     def written(self, client: str, hour: int, tokens: int) -> None:
