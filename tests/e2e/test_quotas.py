@@ -2,12 +2,13 @@
 the openai SDK against the real gateway and the fake upstream (whose answers report their
 usage: 8 tokens each), on SQLite and PostgreSQL.
 
-A client gets answers until its quota is spent, then 429 `insufficient_quota` (OpenAI and
-Gemini shapes) with `Retry-After` to the period's end; a gateway started later refuses it at
-once (the spend is read from the store); the next period lets it through (the gateway's clock
-moved a day on: no waiting); `clients show|list` print the spend. On two gateways sharing a
-PostgreSQL store the total spent over the quota stays within the bound the README states:
-(refresh interval + write interval) × the client's rate, plus the answers in flight."""
+A client gets answers until its quota is spent, then 429 `insufficient_quota` (OpenAI,
+Gemini and Anthropic shapes) with `Retry-After` to the period's end; a gateway started later
+refuses it at once (the spend is read from the store); the next period lets it through (the
+gateway's clock moved a day on: no waiting); `clients show|list` print the spend. On two
+gateways sharing a PostgreSQL store the total spent over the quota stays within the bound the
+README states: (refresh interval + write interval) × the client's rate, plus the answers in
+flight."""
 
 from __future__ import annotations
 
@@ -94,15 +95,22 @@ async def test_a_client_gets_answers_until_its_quota_is_spent(db_url: str, tmp_p
             assert (
                 sum(fake.calls_by_key().values()) == 4
             )  # the refused one never reached the upstream
-            async with httpx.AsyncClient() as http:  # the Gemini shape on the native path
+            async with httpx.AsyncClient() as http:  # the Gemini and Anthropic shapes
                 native = await http.post(
                     f"{running.url}/v1beta/models/fast:generateContent",
                     headers={"x-goog-api-key": secret},
                     json={"contents": [{"parts": [{"text": "hi"}]}]},
                 )
+                claude = await http.post(
+                    f"{running.url}/v1/messages",
+                    headers={"x-api-key": secret, "anthropic-version": "2023-06-01"},
+                    json={"model": "fast", "max_tokens": 8, "messages": CHAT},
+                )
             assert native.status_code == 429
             assert native.json()["error"]["status"] == "RESOURCE_EXHAUSTED"
             assert "retry-after" in native.headers
+            assert claude.status_code == 429
+            assert claude.json()["error"]["type"] == "rate_limit_error"
             await eventually(lambda: running.gateway.tokens.pending == 0, within=10)  # type: ignore[union-attr]
 
         shown = json.loads(
