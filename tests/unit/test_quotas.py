@@ -224,3 +224,19 @@ def test_period_starts_name_every_period() -> None:
     assert starts[Period.DAY] == at("2026-12-07T00:00", UTC)
     assert starts[Period.WEEK] == at("2026-12-07T00:00", UTC)  # a Monday
     assert starts[Period.MONTH] == at("2026-12-01T00:00", UTC)
+
+
+async def test_a_new_zone_starts_the_spends_again_from_the_store() -> None:
+    store, quotas = Store(), Quotas()
+    rules = ClientRules("app", quota_tokens=100, period=Period.DAY)
+    quotas.set_rules([rules], NOON)
+    quotas.count("app", HOUR, 150)
+    assert quotas.refusal(rules, NOON) is not None
+    quotas.use_zone(BERLIN)
+    quotas.set_rules([rules], NOON)
+    spend = quotas.spend("app", NOON)
+    assert spend is not None
+    assert spend.start == at("2026-12-07T00:00", BERLIN)
+    store.rows.append(("app", HOUR, 150))
+    await quotas.read(store.sums, NOON)
+    assert quotas.refusal(rules, NOON) is not None

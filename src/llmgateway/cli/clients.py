@@ -54,29 +54,13 @@ def _globs(text: str) -> tuple[str, ...]:
     return tuple(part.strip() for part in text.split(",") if part.strip())
 
 
-_RULE_DEFAULTS: dict[str, object] = {
-    "enabled": True,
-    "expires_at": None,
-    "routes": ("*",),
-    "providers": (),
-    "models": (),
-    "rpm": None,
-    "tpm": None,
-    "max_parallel": None,
-    "quota_tokens": None,
-    "quota_period": None,
-    "allow_ips": (),
-    "notes": "",
-}
-"""A new client's rule columns where no option sets them."""
-
-
 def _changes(given: dict[str, Any], now: float, *, new: bool = False) -> dict[str, object]:
     """The rule columns the options given set (exit 2 on a bad value); for a `new` client,
     every rule column (the defaults where no option is given)."""
     from llmgateway.core.clients import networks, parse_when
+    from llmgateway.store.clients import RULE_DEFAULTS
 
-    values: dict[str, object] = dict(_RULE_DEFAULTS) if new else {}
+    values: dict[str, object] = dict(RULE_DEFAULTS) if new else {}
     for column in ("routes", "providers", "models"):
         if given[column] is not None:
             values[column] = _globs(given[column])

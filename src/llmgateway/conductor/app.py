@@ -99,6 +99,7 @@ class Conductor:
     _table: RouteTable | None = None  # the route table the clients' grants were built on
     _grace_ends: float | None = None  # the earliest rotation's grace end among the grants
     tokens: TokenWriter | None = None  # the token counts' write-behind
+    accounting: bool = False  # `gateway.token_accounting` as started (a restart changes it)
     attempt_loop: AttemptLoop | None = None  # the edge's in force (told whether to count)
 
     def use_table(self, table: RouteTable) -> None:
@@ -116,7 +117,7 @@ class Conductor:
         """Count every answer's tokens where the config asks (`gateway.token_accounting`) or
         a client has a quota to count them against; else count nothing."""
         if self.attempt_loop is not None:
-            wanted = self.settings.gateway.token_accounting or self.clients.quotas.active
+            wanted = self.accounting or self.clients.quotas.active
             self.attempt_loop.tokens = self.tokens if wanted else None
 
     async def _load_clients(self) -> None:
@@ -163,7 +164,7 @@ class Conductor:
                 if old is None or old.guard is not provider.guard:
                     provider.guard.watch(bound.breaker)
             self.settings, self.providers = settings, providers
-            self.clients.quotas.zone = settings.usage.zone()
+            self.clients.quotas.use_zone(settings.usage.zone())
             self._model_revisions.clear()  # a rebuilt provider lists its upstream names anew
             if reload_pool:
                 self.readiness.revision = 0
@@ -397,7 +398,8 @@ def create_app(
     flight finish on what they started with; `on_reload` is handed each config applied (the
     Keeper of `serve` takes it)."""
     conductor = Conductor(settings, rng=rng or random.Random(), log_secrets=log_secrets)
-    conductor.clients.quotas.zone = settings.usage.zone()
+    conductor.clients.quotas.use_zone(settings.usage.zone())
+    conductor.accounting = settings.gateway.token_accounting
     metrics = metrics or Metrics.create()
     conductor.limits = Limits.create(settings, metrics, conductor.clock)
     if conductor.limits is not None:  # clients' limits are counted where keys' are

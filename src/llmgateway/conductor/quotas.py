@@ -65,6 +65,13 @@ class Quotas:
         """Whether any client has a quota (else nothing is counted or read)."""
         return bool(self._spends)
 
+    def use_zone(self, zone: ZoneInfo) -> None:
+        """Count the periods in `zone` from now on (`usage.timezone`); a new zone starts every
+        spend again from the store's next read."""
+        if zone != self.zone:
+            self.zone = zone
+            self._spends = {}
+
     def set_rules(self, rules: Collection[ClientRules], now: float) -> None:
         """The clients' quotas in force (at each clients refresh and config reload); a client
         whose period is unchanged keeps its spend."""
