@@ -76,6 +76,8 @@ async def test_period_sums_take_each_period_from_its_start_in_one_query(store: S
         "ci": {Period.DAY: 15, Period.WEEK: 115, Period.MONTH: 1115},
         "other": {Period.DAY: 7, Period.WEEK: 7, Period.MONTH: 7},
     }
+    before = await period_sums(store, starts, ["ci"], HOUR0)  # the hours before HOUR0 only
+    assert before == {"ci": {Period.DAY: 0, Period.WEEK: 100, Period.MONTH: 1100}}
     assert await period_sums(store, starts, []) == {}
 
 

@@ -2,31 +2,37 @@
 (`core.quota`), and the refusal once it is spent.
 
 A client's spend is the store's sum for the period, read at each clients refresh (one grouped
-query for every client with a quota: `read`), plus what this process counted since that read
-began and the store may not hold yet: the tokens counted (`count`, by the token write-behind on
-the request path) less those written (`written`) before the read began. Other gateways' tokens
-reach this one at its next read after their next write; so a client may go over its quota by
-what it spends, on every gateway together, in one refresh interval and one write interval (plus
-the answers in flight when it is spent). A period that ends starts the spend again at 0 without
-waiting for a read.
+query for every client with a quota, over the last two hours: `read`; the sums of the hours
+before are read again once an hour or every `SETTLED_SEC`), plus what this process counted
+since that read began and the store may not hold yet: the tokens counted (`count`, by the
+token write-behind on the request path) less those written (`written`) before the read began.
+Other gateways' tokens reach this one at its next read after their next write; so a client may
+go over its quota by what it spends, on every gateway together, in one refresh interval and
+one write interval (plus the answers in flight when it is spent). A period that ends starts
+the spend again at 0 without waiting for a read.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Awaitable, Callable, Collection, Mapping
+from collections.abc import Awaitable, Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from zoneinfo import ZoneInfo
 
 from llmgateway.conductor.admission import Refused
 from llmgateway.core.clients import ClientRules, Period
-from llmgateway.core.quota import UTC_ZONE, period_bounds, period_starts
+from llmgateway.core.quota import HOUR, UTC_ZONE, period_bounds, period_starts
 
-Sums = Callable[
-    [Mapping[Period, int], Collection[str]], Awaitable[Mapping[str, Mapping[Period, int]]]
-]
-"""The store's token sums per client since each period's start (`store.token_usage.period_sums`)."""
+Found = Mapping[str, Mapping[Period, int]]
+"""Tokens by client and period."""
+Sums = Callable[[Mapping[Period, int], Collection[str], int | None], Awaitable[Found]]
+"""The store's token sums per client since each period's start, before an hour when one is
+given (`store.token_usage.period_sums`)."""
+
+SETTLED_SEC = 300.0
+"""How long the sums of the hours before the last two are kept before they are read again (a
+gateway back from a store outage may still write an old hour's counts)."""
 
 QUOTA_HEADERS = ("x-llmgateway-quota-limit-tokens", "x-llmgateway-quota-remaining-tokens")
 """A refusal's own quota figures (apart from `x-ratelimit-*`, which describe the rate limits)."""
@@ -53,12 +59,43 @@ class Spend:
         return self.stored + self.counted - self.read_base
 
 
+def _tokens(found: Found, client: str, period: Period) -> int:
+    return found.get(client, {}).get(period, 0)
+
+
+@dataclass(frozen=True, slots=True)
+class _Settled:
+    """The store's sums of the hours before `cut` (read at `at`), which no longer change but
+    for a gateway's late write: read once an hour or every `SETTLED_SEC`, so that a refresh
+    reads the last two hours only."""
+
+    cut: int
+    starts: Mapping[Period, int]
+    clients: frozenset[str]
+    at: float
+    found: Found
+
+    def holds(
+        self, cut: int, starts: Mapping[Period, int], clients: Iterable[str], now: float
+    ) -> bool:
+        """Whether these sums serve a read at `now` of `clients` since `starts`."""
+        fresh = now - self.at < SETTLED_SEC
+        return (
+            fresh and cut == self.cut and starts == self.starts and self.clients.issuperset(clients)
+        )
+
+    def tokens(self, client: str, period: Period) -> int:
+        """`client`'s tokens in `period` before `cut`."""
+        return _tokens(self.found, client, period)
+
+
 @dataclass(slots=True)
 class Quotas:
     """Every client with a quota, by name (names outlive refreshes and reloads)."""
 
     zone: ZoneInfo = UTC_ZONE
     _spends: dict[str, Spend] = field(default_factory=dict)
+    _settled: _Settled | None = None
 
     @property
     def active(self) -> bool:
@@ -118,14 +155,20 @@ class Quotas:
         """Take the store's sums for the current periods (one query for every client)."""
         if not self._spends:
             return
-        began = {name: self.spend(name, now) for name in self._spends}
-        bases = {name: (spend.start, spend.written) for name, spend in began.items() if spend}
-        found = await sums(period_starts(now, self.zone), list(bases))
-        for name, (start, written) in bases.items():
-            spend = self._spends.get(name)
-            if spend is None or spend.start != start:
+        for name in self._spends:
+            self.spend(name, now)  # a period that ended starts anew
+        bases = {name: (spend, spend.start, spend.written) for name, spend in self._spends.items()}
+        starts = period_starts(now, self.zone)
+        cut = int(now // HOUR) * HOUR - HOUR  # the hours from here on may still be written
+        settled = self._settled
+        if settled is None or not settled.holds(cut, starts, bases.keys(), now):
+            older = await sums(starts, list(bases), cut)
+            settled = self._settled = _Settled(cut, starts, frozenset(bases), now, older)
+        recent = await sums({p: max(start, cut) for p, start in starts.items()}, list(bases), None)
+        for name, (spend, start, written) in bases.items():
+            if self._spends.get(name) is not spend or spend.start != start:
                 continue  # its quota changed or its period ended meanwhile
-            spend.stored = found.get(name, {}).get(spend.period, 0)
+            spend.stored = settled.tokens(name, spend.period) + _tokens(recent, name, spend.period)
             spend.read_base = written
 
     def refusal(self, rules: ClientRules, now: float) -> Refused | None:

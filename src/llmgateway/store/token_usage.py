@@ -138,10 +138,11 @@ def _name(by: By, row: sa.Row[Any]) -> str:
 
 
 async def period_sums(
-    store: Store, starts: Mapping[Period, int], clients: Collection[str]
+    store: Store, starts: Mapping[Period, int], clients: Collection[str], before: int | None = None
 ) -> dict[str, dict[Period, int]]:
     """The tokens (input and output) of each of `clients` since each period's start in
-    `starts`: one grouped query over the hours since the earliest start."""
+    `starts` (and before the hour `before`, when given): one grouped query over the hours
+    since the earliest start."""
     if not clients or not starts:
         return {}
     t = token_usage.c
@@ -155,6 +156,8 @@ async def period_sums(
         .where(t.hour >= min(starts.values()), t.client.in_(list(clients)))
         .group_by(t.client)
     )
+    if before is not None:
+        query = query.where(t.hour < before)
     async with store.engine.connect() as conn:
         rows = (await conn.execute(query)).all()
     return {
