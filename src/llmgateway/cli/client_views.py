@@ -3,8 +3,11 @@ declares, as the same JSON-ready mapping (never the token), and the table of the
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
+
+from llmgateway.core.clients import Period
 
 if TYPE_CHECKING:
     from llmgateway.config.route_settings import GatewayToken
@@ -74,8 +77,18 @@ def token_view(token: GatewayToken, now: float) -> dict[str, Any]:
     }
 
 
+def with_spend(views: list[dict[str, Any]], sums: Mapping[str, Mapping[Period, int]]) -> None:
+    """Add each view's `spent`: the tokens of its quota's current period the store holds
+    (`store.token_usage.period_sums`; None: no quota)."""
+    for view in views:
+        period = view["period"]
+        found = sums.get(view["name"], {})
+        view["spent"] = None if view["quota"] is None else found.get(Period(period), 0)
+
+
 def client_table(views: list[dict[str, Any]]) -> str:
-    """The `clients list` table: name, source, state, token, routes, limits, expiry."""
+    """The `clients list` table: name, source, state, token, routes, limits (a quota as
+    spent/quota/period), expiry."""
     lines = [("NAME", "SOURCE", "STATE", "TOKEN", "ROUTES", "LIMITS", "EXPIRES")]
     for view in views:
         limits = [
@@ -84,7 +97,7 @@ def client_table(views: list[dict[str, Any]]) -> str:
             if view[key] is not None
         ]
         if view["quota"] is not None:
-            limits.append(f"quota={view['quota']}/{view['period']}")
+            limits.append(f"quota={view['spent']}/{view['quota']}/{view['period']}")
         lines.append(
             (
                 view["name"],

@@ -54,11 +54,13 @@ def _globs(text: str) -> tuple[str, ...]:
     return tuple(part.strip() for part in text.split(",") if part.strip())
 
 
-def _changes(given: dict[str, Any], now: float) -> dict[str, object]:
-    """The columns the rule options given set (exit 2 on a bad value)."""
+def _changes(given: dict[str, Any], now: float, *, new: bool = False) -> dict[str, object]:
+    """The rule columns the options given set (exit 2 on a bad value); for a `new` client,
+    every rule column (the defaults where no option is given)."""
     from llmgateway.core.clients import networks, parse_when
+    from llmgateway.store.clients import RULE_DEFAULTS
 
-    values: dict[str, object] = {}
+    values: dict[str, object] = dict(RULE_DEFAULTS) if new else {}
     for column in ("routes", "providers", "models"):
         if given[column] is not None:
             values[column] = _globs(given[column])
@@ -86,6 +88,18 @@ def _changes(given: dict[str, Any], now: float) -> dict[str, object]:
     if given["notes"] is not None:
         values["notes"] = given["notes"]
     return values
+
+
+def _token_columns(secret: str) -> dict[str, object]:
+    """The columns that hold a new token (`create`, `rotate`): its SHA-256 and its ends."""
+    from llmgateway.core.clients import shown
+
+    prefix, last4 = shown(secret)
+    return {
+        "token_sha256": hashlib.sha256(secret.encode()).hexdigest(),
+        "prefix": prefix,
+        "last4": last4,
+    }
 
 
 def _config_token(settings: Settings, name: str) -> GatewayToken | None:
@@ -119,7 +133,7 @@ def clients() -> None:
 def create(config: str | None, name: str, **given: Any) -> None:
     """Create client NAME and print its token, once."""
     from llmgateway.config.route_settings import valid_name
-    from llmgateway.core.clients import new_secret, shown
+    from llmgateway.core.clients import new_secret
     from llmgateway.store import clients as stored
 
     if not valid_name(name):
@@ -133,28 +147,13 @@ def create(config: str | None, name: str, **given: Any) -> None:
         raise SystemExit(2)
     now = time.time()
     secret = new_secret()
-    prefix, last4 = shown(secret)
     values: dict[str, object] = {
         "name": name,
-        "token_sha256": hashlib.sha256(secret.encode()).hexdigest(),
-        "prefix": prefix,
-        "last4": last4,
+        **_token_columns(secret),
         "previous_sha256": None,
         "previous_until": None,
-        "enabled": True,
-        "expires_at": None,
-        "routes": ("*",),
-        "providers": (),
-        "models": (),
-        "rpm": None,
-        "tpm": None,
-        "max_parallel": None,
-        "quota_tokens": None,
-        "quota_period": None,
-        "allow_ips": (),
-        "notes": "",
+        **_changes(given, now, new=True),
     }
-    values.update(_changes(given, now))
 
     async def work(store: Store) -> None:
         try:
@@ -221,7 +220,7 @@ def enable(config: str | None, name: str) -> None:
 )
 def rotate(config: str | None, name: str, grace: str) -> None:
     """Issue client NAME a new token (printed once); the old one works until --grace ends."""
-    from llmgateway.core.clients import new_secret, parse_span, shown
+    from llmgateway.core.clients import new_secret, parse_span
 
     span = parse_span(grace)
     if span is None:
@@ -237,11 +236,8 @@ def rotate(config: str | None, name: str, grace: str) -> None:
             return
         now = time.time()
         secret = new_secret()
-        prefix, last4 = shown(secret)
         values: dict[str, object] = {
-            "token_sha256": hashlib.sha256(secret.encode()).hexdigest(),
-            "prefix": prefix,
-            "last4": last4,
+            **_token_columns(secret),
             "previous_sha256": found.token_sha256 if span > 0 else None,
             "previous_until": now + span if span > 0 else None,
         }
@@ -275,7 +271,8 @@ def delete(config: str | None, name: str) -> None:
 @config_option
 @click.option("--json", "as_json", is_flag=True, help="One JSON array.")
 def list_clients(config: str | None, as_json: bool) -> None:
-    """Every client: stored ones, then those the config declares (read-only)."""
+    """Every client: stored ones, then those the config declares (read-only); a quota as
+    spent/quota/period."""
     from llmgateway.cli.client_views import client_table, stored_view, token_view
     from llmgateway.store import clients as stored
 
@@ -286,6 +283,7 @@ def list_clients(config: str | None, as_json: bool) -> None:
         rows = await stored.all_clients(store.engine)
         views = [stored_view(r, now) for r in rows]
         views += [token_view(t, now) for t in settings.gateway.tokens]
+        await _add_spend(store, settings, views, now)
         if as_json:
             click.echo(json.dumps(views, indent=2))
         else:
@@ -299,7 +297,8 @@ def list_clients(config: str | None, as_json: bool) -> None:
 @click.argument("name")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object.")
 def show(config: str | None, name: str, as_json: bool) -> None:
-    """One client's settings (never its token: its first and last characters)."""
+    """One client's settings (never its token: its first and last characters) and the
+    tokens spent of its quota in the current period."""
     from llmgateway.cli.client_views import stored_view, token_view
     from llmgateway.store import clients as stored
 
@@ -315,6 +314,7 @@ def show(config: str | None, name: str, as_json: bool) -> None:
             if found is None:
                 _missing(name)
             view = stored_view(found, now)
+        await _add_spend(store, settings, [view], now)
         if as_json:
             click.echo(json.dumps(view, indent=2))
             return
@@ -323,3 +323,17 @@ def show(config: str | None, name: str, as_json: bool) -> None:
             click.echo(f"{key + ':':<15} {'-' if shown in (None, '') else shown}")
 
     run_with_store(settings, work)
+
+
+async def _add_spend(
+    store: Store, settings: Settings, views: list[dict[str, Any]], now: float
+) -> None:
+    """Each view's quota spend in its current period (`spent`), as the store holds it (a
+    gateway writes its counts every few seconds)."""
+    from llmgateway.cli.client_views import with_spend
+    from llmgateway.core.quota import period_starts
+    from llmgateway.store.token_usage import period_sums
+
+    names = [view["name"] for view in views if view["quota"] is not None]
+    starts = period_starts(now, settings.usage.zone())
+    with_spend(views, await period_sums(store, starts, names) if names else {})

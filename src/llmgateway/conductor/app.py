@@ -26,7 +26,7 @@ from llmgateway.conductor.admission import BodyBudget, BodyLimits
 from llmgateway.conductor.attempts import AttemptLoop
 from llmgateway.conductor.breaker_board import BreakerBoard
 from llmgateway.conductor.call import Provider
-from llmgateway.conductor.client_book import client_grants
+from llmgateway.conductor.client_book import client_grants, grace_ends
 from llmgateway.conductor.client_gate import Clients
 from llmgateway.conductor.coherence import follow_store
 from llmgateway.conductor.endpoints import Edge
@@ -97,22 +97,53 @@ class Conductor:
     _client_rows: list[ClientRecord] = field(default_factory=list)
     _client_stamp: tuple[int, float, int] | None = None  # of the rows loaded last
     _table: RouteTable | None = None  # the route table the clients' grants were built on
+    _grace_ends: float | None = None  # the earliest rotation's grace end among the grants
+    tokens: TokenWriter | None = None  # the token counts' write-behind
+    accounting: bool = False  # `gateway.token_accounting` as started (a restart changes it)
+    attempt_loop: AttemptLoop | None = None  # the edge's in force (told whether to count)
 
     def use_table(self, table: RouteTable) -> None:
-        """Build the stored clients' grants on `table` (at start and at a config reload)."""
+        """Build the stored clients' grants on `table` (at start, at a config reload, and
+        when the stored clients change or a rotation's grace ends), and the quotas in force."""
         self._table = table
-        self.clients.by_digest = client_grants(self._client_rows, table, self.clock())
+        now = self.clock()
+        self.clients.by_digest = client_grants(self._client_rows, table, now)
+        self._grace_ends = grace_ends(self._client_rows, now)
+        every = [*table.grants.values(), *self.clients.by_digest.values()]
+        self.clients.quotas.set_rules([g.client for g in every if g.client is not None], now)
+        self._account()
+
+    def _account(self) -> None:
+        """Count every answer's tokens where the config asks (`gateway.token_accounting`) or
+        a client has a quota to count them against; else count nothing."""
+        if self.attempt_loop is not None:
+            wanted = self.accounting or self.clients.quotas.active
+            self.attempt_loop.tokens = self.tokens if wanted else None
 
     async def _load_clients(self) -> None:
-        """The stored clients, read again when one changed (a small query otherwise); the
-        grants are rebuilt at each refresh anyway, so a rotation's grace ends on time."""
+        """The stored clients, read again when one changed (a small query otherwise), their
+        grants rebuilt then or once a rotation's grace ends; and the quotas' spends."""
         assert self.store is not None
         stamp = await stored_clients.stamp(self.store.engine)
-        if stamp != self._client_stamp:
+        changed = stamp != self._client_stamp
+        if changed:
             self._client_rows = await stored_clients.all_clients(self.store.engine)
             self._client_stamp = stamp
-        if self._table is not None:
+        graced = self._grace_ends is not None and self.clock() >= self._grace_ends
+        if self._table is not None and (changed or graced):
             self.use_table(self._table)
+        await self.read_quotas()
+
+    async def read_quotas(self) -> None:
+        """The quotas' spends from the store: at each refresh, and when a config reload
+        brought new ones (a failure is logged; the last figures stay)."""
+        quotas = self.clients.quotas
+        if not quotas.active or self.store is None:
+            return
+        try:
+            await quotas.read(functools.partial(token_usage.period_sums, self.store), self.clock())
+        except Exception as error:
+            log.warning("quota spends not read: %s", type(error).__name__)
 
     def build_providers(self) -> None:
         self.providers = built_providers(self.settings, self.rng, self.limits)
@@ -133,6 +164,7 @@ class Conductor:
                 if old is None or old.guard is not provider.guard:
                     provider.guard.watch(bound.breaker)
             self.settings, self.providers = settings, providers
+            self.clients.quotas.use_zone(settings.usage.zone())
             self._model_revisions.clear()  # a rebuilt provider lists its upstream names anew
             if reload_pool:
                 self.readiness.revision = 0
@@ -366,6 +398,8 @@ def create_app(
     flight finish on what they started with; `on_reload` is handed each config applied (the
     Keeper of `serve` takes it)."""
     conductor = Conductor(settings, rng=rng or random.Random(), log_secrets=log_secrets)
+    conductor.clients.quotas.use_zone(settings.usage.zone())
+    conductor.accounting = settings.gateway.token_accounting
     metrics = metrics or Metrics.create()
     conductor.limits = Limits.create(settings, metrics, conductor.clock)
     if conductor.limits is not None:  # clients' limits are counted where keys' are
@@ -387,13 +421,14 @@ def create_app(
         writer = StatusWriter(store.apply_events)
         conductor.writer = writer
         usage = UsageWriter(functools.partial(usage_counts.record, store), conductor.clock)
-        tokens = (
-            TokenWriter(
-                functools.partial(token_usage.record, store), metrics, clock=conductor.clock
-            )
-            if settings.gateway.token_accounting
-            else None
+        # always made (it costs nothing idle): a client with a quota turns the counting on
+        tokens = TokenWriter(
+            functools.partial(token_usage.record, store),
+            metrics,
+            clock=conductor.clock,
+            quotas=conductor.clients.quotas,
         )
+        conductor.tokens = tokens
         bodies = BodyBudget(settings.gateway.max_inflight_body_bytes)
         refusals = TokenRefusals(metrics.auth_failed)
 
@@ -408,8 +443,8 @@ def create_app(
                 metrics,
                 max_response_bytes=gateway.max_response_bytes,
                 usage=usage,
-                tokens=tokens,
             )
+            conductor.attempt_loop = attempt_loop  # `use_table` tells it whether to count
             body_limits = BodyLimits(gateway.max_body_bytes, gateway.client_body_timeout_sec)
             bodies.limit = gateway.max_inflight_body_bytes  # the bytes held stay counted
             access = AccessLog(now.logging.access, networks(gateway.trusted_proxies))
@@ -431,6 +466,7 @@ def create_app(
             if router.edge is not None:  # else the start-up's load puts the edge in place
                 app.state.edge = edge = make_edge(now)
                 router.open(edge)
+                await conductor.read_quotas()  # of the quotas the config brought
 
         follower = None
         if follow is not None:
@@ -459,6 +495,7 @@ def create_app(
 
         async def load() -> None:
             """The pool from the store, then the edge in place and the background tasks."""
+            conductor.use_table(route_table(conductor.settings))  # its quotas read at once
             with collector_paused() if tune_process else contextlib.nullcontext():
                 await conductor.refresh()
             if tune_process:
@@ -467,8 +504,7 @@ def create_app(
             router.open(edge)
             background(writer.run(), "status-writer")
             background(usage.run(), "usage-writer")
-            if tokens is not None:
-                background(tokens.run(), "token-writer")
+            background(tokens.run(), "token-writer")
             background(conductor.refresh_forever(wake), "pool-refresh")
             if listener is not None:
                 background(listener.run(), "store-notices")
@@ -521,10 +557,7 @@ def create_app(
             await asyncio.gather(*tasks, return_exceptions=True)
             refusals.close()
             within = settings.gateway.shutdown_drain_timeout_sec
-            drains = [writer.drain(within), usage.drain(within)]
-            if tokens is not None:
-                drains.append(tokens.drain(within))
-            await asyncio.gather(*drains)
+            await asyncio.gather(writer.drain(within), usage.drain(within), tokens.drain(within))
             await conductor.upstream.close()
             if conductor.limits is not None:
                 await conductor.limits.close()

@@ -38,3 +38,14 @@ def client_grants(
             old = dataclasses.replace(rules, expires_at=ends)
             found[bytes.fromhex(record.previous_sha256)] = dataclasses.replace(grants, client=old)
     return found
+
+
+def grace_ends(records: Sequence[ClientRecord], now: float) -> float | None:
+    """The earliest end of a rotation's grace still to come among `records` (None: none), when
+    the grants are built again without the old token."""
+    ends = [
+        record.previous_until
+        for record in records
+        if record.enabled and record.previous_sha256 and record.previous_until is not None
+    ]
+    return min((until for until in ends if until > now), default=None)

@@ -4,8 +4,9 @@ rules): who they are, and the gate a client's request passes before it is read.
 The stored clients are looked up by the SHA-256 of the token (`by_digest`, swapped whole at
 each pool refresh: the request path never reads the store). The gate refuses, in the
 client's API shape, a token past its expiry (401), a request from outside its address
-ranges (403) and one over its `rpm` or `max_parallel` (429 with `Retry-After` and the
-client's own `x-ratelimit-*-requests` headers); a request let through holds a `Hold`,
+ranges (403), one whose token quota is spent (429 `insufficient_quota`, `conductor.quotas`)
+and one over its `rpm` or `max_parallel` (429 with `Retry-After` and the client's own
+`x-ratelimit-*-requests` headers); a request let through holds a `Hold`,
 given back in the caller's `finally` whatever happens (an answer, an error, a cancellation).
 
 Limits are counted by the per-key limits backend when the process has one (`limits.backend`:
@@ -26,6 +27,7 @@ from typing import TYPE_CHECKING
 from starlette.types import Scope
 
 from llmgateway.conductor.admission import Refused
+from llmgateway.conductor.quotas import Quotas
 from llmgateway.config.settings import KeyLimits
 from llmgateway.core.clients import ClientRules, Network
 from llmgateway.core.routes import Grants
@@ -67,6 +69,7 @@ class Clients:
     counts: LocalCounts = field(default_factory=LocalCounts)
     clock: Callable[[], float] = time.time
     backend: Backend | None = None  # the per-key limits backend, when the process has one
+    quotas: Quotas = field(default_factory=Quotas)  # the token quotas' spends
     _tokens: Iterator[int] = field(default_factory=itertools.count)
 
     async def admit(
@@ -79,6 +82,10 @@ class Clients:
             return EXPIRED
         if rules.allow_ips and not rules.admits(client_address(scope, trusted)):
             return ELSEWHERE
+        if rules.quota_tokens is not None:
+            spent = self.quotas.refusal(rules, now)
+            if spent is not None:
+                return spent
         if not rules.limited:
             return None
         hold = Hold(f"client:{rules.name}", next(self._tokens))

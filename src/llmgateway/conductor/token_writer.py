@@ -9,7 +9,8 @@ request rate. Every `interval_sec` everything pending is written in batches of `
 slots, one transaction each (`llmgateway.store.token_usage.record`); a batch the store refuses
 is added back for the next flush. At a graceful stop `drain()` writes what is left.
 
-Each answer also counts in `llmgateway_tokens_total` (the provider's metrics, model label
+The clients' quota spends (`conductor.quotas`) are told each answer's tokens and each batch
+written. Each answer also counts in `llmgateway_tokens_total` (the provider's metrics, model label
 bounded; never a key or a client label).
 """
 
@@ -21,6 +22,7 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 
+from llmgateway.conductor.quotas import Quotas
 from llmgateway.conductor.write_behind import flush_forever, flush_within
 from llmgateway.observe.metrics import Metrics
 from llmgateway.providers.usage import Tokens
@@ -45,6 +47,7 @@ class TokenWriter:
     interval_sec: float = USAGE_FLUSH_SEC
     batch_size: int = BATCH_SIZE
     limit: int = 250_000
+    quotas: Quotas | None = None  # the clients' quota spends, told what is counted and written
     _pending: dict[Slot, list[int]] = field(default_factory=dict)
     written: int = 0
     failures: int = 0
@@ -77,6 +80,8 @@ class TokenWriter:
             held[2] += tokens.output
             held[3] += tokens.cached
             held[4] += tokens.reasoning
+            if self.quotas is not None:
+                self.quotas.count(client, hour, tokens.input + tokens.output)
         if self.metrics is not None:
             self.metrics.for_provider(provider).tokens(model, tokens)
 
@@ -103,6 +108,9 @@ class TokenWriter:
                 log.warning("token write failed, %d counts kept for later: %s", self.pending, error)
                 return False
             self.written += len(batch)
+            if self.quotas is not None:
+                for slot, values in batch:
+                    self.quotas.written(slot[1], slot[0], values[1] + values[2])
         return True
 
     def _put_back(self, slots: list[tuple[Slot, list[int]]]) -> None:

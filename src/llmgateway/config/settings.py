@@ -15,6 +15,7 @@ import re
 from pathlib import Path
 from typing import Annotated, Any, Literal, Self
 from urllib.parse import quote, urlsplit
+from zoneinfo import ZoneInfo
 
 from pydantic import (
     AfterValidator,
@@ -33,6 +34,7 @@ from llmgateway.core.egress import SOCKS_SCHEMES, socks_login_problem
 from llmgateway.core.egress import ProxyMode as ProxyMode
 from llmgateway.core.outcomes import ErrorReason
 from llmgateway.core.pool_keys import Selection as Selection
+from llmgateway.core.quota import zone_named
 from llmgateway.core.resilience import BreakerMode as BreakerMode
 
 
@@ -238,6 +240,23 @@ class WorkerSettings(_Model):
     usage_retention_days: float = Field(default=7.0, gt=0)  # the hourly usage counts, then purged
     # a long probe round reports its progress at least this often (and at every 10 %)
     progress_interval_sec: float = Field(default=10.0, gt=0, le=3600)
+
+
+class UsageSettings(_Model):
+    """`usage:`: how token usage is reckoned. `timezone` (an IANA name) sets where the
+    calendar days, weeks (from Monday) and months of the clients' token quotas begin."""
+
+    timezone: str = "UTC"
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_zone(cls, value: str) -> str:
+        zone_named(value)  # raises ValueError saying what a zone name looks like
+        return value
+
+    def zone(self) -> ZoneInfo:
+        """The zone of the quota periods."""
+        return zone_named(self.timezone)
 
 
 class MetricsSettings(_Model):
@@ -559,6 +578,7 @@ class Settings(_Model):
     database: DatabaseSettings = DatabaseSettings()
     logging: LoggingSettings = LoggingSettings()
     worker: WorkerSettings = WorkerSettings()
+    usage: UsageSettings = UsageSettings()
     metrics: MetricsSettings = MetricsSettings()
     gateway: GatewaySettings = GatewaySettings()
     limits: LimitsSettings = LimitsSettings()

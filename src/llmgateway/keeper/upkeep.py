@@ -22,6 +22,7 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
 from llmgateway.config.settings import Settings
+from llmgateway.core.quota import period_starts
 from llmgateway.keeper.probes import DAY, HOUR
 from llmgateway.keeper.summary import MaintenanceSummary
 from llmgateway.store import Store, audit, jobs, keeper_tasks, maintenance, token_usage, usage
@@ -85,17 +86,24 @@ async def maintain(
 
 async def _purge_history(settings: Settings, store: Store, clock: Callable[[], float]) -> None:
     """Delete what is kept for a while only: the hourly usage counts older than
-    `worker.usage_retention_days`, the audit log entries older than `audit_retention_days`,
-    the bulk jobs finished more than `job_retention_days` ago."""
+    `worker.usage_retention_days` (the token counts not before the current quota periods
+    began: a month's quota is summed from them), the audit log entries older than
+    `audit_retention_days`, the bulk jobs finished more than `job_retention_days` ago."""
     worker = settings.worker
+    now = clock()
+    periods = (now - min(period_starts(now, settings.usage.zone()).values())) / DAY
     kept = (
         (usage.purge_before, worker.usage_retention_days, "hourly usage counts"),
-        (token_usage.purge_before, worker.usage_retention_days, "hourly token counts"),
+        (
+            token_usage.purge_before,
+            max(worker.usage_retention_days, periods),
+            "hourly token counts",
+        ),
         (audit.purge_before, worker.audit_retention_days, "audit log entries"),
         (jobs.purge_finished_before, worker.job_retention_days, "finished bulk jobs"),
     )
     for purge_before, kept_days, what in kept:
-        rows = await purge_before(store, clock() - kept_days * DAY)
+        rows = await purge_before(store, now - kept_days * DAY)
         if rows:
             log.info("maintenance: purge deleted %d %s older than %g days", rows, what, kept_days)
 

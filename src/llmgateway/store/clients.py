@@ -21,6 +21,22 @@ from llmgateway.store.tables import clients
 LISTS = ("routes", "providers", "models", "allow_ips")
 """The columns that hold a JSON list of text."""
 
+RULE_DEFAULTS: Mapping[str, object] = {
+    "enabled": True,
+    "expires_at": None,
+    "routes": ("*",),
+    "providers": (),
+    "models": (),
+    "rpm": None,
+    "tpm": None,
+    "max_parallel": None,
+    "quota_tokens": None,
+    "quota_period": None,
+    "allow_ips": (),
+    "notes": "",
+}
+"""A new client's rule columns, where nothing sets them: enabled, every route, no limits."""
+
 
 class NameTaken(Exception):
     """A client of that name exists already."""

@@ -3,18 +3,20 @@
 The gateways count the tokens of every answer they relay (`conductor.token_writer`) and add them
 here in the background, one statement per batch (`record`); the Keeper deletes the hours older
 than `worker.usage_retention_days` (`purge_before`); `llmgateway usage` reads the sums
-(`totals`). A key is shown by its fingerprint and masked form, never in full.
+(`totals`), the gateways each client's spend of its quota (`period_sums`). A key is shown by
+its fingerprint and masked form, never in full.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
 import sqlalchemy as sa
 
+from llmgateway.core.clients import Period
 from llmgateway.observe.masking import fingerprint, mask
 from llmgateway.records import USAGE_HOUR, TokenCount
 from llmgateway.store import Store
@@ -133,3 +135,32 @@ def _name(by: By, row: sa.Row[Any]) -> str:
     if by == "model":
         return f"{values['provider']}/{values['model']}"
     return str(values[by])
+
+
+async def period_sums(
+    store: Store, starts: Mapping[Period, int], clients: Collection[str], before: int | None = None
+) -> dict[str, dict[Period, int]]:
+    """The tokens (input and output) of each of `clients` since each period's start in
+    `starts` (and before the hour `before`, when given): one grouped query over the hours
+    since the earliest start."""
+    if not clients or not starts:
+        return {}
+    t = token_usage.c
+    spent = t.input_tokens + t.output_tokens
+    sums = [
+        sa.func.sum(sa.case((t.hour >= start, spent), else_=0)).label(period.value)
+        for period, start in starts.items()
+    ]
+    query = (
+        sa.select(t.client, *sums)
+        .where(t.hour >= min(starts.values()), t.client.in_(list(clients)))
+        .group_by(t.client)
+    )
+    if before is not None:
+        query = query.where(t.hour < before)
+    async with store.engine.connect() as conn:
+        rows = (await conn.execute(query)).all()
+    return {
+        row.client: {period: int(row._mapping[period.value] or 0) for period in starts}
+        for row in rows
+    }
