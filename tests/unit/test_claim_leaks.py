@@ -138,9 +138,9 @@ def _on(target: object, name: str) -> Install:
 def _on_limiter(rig: Rig, monkeypatch: pytest.MonkeyPatch, fault: Fault) -> None:
     original = KeyLimiter.acquire
 
-    async def acquire(self: KeyLimiter, lease: Lease) -> Any:
+    async def acquire(self: KeyLimiter, lease: Lease, amount: int = 0) -> Any:
         fault()
-        return await original(self, lease)
+        return await original(self, lease, amount)
 
     monkeypatch.setattr(KeyLimiter, "acquire", acquire)
 

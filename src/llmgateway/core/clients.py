@@ -114,8 +114,8 @@ def networks(ranges: tuple[str, ...] | list[str]) -> tuple[Network, ...]:
 @dataclass(frozen=True, slots=True)
 class ClientRules:
     """A client token's rules besides its reach. `expires_at` is epoch seconds (None: never);
-    `allow_ips` empty: any address; a limit of None: unlimited. `quota_tokens` and `tpm` are
-    kept for the usage accounting; `rpm` and `max_parallel` are enforced at the edge."""
+    `allow_ips` empty: any address; a limit of None: unlimited. `quota_tokens` is kept for
+    the usage accounting; `rpm`, `tpm` and `max_parallel` are enforced at the edge."""
 
     name: str
     expires_at: float | None = None
