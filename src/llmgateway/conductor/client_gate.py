@@ -178,6 +178,12 @@ class Clients:
         counts = self._exact()
         return None if counts is None else counts.inflight((f"client:{name}", 0, ""))
 
+    def tokens(self, name: str) -> int | None:
+        """Client `name`'s tokens in the last minute (reserved, or spent once settled), where
+        this process counts them all (no backend, or the `local` one); else None."""
+        counts = self._exact()
+        return None if counts is None else counts.tokens((f"client:{name}", 0, ""), self.clock())
+
     def _exact(self) -> LocalCounts | None:
         """The counts when this process holds every one of them."""
         backend = self.backend
