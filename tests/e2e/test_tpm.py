@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import random
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -23,7 +24,7 @@ from llmgateway.config.load import load_settings
 from llmgateway.testing.fake_upstream import FakeUpstream
 from llmgateway.testing.faults import Behavior
 from tests.clients_rig import ainvoke, secret_in, write_config
-from tests.e2e.test_clients import LIMITED, limited_config
+from tests.e2e.test_clients import LIMITED, _cancel_streams, limited_config
 from tests.e2e.test_key_limits import KEYS, limited, two_gateways
 from tests.helpers import OPENAI_TOKEN, REDIS_URL, eventually, start_gateway
 
@@ -180,3 +181,20 @@ async def test_a_keys_tpm_moves_the_pool_to_another_key_before_the_upstream_refu
         assert [fake.calls(key) for key in KEYS] == [1, 1]
         # answered with 8 tokens each, the keys have room again
         assert await asyncio.gather(*(ask() for _ in range(2))) == [200, 200]
+
+
+async def test_cancelled_streams_leave_no_reservation_unsettled(tmp_path: Path) -> None:
+    async with FakeUpstream(chunks=8, chunk_delay=0.005) as fake:
+        config = limited_config(tmp_path, fake.openai_base, max_parallel=5000, tpm=10**9)
+        async with start_gateway(load_settings(config)) as running:
+            clients = running.gateway.clients
+            seen = await _cancel_streams(running, 1000, random.Random(11))
+            assert seen["mid"] >= 200, seen
+            assert seen["before"] >= 50, seen
+            await eventually(lambda: clients.inflight("limited") == 0, within=10)
+            assert clients.unsettled() == 0
+            spent = clients.tokens("limited")
+            # streams read whole settled at their real 13 tokens; the others at 0 (no answer)
+            # or at their reservation (cut mid-answer, no usage read)
+            assert spent is not None
+            assert spent >= 13 * seen["whole"]

@@ -71,8 +71,8 @@ class Spend:
 
 
 @functools.lru_cache(maxsize=256)
-def _limits(max_parallel: int | None, rpm: int | None, tpm: int | None = None) -> KeyLimits:
-    return KeyLimits(max_concurrent=max_parallel, rpm=rpm, tpm=tpm)
+def _limits(max_parallel: int | None, rpm: int | None) -> KeyLimits:
+    return KeyLimits(max_concurrent=max_parallel, rpm=rpm)
 
 
 @dataclass(slots=True)
@@ -125,10 +125,8 @@ class Clients:
             return None
         else:
             try:
-                limits = _limits(None, None, tpm)
-                refusal = await backend.take(
-                    (spend.slot, 0, ""), spend.token, limits, now, spend.amount
-                )
+                slot = (spend.slot, 0, "")
+                refusal = await backend.reserve(slot, spend.token, tpm, spend.amount, now)
             except Unreachable as error:
                 backend.outage.failed(backend.name, error)
                 return None
@@ -183,6 +181,12 @@ class Clients:
         this process counts them all (no backend, or the `local` one); else None."""
         counts = self._exact()
         return None if counts is None else counts.tokens((f"client:{name}", 0, ""), self.clock())
+
+    def unsettled(self) -> int | None:
+        """Token reservations of requests not over yet (every client's), where this process
+        counts them all; else None."""
+        counts = self._exact()
+        return None if counts is None else counts.unsettled()
 
     def _exact(self) -> LocalCounts | None:
         """The counts when this process holds every one of them."""

@@ -71,6 +71,12 @@ class LocalBackend:
         most, rpm = limits.max_concurrent, limits.rpm
         return self.counts.take(slot, (slot[0], token), most, rpm, now, limits.tpm, amount)
 
+    async def reserve(
+        self, slot: Slot, token: int, tpm: int, amount: int, now: float
+    ) -> Refusal | None:
+        """Reserve `amount` tokens on `slot` as `token` (nothing held in flight)."""
+        return self.counts.reserve(slot, (slot[0], token), tpm, amount, now)
+
     def give_back(self, provider: str, token: int) -> None:
         """The request held as `token` ended."""
         self.counts.give_back((provider, token))
@@ -95,8 +101,8 @@ if TYPE_CHECKING:  # the Redis and PostgreSQL clients load only when configured 
     from llmgateway.limits.redis_backend import RedisBackend
 
     Backend = LocalBackend | RedisBackend | PostgresBackend
-    """Where limits are counted; each has `take`, `give_back`, `spent`, `start`, `run`,
-    `close`, `outage`."""
+    """Where limits are counted; each has `take`, `reserve`, `give_back`, `spent`, `start`,
+    `run`, `close`, `outage`."""
 
 
 @dataclass(slots=True)

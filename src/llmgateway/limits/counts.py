@@ -189,3 +189,7 @@ class LocalCounts:
             return 0
         usage.prune_tokens(now)
         return usage.spent
+
+    def unsettled(self) -> int:
+        """Token reservations not settled yet (`spent`): the requests holding one now."""
+        return len(self._spends)

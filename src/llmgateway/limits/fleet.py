@@ -117,6 +117,15 @@ class PostgresBackend:
         tpm = self._share(limits.tpm)
         return self.counts.take(slot, (slot[0], token), most, rpm, now, tpm, amount)
 
+    async def reserve(
+        self, slot: Slot, token: int, tpm: int, amount: int, now: float
+    ) -> Refusal | None:
+        """Reserve `amount` tokens on `slot` against this gateway's share of `tpm`."""
+        if self.seen_at is None or now - self.seen_at > self.stale_after:
+            raise Unreachable("the gateway fleet could not be counted lately")
+        share = share_of(tpm, self.rank, self.size)
+        return self.counts.reserve(slot, (slot[0], token), share, amount, now)
+
     def _share(self, limit: int | None) -> int | None:
         return None if limit is None else share_of(limit, self.rank, self.size)
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import secrets
 from collections.abc import Coroutine
 from dataclasses import dataclass, field
@@ -112,6 +113,11 @@ return 1
 _ERRORS = (RedisError, OSError, TimeoutError)
 
 
+@functools.lru_cache(maxsize=256)
+def _tokens_only(tpm: int) -> KeyLimits:
+    return KeyLimits(tpm=tpm)
+
+
 @dataclass(slots=True)
 class RedisBackend:
     """Counts in Redis (see the module docstring); `outage` says when to stop asking it."""
@@ -191,6 +197,12 @@ class RedisBackend:
             return Refusal("busy", BUSY_RETRY_SEC)
         wait = max(int(wait_ms), 1) / 1000
         return Refusal("rate", wait) if verdict == 2 else Refusal("tokens", wait)
+
+    async def reserve(
+        self, slot: Slot, token: int, tpm: int, amount: int, now: float
+    ) -> Refusal | None:
+        """Reserve `amount` tokens on `slot` as `token` (one script call; nothing held)."""
+        return await self.take(slot, token, _tokens_only(tpm), now, amount)
 
     def spent(self, slot: Slot, token: int, amount: int | None) -> None:
         """The request that reserved tokens on `slot` as `token` used `amount` (None: the
