@@ -173,3 +173,11 @@ async def test_a_refusal_over_rpm_still_says_requests() -> None:
         "x-ratelimit-reset-requests",
         "x-ratelimit-remaining-requests",
     ]
+
+
+def test_a_refusal_looks_at_the_oldest_spends_only() -> None:
+    counts = LocalCounts()
+    for i in range(200):  # 200 spends of 5, one a tenth of a second apart
+        assert counts.reserve("k", i, 1000, 5, T0 + i / 10) is None
+    # 600 must leave (120 spends): the wait is until the 64th has, at most (a lower bound)
+    assert counts.reserve("k", 999, 1000, 600, T0 + 20) == Refusal("tokens", pytest.approx(46.3))

@@ -8,6 +8,7 @@ process's share of it (`share_of`).
 
 from __future__ import annotations
 
+import itertools
 from collections import deque
 from collections.abc import Hashable
 from dataclasses import dataclass, field
@@ -17,6 +18,10 @@ WINDOW_SEC = 60.0
 """The `rpm` window: at most `rpm` requests in any `WINDOW_SEC` seconds (a sliding window)."""
 BUSY_RETRY_SEC = 1.0
 """The Retry-After of a key at its `max_concurrent`: a slot may free at any moment."""
+MOST_WALKED = 64
+"""The spends a tokens refusal looks at to say when enough will have left the window: when
+more must leave, the wait is until the last of these has (a lower bound, found in bounded
+time however busy the slot)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,12 +76,13 @@ class _Usage:
         over = self.spent + amount - tpm
         if over <= 0:
             return None
-        freed = 0
-        for spend in self.spends:  # the refusal path only: the oldest spends free first
+        freed, wait = 0, WINDOW_SEC
+        for spend in itertools.islice(self.spends, MOST_WALKED):  # the oldest free first
             freed += spend.amount
+            wait = spend.at + WINDOW_SEC - now
             if freed >= over:
-                return Refusal("tokens", max(spend.at + WINDOW_SEC - now, 0.001))
-        return Refusal("tokens", WINDOW_SEC)
+                break
+        return Refusal("tokens", max(wait, 0.001))
 
 
 def fit(amount: int, tpm: int) -> int:

@@ -34,7 +34,7 @@ from redis.commands.core import AsyncScript
 from redis.exceptions import RedisError
 
 from llmgateway.config.settings import KeyLimits, LimitsSettings
-from llmgateway.limits.counts import BUSY_RETRY_SEC, WINDOW_SEC, Refusal, fit
+from llmgateway.limits.counts import BUSY_RETRY_SEC, MOST_WALKED, WINDOW_SEC, Refusal, fit
 from llmgateway.limits.outage import Outage, Unreachable
 
 Slot = tuple[str, int, str]
@@ -69,13 +69,15 @@ if tpm > 0 then
   end
   local over = tonumber(redis.call('GET', KEYS[5]) or '0') + amount - tpm
   if over > 0 then
-    local spends = redis.call('ZRANGE', KEYS[3], 0, -1, 'WITHSCORES')
+    local spends = redis.call('ZRANGE', KEYS[3], 0, ARGV[8] - 1, 'WITHSCORES')
+    local wait = window
     freed = 0
     for i = 1, #spends, 2 do
       freed = freed + tonumber(redis.call('HGET', KEYS[4], spends[i]) or '0')
-      if freed >= over then return {3, tonumber(spends[i + 1]) + window - now} end
+      wait = tonumber(spends[i + 1]) + window - now
+      if freed >= over then break end
     end
-    return {3, window}
+    return {3, wait}
   end
   redis.call('ZADD', KEYS[3], now, ARGV[4])
   redis.call('HSET', KEYS[4], ARGV[4], amount)
@@ -180,6 +182,7 @@ class RedisBackend:
             window_ms,
             tpm,
             amount,
+            MOST_WALKED,
         ]
         keys = [inflight, recent, *self.token_keys(slot)]
         try:
