@@ -139,3 +139,24 @@ async def test_unreachable_redis_fails_open_counted_and_warned_once_a_minute(
     for lease in leases:
         limiter.release(lease)  # nothing was held: nothing to send
     await backend.close()
+
+
+async def test_tpm_holds_across_gateways_and_a_settled_spend_frees_the_difference(
+    backends: Callable[..., RedisBackend],
+) -> None:
+    one, two = backends(), backends()
+    limits = KeyLimits(tpm=1000)
+    assert await one.take(SLOT, 1, limits, T0, 600) is None
+    assert await two.take(SLOT, 1, limits, T0, 300) is None  # the same token elsewhere
+    refused = await one.take(SLOT, 2, limits, T0, 200)
+    assert refused is not None
+    assert refused.reason == "tokens"
+    assert 50 < refused.retry_after <= 60  # the first spend leaves the window then
+    one.spent(SLOT, 1, 50)  # the answer used 50 of its 600
+    two.spent(SLOT, 1, None)  # no usage read: its 300 stand
+    await one.settle()
+    _, _, total = one.token_keys(SLOT)
+    assert int(await one.client.get(total) or 0) == 350
+    assert await two.take(SLOT, 2, limits, T0, 650) is None  # exactly full
+    assert (await one.take(SLOT, 3, limits, T0, 1)) is not None
+    one.spent(SLOT, 2, 0)  # refused, never reserved: nothing sent

@@ -32,7 +32,7 @@ from tests.unit.loop_rig import (
 
 from llmgateway.conductor import attempts
 from llmgateway.core.pool_keys import Lease
-from llmgateway.limits import KeyLimiter
+from llmgateway.limits import KeyLimiter, LocalBackend
 from llmgateway.observe import logs
 from llmgateway.testing.memory_upstream import MemoryUpstream, ScriptedResponse
 
@@ -138,9 +138,9 @@ def _on(target: object, name: str) -> Install:
 def _on_limiter(rig: Rig, monkeypatch: pytest.MonkeyPatch, fault: Fault) -> None:
     original = KeyLimiter.acquire
 
-    async def acquire(self: KeyLimiter, lease: Lease) -> Any:
+    async def acquire(self: KeyLimiter, lease: Lease, amount: int = 0) -> Any:
         fault()
-        return await original(self, lease)
+        return await original(self, lease, amount)
 
     monkeypatch.setattr(KeyLimiter, "acquire", acquire)
 
@@ -225,7 +225,7 @@ async def test_nothing_leaks_whatever_step_fails(
     rig = make_rig(
         MemoryUpstream.answering(*script),
         circuit_breaker=HALF_OPEN_BREAKER,
-        key_limits={"max_concurrent": 5},
+        key_limits={"max_concurrent": 5, "tpm": 10**9},
         retry={
             "on_key_error": {"attempts": 3, "backoff_sec": 0.01},
             "on_server_error": {"attempts": 3, "backoff_sec": 0.01},
@@ -245,3 +245,7 @@ async def test_nothing_leaks_whatever_step_fails(
     assert (ledger.provider, ledger.egress, ledger.leases) == (0, 0, 0)
     rig.clock.advance(60.0)  # a breaker the request's outcome re-opened is half-open again
     assert rig.leaks() == NOTHING_HELD
+    limiter = rig.provider.limiter
+    assert limiter is not None
+    assert isinstance(limiter.backend, LocalBackend)
+    assert limiter.backend.counts.unsettled() == 0  # every tpm reservation settled

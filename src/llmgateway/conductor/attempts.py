@@ -32,6 +32,7 @@ from llmgateway.core.pool_keys import Lease
 from llmgateway.core.resilience import full_jitter_backoff
 from llmgateway.core.stream_commit import Decision, Peek, outcome_of_peek
 from llmgateway.limits import Refusal
+from llmgateway.limits.reservation import reservation
 from llmgateway.observe import debug, logs
 from llmgateway.observe.metrics import Metrics
 from llmgateway.transport.errors import classify_exchange, is_transport_error
@@ -94,13 +95,15 @@ class AttemptLoop:
         key_errors = 0
         last: GatewayReply | None = None
         limited: Refusal | None = None  # the soonest per-key limit refusal of this request
+        # the tokens each key reserves against its tpm (settled when its lease is released)
+        amount = reservation(call.body) if limiter is not None and limiter.metered else 0
         try:
             while True:
                 got = claim.take(excluded)
                 if not isinstance(got, Lease):
                     return no_key(call, got, last, limited, len(tried))
                 if limiter is not None:
-                    refused = await limiter.acquire(got)
+                    refused = await limiter.acquire(got, amount)
                     if refused is not None:  # at its limit across the fleet: try the next key
                         claim.put_back(excluded)
                         limited = _sooner(limited, refused)

@@ -37,6 +37,8 @@ class Provider:
     # what the models lists show: the configured names, then the upstream's names a pattern
     # serves as the Keeper last fetched them (`list_models`)
     listed: list[str] = field(default_factory=list)
+    # its keys have a `tpm`: every answer's usage is read to settle their reservations
+    metered: bool = False
 
     @classmethod
     def build(
@@ -56,7 +58,19 @@ class Provider:
             for surface in routes
         }
         catalog = Catalog.of(settings.models)
-        provider = cls(name, settings, pool, budget, guard, limiter, routes, catalog, forwarded)
+        metered = limiter is not None and limiter.metered
+        provider = cls(
+            name,
+            settings,
+            pool,
+            budget,
+            guard,
+            limiter,
+            routes,
+            catalog,
+            forwarded,
+            metered=metered,
+        )
         provider.list_models([])
         return provider
 
@@ -89,3 +103,5 @@ class Call:
     client: str = "-"  # the gateway token's name (`gateway.tokens`), for the token counts
     alias: str = "-"  # the route alias it came through
     strip_usage: bool = False  # the gateway asked for the usage chunk: the client gets none
+    metered: bool = False  # holds a client's tpm reservation: its answer's usage is read
+    used: int | None = None  # the answer's tokens, read when metered (None: it reported none)

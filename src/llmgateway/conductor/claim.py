@@ -182,13 +182,15 @@ class Claim:
         how the relay ended (`outcome`, as the guard sees it); an attempt still in flight ends
         neutrally, whatever `outcome` says."""
         learnt = CANCELLED
+        used: int | None = 0  # the tokens the key's reservation settles at: none without answer
         try:
             if self._relaying:
                 self._relaying = False
+                used = self.call.used
                 learnt = self._relay_ended(outcome)
         finally:
             try:
-                self._let_go(learnt)
+                self._let_go(learnt, used)
             finally:
                 if self._retrying or self._client_retry:
                     self.retries_over()
@@ -217,9 +219,10 @@ class Claim:
             lease.egress, lease.key_id, outcome, self._loop.clock()
         )
 
-    def _let_go(self, outcome: Outcome) -> None:
+    def _let_go(self, outcome: Outcome, used: int | None = 0) -> None:
         """Give back the current attempt's response, its admission (neutrally: it was not
-        judged) and its lease (the pool learning `outcome`), whichever are held."""
+        judged) and its lease (the pool learning `outcome`, its tokens-per-minute reservation
+        settling at `used`), whichever are held."""
         response, self.response = self.response, None
         if response is not None:
             response.close()
@@ -233,7 +236,7 @@ class Claim:
         lease, self.lease = self.lease, None
         if lease is not None:
             if provider.limiter is not None:  # a slot it never got is ignored
-                provider.limiter.release(lease)
+                provider.limiter.release(lease, used)
             usage = loop.usage
             if usage is not None and outcome is not CANCELLED:
                 failed = not outcome.ok and outcome.blame is not Blame.CLIENT

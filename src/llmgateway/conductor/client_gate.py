@@ -9,6 +9,10 @@ and one over its `rpm` or `max_parallel` (429 with `Retry-After` and the client'
 `x-ratelimit-*-requests` headers); a request let through holds a `Hold`,
 given back in the caller's `finally` whatever happens (an answer, an error, a cancellation).
 
+A client with a `tpm` reserves tokens once its body is read (`reserve`: the estimate of
+`limits.reservation`); over its `tpm` it gets 429 with its own `x-ratelimit-*-tokens` headers.
+The reservation is replaced by the answer's real usage (`spent`), or by 0 when no answer came.
+
 Limits are counted by the per-key limits backend when the process has one (`limits.backend`:
 Redis exact across gateways, PostgreSQL each gateway its share, failing open as for keys),
 else in this process (`limits.counts.LocalCounts`): with N gateways a client may then get up
@@ -33,6 +37,7 @@ from llmgateway.core.clients import ClientRules, Network
 from llmgateway.core.routes import Grants
 from llmgateway.limits.counts import WINDOW_SEC, LocalCounts, Refusal
 from llmgateway.limits.outage import Unreachable
+from llmgateway.limits.reservation import reservation
 from llmgateway.observe.access import client_address
 
 if TYPE_CHECKING:
@@ -53,6 +58,18 @@ class Hold:
     def __init__(self, slot: str, token: int) -> None:
         self.slot = slot
         self.token = token
+
+
+class Spend:
+    """The tokens one request reserved against its client's `tpm` until its usage is known:
+    `slot` names the client in the backend, `token` the request, `amount` the reservation."""
+
+    __slots__ = ("amount", "slot", "token")
+
+    def __init__(self, slot: str, token: int, amount: int) -> None:
+        self.slot = slot
+        self.token = token
+        self.amount = amount
 
 
 @functools.lru_cache(maxsize=256)
@@ -98,6 +115,42 @@ class Clients:
             message = f"Too many requests in flight for this client (at most {rules.max_parallel})."
         else:
             message = f"Too many requests for this client (at most {rules.rpm} a minute)."
+        return self._refused(rules, refusal, message, now)
+
+    async def reserve(self, rules: ClientRules, body: bytes) -> Refused | Spend | None:
+        """Reserve the tokens of a request with `body` against the client's `tpm` (which it
+        has): a refusal, a `Spend` to settle (`spent`), or None (the limits backend is out of
+        reach: fails open)."""
+        tpm = rules.tpm
+        assert tpm is not None
+        now = self.clock()
+        spend = Spend(f"client:{rules.name}", next(self._tokens), reservation(body))
+        backend = self.backend
+        if backend is None:
+            refusal = self.counts.reserve((spend.slot, 0, ""), spend.token, tpm, spend.amount, now)
+        elif backend.outage.down(now):
+            return None
+        else:
+            try:
+                slot = (spend.slot, 0, "")
+                refusal = await backend.reserve(slot, spend.token, tpm, spend.amount, now)
+            except Unreachable as error:
+                backend.outage.failed(backend.name, error)
+                return None
+        if refusal is None:
+            return spend
+        message = f"Too many tokens for this client (at most {tpm} a minute)."
+        return self._refused(rules, refusal, message, now)
+
+    def spent(self, spend: Spend, used: int | None) -> None:
+        """The request that reserved `spend` used `used` tokens (0: no answer came; None:
+        its usage is unknown, and the reservation stands)."""
+        if self.backend is None:
+            self.counts.spent(spend.token, used)
+        else:
+            self.backend.spent((spend.slot, 0, ""), spend.token, used)
+
+    def _refused(self, rules: ClientRules, refusal: Refusal, message: str, now: float) -> Refused:
         headers = self._headers(rules, refusal, now)
         return Refused(
             429, "rate_limit_exceeded", message, retry_after=refusal.retry_after, headers=headers
@@ -130,6 +183,18 @@ class Clients:
         counts = self._exact()
         return None if counts is None else counts.inflight((f"client:{name}", 0, ""))
 
+    def tokens(self, name: str) -> int | None:
+        """Client `name`'s tokens in the last minute (reserved, or spent once settled), where
+        this process counts them all (no backend, or the `local` one); else None."""
+        counts = self._exact()
+        return None if counts is None else counts.tokens((f"client:{name}", 0, ""), self.clock())
+
+    def unsettled(self) -> int | None:
+        """Token reservations of requests not over yet (every client's), where this process
+        counts them all; else None."""
+        counts = self._exact()
+        return None if counts is None else counts.unsettled()
+
     def _exact(self) -> LocalCounts | None:
         """The counts when this process holds every one of them."""
         backend = self.backend
@@ -141,22 +206,38 @@ class Clients:
     def _headers(
         self, rules: ClientRules, refusal: Refusal, now: float
     ) -> tuple[tuple[str, str], ...]:
-        """The client's own `x-ratelimit-*-requests` headers (never an upstream key's); the
-        remaining count only where it is known (counted here, or the rpm spent)."""
-        if rules.rpm is None:
+        """The client's own `x-ratelimit-*` headers for the limit that refused (never an
+        upstream key's): `-tokens` for its `tpm`, else `-requests` for its `rpm` (none for
+        `max_parallel` alone); the remaining count only where it is known (counted here, or
+        the limit spent)."""
+        tokens = refusal.reason == "tokens"
+        limit = rules.tpm if tokens else rules.rpm
+        if limit is None:
             return ()
-        reset = min(refusal.retry_after, WINDOW_SEC) if refusal.reason == "rate" else 1.0
-        headers = [
-            ("x-ratelimit-limit-requests", str(rules.rpm)),
-            ("x-ratelimit-reset-requests", f"{max(reset, 0.001):.3f}s"),
-        ]
+        slot = (f"client:{rules.name}", 0, "")
         counts = self._exact()
+        remaining: int | None = None
         if counts is not None:
-            used = counts.recent((f"client:{rules.name}", 0, ""), now)
-            headers.append(("x-ratelimit-remaining-requests", str(max(0, rules.rpm - used))))
-        elif refusal.reason == "rate":
-            headers.append(("x-ratelimit-remaining-requests", "0"))
-        return tuple(headers)
+            used = counts.tokens(slot, now) if tokens else counts.recent(slot, now)
+            remaining = max(0, limit - used)
+        elif refusal.reason != "busy":
+            remaining = 0
+        return ratelimit_headers("tokens" if tokens else "requests", limit, remaining, refusal)
+
+
+def ratelimit_headers(
+    unit: str, limit: int, remaining: int | None, refusal: Refusal
+) -> tuple[tuple[str, str], ...]:
+    """`x-ratelimit-{limit,remaining,reset}-<unit>` (`requests` or `tokens`) of a limit of
+    `limit` a minute that gave `refusal` (`remaining` None: not known, left out)."""
+    reset = min(refusal.retry_after, WINDOW_SEC) if refusal.reason != "busy" else 1.0
+    headers = [
+        (f"x-ratelimit-limit-{unit}", str(limit)),
+        (f"x-ratelimit-reset-{unit}", f"{max(reset, 0.001):.3f}s"),
+    ]
+    if remaining is not None:
+        headers.append((f"x-ratelimit-remaining-{unit}", str(remaining)))
+    return tuple(headers)
 
 
 @dataclass(frozen=True, slots=True)

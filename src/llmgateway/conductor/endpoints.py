@@ -138,7 +138,7 @@ class Edge:
             await self._refuse(send, provider, api, body, request_id, scope, started)
             return
         try:
-            ask = self.attempt_loop.tokens is not None  # token accounting is on
+            ask = self.attempt_loop.tokens is not None or provider.metered  # usage read
             call = _call(
                 provider, api, match, method, path, query, scope, headers, body, request_id, ask
             )

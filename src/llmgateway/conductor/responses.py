@@ -56,11 +56,13 @@ async def deliver(
     upstream's answer (whole, or relayed as it streams until `deadline`, loop time). Returns the
     status sent, the attempts made, how it ended (for the access line) and the outcome the
     relay's key learns (`CANCELLED`: nothing to learn, a reply was sent). An answer relayed,
-    wholly or not, counts in `tokens` with the usage read from its bytes."""
+    wholly or not, counts in `tokens` with the usage read from its bytes; a call holding a
+    tokens-per-minute reservation (its client's or its key's) gets that usage as `call.used`."""
     if isinstance(result, GatewayReply):
         await send_whole(send, result.status, result.headers, result.body, request_id, extra)
         return result.status, result.attempts, result.reason, CANCELLED
-    scan = UsageScan(call.api) if tokens is not None else None
+    metered = call.metered or call.provider.metered  # a tpm reservation waits for the usage
+    scan = UsageScan(call.api) if tokens is not None or metered else None
     try:
         if result.body is not None:
             if scan is not None:
@@ -70,10 +72,13 @@ async def deliver(
             remaining = deadline - asyncio.get_running_loop().time()
             outcome = await relay_stream(call, result, send, request_id, remaining, extra, scan)
     finally:
-        if tokens is not None and scan is not None:
+        if scan is not None:
             found = scan.tokens()
-            provider = call.provider.name
-            tokens.count(call.client, call.alias, provider, call.model, result.key_id, found)
+            if metered:
+                call.used = None if found is None else found.input + found.output
+            if tokens is not None:
+                provider = call.provider.name
+                tokens.count(call.client, call.alias, provider, call.model, result.key_id, found)
     ended = outcome.reason.value if outcome.reason else "ok"
     return result.response.status, result.attempts, ended, outcome
 

@@ -33,7 +33,7 @@ from llmgateway.conductor.admission import (
 from llmgateway.conductor.attempts import AttemptLoop
 from llmgateway.conductor.call import Call, Provider
 from llmgateway.conductor.claim import CANCELLED, Claim
-from llmgateway.conductor.client_gate import Clients, Hold
+from llmgateway.conductor.client_gate import Clients, Hold, Spend
 from llmgateway.conductor.edge import ON_DISCONNECT, ClientWatch
 from llmgateway.conductor.replies import GatewayReply
 from llmgateway.conductor.responses import INTERNAL, JSON, Extra, deliver, send_refusal, send_whole
@@ -226,6 +226,8 @@ class Run:
     code: int = 499
     ended: str = "client_gone"
     hold: Hold | None = None  # the client's slot (`conductor.client_gate`), given back at the end
+    spend: Spend | None = None  # the client's tpm reservation, settled at the end
+    answer: Call | None = None  # the call whose answer is relayed (its usage settles `spend`)
     tried: list[Target] = field(init=False)  # the targets the current plan asked
     skipped: list[Target] = field(init=False)  # and the ones it left out (set by `_plan`)
 
@@ -275,6 +277,9 @@ class Run:
             self.edge.bodies.give(len(self.asked.body))
             if self.hold is not None:
                 self.routing.clients.release(self.hold)
+            if self.spend is not None:
+                used = self.answer.used if self.answer is not None else 0
+                self.routing.clients.spent(self.spend, used)
             if self.configured:
                 self.edge.attempt_loop.metrics.routes.request(route.alias, outcome)
             self.edge.access.done(self.scope, self.code, self.attempts, self.ended, self.started)
@@ -325,10 +330,12 @@ class Run:
         """One target: its key-level attempts, and its answer relayed when it has one (or
         why the target cannot take the request at all)."""
         provider = self.routing.providers[target.provider]
-        ask = self.edge.attempt_loop.tokens is not None  # token accounting is on
+        metered = self.spend is not None
+        ask = self.edge.attempt_loop.tokens is not None or metered or provider.metered
         call = _call(route, provider, target, self.asked, self.headers, self.request_id, ask)
         if isinstance(call, Refused):
             return call
+        call.metered = metered
         if self.configured:
             call.alias = route.alias
         now = asyncio.get_running_loop().time()
@@ -353,6 +360,7 @@ class Run:
             if isinstance(result, GatewayReply):
                 code = result.status
                 return result
+            self.answer = call
             shown = self._shown(route, target)
             loop = self.edge.attempt_loop
             args = (self.send, self.request_id, self.deadline, shown)

@@ -24,6 +24,7 @@ from llmgateway.conductor.edge import BODY_ARRIVED
 from llmgateway.conductor.responses import JSON, send_refusal, send_whole
 from llmgateway.conductor.route_run import GEMINI_MODELS, NOT_SERVED, Asked, Routing, Run, Serving
 from llmgateway.config.route_settings import any_match
+from llmgateway.core.clients import ClientRules
 from llmgateway.core.routes import (
     Grants,
     NotFound,
@@ -82,7 +83,38 @@ async def grant_run(
             routing.clients.release(hold)
         return None
     run[0].hold = hold
+    rules = grants.client
+    if rules is not None and rules.tpm is not None:
+        return await _reserve(edge, run, rules, scope, send, request_id, started)
     return run
+
+
+async def _reserve(
+    edge: Serving,
+    run: tuple[Run, Route],
+    rules: ClientRules,
+    scope: Scope,
+    send: Send,
+    request_id: str,
+    started: float,
+) -> tuple[Run, Route] | None:
+    """The client's tokens reserved against its `tpm` now that the body is read; refused (or
+    cancelled), the body's budget and the client's hold are given back here."""
+    served = run[0]
+    clients = served.routing.clients
+    handed_over = False
+    try:
+        spent = await clients.reserve(rules, served.asked.body)
+        if not isinstance(spent, Refused):
+            served.spend, handed_over = spent, True
+            return run
+    finally:
+        if not handed_over:
+            edge.bodies.give(len(served.asked.body))
+            if served.hold is not None:
+                clients.release(served.hold)
+    await _refuse(edge, scope, send, served.asked.surface, request_id, started, spent)
+    return None
 
 
 async def _read(

@@ -117,7 +117,7 @@ class GatewayToken(_Model):
     providers: tuple[str, ...] = ()  # globs over providers it may address as <provider>/<model>
     models: tuple[str, ...] = ()  # globs over the model names it may ask for (empty: any)
     rpm: int | None = Field(default=None, ge=1)  # requests per minute (a sliding window)
-    tpm: int | None = Field(default=None, ge=1)  # tokens per minute (kept for usage accounting)
+    tpm: int | None = Field(default=None, ge=1)  # tokens per minute (reserved, then settled)
     max_parallel: int | None = Field(default=None, ge=1)  # requests in flight at once
     quota: int | None = Field(default=None, ge=1)  # tokens per `period`
     period: Period = Period.MONTH

@@ -348,11 +348,12 @@ class KeyLimits(_Model):
 
     max_concurrent: int | None = Field(default=None, ge=1)  # None: unlimited
     rpm: int | None = Field(default=None, ge=1)  # requests in any 60 s window; None: unlimited
+    tpm: int | None = Field(default=None, ge=1)  # tokens in any 60 s window; None: unlimited
 
     @property
     def enabled(self) -> bool:
         """Is any limit set?"""
-        return self.max_concurrent is not None or self.rpm is not None
+        return self.max_concurrent is not None or self.rpm is not None or self.tpm is not None
 
 
 class ModelSettings(_Model):

@@ -114,9 +114,8 @@ def networks(ranges: tuple[str, ...] | list[str]) -> tuple[Network, ...]:
 @dataclass(frozen=True, slots=True)
 class ClientRules:
     """A client token's rules besides its reach. `expires_at` is epoch seconds (None: never);
-    `allow_ips` empty: any address; a limit of None: unlimited. `tpm` is kept for the
-    usage accounting; `rpm`, `max_parallel` and `quota_tokens` (per `period`) are enforced at
-    the edge."""
+    `allow_ips` empty: any address; a limit of None: unlimited. `rpm`, `tpm`, `max_parallel`
+    and `quota_tokens` (per `period`) are enforced at the edge."""
 
     name: str
     expires_at: float | None = None

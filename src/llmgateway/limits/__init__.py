@@ -1,4 +1,6 @@
-"""Per-key limits that hold across every gateway process: `max_concurrent` and `rpm`.
+"""Per-key limits that hold across every gateway process: `max_concurrent`, `rpm` and `tpm`
+(tokens in any 60 s window: each request reserves its estimate, `reservation.py`, when the key
+is acquired, and the reservation is replaced by the answer's real usage when it is released).
 
 A provider sets them in `gateway_policy.key_limits`; they apply to each key, or to each key ×
 model when the provider's status is not shared (`shared_key_status: false`), since providers
@@ -61,13 +63,28 @@ class LocalBackend:
     name: str = "local"
     counts: LocalCounts = field(default_factory=LocalCounts)
 
-    async def take(self, slot: Slot, token: int, limits: KeyLimits, now: float) -> Refusal | None:
-        """Count one request on `slot`, or say why it may not start now."""
-        return self.counts.take(slot, (slot[0], token), limits.max_concurrent, limits.rpm, now)
+    async def take(
+        self, slot: Slot, token: int, limits: KeyLimits, now: float, amount: int = 0
+    ) -> Refusal | None:
+        """Count one request on `slot` (reserving `amount` tokens when `limits.tpm` is set),
+        or say why it may not start now."""
+        most, rpm = limits.max_concurrent, limits.rpm
+        return self.counts.take(slot, (slot[0], token), most, rpm, now, limits.tpm, amount)
+
+    async def reserve(
+        self, slot: Slot, token: int, tpm: int, amount: int, now: float
+    ) -> Refusal | None:
+        """Reserve `amount` tokens on `slot` as `token` (nothing held in flight)."""
+        return self.counts.reserve(slot, (slot[0], token), tpm, amount, now)
 
     def give_back(self, provider: str, token: int) -> None:
         """The request held as `token` ended."""
         self.counts.give_back((provider, token))
+
+    def spent(self, slot: Slot, token: int, amount: int | None) -> None:
+        """The request that reserved tokens on `slot` as `token` used `amount` (None: the
+        reservation stands)."""
+        self.counts.spent((slot[0], token), amount)
 
     async def start(self) -> None:
         """Nothing to start."""
@@ -84,8 +101,8 @@ if TYPE_CHECKING:  # the Redis and PostgreSQL clients load only when configured 
     from llmgateway.limits.redis_backend import RedisBackend
 
     Backend = LocalBackend | RedisBackend | PostgresBackend
-    """Where limits are counted; each has `take`, `give_back`, `start`, `run`, `close`,
-    `outage`."""
+    """Where limits are counted; each has `take`, `reserve`, `give_back`, `spent`, `start`,
+    `run`, `close`, `outage`."""
 
 
 @dataclass(slots=True)
@@ -99,8 +116,15 @@ class KeyLimiter:
     unavailable: Callable[[], None]  # counts one request let through by failing open
     _rate_until: dict[tuple[int, str], float] = field(default_factory=dict)
 
-    async def acquire(self, lease: Lease) -> Refusal | None:
-        """None: the key may serve this request (pair it with `release`); else why not."""
+    @property
+    def metered(self) -> bool:
+        """Whether the keys have a `tpm`: requests reserve tokens (`acquire`'s `amount`) and
+        their answers' usage is read to adjust them (`release`'s `used`)."""
+        return self.limits.tpm is not None
+
+    async def acquire(self, lease: Lease, amount: int = 0) -> Refusal | None:
+        """None: the key may serve this request, reserving `amount` tokens against its `tpm`
+        (pair it with `release`); else why not."""
         now = self.clock()
         slot = (lease.key_id, lease.scope)
         until = self._rate_until.get(slot)
@@ -114,7 +138,7 @@ class KeyLimiter:
             return None
         try:
             refusal = await backend.take(
-                (self.provider, lease.key_id, lease.scope), lease.lease_id, self.limits, now
+                (self.provider, lease.key_id, lease.scope), lease.lease_id, self.limits, now, amount
             )
         except Unreachable as error:
             backend.outage.failed(backend.name, error)
@@ -124,9 +148,13 @@ class KeyLimiter:
             self._rate_until[slot] = now + refusal.retry_after
         return refusal
 
-    def release(self, lease: Lease) -> None:
-        """The request on `lease` ended (a lease never granted is ignored)."""
+    def release(self, lease: Lease, used: int | None = 0) -> None:
+        """The request on `lease` ended, having used `used` tokens (0: no answer came; None:
+        its usage is unknown and the reservation stands); a lease never granted is ignored."""
         self.backend.give_back(self.provider, lease.lease_id)
+        if self.limits.tpm is not None:
+            slot = (self.provider, lease.key_id, lease.scope)
+            self.backend.spent(slot, lease.lease_id, used)
 
 
 def backend_of(settings: Settings) -> LimitsBackend:
@@ -157,7 +185,8 @@ class Limits:
         cls, settings: Settings, metrics: Metrics, clock: Callable[[], float] = time.time
     ) -> Limits | None:
         """The limits of `settings`, or None when nothing asks for a backend: no enabled
-        provider sets per-key limits, no `gateway.tokens` entry sets `rpm` or `max_parallel`,
+        provider sets per-key limits, no `gateway.tokens` entry sets `rpm`, `tpm` or
+        `max_parallel`,
         and `limits.backend` is `auto` (clients stored with `llmgateway clients` are then
         counted in each process)."""
         if not _wanted(settings):
@@ -218,7 +247,7 @@ def _wanted(settings: Settings) -> bool:
     if settings.limits.backend is not LimitsBackend.AUTO:
         return True
     tokens = settings.gateway.tokens
-    if any(t.rpm is not None or t.max_parallel is not None for t in tokens):
+    if any(t.rpm is not None or t.max_parallel is not None or t.tpm is not None for t in tokens):
         return True
     providers = settings.providers.values()
     return any(p.enabled and p.gateway_policy.key_limits.enabled for p in providers)

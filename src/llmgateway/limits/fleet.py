@@ -105,13 +105,26 @@ class PostgresBackend:
     seen_at: float | None = None
     _connection: asyncpg.Connection | None = None
 
-    async def take(self, slot: Slot, token: int, limits: KeyLimits, now: float) -> Refusal | None:
-        """Count one request on `slot` against this gateway's share of each limit."""
+    async def take(
+        self, slot: Slot, token: int, limits: KeyLimits, now: float, amount: int = 0
+    ) -> Refusal | None:
+        """Count one request on `slot` (reserving `amount` tokens when `limits.tpm` is set)
+        against this gateway's share of each limit."""
         if self.seen_at is None or now - self.seen_at > self.stale_after:
             raise Unreachable("the gateway fleet could not be counted lately")
         most = self._share(limits.max_concurrent)
         rpm = self._share(limits.rpm)
-        return self.counts.take(slot, (slot[0], token), most, rpm, now)
+        tpm = self._share(limits.tpm)
+        return self.counts.take(slot, (slot[0], token), most, rpm, now, tpm, amount)
+
+    async def reserve(
+        self, slot: Slot, token: int, tpm: int, amount: int, now: float
+    ) -> Refusal | None:
+        """Reserve `amount` tokens on `slot` against this gateway's share of `tpm`."""
+        if self.seen_at is None or now - self.seen_at > self.stale_after:
+            raise Unreachable("the gateway fleet could not be counted lately")
+        share = share_of(tpm, self.rank, self.size)
+        return self.counts.reserve(slot, (slot[0], token), share, amount, now)
 
     def _share(self, limit: int | None) -> int | None:
         return None if limit is None else share_of(limit, self.rank, self.size)
@@ -119,6 +132,11 @@ class PostgresBackend:
     def give_back(self, provider: str, token: int) -> None:
         """The request held as `token` ended."""
         self.counts.give_back((provider, token))
+
+    def spent(self, slot: Slot, token: int, amount: int | None) -> None:
+        """The request that reserved tokens on `slot` as `token` used `amount` (None: the
+        reservation stands)."""
+        self.counts.spent((slot[0], token), amount)
 
     async def refresh(self) -> None:
         """Join the fleet if not in it (again), then count its live members."""
