@@ -200,3 +200,18 @@ async def test_usage_adds_up_over_mixed_requests(
     code, out, err = await run_cli("usage", "--config", config, "--since", "soon")
     assert code == 2
     assert "12h, 7d or 2w" in err
+    code, out, err = await run_cli("clients", "usage", "ci-bot", "--config", config, "--json")
+    assert code == 0, err
+    assert [(t["name"], t["input"] + t["output"]) for t in json.loads(out)] == [
+        ("ci-bot", per_client["ci-bot"])
+    ]
+    code, out, err = await run_cli(
+        "clients", "usage", "ci-bot", "--config", config, "--by", "route", "--csv"
+    )
+    assert code == 0, err
+    rows = list(csv.DictReader(io.StringIO(out)))
+    assert [(row["route"], int(row["requests"])) for row in rows] == [
+        ("fast", kinds.count("route_stream"))
+    ]
+    code, out, err = await run_cli("clients", "usage", "--config", config, "--by", "provider")
+    assert code == 2  # the whole pool's providers are `llmgateway usage`'s

@@ -21,7 +21,7 @@ from llmgateway.cli.startup import (
 )
 from llmgateway.cli.store import breaker, db, status
 from llmgateway.cli.tokens import WAY_OUT
-from llmgateway.cli.usage import usage
+from llmgateway.cli.usage import client_usage, usage
 from llmgateway.cli.worker import worker
 
 
@@ -186,4 +186,5 @@ main.add_command(worker)
 main.add_command(gateway)
 main.add_command(serve)
 main.add_command(reload)
+clients.add_command(client_usage)
 main.add_command(clients)

@@ -10,6 +10,7 @@ import io
 import json
 import re
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import click
@@ -33,23 +34,62 @@ def span_seconds(text: str) -> float:
     return float(found.group(1)) * _UNIT[found.group(2)]
 
 
+def _sums_options(choices: tuple[str, ...]) -> Callable[[Callable[..., None]], Callable[..., None]]:
+    """The options `usage` and `clients usage` share: the span, the grouping, the format."""
+
+    def decorate(command: Callable[..., None]) -> Callable[..., None]:
+        for option in reversed(
+            (
+                config_option,
+                click.option(
+                    "--since", default="7d", show_default=True, help="How far back: 12h, 7d, 2w."
+                ),
+                click.option(
+                    "--by",
+                    type=click.Choice(choices),
+                    default="client",
+                    show_default=True,
+                    help="What the sums are grouped by.",
+                ),
+                click.option("--csv", "as_csv", is_flag=True, help="Print CSV instead of a table."),
+                click.option(
+                    "--json", "as_json", is_flag=True, help="Print JSON instead of a table."
+                ),
+            )
+        ):
+            command = option(command)
+        return command
+
+    return decorate
+
+
 @click.command()
-@config_option
-@click.option("--since", default="7d", show_default=True, help="How far back: 12h, 7d, 2w.")
-@click.option(
-    "--by",
-    type=click.Choice(["client", "route", "model", "key", "provider"]),
-    default="client",
-    show_default=True,
-    help="What the sums are grouped by.",
-)
-@click.option("--csv", "as_csv", is_flag=True, help="Print CSV instead of a table.")
-@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+@_sums_options(("client", "route", "model", "key", "provider"))
 def usage(config: str | None, since: str, by: str, as_csv: bool, as_json: bool) -> None:
     """Tokens relayed, summed per client, route, model, key or provider (whole pool).
 
     `missing` counts answers that carried no usage (their tokens are not in the sums).
     """
+    _print_sums(config, since, by, as_csv, as_json, ())
+
+
+@click.command("usage")
+@click.argument("names", nargs=-1)
+@_sums_options(("client", "route", "model", "key"))
+def client_usage(
+    names: tuple[str, ...], config: str | None, since: str, by: str, as_csv: bool, as_json: bool
+) -> None:
+    """The tokens of clients NAMES (default: every client), summed per client, route, model or
+    upstream key.
+
+    `missing` counts answers that carried no usage (their tokens are not in the sums).
+    """
+    _print_sums(config, since, by, as_csv, as_json, names)
+
+
+def _print_sums(
+    config: str | None, since: str, by: str, as_csv: bool, as_json: bool, names: tuple[str, ...]
+) -> None:
     from llmgateway.store.token_usage import totals
 
     seconds = span_seconds(since)
@@ -57,7 +97,7 @@ def usage(config: str | None, since: str, by: str, as_csv: bool, as_json: bool) 
     grouped: By = by  # type: ignore[assignment]  # click.Choice checked it
 
     async def work(store: Store) -> None:
-        found = await totals(store, time.time() - seconds, grouped)
+        found = await totals(store, time.time() - seconds, grouped, names)
         click.echo(render(found, grouped, as_csv=as_csv, as_json=as_json), nl=not as_csv)
 
     run_with_store(settings, work)

@@ -101,9 +101,11 @@ class Total:
     missing: int
 
 
-async def totals(store: Store, since: float, by: By) -> list[Total]:
-    """The counts of the hours from the one holding `since` on, summed per `by`, the most
-    tokens first."""
+async def totals(
+    store: Store, since: float, by: By, clients: Collection[str] = ()
+) -> list[Total]:
+    """The counts of the hours from the one holding `since` on (of `clients` only, when given),
+    summed per `by`, the most tokens first."""
     first = int(since // USAGE_HOUR) * USAGE_HOUR
     t = token_usage.c
     sums = [sa.func.sum(t[name]).label(name) for name in _ALL]
@@ -116,6 +118,8 @@ async def totals(store: Store, since: float, by: By) -> list[Total]:
             group.insert(0, t.provider)
         source = token_usage
     query = sa.select(*group, *sums).select_from(source).where(t.hour >= first).group_by(*group)
+    if clients:
+        query = query.where(t.client.in_(sorted(clients)))
     async with store.engine.connect() as conn:
         rows = (await conn.execute(query)).all()
     found = [
