@@ -64,28 +64,26 @@ async def grant_run(
     it was answered here (a refusal, a models list, a client gone mid-upload)."""
     routing = edge.routing
     assert routing is not None
+    rules = grants.client
     hold = None
-    if grants.client is not None:
-        admitted = await routing.clients.admit(grants.client, scope, edge.access.trusted)
+    if rules is not None:
+        admitted = await routing.clients.admit(rules, scope, edge.access.trusted)
         if isinstance(admitted, Refused):
             surface = surface_of(sent, scope["raw_path"])
             await _refuse(edge, scope, send, surface, request_id, started, admitted)
             return None
         hold = admitted
+    run = None  # set once the run takes the hold over
     try:
-        run = await _read(edge, grants, scope, receive, send, headers, request_id, started, sent)
-    except BaseException:
-        if hold is not None:
+        found = await _read(edge, grants, scope, receive, send, headers, request_id, started, sent)
+        if found is not None and rules is not None and rules.tpm is not None:
+            found = await _reserve(edge, found, rules, scope, send, request_id, started)
+        run = found
+    finally:
+        if run is not None:
+            run[0].hold = hold
+        elif hold is not None:  # answered here, or cancelled: the hold ends here
             routing.clients.release(hold)
-        raise
-    if run is None:
-        if hold is not None:
-            routing.clients.release(hold)
-        return None
-    run[0].hold = hold
-    rules = grants.client
-    if rules is not None and rules.tpm is not None:
-        return await _reserve(edge, run, rules, scope, send, request_id, started)
     return run
 
 
@@ -99,20 +97,17 @@ async def _reserve(
     started: float,
 ) -> tuple[Run, Route] | None:
     """The client's tokens reserved against its `tpm` now that the body is read; refused (or
-    cancelled), the body's budget and the client's hold are given back here."""
+    cancelled), the body's share of the in-flight budget is given back here."""
     served = run[0]
-    clients = served.routing.clients
     handed_over = False
     try:
-        spent = await clients.reserve(rules, served.asked.body)
+        spent = await served.routing.clients.reserve(rules, served.asked.body)
         if not isinstance(spent, Refused):
             served.spend, handed_over = spent, True
             return run
     finally:
         if not handed_over:
             edge.bodies.give(len(served.asked.body))
-            if served.hold is not None:
-                clients.release(served.hold)
     await _refuse(edge, scope, send, served.asked.surface, request_id, started, spent)
     return None
 
