@@ -32,7 +32,7 @@ from llmgateway.conductor.coherence import follow_store
 from llmgateway.conductor.endpoints import Edge
 from llmgateway.conductor.memory import collector_paused, return_freed_memory
 from llmgateway.conductor.rebuild import built_providers
-from llmgateway.conductor.route_run import Routing
+from llmgateway.conductor.route_state import Routing
 from llmgateway.conductor.router import Router
 from llmgateway.conductor.status_writer import StatusWriter
 from llmgateway.conductor.token_writer import TokenWriter

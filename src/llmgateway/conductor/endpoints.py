@@ -36,7 +36,7 @@ from llmgateway.conductor.call import Call, Provider
 from llmgateway.conductor.claim import CANCELLED, Claim
 from llmgateway.conductor.edge import BODY_ARRIVED, ON_DISCONNECT, ClientWatch
 from llmgateway.conductor.responses import INTERNAL, JSON, deliver, send_refusal, send_whole
-from llmgateway.conductor.route_run import Routing
+from llmgateway.conductor.route_state import Routing
 from llmgateway.conductor.routing import grant_run
 from llmgateway.conductor.usage_ask import ask_usage
 from llmgateway.config.route_table import token_digest

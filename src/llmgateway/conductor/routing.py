@@ -22,7 +22,8 @@ from llmgateway.conductor.admission import (
 )
 from llmgateway.conductor.edge import BODY_ARRIVED
 from llmgateway.conductor.responses import JSON, send_refusal, send_whole
-from llmgateway.conductor.route_run import GEMINI_MODELS, NOT_SERVED, Asked, Routing, Run, Serving
+from llmgateway.conductor.route_run import GEMINI_MODELS, NOT_SERVED, Asked, Run, Serving
+from llmgateway.conductor.route_state import Routing
 from llmgateway.config.route_settings import any_match
 from llmgateway.core.clients import ClientRules
 from llmgateway.core.routes import (
