@@ -54,12 +54,10 @@ def json_object(body: bytes) -> dict[str, Any] | None:
 
 def chat(request: web.Request, body: bytes, chunks: int) -> Answer | web.Response:
     """`POST …/chat/completions`: a completion, or `chunks` events when streamed."""
-    document = json_object(body)
-    if document is None:
-        return bad_request(request, "the body is not a JSON object")
-    model = document.get("model")
-    if not isinstance(model, str) or not model:
-        return bad_request(request, "you must provide a model parameter")
+    asked = _generation(request, body)
+    if isinstance(asked, web.Response):
+        return asked
+    document, model = asked
     cached, reasoning = _spent(document, document.get("reasoning_effort"))
     if document.get("stream") is not True:
         return Answer(body=wire.openai_completion(model, chunks, cached, reasoning))
@@ -71,12 +69,10 @@ def chat(request: web.Request, body: bytes, chunks: int) -> Answer | web.Respons
 
 def responses(request: web.Request, body: bytes, chunks: int) -> Answer | web.Response:
     """`POST /v1/responses`: a response, or its events when the body says `"stream": true`."""
-    document = json_object(body)
-    if document is None:
-        return bad_request(request, "the body is not a JSON object")
-    model = document.get("model")
-    if not isinstance(model, str) or not model:
-        return bad_request(request, "you must provide a model parameter")
+    asked = _generation(request, body)
+    if isinstance(asked, web.Response):
+        return asked
+    document, model = asked
     options = document.get("stream_options")
     if isinstance(options, dict) and "include_usage" in options:  # chat's, not this API's
         message = "Unknown parameter: 'stream_options.include_usage'."
@@ -92,6 +88,17 @@ def responses(request: web.Request, body: bytes, chunks: int) -> Answer | web.Re
     return Answer(
         events=events, content_type="text/event-stream", streamed=True, stream_error=failing
     )
+
+
+def _generation(request: web.Request, body: bytes) -> tuple[dict[str, Any], str] | web.Response:
+    """A generation request's body and model, or the 400 OpenAI answers when it has none."""
+    document = json_object(body)
+    if document is None:
+        return bad_request(request, "the body is not a JSON object")
+    model = document.get("model")
+    if not isinstance(model, str) or not model:
+        return bad_request(request, "you must provide a model parameter")
+    return document, model
 
 
 def _spent(document: dict[str, Any], effort: object) -> tuple[int, int]:
