@@ -2,9 +2,11 @@
 fake upstream reporting usage, and the counts in a real SQLite file or PostgreSQL database.
 
 1,000 mixed requests (OpenAI chat whole and streamed, with and without the client's own
-`include_usage` under `stream_usage: inject`, embeddings, Gemini native whole and streamed,
-Anthropic whole and streamed, and a gateway token's route) add up to exactly the usage the fake
-upstream reported; `llmgateway usage` prints the sums from the same store."""
+`include_usage` under `stream_usage: inject`, the Responses API whole and streamed, embeddings,
+Gemini native whole and streamed, Anthropic whole and streamed, and a gateway token's route) add
+up to exactly the usage the fake upstream reported, cached and reasoning tokens included (some
+requests name a `prompt_cache_key` or a reasoning effort); `llmgateway usage` prints the sums
+from the same store."""
 
 from __future__ import annotations
 
@@ -22,8 +24,10 @@ import pytest
 import yaml
 from google import genai
 from google.genai import types
+from openai.types import CompletionUsage
 
 from llmgateway.config.settings import Settings
+from llmgateway.providers.usage import Tokens
 from llmgateway.store import Store
 from llmgateway.store.token_usage import totals
 from llmgateway.testing.fake_upstream import FakeUpstream
@@ -40,6 +44,8 @@ KINDS = (
     "chat",
     "chat_stream",
     "chat_stream_usage",
+    "responses",
+    "responses_stream",
     "embeddings",
     "gemini",
     "gemini_stream",
@@ -80,15 +86,25 @@ class Clients:
         self.gemini = genai.Client(api_key=GEMINI_TOKEN, http_options=options)
         self.claude = claude_client(url)
         self.usage_chunks = 0  # usage chunks the clients that did not ask for one received
+        self.asked = 0  # requests that could name a prompt cache key or a reasoning effort
 
-    async def send(self, kind: str) -> tuple[int, int]:
-        """One request; the (input, output) tokens the fake reported for it, read from what
-        the client saw where the client sees usage."""
+    def spend(self) -> tuple[str | None, bool]:
+        """A prompt cache key for every other such request, a reasoning effort every third."""
+        self.asked += 1
+        return ("cache-1" if self.asked % 2 else None), self.asked % 3 == 0
+
+    async def send(self, kind: str) -> Tokens:
+        """One request; the tokens the fake reported for it, read from what the client saw
+        where the client sees usage."""
         messages: Any = [{"role": "user", "content": "hi"}]
+        if kind.startswith("responses"):
+            return await self.respond(kind == "responses_stream")
         if kind == "chat":
-            reply = await self.openai.chat.completions.create(model="gpt-4o", messages=messages)
+            reply = await self.openai.chat.completions.create(
+                model="gpt-4o", messages=messages, **self.chat_options()
+            )
             assert reply.usage is not None
-            return reply.usage.prompt_tokens, reply.usage.completion_tokens
+            return chat_tokens(reply.usage)
         if kind in ("chat_stream", "route_stream"):
             client = self.ci if kind == "route_stream" else self.openai
             model = "fast" if kind == "route_stream" else "gpt-4o-mini"
@@ -99,45 +115,82 @@ class Clients:
             async for chunk in stream:
                 self.usage_chunks += chunk.usage is not None or not chunk.choices
                 words += bool(chunk.choices and chunk.choices[0].delta.content)
-            return PROMPT_TOKENS, words
+            return Tokens(PROMPT_TOKENS, words)
         if kind == "chat_stream_usage":
             stream = await self.openai.chat.completions.create(
                 model="gpt-4o-mini",
                 messages=messages,
                 stream=True,
                 stream_options={"include_usage": True},
+                **self.chat_options(),
             )
             found = [chunk.usage async for chunk in stream if chunk.usage is not None]
             assert len(found) == 1
-            return found[0].prompt_tokens, found[0].completion_tokens
+            return chat_tokens(found[0])
         if kind == "embeddings":
             vectors = await self.openai.embeddings.create(model="gpt-4o-mini", input=["a", "b"])
-            return vectors.usage.prompt_tokens, 0
+            return Tokens(vectors.usage.prompt_tokens, 0)
         if kind == "gemini":
             answer = await self.gemini.aio.models.generate_content(
                 model="gemini-2.5-flash", contents="hi"
             )
             meta = answer.usage_metadata
             assert meta is not None
-            return meta.prompt_token_count or 0, meta.candidates_token_count or 0
+            return Tokens(meta.prompt_token_count or 0, meta.candidates_token_count or 0)
         if kind == "gemini_stream":
             last: Any = None
             async for part in await self.gemini.aio.models.generate_content_stream(
                 model="gemini-2.5-flash", contents="hi"
             ):
                 last = part.usage_metadata or last
-            return last.prompt_token_count, last.candidates_token_count
+            return Tokens(last.prompt_token_count, last.candidates_token_count)
         if kind == "claude":
             message = await self.claude.messages.create(
                 model=CLAUDE_MODEL, max_tokens=64, messages=messages
             )
-            return message.usage.input_tokens, message.usage.output_tokens
+            return Tokens(message.usage.input_tokens, message.usage.output_tokens)
         assert kind == "claude_stream"
         async with self.claude.messages.stream(
             model=CLAUDE_MODEL, max_tokens=64, messages=messages
         ) as events:
             final = await events.get_final_message()
-        return final.usage.input_tokens, final.usage.output_tokens
+        return Tokens(final.usage.input_tokens, final.usage.output_tokens)
+
+    def chat_options(self) -> dict[str, Any]:
+        cache_key, reasons = self.spend()
+        options: dict[str, Any] = {"reasoning_effort": "low"} if reasons else {}
+        return options | ({"prompt_cache_key": cache_key} if cache_key else {})
+
+    async def respond(self, stream: bool) -> Tokens:
+        """A Responses API request, whole or streamed (its usage in `response.completed`)."""
+        cache_key, reasons = self.spend()
+        options: dict[str, Any] = {"reasoning": {"effort": "low"}} if reasons else {}
+        options |= {"prompt_cache_key": cache_key} if cache_key else {}
+        if not stream:
+            answer = await self.openai.responses.create(model="gpt-4o", input="hi", **options)
+            assert answer.output_text
+            usage = answer.usage
+        else:
+            events = await self.openai.responses.create(
+                model="gpt-4o-mini", input="hi", stream=True, **options
+            )
+            done = [e.response async for e in events if e.type == "response.completed"]
+            assert len(done) == 1
+            usage = done[0].usage
+        assert usage is not None
+        return Tokens(
+            usage.input_tokens,
+            usage.output_tokens,
+            usage.input_tokens_details.cached_tokens,
+            usage.output_tokens_details.reasoning_tokens,
+        )
+
+
+def chat_tokens(usage: CompletionUsage) -> Tokens:
+    """The tokens a chat completion's usage shows its client."""
+    cached = usage.prompt_tokens_details and usage.prompt_tokens_details.cached_tokens
+    reasoning = usage.completion_tokens_details and usage.completion_tokens_details.reasoning_tokens
+    return Tokens(usage.prompt_tokens, usage.completion_tokens, cached or 0, reasoning or 0)
 
 
 async def test_usage_adds_up_over_mixed_requests(
@@ -155,15 +208,16 @@ async def test_usage_adds_up_over_mixed_requests(
         async def worker() -> None:
             while queue:
                 kind = queue.pop()
-                got_in, got_out = await clients.send(kind)
-                expected["input"] += got_in
-                expected["output"] += got_out
-                per_client["ci-bot" if kind == "route_stream" else "-"] += got_in + got_out
+                got = await clients.send(kind)
+                expected.update(
+                    input=got.input, output=got.output, cached=got.cached, reasoning=got.reasoning
+                )
+                per_client["ci-bot" if kind == "route_stream" else "-"] += got.input + got.output
 
         await asyncio.gather(*(worker() for _ in range(16)))
         assert clients.usage_chunks == 0  # inject never shows a client a chunk it did not ask for
     # the gateway drained its counts at its stop
-    assert expected["output"] > 0
+    assert min(expected["output"], expected["cached"], expected["reasoning"]) > 0
     store = await Store.open(db_url)
     try:
         by_client = {t.name: t for t in await totals(store, 0.0, "client")}
@@ -176,6 +230,8 @@ async def test_usage_adds_up_over_mixed_requests(
     assert sum(t.missing for t in by_client.values()) == 0
     assert sum(t.input for t in by_client.values()) == expected["input"]
     assert sum(t.output for t in by_client.values()) == expected["output"]
+    assert sum(t.cached for t in by_client.values()) == expected["cached"]
+    assert sum(t.reasoning for t in by_client.values()) == expected["reasoning"]
     assert {name: t.input + t.output for name, t in by_client.items()} == dict(per_client)
     assert set(by_route) == {"fast", "-"}
     assert by_route["fast"].requests == kinds.count("route_stream")
@@ -188,6 +244,8 @@ async def test_usage_adds_up_over_mixed_requests(
     rows = list(csv.DictReader(io.StringIO(out)))
     assert {row["provider"] for row in rows} == {"openai", "gemini", "claude"}
     assert sum(int(row["input"]) for row in rows) == expected["input"]
+    assert sum(int(row["cached"]) for row in rows) == expected["cached"]
+    assert sum(int(row["reasoning"]) for row in rows) == expected["reasoning"]
     code, out, err = await run_cli("usage", "--config", config, "--by", "key", "--json")
     assert code == 0, err
     assert sum(entry["output"] for entry in json.loads(out)) == expected["output"]

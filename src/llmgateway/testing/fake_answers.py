@@ -1,17 +1,20 @@
-"""The fake upstream's answers to calls it lets through: OpenAI chat and embeddings, both models
-lists, and Gemini's native methods, in the providers' shapes (built by `testing.wire`); and
-sending one, whole, streamed or cut off as the key's behaviour says."""
+"""The fake upstream's answers to calls it lets through: OpenAI chat, the Responses API and
+embeddings, both models lists, and Gemini's native methods, in the providers' shapes (built by
+`testing.wire` and `testing.responses_wire`); and sending one, whole, streamed or cut off as the
+key's behaviour says."""
 
 from __future__ import annotations
 
 import asyncio
+import functools
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import orjson
 from aiohttp import web
 
-from llmgateway.testing import wire
+from llmgateway.testing import responses_wire, wire
 from llmgateway.testing.faults import (
     KEEP_ALIVE,
     Behavior,
@@ -36,6 +39,8 @@ class Answer:
     events: tuple[bytes, ...] = ()
     content_type: str = JSON
     streamed: bool = False
+    # how this stream fails with a status after so many events (None: as its dialect's do)
+    stream_error: Callable[[int, int], bytes] | None = None
 
 
 def json_object(body: bytes) -> dict[str, Any] | None:
@@ -49,18 +54,59 @@ def json_object(body: bytes) -> dict[str, Any] | None:
 
 def chat(request: web.Request, body: bytes, chunks: int) -> Answer | web.Response:
     """`POST …/chat/completions`: a completion, or `chunks` events when streamed."""
+    asked = _generation(request, body)
+    if isinstance(asked, web.Response):
+        return asked
+    document, model = asked
+    cached, reasoning = _spent(document, document.get("reasoning_effort"))
+    if document.get("stream") is not True:
+        return Answer(body=wire.openai_completion(model, chunks, cached, reasoning))
+    options = document.get("stream_options")
+    usage = isinstance(options, dict) and options.get("include_usage") is True
+    events = wire.openai_chunks(model, chunks, usage, cached, reasoning)
+    return Answer(events=events, content_type="text/event-stream", streamed=True)
+
+
+def responses(request: web.Request, body: bytes, chunks: int) -> Answer | web.Response:
+    """`POST /v1/responses`: a response, or its events when the body says `"stream": true`."""
+    asked = _generation(request, body)
+    if isinstance(asked, web.Response):
+        return asked
+    document, model = asked
+    options = document.get("stream_options")
+    if isinstance(options, dict) and "include_usage" in options:  # chat's, not this API's
+        message = "Unknown parameter: 'stream_options.include_usage'."
+        param = "stream_options.include_usage"
+        return error_response("openai", 400, message, "", code="unknown_parameter", param=param)
+    reasoning = document.get("reasoning")
+    effort = reasoning.get("effort") if isinstance(reasoning, dict) else None
+    cached, thought = _spent(document, effort)
+    if document.get("stream") is not True:
+        return Answer(body=responses_wire.response(model, chunks, cached, thought))
+    events = responses_wire.events(model, chunks, cached, thought)
+    failing = functools.partial(responses_wire.stream_error, model)
+    return Answer(
+        events=events, content_type="text/event-stream", streamed=True, stream_error=failing
+    )
+
+
+def _generation(request: web.Request, body: bytes) -> tuple[dict[str, Any], str] | web.Response:
+    """A generation request's body and model, or the 400 OpenAI answers when it has none."""
     document = json_object(body)
     if document is None:
         return bad_request(request, "the body is not a JSON object")
     model = document.get("model")
     if not isinstance(model, str) or not model:
         return bad_request(request, "you must provide a model parameter")
-    if document.get("stream") is not True:
-        return Answer(body=wire.openai_completion(model, chunks))
-    options = document.get("stream_options")
-    usage = isinstance(options, dict) and options.get("include_usage") is True
-    events = wire.openai_chunks(model, chunks, usage)
-    return Answer(events=events, content_type="text/event-stream", streamed=True)
+    return document, model
+
+
+def _spent(document: dict[str, Any], effort: object) -> tuple[int, int]:
+    """The (cached, reasoning) tokens a request gets: some cached when it names a
+    `prompt_cache_key`, some reasoning when it names a reasoning `effort` (other than "none")."""
+    cached = wire.CACHED_TOKENS if isinstance(document.get("prompt_cache_key"), str) else 0
+    thinks = isinstance(effort, str) and effort != "none"
+    return cached, wire.REASONING_TOKENS if thinks else 0
 
 
 def embeddings(request: web.Request, body: bytes) -> Answer | web.Response:
@@ -140,7 +186,10 @@ def faulty(answer: Answer, behavior: Behavior, speaks: Dialect) -> Answer:
     elif sse:
         status = behavior.stream_error or 500
         data = tuple(e for e in answer.events if not e.startswith(b"data: [DONE]"))
-        events = (*data[: behavior.stream_error_after], stream_error_event(speaks, status))
+        kept = data[: behavior.stream_error_after]
+        fail = answer.stream_error
+        error = stream_error_event(speaks, status) if fail is None else fail(status, len(kept))
+        events = (*kept, error)
     else:  # Gemini's stream without alt=sse: pieces of one JSON array, the error one of them
         status = behavior.stream_error or 500
         kept = answer.events[: min(behavior.stream_error_after, len(answer.events) - 1)]

@@ -1,5 +1,6 @@
-"""A fake LLM provider on real loopback HTTP: OpenAI, Gemini native and Gemini's
-OpenAI-compatible endpoint, Anthropic's Messages API, with faults chosen by key.
+"""A fake LLM provider on real loopback HTTP: OpenAI (chat, the Responses API, embeddings),
+Gemini native and Gemini's OpenAI-compatible endpoint, Anthropic's Messages API, with faults
+chosen by key (the routes in `testing.fake_routes`).
 
 In tests: `async with FakeUpstream() as fake:` then point a provider at `fake.openai_base`,
 `fake.gemini_base` or `fake.anthropic_base`, set faults with
@@ -20,7 +21,7 @@ import dataclasses
 import random
 import socket
 import time
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from types import TracebackType
 from typing import Self
@@ -28,9 +29,8 @@ from typing import Self
 from aiohttp import web
 
 from llmgateway.testing import fake_answers as answers
-from llmgateway.testing import fake_anthropic
 from llmgateway.testing.fake_admin import admin_routes
-from llmgateway.testing.fake_answers import Answer
+from llmgateway.testing.fake_routes import Endpoint, Handler, provider_routes
 from llmgateway.testing.faults import (
     NAMED,
     Behavior,
@@ -70,10 +70,6 @@ class SeenRequest:
 class _Outage:
     status: int
     until: float | None
-
-
-_Handler = Callable[[web.Request, bytes], Answer | web.Response]
-_Endpoint = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 @dataclass(slots=True)
@@ -260,65 +256,10 @@ class FakeUpstream:
 
     def _app(self) -> web.Application:
         app = web.Application(client_max_size=64 * 1024 * 1024)
-        route = self._route
-        app.add_routes(
-            [
-                web.post("/v1/chat/completions", route("openai", self._chat)),
-                web.post("/v1/embeddings", route("openai", answers.embeddings)),
-                web.post("/v1/messages", route("anthropic", self._messages)),
-                web.post(
-                    "/v1/messages/count_tokens", route("anthropic", fake_anthropic.count_tokens)
-                ),
-                web.get("/v1/models", self._v1_models(route)),
-                web.post("/v1beta/openai/chat/completions", route("compat", self._chat)),
-                web.post("/v1beta/openai/embeddings", route("compat", answers.embeddings)),
-                web.get("/v1beta/openai/models", route("compat", self._openai_models)),
-                web.get("/v1beta/models", route("gemini", self._gemini_models)),
-                web.get("/v1beta/models/{target}", route("gemini", self._gemini_model)),
-                web.get("/v1/models/{target}", route("gemini", self._gemini_model)),
-                web.post("/v1beta/models/{target}", route("gemini", self._gemini_call)),
-                web.post("/v1/models/{target}", route("gemini", self._gemini_call)),
-                *admin_routes(self),
-            ]
-        )
+        app.add_routes([*provider_routes(self, self._route), *admin_routes(self)])
         return app
 
-    def _chat(self, request: web.Request, body: bytes) -> Answer | web.Response:
-        return answers.chat(request, body, self.chunks)
-
-    def _openai_models(self, request: web.Request, body: bytes) -> Answer:
-        return answers.openai_models(self.models)
-
-    def _gemini_models(self, request: web.Request, body: bytes) -> Answer | web.Response:
-        return answers.gemini_models(request, self.models)
-
-    def _gemini_model(self, request: web.Request, body: bytes) -> Answer:
-        return answers.gemini_model(request)
-
-    def _gemini_call(self, request: web.Request, body: bytes) -> Answer | web.Response:
-        return answers.gemini_call(request, body, self.chunks)
-
-    def _messages(self, request: web.Request, body: bytes) -> Answer | web.Response:
-        return fake_anthropic.messages(request, body, self.chunks)
-
-    def _anthropic_models(self, request: web.Request, body: bytes) -> Answer | web.Response:
-        return fake_anthropic.models(request, self.models)
-
-    def _v1_models(self, route: Callable[[Dialect, _Handler], _Endpoint]) -> _Endpoint:
-        # `GET /v1/models` is OpenAI's list, Gemini's (v1) for a caller using x-goog-api-key,
-        # or Anthropic's for one using x-api-key.
-        openai = route("openai", self._openai_models)
-        gemini = route("gemini", self._gemini_models)
-        anthropic = route("anthropic", self._anthropic_models)
-
-        async def handle(request: web.Request) -> web.StreamResponse:
-            if "x-goog-api-key" in request.headers:
-                return await gemini(request)
-            return await (anthropic if "x-api-key" in request.headers else openai)(request)
-
-        return handle
-
-    def _route(self, speaks: Dialect, answer: _Handler) -> _Endpoint:
+    def _route(self, speaks: Dialect, answer: Handler) -> Endpoint:
         async def handle(request: web.Request) -> web.StreamResponse:
             counters = self._counters
             counters.open_requests += 1
@@ -339,7 +280,7 @@ class FakeUpstream:
         self,
         request: web.Request,
         speaks: Dialect,
-        answer: _Handler,
+        answer: Handler,
     ) -> web.StreamResponse:
         secret, in_url = self._secret(request, speaks)
         if not secret:

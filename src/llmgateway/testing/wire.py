@@ -16,6 +16,12 @@ import orjson
 CREATED = 1_700_000_000
 WORDS = ("Hello", " from", " the", " fake", " upstream", ".")
 PROMPT_TOKENS = 5
+CACHED_TOKENS = 3
+"""Of the `PROMPT_TOKENS`, those read from the prompt cache when a request names a
+`prompt_cache_key` (OpenAI chat and the Responses API)."""
+REASONING_TOKENS = 7
+"""Output tokens spent reasoning, besides one a word, when a request names a reasoning effort
+(chat's `reasoning_effort`, the Responses API's `reasoning.effort`)."""
 EMBEDDING = (0.125, -0.25, 0.5, 0.0625, -0.5, 0.25, 0.75, -0.125)
 
 
@@ -28,17 +34,26 @@ def text(chunks: int) -> str:
     return "".join(_word(i) for i in range(chunks))
 
 
-def _usage(chunks: int) -> dict[str, int]:
+def _usage(chunks: int, cached: int, reasoning: int) -> dict[str, Any]:
+    output = chunks + reasoning
     return {
         "prompt_tokens": PROMPT_TOKENS,
-        "completion_tokens": chunks,
-        "total_tokens": PROMPT_TOKENS + chunks,
+        "completion_tokens": output,
+        "total_tokens": PROMPT_TOKENS + output,
+        "prompt_tokens_details": {"cached_tokens": cached, "audio_tokens": 0},
+        "completion_tokens_details": {
+            "reasoning_tokens": reasoning,
+            "audio_tokens": 0,
+            "accepted_prediction_tokens": 0,
+            "rejected_prediction_tokens": 0,
+        },
     }
 
 
 @functools.lru_cache(maxsize=512)
-def openai_completion(model: str, chunks: int) -> bytes:
-    """A `chat.completion` object."""
+def openai_completion(model: str, chunks: int, cached: int = 0, reasoning: int = 0) -> bytes:
+    """A `chat.completion` object (`cached` of its prompt tokens read from the cache,
+    `reasoning` output tokens besides its words)."""
     message = {"role": "assistant", "content": text(chunks), "refusal": None}
     return orjson.dumps(
         {
@@ -49,15 +64,18 @@ def openai_completion(model: str, chunks: int) -> bytes:
             "choices": [
                 {"index": 0, "message": message, "logprobs": None, "finish_reason": "stop"}
             ],
-            "usage": _usage(chunks),
+            "usage": _usage(chunks, cached, reasoning),
             "system_fingerprint": "fp_fake",
         }
     )
 
 
 @functools.lru_cache(maxsize=512)
-def openai_chunks(model: str, chunks: int, include_usage: bool) -> tuple[bytes, ...]:
-    """The SSE events of a streamed chat completion, `data: [DONE]` last."""
+def openai_chunks(
+    model: str, chunks: int, include_usage: bool, cached: int = 0, reasoning: int = 0
+) -> tuple[bytes, ...]:
+    """The SSE events of a streamed chat completion, `data: [DONE]` last (the usage chunk's
+    counts as `openai_completion()`'s)."""
     events: list[dict[str, Any]] = []
     for index in range(chunks):
         delta = {"content": _word(index)} | ({"role": "assistant"} if index == 0 else {})
@@ -68,7 +86,7 @@ def openai_chunks(model: str, chunks: int, include_usage: bool) -> tuple[bytes, 
     if include_usage:
         for event in events:
             event["usage"] = None
-        events.append(_chunk(model, []) | {"usage": _usage(chunks)})
+        events.append(_chunk(model, []) | {"usage": _usage(chunks, cached, reasoning)})
     framed = tuple(b"data: " + orjson.dumps(event) + b"\n\n" for event in events)
     return (*framed, b"data: [DONE]\n\n")
 
