@@ -101,9 +101,7 @@ class Total:
     missing: int
 
 
-async def totals(
-    store: Store, since: float, by: By, clients: Collection[str] = ()
-) -> list[Total]:
+async def totals(store: Store, since: float, by: By, clients: Collection[str] = ()) -> list[Total]:
     """The counts of the hours from the one holding `since` on (of `clients` only, when given),
     summed per `by`, the most tokens first."""
     first = int(since // USAGE_HOUR) * USAGE_HOUR
