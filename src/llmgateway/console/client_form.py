@@ -14,7 +14,7 @@ from aiohttp import web
 from multidict import MultiDictProxy
 
 from llmgateway.client_edits import RULE_OPTIONS, RuleError, rule_changes
-from llmgateway.core.clients import Period, parse_span
+from llmgateway.core.clients import TOKEN_PREFIX, Period, parse_span
 
 MAX_FORM_BYTES = 16_384
 """A clients form's body is refused beyond this (413)."""
@@ -81,7 +81,7 @@ def _count(fields: Fields, form: Form, name: str) -> int | None:
         return None
     if not text:
         return 0
-    if not text.isdigit() or int(text) > MAX_COUNT:
+    if not (text.isascii() and text.isdigit()) or int(text) > MAX_COUNT:
         fields.problems.append(f"{name}: a whole number from 0 to {MAX_COUNT} (0: none)")
         return None
     return int(text)
@@ -112,7 +112,12 @@ def given_of(form: Form) -> tuple[dict[str, Any], Fields]:
     ranges = fields.text(form, "allow_ip")
     if ranges is not None:  # blank: any address, as `--allow-ip any`
         given["allow_ip"] = _listed(fields, "allow_ip", ranges) or ("any",)
-    given["notes"] = fields.text(form, "notes")
+    notes = fields.text(form, "notes")
+    if notes is not None and TOKEN_PREFIX in notes:  # shown to every console user: no secret
+        fields.problems.append("notes: no client token here")
+        fields.typed.pop("notes")
+        notes = None
+    given["notes"] = notes
     return given, fields
 
 
