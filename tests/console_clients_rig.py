@@ -50,6 +50,22 @@ async def page(rig: ConsoleRig, path: str) -> Answer:
     return await rig.get(path, headers=BEARER)
 
 
+async def refused_create(rig: ConsoleRig, fields: dict[str, str], message: str) -> Answer:
+    """POST `fields` to create a client: refused (400) saying `message` on the page (as an
+    alert, the markup escaped), nothing stored or audited."""
+    from llmgateway.store import audit
+    from llmgateway.store import clients as stored
+
+    refused = await act(rig, "/clients", **fields)
+    assert refused.status == 400
+    assert message in refused.text
+    assert 'role="alert"' in refused.text
+    assert "<script>" not in refused.text
+    assert await stored.all_clients(rig.console.store.engine) == []
+    assert await audit.recent(rig.console.store) == []
+    return refused
+
+
 def secret_of(answer: Answer) -> str:
     """The secret a create or rotate answer shows (once)."""
     found = re.search(r'id="secret" class="secret" value="([^"]+)"', answer.text)

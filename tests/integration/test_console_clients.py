@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 from tests.clients_rig import write_config
-from tests.console_clients_rig import act, clients_rig, page, secret_of
+from tests.console_clients_rig import act, clients_rig, page, refused_create, secret_of
 from tests.console_rig import ConsoleRig, console_rig
 from tests.e2e.test_clients import answers
 from tests.helpers import ManualClock, eventually, start_gateway
@@ -191,12 +191,7 @@ async def test_delete_needs_its_confirmation(rig: ConsoleRig) -> None:
 async def test_bad_input_is_shown_on_the_page_and_nothing_stored(
     rig: ConsoleRig, fields: dict[str, str], message: str
 ) -> None:
-    refused = await act(rig, "/clients", **fields)
-    assert refused.status == 400
-    assert message in refused.text
-    assert 'role="alert"' in refused.text
-    assert await stored.all_clients(rig.console.store.engine) == []
-    assert await audit.recent(rig.console.store) == []
+    await refused_create(rig, fields, message)
 
 
 async def test_a_taken_name_is_refused(rig: ConsoleRig) -> None:

@@ -8,6 +8,9 @@ is shown once, in the answer to the POST that made it, and nowhere else."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Any
+
 from aiohttp import web
 
 from llmgateway.client_edits import NAME_RULE, config_token, new_client, read_only, rotation
@@ -31,14 +34,14 @@ def routes(console: Console) -> list[web.RouteDef]:
     """The clients page, a client's page, and the actions."""
 
     async def listed(request: web.Request) -> web.Response:
-        return await _listing(request, console, _notice(request))
+        return await _listing(request, console, Outcome(_notice(request)))
 
     async def create(request: web.Request) -> web.Response:
         return await _create(request, console)
 
     async def detail(request: web.Request) -> web.Response:
         name = _name(request)
-        return await _detail(request, console, name, _notice(request, name))
+        return await _detail(request, console, name, Outcome(_notice(request, name)))
 
     async def confirm(request: web.Request) -> web.Response:
         name = _name(request)
@@ -71,25 +74,37 @@ def _notice(request: web.Request, name: str | None = None) -> str:
     return f"Client {whom} {done}."
 
 
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """What a page shows beside the client(s): a notice, or the problems of a refused form
+    (with its fields as typed, and the status to answer)."""
+
+    notice: str = ""
+    problems: tuple[str, ...] = ()
+    typed: dict[str, str] | None = None
+
+    @classmethod
+    def refused(cls, problems: list[str], typed: dict[str, str] | None = None) -> Outcome:
+        """A refused form's outcome."""
+        return cls(problems=tuple(problems), typed=typed)
+
+    @property
+    def status(self) -> int:
+        """400 when something was refused, else 200."""
+        return 400 if self.problems else 200
+
+    def shown(self, form: dict[str, str]) -> dict[str, Any]:
+        """The template's context: `form` unless the fields typed are to be shown again."""
+        typed = self.typed if self.typed is not None else form
+        return {"notice": self.notice, "problems": list(self.problems), "form": typed}
+
+
 async def _listing(
-    request: web.Request,
-    console: Console,
-    notice: str = "",
-    problems: list[str] | None = None,
-    typed: dict[str, str] | None = None,
-    status: int = 200,
+    request: web.Request, console: Console, outcome: Outcome = Outcome()
 ) -> web.Response:
     rows = await client_rows(console)
-    form = typed if typed is not None else {"routes": "*"}
-    return render(
-        request,
-        "clients.html",
-        status=status,
-        rows=rows,
-        notice=notice,
-        problems=problems or [],
-        form=form,
-    )
+    context = outcome.shown({"routes": "*"})
+    return render(request, "clients.html", status=outcome.status, rows=rows, **context)
 
 
 async def _create(request: web.Request, console: Console) -> web.Response:
@@ -112,7 +127,7 @@ async def _create(request: web.Request, console: Console) -> web.Response:
             await audit.record(console.store, actor(request), "client create", name, 0)
             return _secret(request, name, secret, "created", status=201)
     typed = {**fields.typed, "name": name[:64]}
-    return await _listing(request, console, problems=problems, typed=typed, status=400)
+    return await _listing(request, console, Outcome.refused(problems, typed))
 
 
 def _secret(request: web.Request, name: str, secret: str, done: str, status: int) -> web.Response:
@@ -136,27 +151,15 @@ def _message(request: web.Request, status: int, title: str, text: str) -> web.Re
 
 
 async def _detail(
-    request: web.Request,
-    console: Console,
-    name: str,
-    notice: str = "",
-    problems: list[str] | None = None,
-    typed: dict[str, str] | None = None,
-    status: int = 200,
+    request: web.Request, console: Console, name: str, outcome: Outcome = Outcome()
 ) -> web.Response:
     row = await one_client(console, name)
     if row is None:
         return _message(request, 404, "No such client", f"no client named {name!r}")
-    form = typed if typed is not None else shown_form(row)
+    shown_only = read_only(name, "change") if row["source"] == "config" else ""
+    context = outcome.shown(shown_form(row))
     return render(
-        request,
-        "client.html",
-        status=status,
-        row=row,
-        notice=notice,
-        problems=problems or [],
-        form=form,
-        read_only=read_only(name, "change") if row["source"] == "config" else "",
+        request, "client.html", status=outcome.status, row=row, read_only=shown_only, **context
     )
 
 
@@ -181,9 +184,7 @@ async def _change(
         values, fields = changes_of(form, console.clock())
         if fields.problems or not values:
             problems = fields.problems or ["nothing to change"]
-            return await _detail(
-                request, console, name, problems=problems, typed=fields.typed, status=400
-            )
+            return await _detail(request, console, name, Outcome.refused(problems, fields.typed))
         detail = f"{name}: {', '.join(sorted(values))}"
     else:
         values, detail = {"enabled": action == "enable"}, name
@@ -201,7 +202,7 @@ async def _rotate(request: web.Request, console: Console, name: str, form: Form)
     found = await stored.find(console.store.engine, name)
     if grace is None or found is None:
         problems = fields.problems or [f"no client named {name!r}"]
-        return await _detail(request, console, name, problems=problems, status=400)
+        return await _detail(request, console, name, Outcome.refused(problems))
     now = console.clock()
     secret, values = rotation(found, grace, now)
     await stored.change(console.store.engine, name, values, now)
