@@ -17,7 +17,7 @@ from llmgateway.store.usage import HOUR
 from tests.browser.console_server import ConsoleServer
 from tests.browser.pages import Problems, log_in
 
-PAGES = ("/", "/keys", "/proxies", "/breakers", "/jobs")
+PAGES = ("/", "/keys", "/clients", "/proxies", "/breakers", "/jobs")
 PHONE = 390
 """A phone's screen width, in CSS pixels."""
 

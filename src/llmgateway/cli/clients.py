@@ -6,7 +6,6 @@ refresh on SQLite."""
 
 from __future__ import annotations
 
-import hashlib
 import json
 import time
 from collections.abc import Callable
@@ -17,7 +16,6 @@ import click
 from llmgateway.cli.startup import config_option, load, run_with_store
 
 if TYPE_CHECKING:
-    from llmgateway.config.route_settings import GatewayToken
     from llmgateway.config.settings import Settings
     from llmgateway.store import Store
 
@@ -50,69 +48,22 @@ def _rule_options(command: _F) -> _F:
     return command
 
 
-def _globs(text: str) -> tuple[str, ...]:
-    return tuple(part.strip() for part in text.split(",") if part.strip())
-
-
 def _changes(given: dict[str, Any], now: float, *, new: bool = False) -> dict[str, object]:
     """The rule columns the options given set (exit 2 on a bad value); for a `new` client,
     every rule column (the defaults where no option is given)."""
-    from llmgateway.core.clients import networks, parse_when
-    from llmgateway.store.clients import RULE_DEFAULTS
+    from llmgateway.client_edits import RuleError, rule_changes
 
-    values: dict[str, object] = dict(RULE_DEFAULTS) if new else {}
-    for column in ("routes", "providers", "models"):
-        if given[column] is not None:
-            values[column] = _globs(given[column])
-    for option, column in (("rpm", "rpm"), ("tpm", "tpm"), ("max_parallel", "max_parallel")):
-        if given[option] is not None:
-            values[column] = given[option] or None
-    if given["quota"] is not None:
-        values["quota_tokens"] = given["quota"] or None
-        values["quota_period"] = (given["period"] or "month") if given["quota"] else None
-    elif given["period"] is not None:
-        values["quota_period"] = given["period"]
-    if given["expires"] is not None:
-        text = given["expires"]
-        when = None if text == "never" else parse_when(text, now)
-        if when is None and text != "never":
-            raise click.BadParameter(f"{text!r}: not a date, time or span", param_hint="--expires")
-        values["expires_at"] = when
-    if given["allow_ip"]:
-        ranges = () if given["allow_ip"] == ("any",) else tuple(given["allow_ip"])
-        try:
-            networks(ranges)
-        except ValueError as exc:
-            raise click.BadParameter(str(exc), param_hint="--allow-ip") from None
-        values["allow_ips"] = ranges
-    if given["notes"] is not None:
-        values["notes"] = given["notes"]
-    return values
-
-
-def _token_columns(secret: str) -> dict[str, object]:
-    """The columns that hold a new token (`create`, `rotate`): its SHA-256 and its ends."""
-    from llmgateway.core.clients import shown
-
-    prefix, last4 = shown(secret)
-    return {
-        "token_sha256": hashlib.sha256(secret.encode()).hexdigest(),
-        "prefix": prefix,
-        "last4": last4,
-    }
-
-
-def _config_token(settings: Settings, name: str) -> GatewayToken | None:
-    return next((t for t in settings.gateway.tokens if t.name == name), None)
+    try:
+        return rule_changes(given, now, new=new)
+    except RuleError as error:
+        raise click.BadParameter(str(error), param_hint=error.option) from None
 
 
 def _refuse_config(settings: Settings, name: str, action: str) -> None:
-    if _config_token(settings, name) is not None:
-        click.echo(
-            f"client {name!r} is declared in the config file (gateway.tokens): it is read-only "
-            f"here; {action} it there and run `llmgateway reload`",
-            err=True,
-        )
+    from llmgateway.client_edits import config_token, read_only
+
+    if config_token(settings, name) is not None:
+        click.echo(read_only(name, action), err=True)
         raise SystemExit(2)
 
 
@@ -132,28 +83,18 @@ def clients() -> None:
 @_rule_options
 def create(config: str | None, name: str, **given: Any) -> None:
     """Create client NAME and print its token, once."""
+    from llmgateway.client_edits import NAME_RULE, config_token, new_client
     from llmgateway.config.route_settings import valid_name
-    from llmgateway.core.clients import new_secret
     from llmgateway.store import clients as stored
 
     if not valid_name(name):
-        raise click.BadParameter(
-            "1 to 64 letters, digits, '.', '_' or '-', starting with a letter or digit",
-            param_hint="NAME",
-        )
+        raise click.BadParameter(NAME_RULE, param_hint="NAME")
     settings = load(config)
-    if _config_token(settings, name) is not None:
+    if config_token(settings, name) is not None:
         click.echo(f"client {name!r} is already declared in the config file", err=True)
         raise SystemExit(2)
     now = time.time()
-    secret = new_secret()
-    values: dict[str, object] = {
-        "name": name,
-        **_token_columns(secret),
-        "previous_sha256": None,
-        "previous_until": None,
-        **_changes(given, now, new=True),
-    }
+    secret, values = new_client(name, _changes(given, now, new=True))
 
     async def work(store: Store) -> None:
         try:
@@ -220,7 +161,8 @@ def enable(config: str | None, name: str) -> None:
 )
 def rotate(config: str | None, name: str, grace: str) -> None:
     """Issue client NAME a new token (printed once); the old one works until --grace ends."""
-    from llmgateway.core.clients import new_secret, parse_span
+    from llmgateway.client_edits import rotation
+    from llmgateway.core.clients import parse_span
 
     span = parse_span(grace)
     if span is None:
@@ -235,12 +177,7 @@ def rotate(config: str | None, name: str, grace: str) -> None:
             _missing(name)
             return
         now = time.time()
-        secret = new_secret()
-        values: dict[str, object] = {
-            **_token_columns(secret),
-            "previous_sha256": found.token_sha256 if span > 0 else None,
-            "previous_until": now + span if span > 0 else None,
-        }
+        secret, values = rotation(found, span, now)
         await stored.change(store.engine, name, values, now)
         ends = f"the old one works for {grace} more" if span > 0 else "the old one is refused"
         click.echo(f"client {name} rotated ({ends}); its new token (shown once: store it now):")
@@ -274,6 +211,7 @@ def list_clients(config: str | None, as_json: bool) -> None:
     """Every client: stored ones, then those the config declares (read-only); a quota as
     spent/quota/period."""
     from llmgateway.cli.client_views import client_table, stored_view, token_view
+    from llmgateway.client_edits import add_spend
     from llmgateway.store import clients as stored
 
     settings = load(config)
@@ -283,7 +221,7 @@ def list_clients(config: str | None, as_json: bool) -> None:
         rows = await stored.all_clients(store.engine)
         views = [stored_view(r, now) for r in rows]
         views += [token_view(t, now) for t in settings.gateway.tokens]
-        await _add_spend(store, settings, views, now)
+        await add_spend(store, settings, views, now)
         if as_json:
             click.echo(json.dumps(views, indent=2))
         else:
@@ -300,13 +238,14 @@ def show(config: str | None, name: str, as_json: bool) -> None:
     """One client's settings (never its token: its first and last characters) and the
     tokens spent of its quota in the current period."""
     from llmgateway.cli.client_views import stored_view, token_view
+    from llmgateway.client_edits import add_spend, config_token
     from llmgateway.store import clients as stored
 
     settings = load(config)
 
     async def work(store: Store) -> None:
         now = time.time()
-        declared = _config_token(settings, name)
+        declared = config_token(settings, name)
         if declared is not None:
             view = token_view(declared, now)
         else:
@@ -314,7 +253,7 @@ def show(config: str | None, name: str, as_json: bool) -> None:
             if found is None:
                 _missing(name)
             view = stored_view(found, now)
-        await _add_spend(store, settings, [view], now)
+        await add_spend(store, settings, [view], now)
         if as_json:
             click.echo(json.dumps(view, indent=2))
             return
@@ -323,17 +262,3 @@ def show(config: str | None, name: str, as_json: bool) -> None:
             click.echo(f"{key + ':':<15} {'-' if shown in (None, '') else shown}")
 
     run_with_store(settings, work)
-
-
-async def _add_spend(
-    store: Store, settings: Settings, views: list[dict[str, Any]], now: float
-) -> None:
-    """Each view's quota spend in its current period (`spent`), as the store holds it (a
-    gateway writes its counts every few seconds)."""
-    from llmgateway.cli.client_views import with_spend
-    from llmgateway.core.quota import period_starts
-    from llmgateway.store.token_usage import period_sums
-
-    names = [view["name"] for view in views if view["quota"] is not None]
-    starts = period_starts(now, settings.usage.zone())
-    with_spend(views, await period_sums(store, starts, names) if names else {})

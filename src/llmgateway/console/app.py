@@ -8,7 +8,16 @@ from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
-from llmgateway.console import auth, breakers, jobs, key_transfer, keys, overview, proxies
+from llmgateway.console import (
+    auth,
+    breakers,
+    clients,
+    jobs,
+    key_transfer,
+    keys,
+    overview,
+    proxies,
+)
 from llmgateway.console.context import CONSOLE, Console
 from llmgateway.console.headers import secure
 from llmgateway.console.templating import STATIC
@@ -25,7 +34,7 @@ def console_app(console: Console) -> web.Application:
     app.on_response_prepare.append(auth.renew)
     app.on_cleanup.append(_closed(console))
     app.router.add_routes(auth.routes())
-    for module in (overview, keys, key_transfer, proxies, breakers, jobs):
+    for module in (overview, keys, key_transfer, clients, proxies, breakers, jobs):
         app.router.add_routes(module.routes(console))
     app.router.add_static("/static", STATIC, name="static", append_version=False)
     return app

@@ -1,7 +1,8 @@
-"""The audit log: what was done to the keys and breakers, by whom, from where.
+"""The audit log: what was done to the keys, breakers and clients, by whom, from where.
 
 Every state-changing action of the console and of the `llmgateway keys` commands adds one row.
-A row never holds a secret: the detail names a filter in words or a key by its fingerprint, and
+A row never holds a secret: the detail names a filter in words, a key by its fingerprint or a
+client by its name (and the rules changed, never their values nor a token), and
 the client's own text (user agent) is cut to a bounded length. Rows older than the retention are
 purged by the Keeper's upkeep (`purge_before`).
 """
