@@ -138,7 +138,7 @@ async def add_spend(
 ) -> None:
     """Each view's quota spend in its current period (`spent`), as the store holds it (a
     gateway writes its counts every few seconds)."""
-    from llmgateway.cli.client_views import with_spend
+    from llmgateway.client_views import with_spend
     from llmgateway.core.quota import period_starts
     from llmgateway.store.token_usage import period_sums
 

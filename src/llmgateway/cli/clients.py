@@ -210,8 +210,8 @@ def delete(config: str | None, name: str) -> None:
 def list_clients(config: str | None, as_json: bool) -> None:
     """Every client: stored ones, then those the config declares (read-only); a quota as
     spent/quota/period."""
-    from llmgateway.cli.client_views import client_table, stored_view, token_view
     from llmgateway.client_edits import add_spend
+    from llmgateway.client_views import client_table, stored_view, token_view
     from llmgateway.store import clients as stored
 
     settings = load(config)
@@ -237,8 +237,8 @@ def list_clients(config: str | None, as_json: bool) -> None:
 def show(config: str | None, name: str, as_json: bool) -> None:
     """One client's settings (never its token: its first and last characters) and the
     tokens spent of its quota in the current period."""
-    from llmgateway.cli.client_views import stored_view, token_view
     from llmgateway.client_edits import add_spend, config_token
+    from llmgateway.client_views import stored_view, token_view
     from llmgateway.store import clients as stored
 
     settings = load(config)

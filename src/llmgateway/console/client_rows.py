@@ -7,8 +7,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from llmgateway.cli.client_views import stored_view, token_view
 from llmgateway.client_edits import add_spend, config_token
+from llmgateway.client_views import stored_view, token_view
 from llmgateway.console.context import Console
 from llmgateway.store import clients as stored
 from llmgateway.store.token_usage import totals
