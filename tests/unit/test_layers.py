@@ -40,7 +40,17 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("", "core"),  # "": the package itself (its __version__)
     ("records", "private_files", "observe.masking"),  # values and leaf helpers
     ("config", "transport", "providers", "testing"),
-    ("observe", "limits", "store", "keyfiles", "key_import", "key_filter", "reloading"),
+    (
+        "observe",
+        "limits",
+        "store",
+        "keyfiles",
+        "key_import",
+        "key_filter",
+        "reloading",
+        "client_edits",  # the clients as the CLI and the console edit them
+        "client_views",  # and show them
+    ),
     ("conductor", "keeper", "console"),
     ("cli", "__main__"),
 )
