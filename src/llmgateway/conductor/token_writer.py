@@ -15,13 +15,12 @@ bounded; never a key or a client label).
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 
-from llmgateway.conductor.write_behind import flush_forever, flush_within
+from llmgateway.conductor.write_behind import flush_forever, flush_within, write_batches
 from llmgateway.observe.metrics import Metrics
 from llmgateway.providers.usage import Tokens
 from llmgateway.records import USAGE_FLUSH_SEC, USAGE_HOUR, TokenCount
@@ -89,21 +88,12 @@ class TokenWriter:
         """Write everything counted so far, a batch per transaction. False: the store failed;
         what was not written is kept for the next flush."""
         taken, self._pending = self._pending, {}
-        slots = list(taken.items())
-        for start in range(0, len(slots), self.batch_size):
-            batch = slots[start : start + self.batch_size]
-            try:
-                await self.write([TokenCount(*slot, *values) for slot, values in batch])
-            except asyncio.CancelledError:  # stopped mid-write (rolled back): `drain` writes it
-                self._put_back(slots[start:])
-                raise
-            except Exception as error:  # the store is down: keep the rest for later
-                self.failures += 1
-                self._put_back(slots[start:])
-                log.warning("token write failed, %d counts kept for later: %s", self.pending, error)
-                return False
-            self.written += len(batch)
-        return True
+        error = await write_batches(
+            taken, _record, self.write, self._put_back, self.batch_size, self
+        )
+        if error is not None:
+            log.warning("token write failed, %d counts kept for later: %s", self.pending, error)
+        return error is None
 
     def _put_back(self, slots: list[tuple[Slot, list[int]]]) -> None:
         pending = self._pending
@@ -129,3 +119,7 @@ class TokenWriter:
     async def run(self) -> None:
         """Flush every `interval_sec` forever, backing off while the store fails."""
         await flush_forever(self.flush, self.interval_sec)
+
+
+def _record(slot: Slot, values: list[int]) -> TokenCount:
+    return TokenCount(*slot, *values)
