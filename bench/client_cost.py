@@ -29,12 +29,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from route_cost import cpu_seconds
+from route_cost import cpu_seconds, need_wrk
 from run import (
     ROUTE_TOKEN,
     TOKEN,
     Load,
-    ensure_wrk,
     fake_upstream,
     gateway,
     print_aligned,
@@ -141,9 +140,7 @@ def main() -> None:
         default=os.environ.get("LLMGATEWAY_TEST_REDIS_URL", "redis://127.0.0.1:6379/0"),
     )
     args = parser.parse_args()
-    wrk = ensure_wrk()
-    if wrk is None:
-        raise SystemExit("wrk is needed (apt-get install wrk)")
+    wrk = need_wrk()
     backends: dict[str, dict[str, object]] = {"local": {"backend": "local"}}
     if reachable(args.redis_url):
         prefix = f"bench-client-cost-{os.getpid()}"

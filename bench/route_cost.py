@@ -88,17 +88,29 @@ def spread(differences: list[float]) -> str:
     )
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+def paired_parser(doc: str | None) -> argparse.ArgumentParser:
+    """The options of a paired-rounds bench (described by the first line of `doc`)."""
+    parser = argparse.ArgumentParser(description=(doc or "").splitlines()[0])
     parser.add_argument("--rounds", type=int, default=9)
-    parser.add_argument("--duration", type=float, default=2.0, help="seconds per run")
+    parser.add_argument("--duration", type=int, default=2, help="seconds per run")
     parser.add_argument("--concurrency", type=int, default=16)
     parser.add_argument("--stream", action="store_true", help="streamed requests")
-    parser.add_argument("--aa", action="store_true", help="B is the provider's token too")
-    args = parser.parse_args()
+    return parser
+
+
+def need_wrk() -> str:
+    """wrk's path (installed when missing and allowed), or exit."""
     wrk = ensure_wrk()
     if wrk is None:
         raise SystemExit("wrk is needed (apt-get install wrk)")
+    return wrk
+
+
+def main() -> None:
+    parser = paired_parser(__doc__)
+    parser.add_argument("--aa", action="store_true", help="B is the provider's token too")
+    args = parser.parse_args()
+    wrk = need_wrk()
     with tempfile.TemporaryDirectory() as tmp, fake_upstream() as base:
         folder = Path(tmp)
         with gateway(route_config(folder, base), 1) as (url, pid):

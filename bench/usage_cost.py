@@ -19,14 +19,13 @@ count as missing), which tells the reading from the asking and stripping. Linux 
 
 from __future__ import annotations
 
-import argparse
 import statistics
 import tempfile
 from contextlib import ExitStack
 from pathlib import Path
 
-from route_cost import paired, paired_rounds, spread
-from run import TOKEN, ensure_wrk, fake_upstream, gateway, write_config, wrk_script
+from route_cost import need_wrk, paired, paired_parser, paired_rounds, spread
+from run import TOKEN, fake_upstream, gateway, write_config, wrk_script
 
 SIDES: dict[str, dict[str, object]] = {
     "off": {"gateway": {"token_accounting": False}},
@@ -40,15 +39,8 @@ NEVER = {
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
-    parser.add_argument("--rounds", type=int, default=9)
-    parser.add_argument("--duration", type=float, default=2.0, help="seconds per run")
-    parser.add_argument("--concurrency", type=int, default=16)
-    parser.add_argument("--stream", action="store_true", help="streamed requests")
-    args = parser.parse_args()
-    wrk = ensure_wrk()
-    if wrk is None:
-        raise SystemExit("wrk is needed (apt-get install wrk)")
+    args = paired_parser(__doc__).parse_args()
+    wrk = need_wrk()
     with tempfile.TemporaryDirectory() as tmp, fake_upstream() as base, ExitStack() as stack:
         folder = Path(tmp)
         script = wrk_script(folder, TOKEN, args.stream)

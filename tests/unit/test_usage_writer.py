@@ -4,7 +4,6 @@ and a full table drops new slots and says how many attempts it dropped."""
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Sequence
 
 from llmgateway.conductor.usage_writer import UsageWriter
@@ -87,25 +86,3 @@ async def test_drain_writes_what_is_left_through_a_failing_store() -> None:
     writer.count("p", 1, "m", False, HOUR0)
     assert await writer.drain(within=5.0) == 0
     assert store.taken == {("p", 1, "m", HOUR0): (1, 0)}
-
-
-async def test_a_flush_cancelled_mid_write_keeps_its_counts_for_the_drain() -> None:
-    """The batch loop the write-behinds share (`write_behind.write_batches`) puts back what a
-    cancelled flush did not write, here as in `TokenWriter`."""
-    started = asyncio.Event()
-
-    async def hanging(counts: Sequence[UsageCount], taken_at: float) -> None:
-        started.set()
-        await asyncio.Event().wait()
-
-    writer = UsageWriter(hanging, clock=lambda: HOUR0 + 10.0, batch_size=1)
-    writer.count("p", 1, "m", False, HOUR0)
-    writer.count("p", 2, "m", True, HOUR0)
-    flushing = asyncio.create_task(writer.flush())
-    await started.wait()
-    flushing.cancel()
-    await asyncio.gather(flushing, return_exceptions=True)
-    store = FlakyStore()
-    writer.write = store.write
-    assert await writer.drain(1.0) == 0
-    assert store.taken == {("p", 1, "m", HOUR0): (1, 0), ("p", 2, "m", HOUR0): (1, 1)}
