@@ -39,7 +39,8 @@ HEAD = 2 * 1024
 """The bytes of an answer's beginning where its first usage object is looked for."""
 TAIL = 16 * 1024
 """The bytes of an answer's end where its last usage objects are looked for. A stream holds at
-most `HEAD + TAIL` plus two chunks' worth (a chunk longer than `TAIL` is cut to it)."""
+most `2 * HEAD + 3 * TAIL` bytes (52 KiB): whole chunks, but one longer than `TAIL` past the
+head is cut to its last `TAIL` bytes."""
 _KEPT = 3  # the latest usage objects read besides the first
 _NULL = b'"usage":null'  # OpenAI's chunks before the usage chunk, the Responses API's early events
 _TRIES = 4  # markers tried from each end (OpenAI's `"usage":null` on every chunk is no object)
