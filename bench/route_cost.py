@@ -21,6 +21,7 @@ import re
 import statistics
 import subprocess
 import tempfile
+from collections.abc import Mapping
 from pathlib import Path
 
 from run import ROUTE_TOKEN, TOKEN, ensure_wrk, fake_upstream, gateway, route_config, wrk_script
@@ -48,17 +49,68 @@ def load(wrk: str, url: str, script: Path, concurrency: int, seconds: float) -> 
     return int(done.group(1)), int(bad.group(1)) if bad else 0
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+def paired_rounds(
+    wrk: str,
+    targets: Mapping[str, tuple[str, int, Path]],
+    rounds: int,
+    seconds: float,
+    concurrency: int,
+) -> dict[str, list[float]]:
+    """The gateway CPU µs per request of each target (name: base URL, gateway pid, wrk script),
+    one run per target per round, the targets taking turns in a rotating order so that each
+    round's figures are seconds apart (after a 1 s warm-up each)."""
+    for url, _, script in targets.values():
+        load(wrk, url, script, concurrency, 1.0)
+    names = list(targets)
+    costs: dict[str, list[float]] = {name: [] for name in names}
+    for turn in range(rounds):
+        turned = turn % len(names)
+        for name in names[turned:] + names[:turned]:
+            url, pid, script = targets[name]
+            before = cpu_seconds(pid)
+            done, bad = load(wrk, url, script, concurrency, seconds)
+            if bad:
+                raise SystemExit(f"{name}: {bad} of {done} requests failed")
+            costs[name].append((cpu_seconds(pid) - before) / done * 1e6)
+    return costs
+
+
+def paired(costs: Mapping[str, list[float]], a: str, b: str) -> list[float]:
+    """Each round's B minus its A."""
+    return [b_cost - a_cost for a_cost, b_cost in zip(costs[a], costs[b], strict=True)]
+
+
+def spread(differences: list[float]) -> str:
+    """A paired difference as printed: its median, min and max."""
+    return (
+        f"{statistics.median(differences):+7.1f} µs (paired median; "
+        f"min {min(differences):+.1f}, max {max(differences):+.1f})"
+    )
+
+
+def paired_parser(doc: str | None) -> argparse.ArgumentParser:
+    """The options of a paired-rounds bench (described by the first line of `doc`)."""
+    parser = argparse.ArgumentParser(description=(doc or "").splitlines()[0])
     parser.add_argument("--rounds", type=int, default=9)
-    parser.add_argument("--duration", type=float, default=2.0, help="seconds per run")
+    parser.add_argument("--duration", type=int, default=2, help="seconds per run")
     parser.add_argument("--concurrency", type=int, default=16)
     parser.add_argument("--stream", action="store_true", help="streamed requests")
-    parser.add_argument("--aa", action="store_true", help="B is the provider's token too")
-    args = parser.parse_args()
+    return parser
+
+
+def need_wrk() -> str:
+    """wrk's path (installed when missing and allowed), or exit."""
     wrk = ensure_wrk()
     if wrk is None:
         raise SystemExit("wrk is needed (apt-get install wrk)")
+    return wrk
+
+
+def main() -> None:
+    parser = paired_parser(__doc__)
+    parser.add_argument("--aa", action="store_true", help="B is the provider's token too")
+    args = parser.parse_args()
+    wrk = need_wrk()
     with tempfile.TemporaryDirectory() as tmp, fake_upstream() as base:
         folder = Path(tmp)
         with gateway(route_config(folder, base), 1) as (url, pid):
@@ -67,28 +119,14 @@ def main() -> None:
             b.write_text(
                 wrk_script(folder, TOKEN if args.aa else ROUTE_TOKEN, args.stream).read_text()
             )
-            for script in (a, b):
-                load(wrk, url, script, args.concurrency, 1.0)  # warm-up
-            costs: dict[str, list[float]] = {"A": [], "B": []}
-            for turn in range(args.rounds):
-                for side in ("A", "B") if turn % 2 == 0 else ("B", "A"):
-                    before = cpu_seconds(pid)
-                    done, bad = load(
-                        wrk, url, a if side == "A" else b, args.concurrency, args.duration
-                    )
-                    if bad:
-                        raise SystemExit(f"{side}: {bad} of {done} requests failed")
-                    costs[side].append((cpu_seconds(pid) - before) / done * 1e6)
-    paired = [b_cost - a_cost for a_cost, b_cost in zip(costs["A"], costs["B"], strict=True)]
+            targets = {"A": (url, pid, a), "B": (url, pid, b)}
+            costs = paired_rounds(wrk, targets, args.rounds, args.duration, args.concurrency)
     what = "stream" if args.stream else "chat"
     b_name = "provider token again (A-A)" if args.aa else "route of 3 targets"
     print(f"{what}, wrk c={args.concurrency}, {args.rounds} rounds of {args.duration:g} s")
     print(f"A provider token      {statistics.median(costs['A']):7.1f} µs CPU per request")
     print(f"B {b_name:20s}{statistics.median(costs['B']):7.1f} µs CPU per request")
-    print(
-        f"B-A {statistics.median(paired):+7.1f} µs (paired median; min {min(paired):+.1f}, "
-        f"max {max(paired):+.1f})"
-    )
+    print(f"B-A {spread(paired(costs, 'A', 'B'))}")
 
 
 if __name__ == "__main__":

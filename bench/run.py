@@ -137,10 +137,13 @@ def write_config(
     return path
 
 
-def route_config(folder: Path, base: str) -> Path:
+def route_config(
+    folder: Path, base: str, tag: str = "route", more: Mapping[str, Any] | None = None
+) -> Path:
     """`write_config`'s provider and two more like it, and a route named after their model
     over the three (weights 3:2:1, one tier), reached with the gateway token `ROUTE_TOKEN`: the
-    same requests as the single-provider rows, resolved, planned and rewritten."""
+    same requests as the single-provider rows, resolved, planned and rewritten (its own
+    database per `tag`, the settings of `more` merged in)."""
     keys_dir = folder / "keys-100-0"
     twin = {
         "provider_type": "openai_like",
@@ -159,7 +162,7 @@ def route_config(folder: Path, base: str) -> Path:
         "gateway": {"tokens": [{"name": "bench", "token": ROUTE_TOKEN, "routes": ["*"]}]},
         "routes": {"gpt-4o-mini": {"targets": targets}},
     }
-    return write_config(folder, base, 100, tag="route", extra=extra)
+    return write_config(folder, base, 100, tag=tag, extra=merged(extra, more or {}))
 
 
 def merged(base: Mapping[str, Any], extra: Mapping[str, Any]) -> dict[str, Any]:
@@ -258,11 +261,14 @@ def wrk_script(folder: Path, key: str, stream: bool) -> Path:
 _UNITS = {"us": 0.001, "ms": 1.0, "s": 1000.0}
 
 
-def run_wrk(wrk: str, url: str, script: Path, concurrency: int, seconds: float) -> Load:
+def run_wrk(
+    wrk: str, url: str, script: Path, concurrency: int, seconds: float, warm_up: bool = True
+) -> Load:
     threads = 1 if concurrency == 1 else 2
     base = [wrk, f"-t{threads}", f"-c{concurrency}", "-s", str(script), "--latency"]
     target = url + "/v1/chat/completions"
-    subprocess.run([*base, "-d1s", target], check=True, capture_output=True)  # warm-up
+    if warm_up:
+        subprocess.run([*base, "-d1s", target], check=True, capture_output=True)
     out = subprocess.run(
         [*base, f"-d{seconds:g}s", "--timeout", "10s", target],
         check=True,

@@ -9,7 +9,7 @@ import orjson
 import pytest
 
 from llmgateway.core.stream_usage import UsageStrip, inject_include_usage
-from llmgateway.providers.usage import Tokens, UsageScan, scan_whole
+from llmgateway.providers.usage import HEAD, TAIL, Tokens, UsageScan, scan_whole
 from llmgateway.testing import anthropic_wire, wire
 
 
@@ -137,8 +137,37 @@ def test_an_unfinished_usage_object_holds_bounded_bytes() -> None:
     scan = UsageScan("openai")
     scan.feed(b'data: {"usage":{"prompt_tokens":1,' + b" " * 100_000)
     scan.feed(b" " * 100_000)
-    assert len(scan._held) <= 16 * 1024 + 100_000
+    for _ in range(100):
+        scan.feed(b" " * 1000)
+    held = sum(map(len, scan._head)) + sum(map(len, scan._tail))
+    assert held <= HEAD + TAIL + 1000
     assert scan.tokens() is None
+
+
+def test_long_streams_read_their_first_and_last_usage() -> None:
+    """Only the beginning and the end of a long stream are kept: Anthropic's input side from
+    `message_start`, its output and OpenAI's usage chunk from the end, whatever is between."""
+    middle = [b'data: {"choices":[{"delta":{"content":"word"}}],"usage":null}\n\n'] * 2000
+    chunks = list(wire.openai_chunks("m", 3, True))
+    assert streamed("openai", chunks[:1] + middle + chunks[1:]) == Tokens(5, 3, 0, 0)
+    events = list(anthropic_wire.message_events("c", 3))
+    text = b'event: content_block_delta\ndata: {"type":"content_block_delta","delta":{}}\n\n'
+    long = [*events[:2], *[text] * 2000, *events[2:]]
+    assert streamed("anthropic", long) == streamed("anthropic", events) == Tokens(5, 3, 0, 0)
+    assert streamed("anthropic", [b"".join(long)]) == Tokens(5, 3, 0, 0)
+
+
+def test_a_long_answer_read_whole_or_in_long_reads() -> None:
+    usage = {"prompt_tokens": 9000, "total_tokens": 9000}
+    body = orjson.dumps({"data": [{"embedding": [0.5] * 50_000}], "usage": usage})
+    assert len(body) > 8 * TAIL
+    assert scan_whole("openai", body) == Tokens(9000, 0, 0, 0)
+    for size in (1000, TAIL - 1, TAIL + 1, 3 * TAIL, len(body)):
+        pieces = [body[i : i + size] for i in range(0, len(body), size)]
+        assert streamed("openai", pieces) == Tokens(9000, 0, 0, 0)
+    done = {"type": "response.completed", "response": {"output": ["x" * 100_000]}}
+    event = orjson.dumps(done)[:-2] + b',"usage":{"input_tokens":3,"output_tokens":4}}}'
+    assert streamed("openai", [b"data: " + event + b"\n\n"]) == Tokens(3, 4, 0, 0)
 
 
 def test_inject_splices_after_the_brace() -> None:

@@ -16,14 +16,13 @@ bounded; never a key or a client label).
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 
 from llmgateway.conductor.quotas import Quotas
-from llmgateway.conductor.write_behind import flush_forever, flush_within
+from llmgateway.conductor.write_behind import flush_forever, flush_within, write_batches
 from llmgateway.observe.metrics import Metrics
 from llmgateway.providers.usage import Tokens
 from llmgateway.records import USAGE_FLUSH_SEC, USAGE_HOUR, TokenCount
@@ -94,24 +93,18 @@ class TokenWriter:
         """Write everything counted so far, a batch per transaction. False: the store failed;
         what was not written is kept for the next flush."""
         taken, self._pending = self._pending, {}
-        slots = list(taken.items())
-        for start in range(0, len(slots), self.batch_size):
-            batch = slots[start : start + self.batch_size]
-            try:
-                await self.write([TokenCount(*slot, *values) for slot, values in batch])
-            except asyncio.CancelledError:  # stopped mid-write (rolled back): `drain` writes it
-                self._put_back(slots[start:])
-                raise
-            except Exception as error:  # the store is down: keep the rest for later
-                self.failures += 1
-                self._put_back(slots[start:])
-                log.warning("token write failed, %d counts kept for later: %s", self.pending, error)
-                return False
-            self.written += len(batch)
-            if self.quotas is not None:
-                for slot, values in batch:
-                    self.quotas.written(slot[1], slot[0], values[1] + values[2])
-        return True
+        error = await write_batches(
+            taken, _record, self.write, self._put_back, self.batch_size, self, self._written
+        )
+        if error is not None:
+            log.warning("token write failed, %d counts kept for later: %s", self.pending, error)
+        return error is None
+
+    def _written(self, batch: list[tuple[Slot, list[int]]]) -> None:
+        """The quotas learn what the store now holds (they stop adding it on their own)."""
+        if self.quotas is not None:
+            for slot, values in batch:
+                self.quotas.written(slot[1], slot[0], values[1] + values[2])
 
     def _put_back(self, slots: list[tuple[Slot, list[int]]]) -> None:
         pending = self._pending
@@ -137,3 +130,7 @@ class TokenWriter:
     async def run(self) -> None:
         """Flush every `interval_sec` forever, backing off while the store fails."""
         await flush_forever(self.flush, self.interval_sec)
+
+
+def _record(slot: Slot, values: list[int]) -> TokenCount:
+    return TokenCount(*slot, *values)

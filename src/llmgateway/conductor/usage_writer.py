@@ -17,7 +17,7 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 
-from llmgateway.conductor.write_behind import flush_forever, flush_within
+from llmgateway.conductor.write_behind import flush_forever, flush_within, write_batches
 from llmgateway.records import USAGE_FLUSH_SEC, USAGE_HOUR, UsageCount
 
 log = logging.getLogger("llmgateway.events")
@@ -73,18 +73,17 @@ class UsageWriter:
         if not taken:
             return True
         now = self.clock()
-        slots = list(taken.items())
-        for start in range(0, len(slots), self.batch_size):
-            batch = slots[start : start + self.batch_size]
-            try:
-                await self.write([_count(slot, value) for slot, value in batch], now)
-            except Exception as error:  # the store is down: keep the rest for later
-                self.failures += 1
-                self._put_back(slots[start:])
-                log.warning("usage write failed, %d counts kept for later: %s", self.pending, error)
-                return False
-            self.written += len(batch)
-        return True
+        error = await write_batches(
+            taken,
+            _count,
+            lambda counts: self.write(counts, now),
+            self._put_back,
+            self.batch_size,
+            self,
+        )
+        if error is not None:
+            log.warning("usage write failed, %d counts kept for later: %s", self.pending, error)
+        return error is None
 
     def _put_back(self, slots: list[tuple[Slot, int]]) -> None:
         pending = self._pending

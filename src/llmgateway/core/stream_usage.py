@@ -26,6 +26,8 @@ _COMPACT_NULL = b',"usage":null'
 _NULL_USAGE = re.compile(rb'\s*,\s*"usage"\s*:\s*null\b')
 _USAGE_EVENT = re.compile(rb'data:[^\r\n]*"usage"\s*:\s*\{[^\r\n]*(?:\r?\n){2}')
 _NO_CHOICES = re.compile(rb'"choices"\s*:\s*\[\s*\]')
+_SPACED_NULL = re.compile(rb'"usage"\s*:\s*null\b')
+_USAGE_OBJECT = re.compile(rb'"usage"\s*:\s*\{')
 
 
 def inject_include_usage(body: bytes) -> bytes | None:
@@ -55,15 +57,16 @@ class UsageStrip:
             cut = _event_end(data)
             if len(data) - cut <= HELD_LIMIT:
                 data, self._held = data[:cut], data[cut:]
+        # as OpenAI writes it, on every chunk: a C-speed replace (`data` itself when absent)
+        data = data.replace(_COMPACT_NULL, b"")
         if b'"usage' not in data:
             return data
-        if _COMPACT_NULL in data:  # as OpenAI writes it: a C-speed replace
-            data = data.replace(_COMPACT_NULL, b"")
-            if b'"usage' not in data:
-                return data
-        data = _NULL_USAGE.sub(b"", data)
+        if _SPACED_NULL.search(data) is not None:  # (no literal prefix: tried at every byte)
+            data = _NULL_USAGE.sub(b"", data)
         if _NO_CHOICES.search(data) is None:
             return data
+        if _one_event(data) and _USAGE_OBJECT.search(data) is not None:
+            return b""  # the usage-only chunk, alone: as `_USAGE_EVENT` would drop it
         return _USAGE_EVENT.sub(_unless_choices, data)
 
     def rest(self) -> bytes:
@@ -77,6 +80,16 @@ def _event_end(data: bytes) -> int:
     lf = data.rfind(b"\n\n")
     crlf = data.rfind(b"\r\n\r\n")
     return max(lf + 2 if lf >= 0 else 0, crlf + 4 if crlf >= 0 else 0)
+
+
+def _one_event(data: bytes) -> bool:
+    """`data` is one `data:` line and the blank line ending it."""
+    return (
+        data.startswith(b"data:")
+        and data.endswith(b"\n\n")
+        and data.count(b"\n") == 2
+        and b"\r" not in data
+    )
 
 
 def _unless_choices(found: re.Match[bytes]) -> bytes:

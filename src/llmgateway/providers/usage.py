@@ -4,22 +4,27 @@ Every format names its usage object `"usage"` (OpenAI chat, completions, embeddi
 Responses API; Anthropic's `message_start` and `message_delta`) or `"usageMetadata"` (Gemini).
 An unescaped `"usage"` can only be a key (a quote inside a JSON string is escaped), and a usage
 object nests at most one level of objects, so one regular expression finds the object and only
-that object (a few hundred bytes) is decoded, whatever the size of the answer or the event. The
-objects are decoded once the answer is over, and only the first and the last three: Gemini
-repeats its object on every chunk.
+that object (a few hundred bytes) is decoded, whatever the size of the answer or the event.
 
-Streams: a chunk without `"usage` costs one substring search (and the chunk's last bytes are
-kept, in case the marker is split across chunks); an object cut by a chunk boundary is held (at
-most `HELD_LIMIT` bytes) and completed by the next chunk. The counts found are merged key by key
-in order,
-the last value winning: Gemini's `usageMetadata` and an OpenAI-compatible server's per-chunk
-usage are cumulative (never summed), Anthropic's `message_start` gives the input side and
-`message_delta` the output so far. Reading a usage object twice changes nothing.
+Nothing is read while the answer is relayed: a chunk is only kept (a reference, no copy), the
+answer's first `HEAD` bytes and its last `TAIL` bytes, and the usage is read once it is over.
+Every format puts the usage it ends with near its end (OpenAI's usage chunk before `[DONE]` and
+its `usage` after the choices, Gemini's `usageMetadata` after the candidates, Anthropic's
+`message_delta`, the Responses API's `response.completed` with only `user` and `metadata` after
+its `usage`), so the last objects are looked for from the end, searching backwards (at most
+`_TRIES` markers, stopping at a `"usage":null`: OpenAI's chunks before its usage chunk, the
+Responses API's first events); Anthropic gives its input side in its first event
+(`message_start`), so for Anthropic the first object is looked for from the beginning too. A
+usage object elsewhere is not read. The counts are merged key by key in order, the last value
+winning: Gemini's `usageMetadata` and an OpenAI-compatible server's per-chunk usage are
+cumulative (never summed), Anthropic's `message_start` gives the input side and `message_delta`
+the output so far. Reading a usage object twice changes nothing.
 """
 
 from __future__ import annotations
 
 import re
+from collections import deque
 from dataclasses import dataclass
 
 import orjson
@@ -30,13 +35,17 @@ MARKER = b'"usage'
 MOST_TOKENS = 1 << 32
 """The largest count believed (a hostile upstream's 10**30 or -5 is ignored: an hour's sums
 stay far within the store's 64-bit columns)."""
-HELD_LIMIT = 16 * 1024
-"""The most of a usage object cut by a chunk boundary kept for the next chunk."""
-_KEPT = 3  # the latest usage objects kept besides the first
-_EDGE = 16  # bytes of a chunk kept in case the next one completes a split marker
+HEAD = 2 * 1024
+"""The bytes of an answer's beginning where its first usage object is looked for."""
+TAIL = 16 * 1024
+"""The bytes of an answer's end where its last usage objects are looked for. A stream holds at
+most `2 * HEAD + 3 * TAIL` bytes (52 KiB): whole chunks, but one longer than `TAIL` past the
+head is cut to its last `TAIL` bytes."""
+_KEPT = 3  # the latest usage objects read besides the first
+_NULL = b'"usage":null'  # OpenAI's chunks before the usage chunk, the Responses API's early events
+_TRIES = 4  # markers tried from each end (OpenAI's `"usage":null` on every chunk is no object)
 # possessive: an object left unfinished fails in linear time, never by backtracking
 _OBJECT = re.compile(rb'"usage(?:Metadata)?"\s*:\s*(\{(?:[^{}]++|\{[^{}]*+\})*+\})')
-_EMPTY = re.compile(rb'"usage(?:Metadata)?"\s*:\s*(?:null\b|\{\s*\})')
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,53 +61,113 @@ class Tokens:
 class UsageScan:
     """The usage of one answer, fed its bytes (whole, or chunk by chunk as relayed)."""
 
-    __slots__ = ("_edge", "_first", "_held", "_last", "surface")
+    __slots__ = ("_head", "_head_size", "_skipped", "_tail", "_tail_size", "surface")
 
     def __init__(self, surface: Surface) -> None:
         self.surface = surface
-        self._first = b""  # the first usage object (Anthropic's input side)
-        self._last: list[bytes] = []  # the latest ones (at most `_KEPT`), oldest first
-        self._held = b""
-        self._edge = b""
+        self._head: list[bytes] = []  # the first chunks, `HEAD` bytes or a little more
+        self._head_size = 0
+        self._tail: deque[bytes] = deque()  # the latest chunks after the head
+        self._tail_size = 0
+        self._skipped = False  # bytes between the head and the tail were let go
 
     def feed(self, chunk: bytes) -> None:
-        """Read one chunk of the answer (bounded work when it holds no usage)."""
-        if self._held:
-            data = self._held + chunk
-            self._held = b""
-        elif MARKER in chunk or MARKER in self._edge + chunk[:_EDGE]:
-            data = self._edge + chunk  # a marker may begin in the previous chunk's last bytes
-        else:  # the stream's last bytes, however short its chunks
-            edge = chunk if len(chunk) >= _EDGE else self._edge + chunk
-            self._edge = edge[-_EDGE:]
-            return
-        self._edge = data[-_EDGE:]
-        self._scan(data)
+        """Keep one chunk of the answer (a reference: no copy, no search)."""
+        if len(chunk) > TAIL:  # rare: the answer whole, or a long read
+            self._feed_long(chunk)
+        elif self._head_size < HEAD:
+            self._head.append(chunk)
+            self._head_size += len(chunk)
+        else:
+            tail = self._tail
+            tail.append(chunk)
+            size = self._tail_size + len(chunk)
+            while size - len(tail[0]) >= TAIL:
+                size -= len(tail.popleft())
+                self._skipped = True
+            self._tail_size = size
 
-    def _scan(self, data: bytes) -> None:
-        start = data.find(MARKER)
-        end = -1
-        for found in _OBJECT.finditer(data, start):
-            if not self._first:
-                self._first = found.group(1)
-            else:
-                latest = self._last
-                latest.append(found.group(1))
-                if len(latest) > _KEPT:
-                    del latest[0]
-            end = found.end()
-        last = data.rfind(MARKER)
-        if last >= end and _EMPTY.match(data, last) is None and len(data) - last <= HELD_LIMIT:
-            self._held = data[last:]  # an object the next chunk completes
+    def _feed_long(self, chunk: bytes) -> None:
+        """A chunk longer than `TAIL`: its first bytes fill the head, its last the tail."""
+        if self._head_size < HEAD:
+            if len(chunk) <= HEAD + TAIL:
+                self._head.append(chunk)
+                self._head_size += len(chunk)
+                return
+            self._head.append(chunk[: HEAD - self._head_size])
+            self._head_size = HEAD
+        self._skipped = True
+        self._tail.clear()
+        self._tail.append(chunk[-TAIL:])
+        self._tail_size = TAIL
 
     def tokens(self) -> Tokens | None:
         """The answer's tokens, or None when it carried no usage."""
-        counts: dict[str, int] = {}
-        if self._first:
-            _merge(counts, self._first)
-        for raw in self._last:
-            _merge(counts, raw)
-        return tokens_of(counts, self.surface)
+        head = b"".join(self._head)
+        if not self._skipped:
+            return scan_whole(self.surface, head + b"".join(self._tail) if self._tail else head)
+        return _read(head, b"".join(self._tail), self.surface)
+
+
+def scan_whole(surface: Surface, body: bytes) -> Tokens | None:
+    """The usage of an answer read whole (or of a stream kept whole)."""
+    return _read(body, body, surface)
+
+
+def _read(head: bytes, tail: bytes, surface: Surface) -> Tokens | None:
+    """The tokens of an answer from its beginning and its end (the same bytes, or a head and a
+    tail with bytes between them let go): the first usage object of the head and the last
+    ones of the tail, merged in order."""
+    first = _first(head) if surface == "anthropic" else None
+    start = max(len(tail) - TAIL, 0)
+    if first is None:
+        return _counted(_latest(tail, start), surface)
+    if head is tail:  # the first is not read again as one of the latest
+        start = max(start, first[0])
+    return _counted([first[1], *_latest(tail, start)[-_KEPT:]], surface)
+
+
+def _first(data: bytes) -> tuple[int, bytes] | None:
+    """The first usage object of `data` that begins within `HEAD` bytes (where it ends, and
+    the object), looking at `_TRIES` markers at most."""
+    at = data.find(MARKER, 0, HEAD)
+    for _ in range(_TRIES):
+        if at < 0:
+            return None
+        match = _OBJECT.match(data, at)
+        if match is not None:
+            return match.end(), match.group(1)
+        at = data.find(MARKER, at + len(MARKER), HEAD)
+    return None
+
+
+def _latest(data: bytes, start: int) -> list[bytes]:
+    """The last usage objects of `data` that begin at `start` or later (at most `_KEPT + 1`,
+    oldest first), looking at `_TRIES` markers at most, from the end."""
+    found: list[bytes] = []
+    end = len(data)
+    for _ in range(_TRIES):
+        at = data.rfind(MARKER, start, end)
+        if at < 0:
+            break
+        match = _OBJECT.match(data, at)
+        if match is not None:
+            found.append(match.group(1))
+            if len(found) > _KEPT:
+                break
+        elif data.startswith(_NULL, at):  # no usage before this point is newer than this
+            break
+        end = at
+    found.reverse()
+    return found
+
+
+def _counted(found: list[bytes], surface: Surface) -> Tokens | None:
+    """The tokens of the usage objects found, merged in order."""
+    counts: dict[str, int] = {}
+    for raw in found:
+        _merge(counts, raw)
+    return tokens_of(counts, surface)
 
 
 def _merge(counts: dict[str, int], raw: bytes) -> None:
@@ -116,14 +185,6 @@ def _merge(counts: dict[str, int], raw: bytes) -> None:
                 for inner, count in value.items():
                     if type(count) is int and 0 <= count <= MOST_TOKENS:
                         counts[inner] = count
-
-
-def scan_whole(surface: Surface, body: bytes) -> Tokens | None:
-    """The usage of an answer read whole."""
-    scan = UsageScan(surface)
-    if MARKER in body:
-        scan._scan(body)
-    return scan.tokens()
 
 
 def tokens_of(counts: dict[str, int], surface: Surface) -> Tokens | None:
