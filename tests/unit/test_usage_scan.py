@@ -67,6 +67,16 @@ def test_responses_api_whole_and_streamed() -> None:
     assert streamed("openai", events) == Tokens(40, 25, 8, 20)
 
 
+def test_a_usage_object_nested_two_levels_deep_is_read() -> None:
+    # the Responses API's cache writes: input_tokens_details.cache_write_tokens_details
+    details = {"cached_tokens": 8, "cache_write_tokens_details": {"ttl_30m_tokens": 4}}
+    usage = {"input_tokens": 40, "input_tokens_details": details, "output_tokens": 25}
+    whole = orjson.dumps({"object": "response", "output": [], "usage": usage})
+    assert scan_whole("openai", whole) == Tokens(40, 25, 8, 0)
+    deeper = {"input_tokens": 1, "a": {"b": {"c": {"d": 1}}}}  # three levels: not a usage object
+    assert scan_whole("openai", orjson.dumps({"usage": deeper})) is None
+
+
 def test_gemini_cumulative_stream_takes_the_last_never_the_sum() -> None:
     chunks = list(wire.gemini_chunks("g", 6, sse=True))
     # each chunk reports 5 prompt tokens and the candidates so far: 1, 2, … 6

@@ -3,7 +3,7 @@
 Every format names its usage object `"usage"` (OpenAI chat, completions, embeddings and the
 Responses API; Anthropic's `message_start` and `message_delta`) or `"usageMetadata"` (Gemini).
 An unescaped `"usage"` can only be a key (a quote inside a JSON string is escaped), and a usage
-object nests at most one level of objects, so one regular expression finds the object and only
+object nests at most two levels of objects, so one regular expression finds the object and only
 that object (a few hundred bytes) is decoded, whatever the size of the answer or the event.
 
 Nothing is read while the answer is relayed: a chunk is only kept (a reference, no copy), the
@@ -45,7 +45,9 @@ _KEPT = 3  # the latest usage objects read besides the first
 _NULL = b'"usage":null'  # OpenAI's chunks before the usage chunk, the Responses API's early events
 _TRIES = 4  # markers tried from each end (OpenAI's `"usage":null` on every chunk is no object)
 # possessive: an object left unfinished fails in linear time, never by backtracking
-_OBJECT = re.compile(rb'"usage(?:Metadata)?"\s*:\s*(\{(?:[^{}]++|\{[^{}]*+\})*+\})')
+_OBJECT = re.compile(
+    rb'"usage(?:Metadata)?"\s*:\s*(\{(?:[^{}]++|\{(?:[^{}]++|\{[^{}]*+\})*+\})*+\})'
+)
 
 
 @dataclass(frozen=True, slots=True)
