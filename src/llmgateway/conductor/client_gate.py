@@ -24,7 +24,7 @@ from __future__ import annotations
 import functools
 import itertools
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -125,18 +125,14 @@ class Clients:
         assert tpm is not None
         now = self.clock()
         spend = Spend(f"client:{rules.name}", next(self._tokens), reservation(body))
-        backend = self.backend
-        if backend is None:
-            refusal = self.counts.reserve((spend.slot, 0, ""), spend.token, tpm, spend.amount, now)
-        elif backend.outage.down(now):
+        slot = (spend.slot, 0, "")
+        refusal = await self._counted(
+            lambda counts: counts.reserve(slot, spend.token, tpm, spend.amount, now),
+            lambda backend: backend.reserve(slot, spend.token, tpm, spend.amount, now),
+            now,
+        )
+        if isinstance(refusal, _Open):
             return None
-        else:
-            try:
-                slot = (spend.slot, 0, "")
-                refusal = await backend.reserve(slot, spend.token, tpm, spend.amount, now)
-            except Unreachable as error:
-                backend.outage.failed(backend.name, error)
-                return None
         if refusal is None:
             return spend
         message = f"Too many tokens for this client (at most {tpm} a minute)."
@@ -157,15 +153,29 @@ class Clients:
         )
 
     async def _take(self, hold: Hold, rules: ClientRules, now: float) -> Refusal | _Open | None:
+        slot = (hold.slot, 0, "")
+        most, rpm = rules.max_parallel, rules.rpm
+        return await self._counted(
+            lambda counts: counts.take(slot, hold.token, most, rpm, now),
+            lambda backend: backend.take(slot, hold.token, _limits(most, rpm), now),
+            now,
+        )
+
+    async def _counted(
+        self,
+        here: Callable[[LocalCounts], Refusal | None],
+        there: Callable[[Backend], Awaitable[Refusal | None]],
+        now: float,
+    ) -> Refusal | _Open | None:
+        """Count a request in this process (`here`) or with the limits backend (`there`); a
+        backend out of reach (or known down) fails open: `OPEN`, counted as its outage."""
         backend = self.backend
         if backend is None:
-            slot = (hold.slot, 0, "")
-            return self.counts.take(slot, hold.token, rules.max_parallel, rules.rpm, now)
+            return here(self.counts)
         if backend.outage.down(now):
             return OPEN
-        limits = _limits(rules.max_parallel, rules.rpm)
         try:
-            return await backend.take((hold.slot, 0, ""), hold.token, limits, now)
+            return await there(backend)
         except Unreachable as error:
             backend.outage.failed(backend.name, error)
             return OPEN
