@@ -111,9 +111,7 @@ class LocalCounts:
     ) -> Refusal | None:
         """Count one request on `slot` held as `token` (with `amount` tokens reserved when
         `tpm` is set: see `spent`), or say why it may not start now."""
-        usage = self._usage.get(slot)
-        if usage is None:
-            usage = self._usage[slot] = _Usage()
+        usage = self._usage_of(slot)
         if max_concurrent is not None and usage.inflight >= max_concurrent:
             return Refusal("busy", BUSY_RETRY_SEC)
         if rpm is not None:
@@ -124,11 +122,9 @@ class LocalCounts:
                 wait = recent[0] + WINDOW_SEC - now if recent else WINDOW_SEC
                 return Refusal("rate", wait)
         if tpm is not None:
-            amount = fit(amount, tpm)
-            refusal = usage.tokens_refusal(tpm, amount, now)
+            refusal = self._reserve_on(usage, token, tpm, amount, now)
             if refusal is not None:
                 return refusal
-            self._spend(usage, token, amount, now)
         if rpm is not None:
             usage.recent.append(now)
         usage.inflight += 1
@@ -140,20 +136,27 @@ class LocalCounts:
     ) -> Refusal | None:
         """Reserve `amount` tokens on `slot` as `token` (nothing held in flight), or say why
         they do not fit its `tpm` now."""
+        return self._reserve_on(self._usage_of(slot), token, tpm, amount, now)
+
+    def _usage_of(self, slot: Hashable) -> _Usage:
         usage = self._usage.get(slot)
         if usage is None:
             usage = self._usage[slot] = _Usage()
+        return usage
+
+    def _reserve_on(
+        self, usage: _Usage, token: Hashable, tpm: int, amount: int, now: float
+    ) -> Refusal | None:
+        """`amount` tokens (as `fit` counts them) reserved on `usage` as `token`, or why not."""
         amount = fit(amount, tpm)
         refusal = usage.tokens_refusal(tpm, amount, now)
-        if refusal is None:
-            self._spend(usage, token, amount, now)
-        return refusal
-
-    def _spend(self, usage: _Usage, token: Hashable, amount: int, now: float) -> None:
+        if refusal is not None:
+            return refusal
         spend = _Spend(now, amount)
         usage.spends.append(spend)
         usage.spent += amount
         self._spends[token] = (usage, spend)
+        return None
 
     def spent(self, token: Hashable, amount: int | None) -> None:
         """The request that reserved tokens as `token` used `amount` (None: unknown, the
