@@ -110,8 +110,7 @@ class PostgresBackend:
     ) -> Refusal | None:
         """Count one request on `slot` (reserving `amount` tokens when `limits.tpm` is set)
         against this gateway's share of each limit."""
-        if self.seen_at is None or now - self.seen_at > self.stale_after:
-            raise Unreachable("the gateway fleet could not be counted lately")
+        self._counted_lately(now)
         most = self._share(limits.max_concurrent)
         rpm = self._share(limits.rpm)
         tpm = self._share(limits.tpm)
@@ -121,10 +120,15 @@ class PostgresBackend:
         self, slot: Slot, token: int, tpm: int, amount: int, now: float
     ) -> Refusal | None:
         """Reserve `amount` tokens on `slot` against this gateway's share of `tpm`."""
-        if self.seen_at is None or now - self.seen_at > self.stale_after:
-            raise Unreachable("the gateway fleet could not be counted lately")
+        self._counted_lately(now)
         share = share_of(tpm, self.rank, self.size)
         return self.counts.reserve(slot, (slot[0], token), share, amount, now)
+
+    def _counted_lately(self, now: float) -> None:
+        """Unreachable unless the fleet was counted within `stale_after` (the shares would be
+        stale: the limits then fail open, as an unreachable backend's do)."""
+        if self.seen_at is None or now - self.seen_at > self.stale_after:
+            raise Unreachable("the gateway fleet could not be counted lately")
 
     def _share(self, limit: int | None) -> int | None:
         return None if limit is None else share_of(limit, self.rank, self.size)
