@@ -4,10 +4,9 @@ declares, as the same JSON-ready mapping (never the token), and the table of the
 from __future__ import annotations
 
 from collections.abc import Mapping
-from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from llmgateway.core.clients import Period
+from llmgateway.core.clients import Period, iso_utc
 
 if TYPE_CHECKING:
     from llmgateway.config.route_settings import GatewayToken
@@ -17,7 +16,7 @@ if TYPE_CHECKING:
 def _time(at: float | None) -> str | None:
     if at is None:
         return None
-    return datetime.fromtimestamp(at, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return iso_utc(at)
 
 
 def _state(enabled: bool, expires_at: float | None, now: float) -> str:

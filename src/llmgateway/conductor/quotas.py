@@ -17,11 +17,10 @@ from __future__ import annotations
 import math
 from collections.abc import Awaitable, Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from zoneinfo import ZoneInfo
 
 from llmgateway.conductor.admission import Refused
-from llmgateway.core.clients import ClientRules, Period
+from llmgateway.core.clients import ClientRules, Period, iso_utc
 from llmgateway.core.quota import HOUR, UTC_ZONE, period_bounds, period_starts
 
 Found = Mapping[str, Mapping[Period, int]]
@@ -176,7 +175,7 @@ class Quotas:
         spend = self.spend(rules.name, now)
         if spend is None or spend.spent < spend.limit:
             return None
-        ends = datetime.fromtimestamp(spend.end, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        ends = iso_utc(spend.end)
         message = (
             f"This client's token quota for the {spend.period.value} is spent "
             f"({spend.spent} of {spend.limit} tokens); it renews at {ends}."

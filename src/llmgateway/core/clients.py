@@ -94,6 +94,11 @@ def epoch_of(when: date | datetime) -> float:
     return when.timestamp()
 
 
+def iso_utc(at: float) -> str:
+    """Epoch seconds `at` as an ISO time in UTC to the second (`2027-01-01T00:00:00Z`)."""
+    return datetime.fromtimestamp(at, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
 def parse_span(text: str) -> float | None:
     """A grace span (`24h`, `2d`, `1w`, `0h`) in seconds, or None."""
     relative = _RELATIVE.fullmatch(text.strip())
