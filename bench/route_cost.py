@@ -98,6 +98,23 @@ def paired_parser(doc: str | None) -> argparse.ArgumentParser:
     return parser
 
 
+def pin_apart() -> set[int]:
+    """Keep this process and what it starts from now on (the fake upstream, wrk) off the first
+    CPU, and return that CPU's set, for the gateway (`pin`): the gateway then shares its core
+    with nothing of the bench's, and its CPU per request moves far less between runs."""
+    cpus = sorted(os.sched_getaffinity(0))
+    if len(cpus) < 2:
+        raise SystemExit("--pin needs two CPUs or more")
+    os.sched_setaffinity(0, cpus[1:])
+    return {cpus[0]}
+
+
+def pin(pid: int, cpus: set[int]) -> None:
+    """Move every thread of process `pid` to `cpus` (util-linux's taskset)."""
+    listed = ",".join(str(cpu) for cpu in sorted(cpus))
+    subprocess.run(["taskset", "-a", "-p", "-c", listed, str(pid)], check=True, capture_output=True)
+
+
 def need_wrk() -> str:
     """wrk's path (installed when missing and allowed), or exit."""
     wrk = ensure_wrk()
@@ -109,11 +126,17 @@ def need_wrk() -> str:
 def main() -> None:
     parser = paired_parser(__doc__)
     parser.add_argument("--aa", action="store_true", help="B is the provider's token too")
+    parser.add_argument(
+        "--pin", action="store_true", help="the gateway alone on the first CPU, the rest apart"
+    )
     args = parser.parse_args()
     wrk = need_wrk()
+    pinned = pin_apart() if args.pin else None
     with tempfile.TemporaryDirectory() as tmp, fake_upstream() as base:
         folder = Path(tmp)
         with gateway(route_config(folder, base), 1) as (url, pid):
+            if pinned is not None:
+                pin(pid, pinned)
             a = wrk_script(folder, TOKEN, args.stream)
             b = folder / "b.lua"  # a copy: the A-A run's B is the same request
             b.write_text(
