@@ -157,10 +157,12 @@ class KeyPool:
         """Whether a key may serve `model` now, as far as the pool's bag of eligible keys says
         (O(1) amortised: no key is looked at one by one). A key whose state changed unseen may
         still be in the bag; `acquire` then finds none, without an upstream call."""
-        self._expire(now)
-        scope = self._scopes.get(self.scope(model))
+        scope = self._scopes.get(ALL_MODELS if self._shared else model)
         if scope is None:
             return False
+        if scope.ready.items:  # the usual answer: what follows only ever adds to the bag
+            return True
+        self._expire(now)
         unpark(scope, self._keys, now)
         return bool(scope.ready.items)
 
