@@ -152,6 +152,26 @@ async def test_falls_back_on_rate_limits_then_skips_the_cooling_target_without_a
     assert APP not in str(last.headers)
 
 
+async def test_a_cooling_first_target_takes_no_place_of_the_cap(
+    tmp_path: Path, fakes: Fakes
+) -> None:
+    """The first target is drawn without asking whether it has a usable key: its attempt
+    finds none, without an upstream call, and it is skipped as the plan skips the ineligible,
+    so a route that tries one target only still reaches the next."""
+    limited = "sk-ratelimited-alpha-0001"
+    one = {**FALLBACK, "max_targets": 1}
+    settings = route_settings(tmp_path, fakes, {"alpha": [limited]}, {"fast": FALLBACK, "one": one})
+    async with gateway(settings) as url:
+        await chat(url)  # alpha's key answers 429 and cools down; beta answers
+        answered = await chat(url, "one")
+        assert answered.parse().choices[0].message.content
+        assert (target_of(answered), answered.headers["x-llmgateway-attempts"]) == (
+            "beta/gpt-b",
+            "1",
+        )
+    assert fakes.alpha.calls(limited) == 1  # only the first request's
+
+
 @pytest.mark.parametrize(
     "behavior",
     [Behavior(error_rate=1.0, error_status=500), Behavior(error_rate=1.0, error_status=503)],

@@ -268,7 +268,7 @@ async def test_a_second_end_of_a_claim_gives_nothing_back_twice(
             super().end(outcome)
             super().end(outcome)  # RetryBudget raises on a second release; the pool ignores
 
-    monkeypatch.setattr("llmgateway.conductor.endpoints.Claim", EndedTwice)
+    monkeypatch.setattr("llmgateway.conductor.serve_call.Claim", EndedTwice)
     streamed = ScriptedResponse(200, SSE, list(EVENTS))
     rig = make_rig(
         in_turn(busy(), streamed, ScriptedResponse(200, JSON, COMPLETION), busy(), busy()),

@@ -23,6 +23,7 @@ from llmgateway.core.route_plan import (
     Failure,
     Step,
     exhausted,
+    first,
     next_step,
     plan,
 )
@@ -190,6 +191,74 @@ def test_skipped_targets_do_not_count_against_the_cap() -> None:
         route(A, B, LOW, LOWER, max_targets=2), lambda p, m: p not in {"a", "b"}, random.Random(0)
     )
     assert planned == (LOW, LOWER)
+
+
+# -- the first target, drawn alone ------------------------------------------------------------
+
+
+def request_plan(fast: Route, eligible: set[str], rng: random.Random) -> tuple[Target, ...]:
+    """The targets a request asks, in order, as the request path draws them: `first()`, then,
+    when it turns out ineligible, `plan()` with it skipped, else `plan()` going on after it."""
+
+    def ok(provider: str, model: str) -> bool:
+        return provider in eligible
+
+    drawn = first(fast, rng)
+    if not ok(drawn.provider, drawn.model):
+        return planned_of(fast, ok, rng, [drawn])
+    return (drawn, *plan(fast, ok, rng, [], (drawn,)))
+
+
+def test_the_first_draw_follows_the_weights() -> None:
+    rng = random.Random(20261207)
+    firsts = Counter(first(route(A, B, C, LOW), rng).provider for _ in range(10_000))
+    assert set(firsts) == {"a", "b", "c"}  # a lower tier is never first
+    for provider, share in (("a", 0.6), ("b", 0.3), ("c", 0.1)):
+        assert firsts[provider] / 10_000 == pytest.approx(share, abs=0.015), provider
+
+
+def test_a_lone_first_target_takes_no_draw() -> None:
+    class Drawless(random.Random):
+        def random(self) -> float:
+            raise AssertionError("no number is drawn for a tier of one")
+
+    assert first(route(A, LOW), Drawless()) == A
+
+
+@pytest.mark.parametrize("eligible", [{"a", "b", "c"}, {"b", "c"}, {"a", "c", "low"}, {"low"}])
+def test_drawing_the_first_target_alone_keeps_the_plans_odds(eligible: set[str]) -> None:
+    """A request draws its first target without asking its eligibility and skips it only when
+    its attempt finds no key: over 10,000 seeded requests each order of targets comes as often
+    as in the plan drawn among the eligible alone."""
+    fast = route(A, B, C, LOW)
+
+    def ok(provider: str, model: str) -> bool:
+        return provider in eligible
+
+    reference, drawn = random.Random(11), random.Random(12)
+    expected = Counter(
+        "/".join(t.provider for t in planned_of(fast, ok, reference)) for _ in range(10_000)
+    )
+    found = Counter(
+        "/".join(t.provider for t in request_plan(fast, eligible, drawn)) for _ in range(10_000)
+    )
+    assert set(found) == set(expected)
+    for order, count in expected.items():
+        assert found[order] / 10_000 == pytest.approx(count / 10_000, abs=0.02), order
+
+
+def test_the_plan_after_a_first_target_leaves_it_out_and_counts_it() -> None:
+    rng = random.Random(3)
+    for _ in range(200):
+        went_on = tuple(plan(route(A, B, C, LOW, max_targets=2), everyone, rng, [], (B,)))
+        assert B not in went_on
+        assert len(went_on) == 1  # B took one of the two places
+        assert went_on[0] in (A, C)
+
+
+def test_a_skipped_first_target_takes_no_place() -> None:
+    planned = planned_of(route(A, B, max_targets=1), lambda p, m: p != "a", random.Random(0), [A])
+    assert planned == (B,)
 
 
 # -- resolving a model ---------------------------------------------------------------------------

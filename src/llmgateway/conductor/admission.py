@@ -229,18 +229,18 @@ def target_refusal(api: Surface | None, path: str | None, query: str | None) -> 
     return Refused(400, "invalid_query", message)
 
 
-def resolve(catalog: Catalog, match: Match, named: Named, default_model: str) -> str | Refused:
-    """The configured model (name or pattern) that serves the request: its status scope (for
-    a route that names none, the entry serving `default_model`)."""
+def resolve(catalog: Catalog, match: Match, model: str | None, default_model: str) -> str | Refused:
+    """The configured model (name or pattern) that serves a request for `model`: its status
+    scope (for a route that names none, the entry serving `default_model`)."""
     route = match.route
-    if named.model is None:
+    if model is None:
         if route.model in ("optional", "none"):
             return catalog.resolve(default_model) or default_model
         message = "The request must name a model (the gateway does not let the upstream pick)."
         return Refused(400, "model_required", message)
-    entry = catalog.resolve(named.model)
+    entry = catalog.resolve(model)
     if entry is None or (route.only is not None and entry not in route.only):
-        shown = named.model if len(named.model) <= _SHOWN else named.model[:_SHOWN] + "…"
+        shown = model if len(model) <= _SHOWN else model[:_SHOWN] + "…"
         message = f"The model {shown!r} is not served here; GET the models list to see which are."
         return Refused(404, "model_not_found", message)
     return entry

@@ -104,4 +104,6 @@ class Call:
     alias: str = "-"  # the route alias it came through
     strip_usage: bool = False  # the gateway asked for the usage chunk: the client gets none
     metered: bool = False  # holds a client's tpm reservation: its answer's usage is read
-    used: int | None = None  # the answer's tokens, read when metered (None: it reported none)
+    # the answer's tokens, read when metered: 0 until an answer is relayed, None when the
+    # answer reported none
+    used: int | None = 0

@@ -297,3 +297,14 @@ class ClientWatch:
     def client_left(self) -> None:
         self.gone = True
         self.task.cancel()
+
+    def forgiven(self, request_id: str) -> bool:
+        """Called with the task's cancellation caught: True (the cancellation undone, the
+        disconnect logged) when the client's leaving caused it, else False (re-raise it)."""
+        if not self.gone:
+            return False
+        self.task.uncancel()
+        logging.getLogger("llmgateway.api").info(
+            "client disconnected", extra={"request_id": request_id}
+        )
+        return True

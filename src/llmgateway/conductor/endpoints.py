@@ -33,19 +33,18 @@ from llmgateway.conductor.admission import (
 )
 from llmgateway.conductor.attempts import AttemptLoop
 from llmgateway.conductor.call import Call, Provider
-from llmgateway.conductor.claim import CANCELLED, Claim
-from llmgateway.conductor.edge import BODY_ARRIVED, ON_DISCONNECT, ClientWatch
-from llmgateway.conductor.responses import INTERNAL, JSON, deliver, send_refusal, send_whole
+from llmgateway.conductor.edge import BODY_ARRIVED, ON_DISCONNECT
+from llmgateway.conductor.responses import JSON, send_refusal, send_whole
+from llmgateway.conductor.route_run import serve_route
 from llmgateway.conductor.route_state import Routing
-from llmgateway.conductor.routing import grant_run
-from llmgateway.conductor.usage_ask import ask_usage
+from llmgateway.conductor.routing import read_granted, serve_client
+from llmgateway.conductor.serve_call import build_call, serve_call, watched
 from llmgateway.config.route_table import token_digest
 from llmgateway.observe import logs
 from llmgateway.observe.access import AccessLog, Refusal, TokenRefusals, client_address, shown_path
 from llmgateway.observe.metrics import NO_PROVIDER
 from llmgateway.observe.provider_metrics import OTHER_MODEL, Timing
 from llmgateway.providers import anthropic, gemini, openai, target
-from llmgateway.providers import headers as wire_headers
 from llmgateway.providers.routes import Match, Surface, shape_of, surface_of
 
 log = logging.getLogger("llmgateway.api")
@@ -91,10 +90,19 @@ class Edge:
             routing = self.routing
             grants = routing.grants_of(digest) if routing is not None and token else None
             if grants is not None:  # a gateway token or a client's (`conductor.routing`)
-                args = (headers, request_id, started, sent)
-                run = await grant_run(self, grants, scope, receive, send, *args)
-                if run is not None:
-                    await run[0].serve(run[1])
+                # the surface is the shape, but for a token sent the Anthropic way and for a
+                # Gemini-way token on /v1/messages (`surface_of`)
+                surface = shape if sent == "openai" else surface_of(sent, raw_path)
+                if grants.client is not None:
+                    await serve_client(
+                        self, grants, scope, receive, send, headers, request_id, started, surface
+                    )
+                    return
+                asked = await read_granted(
+                    self, grants, scope, receive, send, headers, request_id, started, surface
+                )
+                if asked is not None:
+                    await serve_route(self, asked, scope, send, headers, request_id, started)
                 return
             await send_refusal(send, shape, Refused(401, "invalid_api_key", _NO_TOKEN), request_id)
             self.attempt_loop.metrics.unauthorized(401)
@@ -139,9 +147,7 @@ class Edge:
             return
         try:
             ask = self.attempt_loop.tokens is not None or provider.metered  # usage read
-            call = _call(
-                provider, api, match, method, path, query, scope, headers, body, request_id, ask
-            )
+            call = _call(provider, api, match, method, path, query, headers, body, request_id, ask)
             if isinstance(call, Refused):
                 await self._refuse(send, provider, api, call, request_id, scope, started)
                 return
@@ -201,38 +207,18 @@ class Edge:
             self.access.done(scope, 401, 0, f"{reason}_token", started)
 
     async def _serve(self, call: Call, scope: Scope, send: Send, request_id: str) -> None:
-        task = asyncio.current_task()
-        assert task is not None
-        loop = asyncio.get_running_loop()
-        watch = ClientWatch(task)
-        scope[ON_DISCONNECT] = watch.client_left
-        deadline = loop.time() + call.provider.settings.timeouts.total
-        outcome = CANCELLED
+        watch = watched(scope)
+        deadline = asyncio.get_running_loop().time() + call.provider.settings.timeouts.total
         code, attempts, ended = 499, 0, "client_gone"  # until an answer is known
-        logs.bind_provider(call.provider.name, call.model)
-        bound = self.attempt_loop.metrics.for_provider(call.provider.name)
-        bound.started()
-        claim = Claim(call, self.attempt_loop)  # ended below, whatever happens
         try:
-            try:
-                result = await self.attempt_loop.run(call, claim, deadline)
-            except Exception:  # our own bug: logged, answered, blamed on nobody
-                log.exception("internal error while serving the request")
-                code, ended = 500, "internal_error"
-                await send_refusal(send, call.api, INTERNAL, request_id)
-                return
-            code, attempts, ended, outcome = await deliver(
-                call, result, send, request_id, deadline, tokens=self.attempt_loop.tokens
+            code, attempts, ended = await serve_call(
+                self.attempt_loop, call, send, request_id, deadline
             )
         except asyncio.CancelledError:
-            if not watch.gone:
+            if not watch.forgiven(request_id):
                 raise
-            task.uncancel()
-            log.info("client disconnected", extra={"request_id": request_id})
         finally:
             scope[ON_DISCONNECT] = None  # from here on nothing may cancel the task
-            claim.end(outcome)
-            bound.finished(call.model, code, call.timing)
             self.access.done(scope, code, attempts, ended, call.timing.started)
 
 
@@ -311,37 +297,21 @@ def _call(
     method: str,
     path: str,
     query: str,
-    scope: Scope,
     headers: Mapping[str, str],
     body: bytes,
     request_id: str,
     ask_usage_chunk: bool,
 ) -> Call | Refused:
-    """The request as the attempt loop takes it, built from validated parts only (a stream
-    asking for its usage chunk where `ask_usage_chunk` and the provider say so)."""
+    """The request as the attempt loop takes it (`build_call`), with the model where the
+    provider's route says it is."""
     named = named_model(match, body, headers.get("content-type", ""))
     if isinstance(named, Refused):
         return named
-    entry = resolve(provider.catalog, match, named, provider.settings.default_model)
+    entry = resolve(provider.catalog, match, named.model, provider.settings.default_model)
     if isinstance(entry, Refused):
         return entry
-    forwarded = wire_headers.forwarded(provider.forwarded[api], headers, request_id)
-    call = Call(
-        provider=provider,
-        api=api,
-        route=match.route,
-        method=method,
-        path=path,
-        query=query,
-        headers=forwarded,
-        body=body,
-        model=entry,
-        stream=named.stream,
-        client_retry=headers.get("x-stainless-retry-count", "0") not in ("0", ""),
-    )
-    if ask_usage_chunk:
-        ask_usage(call, named.options)
-    return call
+    args = (path, query, headers, body, named.stream, named.options, request_id)
+    return build_call(provider, api, match, entry, method, *args, ask_usage_chunk)
 
 
 async def _answer_locally(

@@ -24,34 +24,32 @@ from llmgateway import providers as wire
 from llmgateway.conductor.admission import (
     BodyBudget,
     BodyLimits,
-    Named,
     Refused,
-    resolve,
 )
 from llmgateway.conductor.attempts import AttemptLoop
-from llmgateway.conductor.call import Call, Provider
+from llmgateway.conductor.call import Call
 from llmgateway.conductor.claim import CANCELLED, Claim
-from llmgateway.conductor.client_gate import Hold, Spend
-from llmgateway.conductor.edge import ON_DISCONNECT, ClientWatch
+from llmgateway.conductor.client_gate import Spend
+from llmgateway.conductor.edge import ON_DISCONNECT
 from llmgateway.conductor.replies import GatewayReply
-from llmgateway.conductor.responses import INTERNAL, JSON, Extra, deliver, send_refusal, send_whole
+from llmgateway.conductor.responses import JSON, Extra, send_whole
 from llmgateway.conductor.route_state import Routing
-from llmgateway.conductor.usage_ask import ask_usage
+from llmgateway.conductor.serve_call import attempts_header, build_call, serve_call, watched
 from llmgateway.core.model_rewrite import rewrite_model
 from llmgateway.core.outcomes import ErrorReason
-from llmgateway.core.route_plan import NO_HEALTHY_KEY, Failure, Step, exhausted, next_step, plan
-from llmgateway.core.routes import (
-    Route,
-    StreamCommit,
-    Surface,
-    Target,
+from llmgateway.core.route_plan import (
+    NO_HEALTHY_KEY,
+    Failure,
+    Step,
+    exhausted,
+    first,
+    next_step,
+    plan,
 )
-from llmgateway.observe import logs
+from llmgateway.core.routes import Route, Surface, Target, target_header
 from llmgateway.observe.access import AccessLog
 from llmgateway.observe.provider_metrics import Timing
 from llmgateway.observe.route_metrics import NO_TARGET
-from llmgateway.providers import headers as wire_headers
-from llmgateway.providers.routes import Match
 
 log = logging.getLogger("llmgateway.api")
 
@@ -82,7 +80,7 @@ class Serving(Protocol):
 class Asked:
     """A gateway token's request as read: the surface it came in on, its validated method,
     path and query, the model it names, the Gemini method after the model (`verb`, "" on
-    the OpenAI surface), its body and whether it streams."""
+    the OpenAI surface), its body and whether it streams; and the route serving it."""
 
     surface: Surface
     method: str
@@ -93,26 +91,95 @@ class Asked:
     body: bytes
     stream: bool
     plain: bool  # the body names `model` once, with no `\\u` escape (`rewrite_model`'s)
-    options: bool = False  # the body sets `stream_options` (`usage_ask`)
-    client: str = "-"  # the gateway token's name
+    options: bool  # the body sets `stream_options` (`usage_ask`)
+    client: str  # the gateway token's name
+    route: Route  # the route serving it
+    configured: bool  # the route is an alias of the config (counted in the route metrics)
 
 
-NOT_SERVED = Refused(
-    404,
-    "not_found",
-    "A gateway token serves POST /v1/… with the model in the body (POST /v1/messages on "
-    "the Anthropic surface), and POST /v1beta/models/{model}:{method} (or /v1/) on the "
-    "Gemini surface.",
-)
-
-
+_NO_TARGET_HEADER = target_header(NO_TARGET)
 _ANSWERED = "answered"  # the target's answer went to the client
 _NOT_STARTED = "not_started"  # no time or no retry budget left for another target
 
 
+async def serve_route(
+    edge: Serving,
+    asked: Asked,
+    scope: Scope,
+    send: Send,
+    headers: Mapping[str, str],
+    request_id: str,
+    started: float,
+    spend: Spend | None = None,
+) -> None:
+    """Serve a request along its route and answer the client whatever happens; at the end the
+    body's share of the in-flight budget is given back, the client's tpm reservation (`spend`)
+    settled, and the request counted and logged.
+
+    The first target is asked here, as a provider token's call is (`serve_call`): most
+    requests end with it, and pay for the route no more than its draw, its headers and its
+    count. Only when it fails does a `Run` take over, for the rest of the plan. The targets
+    are asked from this coroutine rather than from one it awaits: each level of awaits between
+    the edge and the attempt loop runs again every time the request's task wakes up (a dozen
+    times for a streamed answer)."""
+    routing = edge.routing
+    assert routing is not None
+    route = asked.route
+    watch = watched(scope)
+    code, attempts, ended, outcome = 499, 0, "client_gone", "client_gone"
+    answered: Call | None = None  # the call whose answer is relayed (its usage settles `spend`)
+    run: Run | None = None
+    try:
+        target = first(route, routing.rng)
+        call = target_call(edge, route, target, asked, headers, request_id, spend is not None)
+        deadline = None
+        if isinstance(call, Refused):
+            got: GatewayReply | Refused = call
+        else:
+            call.timing = Timing(started)
+            deadline = asyncio.get_running_loop().time() + call.provider.settings.timeouts.total
+            shown = (route.header, target.header) if route.headers else None
+            answered = call  # its `used` stays 0 unless an answer is relayed
+            served = await serve_call(
+                edge.attempt_loop, call, send, request_id, deadline, hand_back=True, shown=shown
+            )
+            if isinstance(served, tuple):
+                code, attempts, ended = served
+                outcome = "ok"
+                return
+            got = served
+        run = Run(
+            edge,
+            routing,
+            asked,
+            scope,
+            send,
+            headers,
+            request_id,
+            started,
+            spend is not None,
+            deadline,
+        )
+        outcome = await run.go_on(route, target, got)
+    except asyncio.CancelledError:
+        if not watch.forgiven(request_id):
+            raise
+    finally:
+        scope[ON_DISCONNECT] = None  # from here on nothing may cancel the task
+        edge.bodies.give(len(asked.body))
+        if run is not None:
+            code, attempts, ended, answered = run.code, run.attempts, run.ended, run.answer
+        if spend is not None:  # no answer relayed: nothing used
+            routing.clients.spent(spend, answered.used if answered is not None else 0)
+        if asked.configured:
+            edge.attempt_loop.metrics.routes.request(route.alias, outcome)
+        edge.access.done(scope, code, attempts, ended, started)
+
+
 @dataclass(slots=True)
 class Run:
-    """One request's way along its route's plan (and its context-length aliases)."""
+    """The rest of a request's way along its route once its first target failed: the rest of
+    the plan, and the route's context-length aliases."""
 
     edge: Serving
     routing: Routing
@@ -122,78 +189,67 @@ class Run:
     headers: Mapping[str, str]
     request_id: str
     started: float
-    configured: bool
+    metered: bool  # holds a client's tpm reservation: its answers' usage is read
+    deadline: float | None  # loop time; None until a target is asked
     failures: list[Failure] = field(default_factory=list)
     unserved: list[Refused] = field(default_factory=list)  # targets that cannot take it
     attempts: int = 0
-    deadline: float | None = None
     target: Target | None = None  # the last target asked
     reply: GatewayReply | None = None  # the last reply of a target that called upstream
     code: int = 499
     ended: str = "client_gone"
-    hold: Hold | None = None  # the client's slot (`conductor.client_gate`), given back at the end
-    spend: Spend | None = None  # the client's tpm reservation, settled at the end
-    answer: Call | None = None  # the call whose answer is relayed (its usage settles `spend`)
-    tried: list[Target] = field(init=False)  # the targets the current plan asked
-    skipped: list[Target] = field(init=False)  # and the ones it left out (set by `_plan`)
+    answer: Call | None = None  # the call whose answer is relayed
+    tried: list[Target] = field(default_factory=list)  # the targets the current plan asked
+    skipped: list[Target] = field(default_factory=list)  # and the ones it left out
 
-    async def serve(self, route: Route) -> None:
-        """Serve the request along `route`'s plan (then its context-length aliases, and so
-        on), answering the client whatever happens; the body's share of the in-flight budget
-        is given back at the end.
-
-        The targets are asked from here rather than from a helper coroutine: each level of
-        awaits between the edge and the attempt loop is run again every time the request's
-        task wakes up (a dozen times for a streamed answer)."""
-        task = asyncio.current_task()
-        assert task is not None
-        watch = ClientWatch(task)
-        self.scope[ON_DISCONNECT] = watch.client_left
-        outcome = "client_gone"
-        try:
-            current, hops = route, 0
-            targets = self._plan(current)
-            target = next(targets, None)
-            while target is not None:
-                self.tried.append(target)
-                got = await self._asked(current, target)
-                if got == _ANSWERED:
-                    outcome = "ok"
-                    return
-                then = self._then(current, target, got, targets)
-                if isinstance(then, GatewayReply):
-                    await self._send(current, then)
-                    outcome = "error"
-                    return
-                if isinstance(then, Route):
-                    if hops == MAX_HOPS:
-                        break
-                    current, hops = then, hops + 1
-                    targets = self._plan(current)
-                    then = next(targets, None)
-                target = then
-            outcome = await self._exhausted(current)
-        except asyncio.CancelledError:
-            if not watch.gone:
-                raise
-            task.uncancel()
-            log.info("client disconnected", extra={"request_id": self.request_id})
-        finally:
-            self.scope[ON_DISCONNECT] = None  # from here on nothing may cancel the task
-            self.edge.bodies.give(len(self.asked.body))
-            if self.hold is not None:
-                self.routing.clients.release(self.hold)
-            if self.spend is not None:
-                used = self.answer.used if self.answer is not None else 0
-                self.routing.clients.spent(self.spend, used)
-            if self.configured:
-                self.edge.attempt_loop.metrics.routes.request(route.alias, outcome)
-            self.edge.access.done(self.scope, self.code, self.attempts, self.ended, self.started)
-
-    def _plan(self, route: Route) -> Iterator[Target]:
-        """`route`'s plan, drawn as the request goes; what it skips is kept for `_exhausted`."""
-        self.tried, self.skipped = [], []
-        return plan(route, self.routing.eligible, self.routing.rng, self.skipped)
+    async def go_on(self, route: Route, target: Target, got: GatewayReply | Refused) -> str:
+        """Go on from the plan's first target (`target`, which answered `got`) to the end: the
+        request's outcome for the route metrics. A first target that made no upstream call
+        and has no key it may use now was not eligible: it is skipped, as the plan skips
+        the ineligible (it counts neither as tried nor towards `max_targets`)."""
+        routing = self.routing
+        if (
+            isinstance(got, GatewayReply)
+            and got.attempts == 0
+            and not routing.eligible(target.provider, target.model)
+        ):
+            self.skipped.append(target)
+            targets = plan(route, routing.eligible, routing.rng, self.skipped)
+            following = next(targets, None)
+            if following is None:
+                return await self._exhausted(route)
+            target = following
+            self.tried.append(target)
+            outcome: GatewayReply | Refused | str = await self._asked(route, target)
+            if outcome == _ANSWERED:
+                return "ok"
+        else:
+            self.tried.append(target)
+            if isinstance(got, GatewayReply):  # it was asked (a Refused one could not be)
+                self.target = target
+            targets = plan(route, routing.eligible, routing.rng, self.skipped, (target,))
+            outcome = got
+        current, hops = route, 0
+        while True:
+            then = self._then(current, target, outcome, targets)
+            if isinstance(then, GatewayReply):
+                await self._send(current, then)
+                return "error"
+            if isinstance(then, Route):
+                if hops == MAX_HOPS:
+                    break
+                current, hops = then, hops + 1
+                self.tried, self.skipped = [], []
+                targets = plan(current, routing.eligible, routing.rng, self.skipped)
+                then = next(targets, None)
+            if then is None:
+                break
+            target = then
+            self.tried.append(target)
+            outcome = await self._asked(current, target)
+            if outcome == _ANSWERED:
+                return "ok"
+        return await self._exhausted(current)
 
     def _then(
         self,
@@ -212,6 +268,7 @@ class Run:
             self.unserved.append(got)
             return next(targets, None)
         assert isinstance(got, GatewayReply)
+        self.attempts += got.attempts
         failure = _failure(target, got)
         self.failures.append(failure)
         if failure.called:
@@ -233,22 +290,24 @@ class Run:
         return following
 
     async def _asked(self, route: Route, target: Target) -> GatewayReply | Refused | str:
-        """One target: its key-level attempts, and its answer relayed when it has one (or
+        """One more target: its key-level attempts, and its answer relayed when it has one (or
         why the target cannot take the request at all)."""
-        provider = self.routing.providers[target.provider]
-        metered = self.spend is not None
-        ask = self.edge.attempt_loop.tokens is not None or metered or provider.metered
-        call = _call(route, provider, target, self.asked, self.headers, self.request_id, ask)
+        call = target_call(
+            self.edge,
+            route,
+            target,
+            self.asked,
+            self.headers,
+            self.request_id,
+            self.metered,
+        )
         if isinstance(call, Refused):
             return call
-        call.metered = metered
-        if self.configured:
-            call.alias = route.alias
-        now = asyncio.get_running_loop().time()
-        timeouts = provider.settings.timeouts
+        loop = asyncio.get_running_loop()
+        timeouts = call.provider.settings.timeouts
         if self.deadline is None:
-            self.deadline = now + timeouts.total
-        elif now + timeouts.connect >= self.deadline:
+            self.deadline = loop.time() + timeouts.total
+        elif loop.time() + timeouts.connect >= self.deadline:
             return _NOT_STARTED
         claim = Claim(call, self.edge.attempt_loop)
         if self.target is not None and not claim.may_retry():  # a fallback is a retry
@@ -256,33 +315,24 @@ class Run:
             return _NOT_STARTED
         self.target = target
         call.timing = Timing(self.started)
-        logs.bind_provider(provider.name, call.model)
-        bound = self.edge.attempt_loop.metrics.for_provider(provider.name)
-        bound.started()
-        code, outcome = 499, CANCELLED
-        try:
-            result = await self.edge.attempt_loop.run(call, claim, self.deadline)
-            self.attempts += result.attempts
-            if isinstance(result, GatewayReply):
-                code = result.status
-                return result
-            self.answer = call
-            shown = self._shown(route, target)
-            loop = self.edge.attempt_loop
-            args = (self.send, self.request_id, self.deadline, shown)
-            sent = await deliver(call, result, *args, tokens=loop.tokens)
-            code, _, self.ended, outcome = sent
-            self.code = code
-            return _ANSWERED
-        except Exception:  # our own bug: logged, answered, blamed on nobody
-            log.exception("internal error while serving the request")
-            code = self.code = 500
-            self.ended = "internal_error"
-            await send_refusal(self.send, self.asked.surface, INTERNAL, self.request_id)
-            return _ANSWERED
-        finally:
-            claim.end(outcome)
-            bound.finished(call.model, code, call.timing)
+        shown = (route.header, target.header) if route.headers else None
+        self.answer = call  # its `used` stays 0 unless an answer is relayed
+        served = await serve_call(
+            self.edge.attempt_loop,
+            call,
+            self.send,
+            self.request_id,
+            self.deadline,
+            hand_back=True,
+            shown=shown,
+            before=self.attempts,
+            claim=claim,
+        )
+        if isinstance(served, GatewayReply):
+            return served
+        self.code, attempts, self.ended = served
+        self.attempts += attempts
+        return _ANSWERED
 
     async def _send(self, route: Route, reply: GatewayReply) -> None:
         shown = self._shown(route, self.target)
@@ -304,7 +354,7 @@ class Run:
             await self._own(route, Refused(first.status, first.code, message))
             return "error"
         found = exhausted(self.failures)
-        if self.configured:
+        if self.asked.configured:
             exhaustion = self.edge.attempt_loop.metrics.routes.exhausted
             exhaustion.labels(route.alias, str(found.status)).inc()
         if found.relay is not None and self.reply is not None:
@@ -331,7 +381,7 @@ class Run:
         self.code, self.ended = answer.status, answer.code
 
     def _fell_back(self, route: Route, left: Target | None, to: str, reason: str) -> None:
-        if self.configured:
+        if self.asked.configured:
             source = left.label if left is not None else NO_TARGET
             fallbacks = self.edge.attempt_loop.metrics.routes.fallbacks
             fallbacks.labels(route.alias, source, to, reason).inc()
@@ -340,67 +390,56 @@ class Run:
         """The `x-llmgateway-*` headers, when the route shows them."""
         if not route.headers:
             return ()
-        alias, label = self.routing.shown(route.alias, target.label if target else NO_TARGET)
-        return (
-            (b"x-llmgateway-route", alias),
-            (b"x-llmgateway-target", label),
-            (b"x-llmgateway-attempts", b"%d" % self.attempts),
-        )
+        named = target.header if target is not None else _NO_TARGET_HEADER
+        return (route.header, named, attempts_header(self.attempts))
 
 
-def _call(
+def target_call(
+    edge: Serving,
     route: Route,
-    provider: Provider,
     target: Target,
     asked: Asked,
     headers: Mapping[str, str],
     request_id: str,
-    ask_usage_chunk: bool,
+    metered: bool,
 ) -> Call | Refused:
     """The request as `target` takes it: its model rewritten, built from validated parts (a
-    stream asking for its usage chunk where `ask_usage_chunk` and the provider say so)."""
-    table = provider.routes.get(asked.surface)
-    if table is None:
-        return NOT_SERVED
-    if asked.surface == "gemini":
-        prefix = asked.path[: asked.path.index("/models/") + len("/models/")]
-        path, body = f"{prefix}{target.model}:{asked.verb}", asked.body
-    elif target.model == asked.model:  # an alias named after its target's model
-        path, body = asked.path, asked.body
-    else:
-        path = asked.path
-        rewritten = rewrite_model(asked.body, target.model, plain=asked.plain)
+    stream asking for its usage chunk when tokens are counted or read, and the provider says
+    so). `metered`: it holds a client's tpm reservation."""
+    routing = edge.routing
+    assert routing is not None
+    way = routing.ways.get((target.label, asked.surface, asked.method, asked.path))
+    if way is None:
+        way = routing.way(target, asked.surface, asked.method, asked.path)
+    if isinstance(way, Refused):
+        return way
+    body = asked.body
+    if target.model != asked.model and asked.surface != "gemini":
+        rewritten = rewrite_model(body, target.model, plain=asked.plain)
         if rewritten is None:
             return Refused(400, "invalid_request", "The body's `model` must be a string.")
         body = rewritten
-    match: Match | None = table.match(asked.method, path)
-    if match is None:
-        return NOT_SERVED
-    stream = asked.stream or match.route.stream
-    named = Named(target.model, stream)
-    entry = resolve(provider.catalog, match, named, provider.settings.default_model)
-    if isinstance(entry, Refused):
-        return entry
-    first_event = route.stream_commit is StreamCommit.FIRST_EVENT
-    call = Call(
-        provider=provider,
-        api=asked.surface,
-        route=match.route,
-        method=asked.method,
-        path=path,
-        query=asked.query,
-        headers=wire_headers.forwarded(provider.forwarded[asked.surface], headers, request_id),
-        body=body,
-        model=entry,
-        stream=stream,
-        client_retry=headers.get("x-stainless-retry-count", "0") not in ("0", ""),
-        peek_sec=route.peek_timeout_sec if first_event else None,
+    provider = way.provider
+    return build_call(
+        provider,
+        asked.surface,
+        way.match,
+        way.entry,
+        asked.method,
+        way.path,
+        asked.query,
+        headers,
+        body,
+        asked.stream or way.match.route.stream,
+        asked.options,
+        request_id,
+        edge.attempt_loop.tokens is not None or metered or provider.metered,
+        peek_sec=route.peek_sec,
         max_attempts=route.attempts_per_target,
         client=asked.client,
+        alias=route.alias if asked.configured else "-",
+        metered=metered,
     )
-    if ask_usage_chunk:
-        ask_usage(call, asked.options)
-    return call
 
 
 def _failure(target: Target, reply: GatewayReply) -> Failure:

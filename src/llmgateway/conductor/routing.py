@@ -1,14 +1,15 @@
-"""Requests made with a gateway-wide token (`gateway.tokens`): read (the model from the JSON
-body, or from a Gemini native path), answered locally (the models lists: the aliases and
-`<provider>/<model>` names the token may use), or resolved to a route alias or one provider's
-model (`core.routes.resolve_model`) and served along it (`conductor.route_run`).
+"""Requests made with a gateway-wide token (`gateway.tokens`) or a client's: read (the model
+from the JSON body, or from a Gemini native path), answered locally (the models lists: the
+aliases and `<provider>/<model>` names the token may use), or resolved to a route alias or one
+provider's model (`core.routes.resolve_model`) for `conductor.route_run` to serve; a client's
+requests pass its gate first (`serve_client`).
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 from starlette.types import Receive, Scope, Send
 
@@ -20,10 +21,11 @@ from llmgateway.conductor.admission import (
     read_body,
     target_refusal,
 )
+from llmgateway.conductor.client_gate import Spend
 from llmgateway.conductor.edge import BODY_ARRIVED
 from llmgateway.conductor.responses import JSON, send_refusal, send_whole
-from llmgateway.conductor.route_run import GEMINI_MODELS, NOT_SERVED, Asked, Run, Serving
-from llmgateway.conductor.route_state import Routing
+from llmgateway.conductor.route_run import GEMINI_MODELS, Asked, Serving, serve_route
+from llmgateway.conductor.route_state import NOT_SERVED, Routing
 from llmgateway.config.route_settings import any_match
 from llmgateway.core.clients import ClientRules
 from llmgateway.core.routes import (
@@ -31,23 +33,18 @@ from llmgateway.core.routes import (
     NotFound,
     ProviderHit,
     Reach,
-    Route,
-    RouteHit,
-    StreamCommit,
     Surface,
-    Target,
     resolve_model,
 )
 from llmgateway.observe import logs
 from llmgateway.observe.metrics import NO_PROVIDER
 from llmgateway.observe.provider_metrics import OTHER_MODEL
 from llmgateway.providers import target as wire_target
-from llmgateway.providers.routes import surface_of
 
 log = logging.getLogger("llmgateway.api")
 
 
-async def grant_run(
+async def serve_client(
     edge: Serving,
     grants: Grants,
     scope: Scope,
@@ -56,64 +53,64 @@ async def grant_run(
     headers: Mapping[str, str],
     request_id: str,
     started: float,
-    sent: Surface,
-) -> tuple[Run, Route] | None:
-    """A request made with a gateway token or a client's, whose `grants` say what it may use,
-    let through the client's gate (`conductor.client_gate`) when it has rules, read and
-    resolved: the run that serves it along its route (the caller awaits `Run.serve`, which
-    gives back the body's share of the in-flight budget and the client's hold), or None when
-    it was answered here (a refusal, a models list, a client gone mid-upload)."""
+    surface: Surface,
+) -> None:
+    """Serve a request made with a token whose `grants` come with a client's rules: let
+    through the client's gate (`conductor.client_gate`), read, its tokens reserved against the
+    client's tpm, and served along its route (`serve_route`); or answered here (a refusal, a
+    models list). A token without rules skips the gate: the edge reads (`read_granted`) and
+    serves it itself."""
     routing = edge.routing
     assert routing is not None
     rules = grants.client
-    hold = None
-    if rules is not None:
-        admitted = await routing.clients.admit(rules, scope, edge.access.trusted)
-        if isinstance(admitted, Refused):
-            surface = surface_of(sent, scope["raw_path"])
-            await _refuse(edge, scope, send, surface, request_id, started, admitted)
-            return None
-        hold = admitted
-    run = None  # set once the run takes the hold over
+    assert rules is not None
+    admitted = await routing.clients.admit(rules, scope, edge.access.trusted)
+    if isinstance(admitted, Refused):
+        await _refuse(edge, scope, send, surface, request_id, started, admitted)
+        return
     try:
-        found = await _read(edge, grants, scope, receive, send, headers, request_id, started, sent)
-        if found is not None and rules is not None and rules.tpm is not None:
-            found = await _reserve(edge, found, rules, scope, send, request_id, started)
-        run = found
+        asked = await read_granted(
+            edge, grants, scope, receive, send, headers, request_id, started, surface
+        )
+        if asked is None:
+            return
+        spend = None
+        if rules.tpm is not None:
+            spend = await _reserve(edge, asked, rules, scope, send, request_id, started)
+            if spend is None:
+                return
+        await serve_route(edge, asked, scope, send, headers, request_id, started, spend)
     finally:
-        if run is not None:
-            run[0].hold = hold
-        elif hold is not None:  # answered here, or cancelled: the hold ends here
-            routing.clients.release(hold)
-    return run
+        if admitted is not None:
+            routing.clients.release(admitted)
 
 
 async def _reserve(
     edge: Serving,
-    run: tuple[Run, Route],
+    asked: Asked,
     rules: ClientRules,
     scope: Scope,
     send: Send,
     request_id: str,
     started: float,
-) -> tuple[Run, Route] | None:
-    """The client's tokens reserved against its `tpm` now that the body is read; refused (or
-    cancelled), the body's share of the in-flight budget is given back here."""
-    served = run[0]
-    handed_over = False
+) -> Spend | None:
+    """The client's tokens reserved against its `tpm` now that the body is read; refused (then
+    answered here) or cancelled, the body's share of the in-flight budget is given back."""
+    routing = edge.routing
+    assert routing is not None
+    spent: Spend | Refused | None = None
     try:
-        spent = await served.routing.clients.reserve(rules, served.asked.body)
-        if not isinstance(spent, Refused):
-            served.spend, handed_over = spent, True
-            return run
+        spent = await routing.clients.reserve(rules, asked.body)
     finally:
-        if not handed_over:
-            edge.bodies.give(len(served.asked.body))
-    await _refuse(edge, scope, send, served.asked.surface, request_id, started, spent)
-    return None
+        if not isinstance(spent, Spend):
+            edge.bodies.give(len(asked.body))
+    if isinstance(spent, Refused):
+        await _refuse(edge, scope, send, asked.surface, request_id, started, spent)
+        return None
+    return spent
 
 
-async def _read(
+async def read_granted(
     edge: Serving,
     grants: Grants,
     scope: Scope,
@@ -122,13 +119,15 @@ async def _read(
     headers: Mapping[str, str],
     request_id: str,
     started: float,
-    sent: Surface,
-) -> tuple[Run, Route] | None:
-    """`grant_run` past the client's gate."""
+    surface: Surface,
+) -> Asked | None:
+    """A request made with a gateway token or a client's, whose `grants` say what it may use,
+    read and resolved to its route; or None when it was answered here (a refusal, a models
+    list; the body's share of the in-flight budget then given back). `serve_route` serves
+    it."""
     routing = edge.routing
     assert routing is not None
     raw_path: bytes = scope["raw_path"]
-    surface = surface_of(sent, raw_path)
     path = wire_target.checked_path(raw_path)
     query = wire_target.checked_query(scope["query_string"])
     if path is None or query is None:
@@ -137,9 +136,9 @@ async def _read(
         )
         return None
     method: str = scope["method"]
-    reach = grants.on(surface)
     if method == "GET":
-        await _Answer(edge, scope, send, surface, request_id, started).models(routing, reach, path)
+        answer = _Answer(edge, scope, send, surface, request_id, started)
+        await answer.models(routing, grants.reach[surface], path)
         return None
     model, verb = "", ""
     if surface == "gemini":
@@ -162,24 +161,21 @@ async def _read(
     if isinstance(body, Refused):
         await _refuse(edge, scope, send, surface, request_id, started, body)
         return None
-    handed_over = False
     try:
-        asked = _asked(surface, method, path, query, model, verb, body, grants.name)
-        found = asked if isinstance(asked, Refused) else _route_of(routing, asked, reach, grants)
-        if isinstance(found, Refused):
-            await _refuse(edge, scope, send, surface, request_id, started, found)
-            return None
-        assert isinstance(asked, Asked)
-        route, configured = found
-        run = Run(edge, routing, asked, scope, send, headers, request_id, started, configured)
-        handed_over = True
-        return run, route
-    finally:
-        if not handed_over:
-            edge.bodies.give(len(body))
+        asked = _resolved(routing, grants, surface, method, path, query, model, verb, body)
+    except BaseException:
+        edge.bodies.give(len(body))
+        raise
+    if isinstance(asked, Refused):
+        edge.bodies.give(len(body))
+        await _refuse(edge, scope, send, surface, request_id, started, asked)
+        return None
+    return asked
 
 
-def _asked(
+def _resolved(
+    routing: Routing,
+    grants: Grants,
     surface: Surface,
     method: str,
     path: str,
@@ -187,55 +183,48 @@ def _asked(
     model: str,
     verb: str,
     body: bytes,
-    client: str,
 ) -> Asked | Refused:
-    """The request as read; the model from the JSON body on the OpenAI surface."""
-    if surface == "gemini":
-        stream = verb == "streamGenerateContent"
-        return Asked(
-            surface, method, path, query, model, verb, body, stream, plain=False, client=client
-        )
-    named = json_model(body, required=True)
-    if isinstance(named, Refused):
-        return named
-    if named.model is None:
-        message = "The request must name a model: a route alias or <provider>/<model>."
-        return Refused(400, "model_required", message)
+    """The request as read (the model from the JSON body, but on the Gemini surface), with the
+    route serving it: an alias the token may use, else `<provider>/<model>` for a provider it
+    may use (`core.routes.resolve_model`), else 404."""
+    stream, plain, options = verb == "streamGenerateContent", False, False
+    if surface != "gemini":
+        named = json_model(body, required=True)
+        if isinstance(named, Refused):
+            return named
+        if named.model is None:
+            message = "The request must name a model: a route alias or <provider>/<model>."
+            return Refused(400, "model_required", message)
+        model, stream, plain, options = named.model, named.stream, named.plain, named.options
+    rules = grants.client
+    route = None
+    if rules is None or not rules.models or any_match(rules.models, model):
+        reach = grants.reach[surface]
+        route = reach.routes.get(model)
+        configured = route is not None
+        if route is None:
+            hit = resolve_model(model, reach)
+            if isinstance(hit, ProviderHit):
+                route = routing.direct(hit.provider, hit.model)
+    if route is None:
+        shown = model if len(model) <= 80 else model[:80] + "…"
+        message = f"The model {shown!r} is not one this token may use; GET /v1/models lists them."
+        return Refused(404, "model_not_found", message)
     return Asked(
         surface,
         method,
         path,
         query,
-        named.model,
-        "",
+        model,
+        verb,
         body,
-        named.stream,
-        named.plain,
-        named.options,
-        client,
+        stream,
+        plain,
+        options,
+        grants.name,
+        route,
+        configured,
     )
-
-
-def _route_of(
-    routing: Routing, asked: Asked, reach: Reach, grants: Grants
-) -> tuple[Route, bool] | Refused:
-    """The route serving the request, and whether it is a configured alias (counted in the
-    route metrics) rather than one provider's model named `<provider>/<model>`."""
-    rules = grants.client
-    if rules is not None and rules.models and not any_match(rules.models, asked.model):
-        hit: RouteHit | ProviderHit | NotFound = NotFound(asked.model)
-    else:
-        hit = resolve_model(asked.model, reach)
-    if isinstance(hit, RouteHit):
-        return hit.route, True
-    if isinstance(hit, ProviderHit) and routing.served(hit.provider, hit.model) is not None:
-        direct = Target(hit.provider, hit.model)
-        alias = f"{hit.provider}/{hit.model}"
-        only = Route(alias, ((direct,),), frozenset(), max_targets=1, headers=False)
-        return replace(only, stream_commit=StreamCommit.FIRST_BYTE), False
-    shown = asked.model if len(asked.model) <= 80 else asked.model[:80] + "…"
-    message = f"The model {shown!r} is not one this token may use; GET /v1/models lists them."
-    return Refused(404, "model_not_found", message)
 
 
 async def _refuse(

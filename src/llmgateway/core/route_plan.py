@@ -1,13 +1,15 @@
 """A route's attempt plan, whether a failed target falls back, and what a request that ran out
 of targets answers. Pure: the random source is injected, eligibility is asked, never scanned.
 
-The request path uses the three in turn: `plan()` once per request (drawn as it goes); after
-each target's last key-level attempt, `next_step()`; when the plan (or the deadline, or the
-retry budget) runs out, `exhausted()` over the targets' failures.
+The request path draws each request's `first()` target, and the rest of its `plan()` only when
+that target fails (or turns out to have no key it may use); after each target's last
+key-level attempt it asks `next_step()`; when the plan (or the deadline, or the retry budget)
+runs out, `exhausted()` answers over the targets' failures.
 """
 
 from __future__ import annotations
 
+import bisect
 import enum
 import random
 from collections.abc import Callable, Iterator, Sequence
@@ -41,11 +43,25 @@ _KEY_TROUBLE = frozenset({ErrorReason.INVALID_KEY, ErrorReason.NO_ACCESS, ErrorR
 _RATE_LIMITS = frozenset({ErrorReason.RATE_LIMITED, ErrorReason.NO_QUOTA})
 
 
+def first(route: Route, rng: random.Random) -> Target:
+    """The first target of a request's plan: a weighted draw in the first tier (one random
+    number and a bisection; none for a single target), without asking its eligibility. The
+    caller asks the target as it is, since the attempt loop finds out in O(1), without an
+    upstream call, that none of its keys may be used (then, when `eligible` says so, the
+    target counts as skipped and the plan goes on with `plan(route, eligible, rng, [first])`;
+    otherwise with `plan(route, eligible, rng, skipped, (first,))`). Drawn this way among all
+    the tier's targets, then among the rest when it turns out ineligible, each eligible target
+    has the chances it has in `plan`."""
+    cuts = route.cuts
+    return route.tiers[0][bisect.bisect_right(cuts, rng.random() * route.totals[0]) if cuts else 0]
+
+
 def plan(
     route: Route,
     eligible: Eligible,
     rng: random.Random,
     skipped: list[Target] | None = None,
+    drawn: tuple[Target, ...] = (),
 ) -> Iterator[Target]:
     """The targets to try, in order, for one request: tier by tier (priority ascending); inside
     a tier a weighted random order without replacement among the targets eligible now (an
@@ -57,11 +73,22 @@ def plan(
     and asks about one target. Inside a tier the next target is drawn among those not yet
     drawn, target i with probability wᵢ / Σw; an ineligible one is set aside and the draw
     repeated among the rest, which gives each eligible target the same chances as a draw
-    among the eligible ones alone."""
+    among the eligible ones alone.
+
+    A plan that goes on from `first` (or from an earlier part of itself) is given the targets
+    `drawn` already, and the `skipped` list so far: both are left out, and the drawn ones count
+    towards `max_targets`. Drawing among what is left gives each target the chances it had in
+    the plan that stopped, since each draw is among the targets not yet drawn."""
     ok = eligible if callable(eligible) else _member(eligible)
-    given = 0
+    given = len(drawn)
+    if given >= route.max_targets:
+        return
+    left_out = (*(skipped or ()), *drawn)
     for tier, total in zip(route.tiers, route.totals, strict=True):
         left = tier  # what is left of the tier to draw from
+        if left_out:
+            left = tuple(target for target in tier if target not in left_out)
+            total = sum(target.weight for target in left)
         while left:
             index = _drawn(left, total, rng) if len(left) > 1 else 0
             target = left[index]

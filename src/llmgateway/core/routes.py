@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import itertools
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Literal
@@ -50,6 +51,11 @@ Surface = Literal["openai", "gemini", "anthropic"]
 "anthropic" (the Messages API, and the models list asked with the token in x-api-key)."""
 
 
+def target_header(label: str) -> tuple[bytes, bytes]:
+    """The `x-llmgateway-target` response header naming target `label` (`provider/model`)."""
+    return (b"x-llmgateway-target", label.encode("ascii", "replace"))
+
+
 @dataclass(frozen=True, slots=True)
 class Target:
     """One provider's model behind a route alias."""
@@ -60,9 +66,13 @@ class Target:
     priority: int = 0
     label: str = dataclasses.field(init=False, compare=False, repr=False)
     """`provider/model`, as response headers and logs name the target."""
+    header: tuple[bytes, bytes] = dataclasses.field(init=False, compare=False, repr=False)
+    """The `x-llmgateway-target` response header naming it (ASCII; anything else replaced)."""
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "label", f"{self.provider}/{self.model}")
+        label = f"{self.provider}/{self.model}"
+        object.__setattr__(self, "label", label)
+        object.__setattr__(self, "header", target_header(label))
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,10 +96,24 @@ class Route:
     headers: bool = True
     totals: tuple[float, ...] = dataclasses.field(init=False, compare=False, repr=False)
     """The sum of each tier's weights (`core.route_plan.plan` draws against it)."""
+    cuts: tuple[float, ...] = dataclasses.field(init=False, compare=False, repr=False)
+    """Where the first tier's targets meet on the line of its weights, laid end to end
+    (`core.route_plan.first` draws with a bisection; empty for a single target)."""
+    header: tuple[bytes, bytes] = dataclasses.field(init=False, compare=False, repr=False)
+    """The `x-llmgateway-route` response header naming it (ASCII; anything else replaced)."""
+    peek_sec: float | None = dataclasses.field(init=False, compare=False, repr=False)
+    """How long a stream is held back for its first event (None: committed at its first
+    byte)."""
 
     def __post_init__(self) -> None:
+        first_event = self.stream_commit is StreamCommit.FIRST_EVENT
+        object.__setattr__(self, "peek_sec", self.peek_timeout_sec if first_event else None)
         totals = tuple(sum(t.weight for t in tier) for tier in self.tiers)
         object.__setattr__(self, "totals", totals)
+        weights = [t.weight for t in self.tiers[0]] if self.tiers else []
+        object.__setattr__(self, "cuts", tuple(itertools.accumulate(weights[:-1])))
+        header = (b"x-llmgateway-route", self.alias.encode("ascii", "replace"))
+        object.__setattr__(self, "header", header)
 
     @property
     def targets(self) -> tuple[Target, ...]:
@@ -135,12 +159,16 @@ class Grants:
     gemini: Reach
     anthropic: Reach
     client: ClientRules | None = None
+    reach: Mapping[Surface, Reach] = dataclasses.field(init=False, compare=False, repr=False)
+    """The reach by surface (what `on` answers, as one lookup)."""
+
+    def __post_init__(self) -> None:
+        reach = {"openai": self.openai, "gemini": self.gemini, "anthropic": self.anthropic}
+        object.__setattr__(self, "reach", reach)
 
     def on(self, surface: Surface) -> Reach:
         """The reach on `surface`."""
-        if surface == "gemini":
-            return self.gemini
-        return self.anthropic if surface == "anthropic" else self.openai
+        return self.reach[surface]
 
 
 @dataclass(frozen=True, slots=True)

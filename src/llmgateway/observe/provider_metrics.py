@@ -130,8 +130,13 @@ class ProviderMetrics:
         return model if model in self.models else OTHER_MODEL
 
     def started(self) -> None:
-        """A request of this provider began (pair with `finished`)."""
+        """A request of this provider began (pair with `finished`, or `uncounted`)."""
         self.inflight += 1
+
+    def uncounted(self) -> None:
+        """A request that began ended without being this provider's to count: a route's
+        target that found no key to call with (the route answers for it)."""
+        self.inflight -= 1
 
     def finished(self, model: str, code: int, timing: Timing) -> None:
         """Record a finished request: its code, duration, time to first byte and overhead."""

@@ -5,6 +5,7 @@ token."""
 
 from __future__ import annotations
 
+from collections import defaultdict
 from dataclasses import dataclass, field
 
 from prometheus_client import CollectorRegistry, Counter
@@ -23,12 +24,11 @@ class RouteMetrics:
     # requests counted since the last flush, by (route, outcome): a dict increment per request,
     # where prometheus-client's inc() takes a lock (handed over in `flush()`, as the providers'
     # request counts are)
-    _counts: dict[tuple[str, str], int] = field(default_factory=dict)
+    _counts: defaultdict[tuple[str, str], int] = field(default_factory=lambda: defaultdict(int))
 
     def request(self, route: str, outcome: str) -> None:
         """Count one request for `route` that ended with `outcome`."""
-        key = (route, outcome)
-        self._counts[key] = self._counts.get(key, 0) + 1
+        self._counts[(route, outcome)] += 1
 
     def flush(self) -> None:
         """Hand the requests counted since the last flush to prometheus-client."""
