@@ -25,6 +25,7 @@ from llmgateway.conductor.admission import (
     BodyBudget,
     BodyLimits,
     ClientGone,
+    Named,
     Refused,
     named_model,
     read_body,
@@ -146,11 +147,34 @@ class Edge:
             await self._refuse(send, provider, api, body, request_id, scope, started)
             return
         try:
-            ask = self.attempt_loop.tokens is not None or provider.metered  # usage read
-            call = _call(provider, api, match, method, path, query, headers, body, request_id, ask)
-            if isinstance(call, Refused):
-                await self._refuse(send, provider, api, call, request_id, scope, started)
+            # the model where the provider's route says it is, and the entry serving it
+            named = named_model(match, body, headers.get("content-type", ""))
+            default = provider.settings.default_model
+            entry = (
+                named
+                if isinstance(named, Refused)
+                else resolve(provider.catalog, match, named.model, default)
+            )
+            if isinstance(entry, Refused):
+                await self._refuse(send, provider, api, entry, request_id, scope, started)
                 return
+            assert isinstance(named, Named)
+            ask = self.attempt_loop.tokens is not None or provider.metered  # usage read
+            call = build_call(
+                provider,
+                api,
+                match,
+                entry,
+                method,
+                path,
+                query,
+                headers,
+                body,
+                named.stream,
+                named.options,
+                request_id,
+                ask,
+            )
             call.timing = Timing(started)
             await self._serve(call, scope, send, request_id)
         finally:
@@ -288,30 +312,6 @@ def _surface(provider: Provider, path: bytes, sent: Surface) -> Surface | None:
     if kind == "anthropic" and v1 and surface_of(sent, path) == "anthropic":
         return "anthropic"
     return "openai" if v1 else None
-
-
-def _call(
-    provider: Provider,
-    api: Surface,
-    match: Match,
-    method: str,
-    path: str,
-    query: str,
-    headers: Mapping[str, str],
-    body: bytes,
-    request_id: str,
-    ask_usage_chunk: bool,
-) -> Call | Refused:
-    """The request as the attempt loop takes it (`build_call`), with the model where the
-    provider's route says it is."""
-    named = named_model(match, body, headers.get("content-type", ""))
-    if isinstance(named, Refused):
-        return named
-    entry = resolve(provider.catalog, match, named.model, provider.settings.default_model)
-    if isinstance(entry, Refused):
-        return entry
-    args = (path, query, headers, body, named.stream, named.options, request_id)
-    return build_call(provider, api, match, entry, method, *args, ask_usage_chunk)
 
 
 async def _answer_locally(
