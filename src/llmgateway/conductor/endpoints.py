@@ -36,9 +36,8 @@ from llmgateway.conductor.attempts import AttemptLoop
 from llmgateway.conductor.call import Call, Provider
 from llmgateway.conductor.edge import BODY_ARRIVED, ON_DISCONNECT
 from llmgateway.conductor.responses import JSON, send_refusal, send_whole
-from llmgateway.conductor.route_run import serve_route
 from llmgateway.conductor.route_state import Routing
-from llmgateway.conductor.routing import read_granted, serve_client
+from llmgateway.conductor.routing import read_granted, serve_client, serve_route
 from llmgateway.conductor.serve_call import build_call, serve_call, watched
 from llmgateway.config.route_table import token_digest
 from llmgateway.observe import logs

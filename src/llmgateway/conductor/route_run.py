@@ -1,13 +1,15 @@
-"""The way of one request made with a gateway token along its route: the targets of the
-route's plan asked in turn (`core.route_plan`), each with the attempt loop's key-level retries,
-until one answers, a failure is not one to fall back from, or the plan, the deadline or the
-retry budget runs out (then `exhausted` says the answer).
+"""The way of one request made with a gateway token along its route once its first target
+failed (`conductor.routing.serve_route` asks that one): the rest of the route's plan asked in
+turn (`core.route_plan`), each target with the attempt loop's key-level retries, until one
+answers, a failure is not one to fall back from, or the plan, the deadline or the retry budget
+runs out (then `exhausted` says the answer); and how a target takes the request
+(`target_call`).
 
-A target is asked only while it has a key it may use now (`Routing.eligible`: O(1) from the
-pool's bag and the provider's breaker, no key looked at). A move to another target takes a slot
-of that provider's retry budget and must fit the request's deadline. Only the model is
-rewritten: the body's top-level `model` (`core.model_rewrite`), or the model segment of a
-Gemini native path.
+A further target is asked only while it has a key it may use now (`Routing.eligible`: O(1)
+from the pool's bag and the provider's breaker, no key looked at). A move to another target
+takes a slot of that provider's retry budget and must fit the request's deadline. Only the
+model is rewritten: the body's top-level `model` (`core.model_rewrite`), or the model segment
+of a Gemini native path.
 """
 
 from __future__ import annotations
@@ -29,12 +31,10 @@ from llmgateway.conductor.admission import (
 from llmgateway.conductor.attempts import AttemptLoop
 from llmgateway.conductor.call import Call
 from llmgateway.conductor.claim import CANCELLED, Claim
-from llmgateway.conductor.client_gate import Spend
-from llmgateway.conductor.edge import ON_DISCONNECT
 from llmgateway.conductor.replies import GatewayReply
 from llmgateway.conductor.responses import JSON, Extra, send_whole
 from llmgateway.conductor.route_state import Routing
-from llmgateway.conductor.serve_call import attempts_header, build_call, serve_call, watched
+from llmgateway.conductor.serve_call import attempts_header, build_call, serve_call
 from llmgateway.core.model_rewrite import rewrite_model
 from llmgateway.core.outcomes import ErrorReason
 from llmgateway.core.route_plan import (
@@ -42,7 +42,6 @@ from llmgateway.core.route_plan import (
     Failure,
     Step,
     exhausted,
-    first,
     next_step,
     plan,
 )
@@ -100,80 +99,6 @@ class Asked:
 _NO_TARGET_HEADER = target_header(NO_TARGET)
 _ANSWERED = "answered"  # the target's answer went to the client
 _NOT_STARTED = "not_started"  # no time or no retry budget left for another target
-
-
-async def serve_route(
-    edge: Serving,
-    asked: Asked,
-    scope: Scope,
-    send: Send,
-    headers: Mapping[str, str],
-    request_id: str,
-    started: float,
-    spend: Spend | None = None,
-) -> None:
-    """Serve a request along its route and answer the client whatever happens; at the end the
-    body's share of the in-flight budget is given back, the client's tpm reservation (`spend`)
-    settled, and the request counted and logged.
-
-    The first target is asked here, as a provider token's call is (`serve_call`): most
-    requests end with it, and pay for the route no more than its draw, its headers and its
-    count. Only when it fails does a `Run` take over, for the rest of the plan. The targets
-    are asked from this coroutine rather than from one it awaits: each level of awaits between
-    the edge and the attempt loop runs again every time the request's task wakes up (a dozen
-    times for a streamed answer)."""
-    routing = edge.routing
-    assert routing is not None
-    route = asked.route
-    watch = watched(scope)
-    code, attempts, ended, outcome = 499, 0, "client_gone", "client_gone"
-    answered: Call | None = None  # the call whose answer is relayed (its usage settles `spend`)
-    run: Run | None = None
-    try:
-        target = first(route, routing.rng)
-        call = target_call(edge, route, target, asked, headers, request_id, spend is not None)
-        deadline = None
-        if isinstance(call, Refused):
-            got: GatewayReply | Refused = call
-        else:
-            call.timing = Timing(started)
-            deadline = asyncio.get_running_loop().time() + call.provider.settings.timeouts.total
-            shown = (route.header, target.header) if route.headers else None
-            answered = call  # its `used` stays 0 unless an answer is relayed
-            served = await serve_call(
-                edge.attempt_loop, call, send, request_id, deadline, hand_back=True, shown=shown
-            )
-            if isinstance(served, tuple):
-                code, attempts, ended = served
-                outcome = "ok"
-                return
-            got = served
-        run = Run(
-            edge,
-            routing,
-            asked,
-            scope,
-            send,
-            headers,
-            request_id,
-            started,
-            spend is not None,
-            deadline,
-        )
-        outcome = await run.go_on(route, target, got)
-    except asyncio.CancelledError:
-        if not watch.forgiven(request_id):
-            raise
-    finally:
-        scope[ON_DISCONNECT] = None  # from here on nothing may cancel the task
-        edge.bodies.give(len(asked.body))
-        if run is not None:
-            code, attempts, ended, answered = run.code, run.attempts, run.ended, run.answer
-        if spend is not None:  # no answer relayed: nothing used
-            routing.clients.spent(spend, answered.used if answered is not None else 0)
-        if asked.configured:
-            edge.attempt_loop.metrics.routes.request(route.alias, outcome)
-        edge.access.done(scope, code, attempts, ended, started)
 
 
 @dataclass(slots=True)

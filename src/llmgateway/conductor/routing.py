@@ -1,12 +1,14 @@
 """Requests made with a gateway-wide token (`gateway.tokens`) or a client's: read (the model
 from the JSON body, or from a Gemini native path), answered locally (the models lists: the
 aliases and `<provider>/<model>` names the token may use), or resolved to a route alias or one
-provider's model (`core.routes.resolve_model`) for `conductor.route_run` to serve; a client's
-requests pass its gate first (`serve_client`).
+provider's model (`core.routes.resolve_model`) and served by the first target of its route
+(`serve_route`), the rest of the way left to `conductor.route_run` when that one fails; a
+client's requests pass its gate first (`serve_client`).
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -21,13 +23,17 @@ from llmgateway.conductor.admission import (
     read_body,
     target_refusal,
 )
+from llmgateway.conductor.call import Call
 from llmgateway.conductor.client_gate import Spend
-from llmgateway.conductor.edge import BODY_ARRIVED
+from llmgateway.conductor.edge import BODY_ARRIVED, ON_DISCONNECT
+from llmgateway.conductor.replies import GatewayReply
 from llmgateway.conductor.responses import JSON, send_refusal, send_whole
-from llmgateway.conductor.route_run import GEMINI_MODELS, Asked, Serving, serve_route
+from llmgateway.conductor.route_run import GEMINI_MODELS, Asked, Run, Serving, target_call
 from llmgateway.conductor.route_state import NOT_SERVED, Routing
+from llmgateway.conductor.serve_call import serve_call, watched
 from llmgateway.config.route_settings import any_match
 from llmgateway.core.clients import ClientRules
+from llmgateway.core.route_plan import first
 from llmgateway.core.routes import (
     Grants,
     NotFound,
@@ -38,7 +44,7 @@ from llmgateway.core.routes import (
 )
 from llmgateway.observe import logs
 from llmgateway.observe.metrics import NO_PROVIDER
-from llmgateway.observe.provider_metrics import OTHER_MODEL
+from llmgateway.observe.provider_metrics import OTHER_MODEL, Timing
 from llmgateway.providers import target as wire_target
 
 log = logging.getLogger("llmgateway.api")
@@ -83,6 +89,80 @@ async def serve_client(
     finally:
         if admitted is not None:
             routing.clients.release(admitted)
+
+
+async def serve_route(
+    edge: Serving,
+    asked: Asked,
+    scope: Scope,
+    send: Send,
+    headers: Mapping[str, str],
+    request_id: str,
+    started: float,
+    spend: Spend | None = None,
+) -> None:
+    """Serve a request along its route and answer the client whatever happens; at the end the
+    body's share of the in-flight budget is given back, the client's tpm reservation (`spend`)
+    settled, and the request counted and logged.
+
+    The first target is asked here, as a provider token's call is (`serve_call`): most
+    requests end with it, and pay for the route no more than its draw, its headers and its
+    count. Only when it fails does a `Run` take over, for the rest of the plan. The targets
+    are asked from this coroutine rather than from one it awaits: each level of awaits between
+    the edge and the attempt loop runs again every time the request's task wakes up (a dozen
+    times for a streamed answer)."""
+    routing = edge.routing
+    assert routing is not None
+    route = asked.route
+    watch = watched(scope)
+    code, attempts, ended, outcome = 499, 0, "client_gone", "client_gone"
+    answered: Call | None = None  # the call whose answer is relayed (its usage settles `spend`)
+    run: Run | None = None
+    try:
+        target = first(route, routing.rng)
+        call = target_call(edge, route, target, asked, headers, request_id, spend is not None)
+        deadline = None
+        if isinstance(call, Refused):
+            got: GatewayReply | Refused = call
+        else:
+            call.timing = Timing(started)
+            deadline = asyncio.get_running_loop().time() + call.provider.settings.timeouts.total
+            shown = (route.header, target.header) if route.headers else None
+            answered = call  # its `used` stays 0 unless an answer is relayed
+            served = await serve_call(
+                edge.attempt_loop, call, send, request_id, deadline, hand_back=True, shown=shown
+            )
+            if isinstance(served, tuple):
+                code, attempts, ended = served
+                outcome = "ok"
+                return
+            got = served
+        run = Run(
+            edge,
+            routing,
+            asked,
+            scope,
+            send,
+            headers,
+            request_id,
+            started,
+            spend is not None,
+            deadline,
+        )
+        outcome = await run.go_on(route, target, got)
+    except asyncio.CancelledError:
+        if not watch.forgiven(request_id):
+            raise
+    finally:
+        scope[ON_DISCONNECT] = None  # from here on nothing may cancel the task
+        edge.bodies.give(len(asked.body))
+        if run is not None:
+            code, attempts, ended, answered = run.code, run.attempts, run.ended, run.answer
+        if spend is not None:  # no answer relayed: nothing used
+            routing.clients.spent(spend, answered.used if answered is not None else 0)
+        if asked.configured:
+            edge.attempt_loop.metrics.routes.request(route.alias, outcome)
+        edge.access.done(scope, code, attempts, ended, started)
 
 
 async def _reserve(
