@@ -99,6 +99,7 @@ class Asked:
 _NO_TARGET_HEADER = target_header(NO_TARGET)
 _ANSWERED = "answered"  # the target's answer went to the client
 _NOT_STARTED = "not_started"  # no time or no retry budget left for another target
+_SKIPPED = "skipped"  # the first target had no key it may use: skipped as the plan skips
 
 
 @dataclass(slots=True)
@@ -133,6 +134,7 @@ class Run:
         and has no key it may use now was not eligible: it is skipped, as the plan skips
         the ineligible (it counts neither as tried nor towards `max_targets`)."""
         routing = self.routing
+        outcome: GatewayReply | Refused | str = got
         if (
             isinstance(got, GatewayReply)
             and got.attempts == 0
@@ -140,20 +142,12 @@ class Run:
         ):
             self.skipped.append(target)
             targets = plan(route, routing.eligible, routing.rng, self.skipped)
-            following = next(targets, None)
-            if following is None:
-                return await self._exhausted(route)
-            target = following
-            self.tried.append(target)
-            outcome: GatewayReply | Refused | str = await self._asked(route, target)
-            if outcome == _ANSWERED:
-                return "ok"
+            outcome = _SKIPPED
         else:
             self.tried.append(target)
             if isinstance(got, GatewayReply):  # it was asked (a Refused one could not be)
                 self.target = target
             targets = plan(route, routing.eligible, routing.rng, self.skipped, (target,))
-            outcome = got
         current, hops = route, 0
         while True:
             then = self._then(current, target, outcome, targets)
@@ -183,11 +177,14 @@ class Run:
         got: GatewayReply | Refused | str,
         targets: Iterator[Target],
     ) -> Target | Route | GatewayReply | None:
-        """What follows a target that did not answer: the next target of the plan, the
-        route's context-length alias, a reply to send as the answer, or None (exhausted: the
-        plan ran out, or no time or retry budget was left to start another target)."""
+        """What follows a target that did not answer (or was skipped): the next target of the
+        plan, the route's context-length alias, a reply to send as the answer, or None
+        (exhausted: the plan ran out, or no time or retry budget was left to start another
+        target)."""
         if got == _NOT_STARTED:
             return None
+        if got == _SKIPPED:  # not eligible after all: the plan goes on without it
+            return next(targets, None)
         if isinstance(got, Refused):  # the target cannot serve this path or method
             self.failures.append(Failure(target, NO_HEALTHY_KEY, called=False))
             self.unserved.append(got)

@@ -64,10 +64,7 @@ class Routing:
     def eligible(self, provider: str, model: str) -> bool:
         """Whether target (`provider`, `model`) has a key it may use now, behind a breaker
         that lets calls through; O(1), no key looked at."""
-        try:
-            served = self._served[(provider, model)]
-        except KeyError:
-            served = self.served(provider, model)
+        served = self.served(provider, model)
         if served is None:
             return False
         found, entry = served
